@@ -5,4 +5,13 @@ __version__ = "0.1.0"
 
 from featurestore.errors import FeatureStoreError  # noqa: E402
 
-__all__ = ["FeatureStoreError", "__version__"]
+
+def __getattr__(name: str):  # lazy: importing featurestore must not import FAISS or h5py
+    if name in ("FeatureStore", "open_store"):
+        from featurestore import api
+
+        return getattr(api, name)
+    raise AttributeError(name)
+
+
+__all__ = ["FeatureStore", "FeatureStoreError", "__version__", "open_store"]

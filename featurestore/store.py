@@ -369,6 +369,22 @@ class Store:
             "texts": np.array(cols["texts"], dtype=object),
         }
 
+    def texts_for(self, ds: Dataset, ids: Sequence[int]) -> dict[int, str]:
+        """Raw texts of the given ids, reading only the segments and rows that hold them."""
+        wanted = np.asarray(sorted(set(int(i) for i in ids)), dtype=np.int64)
+        out: dict[int, str] = {}
+        for seg in ds.rows:
+            if len(out) == len(wanted):
+                break
+            with self.open_segment(seg.file) as f:
+                seg_ids = f["ids"][()]
+                hit = np.flatnonzero(np.isin(seg_ids, wanted))
+                if len(hit):
+                    texts = f["texts"][hit] if len(hit) > 1 else [f["texts"][int(hit[0])]]
+                    for j, t in zip(hit, texts):
+                        out[int(seg_ids[j])] = bytes(t).decode("utf-8", "surrogatepass")
+        return out
+
     def dataset_keys(self, ds: Dataset, recipe: str) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, keys)`` of the dataset's rows that have a key under ``recipe``."""
         segs = ds.keys.get(recipe, ())

@@ -43,8 +43,13 @@ class MiniLMEmbedder(Embedder):
     @cached_property
     def _model(self) -> Any:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         import torch
+        import transformers
         from sentence_transformers import SentenceTransformer
+
+        transformers.utils.logging.disable_progress_bar()  # the CLI draws its own
+        transformers.utils.logging.set_verbosity_error()
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         return SentenceTransformer(str(self.model_dir), device=device)

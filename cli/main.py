@@ -1,0 +1,203 @@
+"""``fs``: each command opens the store, makes one library call and prints the result."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import typer
+
+from cli import models as models_cli
+from cli.common import handle_errors
+from featurestore.embedders import DEFAULT_MODEL
+
+app = typer.Typer(
+    help="featurestore: embed each tweet once, keep the vectors in HDF5, train and search from the store.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(models_cli.app, name="models")
+
+StoreOpt = typer.Option(None, "--store", envvar="FS_STORE", help="Store directory [default: ./store].")
+ModelOpt = typer.Option(
+    DEFAULT_MODEL, "--model", "-m",
+    help="Embedder: minilm (default, offline), elmo (TF Hub google/elmo/3), hub:HANDLE, elmo:PATH, "
+    "or a release from 'fs models list'.",
+)
+CleanOpt = typer.Option(
+    None, "--clean", help="Cleaning recipe: raw-v1, basic-v1 or tweet-v1 [default: raw-v1 for minilm, tweet-v1 for ELMo]."
+)
+
+
+def _fs(store: Optional[Path]):
+    from featurestore.api import FeatureStore
+
+    return FeatureStore(store)
+
+
+@contextlib.contextmanager
+def _progress(description: str, unit: str) -> Iterator[Callable[[float, int], None]]:
+    """A rich progress bar with rate and ETA; the library calls ``advance(n, total)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    columns = [
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar:
+        task = bar.add_task(description, total=None, rate="")
+
+        def advance(n: float, total: int) -> None:
+            bar.update(task, total=total, advance=n)
+            speed = bar.tasks[task].speed
+            bar.update(task, rate=f"{speed:,.0f} {unit}/s" if speed else "")
+
+        yield advance
+
+
+@app.command()
+@handle_errors
+def ingest(
+    file: str = typer.Argument(..., help="CSV, TSV, JSON Lines, Parquet or text file (one tweet a line); '-' reads stdin."),
+    dataset: str = typer.Option("train", "--dataset", "-d", help="Dataset to add the rows to."),
+    text_col: Optional[str] = typer.Option(None, help="Text column [default: tweet or text]."),
+    id_col: Optional[str] = typer.Option(None, help="Integer id column [default: id if present, else the row number]. '' numbers rows."),
+    label_col: Optional[str] = typer.Option(None, help="Label column [default: label if present]. '' ignores labels."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="csv, tsv, jsonl, parquet or txt [default: from the extension]."),
+    encoding: str = typer.Option("utf-8", help="Text encoding of the input file."),
+    model: str = ModelOpt,
+    clean: Optional[str] = CleanOpt,
+    dtype: str = typer.Option("float32", help="Stored vector precision: float32 or float16."),
+    batch_rows: int = typer.Option(1024, help="Rows per committed batch."),
+    wait: bool = typer.Option(False, "--wait", help="If another process is writing, wait for it instead of failing."),
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Add tweets to a dataset; embed only the texts the store does not have yet."""
+    from featurestore.ingest import IngestInterrupted
+
+    fs = _fs(store)
+    try:
+        with _progress(f"ingest {dataset}", "tweets") as advance:
+            s = fs.ingest(
+                file, dataset, model, clean, text_col=text_col, id_col=id_col, label_col=label_col, fmt=fmt,
+                encoding=encoding, dtype=dtype, commit_rows=batch_rows, wait=wait, progress=advance,
+            )
+    except IngestInterrupted as exc:
+        _print_summary(exc.summary, err=True)
+        raise
+    _print_summary(s)
+
+
+def _print_summary(s: Any, err: bool = False) -> None:
+    lines = [
+        f"dataset {s.dataset}  model {s.model}  recipe {s.recipe}  space {s.space}",
+        f"rows read {s.rows_read:,}  new ids {s.new_ids:,}  duplicates {s.duplicates:,}  "
+        f"cache hits {s.cache_hits:,}  texts embedded {s.embedded:,}  empty after cleaning {s.empty_after_cleaning:,}",
+        f"batches committed {s.batches_committed}  {s.seconds:.1f} s  ({s.texts_per_second:,.0f} rows/s)"
+        + (f"  device {s.device}" if s.embedded else ""),
+    ]
+    for line in lines:
+        typer.echo(line, err=err)
+
+
+@app.command()
+@handle_errors
+def train(
+    dataset: str = typer.Option("train", "--dataset", "-d", help="Labelled dataset to train on."),
+    model: str = ModelOpt,
+    clean: Optional[str] = CleanOpt,
+    classifier: str = typer.Option("logreg", help="logreg (in memory) or sgd (out of core, chunked reads)."),
+    test_size: float = typer.Option(0.2, help="Held-out fraction for validation."),
+    seed: int = typer.Option(42, help="random_state of the split and the classifier."),
+    name: Optional[str] = typer.Option(None, help="Name to save the classifier under [default: DATASET-MODEL-CLASSIFIER]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Fit a classifier on stored vectors and report F1, precision, recall and accuracy."""
+    from featurestore.train import result_dict
+
+    r = _fs(store).train(dataset, model, clean, classifier, test_size, seed, name)
+    if as_json:
+        typer.echo(json.dumps(result_dict(r), indent=1))
+        return
+    typer.echo(f"{r.classifier} on {r.dataset} ({r.model}, {r.recipe}): {r.n_train:,} train / {r.n_valid:,} validation rows")
+    typer.echo(f"F1 {r.f1:.4f}  precision {r.precision:.4f}  recall {r.recall:.4f}  accuracy {r.accuracy:.4f}")
+    typer.echo(f"read {r.seconds_read:.2f} s  fit {r.seconds_fit:.2f} s  saved {r.path}")
+
+
+@app.command()
+@handle_errors
+def predict(
+    dataset: str = typer.Option("test", "--dataset", "-d", help="Dataset to label."),
+    out: Path = typer.Option(Path("submission.csv"), "--out", "-o", help="CSV to write (id,label)."),
+    name: str = typer.Option("train-minilm-logreg", "--classifier-name", help="Saved classifier (see 'fs train')."),
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Label every row of a dataset with a trained classifier; write id,label."""
+    from featurestore.store import atomic_write_bytes
+
+    ids, labels = _fs(store).predict(dataset, name)
+    lines = ["id,label"] + [f"{i},{label}" for i, label in zip(ids.tolist(), labels.tolist())]
+    atomic_write_bytes(out.resolve(), ("\n".join(lines) + "\n").encode())
+    typer.echo(f"wrote {len(ids):,} predictions to {out} ({int(labels.sum()):,} labelled 1)")
+
+
+@app.command()
+@handle_errors
+def similar(
+    text: Optional[str] = typer.Argument(None, help="Query text (or use --id)."),
+    id: Optional[int] = typer.Option(None, "--id", help="Use the stored tweet with this id as the query."),
+    k: int = typer.Option(10, "--k", "-k", help="Number of neighbours."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Only return tweets of this dataset."),
+    model: str = ModelOpt,
+    clean: Optional[str] = CleanOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Nearest stored tweets by cosine similarity (exact FAISS search)."""
+    hits, info = _fs(store).similar(text, id=id, k=k, dataset=dataset, model=model, clean=clean)
+    if as_json:
+        typer.echo(json.dumps({"info": info, "hits": [h.__dict__ for h in hits]}, indent=1, ensure_ascii=False))
+        return
+    for h in hits:
+        ids = ", ".join(f"{d}:{i}" for d, i in h.ids[:3]) + (f" (+{len(h.ids) - 3})" if len(h.ids) > 3 else "")
+        text_one_line = " ".join(h.text.split())
+        typer.echo(f"{h.rank:>3}  {h.score:.4f}  {ids}  {text_one_line}")
+    typer.echo(f"({info['query']}; index {info['index']})", err=True)
+
+
+@app.command()
+@handle_errors
+def info(
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Datasets, vector spaces, counts, coverage and sizes."""
+    data = _fs(store).info()
+    if as_json:
+        typer.echo(json.dumps(data, indent=1))
+        return
+    typer.echo(f"store {data['path']}  generation {data['generation']}  {data['bytes'] / 1e6:,.1f} MB")
+    typer.echo("datasets:" if data["datasets"] else "datasets: none (run 'fs ingest FILE --dataset NAME')")
+    for d in data["datasets"]:
+        typer.echo(f"  {d['name']:<16} {d['rows']:>9,} rows  {d['bytes'] / 1e6:8.1f} MB  keyed: "
+                   + (", ".join(f"{r} {n:,}" for r, n in d["recipes"].items()) or "-"))
+    typer.echo("spaces:" if data["spaces"] else "spaces: none")
+    for s in data["spaces"]:
+        cover = ", ".join(f"{d} {n:,}" for d, n in s["coverage"].items())
+        typer.echo(f"  {s['id']}  {s['model']} ({s['recipe']}, {s['dim']}-d {s['dtype']})  {s['vectors']:,} vectors  "
+                   f"{s['bytes'] / 1e6:.1f} MB  coverage: {cover}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

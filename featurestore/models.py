@@ -1,0 +1,298 @@
+"""The catalogue of published ELMo releases and the local models folder.
+
+A release is an AllenNLP/bilm ``options.json`` + ``weights.hdf5`` pair. ``pull`` downloads
+both into ``<models_dir>/<name>/`` (temp file, checksum, atomic rename) and records their
+sha256 in ``sha256.json`` so ``verify`` can later detect a corrupted or swapped file.
+AllenNLP publishes no checksums for these files, so the recorded ones are the reference.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from featurestore.embedders.base import file_sha256
+from featurestore.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+#: files of a release, under these names, in ``<models_dir>/<name>/``
+OPTIONS_FILE = "options.json"
+WEIGHTS_FILE = "weights.hdf5"
+RECORD_FILE = "sha256.json"
+#: seconds allowed to resolve and connect to a download host before calling it unreachable
+CONNECT_TIMEOUT_S = 5.0
+#: seconds a download may stall between two reads
+READ_TIMEOUT_S = 60.0
+
+#: ``(file name, bytes done, total bytes or None)``, called as a download advances
+PullProgress = Callable[[str, int, "int | None"], None]
+
+_S3 = "https://s3-us-west-2.amazonaws.com/allennlp/models/elmo"
+
+
+@dataclass(frozen=True)
+class Release:
+    """One published ELMo model: its shape and where its two files are published."""
+
+    name: str
+    description: str
+    #: length of an ELMo vector (2 x the LSTM projection size)
+    dim: int
+    #: parameters, in millions, as published
+    params_m: float
+    #: LSTM hidden size / projection size
+    lstm: str
+    highway_layers: int
+    options_url: str
+    weights_url: str
+    #: published sha256 of each file; None where AllenNLP publishes none
+    options_sha256: str | None = None
+    weights_sha256: str | None = None
+
+    def files(self) -> dict[str, tuple[str, str | None]]:
+        """Local file name -> (download address, published sha256 or None)."""
+        return {
+            OPTIONS_FILE: (self.options_url, self.options_sha256),
+            WEIGHTS_FILE: (self.weights_url, self.weights_sha256),
+        }
+
+
+def _release(name: str, stem: str, dim: int, params_m: float, lstm: str, highway: int, description: str) -> Release:
+    base = f"{_S3}/{stem}/elmo_{stem}"
+    return Release(name, description, dim, params_m, lstm, highway, f"{base}_options.json", f"{base}_weights.hdf5")
+
+
+# From the "Pre-trained ELMo Models" table of https://allennlp.org/elmo and the
+# PRETRAINED addresses used by allennlp.modules.elmo; no sha256 is published for them.
+RELEASES: dict[str, Release] = {
+    r.name: r
+    for r in (
+        _release("elmo-small", "2x1024_128_2048cnn_1xhighway", 256, 13.6, "1024/128", 1,
+                 "Small, 1B Word Benchmark"),
+        _release("elmo-medium", "2x2048_256_2048cnn_1xhighway", 512, 28.0, "2048/256", 1,
+                 "Medium, 1B Word Benchmark"),
+        _release("elmo-original", "2x4096_512_2048cnn_2xhighway", 1024, 93.6, "4096/512", 2,
+                 "Original, 1B Word Benchmark (as TF Hub google/elmo)"),
+        _release("elmo-original-5.5b", "2x4096_512_2048cnn_2xhighway_5.5B", 1024, 93.6, "4096/512", 2,
+                 "Original, 5.5B tokens of Wikipedia + WMT news"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """The outcome of checking one file of a release."""
+
+    file: str
+    sha256: str
+    #: the checksum compared against; None when neither published nor recorded
+    expected: str | None
+    #: "published", "recorded" or None
+    source: str | None
+
+    @property
+    def ok(self) -> bool | None:
+        """True on match, False on mismatch, None when there is nothing to compare with."""
+        return None if self.expected is None else self.sha256 == self.expected
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """All files of one release, checked."""
+
+    name: str
+    path: Path
+    files: list[FileCheck]
+
+    @property
+    def ok(self) -> bool:
+        """False if any file mismatches its reference checksum."""
+        return all(f.ok is not False for f in self.files)
+
+
+def models_dir() -> Path:
+    """The models folder: ``$FS_MODELS_DIR``, else ``~/.cache/featurestore/models``."""
+    return Path(os.environ.get("FS_MODELS_DIR") or "~/.cache/featurestore/models").expanduser()
+
+
+def get_release(name: str) -> Release:
+    """The catalogue entry for ``name``; ModelError listing the known names otherwise."""
+    try:
+        return RELEASES[name]
+    except KeyError:
+        raise ModelError(f"unknown model release {name!r}; known releases: {', '.join(RELEASES)}") from None
+
+
+def _local_copy_hint(name: str) -> str:
+    return (
+        f"copy {OPTIONS_FILE} and {WEIGHTS_FILE} into {models_dir() / name}/ "
+        f"or use --model elmo:PATH for a local options+weights pair"
+    )
+
+
+def is_downloaded(name: str) -> bool:
+    """Whether both files of release ``name`` are in the models folder."""
+    folder = models_dir() / get_release(name).name
+    return all((folder / f).is_file() for f in (OPTIONS_FILE, WEIGHTS_FILE))
+
+
+def release_path(name: str) -> Path:
+    """The folder holding ``options.json`` + ``weights.hdf5`` of release ``name``."""
+    get_release(name)
+    if not is_downloaded(name):
+        raise ModelError(
+            f"model {name} is not downloaded; run: fs models pull {name} "
+            f"(or --model elmo:PATH for a local options+weights pair)"
+        )
+    return models_dir() / name
+
+
+def unreachable_reason(url: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """None if ``url``'s host accepts a TCP connection within ``timeout`` s, else why not.
+
+    Downloaders (urllib, tensorflow_hub) retry or wait for minutes when offline; this
+    answers in seconds so callers can fail with a useful message instead.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if not host:
+        return f"{url!r} has no host"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    # getaddrinfo has no timeout of its own and can hang on a dead resolver: run it aside.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        infos = pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM).result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        return f"host {host} could not be resolved within {timeout:g} s"
+    except OSError as exc:
+        return f"host {host} could not be resolved ({exc.strerror or exc})"
+    finally:
+        pool.shutdown(wait=False)
+    last: OSError | None = None
+    for family, kind, proto, _, addr in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                sock.connect(addr)
+            return None
+        except OSError as exc:
+            last = exc
+    return f"host {host} is unreachable ({last})"
+
+
+def _read_record(folder: Path) -> dict[str, dict]:
+    try:
+        return json.loads((folder / RECORD_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {folder / RECORD_FILE}: {exc}; delete it and run fs models pull again") from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _download(url: str, dest: Path, expected: str | None, progress: PullProgress | None) -> str:
+    """Stream ``url`` into a temp file beside ``dest``, check it, rename it; return its sha256."""
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=READ_TIMEOUT_S) as resp:
+            total = resp.headers.get("Content-Length")
+            total_n = int(total) if total and total.isdigit() else None
+            done = 0
+            while block := resp.read(1 << 20):
+                out.write(block)
+                digest.update(block)
+                done += len(block)
+                if progress:
+                    progress(dest.name, done, total_n)
+            if total_n is not None and done != total_n:
+                raise ModelError(f"download of {url} stopped at {done} of {total_n} bytes; run the pull again")
+        sha = digest.hexdigest()
+        if expected and sha != expected:
+            raise ModelError(f"{url} has sha256 {sha}, expected {expected}; the download is corrupt or was replaced")
+        os.replace(tmp, dest)
+        return sha
+    except (urllib.error.URLError, OSError) as exc:
+        raise ModelError(f"cannot download {url}: {exc}; run the pull again or copy the file by hand") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def pull(name: str, progress: PullProgress | None = None, force: bool = False) -> Path:
+    """Download release ``name`` into the models folder; return its folder.
+
+    Skips a release already present unless ``force``. Offline, fails within seconds.
+    """
+    release = get_release(name)
+    folder = models_dir() / name
+    if not force and is_downloaded(name):
+        log.info("%s is already in %s", name, folder)
+        return folder
+    for url in {release.options_url, release.weights_url}:
+        reason = unreachable_reason(url)
+        if reason:
+            raise ModelError(f"cannot download {name}: {reason}; {_local_copy_hint(name)}")
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    record: dict[str, dict] = {}
+    try:
+        for fname, (url, published) in release.files().items():
+            log.info("downloading %s", url)
+            sha = _download(url, folder / fname, published, progress)
+            record[fname] = {"sha256": sha, "url": url, "bytes": (folder / fname).stat().st_size}
+    except BaseException:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    _write_atomic(folder / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def downloaded() -> list[str]:
+    """Names of the releases present in the models folder."""
+    return [name for name in RELEASES if is_downloaded(name)]
+
+
+def verify(name: str) -> VerifyReport:
+    """Recompute the sha256 of each file of ``name`` and compare with the published or recorded one."""
+    folder = release_path(name)
+    record = _read_record(folder)
+    checks = []
+    for fname, (_, published) in get_release(name).files().items():
+        sha = file_sha256(folder / fname)
+        recorded = record.get(fname, {}).get("sha256")
+        if published:
+            checks.append(FileCheck(fname, sha, published, "published"))
+        elif recorded:
+            checks.append(FileCheck(fname, sha, recorded, "recorded"))
+        else:
+            checks.append(FileCheck(fname, sha, None, None))
+    return VerifyReport(name, folder, checks)
+
+
+__all__ = [
+    "RELEASES", "FileCheck", "PullProgress", "Release", "VerifyReport", "downloaded", "get_release",
+    "is_downloaded", "models_dir", "pull", "release_path", "unreachable_reason", "verify",
+]
