@@ -195,6 +195,41 @@ def info(
                    f"{s['bytes'] / 1e6:.1f} MB  coverage: {cover}")
 
 
+@app.command()
+@handle_errors
+def check(store: Optional[Path] = StoreOpt) -> None:
+    """Verify the store: schema, counts, unique keys, finite vectors, dims, resolvable keys, index."""
+    from featurestore.check import check as run_check
+    from featurestore.store import Store
+
+    r = run_check(Store(store))
+    for w in r.warnings:
+        typer.echo(f"warning: {w}")
+    for e in r.errors:
+        typer.echo(f"error: {e}")
+    if not r.ok:
+        typer.echo(f"{len(r.errors)} problem(s); fix: run 'fs repair' (it never drops a readable committed vector)")
+        raise typer.Exit(1)
+    typer.echo("ok: " + "  ".join(f"{k} {v:,}" for k, v in r.stats.items()))
+
+
+@app.command()
+@handle_errors
+def repair(store: Optional[Path] = StoreOpt) -> None:
+    """Remove torn or orphaned files, roll back a corrupt manifest, drop stale indexes."""
+    from featurestore.check import repair as run_repair
+    from featurestore.store import Store
+
+    r = run_repair(Store(store))
+    for a in r.actions or ["nothing to repair"]:
+        typer.echo(a)
+    for e in r.errors:
+        typer.echo(f"error: {e}")
+    if r.errors:
+        raise typer.Exit(1)
+    typer.echo("store is consistent")
+
+
 def main() -> None:
     app()
 

@@ -392,15 +392,17 @@ class Store:
 
     # ---- writing
 
-    def writer(self, wait: bool = False, timeout: float | None = None) -> "Writer":
-        return Writer(self, wait=wait, timeout=timeout)
+    def writer(self, wait: bool = False, timeout: float | None = None, recover: bool = False) -> "Writer":
+        """The write path; ``recover`` (for repair) skips reading the current manifest."""
+        return Writer(self, wait=wait, timeout=timeout, recover=recover)
 
 
 class Writer:
     """The one write path. Holds the store's lock; each ``commit`` publishes one generation."""
 
-    def __init__(self, store: Store, wait: bool = False, timeout: float | None = None) -> None:
+    def __init__(self, store: Store, wait: bool = False, timeout: float | None = None, recover: bool = False) -> None:
         self.store = store
+        self.recover = recover
         self.wait = wait
         self.timeout = timeout
         self._lock: FileLock | None = None
@@ -426,8 +428,13 @@ class Writer:
             raise StoreLockedError(
                 f"another process is writing to {store.path}; fix: wait for it to finish, or pass --wait to queue"
             ) from None
-        self.snap = store.snapshot()
-        self._sweep()
+        if not self.recover:
+            try:
+                self.snap = store.snapshot()
+                self._sweep()
+            except BaseException:
+                self._lock.release()
+                raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -437,6 +444,13 @@ class Writer:
     def _sweep(self) -> None:
         """Remove what a killed writer left: temporary files and segments no manifest names."""
         live = self.snap.files()
+        if not self.store.manifest_generations() and any(
+            n.startswith("seg-") for n in os.listdir(self.store.segment_dir)
+        ):
+            raise StoreError(
+                f"store {self.store.path} has segment files but no manifest; fix: run 'fs repair --store "
+                f"{self.store.path}' to re-adopt them"
+            )
         for gen in self.store.manifest_generations()[:-1]:
             with contextlib.suppress(StoreError):
                 live |= self.store.read_manifest(gen).files()
@@ -502,7 +516,9 @@ class Writer:
                     assert vectors is not None and vectors.shape == (len(keys), space.dim)
                     name = self._new_segment(
                         seq,
-                        {"kind": "vectors", "space": space.id},
+                        # Self-describing, so that repair can re-adopt it without any manifest.
+                        {"kind": "vectors", "space": space.id,
+                         "space_json": json.dumps({**space.to_json(), "segments": []}, sort_keys=True)},
                         {"keys": np.asarray(keys, dtype=KEY_DTYPE), "vectors": vectors.astype(space.dtype)},
                     )
                     written.append(name)

@@ -41,8 +41,12 @@ def known_models() -> list[str]:
 
 def _plugin(spec: str) -> Embedder:
     import importlib
+    import os
+    import sys
 
     _, module, attr = spec.split(":")
+    if os.getcwd() not in sys.path:  # like `python -m` and uvicorn: modules of the current directory load
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:

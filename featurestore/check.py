@@ -1,0 +1,202 @@
+"""``fs check`` and ``fs repair``: verify a store end to end, and mend what can be mended
+without ever dropping a committed vector that is still readable."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+
+from featurestore.errors import StoreError
+from featurestore.index import INDEX_FORMAT, _keys_hash
+from featurestore.keys import fingerprint_hash
+from featurestore.store import EMPTY, Dataset, Segment, Snapshot, Space, Store
+
+
+@dataclass
+class Report:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _segment_problem(store: Store, seg: Segment, kind: str, columns: dict[str, tuple]) -> str | None:
+    """None if the segment opens and has the expected kind, columns and row count."""
+    path = store.segment_path(seg.file)
+    if not path.exists():
+        return f"segment {seg.file} is missing"
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if f.attrs.get("kind") != kind:
+                return f"segment {seg.file} is a {f.attrs.get('kind')!r} segment, expected {kind!r}"
+            for col, shape_tail in columns.items():
+                if col not in f:
+                    return f"segment {seg.file} lacks column {col!r}"
+                if f[col].shape[0] != seg.rows or tuple(f[col].shape[1:]) != shape_tail:
+                    return f"segment {seg.file} column {col!r} has shape {f[col].shape}, expected ({seg.rows}, ...)"
+    except OSError as exc:
+        return f"segment {seg.file} cannot be read ({exc})"
+    return None
+
+
+def check(store: Store) -> Report:
+    """Schema, counts, unique keys, finite vectors, dims, resolvable keys, index manifests, orphans."""
+    r = Report()
+    try:
+        snap = store.snapshot()
+    except StoreError as exc:
+        r.errors.append(str(exc))
+        return r
+    r.stats = {"generation": snap.generation, "spaces": len(snap.spaces), "datasets": len(snap.datasets)}
+    keys_by_recipe: dict[str, set[bytes]] = {}
+    for sp in snap.spaces.values():
+        bad = [p for s in sp.segments if (p := _segment_problem(store, s, "vectors", {"keys": (), "vectors": (sp.dim,)}))]
+        r.errors.extend(bad)
+        if bad:
+            continue
+        keys = store.space_keys(sp)
+        if len(np.unique(keys)) != len(keys):
+            r.errors.append(f"space {sp.id} has {len(keys) - len(np.unique(keys))} duplicate keys")
+        nonfinite = 0
+        for _, block in store.iter_vectors(sp):
+            nonfinite += int((~np.isfinite(block)).any(axis=1).sum())
+        if nonfinite:
+            r.errors.append(f"space {sp.id} has {nonfinite} vectors with NaN/Inf")
+        keys_by_recipe.setdefault(sp.recipe, set()).update(keys.tolist())
+        r.stats[f"vectors:{sp.id}"] = sp.rows
+        _check_index(store, sp, keys, r)
+    for ds in snap.datasets.values():
+        bad = [p for s in ds.rows if (p := _segment_problem(store, s, "rows", {"ids": (), "labels": (), "texts": ()}))]
+        for segs in ds.keys.values():
+            bad += [p for s in segs if (p := _segment_problem(store, s, "keys", {"ids": (), "keys": ()}))]
+        r.errors.extend(bad)
+        if bad:
+            continue
+        ids = store.dataset_ids(ds)
+        if len(np.unique(ids)) != len(ids):
+            r.errors.append(f"dataset {ds.name!r} has duplicate ids")
+        for recipe in ds.keys:
+            kid, kkeys = store.dataset_keys(ds, recipe)
+            if len(np.unique(kid)) != len(kid) or not np.isin(kid, ids).all():
+                r.errors.append(f"dataset {ds.name!r} keys under {recipe} name unknown or repeated ids")
+            known = keys_by_recipe.get(recipe, set())
+            unresolved = sum(1 for k in kkeys.tolist() if k not in known)
+            if unresolved:
+                r.errors.append(f"dataset {ds.name!r}: {unresolved} keys under {recipe} resolve to no stored vector")
+        r.stats[f"rows:{ds.name}"] = ds.count
+    live = snap.files()
+    if store.segment_dir.is_dir():
+        extra = [n for n in os.listdir(store.segment_dir) if n not in live]
+        if extra:
+            r.warnings.append(f"{len(extra)} uncommitted segment file(s) left by an interrupted writer "
+                              "(removed by the next ingest or by 'fs repair')")
+    return r
+
+
+def _check_index(store: Store, sp: Space, keys: np.ndarray, r: Report) -> None:
+    meta_path = store.index_dir / f"{sp.id}.json"
+    if not meta_path.exists():
+        return
+    try:
+        meta = json.loads(meta_path.read_text())
+        data_len = (store.index_dir / f"{sp.id}.faiss").stat().st_size
+        rows = int(meta["rows"])
+        good = (
+            meta.get("format") == INDEX_FORMAT
+            and meta.get("space_fingerprint") == fingerprint_hash(sp.fields)
+            and data_len == meta.get("file_bytes")
+            and rows <= len(keys)
+            and _keys_hash(keys[:rows]) == meta.get("keys_sha256")
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        good, rows = False, -1
+    if not good:
+        r.warnings.append(f"index of space {sp.id} does not match the store; it is rebuilt before the next query")
+    elif rows < len(keys):
+        r.warnings.append(f"index of space {sp.id} covers {rows} of {len(keys)} vectors; updated before the next query")
+
+
+def _adoptable(store: Store, name: str) -> dict[str, str] | None:
+    try:
+        with h5py.File(store.segment_path(name), "r", locking=False) as f:
+            return {k: str(v) for k, v in f.attrs.items()} | {"rows": str(len(f["ids" if "ids" in f else "keys"]))}
+    except (OSError, KeyError):
+        return None
+
+
+def repair(store: Store) -> Report:
+    """Roll a corrupt manifest back, re-adopt complete segments it named, drop unreadable
+    references, remove orphans and bad index files. Returns what was done."""
+    r = Report()
+    gens = store.manifest_generations()
+    snap = EMPTY
+    corrupt = []
+    for gen in reversed(gens):
+        try:
+            snap = store.read_manifest(gen)
+            break
+        except StoreError:
+            corrupt.append(gen)
+    with store.writer(recover=True) as w:
+        for gen in corrupt:
+            os.replace(store.manifest_path(gen), store.manifest_path(gen).with_suffix(".corrupt"))
+            r.actions.append(f"set aside corrupt manifest generation {gen}")
+        w.snap = snap
+        spaces = dict(snap.spaces)
+        datasets = dict(snap.datasets)
+        # Drop references to segments that cannot be read: their data is already gone.
+        for sid, sp in list(spaces.items()):
+            keep = tuple(s for s in sp.segments if _adoptable(store, s.file))
+            if len(keep) != len(sp.segments):
+                r.actions.append(f"space {sid}: dropped {len(sp.segments) - len(keep)} unreadable segment(s)")
+                spaces[sid] = Space(sp.id, sp.fields, sp.model, sp.recipe, sp.dim, sp.dtype, sp.canaries, keep)
+        # Re-adopt complete segments written after the last readable manifest (in write order).
+        named = Snapshot(0, 0, spaces, datasets).files()
+        if (corrupt or not gens) and store.segment_dir.is_dir():
+            for name in sorted(os.listdir(store.segment_dir)):
+                if name in named or name.startswith(".tmp-"):
+                    continue
+                attrs = _adoptable(store, name)
+                if not attrs:
+                    continue
+                seg = Segment(name, int(attrs["rows"]))
+                if attrs.get("kind") == "vectors" and "space_json" in attrs:
+                    sp = spaces.get(attrs["space"]) or Space.from_json(attrs["space"], json.loads(attrs["space_json"]))
+                    spaces[sp.id] = Space(sp.id, sp.fields, sp.model, sp.recipe, sp.dim, sp.dtype, sp.canaries,
+                                          sp.segments + (seg,))
+                elif attrs.get("kind") == "rows" and attrs.get("dataset"):
+                    ds = datasets.get(attrs["dataset"]) or Dataset(attrs["dataset"])
+                    datasets[ds.name] = Dataset(ds.name, ds.rows + (seg,), ds.keys)
+                elif attrs.get("kind") == "keys" and attrs.get("dataset"):
+                    ds = datasets.get(attrs["dataset"]) or Dataset(attrs["dataset"])
+                    keys = dict(ds.keys)
+                    keys[attrs["recipe"]] = keys.get(attrs["recipe"], ()) + (seg,)
+                    datasets[ds.name] = Dataset(ds.name, ds.rows, keys)
+                else:
+                    continue
+                r.actions.append(f"re-adopted complete segment {name} ({attrs.get('kind')})")
+        nxt = max([snap.next_segment] + [int(n[4:10]) + 1 for n in os.listdir(store.segment_dir) if n.startswith("seg-")])
+        w.replace(Snapshot(snap.generation, nxt, spaces, datasets))
+        w._sweep()
+    # Derived files that do not match are simply removed; the next query rebuilds them.
+    after = check(store)
+    for warning in after.warnings:
+        if warning.startswith("index of space") and "rebuilt" in warning:
+            sid = warning.split()[3]
+            for ext in (".faiss", ".json"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(store.index_dir / f"{sid}{ext}")
+            r.actions.append(f"removed the stale index of space {sid}")
+    r.errors = check(store).errors
+    return r
+
+
+__all__ = ["Report", "check", "repair"]
