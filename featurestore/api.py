@@ -112,14 +112,17 @@ class FeatureStore:
         """Read ``file`` into ``dataset``; embed only texts the model's space lacks."""
         from featurestore.store import check_dataset_name
 
+        t0 = time.perf_counter()
         check_dataset_name(dataset)
         recipe = get_recipe(clean or default_recipe(model))
         table = read_table(file, text_col=text_col, id_col=id_col, label_col=label_col, fmt=fmt, encoding=encoding)
         embedder = embedder or load_embedder(model)
-        return ingest(
+        summary = ingest(
             self.store, table, dataset, embedder, model, recipe,
             dtype=dtype, commit_rows=commit_rows, wait=wait, progress=progress,
         )
+        summary.seconds = time.perf_counter() - t0  # reading the file and opening the model included
+        return summary
 
     # ---- reading
 

@@ -146,9 +146,16 @@ def _ingest_locked(
     # 1. Which input rows are new; conflicting texts for a stored id stop everything before any write.
     new_mask = np.ones(len(table.ids), dtype=bool)
     keyed_ids = np.zeros(0, np.int64)
+    unvectored_ids = np.zeros(0, np.int64)
     old_rows: dict[str, np.ndarray] | None = None
+    # Keys the space already holds; the model is loaded only if something is missing.
+    have = set(store.space_keys(stored).tolist()) if stored is not None else set()
     if ds is not None and ds.count:
-        old_rows = store.dataset_rows(ds) if ds.keyed(recipe.name) < ds.count else None
+        # Rows keyed under this recipe by another model (or dtype) may still lack a vector in this space.
+        keyed_ids, keyed_keys = store.dataset_keys(ds, recipe.name)
+        unvectored_ids = keyed_ids[np.fromiter((k not in have for k in keyed_keys.tolist()), bool, len(keyed_keys))]
+        need_old = ds.keyed(recipe.name) < ds.count or len(unvectored_ids) > 0
+        old_rows = store.dataset_rows(ds) if need_old else None
         old_ids = old_rows["ids"] if old_rows is not None else store.dataset_ids(ds)
         old_digests = old_rows["digests"] if old_rows is not None else store._read_column(ds.rows, "digests")
         order = np.argsort(old_ids)
@@ -165,20 +172,23 @@ def _ingest_locked(
             )
         new_mask = ~found
         summary.duplicates += int(found.sum())
-        keyed_ids, _ = store.dataset_keys(ds, recipe.name)
 
     # 2. Work list: new rows, plus stored rows that have no key under this recipe yet.
     new_idx = np.flatnonzero(new_mask)
     work_ids = [table.ids[new_idx]]
     work_texts = [table.texts[i] for i in new_idx]
     work_new = [np.ones(len(new_idx), bool)]
+    work_needs_key = [np.ones(len(new_idx), bool)]
     if old_rows is not None:
         lacking = ~np.isin(old_rows["ids"], keyed_ids)
-        work_ids.append(old_rows["ids"][lacking])
-        work_texts.extend(old_rows["texts"][lacking].tolist())
-        work_new.append(np.zeros(int(lacking.sum()), bool))
+        redo = lacking | np.isin(old_rows["ids"], unvectored_ids)
+        work_ids.append(old_rows["ids"][redo])
+        work_texts.extend(old_rows["texts"][redo].tolist())
+        work_new.append(np.zeros(int(redo.sum()), bool))
+        work_needs_key.append(lacking[redo])
     ids = np.concatenate(work_ids)
     is_new = np.concatenate(work_new)
+    needs_key = np.concatenate(work_needs_key)
     summary.new_ids = int(is_new.sum())
     total = len(ids)
     if total == 0:
@@ -186,8 +196,7 @@ def _ingest_locked(
     label_of = dict(zip(table.ids[new_idx].tolist(), table.labels[new_idx].tolist()))
     digest_of = dict(zip(table.ids[new_idx].tolist(), table.digests[new_idx].tolist()))
 
-    # 3. Keys the space already holds; the model is loaded only if something is missing.
-    have = set(store.space_keys(stored).tolist()) if stored is not None else set()
+    # 3. Embed what the space lacks, batch by batch.
     drift_checked = False
     for start in range(0, total, commit_rows):
         sl = slice(start, min(start + commit_rows, total))
@@ -236,7 +245,7 @@ def _ingest_locked(
             dataset=dataset,
             rows=rows,
             recipe=recipe.name,
-            row_keys=(chunk_ids, np.array(keys, dtype="S32")),
+            row_keys=(chunk_ids[needs_key[sl]], np.array(keys, dtype="S32")[needs_key[sl]]),
         )
         summary.timings["commit"] = summary.timings.get("commit", 0.0) + time.perf_counter() - t
         stored = w.snap.spaces[space.id]

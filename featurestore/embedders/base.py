@@ -7,8 +7,10 @@ Empty texts never reach the model: their vector is all zeros (documented; never 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -44,6 +46,34 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def cached_file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a weights file, remembered per (path, size, mtime) so start-up stays fast.
+
+    The cache lives in ``$FS_CACHE_DIR`` (default ``~/.cache/featurestore``); ``fs models verify``
+    always recomputes. A file rewritten in place with its old mtime would fool it: don't do that.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    tag = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = Path(os.environ.get("FS_CACHE_DIR") or Path.home() / ".cache" / "featurestore") / "sha256.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if tag in cache:
+        return cache[tag]
+    digest = file_sha256(p)
+    cache[tag] = digest
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # a read-only home only costs the recomputation next time
+    return digest
 
 
 class Embedder(ABC):

