@@ -93,6 +93,9 @@ def check(store: Store) -> Report:
                 r.errors.append(f"dataset {ds.name!r}: {unresolved} keys under {recipe} resolve to no stored vector")
         r.stats[f"rows:{ds.name}"] = ds.count
     live = snap.files()
+    for gen in store.manifest_generations()[:-1]:  # older kept generations: superseded, still readable
+        with contextlib.suppress(StoreError):
+            live |= store.read_manifest(gen).files()
     if store.segment_dir.is_dir():
         extra = [n for n in os.listdir(store.segment_dir) if n not in live]
         if extra:

@@ -117,6 +117,8 @@ def ingest(
     with store.writer(wait=wait) as w:
         try:
             _ingest_locked(store, w, table, dataset, embedder, recipe, space, summary, commit_rows, progress)
+            if summary.batches_committed:
+                w.compact()
         except KeyboardInterrupt:
             summary.interrupted = True
             summary.seconds = time.perf_counter() - t0

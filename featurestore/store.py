@@ -570,6 +570,82 @@ class Writer:
         self.snap = new
         return new
 
+    def _merge(self, seq: int, segs: Sequence[Segment], attrs: Mapping[str, Any]) -> Segment:
+        """One new segment holding ``segs`` concatenated in order, copied in bounded chunks."""
+        name = f"seg-{seq:06d}.h5"
+        total = sum(s.rows for s in segs)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=self.store.segment_dir)
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w", locking=False) as out:
+                for k, v in attrs.items():
+                    out.attrs[k] = v
+                offset = 0
+                for seg in segs:
+                    with self.store.open_segment(seg.file) as f:
+                        for col in f:
+                            src = f[col]
+                            if col not in out:
+                                kw: dict[str, Any] = {"dtype": src.dtype}
+                                if src.ndim == 2:
+                                    kw["chunks"] = (max(1, min(total, (1 << 20) // (src.shape[1] * src.dtype.itemsize))), src.shape[1])
+                                    kw["maxshape"] = (None, src.shape[1])
+                                out.create_dataset(col, (total, *src.shape[1:]), **kw)
+                            for start in range(0, seg.rows, 65536):
+                                block = src[start : start + 65536]
+                                out[col][offset + start : offset + start + len(block)] = block
+                    offset += seg.rows
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.store.segment_path(name))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return Segment(name, total)
+
+    def compact(self, max_segments: int = 16) -> bool:
+        """Merge the segments of any space, dataset or key list that has more than ``max_segments``.
+
+        Order is kept, so row numbers (and FAISS indexes built on them) stay valid. The old
+        files stay until no kept manifest names them, so readers of older snapshots are safe.
+        """
+        snap = self.snap
+        seq = snap.next_segment
+        spaces = dict(snap.spaces)
+        datasets = dict(snap.datasets)
+        changed = False
+        try:
+            for sid, sp in snap.spaces.items():
+                if len(sp.segments) > max_segments:
+                    attrs = {"kind": "vectors", "space": sid,
+                             "space_json": json.dumps({**sp.to_json(), "segments": []}, sort_keys=True)}
+                    merged = self._merge(seq, sp.segments, attrs)
+                    seq += 1
+                    spaces[sid] = Space(sp.id, sp.fields, sp.model, sp.recipe, sp.dim, sp.dtype, sp.canaries, (merged,))
+                    changed = True
+            for name, ds in snap.datasets.items():
+                rows, keys = ds.rows, dict(ds.keys)
+                if len(rows) > max_segments:
+                    rows = (self._merge(seq, rows, {"kind": "rows", "dataset": name}),)
+                    seq += 1
+                for recipe, segs in ds.keys.items():
+                    if len(segs) > max_segments:
+                        keys[recipe] = (self._merge(seq, segs, {"kind": "keys", "dataset": name, "recipe": recipe}),)
+                        seq += 1
+                if rows != ds.rows or keys != ds.keys:
+                    datasets[name] = Dataset(name, rows, keys)
+                    changed = True
+            if changed:
+                _fsync_dir(self.store.segment_dir)
+                new = Snapshot(snap.generation + 1, seq, spaces, datasets)
+                self._publish(new)
+                self.snap = new
+        except OSError as exc:
+            raise StoreError(f"could not compact store {self.store.path} ({exc.strerror or exc}); "
+                             "the store is unchanged; fix: free disk space") from None
+        return changed
+
     def replace(self, new: Snapshot) -> Snapshot:
         """Publish a snapshot built by a maintenance operation (compaction, repair)."""
         new = Snapshot(self.snap.generation + 1, max(new.next_segment, self.snap.next_segment), new.spaces, new.datasets)
