@@ -99,8 +99,8 @@ def check(store: Store) -> Report:
     if store.segment_dir.is_dir():
         extra = [n for n in os.listdir(store.segment_dir) if n not in live]
         if extra:
-            r.warnings.append(f"{len(extra)} uncommitted segment file(s) left by an interrupted writer "
-                              "(removed by the next ingest or by 'fs repair')")
+            r.warnings.append(f"{len(extra)} segment file(s) that no kept manifest names (superseded by compaction "
+                              "or left by an interrupted writer; removed by the next ingest or by 'fs repair')")
     return r
 
 
