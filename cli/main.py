@@ -13,6 +13,7 @@ import typer
 from cli import models as models_cli
 from cli.common import handle_errors
 from featurestore.embedders import DEFAULT_MODEL
+from featurestore.errors import FeatureStoreError
 
 app = typer.Typer(
     help="featurestore: embed each tweet once, keep the vectors in HDF5, train and search from the store.",
@@ -26,7 +27,7 @@ StoreOpt = typer.Option(None, "--store", envvar="FS_STORE", help="Store director
 ModelOpt = typer.Option(
     DEFAULT_MODEL, "--model", "-m",
     help="Embedder: minilm (default, offline), elmo (TF Hub google/elmo/3), hub:HANDLE, elmo:PATH, "
-    "or a release from 'fs models list'.",
+    "a release from 'fs models list', or py:MODULE:ATTR (your own Embedder subclass).",
 )
 CleanOpt = typer.Option(
     None, "--clean", help="Cleaning recipe: raw-v1, basic-v1 or tweet-v1 [default: raw-v1 for minilm, tweet-v1 for ELMo]."
@@ -144,7 +145,13 @@ def predict(
 
     ids, labels = _fs(store).predict(dataset, name)
     lines = ["id,label"] + [f"{i},{label}" for i, label in zip(ids.tolist(), labels.tolist())]
-    atomic_write_bytes(out.resolve(), ("\n".join(lines) + "\n").encode())
+    if out.is_dir():
+        raise FeatureStoreError(f"--out {out} is a directory; give a file name such as {out / 'submission.csv'}")
+    try:
+        out.resolve().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out.resolve(), ("\n".join(lines) + "\n").encode())
+    except OSError as exc:
+        raise FeatureStoreError(f"cannot write {out} ({exc.strerror}); fix: choose a writable --out path") from None
     typer.echo(f"wrote {len(ids):,} predictions to {out} ({int(labels.sum()):,} labelled 1)")
 
 

@@ -239,7 +239,10 @@ class FeatureStore:
             info["query"] = "stored vector"
         else:
             recipe = get_recipe(space.recipe)
-            key = text_key(recipe.name, recipe.clean([text])[0])
+            cleaned = recipe.clean([text])[0]
+            if not cleaned.strip():  # a zero vector scores 0 against everything: no meaningful neighbours
+                raise FeatureStoreError(f"query {text!r} is empty after cleaning with {recipe.name}; give words to search for")
+            key = text_key(recipe.name, cleaned)
             if key in row_of:
                 query = self.store.read_vectors(space, np.array([row_of[key]]))
                 info["query"] = "stored vector (model not loaded)"

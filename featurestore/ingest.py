@@ -111,6 +111,8 @@ def ingest(
 ) -> IngestSummary:
     """Add ``table`` to ``dataset`` and make sure every row has a vector in the model's space."""
     t0 = time.perf_counter()
+    if commit_rows < 1:  # 0 would crash range(); a negative step would silently commit nothing
+        raise FeatureStoreError(f"--batch-rows must be at least 1, got {commit_rows}")
     space = make_space(embedder, model, recipe, dtype)
     summary = IngestSummary(dataset, space.id, model, recipe.name, rows_read=table.rows_read)
     summary.duplicates = table.duplicate_rows

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,6 +83,11 @@ def fit_and_evaluate(
         raise FeatureStoreError(f"--test-size {test_size} must be between 0 and 1 (e.g. 0.2)")
     # Splitting positions gives the same partition as splitting the matrix itself.
     tr, va = train_test_split(np.arange(n), random_state=seed, test_size=test_size)
+    if len(np.unique(y[tr])) < 2:  # a tiny dataset can split so that one class is all in validation
+        raise LabelError(
+            f"the training split ({len(tr)} rows) holds only label {int(y[tr][0])}; training needs both 0 and 1: "
+            "add labelled rows of both classes, or change --test-size / --seed"
+        )
     clf = make_classifier(kind, seed)
     t_read = t_fit = 0.0
     if kind == "sgd":  # out of core: never more than chunk_rows vectors in memory
@@ -120,7 +126,16 @@ def fit_and_evaluate(
     return clf, metrics, len(tr), len(va), t_read, t_fit
 
 
+_CLASSIFIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
 def classifier_paths(store: Store, name: str) -> tuple[Path, Path]:
+    # The name becomes a file name: no '/' or '..' that would write outside the store.
+    if not _CLASSIFIER_NAME.match(name) or ".." in name:
+        raise FeatureStoreError(
+            f"invalid classifier name {name!r}; use 1-128 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit, without '/' or '..'"
+        )
     return store.classifier_dir / f"{name}.skops", store.classifier_dir / f"{name}.json"
 
 

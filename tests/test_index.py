@@ -1,0 +1,131 @@
+"""The FAISS index against an exact numpy brute-force cosine search on the same seeded vectors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurestore import index as faiss_index
+from featurestore.api import FeatureStore
+from tests.conftest import FAKE
+from tests.fakes import CountingEmbedder, fake_vector
+
+QUERIES = ["query one", "another query", "battery died", "my new phone", "zzz"]
+
+
+def _texts(start: int, stop: int) -> list[str]:
+    return [f"seeded tweet number {i}" for i in range(start, stop)]
+
+
+def _ingest(fs: FeatureStore, tmp_path: Path, dataset: str, start: int, stop: int) -> None:
+    p = tmp_path / f"{dataset}-{start}-{stop}.csv"
+    p.write_text("id,text\n" + "".join(f"{i},{t}\n" for i, t in zip(range(start, stop), _texts(start, stop))))
+    fs.ingest(str(p), dataset, FAKE, "raw-v1", embedder=CountingEmbedder())
+
+
+def _brute(query: str, ids: list[int], k: int = 10) -> tuple[list[int], np.ndarray]:
+    """Exact cosine top-k over the fake's vectors of ``seeded tweet number {id}``."""
+    m = np.stack([fake_vector(f"seeded tweet number {i}") for i in ids]).astype(np.float64)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    q = fake_vector(query).astype(np.float64)
+    q /= np.linalg.norm(q)
+    s = m @ q
+    top = np.argsort(-s, kind="stable")[:k]
+    return [ids[j] for j in top], s[top]
+
+
+def _assert_matches_brute(fs: FeatureStore, ids: list[int], dataset: str | None = None) -> dict:
+    info = {}
+    for q in QUERIES:
+        hits, info = fs.similar(q, k=10, model=FAKE, clean="raw-v1", dataset=dataset)
+        want_ids, want_scores = _brute(q, ids)
+        assert [h.ids[0][1] for h in hits] == want_ids
+        np.testing.assert_allclose([h.score for h in hits], want_scores, atol=1e-5)
+        assert [h.rank for h in hits] == list(range(1, 11))
+        assert all(h.text == f"seeded tweet number {h.ids[0][1]}" for h in hits)
+        assert info["query"] == "embedded"
+    return info
+
+
+def test_exact_search_equals_brute_force(fs: FeatureStore, tmp_path: Path) -> None:
+    _ingest(fs, tmp_path, "d", 0, 400)
+    info = _assert_matches_brute(fs, list(range(400)))
+    assert info["index"] == "loaded"  # built on the first query, loaded by the later ones
+    assert (fs.path / "index" / f"{info['space']}.faiss").is_file()
+
+
+def test_index_module_directly(fs: FeatureStore, tmp_path: Path) -> None:
+    _ingest(fs, tmp_path, "d", 0, 50)
+    space = fs.space(FAKE, "raw-v1")
+    opened = faiss_index.open_index(fs.store, space)
+    assert opened.status == "built" and opened.rows == 50
+    stored = np.concatenate([b for _, b in fs.store.iter_vectors(space)])
+    q = np.stack([fake_vector(t) for t in QUERIES])
+    scores, rows = faiss_index.search(opened, q, 10)
+    want = faiss_index.normalize(q) @ faiss_index.normalize(stored).T
+    for i in range(len(QUERIES)):
+        order = np.argsort(-want[i], kind="stable")[:10]
+        assert rows[i].tolist() == order.tolist()
+        np.testing.assert_allclose(scores[i], want[i][order], atol=1e-5)
+    # more neighbours asked than rows: k is capped
+    s2, r2 = faiss_index.search(opened, q[:1], 500)
+    assert r2.shape == (1, 50) and sorted(r2[0].tolist()) == list(range(50))
+
+
+def test_normalize_keeps_zero_rows_zero() -> None:
+    v = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(faiss_index.normalize(v), [[0.6, 0.8], [0.0, 0.0]])
+
+
+def test_incremental_update_after_the_store_grows(fs: FeatureStore, tmp_path: Path) -> None:
+    _ingest(fs, tmp_path, "d", 0, 300)
+    _, info = fs.similar("query one", model=FAKE, clean="raw-v1")
+    assert info["index"] == "built"
+    _ingest(fs, tmp_path, "d", 300, 450)
+    _, info = fs.similar("query one", model=FAKE, clean="raw-v1")
+    assert info["index"].startswith("extended") and "150 rows" in info["index"]
+    info = _assert_matches_brute(fs, list(range(450)))
+    assert info["index"] == "loaded"
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncate", "manifest"])
+def test_damaged_index_is_rebuilt(fs: FeatureStore, tmp_path: Path, damage: str) -> None:
+    _ingest(fs, tmp_path, "d", 0, 300)
+    _, info = fs.similar("query one", model=FAKE, clean="raw-v1")
+    path = fs.path / "index" / f"{info['space']}.faiss"
+    data = bytearray(path.read_bytes())
+    if damage == "corrupt":
+        data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
+        path.write_bytes(bytes(data))
+    elif damage == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 3]))
+    else:
+        path.with_suffix(".json").write_bytes(b"{not json")
+    _, info = fs.similar("query one", model=FAKE, clean="raw-v1")
+    assert info["index"].startswith("rebuilt")
+    info = _assert_matches_brute(fs, list(range(300)))
+    assert info["index"] == "loaded"  # the rebuilt index was saved
+
+
+def test_dataset_restriction(fs: FeatureStore, tmp_path: Path) -> None:
+    _ingest(fs, tmp_path, "a", 0, 200)
+    _ingest(fs, tmp_path, "b", 200, 500)
+    _assert_matches_brute(fs, list(range(200, 500)), dataset="b")
+    _assert_matches_brute(fs, list(range(0, 200)), dataset="a")
+    hits, _ = fs.similar("query one", k=500, model=FAKE, clean="raw-v1", dataset="a")
+    assert len(hits) == 200 and {h.ids[0][0] for h in hits} == {"a"}
+    _assert_matches_brute(fs, list(range(0, 500)))  # no restriction: both
+
+
+def test_similar_by_id_and_by_stored_text(fs: FeatureStore, tmp_path: Path) -> None:
+    _ingest(fs, tmp_path, "d", 0, 100)
+    hits, info = fs.similar(id=42, k=3, model=FAKE, clean="raw-v1")
+    assert info["query"] == "stored vector"
+    assert hits[0].ids == [("d", 42)] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    CountingEmbedder.log.clear()
+    hits, info = fs.similar("seeded tweet number 7", k=3, model=FAKE, clean="raw-v1")
+    assert info["query"] == "stored vector (model not loaded)" and CountingEmbedder.log == []
+    assert hits[0].ids == [("d", 7)] and hits[0].text == "seeded tweet number 7"
+    want, _ = _brute("seeded tweet number 7", list(range(100)), 3)
+    assert [h.ids[0][1] for h in hits] == want

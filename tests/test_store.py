@@ -1,0 +1,213 @@
+"""The segment store: atomic commits, snapshots, chunked reads, dtype, names."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from featurestore.api import FeatureStore
+from featurestore.errors import DatasetError, StoreError, StoreLockedError
+from featurestore.keys import raw_digest, text_key
+from featurestore.store import Space, Store, check_dataset_name
+from tests.conftest import TRAIN_CSV
+from tests.fakes import CountingEmbedder
+
+
+def _space(dim: int = 4, dtype: str = "float32") -> Space:
+    return Space("s" * 16, {"x": 1}, "fake", "raw-v1", dim, dtype)
+
+
+def _keys(n: int, start: int = 0) -> np.ndarray:
+    return np.array([text_key("raw-v1", f"t{i}") for i in range(start, start + n)], dtype="S32")
+
+
+def _rows(ids: list[int]) -> dict:
+    texts = [f"text {i}" for i in ids]
+    return {"ids": np.array(ids), "labels": np.array([i % 2 for i in ids]),
+            "digests": [raw_digest(t) for t in texts], "texts": texts}
+
+
+def test_empty_store_snapshot(store: Store) -> None:
+    snap = store.snapshot()
+    assert snap.generation == 0 and not snap.spaces and not snap.datasets
+    assert not store.path.exists()  # reading never creates the store
+
+
+def test_commit_and_snapshot_round_trip(store: Store) -> None:
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((5, 4)).astype(np.float32)
+    keys = _keys(5)
+    with store.writer() as w:
+        snap = w.commit(space=_space(), keys=keys, vectors=vecs, dataset="d", rows=_rows([10, 11, 12, 13, 14]),
+                        recipe="raw-v1", row_keys=(np.array([10, 11, 12, 13, 14]), keys))
+    assert snap.generation == 1
+    again = Store(store.path).snapshot()  # a fresh reader
+    assert again == snap
+    space = again.spaces["s" * 16]
+    assert space.rows == 5 and space.dim == 4
+    np.testing.assert_array_equal(store.space_keys(space), keys)
+    np.testing.assert_array_equal(store.read_vectors(space, np.array([4, 0, 4])), vecs[[4, 0, 4]])
+    rows = store.dataset_rows(again.datasets["d"])
+    assert rows["ids"].tolist() == [10, 11, 12, 13, 14]
+    assert rows["labels"].tolist() == [0, 1, 0, 1, 0]
+    assert rows["texts"].tolist() == [f"text {i}" for i in range(10, 15)]
+    assert store.texts_for(again.datasets["d"], [12, 10]) == {10: "text 10", 12: "text 12"}
+    ids, k = store.dataset_keys(again.datasets["d"], "raw-v1")
+    assert ids.tolist() == [10, 11, 12, 13, 14] and k.tolist() == keys.tolist()
+
+
+def test_generations_grow_and_old_manifests_are_pruned(store: Store) -> None:
+    with store.writer() as w:
+        for g in range(5):
+            w.commit(space=_space(), keys=_keys(2, 2 * g), vectors=np.ones((2, 4), np.float32))
+    assert store.manifest_generations() == [3, 4, 5]
+    snap = store.snapshot()
+    assert snap.generation == 5 and snap.spaces["s" * 16].rows == 10
+    assert len(snap.spaces["s" * 16].segments) == 5
+
+
+def test_reader_snapshot_is_frozen_while_writer_commits(store: Store) -> None:
+    with store.writer() as w:
+        w.commit(space=_space(), keys=_keys(2), vectors=np.zeros((2, 4), np.float32))
+    before = store.snapshot()
+    with store.writer() as w:
+        w.commit(space=_space(), keys=_keys(3, 2), vectors=np.ones((3, 4), np.float32))
+    # the old snapshot still reads exactly what it named
+    assert before.spaces["s" * 16].rows == 2
+    blocks = [b for _, b in store.iter_vectors(before.spaces["s" * 16])]
+    np.testing.assert_array_equal(np.concatenate(blocks), np.zeros((2, 4)))
+    assert store.snapshot().spaces["s" * 16].rows == 5
+
+
+def test_failed_publish_leaves_readers_on_the_last_generation(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    with store.writer() as w:
+        w.commit(space=_space(), keys=_keys(2), vectors=np.zeros((2, 4), np.float32))
+    files_before = set(os.listdir(store.segment_dir))
+
+    from featurestore import store as store_mod
+
+    def boom(self, new):  # the process dies after writing segments, before the manifest
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_mod.Writer, "_publish", boom)
+    with pytest.raises(StoreError, match="nothing from this batch was committed"):
+        with store.writer() as w:
+            w.commit(space=_space(), keys=_keys(3, 2), vectors=np.ones((3, 4), np.float32))
+    monkeypatch.undo()
+    snap = store.snapshot()
+    assert snap.generation == 1 and snap.spaces["s" * 16].rows == 2
+    assert set(os.listdir(store.segment_dir)) == files_before  # the batch's segment was removed
+
+
+def test_orphan_segments_are_invisible_and_swept(store: Store) -> None:
+    with store.writer() as w:
+        w.commit(space=_space(), keys=_keys(2), vectors=np.zeros((2, 4), np.float32))
+    orphan = store.segment_dir / "seg-000099.h5"
+    orphan.write_bytes(b"half written")
+    (store.manifest_dir / ".tmp-abc").write_bytes(b"{")
+    assert store.snapshot().generation == 1
+    assert "seg-000099.h5" not in store.snapshot().files()
+    with store.writer():
+        pass
+    assert not orphan.exists() and not (store.manifest_dir / ".tmp-abc").exists()
+
+
+def test_corrupt_manifest_is_a_store_error(store: Store) -> None:
+    with store.writer() as w:
+        w.commit(space=_space(), keys=_keys(1), vectors=np.zeros((1, 4), np.float32))
+    path = store.manifest_path(1)
+    path.write_bytes(path.read_bytes().replace(b'"generation": 1', b'"generation": 7'))
+    with pytest.raises(StoreError, match="corrupt"):
+        store.snapshot()
+
+
+def test_second_writer_is_refused(store: Store) -> None:
+    with store.writer():
+        with pytest.raises(StoreLockedError, match="--wait"):
+            with store.writer():
+                pass
+
+
+def test_iter_vectors_reads_in_chunks(store: Store) -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((7, 4)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
+    with store.writer() as w:
+        w.commit(space=_space(), keys=_keys(7), vectors=a)
+        w.commit(space=_space(), keys=_keys(5, 7), vectors=b)
+    space = store.snapshot().spaces["s" * 16]
+    chunks = list(store.iter_vectors(space, chunk_rows=3))
+    assert [(first, len(block)) for first, block in chunks] == [(0, 3), (3, 3), (6, 1), (7, 3), (10, 2)]
+    assert all(block.dtype == np.float32 for _, block in chunks)
+    np.testing.assert_array_equal(np.concatenate([blk for _, blk in chunks]), np.concatenate([a, b]))
+
+
+def test_float16_on_disk_float32_in_memory(store: Store) -> None:
+    vecs = np.array([[0.1, 0.2, 0.3, 1.0], [1e-3, -2.5, 3.14159, 0.0]], np.float32)
+    with store.writer() as w:
+        w.commit(space=_space(dtype="float16"), keys=_keys(2), vectors=vecs)
+    space = store.snapshot().spaces["s" * 16]
+    with h5py.File(store.segment_path(space.segments[0].file), "r") as f:
+        assert f["vectors"].dtype == np.float16
+    out = store.read_vectors(space, np.array([0, 1]))
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, vecs.astype(np.float16).astype(np.float32))
+    block = next(store.iter_vectors(space))[1]
+    assert block.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".hidden", "", "a..b", "x" * 65, "a b", "a\\b"])
+def test_invalid_dataset_names_are_rejected(store: Store, name: str) -> None:
+    with pytest.raises(DatasetError, match="invalid dataset name"):
+        check_dataset_name(name)
+    with pytest.raises(DatasetError):
+        with store.writer() as w:
+            w.commit(dataset=name, rows=_rows([1]))
+    assert store.snapshot().generation == 0
+
+
+@pytest.mark.parametrize("name", ["train", "test-2024", "a.b_c", "x" * 64, "0"])
+def test_valid_dataset_names(name: str) -> None:
+    assert check_dataset_name(name) == name
+
+
+def test_unknown_dataset_lists_known(store: Store) -> None:
+    with store.writer() as w:
+        w.commit(dataset="train", rows=_rows([1]))
+    with pytest.raises(DatasetError, match="datasets: train"):
+        store.dataset("nope")
+
+
+def test_store_path_that_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        Store(f)
+    with pytest.raises(StoreError, match="not writable"):
+        with Store(f / "store").writer():
+            pass
+
+
+def test_duplicate_tweets_of_the_train_csv_share_one_vector(tmp_path: Path) -> None:
+    """The bundled train set repeats one tweet under ids 506, 1839 and 6769: three ids, one vector."""
+    fs = FeatureStore(tmp_path / "store")
+    emb = CountingEmbedder()
+    s = fs.ingest(str(TRAIN_CSV), "train", "fake", "raw-v1", embedder=emb, commit_rows=4096)
+    assert (s.rows_read, s.new_ids, s.duplicates) == (7920, 7920, 0)
+    assert s.embedded == 7918 and s.cache_hits == 2
+    assert len(emb.inputs) == len(set(emb.inputs)) == 7918
+    assert s.batches_committed == 2
+    snap = fs.store.snapshot()
+    space = fs.space("fake", "raw-v1", snap)
+    assert space.rows == 7918
+    ids, keys = fs.store.dataset_keys(snap.datasets["train"], "raw-v1")
+    assert len(ids) == 7920
+    key_of = dict(zip(ids.tolist(), keys.tolist()))
+    assert key_of[506] == key_of[1839] == key_of[6769]
+    X, y, xid = fs.xy("train", "fake", "raw-v1")
+    assert X.shape == (7920, 16) and xid.tolist() == list(range(1, 7921))
+    pos = {i: j for j, i in enumerate(xid.tolist())}
+    np.testing.assert_array_equal(X[pos[506]], X[pos[6769]])
+    assert y.sum() == 2026

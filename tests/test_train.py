@@ -1,0 +1,125 @@
+"""Training from the store: the tutorial's split, label checks, skops round trip, sgd."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+from sklearn.model_selection import train_test_split
+
+from featurestore.api import FeatureStore
+from featurestore.errors import FeatureStoreError, LabelError
+from featurestore.train import classifier_paths, load_classifier
+from tests.conftest import train_rows, write_csv
+from tests.fakes import BagOfWordsEmbedder, CountingEmbedder
+
+
+@pytest.fixture
+def trained_store(fs: FeatureStore, tmp_path: Path) -> FeatureStore:
+    rows = train_rows(400)
+    fs.ingest(str(write_csv(tmp_path / "train.csv", rows)), "train", "fake", "raw-v1", embedder=BagOfWordsEmbedder())
+    return fs
+
+
+def test_xy_reads_vectors_labels_ids(trained_store: FeatureStore) -> None:
+    X, y, ids = trained_store.xy("train", "fake", "raw-v1")
+    rows = train_rows(400)
+    assert X.shape == (400, 64) and X.dtype == np.float32
+    assert ids.tolist() == [int(r["id"]) for r in rows]
+    assert y.tolist() == [int(r["label"]) for r in rows]
+
+
+def test_train_split_equals_the_tutorial_split(trained_store: FeatureStore) -> None:
+    X, y, _ = trained_store.xy("train", "fake", "raw-v1")
+    xtr, xva, ytr, yva = train_test_split(X, y, random_state=42, test_size=0.2)
+    pred = LogisticRegression(max_iter=2000, random_state=42).fit(xtr, ytr).predict(xva)
+    r = trained_store.train("train", "fake", "raw-v1", name="t1")
+    assert (r.n_train, r.n_valid) == (320, 80)
+    assert r.f1 == f1_score(yva, pred, zero_division=0)
+    assert r.precision == precision_score(yva, pred, zero_division=0)
+    assert r.recall == recall_score(yva, pred, zero_division=0)
+    assert r.accuracy == accuracy_score(yva, pred)
+    assert r.f1 > 0  # both classes are present in the validation rows and some are found
+
+
+def test_saved_classifier_loads_back_and_predicts_the_same(trained_store: FeatureStore) -> None:
+    r = trained_store.train("train", "fake", "raw-v1", name="t1")
+    clf, manifest = load_classifier(trained_store.store, "t1")
+    assert manifest["dataset"] == "train" and manifest["space"] == r.space and manifest["metrics"]["f1"] == r.f1
+    assert manifest["params"] == {"test_size": 0.2, "seed": 42} and manifest["n_train"] == 320
+    X, y, ids = trained_store.xy("train", "fake", "raw-v1")
+    xtr, _, ytr, _ = train_test_split(X, y, random_state=42, test_size=0.2)
+    direct = LogisticRegression(max_iter=2000, random_state=42).fit(xtr, ytr)
+    np.testing.assert_array_equal(clf.predict(X), direct.predict(X))
+    pid, plabels = trained_store.predict("train", "t1")
+    assert pid.tolist() == ids.tolist()
+    np.testing.assert_array_equal(plabels, direct.predict(X))
+
+
+def test_tampered_classifier_is_refused(trained_store: FeatureStore) -> None:
+    trained_store.train("train", "fake", "raw-v1", name="t1")
+    model_path, _ = classifier_paths(trained_store.store, "t1")
+    data = bytearray(model_path.read_bytes())
+    data[-10] ^= 0xFF
+    model_path.write_bytes(bytes(data))
+    with pytest.raises(FeatureStoreError, match="does not match its manifest"):
+        load_classifier(trained_store.store, "t1")
+    with pytest.raises(FeatureStoreError, match="does not match its manifest"):
+        trained_store.predict("train", "t1")
+
+
+def test_unknown_classifier_name_lists_trained_ones(trained_store: FeatureStore) -> None:
+    trained_store.train("train", "fake", "raw-v1", name="t1")
+    with pytest.raises(FeatureStoreError, match="trained: t1"):
+        trained_store.predict("train", "nope")
+
+
+def test_sgd_out_of_core_runs(trained_store: FeatureStore) -> None:
+    r = trained_store.train("train", "fake", "raw-v1", classifier="sgd", name="s1")
+    assert r.classifier == "sgd" and (r.n_train, r.n_valid) == (320, 80)
+    assert 0.0 <= r.f1 <= 1.0 and 0.0 < r.accuracy <= 1.0
+    clf, _ = load_classifier(trained_store.store, "s1")
+    assert type(clf).__name__ == "SGDClassifier"
+
+
+def test_bad_classifier_and_test_size(trained_store: FeatureStore) -> None:
+    with pytest.raises(FeatureStoreError, match="unknown classifier 'svm'"):
+        trained_store.train("train", "fake", "raw-v1", classifier="svm")
+    with pytest.raises(FeatureStoreError, match="--test-size 1.5"):
+        trained_store.train("train", "fake", "raw-v1", test_size=1.5)
+
+
+def _labelled(fs: FeatureStore, tmp_path: Path, labels: list[int | None]) -> None:
+    rows = [{"id": i, "label": "" if lab is None else lab, "tweet": f"tweet {i}"} for i, lab in enumerate(labels)]
+    fields = ("id", "label", "tweet") if labels[0] is not None else ("id", "tweet")
+    fs.ingest(str(write_csv(tmp_path / "l.csv", rows, fields)), "d", "fake", "raw-v1", embedder=CountingEmbedder())
+
+
+def test_labels_besides_0_1_are_refused(fs: FeatureStore, tmp_path: Path) -> None:
+    _labelled(fs, tmp_path, [0, 1, 2, 1, 0])
+    with pytest.raises(LabelError, match=r"labels \[2\] besides 0/1"):
+        fs.train("d", "fake", "raw-v1")
+
+
+def test_one_class_is_refused(fs: FeatureStore, tmp_path: Path) -> None:
+    _labelled(fs, tmp_path, [1, 1, 1])
+    with pytest.raises(LabelError, match="only label 1"):
+        fs.train("d", "fake", "raw-v1")
+
+
+def test_dataset_without_labels_is_refused(fs: FeatureStore, tmp_path: Path) -> None:
+    _labelled(fs, tmp_path, [None, None, None])
+    with pytest.raises(LabelError, match="no labelled rows"):
+        fs.train("d", "fake", "raw-v1")
+    X, y, ids = fs.xy("d", "fake", "raw-v1", labelled=False)
+    assert X.shape == (3, 16) and y.tolist() == [-1, -1, -1] and ids.tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".."])
+def test_classifier_name_cannot_leave_the_store(trained_store: FeatureStore, name: str) -> None:
+    with pytest.raises(FeatureStoreError, match="classifier name"):
+        trained_store.train("train", "fake", "raw-v1", name=name)
+    assert not (trained_store.path / "escape.skops").exists()
+    assert not (trained_store.path.parent / "escape.skops").exists()
