@@ -26,7 +26,8 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except FeatureStoreError as exc:
-            raise fail(str(exc), getattr(exc, "exit_code", 1)) from None
+            # One line, always: a wrapped library message must not spill over several.
+            raise fail(" ".join(str(exc).split()), getattr(exc, "exit_code", 1)) from None
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)
             raise typer.Exit(130) from None

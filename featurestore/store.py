@@ -68,6 +68,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _reason(exc: BaseException) -> str:
+    """A short, one-line cause for an I/O failure (h5py's messages span several lines)."""
+    text = getattr(exc, "strerror", None) or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return " ".join(str(text).split())[:160]
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a torn one."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -426,10 +432,17 @@ class Writer:
             self._lock.acquire(timeout=-1 if self.wait and self.timeout is None else (self.timeout or 0))
         except Timeout:
             raise StoreLockedError(
-                f"another process is writing to {store.path}; fix: wait for it to finish, or pass --wait to queue"
+                f"another process is writing to {store.path} (it holds {store.path / 'LOCK'}); fix: wait for it to "
+                "finish, or pass --wait to queue"
             ) from None
         if not self.recover:
             try:
+                if not store.manifest_generations() and not any(
+                    n.startswith("seg-") for n in os.listdir(store.segment_dir)
+                ):
+                    # A new store gets an empty generation 0 first, so a kill during its first commit
+                    # leaves orphans beside a manifest (swept as usual), not segments without one.
+                    self._publish(EMPTY)
                 self.snap = store.snapshot()
                 self._sweep()
             except BaseException:
@@ -559,12 +572,12 @@ class Writer:
             new = Snapshot(snap.generation + 1, seq, spaces, datasets)
             _fsync_dir(self.store.segment_dir)
             self._publish(new)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # h5py reports a failed write at close as RuntimeError
             for name in written:
                 with contextlib.suppress(OSError):
                     os.unlink(self.store.segment_path(name))
             raise StoreError(
-                f"could not write to store {self.store.path} ({exc.strerror or exc}); nothing from this batch was "
+                f"could not write to store {self.store.path} ({_reason(exc)}); nothing from this batch was "
                 "committed; fix: free disk space or choose another --store, then run the same command again"
             ) from None
         self.snap = new
@@ -641,8 +654,8 @@ class Writer:
                 new = Snapshot(snap.generation + 1, seq, spaces, datasets)
                 self._publish(new)
                 self.snap = new
-        except OSError as exc:
-            raise StoreError(f"could not compact store {self.store.path} ({exc.strerror or exc}); "
+        except (OSError, RuntimeError) as exc:
+            raise StoreError(f"could not compact store {self.store.path} ({_reason(exc)}); "
                              "the store is unchanged; fix: free disk space") from None
         return changed
 

@@ -166,13 +166,21 @@ def load_classifier(store: Store, name: str) -> tuple[Any, dict[str, Any]]:
     data = model_path.read_bytes()
     if hashlib.sha256(data).hexdigest() != manifest.get("file_sha256"):
         raise FeatureStoreError(f"classifier file {model_path} does not match its manifest; retrain with 'fs train'")
-    untrusted = sio.get_untrusted_types(data=data)
-    if untrusted:
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+        if untrusted:
+            raise FeatureStoreError(
+                f"classifier file {model_path} contains types that are not trusted ({', '.join(untrusted[:3])}); "
+                "refusing to load it"
+            )
+        return sio.loads(data), manifest
+    except FeatureStoreError:
+        raise
+    except Exception as exc:  # not a skops file (a pickle, a zip bomb, garbage): never unpickled
         raise FeatureStoreError(
-            f"classifier file {model_path} contains types that are not trusted ({', '.join(untrusted[:3])}); "
-            "refusing to load it"
-        )
-    return sio.loads(data), manifest
+            f"classifier file {model_path} is not a valid skops file ({type(exc).__name__}); refusing to load it; "
+            "retrain with 'fs train'"
+        ) from None
 
 
 def result_dict(r: TrainResult) -> dict[str, Any]:

@@ -1,0 +1,414 @@
+"""The bad-input catalogue: every row is one real ``fs`` command on a copy of a small store.
+
+Errors exit non-zero with one line ``Error: ...`` that names the problem and the fix,
+never a traceback, and leave the store byte for byte as it was; inputs that should
+work do, and what they stored reads back exactly. docs/integrity.md has the table.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import resource
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from featurestore.api import FeatureStore
+from featurestore.check import check
+from featurestore.store import Store
+from tests.integrity_fakes import Payload, SlowHashEmbedder
+from tests.integrity_harness import (
+    MODEL,
+    RECIPE,
+    ROOT,
+    committed_generation,
+    fs_cmd,
+    fs_env,
+    run_fs,
+    store_vectors,
+    write_slice,
+)
+
+M = ("--model", MODEL, "--clean", RECIPE)
+HEADER = "id,label,tweet\n"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """200 real tweets, committed in batches of 100, plus a trained classifier."""
+    d = tmp_path_factory.mktemp("base")
+    fs = FeatureStore(d / "store")
+    fs.ingest(str(write_slice(d / "t.csv", 200)), "train", MODEL, RECIPE, embedder=SlowHashEmbedder(), commit_rows=100)
+    fs.train("train", MODEL, RECIPE, name="clf")
+    return d / "store"
+
+
+@pytest.fixture
+def store(base: Path, tmp_path: Path) -> Path:
+    shutil.copytree(base, tmp_path / "store")
+    return tmp_path / "store"
+
+
+def files(store: Path) -> dict[str, str]:
+    """Every file of the store with its hash (LOCK aside: it is the lock, not data)."""
+    return {
+        str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(store.rglob("*")) if p.is_file() and p.name != "LOCK"
+    }
+
+
+def assert_error(r: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert r.returncode != 0, f"exit 0 for an error case: {r.stdout}"
+    assert "Traceback" not in r.stdout + r.stderr, r.stderr
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("Error: "), err
+    for f in fragments:
+        assert f in err, f"{f!r} not in {err!r}"
+    return err
+
+
+def assert_consistent(store: Path) -> None:
+    report = check(Store(store))
+    assert report.ok, report.errors
+
+
+def rows_of(store: Path, dataset: str) -> dict[int, tuple[int, str]]:
+    r = FeatureStore(store).rows(dataset)
+    return {int(i): (int(lab), t) for i, lab, t in zip(r["ids"], r["labels"], r["texts"])}
+
+
+def write(tmp: Path, name: str, content: str | bytes) -> Path:
+    p = tmp / name
+    p.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return p
+
+
+# ----------------------------------------------------------------------------- the catalogue
+
+@dataclass
+class Case:
+    """``make(tmp, store)`` writes inputs and returns the ``fs`` arguments."""
+
+    id: str
+    make: Callable[[Path, Path], list[str]]
+    error: tuple[str, ...] | None = None  # fragments of the one-line error; None: it must work
+    verify: Callable[[Path, subprocess.CompletedProcess], None] | None = None
+    stdin: str | None = None
+
+
+def ingest(path: Path | str, store: Path, *more: str, dataset: str = "extra") -> list[str]:
+    return ["ingest", str(path), "--store", str(store), "--dataset", dataset, *M, *more]
+
+
+def _round_trip(expected: dict[int, tuple[int, str]]) -> Callable[[Path, subprocess.CompletedProcess], None]:
+    def verify(store: Path, r: subprocess.CompletedProcess) -> None:
+        assert rows_of(store, "extra") == expected
+        X, _, ids = FeatureStore(store).xy("extra", MODEL, RECIPE, labelled=False)
+        assert len(X) == len(expected) and np.isfinite(X).all()
+
+    return verify
+
+
+BIG = " ".join(f"w{i % 9973}" for i in range(170_000))[:1_000_000]
+UNICODE = {1: (0, "emoji 😀🔥👍🏽 family 👨‍👩‍👧"), 2: (1, "עברית מימין לשמאל مرحبا بالعالم"), 3: (0, "中文 日本語 한국어 テスト"),
+           4: (1, "mixed \u200f RTL mark and e\u0301 combining")}
+
+
+def _csv(rows: dict[int, tuple[int, str]]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "label", "tweet"])
+    for i, (lab, t) in rows.items():
+        w.writerow([i, lab, t])
+    return buf.getvalue()
+
+
+def _similar_finds_unicode(store: Path, r: subprocess.CompletedProcess) -> None:
+    _round_trip(UNICODE)(store, r)
+    s = run_fs("similar", UNICODE[2][1], "--k", "1", "--json", "--dataset", "extra", *M, "--store", str(store))
+    assert s.returncode == 0, s.stderr
+    hit = json.loads(s.stdout)["hits"][0]
+    assert hit["text"] == UNICODE[2][1] and hit["score"] > 0.999
+
+
+def _dup_kept_once(store: Path, r: subprocess.CompletedProcess) -> None:
+    assert rows_of(store, "extra") == {7: (0, "same text"), 8: (1, "other")}
+    assert "duplicates 1" in r.stdout
+
+
+def _labels_outside(store: Path, r: subprocess.CompletedProcess) -> None:
+    assert rows_of(store, "extra")[3] == (2, "three")
+    t = run_fs("train", "--dataset", "extra", *M, "--store", str(store))
+    assert_error(t, "labels [2] besides 0/1", "map the labels to 0/1")
+
+
+def _empty_texts(store: Path, r: subprocess.CompletedProcess) -> None:
+    X, _, ids = FeatureStore(store).xy("extra", MODEL, RECIPE)
+    assert len(ids) == 2 and not X[list(ids).index(1)].any() and X[list(ids).index(2)].any()
+    assert "empty after cleaning 1" in r.stdout
+
+
+CASES = [
+    Case("missing-file", lambda t, s: ingest(t / "nope.csv", s), ("does not exist", "check the path")),
+    Case("directory", lambda t, s: ingest(t, s), ("is a directory",)),
+    Case("empty-file", lambda t, s: ingest(write(t, "e.csv", ""), s), ("is empty",)),
+    Case("whitespace-only", lambda t, s: ingest(write(t, "w.csv", "\n  \n"), s), ("is empty",)),
+    Case("empty-stdin", lambda t, s: ingest("-", s), ("standard input is empty",), stdin=""),
+    Case("header-only", lambda t, s: ingest(write(t, "h.csv", HEADER), s), ("header but no rows",)),
+    Case("missing-columns", lambda t, s: ingest(write(t, "c.csv", "id,label,body\n1,0,hi\n"), s),
+         ("no text column", "columns found: id, label, body", "--text-col")),
+    Case("named-label-column-missing", lambda t, s: ingest(write(t, "l.csv", HEADER + "1,0,hi\n"), s, "--label-col", "y"),
+         ("no label column 'y'", "columns found: id, label, tweet", "--label-col")),
+    Case("bom", lambda t, s: ingest(write(t, "b.csv", "\ufeff" + HEADER + "1,0,hello bom\n"), s),
+         verify=_round_trip({1: (0, "hello bom")})),
+    Case("quoted-newlines", lambda t, s: ingest(write(t, "q.csv", HEADER + '1,0,"line one\nline two, ""quoted"""\n2,1,x\n'), s),
+         verify=_round_trip({1: (0, 'line one\nline two, "quoted"'), 2: (1, "x")})),
+    Case("crlf-line-ends", lambda t, s: ingest(write(t, "r.csv", "id,label,tweet\r\n1,0,windows\r\n"), s),
+         verify=_round_trip({1: (0, "windows")})),
+    Case("nul-bytes", lambda t, s: ingest(write(t, "n.csv", HEADER + "1,0,a\x00b\n2,1,c\n"), s),
+         verify=_round_trip({1: (0, "a\x00b"), 2: (1, "c")})),
+    Case("undecodable-bytes", lambda t, s: ingest(write(t, "u.csv", b"id,label,tweet\n1,0,ok\n2,0,bad \xff\xfe\n"), s),
+         ("line 3", "not valid utf-8", "--encoding")),
+    Case("latin-1-with-encoding", lambda t, s: ingest(write(t, "u.csv", "id,label,tweet\n1,0,caf\xe9\n".encode("latin-1")), s,
+                                                       "--encoding", "latin-1"), verify=_round_trip({1: (0, "café")})),
+    Case("unknown-encoding", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, "--encoding", "klingon"),
+         ("unknown --encoding 'klingon'",)),
+    Case("one-mb-text", lambda t, s: ingest(write(t, "big.csv", HEADER + f"1,0,{BIG}\n2,1,small\n"), s),
+         verify=_round_trip({1: (0, BIG), 2: (1, "small")})),
+    Case("emoji-rtl-cjk", lambda t, s: ingest(write(t, "uni.csv", _csv(UNICODE)), s), verify=_similar_finds_unicode),
+    Case("empty-text", lambda t, s: ingest(write(t, "et.csv", HEADER + '1,0,""\n2,1,text\n'), s), verify=_empty_texts),
+    Case("duplicate-id-same-text", lambda t, s: ingest(write(t, "d.csv", HEADER + "7,0,same text\n8,1,other\n7,0,same text\n"), s),
+         verify=_dup_kept_once),
+    Case("duplicate-id-different-text", lambda t, s: ingest(write(t, "d.csv", HEADER + "7,0,one\n8,1,x\n7,0,two\n"), s),
+         ("rows 1 and 3 share id 7 with different texts", "fix the ids")),
+    Case("id-conflicts-with-stored-row", lambda t, s: ingest(write(t, "c.csv", HEADER + "1,0,not the stored text\n"), s,
+                                                              dataset="train"),
+         ("id 1 is already in dataset 'train' with a different text",)),
+    Case("labels-outside-0-1", lambda t, s: ingest(write(t, "l.csv", HEADER + "1,0,one\n2,1,two\n3,2,three\n"), s),
+         verify=_labels_outside),
+    Case("nan-label", lambda t, s: ingest(write(t, "n.csv", HEADER + "1,0,a\n2,NaN,b\n"), s),
+         ("row 2: label is 'NaN'", "--label-col ''")),
+    Case("empty-label", lambda t, s: ingest(write(t, "n.csv", HEADER + "1,0,a\n2,,b\n"), s), ("row 2: label is empty",)),
+    Case("negative-label", lambda t, s: ingest(write(t, "n.csv", HEADER + "1,-3,a\n"), s), ("label is '-3'",)),
+    Case("non-integer-id", lambda t, s: ingest(write(t, "i.csv", HEADER + "1,0,a\nabc,1,b\n"), s),
+         ("id 'abc' is not an integer", "--id-col ''")),
+    Case("fractional-id", lambda t, s: ingest(write(t, "i.csv", HEADER + "1.5,0,a\n"), s), ("id '1.5' is not an integer",)),
+    Case("bad-jsonl-line", lambda t, s: ingest(write(t, "j.jsonl", '{"text": "ok"}\n{"text": oops}\n'), s),
+         ("line 2 is not valid JSON",)),
+    Case("unknown-format", lambda t, s: ingest(write(t, "x.csv", HEADER), s, "--format", "xml"), ("unknown input format 'xml'",)),
+    Case("unknown-dataset", lambda t, s: ["train", "--dataset", "nope", *M, "--store", str(s)],
+         ("dataset 'nope' does not exist", "datasets: train")),
+    Case("unknown-model", lambda t, s: ["ingest", str(write(t, "x.csv", HEADER + "1,0,a\n")), "--store", str(s), "--model", "bogus"],
+         ("unknown model 'bogus'", "known models: minilm, elmo")),
+    Case("unimportable-plugin-model", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s)[:4]
+         + ["--model", "py:no_such_module:X", "--clean", RECIPE], ("cannot load embedder", "fix:")),
+    Case("unknown-recipe", lambda t, s: ["ingest", str(write(t, "x.csv", HEADER + "1,0,a\n")), "--store", str(s),
+                                         "--model", MODEL, "--clean", "nope"], ("unknown cleaning recipe 'nope'", "raw-v1")),
+    Case("no-space-for-model", lambda t, s: ["similar", "hi", "--store", str(s), "--model", MODEL, "--clean", "basic-v1"],
+         ("has no vectors for model", "fs ingest")),
+    Case("dataset-with-slash", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, dataset="a/b"),
+         ("invalid dataset name 'a/b'", "without '/' or '..'")),
+    Case("dataset-dotdot", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, dataset=".."), ("invalid dataset name '..'",)),
+    Case("dataset-traversal", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, dataset="../../etc"),
+         ("invalid dataset name",)),
+    Case("k-zero", lambda t, s: ["similar", "hi", "--k", "0", *M, "--store", str(s)], ("--k must be at least 1, got 0",)),
+    Case("similar-neither-text-nor-id", lambda t, s: ["similar", *M, "--store", str(s)], ("give either a query text or --id",)),
+    Case("similar-unknown-id", lambda t, s: ["similar", "--id", "999999", *M, "--store", str(s)], ("id 999999 is not in",)),
+    Case("unknown-classifier-kind", lambda t, s: ["train", "--classifier", "xgb", *M, "--store", str(s)],
+         ("unknown classifier 'xgb'", "logreg")),
+    Case("test-size-out-of-range", lambda t, s: ["train", "--test-size", "1.5", *M, "--store", str(s)], ("--test-size 1.5",)),
+    Case("predict-unknown-classifier", lambda t, s: ["predict", "--dataset", "train", "--classifier-name", "nope",
+                                                     "--out", str(t / "o.csv"), "--store", str(s)],
+         ("no trained classifier 'nope'", "trained: clf")),
+    Case("store-parent-is-a-file", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), write(t, "afile", "x") / "store"),
+         ("is not writable", "--store")),
+    Case("store-is-a-file", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), write(t, "afile", "x")),
+         ("is a file, not a directory", "--store")),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_catalogue(case: Case, store: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    args = case.make(inputs, store)
+    before = files(store)
+    r = subprocess.run(fs_cmd(*args), cwd=ROOT, env=fs_env(), capture_output=True, text=True, input=case.stdin or "",
+                       timeout=120)
+    if case.error is not None:
+        assert_error(r, *case.error)
+        assert files(store) == before, "an error changed the store"
+    else:
+        assert r.returncode == 0, r.stderr
+        assert "Traceback" not in r.stderr
+        case.verify(store, r)
+    assert_consistent(store)
+
+
+# ----------------------------------------------------------------------------- faults during a run
+
+def _no_big_writes(limit: int) -> Callable[[], None]:
+    def pre() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return pre
+
+
+def test_disk_full_during_a_commit(store: Path, tmp_path: Path) -> None:
+    rows = {i: (i % 2, f"tweet number {i}") for i in range(1001, 1301)}
+    rows[1250] = (0, "x" * 600_000)  # the third batch's row segment outgrows the file size limit
+    src = write(tmp_path, "full.csv", _csv(rows))
+    gen = committed_generation(store)
+    args = ingest(src, store, "--batch-rows", "100")
+    r = subprocess.run(fs_cmd(*args), cwd=ROOT, env=fs_env(), capture_output=True, text=True,
+                       preexec_fn=_no_big_writes(300_000), timeout=120)
+    assert r.returncode != 0
+    assert committed_generation(store) == gen + 2  # the two batches before it are committed
+    assert len(rows_of(store, "extra")) == 200
+    c = run_fs("check", "--store", str(store))
+    assert c.returncode == 0, c.stdout
+    again = run_fs(*args)
+    assert again.returncode == 0, again.stderr
+    assert rows_of(store, "extra") == rows
+    assert_consistent(store)
+    assert "Traceback" not in r.stderr
+    assert_error(r, "nothing from this batch was committed", "free disk space")
+
+
+def test_ctrl_c_during_ingest(store: Path, tmp_path: Path) -> None:
+    src = write_slice(tmp_path / "more.csv", 600, start=1000)
+    args = ingest(src, store, "--batch-rows", "100")
+    p = subprocess.Popen(fs_cmd(*args), cwd=ROOT, env=fs_env(FS_FAKE_SLEEP="0.05"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    gen = committed_generation(store)
+    while committed_generation(store) < gen + 2:
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert len(error_lines) == 1 and "batch(es) committed" in error_lines[0] and "run the same command again" in error_lines[0]
+    n = int(error_lines[0].split("interrupted: ")[1].split()[0])
+    assert n >= 2 and committed_generation(store) == gen + n
+    c = run_fs("check", "--store", str(store))
+    assert c.returncode == 0, c.stdout
+    again = run_fs(*args)
+    assert again.returncode == 0, again.stderr
+    assert len(rows_of(store, "extra")) == 600
+    assert_consistent(store)
+
+
+# ----------------------------------------------------------------------------- damaged stores
+
+def _latest_manifest(store: Path) -> Path:
+    return max((store / "manifest").glob("*.json"))
+
+
+def test_corrupt_manifest_then_repair_recovers_every_vector(store: Path) -> None:
+    vectors, rows = store_vectors(store), rows_of(store, "train")
+    _latest_manifest(store).write_bytes(b"\x00garbage{{{")
+    r = run_fs("info", "--store", str(store))
+    assert_error(r, "is corrupt", "fs repair --store")
+    c = run_fs("check", "--store", str(store))
+    assert c.returncode != 0 and "fs repair" in c.stdout
+    rep = run_fs("repair", "--store", str(store))
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    assert "store is consistent" in rep.stdout
+    after = store_vectors(store)
+    assert set(after) == set(vectors) and all(np.array_equal(after[k], vectors[k]) for k in vectors)
+    assert rows_of(store, "train") == rows
+    assert run_fs("check", "--store", str(store)).returncode == 0
+
+
+def test_store_from_a_newer_schema(store: Path) -> None:
+    m = _latest_manifest(store)
+    data = json.loads(m.read_text())
+    data["schema"] = 99  # checksum left stale on purpose: the schema is judged first
+    m.write_text(json.dumps(data))
+    before = files(store)
+    r = run_fs("info", "--store", str(store))
+    assert_error(r, "newer featurestore (schema 99)", "upgrade featurestore")
+    w = run_fs(*ingest(write(store.parent, "x.csv", HEADER + "1,0,a\n"), store))
+    assert_error(w, "newer featurestore (schema 99)")
+    assert files(store) == before
+
+
+def test_truncated_index_is_rebuilt(store: Path) -> None:
+    query = rows_of(store, "train")[5][1]
+    args = ["similar", query, "--k", "5", "--json", *M, "--store", str(store)]
+    first = run_fs(*args)
+    assert first.returncode == 0, first.stderr
+    faiss_file = next((store / "index").glob("*.faiss"))
+    faiss_file.write_bytes(faiss_file.read_bytes()[: faiss_file.stat().st_size // 2])
+    second = run_fs(*args)
+    assert second.returncode == 0, second.stderr
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert b["info"]["index"].startswith("rebuilt"), b["info"]
+    assert [(h["ids"], round(h["score"], 5)) for h in a["hits"]] == [(h["ids"], round(h["score"], 5)) for h in b["hits"]]
+    assert run_fs("check", "--store", str(store)).returncode == 0
+
+
+# ----------------------------------------------------------------------------- no code from data files
+
+def _predict(store: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    return run_fs("predict", "--dataset", "train", "--classifier-name", "clf", "--out", str(tmp_path / "o.csv"),
+                  "--store", str(store))
+
+
+def _swap_classifier(store: Path, payload: bytes, fix_manifest: bool) -> None:
+    (store / "classifiers" / "clf.skops").write_bytes(payload)
+    if fix_manifest:  # an attacker who can write the file can write its manifest too
+        meta = store / "classifiers" / "clf.json"
+        m = json.loads(meta.read_text())
+        m["file_sha256"] = hashlib.sha256(payload).hexdigest()
+        meta.write_text(json.dumps(m))
+
+
+def test_predict_works_before_tampering(store: Path, tmp_path: Path) -> None:
+    r = _predict(store, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o.csv").read_text().count("\n") == 201
+
+
+@pytest.mark.parametrize("fix_manifest", [False, True], ids=["manifest-hash-stale", "manifest-hash-forged"])
+def test_pickle_classifier_is_refused_and_never_run(store: Path, tmp_path: Path, fix_manifest: bool) -> None:
+    marker = tmp_path / "pwned"
+    _swap_classifier(store, pickle.dumps(Payload(str(marker))), fix_manifest)
+    r = _predict(store, tmp_path)
+    assert r.returncode != 0
+    assert not marker.exists(), "code in a classifier file ran"
+    assert not (tmp_path / "o.csv").exists()
+    assert_error(r, "classifier file", "retrain" if not fix_manifest else "not")
+
+
+def test_skops_file_with_untrusted_type_is_refused(store: Path, tmp_path: Path) -> None:
+    import skops.io as sio
+
+    marker = tmp_path / "pwned"
+    _swap_classifier(store, sio.dumps(Payload(str(marker))), fix_manifest=True)
+    r = _predict(store, tmp_path)
+    assert_error(r, "not trusted", "Payload")
+    assert not marker.exists(), "code in a classifier file ran"
+
+
+def test_rlimit_helper_is_effective(tmp_path: Path) -> None:
+    """Guards the disk-full test itself: the limit really turns big writes into EFBIG."""
+    code = f"open({str(tmp_path / 'f')!r}, 'wb').write(b'x' * 10_000)"
+    r = subprocess.run(["python3", "-c", code], capture_output=True, text=True, preexec_fn=_no_big_writes(1000))
+    assert r.returncode != 0 and "File too large" in r.stderr
+    assert os.path.getsize(tmp_path / "f") <= 1000
