@@ -1,0 +1,239 @@
+"""Native ELMo against bilm-tf's reference outputs (the tiny model of the allennlp 0.9.0 wheel).
+
+The reference files were made by bilm-tf: ``elmo_token_embeddings.hdf5`` holds the
+character-CNN embedding of every word of ``vocab_test.txt``; ``lm_embeddings_k.hdf5`` holds,
+for batch i of 3 sentences (sentence k of batch i is ``sentences[k][i]``), the top layer as
+[direction, token, dim], computed by a stateful biLM that carries each row's LSTM state from
+one batch to the next.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from elmo_fixture import elmo_fixture_dir
+from featurestore.embedders import load_embedder
+from featurestore.embedders.elmo import (
+    ElmoBiLM, ElmoEmbedder, StatefulBiLM, char_ids, resolve_model_files, tokenize,
+)
+from featurestore.errors import ModelError
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def fixture_dir() -> Path:
+    return elmo_fixture_dir()
+
+
+@pytest.fixture(scope="module")
+def model_dir(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny release laid out as users have it: options.json + one weights file."""
+    folder = tmp_path_factory.mktemp("tiny_elmo")
+    shutil.copy(fixture_dir / "options.json", folder / "options.json")
+    shutil.copy(fixture_dir / "lm_weights.hdf5", folder / "weights.hdf5")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bilm(fixture_dir: Path) -> ElmoBiLM:
+    return ElmoBiLM.from_files(fixture_dir / "options.json", fixture_dir / "lm_weights.hdf5")
+
+
+@pytest.fixture(scope="module")
+def embedder(model_dir: Path) -> ElmoEmbedder:
+    return ElmoEmbedder.from_path(str(model_dir))
+
+
+def _reference_top_layers(fixture_dir: Path) -> tuple[list[list[str]], list[list[np.ndarray]]]:
+    sentences = json.loads((fixture_dir / "sentences.json").read_text())
+    expected = []
+    for k in range(len(sentences)):
+        with h5py.File(fixture_dir / f"lm_embeddings_{k}.hdf5", "r") as f:
+            expected.append([np.concatenate([f[str(i)][0], f[str(i)][1]], axis=-1) for i in range(len(sentences[k]))])
+    return sentences, expected
+
+
+def test_char_ids_golden() -> None:
+    ids = char_ids("a")
+    assert ids.dtype == np.int32 and ids.shape == (50,)
+    assert ids[:4].tolist() == [259, 98, 260, 261] and (ids[4:] == 261).all()
+    # UTF-8 bytes of a non-ASCII character and an emoji, +1
+    assert char_ids("é😀")[:8].tolist() == [259, 0xC3 + 1, 0xA9 + 1, 0xF0 + 1, 0x9F + 1, 0x98 + 1, 0x80 + 1, 260]
+    # words longer than 48 bytes keep their first 48, then end-of-word
+    long = char_ids("x" * 70)
+    assert (long[1:49] == ord("x") + 1).all() and long[49] == 260
+    assert char_ids("<S>")[:4].tolist() == [259, 257, 260, 261]
+    assert char_ids("</S>")[:4].tolist() == [259, 258, 260, 261]
+    assert tokenize(" two  words\t") == ["two", "words"]
+
+
+def test_token_embeddings_match_bilm_tf(bilm: ElmoBiLM, fixture_dir: Path) -> None:
+    words = (fixture_dir / "vocab_test.txt").read_text().strip().split("\n")
+    with h5py.File(fixture_dir / "elmo_token_embeddings.hdf5", "r") as f:
+        expected = f["embedding"][...]
+    assert len(words) == expected.shape[0] == 458
+    got = bilm.embed_tokens(words)
+    diff = float(np.abs(got - expected).max())
+    print(f"char-CNN token embeddings: max abs diff {diff:.2e}")
+    assert diff <= ATOL
+
+
+def test_top_layer_matches_bilm_tf_stateful(bilm: ElmoBiLM, fixture_dir: Path) -> None:
+    sentences, expected = _reference_top_layers(fixture_dir)
+    reference = StatefulBiLM(bilm, max_batch_size=3)
+    worst = 0.0
+    stateless_gap = 0.0
+    for i in range(10):
+        batch = [tokenize(sentences[k][i]) for k in range(3)]
+        layers, lengths = reference(batch)
+        fresh, _, _ = bilm.sentence_layers(batch)
+        assert lengths.tolist() == [len(s) for s in batch]
+        for k in range(3):
+            n = lengths[k]
+            assert expected[k][i].shape == (n, 2 * bilm.options.projection_dim)
+            worst = max(worst, float(np.abs(layers[2, k, :n] - expected[k][i]).max()))
+            if i > 0:
+                stateless_gap = max(stateless_gap, float(np.abs(fresh[2, k, :n] - expected[k][i]).max()))
+    print(f"top biLM layer (stateful reference mode): max abs diff {worst:.2e}")
+    assert worst <= ATOL
+    # The carried state matters: starting each batch from zero does not reproduce the files.
+    assert stateless_gap > 1e-3
+
+
+def _tweets(fixture_dir: Path) -> list[str]:
+    sentences = json.loads((fixture_dir / "sentences.json").read_text())
+    short = ["hello world", "i love my new phone 😀", "a", "naïve café", "x" * 70 + " end", "<S> literal </S>"]
+    return short + [s for row in sentences for s in row]
+
+
+def test_vectors_do_not_depend_on_batching(embedder: ElmoEmbedder, model_dir: Path, fixture_dir: Path) -> None:
+    texts = _tweets(fixture_dir)
+    together = embedder.embed(texts)
+    alone = np.stack([embedder.embed([t])[0] for t in texts])
+    assert np.abs(together - alone).max() <= ATOL
+    # another instance (cold token cache), a small token budget (many batches), shuffled order,
+    # next to much longer texts
+    other = ElmoEmbedder.from_path(str(model_dir), max_batch_tokens=120)
+    order = list(range(len(texts)))
+    random.Random(7).shuffle(order)
+    longest = max(texts, key=len)
+    mixed = other.embed([texts[i] for i in order] + [longest + " " + longest])
+    assert np.abs(mixed[: len(texts)] - together[order]).max() <= ATOL
+    # and the vectors are not all alike: the check above can fail
+    assert np.abs(together[0] - together[1]).max() > 1e-2
+
+
+def test_graph_is_traced_once(model_dir: Path, fixture_dir: Path) -> None:
+    emb = ElmoEmbedder.from_path(str(model_dir), max_batch_tokens=64)
+    texts = _tweets(fixture_dir)
+    emb.embed(texts)
+    emb.embed(texts[:3])
+    assert emb.traces == 1
+
+
+def test_empty_text_is_zero_and_not_sent(embedder: ElmoEmbedder) -> None:
+    out = embedder.embed(["", "some words", "   "])
+    assert out.shape == (3, 32) and out.dtype == np.float32
+    assert not out[0].any() and not out[2].any() and out[1].any()
+
+
+def test_pooling_and_outputs(bilm: ElmoBiLM, model_dir: Path) -> None:
+    texts = ["the cat sat on the mat", "dogs bark"]
+    layers, lengths, _ = bilm.sentence_layers([tokenize(t) for t in texts])
+    means = np.stack([layers[:, b, : lengths[b]].mean(axis=1) for b in range(len(texts))], axis=1)  # [3, B, 32]
+    vecs = {o: ElmoEmbedder.from_path(str(model_dir), output=o).embed(texts) for o in ("elmo", "top", "all")}
+    assert vecs["elmo"].shape == (2, 32) and vecs["top"].shape == (2, 32) and vecs["all"].shape == (2, 96)
+    np.testing.assert_allclose(vecs["elmo"], means.mean(axis=0), atol=ATOL)
+    np.testing.assert_allclose(vecs["top"], means[2], atol=ATOL)
+    np.testing.assert_allclose(vecs["all"], np.concatenate(list(means), axis=-1), atol=ATOL)
+    # layer 0 is the token embedding repeated for both directions
+    np.testing.assert_allclose(layers[0, :, :, :16], layers[0, :, :, 16:])
+
+
+def test_fingerprint(embedder: ElmoEmbedder, model_dir: Path) -> None:
+    fp = embedder.fingerprint
+    json.dumps(fp)
+    assert fp["output"] == "elmo" and fp["pooling"] == "mean-real-tokens" and fp["dtype"] == "float32"
+    assert len(fp["weights_sha256"]) == 64 and len(fp["options_sha256"]) == 64
+    top = ElmoEmbedder.from_path(str(model_dir), output="top").fingerprint
+    assert top != fp and {k for k in fp if fp[k] != top[k]} == {"output", "mix"}
+
+
+def test_registry_loads_native_elmo(model_dir: Path, fixture_dir: Path) -> None:
+    emb = load_embedder(f"elmo:{model_dir}", output="top")
+    assert isinstance(emb, ElmoEmbedder) and emb.output == "top" and emb.dim == 32
+    pair = load_embedder(f"elmo:{fixture_dir / 'options.json'},{fixture_dir / 'lm_weights.hdf5'}")
+    assert pair.fingerprint["weights_sha256"] == emb.fingerprint["weights_sha256"]
+
+
+# -- user mistakes -----------------------------------------------------------------------------
+
+
+def _copy_model(model_dir: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    return folder
+
+
+def test_missing_options(model_dir: Path, tmp_path: Path) -> None:
+    folder = _copy_model(model_dir, tmp_path)
+    (folder / "options.json").unlink()
+    with pytest.raises(ModelError, match="no options.json"):
+        ElmoEmbedder.from_path(str(folder))
+
+
+def test_malformed_options(model_dir: Path, tmp_path: Path) -> None:
+    folder = _copy_model(model_dir, tmp_path)
+    (folder / "options.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        ElmoEmbedder.from_path(str(folder))
+    (folder / "options.json").write_text(json.dumps({"lstm": {"dim": 64}, "char_cnn": {}}))
+    with pytest.raises(ModelError, match="char_cnn.filters"):
+        ElmoEmbedder.from_path(str(folder))
+
+
+def test_weights_file_count(model_dir: Path, tmp_path: Path) -> None:
+    folder = _copy_model(model_dir, tmp_path)
+    shutil.copy(folder / "weights.hdf5", folder / "other.hdf5")
+    with pytest.raises(ModelError, match="exactly one weights"):
+        resolve_model_files(folder)
+    (folder / "other.hdf5").unlink()
+    (folder / "weights.hdf5").unlink()
+    with pytest.raises(ModelError, match="found: none"):
+        resolve_model_files(folder)
+
+
+def test_missing_dataset_is_named(model_dir: Path, tmp_path: Path) -> None:
+    folder = _copy_model(model_dir, tmp_path)
+    with h5py.File(folder / "weights.hdf5", "a") as f:
+        del f["CNN_high_1/W_carry"]
+    with pytest.raises(ModelError, match="lacks dataset 'CNN_high_1/W_carry'"):
+        ElmoEmbedder.from_path(str(folder))
+
+
+def test_weights_not_matching_options(model_dir: Path, tmp_path: Path) -> None:
+    folder = _copy_model(model_dir, tmp_path)
+    options = json.loads((folder / "options.json").read_text())
+    options["lstm"]["projection_dim"] = 32
+    (folder / "options.json").write_text(json.dumps(options))
+    with pytest.raises(ModelError, match="do not belong to this options.json"):
+        ElmoEmbedder.from_path(str(folder))
+
+
+def test_not_hdf5(model_dir: Path, tmp_path: Path) -> None:
+    folder = _copy_model(model_dir, tmp_path)
+    (folder / "weights.hdf5").write_bytes(b"not an hdf5 file")
+    with pytest.raises(ModelError, match="is not HDF5"):
+        ElmoEmbedder.from_path(str(folder))
+
+
+def test_unknown_output(model_dir: Path) -> None:
+    with pytest.raises(ModelError, match="unknown ELMo output 'middle'"):
+        ElmoEmbedder.from_path(str(model_dir), output="middle")
