@@ -23,7 +23,7 @@ from featurestore.errors import DatasetError, FeatureStoreError, ModelError
 from featurestore.ingest import IngestSummary, ProgressFn, ingest, make_space
 from featurestore.keys import text_key
 from featurestore.sources import NO_LABEL, read_table
-from featurestore.store import Dataset, Snapshot, Space, Store
+from featurestore.store import Dataset, Snapshot, Space, Store, segment_seq
 from featurestore.train import (
     TrainResult,
     check_labels,
@@ -66,8 +66,8 @@ class FeatureStore:
                 f"fix: run 'fs ingest FILE --model {model}' first, or pick --model/--clean from that list"
             )
         if len(found) > 1:
-            # The same name with other weights or dtype: the newest (last written) one is the live one.
-            found.sort(key=lambda s: max((int(seg.file[4:10]) for seg in s.segments), default=0))
+            # Same name, other weights or dtype: the most recently written space is the live one.
+            found.sort(key=lambda s: max((segment_seq(seg.file) for seg in s.segments), default=0))
         return found[-1]
 
     def _key_rows(self, ds: Dataset, space: Space, ids: np.ndarray) -> np.ndarray:
@@ -138,7 +138,7 @@ class FeatureStore:
         ds = self.store.dataset(dataset, snap)
         space = self.space(model, clean, snap)
         ids = self.store.dataset_ids(ds)
-        labels = self.store._read_column(ds.rows, "labels")
+        labels = self.store.dataset_column(ds, "labels")
         if labelled:
             keep = labels != NO_LABEL
             ids, labels = ids[keep], labels[keep]
@@ -159,7 +159,7 @@ class FeatureStore:
         ds = self.store.dataset(dataset, snap)
         space = self.space(model, clean, snap)
         ids = self.store.dataset_ids(ds)
-        labels = self.store._read_column(ds.rows, "labels")
+        labels = self.store.dataset_column(ds, "labels")
         keep = labels != NO_LABEL
         ids, y = ids[keep], labels[keep]
         check_labels(y, dataset)

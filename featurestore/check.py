@@ -13,7 +13,7 @@ import numpy as np
 from featurestore.errors import StoreError
 from featurestore.index import INDEX_FORMAT, _keys_hash
 from featurestore.keys import fingerprint_hash
-from featurestore.store import EMPTY, Dataset, Segment, Snapshot, Space, Store
+from featurestore.store import EMPTY, Dataset, Segment, Snapshot, Space, Store, segment_seq
 
 
 @dataclass
@@ -186,7 +186,7 @@ def repair(store: Store) -> Report:
                 else:
                     continue
                 r.actions.append(f"re-adopted complete segment {name} ({attrs.get('kind')})")
-        nxt = max([snap.next_segment] + [int(n[4:10]) + 1 for n in os.listdir(store.segment_dir) if n.startswith("seg-")])
+        nxt = max([snap.next_segment] + [segment_seq(n) + 1 for n in os.listdir(store.segment_dir) if n.startswith("seg-")])
         w.replace(Snapshot(snap.generation, nxt, spaces, datasets))
         w._sweep()
     # Derived files that do not match are simply removed; the next query rebuilds them.

@@ -161,7 +161,7 @@ def _ingest_locked(
         need_old = ds.keyed(recipe.name) < ds.count or len(unvectored_ids) > 0
         old_rows = store.dataset_rows(ds) if need_old else None
         old_ids = old_rows["ids"] if old_rows is not None else store.dataset_ids(ds)
-        old_digests = old_rows["digests"] if old_rows is not None else store._read_column(ds.rows, "digests")
+        old_digests = old_rows["digests"] if old_rows is not None else store.dataset_column(ds, "digests")
         order = np.argsort(old_ids)
         pos = np.searchsorted(old_ids[order], table.ids)
         pos = np.minimum(pos, len(order) - 1)

@@ -60,6 +60,15 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
+def segment_name(seq: int) -> str:
+    return f"seg-{seq:06d}.h5"
+
+
+def segment_seq(name: str) -> int:
+    """The write-order number of a segment file (``seg-000123.h5`` -> 123)."""
+    return int(name[4:].split(".", 1)[0])
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -350,8 +359,12 @@ class Store:
             known = ", ".join(sorted(snap.datasets)) or "none yet; run 'fs ingest FILE --dataset NAME'"
             raise DatasetError(f"dataset {name!r} does not exist in {self.path}; datasets: {known}") from None
 
+    def dataset_column(self, ds: Dataset, column: str) -> np.ndarray:
+        """One fixed-width column of every row (``ids``, ``labels`` or ``digests``), in insertion order."""
+        return self._read_column(ds.rows, column)
+
     def dataset_ids(self, ds: Dataset) -> np.ndarray:
-        return self._read_column(ds.rows, "ids")
+        return self.dataset_column(ds, "ids")
 
     def dataset_rows(self, ds: Dataset) -> dict[str, np.ndarray]:
         """ids, labels (-1 = none), digests and texts of every row, in insertion order."""
@@ -477,7 +490,7 @@ class Writer:
             log.info("removed %d uncommitted file(s) left by an interrupted writer", removed)
 
     def _new_segment(self, seq: int, attrs: Mapping[str, Any], columns: Mapping[str, np.ndarray]) -> str:
-        name = f"seg-{seq:06d}.h5"
+        name = segment_name(seq)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=self.store.segment_dir)
         os.close(fd)
         try:
@@ -585,7 +598,7 @@ class Writer:
 
     def _merge(self, seq: int, segs: Sequence[Segment], attrs: Mapping[str, Any]) -> Segment:
         """One new segment holding ``segs`` concatenated in order, copied in bounded chunks."""
-        name = f"seg-{seq:06d}.h5"
+        name = segment_name(seq)
         total = sum(s.rows for s in segs)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=self.store.segment_dir)
         os.close(fd)

@@ -311,20 +311,23 @@ class ElmoBiLM:
         self.proj = None
         if o.n_filters != o.projection_dim:
             self.proj = (var(weights["CNN_proj/W_proj"], "W_proj"), var(weights["CNN_proj/b_proj"], "b_proj"))
-        # self.lstm[layer][direction] = (W_in, W_rec, B, W_proj); direction 0 forward, 1 backward.
+        # self.lstm[layer] = (W_in [2, P, 4H], W_rec [2, P, 4H], B [2, 1, 4H], W_proj [2, H, P] or
+        # None); axis 0 is the direction, 0 forward, 1 backward. Stacked so that one batched
+        # matmul serves both directions: half the kernel launches per time step, twice the work
+        # per launch.
         P = o.projection_dim
         self.lstm = []
         for k in range(o.n_layers):
-            layer = []
-            for d in range(2):
-                cell = f"RNN_{d}/RNN/MultiRNNCell/Cell{k}/LSTMCell/"
-                kernel = weights[cell + "W_0"]  # [in + P, 4H]; rows: input, then m_prev (TF1 LSTMCell)
-                name = f"lstm{k}_{d}"
-                layer.append((
-                    var(kernel[:P], f"{name}_W_in"), var(kernel[P:], f"{name}_W_rec"), var(weights[cell + "B"], f"{name}_B"),
-                    var(weights[cell + "W_P_0"], f"{name}_W_proj") if o.projection_dim < o.lstm_dim else None,
-                ))
-            self.lstm.append(layer)
+            cells = [f"RNN_{d}/RNN/MultiRNNCell/Cell{k}/LSTMCell/" for d in range(2)]
+            # W_0 is [in + P, 4H]; rows: the input, then m_prev (TF1 LSTMCell).
+            kernels = [weights[c + "W_0"] for c in cells]
+            name = f"lstm{k}"
+            self.lstm.append((
+                var(np.stack([w[:P] for w in kernels]), f"{name}_W_in"),
+                var(np.stack([w[P:] for w in kernels]), f"{name}_W_rec"),
+                var(np.stack([weights[c + "B"][None, :] for c in cells]), f"{name}_B"),
+                var(np.stack([weights[c + "W_P_0"] for c in cells]), f"{name}_W_proj") if o.projection_dim < o.lstm_dim else None,
+            ))
         C = o.max_chars
         # One trace each: batch and length are dynamic in the input signatures, so new shapes
         # never retrace.
@@ -344,7 +347,7 @@ class ElmoBiLM:
         """Every weight variable, so a tf.Module that uses this network can track them."""
         found = [self.char_embed, *(v for pair in self.conv for v in pair), *(v for h in self.highway for v in h)]
         found += list(self.proj or ())
-        found += [v for layer in self.lstm for cell in layer for v in cell if v is not None]
+        found += [v for layer in self.lstm for v in layer if v is not None]
         return found
 
     @classmethod
@@ -374,22 +377,23 @@ class ElmoBiLM:
             h = tf.matmul(h, self.proj[0]) + self.proj[1]
         return h
 
-    def _lstm_layer(self, x, lengths, cells, c, m):
+    def _lstm_layer(self, x, lengths, cell, c, m):
         """Both directions of one layer over time-major x [T, 2, B, P] (backward already reversed).
 
-        ``c``/``m``: initial states [2, B, H] / [2, B, P]. Returns outputs [T, 2, B, P] (zero past
-        each length) and the final states.
+        ``cell``: the layer's stacked weights; ``c``/``m``: initial states [2, B, H] / [2, B, P].
+        Returns outputs [T, 2, B, P] (zero past each length) and the final states.
         """
         tf = _tf()
         o = self.options
+        w_in, w_rec, bias, w_proj = cell
         T = tf.shape(x)[0]
         # Input-to-hidden products for all timesteps before the loop, which does only the
-        # recurrence: one [T] x [B, P] @ [P, 4H] batched matmul per direction (on CPU Eigen runs
-        # these [B, P] blocks faster per FLOP than a single [T*B, P] product).
-        pre = [tf.matmul(x[:, d], cells[d][0]) + cells[d][2] for d in range(2)]  # [T, B, 4H] each
+        # recurrence: one batched [T, 2] x [B, P] @ [P, 4H] matmul.
+        pre = tf.matmul(x, w_in[None]) + bias[None]  # [T, 2, B, 4H]
         outputs = tf.TensorArray(tf.float32, size=T, element_shape=tf.TensorShape([2, None, o.projection_dim]))
 
-        def cell_step(z, c, w_proj):
+        def step(t, c, m, outputs):
+            z = pre[t] + tf.matmul(m, w_rec)  # both directions in one batched matmul
             i, j, f, g = tf.split(z, 4, axis=-1)
             # TF1 LSTMCell: forget_bias 1.0 added inside the sigmoid.
             c_new = tf.sigmoid(f + 1.0) * c + tf.sigmoid(i) * tf.tanh(j)
@@ -400,24 +404,14 @@ class ElmoBiLM:
                 m_new = tf.matmul(m_new, w_proj)
             if o.proj_clip is not None:
                 m_new = tf.clip_by_value(m_new, -o.proj_clip, o.proj_clip)
-            return c_new, m_new
-
-        def step(t, c0, m0, c1, m1, outputs):
             # Past a sentence's end its state is kept, as dynamic_rnn does with sequence_length,
             # so the final state (used by the stateful reference mode) is that of its last token.
-            live = (t < lengths)[:, None]
-            new, outs = [], []
-            # The two directions are independent chains: TF runs them concurrently.
-            for d, (c, m) in enumerate(((c0, m0), (c1, m1))):
-                c_new, m_new = cell_step(pre[d][t] + tf.matmul(m, cells[d][1]), c, cells[d][3])
-                new += [tf.where(live, c_new, c), tf.where(live, m_new, m)]
-                outs.append(tf.where(live, m_new, 0.0))
-            return (t + 1, *new, outputs.write(t, tf.stack(outs)))
+            live = (t < lengths)[None, :, None]
+            return (t + 1, tf.where(live, c_new, c), tf.where(live, m_new, m),
+                    outputs.write(t, tf.where(live, m_new, 0.0)))
 
-        _, c0, m0, c1, m1, outputs = tf.while_loop(
-            lambda t, *_: t < T, step, (tf.constant(0), c[0], m[0], c[1], m[1], outputs)
-        )
-        return outputs.stack(), tf.stack([c0, c1]), tf.stack([m0, m1])
+        _, c, m, outputs = tf.while_loop(lambda t, *_: t < T, step, (tf.constant(0), c, m, outputs))
+        return outputs.stack(), c, m
 
     def layers(self, emb, lengths, c0, m0):
         """All layers for token embeddings float32[B, T, P] of sentences with markers.
