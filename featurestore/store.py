@@ -60,6 +60,12 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
+def _matrix_layout(rows: int, width: int, dtype: Any) -> dict[str, Any]:
+    """Chunked (about 1 MiB a chunk) and resizable: the layout of every vector dataset."""
+    per_chunk = max(1, min(rows, (1 << 20) // (width * np.dtype(dtype).itemsize)))
+    return {"chunks": (per_chunk, width), "maxshape": (None, width)}
+
+
 def segment_name(seq: int) -> str:
     return f"seg-{seq:06d}.h5"
 
@@ -489,32 +495,36 @@ class Writer:
         if removed:
             log.info("removed %d uncommitted file(s) left by an interrupted writer", removed)
 
-    def _new_segment(self, seq: int, attrs: Mapping[str, Any], columns: Mapping[str, np.ndarray]) -> str:
-        name = segment_name(seq)
+    @contextlib.contextmanager
+    def _segment_file(self, seq: int, attrs: Mapping[str, Any]) -> Iterator[h5py.File]:
+        """Write a segment under a temporary name; on success fsync it and rename it into place."""
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=self.store.segment_dir)
         os.close(fd)
         try:
             with h5py.File(tmp, "w", locking=False) as f:
                 for k, v in attrs.items():
                     f.attrs[k] = v
-                for col, data in columns.items():
-                    if col == "texts":
-                        encoded = np.empty(len(data), dtype=object)
-                        encoded[:] = [np.frombuffer(t.encode("utf-8", "surrogatepass"), np.uint8) for t in data]
-                        f.create_dataset(col, data=encoded, dtype=_TEXT_DTYPE)
-                    elif data.ndim == 2:
-                        chunk = (max(1, min(len(data), max(1, (1 << 20) // (data.shape[1] * data.itemsize)))), data.shape[1])
-                        f.create_dataset(col, data=data, chunks=chunk, maxshape=(None, data.shape[1]))
-                    else:
-                        f.create_dataset(col, data=data)
+                yield f
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-            os.replace(tmp, self.store.segment_path(name))
+            os.replace(tmp, self.store.segment_path(segment_name(seq)))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return name
+
+    def _new_segment(self, seq: int, attrs: Mapping[str, Any], columns: Mapping[str, np.ndarray]) -> str:
+        with self._segment_file(seq, attrs) as f:
+            for col, data in columns.items():
+                if col == "texts":
+                    encoded = np.empty(len(data), dtype=object)
+                    encoded[:] = [np.frombuffer(t.encode("utf-8", "surrogatepass"), np.uint8) for t in data]
+                    f.create_dataset(col, data=encoded, dtype=_TEXT_DTYPE)
+                elif data.ndim == 2:
+                    f.create_dataset(col, data=data, **_matrix_layout(len(data), data.shape[1], data.dtype))
+                else:
+                    f.create_dataset(col, data=data)
+        return segment_name(seq)
 
     def commit(
         self,
@@ -598,37 +608,21 @@ class Writer:
 
     def _merge(self, seq: int, segs: Sequence[Segment], attrs: Mapping[str, Any]) -> Segment:
         """One new segment holding ``segs`` concatenated in order, copied in bounded chunks."""
-        name = segment_name(seq)
         total = sum(s.rows for s in segs)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=self.store.segment_dir)
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w", locking=False) as out:
-                for k, v in attrs.items():
-                    out.attrs[k] = v
-                offset = 0
-                for seg in segs:
-                    with self.store.open_segment(seg.file) as f:
-                        for col in f:
-                            src = f[col]
-                            if col not in out:
-                                kw: dict[str, Any] = {"dtype": src.dtype}
-                                if src.ndim == 2:
-                                    kw["chunks"] = (max(1, min(total, (1 << 20) // (src.shape[1] * src.dtype.itemsize))), src.shape[1])
-                                    kw["maxshape"] = (None, src.shape[1])
-                                out.create_dataset(col, (total, *src.shape[1:]), **kw)
-                            for start in range(0, seg.rows, 65536):
-                                block = src[start : start + 65536]
-                                out[col][offset + start : offset + start + len(block)] = block
-                    offset += seg.rows
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.store.segment_path(name))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return Segment(name, total)
+        with self._segment_file(seq, attrs) as out:
+            offset = 0
+            for seg in segs:
+                with self.store.open_segment(seg.file) as f:
+                    for col in f:
+                        src = f[col]
+                        if col not in out:
+                            layout = _matrix_layout(total, src.shape[1], src.dtype) if src.ndim == 2 else {}
+                            out.create_dataset(col, (total, *src.shape[1:]), dtype=src.dtype, **layout)
+                        for start in range(0, seg.rows, 65536):
+                            block = src[start : start + 65536]
+                            out[col][offset + start : offset + start + len(block)] = block
+                offset += seg.rows
+        return Segment(segment_name(seq), total)
 
     def compact(self, max_segments: int = 16) -> bool:
         """Merge the segments of any space, dataset or key list that has more than ``max_segments``.
