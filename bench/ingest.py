@@ -94,10 +94,14 @@ def main() -> None:
     print(out_cold.strip())
     wall_warm, rss_warm, out_warm = run_cli(["ingest", str(src), "--dataset", "s140", "--model", args.model], env)
     print(out_warm.strip())
-    # In-process timings, without interpreter start-up and imports.
-    t = time.perf_counter()
-    warm = fs.ingest(str(src), "s140", args.model)
-    warm_lib = time.perf_counter() - t
+    # In a running process (a notebook): one untimed call pays the imports, then the best of 3.
+    fs.ingest(str(src), "s140", args.model)
+    runs = []
+    for _ in range(3):
+        t = time.perf_counter()
+        warm = fs.ingest(str(src), "s140", args.model)
+        runs.append(time.perf_counter() - t)
+    warm_lib = min(runs)
     assert warm.embedded == 0, "warm re-ingest embedded texts"
     cold_rate = n / wall_cold
     info = fs.info()
@@ -111,7 +115,7 @@ def main() -> None:
         store_bytes=info["bytes"],
     )
     print(f"cold ingest: {wall_cold:.1f} s, {cold_rate:,.0f} texts/s, peak RSS {rss_cold:,.0f} MiB")
-    print(f"warm re-ingest: {warm_lib:.3f} s in-process ({n / warm_lib:,.0f} texts/s); "
+    print(f"warm re-ingest: {warm_lib:.3f} s in a running process, best of 3 ({n / warm_lib:,.0f} texts/s); "
           f"{wall_warm:.1f} s as a new fs process (imports included)")
     print(f"warm/cold speed ratio: {res['warm_over_cold']:,.0f}x in-process, {res['warm_process_over_cold']:,.1f}x per process")
     print(f"store: {space['vectors']:,} vectors of {space['dim']}-d, {res['bytes_per_vector']:,.0f} bytes per vector "

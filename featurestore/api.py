@@ -47,6 +47,8 @@ class FeatureStore:
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.store = Store(path)
+        # Derived lookups of one committed snapshot, reused by repeated queries in a long-lived process.
+        self._views: dict[tuple[Any, ...], Any] = {}
 
     @property
     def path(self) -> Path:
@@ -223,8 +225,7 @@ class FeatureStore:
         snap = self.store.snapshot()
         space = self.space(model, clean, snap)
         datasets = [self.store.dataset(dataset, snap)] if dataset else list(snap.datasets.values())
-        space_keys = self.store.space_keys(space)
-        row_of = {kk: i for i, kk in enumerate(space_keys.tolist())}
+        space_keys, row_of, key_owners, allowed = self._similar_view(snap, space, datasets, bool(dataset))
         info: dict[str, Any] = {"space": space.id, "model": space.model, "recipe": space.recipe}
         if id is not None:
             owners = [d for d in datasets if id in set(self.store.dataset_keys(d, space.recipe)[0].tolist())]
@@ -255,17 +256,20 @@ class FeatureStore:
                     )
                 query = embedder.embed(recipe.clean([text]))
                 info["query"] = "embedded"
-        allowed = None
-        key_owners: dict[bytes, list[tuple[str, int]]] = {}
-        for d in datasets:
-            kid, kkeys = self.store.dataset_keys(d, space.recipe)
-            for i, kk in zip(kid.tolist(), kkeys.tolist()):
-                key_owners.setdefault(kk, []).append((d.name, i))
-        if dataset:
-            allowed = np.array(sorted({row_of[kk] for kk in key_owners if kk in row_of}), dtype=np.int64)
         t = time.perf_counter()
-        opened = faiss_index.open_index(self.store, space, progress)
-        info["index"] = opened.status
+        # Reuse the index already checked in this process while its files on disk are untouched;
+        # any change to them (rewritten, truncated, corrupted) sends it through the full check again.
+        index_key = ("index", space.id, space.segments, faiss_index.files_signature(self.store, space))
+        opened = self._views.get(index_key)
+        if opened is None:
+            opened = faiss_index.open_index(self.store, space, progress)
+            self._views = {k: v for k, v in self._views.items() if k[:2] != ("index", space.id)}
+            index_key = index_key[:3] + (faiss_index.files_signature(self.store, space),)
+            self._views[index_key] = opened
+            info["index"] = opened.status
+        else:
+            info["index"] = "in memory"
+
         info["index_seconds"] = time.perf_counter() - t
         t = time.perf_counter()
         scores, rows = faiss_index.search(opened, query, k, allowed)
@@ -286,6 +290,26 @@ class FeatureStore:
             owners_ = key_owners.get(space_keys[r], [])
             hits.append(Hit(rank, float(s), owners_, texts.get(owners_[0], "") if owners_ else ""))
         return hits, info
+
+    def _similar_view(
+        self, snap: Snapshot, space: Space, datasets: list[Dataset], restrict: bool
+    ) -> tuple[np.ndarray, dict[bytes, int], dict[bytes, list[tuple[str, int]]], np.ndarray | None]:
+        """Space keys, key -> row, key -> (dataset, id)s, and the allowed rows, cached per snapshot."""
+        cache_key = ("view", snap.generation, space.id, tuple(d.name for d in datasets), restrict)
+        if cache_key not in self._views:
+            space_keys = self.store.space_keys(space)
+            row_of = {kk: i for i, kk in enumerate(space_keys.tolist())}
+            key_owners: dict[bytes, list[tuple[str, int]]] = {}
+            for d in datasets:
+                kid, kkeys = self.store.dataset_keys(d, space.recipe)
+                for i, kk in zip(kid.tolist(), kkeys.tolist()):
+                    key_owners.setdefault(kk, []).append((d.name, i))
+            allowed = None
+            if restrict:
+                allowed = np.array(sorted({row_of[kk] for kk in key_owners if kk in row_of}), dtype=np.int64)
+            self._views = {k: v for k, v in self._views.items() if k[0] != "view" or k[1] == snap.generation}
+            self._views[cache_key] = (space_keys, row_of, key_owners, allowed)
+        return self._views[cache_key]
 
     # ---- overview
 

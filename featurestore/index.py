@@ -52,6 +52,18 @@ def _paths(store: Store, space: Space) -> tuple[str, str]:
     return base + ".faiss", base + ".json"
 
 
+def files_signature(store: Store, space: Space) -> tuple[int, ...]:
+    """Size and mtime of the index file and its manifest: cheap evidence they did not change."""
+    sig: list[int] = []
+    for path in _paths(store, space):
+        try:
+            st = os.stat(path)
+            sig += [st.st_size, st.st_mtime_ns, st.st_ino]
+        except FileNotFoundError:
+            sig += [-1, -1, -1]
+    return tuple(sig)
+
+
 def _add_rows(store: Store, space: Space, index: faiss.Index, start: int, progress: ProgressFn | None) -> None:
     total = space.rows - start
     for first, block in store.iter_vectors(space):

@@ -188,6 +188,20 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
+def _fast_ints(values: Sequence[Any]) -> np.ndarray | None:
+    """The common case in one numpy call: all plain ints, or all decimal-integer strings.
+
+    Anything else (floats, bools, blanks, junk) returns None and takes the row-by-row path,
+    which names the offending row.
+    """
+    try:
+        if all(type(v) is str for v in values) or all(type(v) is int for v in values):
+            return np.array(values).astype(np.int64)
+    except (ValueError, OverflowError):
+        pass
+    return None
+
+
 def read_table(
     path: str,
     *,
@@ -230,6 +244,8 @@ def read_table(
         texts.append(t)
     if icol is None:
         ids = np.asarray(numbers, dtype=np.int64)
+    elif (fast := _fast_ints(cols[icol])) is not None:
+        ids = fast
     else:
         ids = np.empty(n, dtype=np.int64)
         for i, v in enumerate(cols[icol]):
@@ -241,7 +257,10 @@ def read_table(
                 )
             ids[i] = iv
     labels = np.full(n, NO_LABEL, dtype=np.int64)
-    if lcol is not None:
+    fast_labels = _fast_ints(cols[lcol]) if lcol is not None else None
+    if fast_labels is not None and (fast_labels >= 0).all():
+        labels = fast_labels
+    elif lcol is not None:
         for i, v in enumerate(cols[lcol]):
             iv = _as_int(v)
             if iv is None or iv < 0:

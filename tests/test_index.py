@@ -51,7 +51,7 @@ def _assert_matches_brute(fs: FeatureStore, ids: list[int], dataset: str | None 
 def test_exact_search_equals_brute_force(fs: FeatureStore, tmp_path: Path) -> None:
     _ingest(fs, tmp_path, "d", 0, 400)
     info = _assert_matches_brute(fs, list(range(400)))
-    assert info["index"] == "loaded"  # built on the first query, loaded by the later ones
+    assert info["index"] == "in memory"  # built on the first query, reused (files unchanged) by the later ones
     assert (fs.path / "index" / f"{info['space']}.faiss").is_file()
 
 
@@ -86,7 +86,8 @@ def test_incremental_update_after_the_store_grows(fs: FeatureStore, tmp_path: Pa
     _, info = fs.similar("query one", model=FAKE, clean="raw-v1")
     assert info["index"].startswith("extended") and "150 rows" in info["index"]
     info = _assert_matches_brute(fs, list(range(450)))
-    assert info["index"] == "loaded"
+    assert info["index"] == "in memory"
+    assert FeatureStore(fs.path).similar("query one", model=FAKE, clean="raw-v1")[1]["index"] == "loaded"
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncate", "manifest"])
@@ -105,7 +106,8 @@ def test_damaged_index_is_rebuilt(fs: FeatureStore, tmp_path: Path, damage: str)
     _, info = fs.similar("query one", model=FAKE, clean="raw-v1")
     assert info["index"].startswith("rebuilt")
     info = _assert_matches_brute(fs, list(range(300)))
-    assert info["index"] == "loaded"  # the rebuilt index was saved
+    assert info["index"] == "in memory"
+    assert FeatureStore(fs.path).similar("query one", model=FAKE, clean="raw-v1")[1]["index"] == "loaded"  # saved
 
 
 def test_dataset_restriction(fs: FeatureStore, tmp_path: Path) -> None:

@@ -377,26 +377,39 @@ class ElmoBiLM:
             h = tf.matmul(h, self.proj[0]) + self.proj[1]
         return h
 
-    def _lstm_layer(self, x, lengths, cell, c, m):
+    def _lstm_layer(self, x, steps, cell, c, m, packed: bool):
         """Both directions of one layer over time-major x [T, 2, B, P] (backward already reversed).
 
-        ``cell``: the layer's stacked weights; ``c``/``m``: initial states [2, B, H] / [2, B, P].
-        Returns outputs [T, 2, B, P] (zero past each length) and the final states.
+        ``steps`` int32[B]: positions each row runs, rows sorted longest first; ``cell``: the
+        layer's stacked weights; ``c``/``m``: initial states [2, B, H] / [2, B, P]. Returns
+        outputs [T, 2, B, P] (zero past each row's steps) and the final states.
+
+        ``packed``: step t computes only the rows still running (a prefix, since rows are
+        sorted), so padding costs nothing. Otherwise every row is computed at every step and
+        finished rows are masked, as TF1's ``dynamic_rnn`` with ``sequence_length`` does.
         """
         tf = _tf()
         o = self.options
         w_in, w_rec, bias, w_proj = cell
-        T = tf.shape(x)[0]
-        # Input-to-hidden products for all timesteps before the loop, which does only the
-        # recurrence: one batched [T, 2] x [B, P] @ [P, 4H] matmul.
-        pre = tf.matmul(x, w_in[None]) + bias[None]  # [T, 2, B, 4H]
+        T, B = tf.shape(x)[0], tf.shape(x)[2]
+        running = tf.sequence_mask(steps, T)  # [B, T]
+        computed = running if packed else tf.ones_like(running)
+        rows = tf.reduce_sum(tf.cast(computed, tf.int32), axis=0)  # [T]: a prefix of the batch
+        first = tf.concat([[0], tf.cumsum(rows)], axis=0)
+        # Input-to-hidden products of every computed position before the loop, which does only
+        # the recurrence: one batched [2, N, P] @ [2, P, 4H] matmul over the N positions in
+        # time-major order, so step t reads rows first[t]:first[t + 1].
+        xs = tf.boolean_mask(tf.transpose(x, [1, 0, 2, 3]), tf.transpose(computed), axis=1)  # [2, N, P]
+        pre = tf.matmul(xs, w_in) + bias
         outputs = tf.TensorArray(tf.float32, size=T, element_shape=tf.TensorShape([2, None, o.projection_dim]))
 
         def step(t, c, m, outputs):
-            z = pre[t] + tf.matmul(m, w_rec)  # both directions in one batched matmul
+            n = rows[t]
+            c_prev, m_prev = c[:, :n], m[:, :n]
+            z = pre[:, first[t] : first[t + 1]] + tf.matmul(m_prev, w_rec)  # both directions at once
             i, j, f, g = tf.split(z, 4, axis=-1)
             # TF1 LSTMCell: forget_bias 1.0 added inside the sigmoid.
-            c_new = tf.sigmoid(f + 1.0) * c + tf.sigmoid(i) * tf.tanh(j)
+            c_new = tf.sigmoid(f + 1.0) * c_prev + tf.sigmoid(i) * tf.tanh(j)
             if o.cell_clip is not None:
                 c_new = tf.clip_by_value(c_new, -o.cell_clip, o.cell_clip)
             m_new = tf.sigmoid(g) * tf.tanh(c_new)
@@ -404,23 +417,39 @@ class ElmoBiLM:
                 m_new = tf.matmul(m_new, w_proj)
             if o.proj_clip is not None:
                 m_new = tf.clip_by_value(m_new, -o.proj_clip, o.proj_clip)
-            # Past a sentence's end its state is kept, as dynamic_rnn does with sequence_length,
-            # so the final state (used by the stateful reference mode) is that of its last token.
-            live = (t < lengths)[None, :, None]
-            return (t + 1, tf.where(live, c_new, c), tf.where(live, m_new, m),
-                    outputs.write(t, tf.where(live, m_new, 0.0)))
+            out = m_new
+            if not packed:
+                # Past a sentence's end its state is kept, as dynamic_rnn does, so the final
+                # state (used by the stateful reference mode) is that of its last token.
+                live = (t < steps)[None, :, None]
+                c_new, m_new, out = tf.where(live, c_new, c_prev), tf.where(live, m_new, m_prev), tf.where(live, m_new, 0.0)
+            # Rows that have finished keep their state.
+            c_next = tf.concat([c_new, c[:, n:]], axis=1)
+            m_next = tf.concat([m_new, m[:, n:]], axis=1)
+            c_next.set_shape(c.shape)
+            m_next.set_shape(m.shape)
+            return t + 1, c_next, m_next, outputs.write(t, tf.pad(out, [[0, 0], [0, B - n], [0, 0]]))
 
         _, c, m, outputs = tf.while_loop(lambda t, *_: t < T, step, (tf.constant(0), c, m, outputs))
         return outputs.stack(), c, m
 
-    def layers(self, emb, lengths, c0, m0):
+    def layers(self, emb, lengths, c0, m0, *, packed: bool = True, drop_markers: bool = False):
         """All layers for token embeddings float32[B, T, P] of sentences with markers.
 
         ``lengths`` counts positions including ``<S>``/``</S>``. Returns
         ``(layers [n_layers + 1, B, T, 2P], c, m)``; positions past a length are zero.
+        ``packed=False`` computes padding positions too (the cost of bilm-tf, same results).
+        ``drop_markers``: the forward LSTMs skip ``</S>`` and the backward ones ``<S>``, one step
+        less per sentence; their LSTM outputs at the markers are then zero and the final states
+        are not bilm-tf's. For word vectors, which never read either.
         """
         tf = _tf()
         o = self.options
+        # Rows longest first, so that the rows still running at a step are a prefix.
+        order = tf.argsort(lengths, direction="DESCENDING", stable=True)
+        emb, lengths = tf.gather(emb, order), tf.gather(lengths, order)
+        c0, m0 = tf.gather(c0, order, axis=2), tf.gather(m0, order, axis=2)
+        steps = lengths - 1 if drop_markers else lengths
         x = tf.transpose(emb, [1, 0, 2])  # time-major [T, B, P]
         mask = tf.cast(tf.sequence_mask(lengths, tf.shape(x)[0]), tf.float32)
         x = x * tf.transpose(mask)[:, :, None]
@@ -429,7 +458,7 @@ class ElmoBiLM:
         found = [token_layer]
         cs, ms = [], []
         for k in range(o.n_layers):
-            out, c, m = self._lstm_layer(x2, lengths, self.lstm[k], c0[k], m0[k])
+            out, c, m = self._lstm_layer(x2, steps, self.lstm[k], c0[k], m0[k], packed)
             if o.use_skip_connections and k > 0:
                 out = out + x2  # bilm-tf's ResidualWrapper around every layer but the first
             cs.append(c)
@@ -438,8 +467,9 @@ class ElmoBiLM:
             bwd = tf.reverse_sequence(out[:, 1], lengths, seq_axis=0, batch_axis=1)
             found.append(tf.concat([fwd, bwd], axis=-1))
             x2 = out
-        stacked = tf.transpose(tf.stack(found), [0, 2, 1, 3])  # [L+1, B, T, 2P]
-        return stacked, tf.stack(cs), tf.stack(ms)
+        back = tf.math.invert_permutation(order)
+        stacked = tf.gather(tf.transpose(tf.stack(found), [0, 2, 1, 3]), back, axis=1)  # [L+1, B, T, 2P]
+        return stacked, tf.gather(tf.stack(cs), back, axis=2), tf.gather(tf.stack(ms), back, axis=2)
 
     # -- numpy-level helpers ------------------------------------------------------------
 
@@ -546,7 +576,8 @@ class ElmoEmbedder(Embedder):
             B = tf.shape(emb)[0]
             c0 = tf.zeros([o.n_layers, 2, B, o.lstm_dim])
             m0 = tf.zeros([o.n_layers, 2, B, P])
-            layers, _, _ = bilm.layers(emb, lengths, c0, m0)
+            # The pooled mean never reads the LSTMs at the markers: skip those steps.
+            layers, _, _ = bilm.layers(emb, lengths, c0, m0, drop_markers=True)
             return pool_layers(layers, lengths, output)
 
         self._pooled = tf.function(
