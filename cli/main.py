@@ -27,7 +27,8 @@ StoreOpt = typer.Option(None, "--store", envvar="FS_STORE", help="Store director
 ModelOpt = typer.Option(
     DEFAULT_MODEL, "--model", "-m",
     help="Embedder: minilm (default, offline), elmo (TF Hub google/elmo/3), hub:HANDLE, elmo:PATH, "
-    "a release from 'fs models list', or py:MODULE:ATTR (your own Embedder subclass).",
+    "a release from 'fs models list', or py:MODULE:ATTR (your own Embedder subclass). "
+    "ELMo models take a layer mix suffix: #elmo (default), #top or #all.",
 )
 CleanOpt = typer.Option(
     None, "--clean", help="Cleaning recipe: raw-v1, basic-v1 or tweet-v1 [default: raw-v1 for minilm, tweet-v1 for ELMo]."

@@ -102,20 +102,21 @@ def fit_and_evaluate(
                 t = time.perf_counter()
                 clf.partial_fit(X, y[part], classes=np.array([0, 1]))
                 t_fit += time.perf_counter() - t
-    else:
+        preds = []
+        for s in range(0, len(va), chunk_rows):
+            t = time.perf_counter()
+            X = read(va[s : s + chunk_rows])
+            t_read += time.perf_counter() - t
+            preds.append(clf.predict(X))
+        pred = np.concatenate(preds)
+    else:  # in memory, like the tutorial: one read of every row, then the split
         t = time.perf_counter()
-        X = read(tr)
+        X = read(np.arange(n))
         t_read += time.perf_counter() - t
         t = time.perf_counter()
-        clf.fit(X, y[tr])
+        clf.fit(X[tr], y[tr])
         t_fit += time.perf_counter() - t
-    preds = []
-    for s in range(0, len(va), chunk_rows):
-        t = time.perf_counter()
-        X = read(va[s : s + chunk_rows])
-        t_read += time.perf_counter() - t
-        preds.append(clf.predict(X))
-    pred = np.concatenate(preds)
+        pred = clf.predict(X[va])
     yv = y[va]
     metrics = {
         "f1": float(f1_score(yv, pred, pos_label=1, zero_division=0)),

@@ -11,6 +11,9 @@ Names:
   (PATH is a directory holding both, or ``OPTIONS.json,WEIGHTS.hdf5``).
 - a release name from ``fs models list`` (e.g. ``elmo-original``): native ELMo from the models folder.
 - ``py:MODULE:ATTR``: your own ``Embedder`` subclass (or factory), importable from ``MODULE``.
+
+ELMo specs take an optional layer mix: ``#elmo`` (default, the mean of the three layers, as TF
+Hub's ``elmo`` output), ``#top`` (LSTM layer 2) or ``#all`` (the three concatenated).
 """
 from __future__ import annotations
 
@@ -58,7 +61,16 @@ def _plugin(spec: str) -> Embedder:
 
 
 def load_embedder(spec: str, output: str = "elmo") -> Embedder:
-    """Build the embedder named by ``spec``; ``output`` picks the ELMo layer mix."""
+    """Build the embedder named by ``spec``; ``output`` picks the ELMo layer mix.
+
+    An ELMo spec may carry the mix itself: ``elmo#top``, ``elmo:PATH#all`` (the default is ``#elmo``),
+    so that ``--model`` alone names a vector space.
+    """
+    base, sep, suffix = spec.rpartition("#")
+    if sep and suffix in ELMO_OUTPUTS:
+        if base == "minilm" or base.startswith("py:"):
+            raise ModelError(f"'#{suffix}' picks an ELMo layer mix; model {base!r} has none: use --model {base}")
+        spec, output = base, suffix
     if output not in ELMO_OUTPUTS:
         raise ModelError(f"unknown ELMo output {output!r}; use one of: {', '.join(ELMO_OUTPUTS)}")
     if spec == "minilm":

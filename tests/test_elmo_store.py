@@ -1,0 +1,86 @@
+"""The real tiny ELMo through the whole product: fs ingest / train / similar, and the TF Hub
+export read back through --model hub:DIR giving the same stored vectors."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from elmo_fixture import elmo_fixture_dir
+from featurestore.api import FeatureStore
+
+TRAIN = Path(__file__).resolve().parents[1] / "data" / "av-twitter-sentiment" / "train_2kmZucJ.csv"
+runner = CliRunner()
+
+
+def fs(*args: object):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = elmo_fixture_dir()
+    folder = tmp_path_factory.mktemp("tiny-elmo")
+    shutil.copy(src / "options.json", folder / "options.json")
+    shutil.copy(src / "lm_weights.hdf5", folder / "weights.hdf5")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tweets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.csv"
+    with TRAIN.open(encoding="utf-8") as f, path.open("w", encoding="utf-8", newline="") as out:
+        rows = list(csv.reader(f))[:241]  # header + 240 real tweets
+        csv.writer(out).writerows(rows)
+    return path
+
+
+def test_native_elmo_end_to_end(model_dir: Path, tweets: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    model = f"elmo:{model_dir}"
+    r = fs("ingest", tweets, "--model", model, "--store", store)
+    assert r.exit_code == 0, r.output
+    assert "texts embedded 240" in r.output and "recipe tweet-v1" in r.output
+    again = fs("ingest", tweets, "--model", model, "--store", store)
+    assert again.exit_code == 0 and "texts embedded 0" in again.output
+
+    X, y, ids = FeatureStore(store).xy("train", model)
+    assert X.shape == (240, 32) and np.isfinite(X).all() and len(y) == 240  # tiny ELMo: 2 x 16 projection
+    t = fs("train", "--model", model, "--store", store)
+    assert t.exit_code == 0 and "F1 " in t.output, t.output
+    s = fs("similar", "--id", 5, "--k", 3, "--model", model, "--store", store)
+    assert s.exit_code == 0, s.output
+    first = s.output.splitlines()[0].split()
+    assert first[0] == "1" and abs(float(first[1]) - 1.0) < 1e-5 and "train:5" in first[2]
+
+    # '#top' is another space: the same texts, other vectors, nothing shared with the default mix.
+    top = fs("ingest", tweets, "--model", f"{model}#top", "--store", store)
+    assert top.exit_code == 0 and "texts embedded 240" in top.output, top.output
+    api = FeatureStore(store)
+    assert len(api.info()["spaces"]) == 2
+    X_top, _, _ = api.xy("train", f"{model}#top")
+    assert X_top.shape == X.shape and np.abs(X_top - X).max() > 1e-3
+
+
+def test_export_read_back_through_hub_gives_the_same_stored_vectors(
+    model_dir: Path, tweets: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    exported = tmp_path / "elmo-hub"
+    r = fs("models", "export", exported, "--model", f"elmo:{model_dir}")
+    assert r.exit_code == 0, r.output
+    for model in (f"elmo:{model_dir}", f"hub:{exported}"):
+        r = fs("ingest", tweets, "--model", model, "--store", store)
+        assert r.exit_code == 0, r.output
+        assert "texts embedded 240" in r.output  # two models: two spaces, nothing shared
+    api = FeatureStore(store)
+    native, _, ids_a = api.xy("train", f"elmo:{model_dir}")
+    hub, _, ids_b = api.xy("train", f"hub:{exported}")
+    np.testing.assert_array_equal(ids_a, ids_b)
+    assert np.abs(native - hub).max() <= 1e-5
+    assert {s["model"] for s in api.info()["spaces"]} == {f"elmo:{model_dir}", f"hub:{exported}"}
