@@ -102,7 +102,8 @@ def _print_summary(s: Any, err: bool = False) -> None:
         f"rows read {s.rows_read:,}  new ids {s.new_ids:,}  duplicates {s.duplicates:,}  "
         f"cache hits {s.cache_hits:,}  texts embedded {s.embedded:,}  empty after cleaning {s.empty_after_cleaning:,}",
         f"batches committed {s.batches_committed}  {s.seconds:.1f} s  ({s.texts_per_second:,.0f} rows/s)"
-        + (f"  device {s.device}" if s.embedded else ""),
+        + (f"  device {s.device}" if s.embedded else "")
+        + ("  [" + ", ".join(f"{k} {v:.1f} s" for k, v in s.timings.items()) + "]" if s.timings else ""),
     ]
     for line in lines:
         typer.echo(line, err=err)
