@@ -107,6 +107,31 @@ def test_top_layer_matches_bilm_tf_stateful(bilm: ElmoBiLM, fixture_dir: Path) -
     assert stateless_gap > 1e-3
 
 
+def test_packed_loop_matches_padded_loop(bilm: ElmoBiLM) -> None:
+    """The packed LSTM (only running rows computed) gives the padded loop's layers and states."""
+    o = bilm.options
+    rng = np.random.default_rng(1)
+    lengths = np.array([11, 3, 5, 11, 2, 8, 5], np.int32)  # unsorted, with ties
+    B, T = len(lengths), 12
+    emb = rng.standard_normal((B, T, o.projection_dim), dtype=np.float32)
+    c0 = rng.standard_normal((o.n_layers, 2, B, o.lstm_dim), dtype=np.float32)
+    m0 = rng.standard_normal((o.n_layers, 2, B, o.projection_dim), dtype=np.float32)
+    padded = bilm.layers(emb, lengths, c0, m0, packed=False)
+    packed = bilm.layers(emb, lengths, c0, m0)
+    for a, b in zip(padded, packed):
+        assert np.abs(a.numpy() - b.numpy()).max() <= ATOL
+    layers = padded[0].numpy()
+    assert not layers[:, 1, 3:].any() and layers[:, 1, :3].any()  # zero past each length only
+    # Skipping the LSTM steps at the markers changes no word position.
+    z = bilm.zero_state(B)
+    full = bilm.layers(emb, lengths, *z)[0].numpy()
+    words = bilm.layers(emb, lengths, *z, drop_markers=True)[0].numpy()
+    for b, n in enumerate(lengths):
+        if n <= 2:
+            continue  # markers only: no word
+        assert np.abs(full[:, b, 1 : n - 1] - words[:, b, 1 : n - 1]).max() <= ATOL
+
+
 def _tweets(fixture_dir: Path) -> list[str]:
     sentences = json.loads((fixture_dir / "sentences.json").read_text())
     short = ["hello world", "i love my new phone 😀", "a", "naïve café", "x" * 70 + " end", "<S> literal </S>"]

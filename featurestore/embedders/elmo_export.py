@@ -22,11 +22,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
+from featurestore.embedders.tf_runtime import tensorflow
 from featurestore.embedders.elmo import (
     BOS_CHAR, BOS_TOKEN, BOW_CHAR, EOS_CHAR, EOS_TOKEN, EOW_CHAR, PAD_CHAR, ElmoBiLM, ElmoEmbedder, pool_layers,
 )
+
+tf = tensorflow()
 from featurestore.errors import ModelError
 
 log = logging.getLogger(__name__)

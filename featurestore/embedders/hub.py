@@ -18,13 +18,13 @@ import hashlib
 import logging
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from featurestore.embedders.base import Embedder
+from featurestore.embedders.tf_runtime import tensorflow, tensorflow_hub
 from featurestore.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,7 @@ def module_sha256(path: Path) -> str:
 
 
 def _import_hub() -> Any:
-    # tensorflow_hub 0.16 imports pkg_resources, which warns on import; that is not the user's concern.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import tensorflow_hub as hub
-    return hub
+    return tensorflow_hub()
 
 
 def resolve_module(handle: str) -> Path:
@@ -264,7 +260,7 @@ class HubEmbedder(Embedder):
         return self._run(texts)
 
     def _run(self, texts: list[str]) -> np.ndarray:
-        import tensorflow as tf
+        tf = tensorflow()
 
         tokens = [_split(t) for t in texts]
         if self._kind == "tokens":
