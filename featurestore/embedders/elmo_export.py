@@ -27,9 +27,9 @@ from featurestore.embedders.tf_runtime import tensorflow
 from featurestore.embedders.elmo import (
     BOS_CHAR, BOS_TOKEN, BOW_CHAR, EOS_CHAR, EOS_TOKEN, EOW_CHAR, PAD_CHAR, ElmoBiLM, ElmoEmbedder, pool_layers,
 )
+from featurestore.errors import ModelError
 
 tf = tensorflow()
-from featurestore.errors import ModelError
 
 log = logging.getLogger(__name__)
 
