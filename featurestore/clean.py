@@ -114,7 +114,6 @@ RECIPES: dict[str, Recipe] = {
         ),
     )
 }
-DEFAULT_RECIPE = "tweet-v1"
 
 
 def get_recipe(name: str) -> Recipe:

@@ -36,9 +36,5 @@ class StoreLockedError(StoreError):
     """Another process is writing to the store."""
 
 
-class IndexFileError(FeatureStoreError):
-    """A FAISS index cannot be built or read."""
-
-
 class DriftError(ModelError):
     """The embedder no longer reproduces the vectors already stored in its space."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from featurestore.clean import DEFAULT_RECIPE, RECIPES, TUTORIAL_PUNCTUATION, get_recipe
+from featurestore.clean import RECIPES, TUTORIAL_PUNCTUATION, get_recipe
+from featurestore.embedders import default_recipe
 from featurestore.errors import FeatureStoreError
 from tests.conftest import train_rows
 
@@ -95,7 +96,8 @@ def test_empty_text_stays_empty_through_lemmas() -> None:
 
 def test_recipe_names_and_default() -> None:
     assert sorted(RECIPES) == ["basic-v1", "raw-v1", "tweet-v1"]
-    assert DEFAULT_RECIPE == "tweet-v1"
+    assert default_recipe("minilm") == "raw-v1"  # MiniLM tokenizes natural text itself
+    assert default_recipe("elmo") == default_recipe("elmo:/x") == "tweet-v1"  # the tutorial's recipe
     assert get_recipe("tweet-v1").name == "tweet-v1"
 
 
