@@ -218,19 +218,22 @@ def _ingest_locked(
         summary.rows_keyed += len(keys)
         summary.cache_hits += len(keys) - len(todo)
         vectors = None
+        advanced = [0.0]  # rows reported for this chunk; topped up to the exact count at its commit
+
+        def advance(n: float) -> None:
+            advanced[0] += n
+            if progress:
+                progress(n, total)
+
         if todo:
             if not drift_checked and stored is not None:
                 check_drift(store, stored, embedder, recipe)
             drift_checked = True
             per_text = len(chunk_ids) / len(todo)
             t = time.perf_counter()
-            vectors = embedder.embed(
-                list(todo.values()), progress=(lambda n: progress(n * per_text, total)) if progress else None
-            )
+            vectors = embedder.embed(list(todo.values()), progress=lambda n: advance(n * per_text))
             summary.timings["embed"] = summary.timings.get("embed", 0.0) + time.perf_counter() - t
             summary.embedded += len(todo)
-        elif progress:
-            progress(len(chunk_ids), total)
         chunk_new = is_new[sl]
         new_ids = chunk_ids[chunk_new]
         rows = {
@@ -252,6 +255,7 @@ def _ingest_locked(
             row_keys=(chunk_ids[needs_key[sl]], np.array(keys, dtype="S32")[needs_key[sl]]),
         )
         summary.timings["commit"] = summary.timings.get("commit", 0.0) + time.perf_counter() - t
+        advance(len(chunk_ids) - advanced[0])
         stored = w.snap.spaces[space.id]
         have.update(todo)
         summary.batches_committed += 1
