@@ -18,7 +18,7 @@ import numpy as np
 
 from featurestore import index as faiss_index
 from featurestore.clean import get_recipe
-from featurestore.embedders import DEFAULT_MODEL, default_recipe, load_embedder
+from featurestore.embedders import DEFAULT_MODEL, canonical_model, default_recipe, load_embedder
 from featurestore.errors import DatasetError, FeatureStoreError, ModelError
 from featurestore.ingest import IngestSummary, ProgressFn, ingest, make_space
 from featurestore.keys import text_key
@@ -59,6 +59,7 @@ class FeatureStore:
     def space(self, model: str = DEFAULT_MODEL, clean: str | None = None, snap: Snapshot | None = None) -> Space:
         """The stored space of ``model`` + recipe, found by name without loading the model."""
         snap = snap or self.store.snapshot()
+        model = canonical_model(model)
         recipe = clean or default_recipe(model)
         found = [s for s in snap.spaces.values() if s.model == model and s.recipe == recipe]
         if not found:
@@ -115,6 +116,7 @@ class FeatureStore:
         from featurestore.store import check_dataset_name
 
         t0 = time.perf_counter()
+        model = canonical_model(model)
         check_dataset_name(dataset)
         recipe = get_recipe(clean or default_recipe(model))
         table = read_table(file, text_col=text_col, id_col=id_col, label_col=label_col, fmt=fmt, encoding=encoding)
@@ -157,6 +159,7 @@ class FeatureStore:
         name: str | None = None,
     ) -> TrainResult:
         """Fit on the dataset's labelled rows, report validation metrics, save classifier + manifest."""
+        model = canonical_model(model)
         snap = self.store.snapshot()
         ds = self.store.dataset(dataset, snap)
         space = self.space(model, clean, snap)

@@ -63,6 +63,8 @@ def test_native_elmo_end_to_end(model_dir: Path, tweets: Path, tmp_path: Path) -
     assert top.exit_code == 0 and "texts embedded 240" in top.output, top.output
     api = FeatureStore(store)
     assert len(api.info()["spaces"]) == 2
+    same = fs("ingest", tweets, "--model", f"{model}#elmo", "--store", store)  # '#elmo' is the default mix
+    assert same.exit_code == 0 and "texts embedded 0" in same.output and len(api.info()["spaces"]) == 2
     X_top, _, _ = api.xy("train", f"{model}#top")
     assert X_top.shape == X.shape and np.abs(X_top - X).max() > 1e-3
 

@@ -25,6 +25,11 @@ ELMO_HUB_HANDLE = "https://tfhub.dev/google/elmo/3"
 ELMO_OUTPUTS = ("elmo", "top", "all")
 
 
+def canonical_model(spec: str) -> str:
+    """The name a space records: ``#elmo`` is the default mix, so ``elmo#elmo`` is ``elmo``."""
+    return spec.removesuffix("#elmo")
+
+
 def default_recipe(spec: str) -> str:
     """The cleaning recipe a model gets unless ``--clean`` says otherwise.
 
@@ -100,4 +105,4 @@ def load_embedder(spec: str, output: str = "elmo") -> Embedder:
     raise ModelError(f"unknown model {spec!r}; known models: {', '.join(known_models())}")
 
 
-__all__ = ["DEFAULT_MODEL", "default_recipe", "ELMO_HUB_HANDLE", "Embedder", "known_models", "load_embedder", "plan_batches"]
+__all__ = ["DEFAULT_MODEL", "canonical_model", "default_recipe", "ELMO_HUB_HANDLE", "Embedder", "known_models", "load_embedder", "plan_batches"]
