@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 

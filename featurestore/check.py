@@ -2,7 +2,6 @@
 without ever dropping a committed vector that is still readable."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -11,8 +10,7 @@ import h5py
 import numpy as np
 
 from featurestore.errors import StoreError
-from featurestore.index import INDEX_FORMAT, _keys_hash
-from featurestore.keys import fingerprint_hash
+from featurestore import index as faiss_index
 from featurestore.store import EMPTY, Dataset, Segment, Snapshot, Space, Store, segment_seq
 
 
@@ -92,10 +90,7 @@ def check(store: Store) -> Report:
             if unresolved:
                 r.errors.append(f"dataset {ds.name!r}: {unresolved} keys under {recipe} resolve to no stored vector")
         r.stats[f"rows:{ds.name}"] = ds.count
-    live = snap.files()
-    for gen in store.manifest_generations()[:-1]:  # older kept generations: superseded, still readable
-        with contextlib.suppress(StoreError):
-            live |= store.read_manifest(gen).files()
+    live = store.kept_files(snap)
     if store.segment_dir.is_dir():
         extra = [n for n in os.listdir(store.segment_dir) if n not in live]
         if extra:
@@ -105,26 +100,13 @@ def check(store: Store) -> Report:
 
 
 def _check_index(store: Store, sp: Space, keys: np.ndarray, r: Report) -> None:
-    meta_path = store.index_dir / f"{sp.id}.json"
-    if not meta_path.exists():
-        return
-    try:
-        meta = json.loads(meta_path.read_text())
-        data_len = (store.index_dir / f"{sp.id}.faiss").stat().st_size
-        rows = int(meta["rows"])
-        good = (
-            meta.get("format") == INDEX_FORMAT
-            and meta.get("space_fingerprint") == fingerprint_hash(sp.fields)
-            and data_len == meta.get("file_bytes")
-            and rows <= len(keys)
-            and _keys_hash(keys[:rows]) == meta.get("keys_sha256")
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        good, rows = False, -1
-    if not good:
-        r.warnings.append(f"index of space {sp.id} does not match the store; it is rebuilt before the next query")
-    elif rows < len(keys):
-        r.warnings.append(f"index of space {sp.id} covers {rows} of {len(keys)} vectors; updated before the next query")
+    """The same checks a query runs before it trusts an index file (file hash included)."""
+    index, status = faiss_index.load_checked(store, sp, keys)
+    if index is None and status != "built":
+        r.warnings.append(f"index of space {sp.id}: {status.split(': ', 1)[1]}; it is rebuilt before the next query")
+    elif index is not None and index.ntotal < len(keys):
+        r.warnings.append(f"index of space {sp.id} covers {index.ntotal} of {len(keys)} vectors; "
+                          "updated before the next query")
 
 
 def _adoptable(store: Store, name: str) -> dict[str, str] | None:
@@ -190,14 +172,11 @@ def repair(store: Store) -> Report:
         w.replace(Snapshot(snap.generation, nxt, spaces, datasets))
         w._sweep()
     # Derived files that do not match are simply removed; the next query rebuilds them.
-    after = check(store)
-    for warning in after.warnings:
-        if warning.startswith("index of space") and "rebuilt" in warning:
-            sid = warning.split()[3]
-            for ext in (".faiss", ".json"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(store.index_dir / f"{sid}{ext}")
-            r.actions.append(f"removed the stale index of space {sid}")
+    for sp in store.snapshot().spaces.values():
+        index, status = faiss_index.load_checked(store, sp, store.space_keys(sp))
+        if index is None and status != "built":
+            faiss_index.remove(store, sp)
+            r.actions.append(f"removed the stale index of space {sp.id} ({status.split(': ', 1)[1]})")
     r.errors = check(store).errors
     return r
 

@@ -8,6 +8,7 @@ else that does not match (other space, rewritten keys, torn or corrupt file) is 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -52,6 +53,13 @@ def _paths(store: Store, space: Space) -> tuple[str, str]:
     return base + ".faiss", base + ".json"
 
 
+def remove(store: Store, space: Space) -> None:
+    """Delete a space's index files; the next query rebuilds them."""
+    for path in _paths(store, space):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def files_signature(store: Store, space: Space) -> tuple[int, ...]:
     """Size and mtime of the index file and its manifest: cheap evidence they did not change."""
     sig: list[int] = []
@@ -94,7 +102,9 @@ def _save(store: Store, space: Space, index: faiss.Index, keys: np.ndarray) -> N
     atomic_write_bytes(type(store.path)(meta_path), json.dumps(meta, indent=1).encode())
 
 
-def _try_load(store: Store, space: Space, keys: np.ndarray) -> tuple[faiss.Index | None, str]:
+def load_checked(store: Store, space: Space, keys: np.ndarray) -> tuple[faiss.Index | None, str]:
+    """The saved index if every check passes (status "loaded"), else None and why:
+    "built" when there is none yet, "rebuilt: <reason>" when it does not match the store."""
     faiss_path, meta_path = _paths(store, space)
     try:
         with open(meta_path, "rb") as f:
@@ -124,13 +134,13 @@ def _try_load(store: Store, space: Space, keys: np.ndarray) -> tuple[faiss.Index
 def open_index(store: Store, space: Space, progress: ProgressFn | None = None) -> OpenedIndex:
     """An index that matches ``space`` exactly as committed: loaded, brought up to date, or rebuilt."""
     keys = store.space_keys(space)
-    index, status = _try_load(store, space, keys)
+    index, status = load_checked(store, space, keys)
     if index is not None and index.ntotal == space.rows:
         return OpenedIndex(index, space.rows, status)
     os.makedirs(store.index_dir, exist_ok=True)
     # One process updates a given index at a time; others wait and then find it current.
     with FileLock(os.path.join(store.index_dir, space.id + ".lock")):
-        index, status = _try_load(store, space, keys)
+        index, status = load_checked(store, space, keys)
         if index is not None and index.ntotal == space.rows:
             return OpenedIndex(index, space.rows, status)
         if index is None:

@@ -288,6 +288,14 @@ class Store:
                 raise
         raise StoreError(f"store {self.path} keeps changing under the reader; try again")
 
+    def kept_files(self, current: Snapshot) -> set[str]:
+        """Segments named by ``current`` or by an older kept generation (superseded, still readable)."""
+        live = current.files()
+        for gen in self.manifest_generations()[:-1]:
+            with contextlib.suppress(StoreError):
+                live |= self.read_manifest(gen).files()
+        return live
+
     # ---- segment reading
 
     def segment_path(self, name: str) -> Path:
@@ -475,7 +483,6 @@ class Writer:
 
     def _sweep(self) -> None:
         """Remove what a killed writer left: temporary files and segments no manifest names."""
-        live = self.snap.files()
         if not self.store.manifest_generations() and any(
             n.startswith("seg-") for n in os.listdir(self.store.segment_dir)
         ):
@@ -483,9 +490,7 @@ class Writer:
                 f"store {self.store.path} has segment files but no manifest; fix: run 'fs repair --store "
                 f"{self.store.path}' to re-adopt them"
             )
-        for gen in self.store.manifest_generations()[:-1]:
-            with contextlib.suppress(StoreError):
-                live |= self.store.read_manifest(gen).files()
+        live = self.store.kept_files(self.snap)
         removed = 0
         for d in (self.store.segment_dir, self.store.manifest_dir):
             for name in os.listdir(d):

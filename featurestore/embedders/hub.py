@@ -77,10 +77,6 @@ def module_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _import_hub() -> Any:
-    return tensorflow_hub()
-
-
 def resolve_module(handle: str) -> Path:
     """The local folder of ``handle``: a directory as given, or the cached/downloaded URL module."""
     if _is_url(handle):
@@ -93,12 +89,12 @@ def resolve_module(handle: str) -> Path:
                 raise ModelError(f"cannot fetch TF Hub module {handle}: {reason}; {_local_copy_hint(handle)}")
         try:
             # Reads the same cache folder when it is seeded, so no network then.
-            return Path(_import_hub().resolve(handle))
+            return Path(tensorflow_hub().resolve(handle))
         except Exception as exc:  # tensorflow_hub raises anything from URLError to tf.errors
             raise ModelError(f"cannot fetch TF Hub module {handle}: {exc}; {_local_copy_hint(handle)}") from None
     if handle.startswith("gs://"):
         try:
-            return Path(_import_hub().resolve(handle))
+            return Path(tensorflow_hub().resolve(handle))
         except Exception as exc:
             raise ModelError(f"cannot fetch TF Hub module {handle}: {exc}; {_local_copy_hint(handle)}") from None
     path = Path(handle).expanduser()
@@ -143,7 +139,7 @@ class HubEmbedder(Embedder):
         self.output = output
         self.name = "elmo" if handle == ELMO_HANDLE else f"hub:{handle}"
         self.module_path = resolve_module(handle)
-        hub = _import_hub()
+        hub = tensorflow_hub()
         log.info("loading TF Hub module %s from %s", handle, self.module_path)
         try:
             self._module = hub.load(str(self.module_path))
