@@ -24,7 +24,7 @@ def minilm_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[d
     st = tmp / "store"
     r = runner.invoke(app, ["ingest", str(csv_path), "--dataset", "train", "--store", str(st)])
     assert r.exit_code == 0, r.output
-    assert f"dataset train  model minilm  recipe raw-v1" in r.output
+    assert "dataset train  model minilm  recipe raw-v1" in r.output
     assert f"rows read {N}  new ids {N}  duplicates 0  cache hits 0  texts embedded {N}" in r.output
     return st, rows
 
