@@ -1,38 +1,65 @@
-"""What every command shares: turning library errors into one-line messages."""
+"""What every command shares: turning library errors into one-line messages that name the flags."""
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import sys
 from typing import Any, Callable, TypeVar
 
 import typer
 
-from featurestore.errors import FeatureStoreError
+from featurestore.errors import FeatureStoreError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("featurestore.cli")
+
+# Library parameter -> the flag a CLI user types (the rest are --name-with-dashes).
+_FLAGS = {"commit_rows": "--batch-rows", "fmt": "--format", "text": "the query text", "name": "--name"}
+
+
+def flag_of(param: str) -> str:
+    return _FLAGS.get(param, "--" + param.replace("_", "-"))
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``Error: message`` on stderr; return the Exit to raise."""
-    typer.echo(f"Error: {message}", err=True)
+    """Print ``Error: message`` on stderr (always one line); return the Exit to raise."""
+    typer.echo("Error: " + " ".join(message.split()), err=True)
     return typer.Exit(code)
 
 
 def handle_errors(func: F) -> F:
-    """Run a command; a FeatureStoreError becomes ``Error: ...`` and a non-zero exit, no traceback."""
+    """Run a command; any failure becomes ``Error: ...`` and a non-zero exit, never a traceback.
+
+    A FeatureStoreError is a user mistake with its fix in the message. An OSError is the
+    machine refusing (permissions, disk): its reason is shown. Anything else is a bug of
+    ours: it is reported as an internal error in one line (FS_DEBUG=1 shows the traceback).
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except UsageError as exc:
+            raise fail(exc.render(flag_of), exc.exit_code) from None
         except FeatureStoreError as exc:
-            # One line, always: a wrapped library message must not spill over several.
-            raise fail(" ".join(str(exc).split()), getattr(exc, "exit_code", 1)) from None
+            raise fail(str(exc), getattr(exc, "exit_code", 1)) from None
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)
             raise typer.Exit(130) from None
         except BrokenPipeError:
             sys.stderr.close()
             raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except OSError as exc:
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            raise fail(f"{exc.strerror or exc}{where}; fix: check the path and its permissions", 1) from None
+        except Exception as exc:
+            if os.environ.get("FS_DEBUG"):
+                raise
+            log.debug("internal error", exc_info=True)
+            raise fail(f"internal error ({type(exc).__name__}: {str(exc)[:200]}); this is a featurestore bug: "
+                       "please report it with the command (FS_DEBUG=1 shows the traceback)", 70) from None
 
     return wrapper  # type: ignore[return-value]

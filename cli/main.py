@@ -61,32 +61,47 @@ def _progress(description: str, unit: str) -> Iterator[Callable[[float, int], No
         yield advance
 
 
+DtypeOpt = typer.Option(None, "--dtype", help="Stored precision of the space to read (float32 or float16), "
+                        "when a model has been ingested in both.")
+
+
 @app.command()
 @handle_errors
 def ingest(
-    file: str = typer.Argument(..., help="CSV, TSV, JSON Lines, Parquet or text file (one tweet a line); '-' reads stdin."),
+    file: str = typer.Argument(..., help="CSV/TSV (any of , ; tab | separators), JSON Lines or JSON array, Parquet, "
+                               "or text (one tweet a line); gzip/bz2/xz/zstd compressed or not; '-' reads stdin."),
     dataset: str = typer.Option("train", "--dataset", "-d", help="Dataset to add the rows to."),
-    text_col: Optional[str] = typer.Option(None, help="Text column [default: tweet or text]."),
-    id_col: Optional[str] = typer.Option(None, help="Integer id column [default: id if present, else the row number]. '' numbers rows."),
-    label_col: Optional[str] = typer.Option(None, help="Label column [default: label if present]. '' ignores labels."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="csv, tsv, jsonl, parquet or txt [default: from the extension]."),
-    encoding: str = typer.Option("utf-8", help="Text encoding of the input file."),
+    text_col: Optional[str] = typer.Option(None, help="Text column [default: tweet, text, content, ... any case]."),
+    id_col: Optional[str] = typer.Option(None, help="Id column, kept as text [default: id, tweet_id, ... any case; "
+                                         "else the row number]. '' numbers rows."),
+    label_col: Optional[str] = typer.Option(None, help="Label column, any strings or integers [default: label, "
+                                            "sentiment, target, class, ... any case]. '' ignores labels."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="csv, tsv, jsonl, json, parquet or txt "
+                                      "[default: from the extension and the content]."),
+    sep: Optional[str] = typer.Option(None, "--sep", help="CSV separator [default: sniffed among , ; tab |]."),
+    no_header: bool = typer.Option(False, "--no-header", help="The CSV has no header row: columns are 1, 2, 3..."),
+    encoding: Optional[str] = typer.Option(None, help="Text encoding [default: UTF-8, UTF-16 by BOM]."),
+    duplicates: str = typer.Option("error", "--duplicates", help="One id twice in the file with different text or "
+                                   "label: error, first (keep the first) or last (keep the last)."),
     model: str = ModelOpt,
     clean: Optional[str] = CleanOpt,
     dtype: str = typer.Option("float32", help="Stored vector precision: float32 or float16."),
+    max_chars: Optional[int] = typer.Option(None, help="Cut cleaned texts longer than this before embedding "
+                                            "[default: 2000]."),
     batch_rows: int = typer.Option(1024, help="Rows per committed batch."),
     wait: bool = typer.Option(False, "--wait", help="If another process is writing, wait for it instead of failing."),
     store: Optional[Path] = StoreOpt,
 ) -> None:
-    """Add tweets to a dataset; embed only the texts the store does not have yet."""
-    from featurestore.ingest import IngestInterrupted
+    """Add tweets to a dataset; embed only the texts the store does not have yet; update changed labels."""
+    from featurestore.errors import IngestInterrupted
 
     fs = _fs(store)
     try:
         with _progress(f"ingest {dataset}", "tweets") as advance:
             s = fs.ingest(
                 file, dataset, model, clean, text_col=text_col, id_col=id_col, label_col=label_col, fmt=fmt,
-                encoding=encoding, dtype=dtype, commit_rows=batch_rows, wait=wait, progress=advance,
+                encoding=encoding, sep=sep, header=not no_header, duplicates=duplicates, dtype=dtype,
+                commit_rows=batch_rows, max_chars=max_chars, wait=wait, progress=advance,
             )
     except IngestInterrupted as exc:
         _print_summary(exc.summary, err=True)
@@ -95,10 +110,20 @@ def ingest(
 
 
 def _print_summary(s: Any, err: bool = False) -> None:
+    cols = s.columns
+    fed = "  ".join([
+        f"ids: column {cols['id']!r}" if cols.get("id") else "ids: row numbers",
+        f"labels: column {cols['label']!r}" if cols.get("label") else "no labels",
+        f"text: column {cols['text']!r}" if cols.get("text") else "",
+    ]).strip()
     lines = [
         f"dataset {s.dataset}  model {s.model}  recipe {s.recipe}  space {s.space}",
+        (f"read {s.source_format}  " if s.source_format else "") + fed,
         f"rows read {s.rows_read:,}  new ids {s.new_ids:,}  duplicates {s.duplicates:,}  "
-        f"cache hits {s.cache_hits:,}  texts embedded {s.embedded:,}  empty after cleaning {s.empty_after_cleaning:,}",
+        f"labels added {s.labels_added:,}  changed {s.labels_changed:,}",
+        f"cache hits {s.cache_hits:,}  texts embedded {s.embedded:,}  empty after cleaning {s.empty_after_cleaning:,}"
+        + (f"  truncated {s.truncated:,}" if s.truncated else "")
+        + (f"  characters replaced {s.replaced_chars:,}" if s.replaced_chars else ""),
         f"batches committed {s.batches_committed}  {s.seconds:.1f} s  ({s.texts_per_second:,.0f} rows/s)"
         + (f"  device {s.device}" if s.embedded else "")
         + ("  [" + ", ".join(f"{k} {v:.1f} s" for k, v in s.timings.items()) + "]" if s.timings else ""),
@@ -113,22 +138,33 @@ def train(
     dataset: str = typer.Option("train", "--dataset", "-d", help="Labelled dataset to train on."),
     model: str = ModelOpt,
     clean: Optional[str] = CleanOpt,
+    dtype: Optional[str] = DtypeOpt,
     classifier: str = typer.Option("logreg", help="logreg (in memory) or sgd (out of core, chunked reads)."),
+    positive: Optional[str] = typer.Option(None, help="Positive class for binary F1 [default: 1, pos, positive, "
+                                           "true or yes if present, else the last label in sorted order]."),
     test_size: float = typer.Option(0.2, help="Held-out fraction for validation."),
     seed: int = typer.Option(42, help="random_state of the split and the classifier."),
     name: Optional[str] = typer.Option(None, help="Name to save the classifier under [default: DATASET-MODEL-CLASSIFIER]."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     store: Optional[Path] = StoreOpt,
 ) -> None:
-    """Fit a classifier on stored vectors and report F1, precision, recall and accuracy."""
+    """Fit a classifier on stored vectors and report F1, precision, recall and accuracy (macro for 3+ classes)."""
     from featurestore.train import result_dict
 
-    r = _fs(store).train(dataset, model, clean, classifier, test_size, seed, name)
+    r = _fs(store).train(dataset, model, clean, classifier, test_size, seed, name, dtype=dtype, positive=positive)
     if as_json:
-        typer.echo(json.dumps(result_dict(r), indent=1))
+        typer.echo(json.dumps(result_dict(r), indent=1, ensure_ascii=False))
         return
-    typer.echo(f"{r.classifier} on {r.dataset} ({r.model}, {r.recipe}): {r.n_train:,} train / {r.n_valid:,} validation rows")
-    typer.echo(f"F1 {r.f1:.4f}  precision {r.precision:.4f}  recall {r.recall:.4f}  accuracy {r.accuracy:.4f}")
+    for w in r.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(f"{r.classifier} on {r.dataset} ({r.model}, {r.recipe}): {r.n_train:,} train / {r.n_valid:,} validation rows, "
+               f"classes {', '.join(map(repr, r.classes))}")
+    kind = f"positive {r.positive!r}" if r.positive is not None else "macro average"
+    typer.echo(f"F1 {r.f1:.4f}  precision {r.precision:.4f}  recall {r.recall:.4f}  accuracy {r.accuracy:.4f}  ({kind})")
+    if r.positive is None:
+        for c, m in r.per_class.items():
+            typer.echo(f"  {c!r:<20} precision {m['precision']:.4f}  recall {m['recall']:.4f}  F1 {m['f1']:.4f}  "
+                       f"support {m['support']:,}")
     typer.echo(f"read {r.seconds_read:.2f} s  fit {r.seconds_fit:.2f} s  saved {r.path}")
 
 
@@ -140,42 +176,57 @@ def predict(
     name: str = typer.Option("train-minilm-logreg", "--classifier-name", help="Saved classifier (see 'fs train')."),
     store: Optional[Path] = StoreOpt,
 ) -> None:
-    """Label every row of a dataset with a trained classifier; write id,label."""
-    from featurestore.store import atomic_write_bytes
+    """Label every row of a dataset with a trained classifier; write id,label with ids and labels as given."""
+    import csv
+    import io
+    from collections import Counter
+
+    from featurestore.atomic import atomic_write_bytes
 
     ids, labels = _fs(store).predict(dataset, name)
-    lines = ["id,label"] + [f"{i},{label}" for i, label in zip(ids.tolist(), labels.tolist())]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "label"])
+    w.writerows(zip(ids.tolist(), labels.tolist()))
     if out.is_dir():
         raise FeatureStoreError(f"--out {out} is a directory; give a file name such as {out / 'submission.csv'}")
     try:
         out.resolve().parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out.resolve(), ("\n".join(lines) + "\n").encode())
+        atomic_write_bytes(out.resolve(), buf.getvalue().encode("utf-8"))
     except OSError as exc:
         raise FeatureStoreError(f"cannot write {out} ({exc.strerror}); fix: choose a writable --out path") from None
-    typer.echo(f"wrote {len(ids):,} predictions to {out} ({int(labels.sum()):,} labelled 1)")
+    counts = ", ".join(f"{label}: {n:,}" for label, n in sorted(Counter(labels.tolist()).items()))
+    typer.echo(f"wrote {len(ids):,} predictions to {out} ({counts or 'none'})")
+
+
+SHOWN_CHARS = 200  # a stored text can be megabytes: the table shows its start
 
 
 @app.command()
 @handle_errors
 def similar(
     text: Optional[str] = typer.Argument(None, help="Query text (or use --id)."),
-    id: Optional[int] = typer.Option(None, "--id", help="Use the stored tweet with this id as the query."),
+    id: Optional[str] = typer.Option(None, "--id", help="Use the stored tweet with this id as the query."),
     k: int = typer.Option(10, "--k", "-k", help="Number of neighbours."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Only return tweets of this dataset."),
     model: str = ModelOpt,
     clean: Optional[str] = CleanOpt,
-    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    dtype: Optional[str] = DtypeOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON (full texts)."),
     store: Optional[Path] = StoreOpt,
 ) -> None:
     """Nearest stored tweets by cosine similarity (exact FAISS search)."""
-    hits, info = _fs(store).similar(text, id=id, k=k, dataset=dataset, model=model, clean=clean)
+    hits, info = _fs(store).similar(text, id=id, k=k, dataset=dataset, model=model, clean=clean, dtype=dtype)
     if as_json:
         typer.echo(json.dumps({"info": info, "hits": [h.__dict__ for h in hits]}, indent=1, ensure_ascii=False))
         return
     for h in hits:
         ids = ", ".join(f"{d}:{i}" for d, i in h.ids[:3]) + (f" (+{len(h.ids) - 3})" if len(h.ids) > 3 else "")
-        text_one_line = " ".join(h.text.split())
-        typer.echo(f"{h.rank:>3}  {h.score:.4f}  {ids}  {text_one_line}")
+        one_line = " ".join(h.text[: SHOWN_CHARS * 4].split())
+        shown = one_line if len(one_line) <= SHOWN_CHARS else one_line[:SHOWN_CHARS] + f"… ({len(h.text):,} chars)"
+        typer.echo(f"{h.rank:>3}  {h.score:.4f}  {ids}  {shown}")
+    if "note" in info:
+        typer.echo(f"note: {info['note']}", err=True)
     typer.echo(f"({info['query']}; index {info['index']})", err=True)
 
 
@@ -193,8 +244,9 @@ def info(
     typer.echo(f"store {data['path']}  generation {data['generation']}  {data['bytes'] / 1e6:,.1f} MB")
     typer.echo("datasets:" if data["datasets"] else "datasets: none (run 'fs ingest FILE --dataset NAME')")
     for d in data["datasets"]:
-        typer.echo(f"  {d['name']:<16} {d['rows']:>9,} rows  {d['bytes'] / 1e6:8.1f} MB  keyed: "
-                   + (", ".join(f"{r} {n:,}" for r, n in d["recipes"].items()) or "-"))
+        classes = ", ".join(map(str, d["classes"])) or "-"
+        typer.echo(f"  {d['name']:<16} {d['rows']:>9,} rows  {d['labelled']:>9,} labelled ({classes})  "
+                   f"{d['bytes'] / 1e6:8.1f} MB  keyed: " + (", ".join(f"{r} {n:,}" for r, n in d["recipes"].items()) or "-"))
     typer.echo("spaces:" if data["spaces"] else "spaces: none")
     for s in data["spaces"]:
         cover = ", ".join(f"{d} {n:,}" for d, n in s["coverage"].items())
@@ -209,7 +261,7 @@ def check(store: Optional[Path] = StoreOpt) -> None:
     from featurestore.check import check as run_check
     from featurestore.store import Store
 
-    r = run_check(Store(store))
+    r = run_check(Store(store).require_existing())
     for w in r.warnings:
         typer.echo(f"warning: {w}")
     for e in r.errors:

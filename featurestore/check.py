@@ -2,16 +2,17 @@
 without ever dropping a committed vector that is still readable."""
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
 
-from featurestore.errors import StoreError
 from featurestore import index as faiss_index
-from featurestore.store import EMPTY, Dataset, Segment, Snapshot, Space, Store, segment_seq
+from featurestore.errors import StoreError
+from featurestore.manifest import EMPTY, Dataset, Segment, Snapshot, Space
+from featurestore.store import Store, Writer
 
 
 @dataclass
@@ -49,6 +50,7 @@ def check(store: Store) -> Report:
     """Schema, counts, unique keys, finite vectors, dims, resolvable keys, index manifests, orphans."""
     r = Report()
     try:
+        store.require_existing()
         snap = store.snapshot()
     except StoreError as exc:
         r.errors.append(str(exc))
@@ -75,12 +77,17 @@ def check(store: Store) -> Report:
         bad = [p for s in ds.rows if (p := _segment_problem(store, s, "rows", {"ids": (), "labels": (), "texts": ()}))]
         for segs in ds.keys.values():
             bad += [p for s in segs if (p := _segment_problem(store, s, "keys", {"ids": (), "keys": ()}))]
+        bad += [p for s in ds.labels if (p := _segment_problem(store, s, "labels", {"ids": (), "labels": ()}))]
         r.errors.extend(bad)
         if bad:
             continue
         ids = store.dataset_ids(ds)
         if len(np.unique(ids)) != len(ids):
             r.errors.append(f"dataset {ds.name!r} has duplicate ids")
+        if ds.labels:
+            upd_ids = store._read_column(ds.labels, "ids")
+            if not np.isin(upd_ids, ids).all():
+                r.errors.append(f"dataset {ds.name!r} has label updates for unknown ids")
         for recipe in ds.keys:
             kid, kkeys = store.dataset_keys(ds, recipe)
             if len(np.unique(kid)) != len(kid) or not np.isin(kid, ids).all():
@@ -109,18 +116,12 @@ def _check_index(store: Store, sp: Space, keys: np.ndarray, r: Report) -> None:
                           "updated before the next query")
 
 
-def _adoptable(store: Store, name: str) -> dict[str, str] | None:
-    try:
-        with h5py.File(store.segment_path(name), "r", locking=False) as f:
-            return {k: str(v) for k, v in f.attrs.items()} | {"rows": str(len(f["ids" if "ids" in f else "keys"]))}
-    except (OSError, KeyError):
-        return None
-
-
 def repair(store: Store) -> Report:
     """Roll a corrupt manifest back, re-adopt complete segments it named, drop unreadable
-    references, remove orphans and bad index files. Returns what was done."""
+    references, remove orphans and bad index files. Returns what was done; a healthy store
+    is left exactly as it was (no new generation)."""
     r = Report()
+    store.require_existing()
     gens = store.manifest_generations()
     snap = EMPTY
     corrupt = []
@@ -130,47 +131,44 @@ def repair(store: Store) -> Report:
             break
         except StoreError:
             corrupt.append(gen)
-    with store.writer(recover=True) as w:
+    with Writer.recovering(store) as w:
         for gen in corrupt:
             os.replace(store.manifest_path(gen), store.manifest_path(gen).with_suffix(".corrupt"))
             r.actions.append(f"set aside corrupt manifest generation {gen}")
-        w.snap = snap
         spaces = dict(snap.spaces)
         datasets = dict(snap.datasets)
         # Drop references to segments that cannot be read: their data is already gone.
         for sid, sp in list(spaces.items()):
-            keep = tuple(s for s in sp.segments if _adoptable(store, s.file))
+            keep = tuple(s for s in sp.segments if store.segment_info(s.file))
             if len(keep) != len(sp.segments):
                 r.actions.append(f"space {sid}: dropped {len(sp.segments) - len(keep)} unreadable segment(s)")
-                spaces[sid] = Space(sp.id, sp.fields, sp.model, sp.recipe, sp.dim, sp.dtype, sp.canaries, keep)
+                spaces[sid] = dataclasses.replace(sp, segments=keep)
         # Re-adopt complete segments written after the last readable manifest (in write order).
         named = Snapshot(0, 0, spaces, datasets).files()
         if (corrupt or not gens) and store.segment_dir.is_dir():
             for name in sorted(os.listdir(store.segment_dir)):
                 if name in named or name.startswith(".tmp-"):
                     continue
-                attrs = _adoptable(store, name)
-                if not attrs:
+                info = store.segment_info(name)
+                if info is None:
                     continue
-                seg = Segment(name, int(attrs["rows"]))
-                if attrs.get("kind") == "vectors" and "space_json" in attrs:
-                    sp = spaces.get(attrs["space"]) or Space.from_json(attrs["space"], json.loads(attrs["space_json"]))
-                    spaces[sp.id] = Space(sp.id, sp.fields, sp.model, sp.recipe, sp.dim, sp.dtype, sp.canaries,
-                                          sp.segments + (seg,))
-                elif attrs.get("kind") == "rows" and attrs.get("dataset"):
-                    ds = datasets.get(attrs["dataset"]) or Dataset(attrs["dataset"])
-                    datasets[ds.name] = Dataset(ds.name, ds.rows + (seg,), ds.keys)
-                elif attrs.get("kind") == "keys" and attrs.get("dataset"):
-                    ds = datasets.get(attrs["dataset"]) or Dataset(attrs["dataset"])
-                    keys = dict(ds.keys)
-                    keys[attrs["recipe"]] = keys.get(attrs["recipe"], ()) + (seg,)
-                    datasets[ds.name] = Dataset(ds.name, ds.rows, keys)
+                seg = Segment(name, info.rows)
+                if info.kind == "vectors":
+                    sp = spaces.get(info.space.id) or info.space
+                    spaces[sp.id] = dataclasses.replace(sp, segments=sp.segments + (seg,))
                 else:
-                    continue
-                r.actions.append(f"re-adopted complete segment {name} ({attrs.get('kind')})")
-        nxt = max([snap.next_segment] + [segment_seq(n) + 1 for n in os.listdir(store.segment_dir) if n.startswith("seg-")])
-        w.replace(Snapshot(snap.generation, nxt, spaces, datasets))
-        w._sweep()
+                    ds = datasets.get(info.dataset) or Dataset(info.dataset)
+                    if info.kind == "rows":
+                        ds = dataclasses.replace(ds, rows=ds.rows + (seg,))
+                    elif info.kind == "keys":
+                        ds = dataclasses.replace(ds, keys={**ds.keys, info.recipe: ds.keys.get(info.recipe, ()) + (seg,)})
+                    else:
+                        ds = dataclasses.replace(ds, labels=ds.labels + (seg,))
+                    datasets[ds.name] = ds
+                r.actions.append(f"re-adopted complete segment {name} ({info.kind})")
+        fixed = dataclasses.replace(snap, spaces=spaces, datasets=datasets)
+        changed = bool(corrupt) or not gens or spaces != snap.spaces or datasets != snap.datasets
+        w.recover(fixed, publish=changed)
     # Derived files that do not match are simply removed; the next query rebuilds them.
     for sp in store.snapshot().spaces.values():
         index, status = faiss_index.load_checked(store, sp, store.space_keys(sp))

@@ -1,15 +1,31 @@
 """The exceptions featurestore raises for problems a user can fix.
 
-Every message names the bad value and says how to fix it; the CLI prints
-``Error: <message>`` and exits non-zero, without a traceback.
+Every message names the bad value and says how to fix it. Library messages speak of
+parameters (``k``, ``test_size``); a ``UsageError`` names its parameter so that the CLI can
+say ``--k`` instead. The CLI prints ``Error: <message>`` and exits non-zero, without a traceback.
 """
 from __future__ import annotations
+
+from typing import Any, Callable
 
 
 class FeatureStoreError(Exception):
     """Base class: a problem with the user's input, data or environment."""
 
     exit_code = 1
+
+
+class UsageError(FeatureStoreError):
+    """A parameter value that cannot work. ``{param}`` in the message is where the parameter is named,
+    so the CLI can render it as its flag."""
+
+    def __init__(self, message: str, param: str) -> None:
+        self.template = message
+        self.param = param
+        super().__init__(message.replace("{param}", param))  # not str.format: values may hold braces
+
+    def render(self, flag_of: Callable[[str], str]) -> str:
+        return self.template.replace("{param}", flag_of(self.param))
 
 
 class InputFileError(FeatureStoreError):
@@ -24,8 +40,16 @@ class LabelError(FeatureStoreError):
     """Labels are missing or not usable for training."""
 
 
+class ClassifierError(FeatureStoreError):
+    """A trained classifier is missing, unreadable or does not fit the store."""
+
+
 class ModelError(FeatureStoreError):
     """An embedder cannot be found, loaded or trusted."""
+
+
+class SpaceError(ModelError):
+    """No stored vector space fits the request, or several do and the choice is ambiguous."""
 
 
 class StoreError(FeatureStoreError):
@@ -38,3 +62,16 @@ class StoreLockedError(StoreError):
 
 class DriftError(ModelError):
     """The embedder no longer reproduces the vectors already stored in its space."""
+
+
+class IngestInterrupted(FeatureStoreError):
+    """Ctrl-C during an ingest: what was committed stays; ``summary`` says how much."""
+
+    exit_code = 130
+
+    def __init__(self, summary: Any) -> None:
+        self.summary = summary
+        super().__init__(
+            f"interrupted: {summary.batches_committed} batch(es) committed ({summary.embedded} texts embedded, "
+            f"{summary.new_ids} new ids committed); run the same command again to continue where it stopped"
+        )

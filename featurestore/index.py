@@ -14,19 +14,20 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable
-
+from typing import Iterator
 import faiss
 import numpy as np
 from filelock import FileLock
 
+from featurestore.atomic import atomic_write_bytes
 from featurestore.keys import fingerprint_hash
-from featurestore.store import Space, Store, atomic_write_bytes
+from featurestore.manifest import Space
+from featurestore.progress import ProgressFn
+from featurestore.store import Store
 
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
-ProgressFn = Callable[[float, int], None]
 
 
 def _keys_hash(keys: np.ndarray) -> str:
@@ -131,15 +132,30 @@ def load_checked(store: Store, space: Space, keys: np.ndarray) -> tuple[faiss.In
     return index, "loaded"
 
 
+@contextlib.contextmanager
+def _update_lock(store: Store, space: Space) -> Iterator[None]:
+    """One process updates a given index at a time; others wait and then find it current.
+    A read-only store has no lock to take: the index is then built in memory, for this process."""
+    try:
+        os.makedirs(store.index_dir, exist_ok=True)
+        lock = FileLock(os.path.join(store.index_dir, space.id + ".lock"))
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def open_index(store: Store, space: Space, progress: ProgressFn | None = None) -> OpenedIndex:
     """An index that matches ``space`` exactly as committed: loaded, brought up to date, or rebuilt."""
     keys = store.space_keys(space)
     index, status = load_checked(store, space, keys)
     if index is not None and index.ntotal == space.rows:
         return OpenedIndex(index, space.rows, status)
-    os.makedirs(store.index_dir, exist_ok=True)
-    # One process updates a given index at a time; others wait and then find it current.
-    with FileLock(os.path.join(store.index_dir, space.id + ".lock")):
+    with _update_lock(store, space):
         index, status = load_checked(store, space, keys)
         if index is not None and index.ntotal == space.rows:
             return OpenedIndex(index, space.rows, status)

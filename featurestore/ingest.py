@@ -1,33 +1,38 @@
-"""Ingest: clean, hash, embed only the keys a space lacks, commit batch by batch.
+"""Ingest: decide what is missing (``plan``), then embed and commit it batch by batch (``execute``).
 
-Every commit publishes the vectors of a batch together with the dataset rows and
-keys that need them, so a row's key always resolves to a stored vector, and an
-ingest stopped at any point resumes by embedding only what was never committed.
+``plan`` is pure bookkeeping over one snapshot and a validated input table: which rows are
+new, which stored rows still lack a key or a vector in the target space, which labels are
+added or changed. It loads no model. ``execute`` cleans, hashes and embeds only the keys
+the space lacks, and publishes every batch's vectors together with the dataset rows and
+keys that need them, so a row's key always resolves to a stored vector, and an ingest
+stopped at any point resumes by embedding only what was never committed.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pandas as pd
 
 from featurestore.clean import Recipe
 from featurestore.embedders.base import Embedder
-from featurestore.errors import DatasetError, DriftError, FeatureStoreError, ModelError
-from featurestore.keys import space_fields, space_id, text_keys
+from featurestore.errors import DatasetError, DriftError, IngestInterrupted, ModelError, UsageError
+from featurestore.keys import KEY_DTYPE, space_fields, space_id, text_keys
+from featurestore.manifest import Snapshot, Space
+from featurestore.progress import ProgressFn
 from featurestore.sources import Table
-from featurestore.store import Space, Store, Writer
+from featurestore.store import KeyBatch, LabelBatch, RowBatch, Store, VectorBatch, Writer, empty_text
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16")
 N_CANARIES = 3
+CANARY_MAX_CHARS = 280  # canaries are re-embedded at every later ingest: short texts only
+DEFAULT_MAX_CHARS = 2000  # cleaned text beyond this is cut before embedding (a tweet is <= 280)
 # float16 storage rounds to ~1e-3 relative; float32 embedders are deterministic to ~1e-5.
 DRIFT_ATOL = {"float32": 1e-4, "float16": 2e-3}
-
-ProgressFn = Callable[[float, int], None]  # (rows advanced, total rows)
 
 
 @dataclass
@@ -37,12 +42,18 @@ class IngestSummary:
     model: str
     recipe: str
     rows_read: int = 0
-    new_ids: int = 0
+    new_ids: int = 0  # rows added to the dataset (committed)
     duplicates: int = 0  # input rows already stored (same id and text) or repeated in the input
+    labels_added: int = 0  # stored rows that had no label and got one
+    labels_changed: int = 0  # stored rows whose label changed
     rows_keyed: int = 0  # rows whose key under this recipe was computed in this run
     cache_hits: int = 0  # keyed rows whose vector was already in the space (or embedded earlier in this run)
-    embedded: int = 0  # distinct texts sent to the model
+    embedded: int = 0  # distinct texts sent to the model (committed)
     empty_after_cleaning: int = 0
+    truncated: int = 0  # texts cut to max_chars before embedding
+    replaced_chars: int = 0  # unencodable characters in the input replaced by U+FFFD
+    columns: dict[str, str | None] = field(default_factory=dict)  # id/label/text -> input column (None: none)
+    source_format: str = ""
     batches_committed: int = 0
     seconds: float = 0.0
     interrupted: bool = False
@@ -54,39 +65,25 @@ class IngestSummary:
         return self.rows_read / self.seconds if self.seconds else float("inf")
 
 
-class IngestInterrupted(FeatureStoreError):
-    """Ctrl-C during an ingest: what was committed stays; the summary says how much."""
-
-    exit_code = 130
-
-    def __init__(self, summary: IngestSummary) -> None:
-        self.summary = summary
-        super().__init__(
-            f"interrupted: {summary.batches_committed} batch(es) committed ({summary.embedded} texts embedded, "
-            f"{summary.new_ids} new ids); run the same command again to continue where it stopped"
-        )
-
-
 def make_space(embedder: Embedder, model: str, recipe: Recipe, dtype: str = "float32") -> Space:
     """The space an embedder + recipe + dtype write into (not yet stored)."""
     if dtype not in DTYPES:
-        raise FeatureStoreError(f"unknown --dtype {dtype!r}; use one of: {', '.join(DTYPES)}")
+        raise UsageError(f"unknown {{param}} {dtype!r}; use one of: {', '.join(DTYPES)}", "dtype")
     fields = space_fields(embedder.fingerprint, recipe.fingerprint(), dtype)
     return Space(space_id(fields), fields, model, recipe.name, embedder.dim, dtype)
 
 
 def check_drift(store: Store, space: Space, embedder: Embedder, recipe: Recipe) -> None:
     """Re-embed the space's canary texts; refuse to mix spaces if the model's output moved."""
-    if not space.canaries:
+    canaries = [c for c in space.canaries if len(c) <= CANARY_MAX_CHARS]  # older stores kept any length
+    if not canaries:
         return
-    keys = np.array(text_keys(recipe.name, space.canaries), dtype="S32")
-    stored_keys = store.space_keys(space)
-    pos = {k: i for i, k in enumerate(stored_keys)}
-    rows = np.array([pos[k] for k in keys if k in pos], dtype=np.int64)
-    if len(rows) != len(keys):
+    keys = np.array(text_keys(recipe.name, canaries), dtype=KEY_DTYPE)
+    pos = pd.Index(store.space_keys(space)).get_indexer(keys)
+    if (pos < 0).any():
         return  # canaries of a space written by an older version; nothing to compare
-    stored = store.read_vectors(space, rows)
-    fresh = embedder.embed(list(space.canaries))
+    stored = store.read_vectors(space, pos)
+    fresh = embedder.embed(canaries)
     diff = float(np.max(np.abs(fresh.astype(space.dtype).astype(np.float32) - stored)))
     if diff > DRIFT_ATOL[space.dtype]:
         raise DriftError(
@@ -94,6 +91,182 @@ def check_drift(store: Store, space: Space, embedder: Embedder, recipe: Recipe) 
             f"on its canary texts, tolerance {DRIFT_ATOL[space.dtype]:.0e}); the weights or library changed under "
             "the same name; fix: restore the original model/library versions, or ingest into a new store"
         )
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class WorkList:
+    """What an ingest has to do, decided from one snapshot before any model is loaded.
+
+    The rows to key are the new rows (first, in input order) followed by stored rows that
+    have no key under the recipe yet or whose key has no vector in the space.
+    """
+
+    dataset: str
+    space: Space  # the stored space, or a new one (no segments)
+    have: set[bytes]  # keys the space already holds
+    ids: np.ndarray  # rows to key, object array of str
+    texts: list[str]
+    needs_key: np.ndarray  # bool: the row has no key under the recipe yet
+    new_rows: RowBatch  # rows to add to the dataset: the first len(new_rows) entries of ``ids``
+    label_updates: LabelBatch
+    labels_added: int
+    labels_changed: int
+    duplicates: int
+
+    @property
+    def total(self) -> int:
+        return len(self.ids)
+
+
+def plan(store: Store, snap: Snapshot, table: Table, dataset: str, space: Space) -> WorkList:
+    """Which rows, keys and labels an ingest of ``table`` into ``dataset`` and ``space`` must write."""
+    stored = snap.spaces.get(space.id)
+    if stored is not None and stored.dim != space.dim:
+        raise ModelError(f"model {space.model!r} now gives {space.dim}-d vectors, space {space.id} holds {stored.dim}-d")
+    have = set(store.space_keys(stored).tolist()) if stored is not None else set()
+    ds = snap.datasets.get(dataset)
+    found = np.zeros(len(table.ids), dtype=bool)
+    redo_ids, redo_texts, redo_needs_key = empty_text(), [], np.zeros(0, bool)
+    label_ids, label_values = empty_text(), empty_text()
+    added = changed = 0
+    if ds is not None and ds.count:
+        old = store.dataset_rows(ds)
+        pos = pd.Index(old["ids"]).get_indexer(table.ids)
+        found = pos >= 0
+        hit = pos[found]
+        conflict = old["digests"][hit] != table.digests[found]
+        if conflict.any():
+            i = np.flatnonzero(found)[np.flatnonzero(conflict)[0]]
+            raise DatasetError(
+                f"{table.source}: id {table.ids[i]!r} is already in dataset {dataset!r} with a different text; "
+                "an id names one tweet: give new ids, or ingest into another dataset"
+            )
+        # Labels are data that can change: a non-empty label that differs from the stored one wins.
+        new_label = table.labels[found]
+        old_label = old["labels"][hit]
+        moved = (new_label != "") & (new_label != old_label)
+        label_ids, label_values = table.ids[found][moved], new_label[moved]
+        added = int((old_label[moved] == "").sum())
+        changed = int(moved.sum()) - added
+        # Stored rows keyed under this recipe by another model (or dtype) may still lack a vector here.
+        keyed_ids, keyed_keys = store.dataset_keys(ds, space.recipe)
+        unvectored = keyed_ids[np.fromiter((k not in have for k in keyed_keys.tolist()), bool, len(keyed_keys))]
+        lacking = ~pd.Index(old["ids"]).isin(keyed_ids)
+        redo = lacking | pd.Index(old["ids"]).isin(unvectored)
+        redo_ids, redo_texts, redo_needs_key = old["ids"][redo], old["texts"][redo].tolist(), lacking[redo]
+    new = np.flatnonzero(~found)
+    new_rows = RowBatch(table.ids[new], table.labels[new], table.digests[new], [table.texts[i] for i in new])
+    return WorkList(
+        dataset=dataset,
+        space=stored or space,
+        have=have,
+        ids=np.concatenate([new_rows.ids, redo_ids]),
+        texts=list(new_rows.texts) + redo_texts,
+        needs_key=np.concatenate([np.ones(len(new), bool), redo_needs_key]),
+        new_rows=new_rows,
+        label_updates=LabelBatch(label_ids, label_values),
+        labels_added=added,
+        labels_changed=changed,
+        duplicates=table.duplicate_rows + int(found.sum()),
+    )
+
+
+# ----------------------------------------------------------------------------- execute
+
+
+def _slice_rows(rows: RowBatch, sl: slice) -> RowBatch:
+    return RowBatch(rows.ids[sl], rows.labels[sl], rows.digests[sl], rows.texts[sl])
+
+
+def execute(
+    w: Writer,
+    work: WorkList,
+    embedder: Embedder,
+    recipe: Recipe,
+    summary: IngestSummary,
+    *,
+    commit_rows: int = 1024,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    progress: ProgressFn | None = None,
+) -> None:
+    """Embed what ``work`` lacks and commit it in batches of ``commit_rows`` rows through ``w``."""
+    space = work.space
+    stored = space if space.segments or space.id in w.snap.spaces else None
+    have = set(work.have)
+    total = work.total
+    labels = work.label_updates if len(work.label_updates) else None
+    if total == 0:
+        if labels is not None:
+            w.commit(work.dataset, labels=labels)
+            summary.batches_committed += 1
+            summary.labels_added, summary.labels_changed = work.labels_added, work.labels_changed
+        return
+    n_new = len(work.new_rows)
+    drift_checked = False
+    for start in range(0, total, commit_rows):
+        sl = slice(start, min(start + commit_rows, total))
+        chunk_ids = work.ids[sl]
+        t = time.perf_counter()
+        cleaned = recipe.clean(work.texts[sl])
+        summary.timings["clean"] = summary.timings.get("clean", 0.0) + time.perf_counter() - t
+        long = [i for i, c in enumerate(cleaned) if len(c) > max_chars]
+        for i in long:
+            cleaned[i] = cleaned[i][:max_chars]
+        summary.truncated += len(long)
+        keys = text_keys(recipe.name, cleaned)
+        summary.empty_after_cleaning += sum(1 for c in cleaned if not c.strip())
+        todo: dict[bytes, str] = {}
+        for k, c in zip(keys, cleaned):
+            if k not in have and k not in todo:
+                todo[k] = c
+        summary.rows_keyed += len(keys)
+        summary.cache_hits += len(keys) - len(todo)
+        vectors = np.zeros((0, space.dim), np.float32)
+        advanced = [0.0]  # rows reported for this chunk; topped up to the exact count at its commit
+
+        def advance(n: float) -> None:
+            advanced[0] += n
+            if progress:
+                progress(n, total)
+
+        if todo:
+            if not drift_checked and stored is not None:
+                check_drift(w.store, stored, embedder, recipe)
+            drift_checked = True
+            per_text = len(chunk_ids) / len(todo)
+            t = time.perf_counter()
+            vectors = embedder.embed(list(todo.values()), progress=lambda n: advance(n * per_text))
+            summary.timings["embed"] = summary.timings.get("embed", 0.0) + time.perf_counter() - t
+        if stored is None:
+            canaries = tuple(c for c in todo.values() if c.strip() and len(c) <= CANARY_MAX_CHARS)[:N_CANARIES]
+            target = replace(space, canaries=canaries)
+        else:
+            target = stored
+        needs_key = work.needs_key[sl]
+        t = time.perf_counter()
+        w.commit(
+            work.dataset,
+            vectors=VectorBatch(target, np.array(list(todo), dtype=KEY_DTYPE), vectors),
+            rows=_slice_rows(work.new_rows, slice(start, min(sl.stop, n_new))) if start < n_new else None,
+            keys=KeyBatch(recipe.name, chunk_ids[needs_key], np.array(keys, dtype=KEY_DTYPE)[needs_key]),
+            labels=labels,
+        )
+        summary.timings["commit"] = summary.timings.get("commit", 0.0) + time.perf_counter() - t
+        if labels is not None:  # label updates go with the first batch
+            summary.labels_added, summary.labels_changed = work.labels_added, work.labels_changed
+            labels = None
+        advance(len(chunk_ids) - advanced[0])
+        stored = w.snap.spaces[space.id]
+        have.update(todo)
+        summary.batches_committed += 1
+        summary.new_ids += max(0, min(sl.stop, n_new) - start)
+        summary.embedded += len(todo)
+        if todo:
+            summary.device = embedder.device
+        log.debug("committed batch %d: %d rows, %d embedded", summary.batches_committed, len(chunk_ids), len(todo))
 
 
 def ingest(
@@ -106,19 +279,28 @@ def ingest(
     *,
     dtype: str = "float32",
     commit_rows: int = 1024,
+    max_chars: int | None = None,
     wait: bool = False,
     progress: ProgressFn | None = None,
 ) -> IngestSummary:
     """Add ``table`` to ``dataset`` and make sure every row has a vector in the model's space."""
     t0 = time.perf_counter()
     if commit_rows < 1:  # 0 would crash range(); a negative step would silently commit nothing
-        raise FeatureStoreError(f"--batch-rows must be at least 1, got {commit_rows}")
+        raise UsageError(f"{{param}} must be at least 1, got {commit_rows}", "commit_rows")
+    max_chars = max_chars if max_chars is not None else getattr(embedder, "max_chars", DEFAULT_MAX_CHARS)
+    if max_chars < 1:
+        raise UsageError(f"{{param}} must be at least 1, got {max_chars}", "max_chars")
     space = make_space(embedder, model, recipe, dtype)
-    summary = IngestSummary(dataset, space.id, model, recipe.name, rows_read=table.rows_read)
-    summary.duplicates = table.duplicate_rows
+    summary = IngestSummary(
+        dataset, space.id, model, recipe.name, rows_read=table.rows_read, replaced_chars=table.replaced_chars,
+        columns={"id": table.id_column, "label": table.label_column, "text": table.text_column},
+        source_format=table.format,
+    )
     with store.writer(wait=wait) as w:
         try:
-            _ingest_locked(store, w, table, dataset, embedder, recipe, space, summary, commit_rows, progress)
+            work = plan(store, w.snap, table, dataset, space)
+            summary.duplicates = work.duplicates
+            execute(w, work, embedder, recipe, summary, commit_rows=commit_rows, max_chars=max_chars, progress=progress)
             if summary.batches_committed:
                 w.compact()
         except KeyboardInterrupt:
@@ -127,137 +309,3 @@ def ingest(
             raise IngestInterrupted(summary) from None
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _ingest_locked(
-    store: Store,
-    w: Writer,
-    table: Table,
-    dataset: str,
-    embedder: Embedder,
-    recipe: Recipe,
-    space: Space,
-    summary: IngestSummary,
-    commit_rows: int,
-    progress: ProgressFn | None,
-) -> None:
-    snap = w.snap
-    stored = snap.spaces.get(space.id)
-    if stored is not None and stored.dim != space.dim:
-        raise ModelError(f"model {space.model!r} now gives {space.dim}-d vectors, space {space.id} holds {stored.dim}-d")
-    ds = snap.datasets.get(dataset)
-
-    # 1. Which input rows are new; conflicting texts for a stored id stop everything before any write.
-    new_mask = np.ones(len(table.ids), dtype=bool)
-    keyed_ids = np.zeros(0, np.int64)
-    unvectored_ids = np.zeros(0, np.int64)
-    old_rows: dict[str, np.ndarray] | None = None
-    # Keys the space already holds; the model is loaded only if something is missing.
-    have = set(store.space_keys(stored).tolist()) if stored is not None else set()
-    if ds is not None and ds.count:
-        # Rows keyed under this recipe by another model (or dtype) may still lack a vector in this space.
-        keyed_ids, keyed_keys = store.dataset_keys(ds, recipe.name)
-        unvectored_ids = keyed_ids[np.fromiter((k not in have for k in keyed_keys.tolist()), bool, len(keyed_keys))]
-        need_old = ds.keyed(recipe.name) < ds.count or len(unvectored_ids) > 0
-        old_rows = store.dataset_rows(ds) if need_old else None
-        old_ids = old_rows["ids"] if old_rows is not None else store.dataset_ids(ds)
-        old_digests = old_rows["digests"] if old_rows is not None else store.dataset_column(ds, "digests")
-        order = np.argsort(old_ids)
-        pos = np.searchsorted(old_ids[order], table.ids)
-        pos = np.minimum(pos, len(order) - 1)
-        found = old_ids[order][pos] == table.ids
-        hit = order[pos[found]]
-        conflict = old_digests[hit] != table.digests[found]
-        if conflict.any():
-            i = np.flatnonzero(found)[np.flatnonzero(conflict)[0]]
-            raise DatasetError(
-                f"{table.source}: id {table.ids[i]} is already in dataset {dataset!r} with a different text; "
-                "an id names one tweet: give new ids, or ingest into another --dataset"
-            )
-        new_mask = ~found
-        summary.duplicates += int(found.sum())
-
-    # 2. Work list: new rows, plus stored rows that have no key under this recipe yet.
-    new_idx = np.flatnonzero(new_mask)
-    work_ids = [table.ids[new_idx]]
-    work_texts = [table.texts[i] for i in new_idx]
-    work_new = [np.ones(len(new_idx), bool)]
-    work_needs_key = [np.ones(len(new_idx), bool)]
-    if old_rows is not None:
-        lacking = ~np.isin(old_rows["ids"], keyed_ids)
-        redo = lacking | np.isin(old_rows["ids"], unvectored_ids)
-        work_ids.append(old_rows["ids"][redo])
-        work_texts.extend(old_rows["texts"][redo].tolist())
-        work_new.append(np.zeros(int(redo.sum()), bool))
-        work_needs_key.append(lacking[redo])
-    ids = np.concatenate(work_ids)
-    is_new = np.concatenate(work_new)
-    needs_key = np.concatenate(work_needs_key)
-    summary.new_ids = int(is_new.sum())
-    total = len(ids)
-    if total == 0:
-        return
-    label_of = dict(zip(table.ids[new_idx].tolist(), table.labels[new_idx].tolist()))
-    digest_of = dict(zip(table.ids[new_idx].tolist(), table.digests[new_idx].tolist()))
-
-    # 3. Embed what the space lacks, batch by batch.
-    drift_checked = False
-    for start in range(0, total, commit_rows):
-        sl = slice(start, min(start + commit_rows, total))
-        chunk_ids = ids[sl]
-        chunk_texts = work_texts[sl]
-        t = time.perf_counter()
-        cleaned = recipe.clean(chunk_texts)
-        summary.timings["clean"] = summary.timings.get("clean", 0.0) + time.perf_counter() - t
-        keys = text_keys(recipe.name, cleaned)
-        summary.empty_after_cleaning += sum(1 for c in cleaned if not c.strip())
-        todo: dict[bytes, str] = {}
-        for k, c in zip(keys, cleaned):
-            if k not in have and k not in todo:
-                todo[k] = c
-        summary.rows_keyed += len(keys)
-        summary.cache_hits += len(keys) - len(todo)
-        vectors = None
-        advanced = [0.0]  # rows reported for this chunk; topped up to the exact count at its commit
-
-        def advance(n: float) -> None:
-            advanced[0] += n
-            if progress:
-                progress(n, total)
-
-        if todo:
-            if not drift_checked and stored is not None:
-                check_drift(store, stored, embedder, recipe)
-            drift_checked = True
-            per_text = len(chunk_ids) / len(todo)
-            t = time.perf_counter()
-            vectors = embedder.embed(list(todo.values()), progress=lambda n: advance(n * per_text))
-            summary.timings["embed"] = summary.timings.get("embed", 0.0) + time.perf_counter() - t
-            summary.embedded += len(todo)
-        chunk_new = is_new[sl]
-        new_ids = chunk_ids[chunk_new]
-        rows = {
-            "ids": new_ids,
-            "labels": [label_of[i] for i in new_ids.tolist()],
-            "digests": [digest_of[i] for i in new_ids.tolist()],
-            "texts": [chunk_texts[j] for j in np.flatnonzero(chunk_new)],
-        }
-        canaries = tuple(c for c in todo.values() if c.strip())[:N_CANARIES] if stored is None else ()
-        target = stored or Space(space.id, space.fields, space.model, space.recipe, space.dim, space.dtype, canaries)
-        t = time.perf_counter()
-        w.commit(
-            space=target,
-            keys=np.array(list(todo), dtype="S32") if todo else None,
-            vectors=vectors,
-            dataset=dataset,
-            rows=rows,
-            recipe=recipe.name,
-            row_keys=(chunk_ids[needs_key[sl]], np.array(keys, dtype="S32")[needs_key[sl]]),
-        )
-        summary.timings["commit"] = summary.timings.get("commit", 0.0) + time.perf_counter() - t
-        advance(len(chunk_ids) - advanced[0])
-        stored = w.snap.spaces[space.id]
-        have.update(todo)
-        summary.batches_committed += 1
-        summary.device = embedder.device if todo else summary.device
-        log.debug("committed batch %d: %d rows, %d embedded", summary.batches_committed, len(chunk_ids), len(todo))

@@ -1,10 +1,14 @@
 """The on-disk store: immutable HDF5 segments named by an atomically published manifest.
 
+This module owns the on-disk format: segment files (their columns and attributes), how
+they are read, and the one write path (``Writer``). The manifest dataclasses live in
+``featurestore.manifest``.
+
 Layout of a store directory::
 
     manifest/00000042.json   committed state, one file per generation (the highest wins)
     segments/seg-000123.h5   immutable HDF5 files: vectors of a space, rows of a dataset,
-                             or the keys of a dataset's rows under a cleaning recipe
+                             the keys of a dataset's rows under a cleaning recipe, or label updates
     index/<space>.faiss      derived FAISS index + its manifest (see featurestore.index)
     classifiers/             trained classifiers (see featurestore.train)
     LOCK                     held by the one writer
@@ -20,31 +24,34 @@ half-written batch and need no lock.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import json
 import logging
 import os
 import re
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
+import pandas as pd
 from filelock import FileLock, Timeout
 
+from featurestore.atomic import atomic_path, atomic_write_bytes, fsync_dir
 from featurestore.errors import DatasetError, StoreError, StoreLockedError
-from featurestore.keys import KEY_DTYPE, canonical_json
+from featurestore.keys import KEY_DTYPE
+from featurestore.manifest import EMPTY, Dataset, Segment, Snapshot, Space
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 DEFAULT_STORE = "store"
 MANIFESTS_KEPT = 3
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MANIFEST_NAME = re.compile(r"^(\d{8})\.json$")
-_TEXT_DTYPE = h5py.vlen_dtype(np.uint8)  # raw UTF-8 bytes: keeps NUL bytes and anything else intact
+_BYTES_DTYPE = h5py.vlen_dtype(np.uint8)  # raw texts as UTF-8 bytes: keeps NUL bytes and anything else intact
+_STR_DTYPE = h5py.string_dtype("utf-8")  # ids and labels (schema 2)
+TEXT_COLUMNS = ("ids", "labels")  # text in schema 2, int64 in schema 1
 
 
 def default_store_path() -> Path:
@@ -52,7 +59,7 @@ def default_store_path() -> Path:
 
 
 def check_dataset_name(name: str) -> str:
-    if not _DATASET_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _DATASET_NAME.match(name) or ".." in name:
         raise DatasetError(
             f"invalid dataset name {name!r}; use 1-64 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit, without '/' or '..'"
@@ -75,164 +82,119 @@ def segment_seq(name: str) -> int:
     return int(name[4:].split(".", 1)[0])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _reason(exc: BaseException) -> str:
     """A short, one-line cause for an I/O failure (h5py's messages span several lines)."""
     text = getattr(exc, "strerror", None) or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return " ".join(str(text).split())[:160]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a torn one."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+def as_text_column(values: np.ndarray, column: str) -> np.ndarray:
+    """ids/labels as an object array of str; schema-1 int64 columns are converted (label -1 = none)."""
+    if values.dtype.kind in "iu":
+        out = values.astype(str).astype(object)
+        if column == "labels":
+            out[values < 0] = ""
+        return out
+    if values.dtype.kind == "O" or values.dtype.kind == "S":
+        return np.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in values.tolist()], dtype=object)
+    return values.astype(object)
 
 
-# ----------------------------------------------------------------------------- manifest model
+def empty_text() -> np.ndarray:
+    return np.zeros(0, dtype=object)
 
 
-@dataclass(frozen=True)
-class Segment:
-    file: str
-    rows: int
+# ----------------------------------------------------------------------------- what one commit writes
 
 
 @dataclass(frozen=True)
-class Space:
-    """A vector space: one embedder fingerprint plus one cleaning recipe plus a dtype."""
+class VectorBatch:
+    """New vectors of ``space`` (registered even when ``keys`` is empty)."""
 
-    id: str
-    fields: Mapping[str, Any]
-    model: str
+    space: Space
+    keys: np.ndarray  # KEY_DTYPE
+    vectors: np.ndarray  # [len(keys), space.dim]
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """New rows of a dataset; ids and labels are text, label "" = none."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    digests: np.ndarray
+    texts: Sequence[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class KeyBatch:
+    """The text keys, under ``recipe``, of dataset rows named by id."""
+
     recipe: str
-    dim: int
-    dtype: str
-    canaries: tuple[str, ...] = ()
-    segments: tuple[Segment, ...] = ()
+    ids: np.ndarray
+    keys: np.ndarray
 
-    @property
-    def rows(self) -> int:
-        return sum(s.rows for s in self.segments)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "fields": self.fields,
-            "model": self.model,
-            "recipe": self.recipe,
-            "dim": self.dim,
-            "dtype": self.dtype,
-            "canaries": list(self.canaries),
-            "segments": [[s.file, s.rows] for s in self.segments],
-        }
-
-    @classmethod
-    def from_json(cls, sid: str, d: Mapping[str, Any]) -> "Space":
-        return cls(
-            id=sid,
-            fields=d["fields"],
-            model=d["model"],
-            recipe=d["recipe"],
-            dim=int(d["dim"]),
-            dtype=d["dtype"],
-            canaries=tuple(d.get("canaries", ())),
-            segments=tuple(Segment(f, int(n)) for f, n in d["segments"]),
-        )
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass(frozen=True)
-class Dataset:
-    """Rows (id, label, raw text) plus, per cleaning recipe, the key of each row."""
+class LabelBatch:
+    """New labels of dataset rows already stored (later batches win)."""
 
-    name: str
-    rows: tuple[Segment, ...] = ()
-    keys: Mapping[str, tuple[Segment, ...]] = field(default_factory=dict)
+    ids: np.ndarray
+    labels: np.ndarray
 
-    @property
-    def count(self) -> int:
-        return sum(s.rows for s in self.rows)
+    def __len__(self) -> int:
+        return len(self.ids)
 
-    def keyed(self, recipe: str) -> int:
-        return sum(s.rows for s in self.keys.get(recipe, ()))
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rows": [[s.file, s.rows] for s in self.rows],
-            "keys": {r: [[s.file, s.rows] for s in segs] for r, segs in sorted(self.keys.items())},
-        }
-
-    @classmethod
-    def from_json(cls, name: str, d: Mapping[str, Any]) -> "Dataset":
-        return cls(
-            name=name,
-            rows=tuple(Segment(f, int(n)) for f, n in d["rows"]),
-            keys={r: tuple(Segment(f, int(n)) for f, n in segs) for r, segs in d["keys"].items()},
-        )
+# ----------------------------------------------------------------------------- segment attributes
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """One committed generation of the store."""
+class SegmentInfo:
+    """What a segment file says about itself: enough for repair to re-adopt it without a manifest."""
 
-    generation: int
-    next_segment: int
-    spaces: Mapping[str, Space]
-    datasets: Mapping[str, Dataset]
-
-    def files(self) -> set[str]:
-        names = {s.file for sp in self.spaces.values() for s in sp.segments}
-        for ds in self.datasets.values():
-            names.update(s.file for s in ds.rows)
-            names.update(s.file for segs in ds.keys.values() for s in segs)
-        return names
-
-    def to_json(self) -> dict[str, Any]:
-        body = {
-            "schema": SCHEMA_VERSION,
-            "generation": self.generation,
-            "next_segment": self.next_segment,
-            "spaces": {k: v.to_json() for k, v in sorted(self.spaces.items())},
-            "datasets": {k: v.to_json() for k, v in sorted(self.datasets.items())},
-        }
-        body["checksum"] = hashlib.sha256(canonical_json(body).encode()).hexdigest()
-        return body
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any], where: Path) -> "Snapshot":
-        schema = d.get("schema")
-        if not isinstance(schema, int) or schema > SCHEMA_VERSION:
-            raise StoreError(
-                f"store {where} was written by a newer featurestore (schema {schema}); this version reads "
-                f"schema {SCHEMA_VERSION}; fix: upgrade featurestore (pip install -U featurestore)"
-            )
-        body = {k: v for k, v in d.items() if k != "checksum"}
-        if hashlib.sha256(canonical_json(body).encode()).hexdigest() != d.get("checksum"):
-            raise ValueError("checksum mismatch")
-        return cls(
-            generation=int(d["generation"]),
-            next_segment=int(d["next_segment"]),
-            spaces={k: Space.from_json(k, v) for k, v in d["spaces"].items()},
-            datasets={k: Dataset.from_json(k, v) for k, v in d["datasets"].items()},
-        )
+    kind: str  # "vectors", "rows", "keys" or "labels"
+    rows: int
+    space: Space | None = None  # vectors: the space (without segments)
+    dataset: str = ""
+    recipe: str = ""
 
 
-EMPTY = Snapshot(generation=0, next_segment=1, spaces={}, datasets={})
+def _attrs_of(kind: str, *, space: Space | None = None, dataset: str = "", recipe: str = "") -> dict[str, str]:
+    attrs = {"kind": kind}
+    if space is not None:
+        attrs["space"] = space.id
+        attrs["space_json"] = json.dumps({**space.to_json(), "segments": []}, sort_keys=True)
+    if dataset:
+        attrs["dataset"] = dataset
+    if recipe:
+        attrs["recipe"] = recipe
+    return attrs
+
+
+def read_segment_info(path: Path) -> SegmentInfo | None:
+    """The self-description of a segment file, or None if it cannot be read or makes no sense."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            a = {k: str(v) for k, v in f.attrs.items()}
+            rows = len(f["ids" if "ids" in f else "keys"])
+            space = Space.from_json(a["space"], json.loads(a["space_json"])) if "space_json" in a else None
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    kind = a.get("kind", "")
+    if (kind == "vectors" and space is None) or (kind in ("rows", "keys", "labels") and not a.get("dataset")):
+        return None
+    if kind == "keys" and not a.get("recipe"):
+        return None
+    if kind not in ("vectors", "rows", "keys", "labels"):
+        return None
+    return SegmentInfo(kind, rows, space, a.get("dataset", ""), a.get("recipe", ""))
 
 
 # ----------------------------------------------------------------------------- the store
@@ -249,6 +211,19 @@ class Store:
         self.segment_dir = self.path / "segments"
         self.index_dir = self.path / "index"
         self.classifier_dir = self.path / "classifiers"
+
+    def require_existing(self) -> "Store":
+        """For reading commands: a path that holds no store is a mistake, not an empty store."""
+        if not self.manifest_dir.is_dir():
+            what = "does not exist" if not self.path.exists() else "is not a featurestore store (no manifest/)"
+            raise StoreError(
+                f"store {self.path} {what}; fix: pass the right --store DIR (or FS_STORE), or create it with "
+                "'fs ingest FILE'"
+            )
+        return self
+
+    def writable(self) -> bool:
+        return os.access(self.path, os.W_OK)
 
     # ---- snapshots
 
@@ -268,6 +243,8 @@ class Store:
             return Snapshot.from_json(data, self.path)
         except StoreError:
             raise
+        except PermissionError:
+            raise StoreError(f"store manifest {path} is not readable (permission denied); fix its permissions") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StoreError(
                 f"store manifest {path} is corrupt ({exc}); fix: run 'fs repair --store {self.path}'"
@@ -301,6 +278,9 @@ class Store:
     def segment_path(self, name: str) -> Path:
         return self.segment_dir / name
 
+    def segment_info(self, name: str) -> SegmentInfo | None:
+        return read_segment_info(self.segment_path(name))
+
     @contextlib.contextmanager
     def open_segment(self, name: str) -> Iterator[h5py.File]:
         path = self.segment_path(name)
@@ -312,20 +292,25 @@ class Store:
             ) from None
         except OSError as exc:
             raise StoreError(
-                f"store segment {name} cannot be read ({exc}); fix: run 'fs check --store {self.path}'"
+                f"store segment {name} cannot be read ({_reason(exc)}); fix: run 'fs check --store {self.path}'"
             ) from None
         try:
             yield f
         finally:
             f.close()
 
+    @staticmethod
+    def _column(f: h5py.File, column: str) -> np.ndarray:
+        data = f[column][()]
+        return as_text_column(data, column) if column in TEXT_COLUMNS else data
+
     def _read_column(self, segments: Sequence[Segment], column: str) -> np.ndarray:
         parts = []
         for seg in segments:
             with self.open_segment(seg.file) as f:
-                parts.append(f[column][()])
+                parts.append(self._column(f, column))
         if not parts:
-            return np.zeros(0, dtype=np.int64 if column in ("ids", "labels") else KEY_DTYPE)
+            return empty_text() if column in TEXT_COLUMNS else np.zeros(0, dtype=KEY_DTYPE)
         return np.concatenate(parts)
 
     def space_keys(self, space: Space) -> np.ndarray:
@@ -374,48 +359,50 @@ class Store:
             raise DatasetError(f"dataset {name!r} does not exist in {self.path}; datasets: {known}") from None
 
     def dataset_column(self, ds: Dataset, column: str) -> np.ndarray:
-        """One fixed-width column of every row (``ids``, ``labels`` or ``digests``), in insertion order."""
+        """One column of every row (``ids``, ``digests``; ``labels`` without updates), in insertion order."""
         return self._read_column(ds.rows, column)
 
     def dataset_ids(self, ds: Dataset) -> np.ndarray:
         return self.dataset_column(ds, "ids")
 
+    def dataset_labels(self, ds: Dataset, ids: np.ndarray | None = None) -> np.ndarray:
+        """Current labels of every row ("" = none): the rows' own labels with the updates applied in order."""
+        labels = self.dataset_column(ds, "labels")
+        if ds.labels:
+            ids = self.dataset_ids(ds) if ids is None else ids
+            upd = pd.Series(self._read_column(ds.labels, "labels"), index=self._read_column(ds.labels, "ids"))
+            upd = upd[~upd.index.duplicated(keep="last")]
+            pos = pd.Index(ids).get_indexer(upd.index)
+            found = pos >= 0
+            labels[pos[found]] = upd.to_numpy()[found]
+        return labels
+
     def dataset_rows(self, ds: Dataset) -> dict[str, np.ndarray]:
-        """ids, labels (-1 = none), digests and texts of every row, in insertion order."""
-        cols: dict[str, list[Any]] = {"ids": [], "labels": [], "digests": [], "texts": []}
+        """ids, current labels ("" = none), digests and texts of every row, in insertion order."""
+        texts: list[str] = []
         for seg in ds.rows:
             with self.open_segment(seg.file) as f:
-                for c in ("ids", "labels", "digests"):
-                    cols[c].append(f[c][()])
-                cols["texts"].extend(bytes(t).decode("utf-8", "surrogatepass") for t in f["texts"][()])
-        if not ds.rows:
-            return {
-                "ids": np.zeros(0, np.int64),
-                "labels": np.zeros(0, np.int64),
-                "digests": np.zeros(0, KEY_DTYPE),
-                "texts": np.zeros(0, object),
-            }
+                texts.extend(bytes(t).decode("utf-8", "surrogatepass") for t in f["texts"][()])
+        ids = self.dataset_ids(ds)
         return {
-            "ids": np.concatenate(cols["ids"]),
-            "labels": np.concatenate(cols["labels"]),
-            "digests": np.concatenate(cols["digests"]),
-            "texts": np.array(cols["texts"], dtype=object),
+            "ids": ids,
+            "labels": self.dataset_labels(ds, ids),
+            "digests": self.dataset_column(ds, "digests"),
+            "texts": np.array(texts, dtype=object),
         }
 
-    def texts_for(self, ds: Dataset, ids: Sequence[int]) -> dict[int, str]:
+    def texts_for(self, ds: Dataset, ids: Sequence[str]) -> dict[str, str]:
         """Raw texts of the given ids, reading only the segments and rows that hold them."""
-        wanted = np.asarray(sorted(set(int(i) for i in ids)), dtype=np.int64)
-        out: dict[int, str] = {}
+        wanted = set(ids)
+        out: dict[str, str] = {}
         for seg in ds.rows:
             if len(out) == len(wanted):
                 break
             with self.open_segment(seg.file) as f:
-                seg_ids = f["ids"][()]
-                hit = np.flatnonzero(np.isin(seg_ids, wanted))
-                if len(hit):
-                    texts = f["texts"][hit] if len(hit) > 1 else [f["texts"][int(hit[0])]]
-                    for j, t in zip(hit, texts):
-                        out[int(seg_ids[j])] = bytes(t).decode("utf-8", "surrogatepass")
+                seg_ids = self._column(f, "ids")
+                hit = [j for j, i in enumerate(seg_ids.tolist()) if i in wanted]
+                for j in hit:
+                    out[seg_ids[j]] = bytes(f["texts"][j]).decode("utf-8", "surrogatepass")
         return out
 
     def dataset_keys(self, ds: Dataset, recipe: str) -> tuple[np.ndarray, np.ndarray]:
@@ -425,23 +412,72 @@ class Store:
 
     # ---- writing
 
-    def writer(self, wait: bool = False, timeout: float | None = None, recover: bool = False) -> "Writer":
-        """The write path; ``recover`` (for repair) skips reading the current manifest."""
-        return Writer(self, wait=wait, timeout=timeout, recover=recover)
+    def writer(self, wait: bool = False, timeout: float | None = None) -> "Writer":
+        """The write path: holds the store's lock while open."""
+        return Writer(self, wait=wait, timeout=timeout)
 
 
 class Writer:
     """The one write path. Holds the store's lock; each ``commit`` publishes one generation."""
 
-    def __init__(self, store: Store, wait: bool = False, timeout: float | None = None, recover: bool = False) -> None:
+    def __init__(self, store: Store, wait: bool = False, timeout: float | None = None) -> None:
         self.store = store
-        self.recover = recover
         self.wait = wait
         self.timeout = timeout
         self._lock: FileLock | None = None
+        self._recovering = False
         self.snap: Snapshot = EMPTY
 
     def __enter__(self) -> "Writer":
+        self._acquire()
+        try:
+            store = self.store
+            if not store.manifest_generations() and not any(n.startswith("seg-") for n in os.listdir(store.segment_dir)):
+                # A new store gets an empty generation 0 first, so a kill during its first commit
+                # leaves orphans beside a manifest (swept as usual), not segments without one.
+                self._publish(EMPTY)
+            self.snap = store.snapshot()
+            self._sweep()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    @classmethod
+    @contextlib.contextmanager
+    def recovering(cls, store: Store) -> Iterator["Writer"]:
+        """The write path for repair: the lock without trusting (or even reading) the current manifest.
+        The caller decides the snapshot to continue from and calls ``recover(snap)``."""
+        w = cls(store)
+        w._acquire()
+        w._recovering = True
+        try:
+            yield w
+        finally:
+            w.__exit__()
+
+    def recover(self, snap: Snapshot, publish: bool) -> Snapshot:
+        """Continue from ``snap`` (repair's reconstruction): publish it as a new generation if asked,
+        then remove what no kept manifest names."""
+        assert self._recovering, "recover() is for Writer.recovering()"
+        if publish:
+            new = dataclasses.replace(snap, generation=self.snap_generation() + 1,
+                                      next_segment=max(snap.next_segment, self._next_free_segment()))
+            self._publish(new)
+            snap = new
+        self.snap = snap
+        self._sweep()
+        return snap
+
+    def snap_generation(self) -> int:
+        gens = self.store.manifest_generations()
+        return gens[-1] if gens else 0
+
+    def _next_free_segment(self) -> int:
+        used = [segment_seq(n) + 1 for n in os.listdir(self.store.segment_dir) if n.startswith("seg-")]
+        return max(used, default=1)
+
+    def _acquire(self) -> None:
         store = self.store
         try:
             for d in (store.path, store.manifest_dir, store.segment_dir):
@@ -451,35 +487,23 @@ class Writer:
             probe.unlink()
         except OSError as exc:
             raise StoreError(
-                f"store path {store.path} is not writable ({exc.strerror}); fix: choose a writable --store DIR "
-                "or set FS_STORE"
+                f"store path {store.path} is not writable ({exc.strerror}); fix: choose a writable store directory "
+                "(--store DIR or FS_STORE)"
             ) from None
         self._lock = FileLock(str(store.path / "LOCK"))
         try:
             self._lock.acquire(timeout=-1 if self.wait and self.timeout is None else (self.timeout or 0))
         except Timeout:
+            self._lock = None
             raise StoreLockedError(
                 f"another process is writing to {store.path} (it holds {store.path / 'LOCK'}); fix: wait for it to "
-                "finish, or pass --wait to queue"
+                "finish, or let this one queue (--wait)"
             ) from None
-        if not self.recover:
-            try:
-                if not store.manifest_generations() and not any(
-                    n.startswith("seg-") for n in os.listdir(store.segment_dir)
-                ):
-                    # A new store gets an empty generation 0 first, so a kill during its first commit
-                    # leaves orphans beside a manifest (swept as usual), not segments without one.
-                    self._publish(EMPTY)
-                self.snap = store.snapshot()
-                self._sweep()
-            except BaseException:
-                self._lock.release()
-                raise
-        return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._lock is not None:
             self._lock.release()
+            self._lock = None
 
     def _sweep(self) -> None:
         """Remove what a killed writer left: temporary files and segments no manifest names."""
@@ -503,102 +527,79 @@ class Writer:
     @contextlib.contextmanager
     def _segment_file(self, seq: int, attrs: Mapping[str, Any]) -> Iterator[h5py.File]:
         """Write a segment under a temporary name; on success fsync it and rename it into place."""
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=self.store.segment_dir)
-        os.close(fd)
-        try:
+        with atomic_path(self.store.segment_path(segment_name(seq)), suffix=".h5") as tmp:
             with h5py.File(tmp, "w", locking=False) as f:
                 for k, v in attrs.items():
                     f.attrs[k] = v
                 yield f
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.store.segment_path(segment_name(seq)))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
 
-    def _new_segment(self, seq: int, attrs: Mapping[str, Any], columns: Mapping[str, np.ndarray]) -> str:
+    def _new_segment(self, seq: int, attrs: Mapping[str, Any], columns: Mapping[str, Any]) -> Segment:
         with self._segment_file(seq, attrs) as f:
+            n = 0
             for col, data in columns.items():
+                n = len(data)
                 if col == "texts":
                     encoded = np.empty(len(data), dtype=object)
                     encoded[:] = [np.frombuffer(t.encode("utf-8", "surrogatepass"), np.uint8) for t in data]
-                    f.create_dataset(col, data=encoded, dtype=_TEXT_DTYPE)
-                elif data.ndim == 2:
+                    f.create_dataset(col, data=encoded, dtype=_BYTES_DTYPE)
+                elif col in TEXT_COLUMNS:
+                    f.create_dataset(col, data=np.asarray(data, dtype=object), dtype=_STR_DTYPE)
+                elif col == "vectors":
                     f.create_dataset(col, data=data, **_matrix_layout(len(data), data.shape[1], data.dtype))
                 else:
-                    f.create_dataset(col, data=data)
-        return segment_name(seq)
+                    f.create_dataset(col, data=np.asarray(data, dtype=KEY_DTYPE))
+        return Segment(segment_name(seq), n)
 
     def commit(
         self,
-        *,
-        space: Space | None = None,
-        keys: np.ndarray | None = None,
-        vectors: np.ndarray | None = None,
         dataset: str | None = None,
-        rows: Mapping[str, Any] | None = None,
-        recipe: str | None = None,
-        row_keys: tuple[np.ndarray, np.ndarray] | None = None,
+        *,
+        vectors: VectorBatch | None = None,
+        rows: RowBatch | None = None,
+        keys: KeyBatch | None = None,
+        labels: LabelBatch | None = None,
     ) -> Snapshot:
-        """Publish, in one generation: new vectors of ``space``, new rows of ``dataset``
-        and the keys of dataset rows under ``recipe``. Any part may be empty."""
+        """Publish, in one generation: new vectors of a space, and new rows, row keys and label
+        updates of ``dataset``. Any part may be absent or empty."""
         snap = self.snap
         seq = snap.next_segment
         spaces = dict(snap.spaces)
         datasets = dict(snap.datasets)
         written: list[str] = []
+
+        def add(attrs: dict[str, str], columns: Mapping[str, Any]) -> Segment:
+            nonlocal seq
+            seg = self._new_segment(seq, attrs, columns)
+            written.append(seg.file)
+            seq += 1
+            return seg
+
         try:
-            if space is not None:
+            if vectors is not None:
+                space = vectors.space
                 current = spaces.get(space.id, space)
                 segs = current.segments
-                if keys is not None and len(keys):
-                    assert vectors is not None and vectors.shape == (len(keys), space.dim)
-                    name = self._new_segment(
-                        seq,
-                        # Self-describing, so that repair can re-adopt it without any manifest.
-                        {"kind": "vectors", "space": space.id,
-                         "space_json": json.dumps({**space.to_json(), "segments": []}, sort_keys=True)},
-                        {"keys": np.asarray(keys, dtype=KEY_DTYPE), "vectors": vectors.astype(space.dtype)},
-                    )
-                    written.append(name)
-                    seq += 1
-                    segs = segs + (Segment(name, len(keys)),)
-                spaces[space.id] = Space(
-                    space.id, space.fields, space.model, space.recipe, space.dim, space.dtype,
-                    current.canaries or space.canaries, segs,
-                )
+                if len(vectors.keys):
+                    assert vectors.vectors.shape == (len(vectors.keys), space.dim)
+                    # Self-describing, so that repair can re-adopt it without any manifest.
+                    segs += (add(_attrs_of("vectors", space=space),
+                                 {"keys": vectors.keys, "vectors": vectors.vectors.astype(space.dtype)}),)
+                spaces[space.id] = dataclasses.replace(space, canaries=current.canaries or space.canaries, segments=segs)
             if dataset is not None:
                 check_dataset_name(dataset)
                 ds = datasets.get(dataset, Dataset(dataset))
-                row_segs, key_segs = ds.rows, dict(ds.keys)
-                if rows is not None and len(rows["ids"]):
-                    name = self._new_segment(
-                        seq,
-                        {"kind": "rows", "dataset": dataset},
-                        {
-                            "ids": np.asarray(rows["ids"], dtype=np.int64),
-                            "labels": np.asarray(rows["labels"], dtype=np.int64),
-                            "digests": np.asarray(rows["digests"], dtype=KEY_DTYPE),
-                            "texts": list(rows["texts"]),
-                        },
-                    )
-                    written.append(name)
-                    seq += 1
-                    row_segs = row_segs + (Segment(name, len(rows["ids"])),)
-                if recipe is not None and row_keys is not None and len(row_keys[0]):
-                    name = self._new_segment(
-                        seq,
-                        {"kind": "keys", "dataset": dataset, "recipe": recipe},
-                        {"ids": np.asarray(row_keys[0], np.int64), "keys": np.asarray(row_keys[1], KEY_DTYPE)},
-                    )
-                    written.append(name)
-                    seq += 1
-                    key_segs[recipe] = key_segs.get(recipe, ()) + (Segment(name, len(row_keys[0])),)
-                datasets[dataset] = Dataset(dataset, row_segs, key_segs)
+                new_rows, new_keys, new_labels = ds.rows, dict(ds.keys), ds.labels
+                if rows is not None and len(rows):
+                    new_rows += (add(_attrs_of("rows", dataset=dataset),
+                                     {"ids": rows.ids, "labels": rows.labels, "digests": rows.digests, "texts": rows.texts}),)
+                if keys is not None and len(keys):
+                    new_keys[keys.recipe] = new_keys.get(keys.recipe, ()) + (
+                        add(_attrs_of("keys", dataset=dataset, recipe=keys.recipe), {"ids": keys.ids, "keys": keys.keys}),)
+                if labels is not None and len(labels):
+                    new_labels += (add(_attrs_of("labels", dataset=dataset), {"ids": labels.ids, "labels": labels.labels}),)
+                datasets[dataset] = Dataset(dataset, new_rows, new_keys, new_labels)
             new = Snapshot(snap.generation + 1, seq, spaces, datasets)
-            _fsync_dir(self.store.segment_dir)
+            fsync_dir(self.store.segment_dir)
             self._publish(new)
         except (OSError, RuntimeError) as exc:  # h5py reports a failed write at close as RuntimeError
             for name in written:
@@ -606,7 +607,7 @@ class Writer:
                     os.unlink(self.store.segment_path(name))
             raise StoreError(
                 f"could not write to store {self.store.path} ({_reason(exc)}); nothing from this batch was "
-                "committed; fix: free disk space or choose another --store, then run the same command again"
+                "committed; fix: free disk space or choose another store directory, then run the same command again"
             ) from None
         self.snap = new
         return new
@@ -621,48 +622,51 @@ class Writer:
                     for col in f:
                         src = f[col]
                         if col not in out:
-                            layout = _matrix_layout(total, src.shape[1], src.dtype) if src.ndim == 2 else {}
-                            out.create_dataset(col, (total, *src.shape[1:]), dtype=src.dtype, **layout)
+                            if col in TEXT_COLUMNS:  # written as text whatever schema the parts had
+                                out.create_dataset(col, (total,), dtype=_STR_DTYPE)
+                            else:
+                                layout = _matrix_layout(total, src.shape[1], src.dtype) if src.ndim == 2 else {}
+                                out.create_dataset(col, (total, *src.shape[1:]), dtype=src.dtype, **layout)
                         for start in range(0, seg.rows, 65536):
                             block = src[start : start + 65536]
+                            if col in TEXT_COLUMNS:
+                                block = as_text_column(block, col)
                             out[col][offset + start : offset + start + len(block)] = block
                 offset += seg.rows
         return Segment(segment_name(seq), total)
 
     def compact(self, max_segments: int = 16) -> bool:
-        """Merge the segments of any space, dataset or key list that has more than ``max_segments``.
+        """Merge the segments of any space, dataset, key list or label list that has more than ``max_segments``.
 
-        Order is kept, so row numbers (and FAISS indexes built on them) stay valid. The old
-        files stay until no kept manifest names them, so readers of older snapshots are safe.
+        Order is kept, so row numbers (and FAISS indexes built on them) stay valid, and label
+        updates still apply in order. The old files stay until no kept manifest names them, so
+        readers of older snapshots are safe.
         """
         snap = self.snap
         seq = snap.next_segment
         spaces = dict(snap.spaces)
         datasets = dict(snap.datasets)
-        changed = False
+
+        def merged(segs: tuple[Segment, ...], attrs: dict[str, str]) -> tuple[Segment, ...]:
+            nonlocal seq
+            if len(segs) <= max_segments:
+                return segs
+            seq += 1
+            return (self._merge(seq - 1, segs, attrs),)
+
         try:
             for sid, sp in snap.spaces.items():
-                if len(sp.segments) > max_segments:
-                    attrs = {"kind": "vectors", "space": sid,
-                             "space_json": json.dumps({**sp.to_json(), "segments": []}, sort_keys=True)}
-                    merged = self._merge(seq, sp.segments, attrs)
-                    seq += 1
-                    spaces[sid] = Space(sp.id, sp.fields, sp.model, sp.recipe, sp.dim, sp.dtype, sp.canaries, (merged,))
-                    changed = True
+                spaces[sid] = dataclasses.replace(sp, segments=merged(sp.segments, _attrs_of("vectors", space=sp)))
             for name, ds in snap.datasets.items():
-                rows, keys = ds.rows, dict(ds.keys)
-                if len(rows) > max_segments:
-                    rows = (self._merge(seq, rows, {"kind": "rows", "dataset": name}),)
-                    seq += 1
-                for recipe, segs in ds.keys.items():
-                    if len(segs) > max_segments:
-                        keys[recipe] = (self._merge(seq, segs, {"kind": "keys", "dataset": name, "recipe": recipe}),)
-                        seq += 1
-                if rows != ds.rows or keys != ds.keys:
-                    datasets[name] = Dataset(name, rows, keys)
-                    changed = True
+                datasets[name] = Dataset(
+                    name,
+                    merged(ds.rows, _attrs_of("rows", dataset=name)),
+                    {r: merged(segs, _attrs_of("keys", dataset=name, recipe=r)) for r, segs in ds.keys.items()},
+                    merged(ds.labels, _attrs_of("labels", dataset=name)),
+                )
+            changed = seq != snap.next_segment
             if changed:
-                _fsync_dir(self.store.segment_dir)
+                fsync_dir(self.store.segment_dir)
                 new = Snapshot(snap.generation + 1, seq, spaces, datasets)
                 self._publish(new)
                 self.snap = new
@@ -671,13 +675,6 @@ class Writer:
                              "the store is unchanged; fix: free disk space") from None
         return changed
 
-    def replace(self, new: Snapshot) -> Snapshot:
-        """Publish a snapshot built by a maintenance operation (compaction, repair)."""
-        new = Snapshot(self.snap.generation + 1, max(new.next_segment, self.snap.next_segment), new.spaces, new.datasets)
-        self._publish(new)
-        self.snap = new
-        return new
-
     def _publish(self, new: Snapshot) -> None:
         data = json.dumps(new.to_json(), indent=1, sort_keys=True).encode()
         atomic_write_bytes(self.store.manifest_path(new.generation), data)
@@ -685,3 +682,8 @@ class Writer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.store.manifest_path(gen))
 
+
+__all__ = [
+    "Dataset", "KeyBatch", "LabelBatch", "RowBatch", "Segment", "SegmentInfo", "Snapshot", "Space", "Store",
+    "VectorBatch", "Writer", "check_dataset_name", "default_store_path",
+]

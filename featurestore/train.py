@@ -1,26 +1,34 @@
-"""Classifiers trained on vectors read from the store, saved without pickle.
+"""Classifiers trained on vectors read from the store, and their bookkeeping; saved without pickle.
 
-Models are written with skops (a format that loads only allow-listed types, never
-arbitrary code) beside a JSON manifest recording the space, the dataset, a hash of the
-row ids used, the parameters and the metrics.
+This module owns training: the split, the fit (in memory or out of core), the metrics,
+and the classifier files. Labels are text as the user gave them; two classes give binary
+F1 for the positive class, more give macro-F1 with a per-class table. Models are written
+with skops (a format that loads only allow-listed types, never arbitrary code) beside a
+JSON manifest recording the space, the dataset, a hash of the row ids used, the classes,
+the parameters and the metrics.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from featurestore import __version__
-from featurestore.errors import FeatureStoreError, LabelError
-from featurestore.store import Store, atomic_write_bytes
+from featurestore.atomic import atomic_write_bytes
+from featurestore.errors import ClassifierError, LabelError, StoreError, UsageError
+from featurestore.manifest import Space
+from featurestore.store import Store
 
 CLASSIFIERS = ("logreg", "sgd")
+POSITIVE_NAMES = ("1", "pos", "positive", "true", "yes")  # the default positive class, in this order
+MIN_RELIABLE_VALID = 30  # fewer validation rows than this make F1 a coin toss: say so
 ReadFn = Callable[[np.ndarray], np.ndarray]  # positions -> float32 vectors
 
 
@@ -35,12 +43,16 @@ class TrainResult:
     recipe: str
     n_train: int
     n_valid: int
-    f1: float
+    f1: float  # binary F1 of the positive class, or macro-F1 for more than two classes
     precision: float
     recall: float
     accuracy: float
     seconds_read: float
     seconds_fit: float
+    classes: list[str] = field(default_factory=list)
+    positive: str | None = None  # None: more than two classes (macro averages)
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def make_classifier(kind: str, seed: int) -> Any:
@@ -50,44 +62,73 @@ def make_classifier(kind: str, seed: int) -> Any:
         return LogisticRegression(max_iter=2000, random_state=seed)
     if kind == "sgd":
         return SGDClassifier(loss="log_loss", alpha=1e-4, random_state=seed)
-    raise FeatureStoreError(f"unknown classifier {kind!r}; use one of: {', '.join(CLASSIFIERS)}")
+    raise UsageError(f"unknown {{param}} {kind!r}; use one of: {', '.join(CLASSIFIERS)}", "classifier")
 
 
-def check_labels(labels: np.ndarray, dataset: str) -> None:
+def classes_of(labels: np.ndarray, dataset: str, positive: str | None = None) -> tuple[list[str], str | None]:
+    """The sorted classes of labelled rows, and the positive class when there are two."""
     if len(labels) == 0:
         raise LabelError(
-            f"dataset {dataset!r} has no labelled rows; ingest it with a label column (--label-col NAME)"
+            f"dataset {dataset!r} has no labelled rows; add labels by ingesting the same file again with its "
+            "label column (labels of stored rows are updated in place)"
         )
-    bad = sorted(set(np.unique(labels).tolist()) - {0, 1})
-    if bad:
-        raise LabelError(
-            f"dataset {dataset!r} has labels {bad[:5]} besides 0/1; training is binary (positive = 1): "
-            "map the labels to 0/1 and ingest into a new dataset"
-        )
-    if len(np.unique(labels)) < 2:
-        raise LabelError(f"dataset {dataset!r} has only label {int(labels[0])}; training needs both 0 and 1")
+    classes = sorted(set(labels.tolist()))
+    if len(classes) < 2:
+        raise LabelError(f"dataset {dataset!r} has only label {classes[0]!r}; training needs at least two classes")
+    if positive is not None and positive not in classes:
+        raise UsageError(f"{{param}} {positive!r} is not a label of dataset {dataset!r}; labels: {', '.join(classes)}",
+                         "positive")
+    if len(classes) > 2:
+        return classes, None
+    if positive is None:
+        lower = {c.lower(): c for c in classes}
+        positive = next((lower[n] for n in POSITIVE_NAMES if n in lower), classes[-1])
+    return classes, positive
 
 
 def ids_hash(ids: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()
+    return hashlib.sha256(json.dumps([str(i) for i in ids.tolist()]).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _metrics(yv: np.ndarray, pred: np.ndarray, classes: list[str], positive: str | None) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    if positive is not None:
+        p, r, f, _ = precision_recall_fscore_support(yv, pred, pos_label=positive, average="binary", zero_division=0)
+    else:
+        p, r, f, _ = precision_recall_fscore_support(yv, pred, labels=classes, average="macro", zero_division=0)
+    pc = precision_recall_fscore_support(yv, pred, labels=classes, average=None, zero_division=0)
+    per_class = {c: {"precision": float(pc[0][i]), "recall": float(pc[1][i]), "f1": float(pc[2][i]),
+                     "support": int(pc[3][i])} for i, c in enumerate(classes)}
+    return {"f1": float(f), "precision": float(p), "recall": float(r), "accuracy": float(accuracy_score(yv, pred)),
+            "per_class": per_class}
 
 
 def fit_and_evaluate(
-    kind: str, read: ReadFn, n: int, y: np.ndarray, test_size: float, seed: int, chunk_rows: int = 16384
-) -> tuple[Any, dict[str, float], int, int, float, float]:
+    kind: str, read: ReadFn, y: np.ndarray, classes: list[str], positive: str | None, test_size: float, seed: int,
+    chunk_rows: int = 16384,
+) -> tuple[Any, dict[str, Any], int, int, float, float, list[str]]:
     """Split positions like the tutorial (``train_test_split(..., random_state=seed)``), fit, score."""
-    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < test_size < 1.0:
-        raise FeatureStoreError(f"--test-size {test_size} must be between 0 and 1 (e.g. 0.2)")
+        raise UsageError(f"{{param}} {test_size} must be between 0 and 1 (e.g. 0.2)", "test_size")
+    n = len(y)
+    if round(n * test_size) < 1 or n - round(n * test_size) < 2:
+        raise LabelError(f"{n} labelled rows cannot be split with test size {test_size}; add labelled rows")
     # Splitting positions gives the same partition as splitting the matrix itself.
     tr, va = train_test_split(np.arange(n), random_state=seed, test_size=test_size)
-    if len(np.unique(y[tr])) < 2:  # a tiny dataset can split so that one class is all in validation
+    if len(set(y[tr].tolist())) < 2:  # a tiny dataset can split so that one class is all in validation
         raise LabelError(
-            f"the training split ({len(tr)} rows) holds only label {int(y[tr][0])}; training needs both 0 and 1: "
-            "add labelled rows of both classes, or change --test-size / --seed"
+            f"the training split ({len(tr)} rows) holds only label {y[tr][0]!r}; training needs two classes: "
+            "add labelled rows of each class, or change the test size or seed"
         )
+    warnings = []
+    if len(va) < MIN_RELIABLE_VALID:
+        warnings.append(f"only {len(va)} validation rows: the scores are unreliable; add labelled rows")
+    absent = sorted(set(classes) - set(y[va].tolist()))
+    if absent:
+        warnings.append(f"classes {', '.join(map(repr, absent))} have no validation rows: their scores are 0")
     clf = make_classifier(kind, seed)
     t_read = t_fit = 0.0
     if kind == "sgd":  # out of core: never more than chunk_rows vectors in memory
@@ -100,7 +141,7 @@ def fit_and_evaluate(
                 X = read(part)
                 t_read += time.perf_counter() - t
                 t = time.perf_counter()
-                clf.partial_fit(X, y[part], classes=np.array([0, 1]))
+                clf.partial_fit(X, y[part], classes=np.array(classes, dtype=object))
                 t_fit += time.perf_counter() - t
         preds = []
         for s in range(0, len(va), chunk_rows):
@@ -117,14 +158,48 @@ def fit_and_evaluate(
         clf.fit(X[tr], y[tr])
         t_fit += time.perf_counter() - t
         pred = clf.predict(X[va])
-    yv = y[va]
-    metrics = {
-        "f1": float(f1_score(yv, pred, pos_label=1, zero_division=0)),
-        "precision": float(precision_score(yv, pred, pos_label=1, zero_division=0)),
-        "recall": float(recall_score(yv, pred, pos_label=1, zero_division=0)),
-        "accuracy": float(accuracy_score(yv, pred)),
+    return clf, _metrics(y[va], pred, classes, positive), len(tr), len(va), t_read, t_fit, warnings
+
+
+def train(
+    store: Store,
+    space: Space,
+    dataset: str,
+    ids: np.ndarray,
+    y: np.ndarray,
+    rows: np.ndarray,
+    *,
+    classifier: str = "logreg",
+    test_size: float = 0.2,
+    seed: int = 42,
+    name: str | None = None,
+    positive: str | None = None,
+) -> TrainResult:
+    """Fit on labelled rows (``ids``, labels ``y``, storage ``rows`` in ``space``), score, save with a manifest."""
+    classes, positive = classes_of(y, dataset, positive)
+    name = name or f"{dataset}-{space.model.replace(':', '_').replace('/', '_').replace('#', '_')}-{classifier}"
+    paths = classifier_paths(store, name)
+    make_classifier(classifier, seed)  # an unknown kind fails before any work
+    if not os.access(store.classifier_dir if store.classifier_dir.is_dir() else store.path, os.W_OK):
+        raise StoreError(
+            f"store {store.path} is read-only: the classifier cannot be saved in {store.classifier_dir}; "
+            "fix: train in a writable copy of the store, or ask its owner for write access"
+        )
+    clf, metrics, n_tr, n_va, t_read, t_fit, warnings = fit_and_evaluate(
+        classifier, lambda pos: store.read_vectors(space, rows[pos]), y, classes, positive, test_size, seed
+    )
+    manifest = {
+        "name": name, "classifier": classifier, "dataset": dataset, "space": space.id, "model": space.model,
+        "recipe": space.recipe, "dtype": space.dtype, "row_ids_sha256": ids_hash(ids), "classes": classes,
+        "positive": positive, "params": {"test_size": test_size, "seed": seed}, "metrics": metrics,
+        "n_train": n_tr, "n_valid": n_va, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return clf, metrics, len(tr), len(va), t_read, t_fit
+    path = save_classifier(store, name, clf, manifest, paths)
+    return TrainResult(
+        name, str(path), classifier, dataset, space.id, space.model, space.recipe, n_tr, n_va, metrics["f1"],
+        metrics["precision"], metrics["recall"], metrics["accuracy"], t_read, t_fit, classes, positive,
+        metrics["per_class"], warnings,
+    )
 
 
 _CLASSIFIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -133,18 +208,18 @@ _CLASSIFIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 def classifier_paths(store: Store, name: str) -> tuple[Path, Path]:
     # The name becomes a file name: no '/' or '..' that would write outside the store.
     if not _CLASSIFIER_NAME.match(name) or ".." in name:
-        raise FeatureStoreError(
-            f"invalid classifier name {name!r}; use 1-128 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit, without '/' or '..'"
+        raise UsageError(
+            f"invalid classifier {{param}} {name!r}; use 1-128 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit, without '/' or '..'", "name"
         )
     return store.classifier_dir / f"{name}.skops", store.classifier_dir / f"{name}.json"
 
 
-def save_classifier(store: Store, name: str, clf: Any, manifest: dict[str, Any]) -> Path:
+def save_classifier(store: Store, name: str, clf: Any, manifest: dict[str, Any], paths: tuple[Path, Path]) -> Path:
     import skops.io as sio
 
     store.classifier_dir.mkdir(parents=True, exist_ok=True)
-    model_path, meta_path = classifier_paths(store, name)
+    model_path, meta_path = paths
     data = sio.dumps(clf)
     atomic_write_bytes(model_path, data)
     manifest = {**manifest, "file_sha256": hashlib.sha256(data).hexdigest(), "featurestore": __version__}
@@ -159,26 +234,29 @@ def load_classifier(store: Store, name: str) -> tuple[Any, dict[str, Any]]:
     model_path, meta_path = classifier_paths(store, name)
     if not meta_path.is_file() or not model_path.is_file():
         known = sorted(p.stem for p in store.classifier_dir.glob("*.json")) if store.classifier_dir.is_dir() else []
-        raise FeatureStoreError(
+        raise ClassifierError(
             f"no trained classifier {name!r} in {store.path}; trained: {', '.join(known) or 'none'}; "
             "fix: run 'fs train --dataset NAME' first, or pass --classifier-name"
         )
-    manifest = json.loads(meta_path.read_text())
+    try:
+        manifest = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ClassifierError(f"classifier manifest {meta_path} is unreadable ({exc}); retrain with 'fs train'") from None
     data = model_path.read_bytes()
     if hashlib.sha256(data).hexdigest() != manifest.get("file_sha256"):
-        raise FeatureStoreError(f"classifier file {model_path} does not match its manifest; retrain with 'fs train'")
+        raise ClassifierError(f"classifier file {model_path} does not match its manifest; retrain with 'fs train'")
     try:
         untrusted = sio.get_untrusted_types(data=data)
         if untrusted:
-            raise FeatureStoreError(
+            raise ClassifierError(
                 f"classifier file {model_path} contains types that are not trusted ({', '.join(untrusted[:3])}); "
                 "refusing to load it"
             )
         return sio.loads(data), manifest
-    except FeatureStoreError:
+    except ClassifierError:
         raise
     except Exception as exc:  # not a skops file (a pickle, a zip bomb, garbage): never unpickled
-        raise FeatureStoreError(
+        raise ClassifierError(
             f"classifier file {model_path} is not a valid skops file ({type(exc).__name__}); refusing to load it; "
             "retrain with 'fs train'"
         ) from None

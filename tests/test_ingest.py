@@ -8,8 +8,7 @@ import pytest
 
 from featurestore.api import FeatureStore
 from featurestore.embedders.base import plan_batches
-from featurestore.errors import DatasetError, DriftError, InputFileError
-from featurestore.ingest import IngestInterrupted
+from featurestore.errors import DatasetError, DriftError, IngestInterrupted, InputFileError
 from tests.conftest import train_rows, write_csv
 from tests.fakes import CountingEmbedder, fake_vector
 
@@ -96,7 +95,7 @@ def test_text_empty_after_cleaning_gets_a_zero_vector(fs: FeatureStore, tmp_path
     s = fs.ingest(str(_csv(tmp_path / "in.csv", rows)), "d", "fake", "tweet-v1", embedder=CountingEmbedder())
     assert s.empty_after_cleaning == 1
     X, y, ids = fs.xy("d", "fake", "tweet-v1")
-    assert ids.tolist() == [1, 2] and y.tolist() == [0, 1]
+    assert ids.tolist() == ["1", "2"] and y.tolist() == ["0", "1"]
     assert np.isfinite(X).all()
     np.testing.assert_array_equal(X[0], np.zeros(16, np.float32))
     np.testing.assert_array_equal(X[1], fake_vector("a real tweet"))
@@ -119,7 +118,7 @@ def test_duplicate_ids_in_the_input(fs: FeatureStore, tmp_path: Path) -> None:
     same = _csv(tmp_path / "same.csv", [(7, 1, "dup"), (8, 0, "x"), (7, 1, "dup")])
     s = fs.ingest(str(same), "d", "fake", "raw-v1", embedder=CountingEmbedder())
     assert (s.new_ids, s.duplicates) == (2, 1)
-    assert fs.rows("d")["ids"].tolist() == [7, 8]
+    assert fs.rows("d")["ids"].tolist() == ["7", "8"]
     different = _csv(tmp_path / "diff.csv", [(9, 1, "dup"), (8, 0, "x"), (9, 1, "not the same")])
     with pytest.raises(InputFileError, match=r"rows 1 and 3 share id 9 with different texts"):
         fs.ingest(str(different), "e", "fake", "raw-v1", embedder=CountingEmbedder())
@@ -199,3 +198,36 @@ def test_drifted_model_is_refused(fs: FeatureStore, tmp_path: Path) -> None:
     with pytest.raises(DriftError, match="no longer reproduces"):
         fs.ingest(str(_csv(tmp_path / "b.csv", [(3, 0, "three")])), "d", "fake", "raw-v1", embedder=_Drifted())
     assert fs.store.snapshot() == before
+
+
+def _table(ids: list[str], labels: list[str], texts: list[str]):
+    from featurestore.keys import raw_digest
+    from featurestore.sources import Table
+
+    return Table("t.csv", np.array(ids, dtype=object), texts, np.array(labels, dtype=object),
+                 np.array([raw_digest(t) for t in texts], dtype="S32"), len(ids), 0, "id", "label", "tweet")
+
+
+def test_plan_is_pure_bookkeeping_without_a_model(fs: FeatureStore, tmp_path: Path) -> None:
+    """plan() decides new rows, label changes and rows lacking a key from one snapshot; no embedder is involved."""
+    from featurestore.clean import get_recipe
+    from featurestore.ingest import plan
+    from featurestore.manifest import Space
+
+    fs.ingest(str(_csv(tmp_path / "a.csv", [(1, 0, "one"), (2, 1, "two")])), "d", "fake", "raw-v1",
+              embedder=CountingEmbedder())
+    snap = fs.store.snapshot()
+    stored = fs.space("fake", "raw-v1")
+    table = _table(["2", "3", "02", "1"], ["0", "1", "", ""], ["two", "three", "zero two", "one"])
+    work = plan(fs.store, snap, table, "d", stored)
+    assert work.ids.tolist() == ["3", "02"] and work.texts == ["three", "zero two"]
+    assert work.new_rows.ids.tolist() == ["3", "02"] and work.new_rows.labels.tolist() == ["1", ""]
+    assert work.label_updates.ids.tolist() == ["2"] and work.label_updates.labels.tolist() == ["0"]
+    assert (work.labels_added, work.labels_changed, work.duplicates) == (0, 1, 2)
+    assert work.have == set(fs.store.space_keys(stored).tolist())
+    # Another recipe: every stored row still needs a key, none of them is new.
+    other = Space("o" * 16, {"x": 1}, "fake", get_recipe("basic-v1").name, stored.dim, "float32")
+    work = plan(fs.store, snap, _table(["1"], [""], ["one"]), "d", other)
+    assert work.ids.tolist() == ["1", "2"] and len(work.new_rows) == 0 and work.needs_key.all() and not work.have
+    with pytest.raises(DatasetError, match="id '1' is already in dataset 'd' with a different text"):
+        plan(fs.store, snap, _table(["1"], [""], ["not one"]), "d", stored)

@@ -11,7 +11,7 @@ import pytest
 from featurestore.api import FeatureStore
 from featurestore.errors import DatasetError, StoreError, StoreLockedError
 from featurestore.keys import raw_digest, text_key
-from featurestore.store import Space, Store, check_dataset_name
+from featurestore.store import KeyBatch, RowBatch, Space, Store, VectorBatch, check_dataset_name
 from tests.conftest import TRAIN_CSV
 from tests.fakes import CountingEmbedder
 
@@ -24,10 +24,10 @@ def _keys(n: int, start: int = 0) -> np.ndarray:
     return np.array([text_key("raw-v1", f"t{i}") for i in range(start, start + n)], dtype="S32")
 
 
-def _rows(ids: list[int]) -> dict:
+def _rows(ids: list[str]) -> RowBatch:
     texts = [f"text {i}" for i in ids]
-    return {"ids": np.array(ids), "labels": np.array([i % 2 for i in ids]),
-            "digests": [raw_digest(t) for t in texts], "texts": texts}
+    return RowBatch(np.array(ids, dtype=object), np.array([str(len(i) % 2) for i in ids], dtype=object),
+                    np.array([raw_digest(t) for t in texts], dtype="S32"), texts)
 
 
 def test_empty_store_snapshot(store: Store) -> None:
@@ -41,8 +41,9 @@ def test_commit_and_snapshot_round_trip(store: Store) -> None:
     vecs = rng.standard_normal((5, 4)).astype(np.float32)
     keys = _keys(5)
     with store.writer() as w:
-        snap = w.commit(space=_space(), keys=keys, vectors=vecs, dataset="d", rows=_rows([10, 11, 12, 13, 14]),
-                        recipe="raw-v1", row_keys=(np.array([10, 11, 12, 13, 14]), keys))
+        ids = np.array(["10", "011", "012", "abc", "99999999999999999999"], dtype=object)
+        snap = w.commit("d", vectors=VectorBatch(_space(), keys, vecs), rows=_rows(ids.tolist()),
+                        keys=KeyBatch("raw-v1", ids, keys))
     assert snap.generation == 1
     again = Store(store.path).snapshot()  # a fresh reader
     assert again == snap
@@ -51,18 +52,18 @@ def test_commit_and_snapshot_round_trip(store: Store) -> None:
     np.testing.assert_array_equal(store.space_keys(space), keys)
     np.testing.assert_array_equal(store.read_vectors(space, np.array([4, 0, 4])), vecs[[4, 0, 4]])
     rows = store.dataset_rows(again.datasets["d"])
-    assert rows["ids"].tolist() == [10, 11, 12, 13, 14]
-    assert rows["labels"].tolist() == [0, 1, 0, 1, 0]
-    assert rows["texts"].tolist() == [f"text {i}" for i in range(10, 15)]
-    assert store.texts_for(again.datasets["d"], [12, 10]) == {10: "text 10", 12: "text 12"}
-    ids, k = store.dataset_keys(again.datasets["d"], "raw-v1")
-    assert ids.tolist() == [10, 11, 12, 13, 14] and k.tolist() == keys.tolist()
+    assert rows["ids"].tolist() == ids.tolist()  # text, byte for byte: leading zeros, letters, any length
+    assert rows["labels"].tolist() == ["0", "1", "1", "1", "0"]
+    assert rows["texts"].tolist() == [f"text {i}" for i in ids]
+    assert store.texts_for(again.datasets["d"], ["012", "10"]) == {"10": "text 10", "012": "text 012"}
+    kid, k = store.dataset_keys(again.datasets["d"], "raw-v1")
+    assert kid.tolist() == ids.tolist() and k.tolist() == keys.tolist()
 
 
 def test_generations_grow_and_old_manifests_are_pruned(store: Store) -> None:
     with store.writer() as w:
         for g in range(5):
-            w.commit(space=_space(), keys=_keys(2, 2 * g), vectors=np.ones((2, 4), np.float32))
+            w.commit(vectors=VectorBatch(_space(), _keys(2, 2 * g), np.ones((2, 4), np.float32)))
     assert store.manifest_generations() == [3, 4, 5]
     snap = store.snapshot()
     assert snap.generation == 5 and snap.spaces["s" * 16].rows == 10
@@ -71,10 +72,10 @@ def test_generations_grow_and_old_manifests_are_pruned(store: Store) -> None:
 
 def test_reader_snapshot_is_frozen_while_writer_commits(store: Store) -> None:
     with store.writer() as w:
-        w.commit(space=_space(), keys=_keys(2), vectors=np.zeros((2, 4), np.float32))
+        w.commit(vectors=VectorBatch(_space(), _keys(2), np.zeros((2, 4), np.float32)))
     before = store.snapshot()
     with store.writer() as w:
-        w.commit(space=_space(), keys=_keys(3, 2), vectors=np.ones((3, 4), np.float32))
+        w.commit(vectors=VectorBatch(_space(), _keys(3, 2), np.ones((3, 4), np.float32)))
     # the old snapshot still reads exactly what it named
     assert before.spaces["s" * 16].rows == 2
     blocks = [b for _, b in store.iter_vectors(before.spaces["s" * 16])]
@@ -84,7 +85,7 @@ def test_reader_snapshot_is_frozen_while_writer_commits(store: Store) -> None:
 
 def test_failed_publish_leaves_readers_on_the_last_generation(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     with store.writer() as w:
-        w.commit(space=_space(), keys=_keys(2), vectors=np.zeros((2, 4), np.float32))
+        w.commit(vectors=VectorBatch(_space(), _keys(2), np.zeros((2, 4), np.float32)))
     files_before = set(os.listdir(store.segment_dir))
 
     from featurestore import store as store_mod
@@ -95,7 +96,7 @@ def test_failed_publish_leaves_readers_on_the_last_generation(store: Store, monk
     monkeypatch.setattr(store_mod.Writer, "_publish", boom)
     with pytest.raises(StoreError, match="nothing from this batch was committed"):
         with store.writer() as w:
-            w.commit(space=_space(), keys=_keys(3, 2), vectors=np.ones((3, 4), np.float32))
+            w.commit(vectors=VectorBatch(_space(), _keys(3, 2), np.ones((3, 4), np.float32)))
     monkeypatch.undo()
     snap = store.snapshot()
     assert snap.generation == 1 and snap.spaces["s" * 16].rows == 2
@@ -104,7 +105,7 @@ def test_failed_publish_leaves_readers_on_the_last_generation(store: Store, monk
 
 def test_orphan_segments_are_invisible_and_swept(store: Store) -> None:
     with store.writer() as w:
-        w.commit(space=_space(), keys=_keys(2), vectors=np.zeros((2, 4), np.float32))
+        w.commit(vectors=VectorBatch(_space(), _keys(2), np.zeros((2, 4), np.float32)))
     orphan = store.segment_dir / "seg-000099.h5"
     orphan.write_bytes(b"half written")
     (store.manifest_dir / ".tmp-abc").write_bytes(b"{")
@@ -117,7 +118,7 @@ def test_orphan_segments_are_invisible_and_swept(store: Store) -> None:
 
 def test_corrupt_manifest_is_a_store_error(store: Store) -> None:
     with store.writer() as w:
-        w.commit(space=_space(), keys=_keys(1), vectors=np.zeros((1, 4), np.float32))
+        w.commit(vectors=VectorBatch(_space(), _keys(1), np.zeros((1, 4), np.float32)))
     path = store.manifest_path(1)
     path.write_bytes(path.read_bytes().replace(b'"generation": 1', b'"generation": 7'))
     with pytest.raises(StoreError, match="corrupt"):
@@ -135,8 +136,8 @@ def test_iter_vectors_reads_in_chunks(store: Store) -> None:
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((7, 4)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
     with store.writer() as w:
-        w.commit(space=_space(), keys=_keys(7), vectors=a)
-        w.commit(space=_space(), keys=_keys(5, 7), vectors=b)
+        w.commit(vectors=VectorBatch(_space(), _keys(7), a))
+        w.commit(vectors=VectorBatch(_space(), _keys(5, 7), b))
     space = store.snapshot().spaces["s" * 16]
     chunks = list(store.iter_vectors(space, chunk_rows=3))
     assert [(first, len(block)) for first, block in chunks] == [(0, 3), (3, 3), (6, 1), (7, 3), (10, 2)]
@@ -147,7 +148,7 @@ def test_iter_vectors_reads_in_chunks(store: Store) -> None:
 def test_float16_on_disk_float32_in_memory(store: Store) -> None:
     vecs = np.array([[0.1, 0.2, 0.3, 1.0], [1e-3, -2.5, 3.14159, 0.0]], np.float32)
     with store.writer() as w:
-        w.commit(space=_space(dtype="float16"), keys=_keys(2), vectors=vecs)
+        w.commit(vectors=VectorBatch(_space(dtype="float16"), _keys(2), vecs))
     space = store.snapshot().spaces["s" * 16]
     with h5py.File(store.segment_path(space.segments[0].file), "r") as f:
         assert f["vectors"].dtype == np.float16
@@ -164,7 +165,7 @@ def test_invalid_dataset_names_are_rejected(store: Store, name: str) -> None:
         check_dataset_name(name)
     with pytest.raises(DatasetError):
         with store.writer() as w:
-            w.commit(dataset=name, rows=_rows([1]))
+            w.commit(dataset=name, rows=_rows(["1"]))
     assert store.snapshot().generation == 0
 
 
@@ -175,7 +176,7 @@ def test_valid_dataset_names(name: str) -> None:
 
 def test_unknown_dataset_lists_known(store: Store) -> None:
     with store.writer() as w:
-        w.commit(dataset="train", rows=_rows([1]))
+        w.commit(dataset="train", rows=_rows(["1"]))
     with pytest.raises(DatasetError, match="datasets: train"):
         store.dataset("nope")
 
@@ -200,14 +201,52 @@ def test_duplicate_tweets_of_the_train_csv_share_one_vector(tmp_path: Path) -> N
     assert len(emb.inputs) == len(set(emb.inputs)) == 7918
     assert s.batches_committed == 2
     snap = fs.store.snapshot()
-    space = fs.space("fake", "raw-v1", snap)
+    space = fs.space("fake", "raw-v1")
     assert space.rows == 7918
     ids, keys = fs.store.dataset_keys(snap.datasets["train"], "raw-v1")
     assert len(ids) == 7920
     key_of = dict(zip(ids.tolist(), keys.tolist()))
-    assert key_of[506] == key_of[1839] == key_of[6769]
+    assert key_of["506"] == key_of["1839"] == key_of["6769"]
     X, y, xid = fs.xy("train", "fake", "raw-v1")
-    assert X.shape == (7920, 16) and xid.tolist() == list(range(1, 7921))
+    assert X.shape == (7920, 16) and xid.tolist() == [str(i) for i in range(1, 7921)]
     pos = {i: j for j, i in enumerate(xid.tolist())}
-    np.testing.assert_array_equal(X[pos[506]], X[pos[6769]])
-    assert y.sum() == 2026
+    np.testing.assert_array_equal(X[pos["506"]], X[pos["6769"]])
+    assert (y == "1").sum() == 2026
+
+
+V1_STORE = Path(__file__).parent / "data" / "store-v1"  # written by featurestore 0.1.0 (schema 1, int64 ids)
+
+
+def test_schema_1_store_reads_as_text_and_takes_new_rows(tmp_path: Path) -> None:
+    """A store written by the first release keeps working: int ids and labels read as text, label -1 as none;
+    a new ingest adds schema-2 segments beside the old ones, and compaction merges both kinds."""
+    import json
+    import shutil
+
+    from featurestore.check import check
+
+    shutil.copytree(V1_STORE, tmp_path / "store")
+    fs = FeatureStore(tmp_path / "store")
+    gens = fs.store.manifest_generations()
+    assert json.loads(fs.store.manifest_path(gens[-1]).read_text())["schema"] == 1
+    rows = fs.rows("train")
+    assert rows["ids"].tolist() == ["1", "123", "42"]  # 0.1.0 had parsed '000123' as 123
+    assert rows["labels"].tolist() == ["0", "1", "0"]
+    assert fs.rows("more")["labels"].tolist() == [""]
+    X, y, ids = fs.xy("train", "py:tests.fakes:CountingEmbedder", "raw-v1")
+    assert X.shape == (3, 16) and y.tolist() == ["0", "1", "0"]
+    from tests.conftest import write_csv
+
+    src = write_csv(tmp_path / "new.csv", [{"id": "000123", "label": "pos", "tweet": "a new tweet"},
+                                           {"id": "42", "label": "1", "tweet": "another tweet about sony"}])
+    s = fs.ingest(str(src), "train", "py:tests.fakes:CountingEmbedder", "raw-v1", embedder=CountingEmbedder())
+    assert (s.new_ids, s.duplicates, s.labels_changed) == (1, 1, 1)
+    assert json.loads(fs.store.manifest_path(fs.store.manifest_generations()[-1]).read_text())["schema"] == 2
+    rows = fs.rows("train")
+    assert rows["ids"].tolist() == ["1", "123", "42", "000123"]
+    assert rows["labels"].tolist() == ["0", "1", "1", "pos"]
+    with fs.store.writer() as w:
+        assert w.compact(max_segments=1)
+    assert fs.rows("train")["ids"].tolist() == ["1", "123", "42", "000123"]
+    assert fs.rows("train")["labels"].tolist() == ["0", "1", "1", "pos"]
+    assert check(fs.store).ok

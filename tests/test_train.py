@@ -27,8 +27,8 @@ def test_xy_reads_vectors_labels_ids(trained_store: FeatureStore) -> None:
     X, y, ids = trained_store.xy("train", "fake", "raw-v1")
     rows = train_rows(400)
     assert X.shape == (400, 64) and X.dtype == np.float32
-    assert ids.tolist() == [int(r["id"]) for r in rows]
-    assert y.tolist() == [int(r["label"]) for r in rows]
+    assert ids.tolist() == [r["id"] for r in rows]
+    assert y.tolist() == [r["label"] for r in rows]
 
 
 def test_train_split_equals_the_tutorial_split(trained_store: FeatureStore) -> None:
@@ -37,9 +37,10 @@ def test_train_split_equals_the_tutorial_split(trained_store: FeatureStore) -> N
     pred = LogisticRegression(max_iter=2000, random_state=42).fit(xtr, ytr).predict(xva)
     r = trained_store.train("train", "fake", "raw-v1", name="t1")
     assert (r.n_train, r.n_valid) == (320, 80)
-    assert r.f1 == f1_score(yva, pred, zero_division=0)
-    assert r.precision == precision_score(yva, pred, zero_division=0)
-    assert r.recall == recall_score(yva, pred, zero_division=0)
+    assert r.positive == "1" and r.classes == ["0", "1"]
+    assert r.f1 == f1_score(yva, pred, pos_label="1", zero_division=0)
+    assert r.precision == precision_score(yva, pred, pos_label="1", zero_division=0)
+    assert r.recall == recall_score(yva, pred, pos_label="1", zero_division=0)
     assert r.accuracy == accuracy_score(yva, pred)
     assert r.f1 > 0  # both classes are present in the validation rows and some are found
 
@@ -87,25 +88,53 @@ def test_sgd_out_of_core_runs(trained_store: FeatureStore) -> None:
 def test_bad_classifier_and_test_size(trained_store: FeatureStore) -> None:
     with pytest.raises(FeatureStoreError, match="unknown classifier 'svm'"):
         trained_store.train("train", "fake", "raw-v1", classifier="svm")
-    with pytest.raises(FeatureStoreError, match="--test-size 1.5"):
+    with pytest.raises(FeatureStoreError, match="test_size 1.5 must be between 0 and 1"):
         trained_store.train("train", "fake", "raw-v1", test_size=1.5)
 
 
-def _labelled(fs: FeatureStore, tmp_path: Path, labels: list[int | None]) -> None:
-    rows = [{"id": i, "label": "" if lab is None else lab, "tweet": f"tweet {i}"} for i, lab in enumerate(labels)]
+def _labelled(fs: FeatureStore, tmp_path: Path, labels: list[int | str | None]) -> None:
+    rows = [{"id": i, "label": "" if lab is None else lab, "tweet": f"tweet {i} " + "word " * (i % 3)}
+            for i, lab in enumerate(labels)]
     fields = ("id", "label", "tweet") if labels[0] is not None else ("id", "tweet")
     fs.ingest(str(write_csv(tmp_path / "l.csv", rows, fields)), "d", "fake", "raw-v1", embedder=CountingEmbedder())
 
 
-def test_labels_besides_0_1_are_refused(fs: FeatureStore, tmp_path: Path) -> None:
-    _labelled(fs, tmp_path, [0, 1, 2, 1, 0])
-    with pytest.raises(LabelError, match=r"labels \[2\] besides 0/1"):
-        fs.train("d", "fake", "raw-v1")
+def test_three_classes_give_macro_f1_and_a_per_class_table(fs: FeatureStore, tmp_path: Path) -> None:
+    from sklearn.metrics import f1_score
+
+    labels = ["negative", "neutral", "positive"] * 40
+    _labelled(fs, tmp_path, labels)
+    r = fs.train("d", "fake", "raw-v1", name="three")
+    assert r.classes == ["negative", "neutral", "positive"] and r.positive is None
+    X, y, _ = fs.xy("d", "fake", "raw-v1")
+    xtr, xva, ytr, yva = train_test_split(X, y, random_state=42, test_size=0.2)
+    pred = LogisticRegression(max_iter=2000, random_state=42).fit(xtr, ytr).predict(xva)
+    assert r.f1 == pytest.approx(f1_score(yva, pred, average="macro", zero_division=0))
+    assert set(r.per_class) == set(r.classes) and sum(m["support"] for m in r.per_class.values()) == r.n_valid
+    ids, predicted = fs.predict("d", "three")
+    assert set(predicted.tolist()) <= set(r.classes)
+
+
+def test_string_labels_round_trip_and_pick_the_positive_class(fs: FeatureStore, tmp_path: Path) -> None:
+    _labelled(fs, tmp_path, ["neg", "pos"] * 30)
+    r = fs.train("d", "fake", "raw-v1", name="pn")
+    assert r.classes == ["neg", "pos"] and r.positive == "pos"
+    assert fs.train("d", "fake", "raw-v1", name="pn2", positive="neg").positive == "neg"
+    with pytest.raises(FeatureStoreError, match="positive 'yes' is not a label of dataset 'd'; labels: neg, pos"):
+        fs.train("d", "fake", "raw-v1", positive="yes")
+    _, predicted = fs.predict("d", "pn")
+    assert set(predicted.tolist()) <= {"neg", "pos"}
+
+
+def test_small_validation_split_is_flagged(fs: FeatureStore, tmp_path: Path) -> None:
+    _labelled(fs, tmp_path, [0, 1] * 6)
+    r = fs.train("d", "fake", "raw-v1", test_size=0.2)
+    assert r.n_valid == 3 and any("only 3 validation rows" in w for w in r.warnings)
 
 
 def test_one_class_is_refused(fs: FeatureStore, tmp_path: Path) -> None:
     _labelled(fs, tmp_path, [1, 1, 1])
-    with pytest.raises(LabelError, match="only label 1"):
+    with pytest.raises(LabelError, match="only label '1'"):
         fs.train("d", "fake", "raw-v1")
 
 
@@ -114,7 +143,34 @@ def test_dataset_without_labels_is_refused(fs: FeatureStore, tmp_path: Path) -> 
     with pytest.raises(LabelError, match="no labelled rows"):
         fs.train("d", "fake", "raw-v1")
     X, y, ids = fs.xy("d", "fake", "raw-v1", labelled=False)
-    assert X.shape == (3, 16) and y.tolist() == [-1, -1, -1] and ids.tolist() == [0, 1, 2]
+    assert X.shape == (3, 16) and y.tolist() == ["", "", ""] and ids.tolist() == ["0", "1", "2"]
+
+
+def test_labels_added_by_a_later_ingest_make_a_dataset_trainable(fs: FeatureStore, tmp_path: Path) -> None:
+    """Labels are data that can change: the same file ingested again with labels adds them, a third time
+    with one label changed changes it; the previous generation keeps the old labels; nothing is embedded."""
+    rows = [{"id": f"{i:03d}", "tweet": f"tweet {i} " + "word " * (i % 3)} for i in range(40)]
+    fs.ingest(str(write_csv(tmp_path / "u.csv", rows, ("id", "tweet"))), "d", "fake", "raw-v1",
+              embedder=CountingEmbedder())
+    with pytest.raises(LabelError, match="no labelled rows"):
+        fs.train("d", "fake", "raw-v1")
+    labelled = [{**r, "label": "pos" if i % 2 else "neg"} for i, r in enumerate(rows)]
+    emb = CountingEmbedder()
+    s = fs.ingest(str(write_csv(tmp_path / "l.csv", labelled)), "d", "fake", "raw-v1", embedder=emb)
+    assert (s.new_ids, s.duplicates, s.labels_added, s.labels_changed, s.embedded) == (0, 40, 40, 0, 0)
+    assert emb.calls == 0
+    gen_before = fs.store.snapshot().generation
+    labelled[0]["label"] = "pos"
+    s = fs.ingest(str(write_csv(tmp_path / "l2.csv", labelled[:1])), "d", "fake", "raw-v1", embedder=emb)
+    assert (s.labels_added, s.labels_changed) == (0, 1)
+    assert fs.rows("d")["labels"].tolist()[:3] == ["pos", "pos", "neg"]
+    old = fs.store.read_manifest(gen_before)
+    assert fs.store.dataset_labels(old.datasets["d"]).tolist()[:3] == ["neg", "pos", "neg"]
+    assert fs.train("d", "fake", "raw-v1").classes == ["neg", "pos"]
+    # Rows without a label in a later file never erase a stored label.
+    s = fs.ingest(str(write_csv(tmp_path / "u.csv", rows, ("id", "tweet"))), "d", "fake", "raw-v1", embedder=emb)
+    assert (s.labels_added, s.labels_changed) == (0, 0) and fs.rows("d")["labels"].tolist()[0] == "pos"
+
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".."])
