@@ -69,6 +69,7 @@ _NEWLINE = re.compile(r"\r\n|\r|\n")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # What a spreadsheet makes of a long number: 1.23457E+18 (or 1,23457E+18) has lost digits.
 _SCIENTIFIC = r"\s*[+-]?\d+(?:[.,]\d*)?[eE][+-]?\d+\s*"
+_BLANK = r"\s*"
 _FLOAT_EXACT = 2.0**53  # floats at or beyond this cannot hold every integer id
 
 
@@ -306,7 +307,7 @@ def _read_parquet(data: bytes, source: str) -> _Frame:
                 return np.array([None if v is None else str(v).lower() for v in col.to_pylist()], dtype=object)
             if pa.types.is_nested(typ) or pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
                 raise InputFileError(
-                    f"{source}: column {name!r} holds {typ} values; an {role} must be text or a number; "
+                    f"{source}: column {name!r} holds {typ} values; ids and labels must be text or numbers; "
                     f"fix: --{role}-col NAME"
                 )
             return np.array([None if v is None else str(v) for v in col.to_pylist()], dtype=object)
@@ -324,7 +325,7 @@ def _float_cells(values: np.ndarray, role: str, name: str, source: str) -> np.nd
     integral = ~missing & np.isfinite(values) & (np.floor(values) == values) & (np.abs(values) < _FLOAT_EXACT)
     if role == "id" and (bad := np.flatnonzero(~missing & ~integral)).size:
         raise InputFileError(
-            f"{source} row {bad[0] + 1}: id {values[bad[0]]!r} is stored as a floating-point number, which "
+            f"{source} row {bad[0] + 1}: id {float(values[bad[0]])!r} is stored as a floating-point number, which "
             f"rounds ids; fix: store column {name!r} as text or integers, or pass --id-col '' to number rows"
         )
     out = np.empty(len(values), dtype=object)
@@ -488,11 +489,13 @@ def _read_csv(text: str, source: str, sep: str | None, header: bool, guessed: bo
     import pandas as pd
 
     detail = []
+    if excel := re.match(r"sep=([^\r\n])(?:\r\n|\r|\n)", text):  # Excel's "sep=;" first line names the separator
+        text, sep = text[excel.end():], sep or excel.group(1)
     if sep is None:
         sep = _sniff_sep(text, header)
     if sep is None:
         # One column: split on a character the text lacks, so commas inside tweets stay text.
-        sep = next(c for c in ("\x1f", "\x1e", "\x1d", "\x1c", "\ufdd0", "\ufdd1") if c not in text)
+        sep = next((c for c in ("\x1f", "\x1e", "\x1d", "\x1c", "\ufdd0", "\ufdd1") if c not in text), "\x1f")
         detail.append("one column")
     else:
         detail.append(f"{_SEP_NAMES.get(sep, repr(sep))}-separated")
@@ -511,11 +514,11 @@ def _read_csv(text: str, source: str, sep: str | None, header: bool, guessed: bo
     except pd.errors.EmptyDataError:
         raise InputFileError(f"{source} is empty; give a file with a header row and at least one tweet") from None
     except pd.errors.ParserError as exc:
-        msg = str(exc).replace("Error tokenizing data. C error: ", "").strip()
+        msg = str(exc).replace("Error tokenizing data. C error: ", "")
         shown = _SEP_NAMES.get(sep, "none")
         raise InputFileError(
-            f"{source} is not valid CSV ({_printable(msg)}); fix the quoting on that line, or give the separator "
-            f"with --sep (guessed: {shown})" + ("; for plain tweets, one a line, pass --format txt" if guessed else "")
+            f"{source} is not valid CSV ({_short(msg)}); fix the quoting on that line, or give the separator "
+            f"with --sep (read with: {shown})" + ("; for plain tweets, one a line, pass --format txt" if guessed else "")
         ) from None
     except Exception as exc:  # pandas also raises ValueError, UnicodeError, OverflowError... on odd input
         raise InputFileError(f"{source} cannot be read as CSV ({_short(exc)}); check the file, or pass --format") from None
@@ -561,13 +564,14 @@ def _norm(name: str) -> str:
 
 
 def _show(columns: Sequence[str]) -> str:
-    shown = [c if len(c) <= 40 else c[:37] + "..." for c in columns[:20]]
+    shown = [_printable(c if len(c) <= 40 else c[:37] + "...") for c in columns[:20]]
     more = f" ... ({len(columns)} in all)" if len(columns) > 20 else ""
-    return (", ".join(map(_printable, shown)) or "none") + more
+    return (", ".join(shown) or "none") + more
 
 
 def _printable(s: str) -> str:
-    return _SURROGATE.sub("\ufffd", s)
+    """``s`` fit for a one-line message: quoted if blank or holding control characters or lone surrogates."""
+    return s if s and s.isprintable() and s.strip() == s else repr(s)  # lone surrogates are not printable
 
 
 def _pick(columns: list[str], wanted: str | None, defaults: Sequence[str], taken: set[str],
@@ -582,7 +586,7 @@ def _pick(columns: list[str], wanted: str | None, defaults: Sequence[str], taken
             if _norm(c) == _norm(wanted):
                 return c
         raise InputFileError(
-            f"{source} has no {what} column {_printable(wanted)!r}; columns found: {_show(columns)}; fix: {flag} NAME"
+            f"{source} has no {what} column {wanted!r}; columns found: {_show(columns)}; fix: {flag} NAME"
         )
     normed = {}
     for c in columns:
@@ -632,27 +636,34 @@ def _check_cells(values: np.ndarray, frame: _Frame, what: str, source: str) -> N
 
 
 def _ids(frame: _Frame, col: str, source: str) -> np.ndarray:
-    import pandas as pd
-
     ids = frame.cells(col, "id")
     _check_cells(ids, frame, "the id", source)
-    s = pd.Series(ids, dtype=object)
-    blank = s.isna().to_numpy() | (s.fillna("").str.strip() == "").to_numpy()
-    if blank.any():
-        i = int(np.flatnonzero(blank)[0])
+    missing = np.flatnonzero(_is_none(ids))
+    blank = int(missing[0]) if missing.size else _first_match(ids, _BLANK)
+    if blank is not None:
         raise InputFileError(
-            f"{source} {frame.unit} {frame.numbers[i]}: the id is empty; fix: fill it in, "
+            f"{source} {frame.unit} {frame.numbers[blank]}: the id is empty; fix: fill it in, "
             "or pass --id-col '' to number rows instead"
         )
-    rounded = s.str.fullmatch(_SCIENTIFIC).to_numpy(dtype=bool)
-    if rounded.any():
-        i = int(np.flatnonzero(rounded)[0])
+    if (i := _first_match(ids, _SCIENTIFIC)) is not None:
         raise InputFileError(
             f"{source} {frame.unit} {frame.numbers[i]}: id {ids[i]!r} is in scientific notation, so a spreadsheet "
             "has rounded it and lost digits; fix: format the id column as Text in the spreadsheet before saving, "
             "or export the file from its source again"
         )
     return ids
+
+
+def _first_match(values: np.ndarray, pattern: str) -> int | None:
+    """Index of the first value that ``pattern`` matches in full, or None.
+
+    One regex pass over the joined column rules out the common case; only a hit (which an
+    id containing a newline can fake) is confirmed value by value.
+    """
+    if re.search(f"^(?:{pattern})$", "\n".join(values), re.MULTILINE) is None:
+        return None
+    full = re.compile(pattern)
+    return next((i for i, v in enumerate(values) if full.fullmatch(v)), None)
 
 
 def _labels(frame: _Frame, col: str, source: str) -> np.ndarray:
@@ -708,16 +719,17 @@ def _dedupe(ids: np.ndarray, texts: np.ndarray, labels: np.ndarray, frame: _Fram
         a, b = same.index[0], same.index[1]
         differs = "texts" if same["text"].iloc[0] != same["text"].iloc[1] else "labels"
         raise InputFileError(
-            f"{source} {frame.unit}s {frame.numbers[a]} and {frame.numbers[b]} share id {_printable(str(first['id']))!r} "
+            f"{source} {frame.unit}s {frame.numbers[a]} and {frame.numbers[b]} share id {first['id']!r} "
             f"with different {differs}; an id names one tweet: fix the ids, or pass --duplicates first|last to keep "
             "one of them (or --id-col '' to number rows)"
         )
     return rest[~rest.duplicated("id", keep=mode)].index.to_numpy()
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException | str) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return _printable(text if len(text) <= 200 else text[:197] + "...")
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return text if text.isprintable() else repr(text)
 
 
 def _check_sep(sep: str | None) -> str | None:
@@ -756,6 +768,7 @@ def read_table(
     Raises InputFileError, and nothing else, for any bad input.
     """
     source = "standard input" if path == "-" else str(path)
+    source = source if source.isprintable() else repr(source)  # messages stay one line
     if duplicates not in DUPLICATES:
         raise InputFileError(f"unknown --duplicates {duplicates!r}; use one of: {', '.join(DUPLICATES)}")
     if fmt is not None and fmt not in FORMATS:
@@ -825,7 +838,7 @@ def read_table(
     texts_kept = texts[keep].tolist()
     detail = frame.detail + [c for c in (compression,) if c] + [e for e in (used,) if e and e != "utf-8"]
     return Table(
-        source=source,
+        source="standard input" if path == "-" else str(path),
         ids=ids[keep],
         texts=texts_kept,
         labels=labels[keep],

@@ -97,6 +97,9 @@ def test_semicolons_inside_a_comma_file_and_explicit_sep(tmp_path: Path) -> None
     assert read_table(str(r), sep="|").ids.tolist() == ["7"]
     assert read_table(str(_write(tmp_path / "t.dat", "tweet\tid\nx\t8\n")), sep="tab").ids.tolist() == ["8"]
     assert "--sep must be one character" in _err(r, sep="||")
+    # Excel's "sep=;" first line names the separator and is not the header
+    e = _write(tmp_path / "excel.csv", "sep=;\r\nid;tweet\r\n1;a,b\r\n")
+    assert read_table(str(e)).texts == ["a,b"]
 
 
 def test_extra_field_is_an_error_not_silently_dropped(tmp_path: Path) -> None:
