@@ -228,7 +228,8 @@ def _decode_auto(data: bytes, source: str, name: str) -> str:
         return data.decode(name, errors)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].decode(name, "replace").count("\n") + 1
-        where = f"{source}: line {line} is not valid {name.upper()} (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        byte = f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        where = f"{source}: line {line} is not valid {name.upper()} ({byte})"
     if name != "utf-8":
         raise InputFileError(f"{where}; fix: re-save the file as UTF-8, or pass its encoding with --encoding")
     bad = {ord(c) - 0xDC00 for c in _SURROGATE.findall(data.decode("utf-8", "surrogateescape"))}
@@ -238,7 +239,8 @@ def _decode_auto(data: bytes, source: str, name: str) -> str:
     elif not bad & {0x81, 0x8D, 0x8F, 0x90, 0x9D}:
         # 0x80-0x9f are printable in Windows-1252 (0x85 '…', 0x92 '’', 0x93/0x94 '“”') but
         # control characters in Latin-1, so latin-1 would silently corrupt them.
-        hint = "it looks like Windows-1252 (cp1252), as Excel saves it; fix: --encoding cp1252 (or re-save the file as UTF-8)"
+        hint = ("it looks like Windows-1252 (cp1252), as Excel saves it; "
+                "fix: --encoding cp1252 (or re-save the file as UTF-8)")
     else:
         hint = "fix: re-save the file as UTF-8, or pass the encoding it was saved in with --encoding"
     raise InputFileError(f"{where}; {hint}")
@@ -396,15 +398,19 @@ def _document_frame(doc: Any, source: str) -> _Frame:
     elif isinstance(doc, list):
         records = doc
     else:
-        raise InputFileError(f"{source} is a single JSON value, not objects; give [{{\"text\": ...}}, ...] or JSON Lines")
+        raise InputFileError(
+            f"{source} is a single JSON value, not objects; give [{{\"text\": ...}}, ...] or JSON Lines"
+        )
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
-            raise InputFileError(f"{source} item {i + 1} of the JSON array is not an object; each must be {{\"text\": ...}}")
+            raise InputFileError(
+                f"{source} item {i + 1} of the JSON array is not an object; each must be {{\"text\": ...}}"
+            )
     return _json_frame(records, np.arange(1, len(records) + 1), "row", "json array")
 
 
 def _inner_records(doc: dict) -> list[dict] | None:
-    """The records of an API-style wrapper such as {"data": [{...}, ...], "meta": {...}}; None if ``doc`` is a record."""
+    """The records of an API-style wrapper, {"data": [{...}, ...], "meta": {...}}; None if ``doc`` is a record."""
     if any(_norm(k) in TEXT_COLUMNS for k in doc):
         return None
     lists = [v for v in doc.values() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
@@ -620,7 +626,8 @@ def _no_text_column(frame: _Frame, header: bool, path: str, source: str) -> Inpu
     msg = (f"{source} has no text column (looked for {', '.join(TEXT_COLUMNS)}); columns found: {_show(cols)}; "
            "fix: --text-col NAME")
     if frame.kind == "csv" and _looks_like_data(cols):
-        msg += "; the first row looks like data, not a header: if the file has none, pass --no-header (and --text-col N, N from 1, if it has several columns)"
+        msg += ("; the first row looks like data, not a header: if the file has none, pass --no-header "
+                "(and --text-col N, N from 1, if it has several columns)")
     if frame.kind == "csv" and (path == "-" or frame.guessed):
         msg += "; if these are plain tweets, one a line, pass --format txt"
     return InputFileError(msg)
@@ -738,7 +745,9 @@ def _check_sep(sep: str | None) -> str | None:
     if sep.lower() in ("\\t", "tab"):
         return "\t"
     if len(sep) != 1 or sep in '"\r\n\x00':
-        raise InputFileError(f"--sep must be one character other than a quote or newline (e.g. --sep ';' or --sep tab), not {sep!r}")
+        raise InputFileError(
+            f"--sep must be one character other than a quote or newline (e.g. --sep ';' or --sep tab), not {sep!r}"
+        )
     return sep
 
 
