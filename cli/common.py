@@ -8,6 +8,12 @@ import sys
 from typing import Any, Callable, TypeVar
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.22 carries its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_errors
 
 from featurestore.errors import FeatureStoreError, UsageError
 
@@ -63,3 +69,30 @@ def handle_errors(func: F) -> F:
                        "please report it with the command (FS_DEBUG=1 shows the traceback)", 70) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class OneLineErrors(TyperGroup):
+    """The ``fs`` group: a mistyped option or value is one line ``Error: ...`` with where to look, like
+    every other user mistake, instead of click's boxed usage message."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as exc:  # plain `fs` or `fs models`: the help is the answer
+            exc.show()
+            rv = 0
+        except click_errors.ClickException as exc:
+            if not standalone_mode:
+                raise
+            ctx = getattr(exc, "ctx", None)
+            where = f"; fix: see '{ctx.command_path} --help'" if ctx is not None else ""
+            raise SystemExit(fail(exc.format_message().rstrip('.') + where, exc.exit_code).exit_code) from None
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            typer.echo("Aborted.", err=True)
+            raise SystemExit(1) from None
+        if not standalone_mode:
+            return rv
+        raise SystemExit(rv if isinstance(rv, int) else 0)

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from cli import models as models_cli
-from cli.common import handle_errors
+from cli.common import OneLineErrors, handle_errors
 from featurestore.embedders import DEFAULT_MODEL
 from featurestore.errors import FeatureStoreError
 
@@ -17,6 +17,7 @@ app = typer.Typer(
     help="featurestore: embed each tweet once, keep the vectors in HDF5, train and search from the store.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(models_cli.app, name="models")

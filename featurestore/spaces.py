@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from featurestore.embedders import canonical_model, default_recipe
-from featurestore.errors import DatasetError, SpaceError
+from featurestore.errors import DatasetError, SpaceError, UsageError
 from featurestore.manifest import Dataset, Snapshot, Space
 from featurestore.store import Store
 
@@ -69,6 +69,7 @@ def choose_space(
             return covering[0], f"{len(found)} spaces fit; used {covering[0].describe()}, the one covering {dataset.name!r}"
     listed = "; ".join(s.describe() for s in found)
     dtypes = sorted({s.dtype for s in found})
-    fix = (f"fix: choose one with dtype ({' or '.join(dtypes)})" if len(dtypes) > 1 and dtype is None else
-           "the model changed under the same name; fix: ingest into a new store, or rename the model")
-    raise SpaceError(f"{len(found)} stored spaces fit model {model!r} with recipe {recipe}: {listed}; {fix}")
+    message = f"{len(found)} stored spaces fit model {model!r} with recipe {recipe}: {listed}; "
+    if len(dtypes) > 1 and dtype is None:
+        raise UsageError(message + f"fix: choose one with {{param}} ({' or '.join(dtypes)})", "dtype")
+    raise SpaceError(message + "the model changed under the same name; fix: ingest into a new store, or rename the model")

@@ -100,6 +100,14 @@ def as_text_column(values: np.ndarray, column: str) -> np.ndarray:
     return values.astype(object)
 
 
+def _object_array(items: Sequence[Any]) -> np.ndarray:
+    """A 1-d object array of ``items`` (numpy would make equal-length byte arrays one 2-d array)."""
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        out[i] = item
+    return out
+
+
 def empty_text() -> np.ndarray:
     return np.zeros(0, dtype=object)
 
@@ -539,8 +547,7 @@ class Writer:
             for col, data in columns.items():
                 n = len(data)
                 if col == "texts":
-                    encoded = np.empty(len(data), dtype=object)
-                    encoded[:] = [np.frombuffer(t.encode("utf-8", "surrogatepass"), np.uint8) for t in data]
+                    encoded = _object_array([np.frombuffer(t.encode("utf-8", "surrogatepass"), np.uint8) for t in data])
                     f.create_dataset(col, data=encoded, dtype=_BYTES_DTYPE)
                 elif col in TEXT_COLUMNS:
                     f.create_dataset(col, data=np.asarray(data, dtype=object), dtype=_STR_DTYPE)
@@ -613,14 +620,21 @@ class Writer:
         return new
 
     def _merge(self, seq: int, segs: Sequence[Segment], attrs: Mapping[str, Any]) -> Segment:
-        """One new segment holding ``segs`` concatenated in order, copied in bounded chunks."""
+        """One new segment holding ``segs`` concatenated in order, copied in bounded chunks.
+
+        Raw texts (variable-length bytes) are gathered and written at once: h5py cannot write a
+        slice of them when every text in the slice has the same length."""
         total = sum(s.rows for s in segs)
+        texts: list[np.ndarray] = []
         with self._segment_file(seq, attrs) as out:
             offset = 0
             for seg in segs:
                 with self.store.open_segment(seg.file) as f:
                     for col in f:
                         src = f[col]
+                        if col == "texts":
+                            texts.extend(src[()])
+                            continue
                         if col not in out:
                             if col in TEXT_COLUMNS:  # written as text whatever schema the parts had
                                 out.create_dataset(col, (total,), dtype=_STR_DTYPE)
@@ -633,6 +647,8 @@ class Writer:
                                 block = as_text_column(block, col)
                             out[col][offset + start : offset + start + len(block)] = block
                 offset += seg.rows
+            if texts:
+                out.create_dataset("texts", data=_object_array(texts), dtype=_BYTES_DTYPE)
         return Segment(segment_name(seq), total)
 
     def compact(self, max_segments: int = 16) -> bool:

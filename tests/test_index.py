@@ -32,7 +32,7 @@ def _brute(query: str, ids: list[int], k: int = 10) -> tuple[list[int], np.ndarr
     q /= np.linalg.norm(q)
     s = m @ q
     top = np.argsort(-s, kind="stable")[:k]
-    return [ids[j] for j in top], s[top]
+    return [str(ids[j]) for j in top], s[top]
 
 
 def _assert_matches_brute(fs: FeatureStore, ids: list[int], dataset: str | None = None) -> dict:
@@ -122,12 +122,12 @@ def test_dataset_restriction(fs: FeatureStore, tmp_path: Path) -> None:
 
 def test_similar_by_id_and_by_stored_text(fs: FeatureStore, tmp_path: Path) -> None:
     _ingest(fs, tmp_path, "d", 0, 100)
-    hits, info = fs.similar(id=42, k=3, model=FAKE, clean="raw-v1")
+    hits, info = fs.similar(id="42", k=3, model=FAKE, clean="raw-v1")
     assert info["query"] == "stored vector"
-    assert hits[0].ids == [("d", 42)] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert hits[0].ids == [("d", "42")] and hits[0].score == pytest.approx(1.0, abs=1e-5)
     CountingEmbedder.log.clear()
     hits, info = fs.similar("seeded tweet number 7", k=3, model=FAKE, clean="raw-v1")
     assert info["query"] == "stored vector (model not loaded)" and CountingEmbedder.log == []
-    assert hits[0].ids == [("d", 7)] and hits[0].text == "seeded tweet number 7"
+    assert hits[0].ids == [("d", "7")] and hits[0].text == "seeded tweet number 7"
     want, _ = _brute("seeded tweet number 7", list(range(100)), 3)
     assert [h.ids[0][1] for h in hits] == want

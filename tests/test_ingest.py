@@ -8,7 +8,7 @@ import pytest
 
 from featurestore.api import FeatureStore
 from featurestore.embedders.base import plan_batches
-from featurestore.errors import DatasetError, DriftError, IngestInterrupted, InputFileError
+from featurestore.errors import DatasetError, DriftError, IngestInterrupted, InputFileError, UsageError
 from tests.conftest import train_rows, write_csv
 from tests.fakes import CountingEmbedder, fake_vector
 
@@ -107,7 +107,7 @@ def test_conflicting_text_for_a_stored_id_changes_nothing(fs: FeatureStore, tmp_
               embedder=CountingEmbedder())
     before = fs.store.snapshot()
     emb = CountingEmbedder()
-    with pytest.raises(DatasetError, match="id 2 is already in dataset 'd' with a different text"):
+    with pytest.raises(DatasetError, match="id '2' is already in dataset 'd' with a different text"):
         fs.ingest(str(_csv(tmp_path / "b.csv", [(3, 0, "third"), (2, 0, "changed")])), "d", "fake", "raw-v1",
                   embedder=emb)
     assert emb.calls == 0
@@ -120,7 +120,7 @@ def test_duplicate_ids_in_the_input(fs: FeatureStore, tmp_path: Path) -> None:
     assert (s.new_ids, s.duplicates) == (2, 1)
     assert fs.rows("d")["ids"].tolist() == ["7", "8"]
     different = _csv(tmp_path / "diff.csv", [(9, 1, "dup"), (8, 0, "x"), (9, 1, "not the same")])
-    with pytest.raises(InputFileError, match=r"rows 1 and 3 share id 9 with different texts"):
+    with pytest.raises(InputFileError, match=r"rows 1 and 3 share id '9' with different texts"):
         fs.ingest(str(different), "e", "fake", "raw-v1", embedder=CountingEmbedder())
     assert "e" not in fs.store.snapshot().datasets
 
@@ -150,8 +150,12 @@ def test_second_dtype_of_the_same_model_gets_its_own_vectors(fs: FeatureStore, t
     snap = fs.store.snapshot()
     assert sorted(sp.dtype for sp in snap.spaces.values()) == ["float16", "float32"]
     assert snap.datasets["train"].keyed("raw-v1") == 200  # keys are not written twice
-    X, _, _ = fs.xy("train", "fake", "raw-v1")  # the newest space: float16
-    assert X.dtype == np.float32 and X.shape == (200, 16)
+    with pytest.raises(UsageError, match=r"2 stored spaces fit .* fix: choose one with dtype \(float16 or float32\)"):
+        fs.xy("train", "fake", "raw-v1")  # both cover the dataset: never a silent pick
+    X16, _, _ = fs.xy("train", "fake", "raw-v1", dtype="float16")
+    X32, _, _ = fs.xy("train", "fake", "raw-v1", dtype="float32")
+    assert X16.dtype == X32.dtype == np.float32 and X16.shape == X32.shape == (200, 16)
+    assert 0 < np.abs(X16 - X32).max() < 1e-2
 
 
 def test_progress_reaches_the_total(fs: FeatureStore, tweets_csv: Path) -> None:
