@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import pandas as pd
 
 from featurestore.clean import Recipe
 from featurestore.embedders.base import Embedder
@@ -23,7 +22,7 @@ from featurestore.keys import KEY_DTYPE, space_fields, space_id, text_keys
 from featurestore.manifest import Snapshot, Space
 from featurestore.progress import ProgressFn
 from featurestore.sources import Table
-from featurestore.store import KeyBatch, LabelBatch, RowBatch, Store, VectorBatch, Writer, empty_text
+from featurestore.store import KeyBatch, LabelBatch, RowBatch, Store, VectorBatch, Writer, empty_text, lookup
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ def check_drift(store: Store, space: Space, embedder: Embedder, recipe: Recipe) 
     if not canaries:
         return
     keys = np.array(text_keys(recipe.name, canaries), dtype=KEY_DTYPE)
-    pos = pd.Index(store.space_keys(space)).get_indexer(keys)
+    pos = lookup(store.space_keys(space)).get_indexer(keys)
     if (pos < 0).any():
         return  # canaries of a space written by an older version; nothing to compare
     stored = store.read_vectors(space, pos)
@@ -133,30 +132,33 @@ def plan(store: Store, snap: Snapshot, table: Table, dataset: str, space: Space)
     label_ids, label_values = empty_text(), empty_text()
     added = changed = 0
     if ds is not None and ds.count:
-        old = store.dataset_rows(ds)
-        pos = pd.Index(old["ids"]).get_indexer(table.ids)
+        old_ids = store.dataset_ids(ds)
+        old_index = lookup(old_ids)
+        pos = old_index.get_indexer(table.ids)
         found = pos >= 0
         hit = pos[found]
-        conflict = old["digests"][hit] != table.digests[found]
+        conflict = store.dataset_column(ds, "digests")[hit] != table.digests[found]
         if conflict.any():
             i = np.flatnonzero(found)[np.flatnonzero(conflict)[0]]
             raise DatasetError(
                 f"{table.source}: id {table.ids[i]!r} is already in dataset {dataset!r} with a different text; "
                 "an id names one tweet: give new ids, or ingest into another dataset"
             )
-        # Labels are data that can change: a non-empty label that differs from the stored one wins.
-        new_label = table.labels[found]
-        old_label = old["labels"][hit]
-        moved = (new_label != "") & (new_label != old_label)
-        label_ids, label_values = table.ids[found][moved], new_label[moved]
-        added = int((old_label[moved] == "").sum())
-        changed = int(moved.sum()) - added
+        if table.has_labels and found.any():
+            # Labels are data that can change: a non-empty label that differs from the stored one wins.
+            new_label = table.labels[found]
+            old_label = store.dataset_labels(ds, old_ids)[hit]
+            moved = (new_label != "") & (new_label != old_label)
+            label_ids, label_values = table.ids[found][moved], new_label[moved]
+            added = int((old_label[moved] == "").sum())
+            changed = int(moved.sum()) - added
         # Stored rows keyed under this recipe by another model (or dtype) may still lack a vector here.
         keyed_ids, keyed_keys = store.dataset_keys(ds, space.recipe)
-        unvectored = keyed_ids[np.fromiter((k not in have for k in keyed_keys.tolist()), bool, len(keyed_keys))]
-        lacking = ~pd.Index(old["ids"]).isin(keyed_ids)
-        redo = lacking | pd.Index(old["ids"]).isin(unvectored)
-        redo_ids, redo_texts, redo_needs_key = old["ids"][redo], old["texts"][redo].tolist(), lacking[redo]
+        unvectored = keyed_ids[~lookup(keyed_keys).isin(list(have))] if len(keyed_ids) else keyed_ids
+        lacking = ~old_index.isin(keyed_ids)
+        redo = lacking | old_index.isin(unvectored)
+        if redo.any():
+            redo_ids, redo_texts, redo_needs_key = old_ids[redo], store.dataset_texts(ds)[redo].tolist(), lacking[redo]
     new = np.flatnonzero(~found)
     new_rows = RowBatch(table.ids[new], table.labels[new], table.digests[new], [table.texts[i] for i in new])
     return WorkList(

@@ -22,7 +22,7 @@ from featurestore.ingest import DEFAULT_MAX_CHARS, make_space
 from featurestore.keys import text_key
 from featurestore.manifest import Dataset, Snapshot, Space
 from featurestore.progress import ProgressFn
-from featurestore.store import Store
+from featurestore.store import Store, lookup
 
 
 @dataclass
@@ -54,7 +54,7 @@ class SearchCache:
         key = (snap.generation, space.id, tuple(d.name for d in datasets), restrict)
         if key not in self.views:
             space_keys = store.space_keys(space)
-            row_of = pd.Index(space_keys)
+            row_of = lookup(space_keys)
             owners: dict[bytes, list[tuple[str, str]]] = {}
             for d in datasets:
                 kid, kkeys = store.dataset_keys(d, space.recipe)

@@ -8,19 +8,18 @@ otherwise the choice is refused with the list, never answered from part of the d
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from featurestore.embedders import canonical_model, default_recipe
 from featurestore.errors import DatasetError, SpaceError, UsageError
 from featurestore.manifest import Dataset, Snapshot, Space
-from featurestore.store import Store
+from featurestore.store import Store, lookup
 
 
 def key_rows(store: Store, ds: Dataset, space: Space, ids: np.ndarray) -> np.ndarray:
     """Storage rows (in ``space``) of the given dataset ids; -1 where a row has no vector."""
     kid, kkeys = store.dataset_keys(ds, space.recipe)
-    pos = pd.Index(kid).get_indexer(ids)
-    rows = pd.Index(store.space_keys(space)).get_indexer(kkeys[np.maximum(pos, 0)]) if len(kid) else pos
+    pos = lookup(kid).get_indexer(ids)
+    rows = lookup(store.space_keys(space)).get_indexer(kkeys[np.maximum(pos, 0)]) if len(kid) else pos
     return np.where(pos >= 0, rows, -1).astype(np.int64)
 
 

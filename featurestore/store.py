@@ -100,6 +100,12 @@ def as_text_column(values: np.ndarray, column: str) -> np.ndarray:
     return values.astype(object)
 
 
+def lookup(values: np.ndarray) -> pd.Index:
+    """A hash index over ids or keys for joins (``get_indexer``, ``isin``). Object dtype on purpose:
+    pandas 3 would otherwise convert str ids to Arrow strings, whose ``isin`` loops in Python."""
+    return pd.Index(values, dtype=object)
+
+
 def _object_array(items: Sequence[Any]) -> np.ndarray:
     """A 1-d object array of ``items`` (numpy would make equal-length byte arrays one 2-d array)."""
     out = np.empty(len(items), dtype=object)
@@ -378,25 +384,29 @@ class Store:
         labels = self.dataset_column(ds, "labels")
         if ds.labels:
             ids = self.dataset_ids(ds) if ids is None else ids
-            upd = pd.Series(self._read_column(ds.labels, "labels"), index=self._read_column(ds.labels, "ids"))
-            upd = upd[~upd.index.duplicated(keep="last")]
-            pos = pd.Index(ids).get_indexer(upd.index)
+            upd_ids = lookup(self._read_column(ds.labels, "ids"))
+            last = ~upd_ids.duplicated(keep="last")
+            pos = lookup(ids).get_indexer(upd_ids[last])
             found = pos >= 0
-            labels[pos[found]] = upd.to_numpy()[found]
+            labels[pos[found]] = self._read_column(ds.labels, "labels")[last][found]
         return labels
 
-    def dataset_rows(self, ds: Dataset) -> dict[str, np.ndarray]:
-        """ids, current labels ("" = none), digests and texts of every row, in insertion order."""
+    def dataset_texts(self, ds: Dataset) -> np.ndarray:
+        """Raw texts of every row, in insertion order (object array of str)."""
         texts: list[str] = []
         for seg in ds.rows:
             with self.open_segment(seg.file) as f:
                 texts.extend(bytes(t).decode("utf-8", "surrogatepass") for t in f["texts"][()])
+        return _object_array(texts)
+
+    def dataset_rows(self, ds: Dataset) -> dict[str, np.ndarray]:
+        """ids, current labels ("" = none), digests and texts of every row, in insertion order."""
         ids = self.dataset_ids(ds)
         return {
             "ids": ids,
             "labels": self.dataset_labels(ds, ids),
             "digests": self.dataset_column(ds, "digests"),
-            "texts": np.array(texts, dtype=object),
+            "texts": self.dataset_texts(ds),
         }
 
     def texts_for(self, ds: Dataset, ids: Sequence[str]) -> dict[str, str]:

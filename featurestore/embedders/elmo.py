@@ -32,7 +32,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from featurestore.embedders.base import Embedder, cached_file_sha256
+from featurestore.embedders.base import Embedder, Fingerprint
+from featurestore.embedders.checksums import cached_file_sha256
+from featurestore.embedders.elmo_spec import DEFAULT_ELMO_OUTPUT, ELMO_OUTPUTS, OUTPUT_ALL, OUTPUT_ELMO, OUTPUT_TOP
 from featurestore.embedders.tf_runtime import tensorflow
 from featurestore.errors import ModelError
 
@@ -40,7 +42,6 @@ log = logging.getLogger(__name__)
 
 #: bump when a change here can change a vector: it is part of the fingerprint
 IMPLEMENTATION_VERSION = 1
-OUTPUTS = ("elmo", "top", "all")
 
 # Character vocabulary of bilm-tf (before the +1 shift): bytes are 0..255.
 BOS_CHAR = 256  # begin of sentence
@@ -542,14 +543,14 @@ class ElmoEmbedder(Embedder):
     def __init__(
         self,
         bilm: ElmoBiLM,
-        output: str = "elmo",
+        output: str = DEFAULT_ELMO_OUTPUT,
         *,
         source: dict[str, str] | None = None,
         token_cache_size: int = 50_000,
         max_batch_tokens: int | None = None,
     ) -> None:
-        if output not in OUTPUTS:
-            raise ModelError(f"unknown ELMo output {output!r}; use one of: {', '.join(OUTPUTS)}")
+        if output not in ELMO_OUTPUTS:
+            raise ModelError(f"unknown ELMo output {output!r}; use one of: {', '.join(ELMO_OUTPUTS)}")
         tf = _tf()
         self.bilm = bilm
         self.output = output
@@ -559,7 +560,7 @@ class ElmoEmbedder(Embedder):
             self.max_batch_tokens = max_batch_tokens
         o = bilm.options
         n_layers = o.n_layers + 1
-        self._dim = o.layer_dim * (n_layers if output == "all" else 1)
+        self._dim = o.layer_dim * (n_layers if output == OUTPUT_ALL else 1)
         # Token-embedding cache: the character CNN runs once per distinct token, across batches.
         self._cache: dict[str, np.ndarray] = {}
         self._markers = bilm.embed_tokens([BOS_TOKEN, EOS_TOKEN])
@@ -581,7 +582,7 @@ class ElmoEmbedder(Embedder):
         )
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, output: str = "elmo", **kwargs: Any) -> "ElmoEmbedder":
+    def from_path(cls, path: str | os.PathLike, output: str = DEFAULT_ELMO_OUTPUT, **kwargs: Any) -> "ElmoEmbedder":
         """Load from a folder with ``options.json`` + one weights ``.hdf5``, or ``"OPTIONS,WEIGHTS"``."""
         options_path, weights_path = resolve_model_files(path)
         bilm = ElmoBiLM.from_files(options_path, weights_path)
@@ -599,21 +600,32 @@ class ElmoEmbedder(Embedder):
         return self._dim
 
     @property
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self) -> Fingerprint:
         o = self.bilm.options
-        return {
-            "embedder": "elmo-native",
-            "implementation": IMPLEMENTATION_VERSION,
-            "options_sha256": self.source.get("options_sha256", "unknown"),
-            "weights_sha256": self.source.get("weights_sha256", "unknown"),
-            "output": self.output,
-            "mix": "equal" if self.output == "elmo" else self.output,
-            "pooling": "mean-real-tokens",
-            "tokenizer": "whitespace",
-            "max_characters_per_token": o.max_chars,
-            "state": "zero-per-sentence",
-            "dtype": "float32",
-        }
+        if not (self.source.get("options_sha256") and self.source.get("weights_sha256")):
+            # "unknown" would let two different networks share one vector space.
+            raise ModelError(
+                "this ElmoEmbedder was built without the checksums of its files, so its vectors cannot be "
+                "keyed; fix: build it with ElmoEmbedder.from_path(PATH) or pass source={'options_sha256': ..., "
+                "'weights_sha256': ...}"
+            )
+        return Fingerprint(
+            # the first release's dict named the model "embedder": stores are keyed by its hash
+            model="elmo-native",
+            weights_sha256=self.source["weights_sha256"],
+            output=self.output,
+            pooling="mean-real-tokens",
+            extra={
+                "implementation": IMPLEMENTATION_VERSION,
+                "options_sha256": self.source["options_sha256"],
+                "mix": "equal" if self.output == DEFAULT_ELMO_OUTPUT else self.output,
+                "tokenizer": "whitespace",
+                "max_characters_per_token": o.max_chars,
+                "state": "zero-per-sentence",
+                "dtype": "float32",
+            },
+            key_names={"model": "embedder"},
+        )
 
     @property
     def device(self) -> str:
@@ -667,13 +679,13 @@ def pool_layers(layers, lengths, output: str):
     ``layers`` float32[L+1, B, T, 2P] with markers; ``lengths`` count the markers.
     """
     tf = _tf()
-    if output == "elmo":
+    if output == OUTPUT_ELMO:
         # TF Hub's elmo: softmax of untrained zero weights (1/3 each) times gamma 1.
         mixed = tf.reduce_mean(layers, axis=0)
-    elif output == "top":
+    elif output == OUTPUT_TOP:
         mixed = layers[-1]
     else:
-        mixed = tf.concat(tf.unstack(layers, axis=0), axis=-1)
+        mixed = tf.concat(tf.unstack(layers, axis=0), axis=-1)  # OUTPUT_ALL
     T = tf.shape(mixed)[1]
     pos = tf.range(T)[None, :]
     real = tf.cast((pos >= 1) & (pos < lengths[:, None] - 1), tf.float32)  # skip <S> and </S>

@@ -14,28 +14,33 @@ real tokens) and ``sequence_len`` [B]. Positions past a sentence's length are ze
 Character ids are computed by TF ops inside the graph (``tf.strings.bytes_split`` and
 ``tf.io.decode_raw``), the same mapping as :func:`featurestore.embedders.elmo.char_ids`, so
 the module needs nothing but TensorFlow. Load it with ``hub.load(dir)``.
+
+TensorFlow is imported on first use (``tf_runtime``), not when this module is imported: the
+module class is built then, by :func:`hub_module_class`.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from featurestore.embedders.tf_runtime import tensorflow
 from featurestore.embedders.elmo import (
     BOS_CHAR, BOS_TOKEN, BOW_CHAR, EOS_CHAR, EOS_TOKEN, EOW_CHAR, PAD_CHAR, ElmoBiLM, ElmoEmbedder, pool_layers,
 )
+from featurestore.embedders.elmo_spec import OUTPUT_ELMO
+from featurestore.embedders.tf_runtime import tensorflow
 from featurestore.errors import ModelError
-
-tf = tensorflow()
 
 log = logging.getLogger(__name__)
 
 
 def tf_char_ids(tokens, max_chars: int = 50):
     """Shifted ELMo character ids int32[N, max_chars] of string[N] tokens, as TF ops."""
+    tf = tensorflow()
     room = max_chars - 2
     cut = tf.strings.substr(tokens, 0, room, unit="BYTE")  # ELMo keeps the first 48 bytes
     pieces = tf.strings.bytes_split(cut)
@@ -58,56 +63,63 @@ def tf_char_ids(tokens, max_chars: int = 50):
     return ids + 1
 
 
-class ElmoHubModule(tf.Module):
-    """The saved module: google/elmo/3's two signatures over the native network's variables."""
+@functools.cache
+def hub_module_class() -> type:
+    """``ElmoHubModule``, a ``tf.Module`` subclass; built on first call because it needs TensorFlow."""
+    tf = tensorflow()
 
-    def __init__(self, bilm: ElmoBiLM) -> None:
-        super().__init__(name="elmo")
-        self._bilm = bilm
-        self.weights = list(bilm.variables)  # tracked, so the SavedModel stores them
+    class ElmoHubModule(tf.Module):
+        """The saved module: google/elmo/3's two signatures over the native network's variables."""
 
-    def _outputs(self, tokens, sequence_len):
-        bilm, o = self._bilm, self._bilm.options
-        B, T = tf.shape(tokens)[0], tf.shape(tokens)[1]
-        uniq, where = tf.unique(tf.reshape(tokens, [-1]))
-        markers = tf.constant([BOS_TOKEN, EOS_TOKEN])
-        # The character CNN runs once per distinct token of the batch, then a gather.
-        table = bilm.char_cnn(tf_char_ids(tf.concat([markers, uniq], 0), o.max_chars))
-        idx = tf.reshape(where, [B, T]) + 2
-        full = tf.concat([tf.zeros([B, 1], tf.int32), idx, tf.ones([B, 1], tf.int32)], axis=1)
-        pos = tf.range(T + 2)[None, :]
-        full = tf.where(pos == sequence_len[:, None] + 1, 1, full)  # </S> right after the last token
-        emb = tf.gather(table, full)
-        lengths = sequence_len + 2
-        zeros_c = tf.zeros([o.n_layers, 2, B, o.lstm_dim])
-        zeros_m = tf.zeros([o.n_layers, 2, B, o.projection_dim])
-        layers, _, _ = bilm.layers(emb, lengths, zeros_c, zeros_m)
-        mask = tf.sequence_mask(sequence_len, T, dtype=tf.float32)[None, :, :, None]
-        inner = layers[:, :, 1 : T + 1] * mask
-        out = {
-            "word_emb": emb[:, 1 : T + 1] * mask[0],
-            "elmo": tf.reduce_mean(inner, axis=0),
-            "default": pool_layers(layers, lengths, "elmo"),
-            "sequence_len": sequence_len,
-        }
-        for k in range(1, o.n_layers + 1):
-            out[f"lstm_outputs{k}"] = inner[k]
-        return out
+        def __init__(self, bilm: ElmoBiLM) -> None:
+            super().__init__(name="elmo")
+            self._bilm = bilm
+            self.weights = list(bilm.variables)  # tracked, so the SavedModel stores them
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="tokens")])
-    def default(self, tokens):
-        """Sentences split on single spaces, empty pieces dropped (as google/elmo/3)."""
-        ragged = tf.strings.split(tokens, sep=" ")
-        ragged = tf.ragged.boolean_mask(ragged, tf.strings.length(ragged) > 0)
-        return self._outputs(ragged.to_tensor(default_value=""), tf.cast(ragged.row_lengths(), tf.int32))
+        def _outputs(self, tokens, sequence_len):
+            bilm, o = self._bilm, self._bilm.options
+            B, T = tf.shape(tokens)[0], tf.shape(tokens)[1]
+            uniq, where = tf.unique(tf.reshape(tokens, [-1]))
+            markers = tf.constant([BOS_TOKEN, EOS_TOKEN])
+            # The character CNN runs once per distinct token of the batch, then a gather.
+            table = bilm.char_cnn(tf_char_ids(tf.concat([markers, uniq], 0), o.max_chars))
+            idx = tf.reshape(where, [B, T]) + 2
+            full = tf.concat([tf.zeros([B, 1], tf.int32), idx, tf.ones([B, 1], tf.int32)], axis=1)
+            pos = tf.range(T + 2)[None, :]
+            full = tf.where(pos == sequence_len[:, None] + 1, 1, full)  # </S> right after the last token
+            emb = tf.gather(table, full)
+            lengths = sequence_len + 2
+            zeros_c = tf.zeros([o.n_layers, 2, B, o.lstm_dim])
+            zeros_m = tf.zeros([o.n_layers, 2, B, o.projection_dim])
+            layers, _, _ = bilm.layers(emb, lengths, zeros_c, zeros_m)
+            mask = tf.sequence_mask(sequence_len, T, dtype=tf.float32)[None, :, :, None]
+            inner = layers[:, :, 1 : T + 1] * mask
+            out = {
+                "word_emb": emb[:, 1 : T + 1] * mask[0],
+                "elmo": tf.reduce_mean(inner, axis=0),
+                "default": pool_layers(layers, lengths, OUTPUT_ELMO),
+                "sequence_len": sequence_len,
+            }
+            for k in range(1, o.n_layers + 1):
+                out[f"lstm_outputs{k}"] = inner[k]
+            return out
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, None], tf.string, name="tokens"),
-        tf.TensorSpec([None], tf.int32, name="sequence_len"),
-    ])
-    def tokens(self, tokens, sequence_len):
-        """Pre-split tokens; positions at or past ``sequence_len`` are padding."""
-        return self._outputs(tokens, tf.minimum(sequence_len, tf.shape(tokens)[1]))
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="tokens")])
+        def default(self, tokens):
+            """Sentences split on single spaces, empty pieces dropped (as google/elmo/3)."""
+            ragged = tf.strings.split(tokens, sep=" ")
+            ragged = tf.ragged.boolean_mask(ragged, tf.strings.length(ragged) > 0)
+            return self._outputs(ragged.to_tensor(default_value=""), tf.cast(ragged.row_lengths(), tf.int32))
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None, None], tf.string, name="tokens"),
+            tf.TensorSpec([None], tf.int32, name="sequence_len"),
+        ])
+        def tokens(self, tokens, sequence_len):
+            """Pre-split tokens; positions at or past ``sequence_len`` are padding."""
+            return self._outputs(tokens, tf.minimum(sequence_len, tf.shape(tokens)[1]))
+
+    return ElmoHubModule
 
 
 def export_savedmodel(embedder_or_model: ElmoEmbedder | ElmoBiLM, out_dir: str | os.PathLike) -> Path:
@@ -118,11 +130,19 @@ def export_savedmodel(embedder_or_model: ElmoEmbedder | ElmoBiLM, out_dir: str |
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ModelError(f"export folder {out} is not empty; give a new or empty folder")
-    module = ElmoHubModule(bilm)
+    tf = tensorflow()
+    module = hub_module_class()(bilm)
     signatures = {"default": module.default.get_concrete_function(), "tokens": module.tokens.get_concrete_function()}
     tf.saved_model.save(module, str(out), signatures=signatures)
     log.info("exported ELMo SavedModel to %s", out)
     return out
 
 
-__all__ = ["ElmoHubModule", "export_savedmodel", "tf_char_ids"]
+def __getattr__(name: str) -> Any:
+    # ``ElmoHubModule`` stays importable by name; building it imports TensorFlow.
+    if name == "ElmoHubModule":
+        return hub_module_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ElmoHubModule", "export_savedmodel", "hub_module_class", "tf_char_ids"]

@@ -23,19 +23,24 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.embedders.base import Embedder
+from featurestore.embedders.base import Embedder, Fingerprint
+from featurestore.embedders.checksums import module_sha256
+from featurestore.embedders.elmo_spec import (
+    DEFAULT_ELMO_OUTPUT, ELMO_HUB_HANDLE, ELMO_OUTPUTS, OUTPUT_ALL, OUTPUT_ELMO, OUTPUT_TOP,
+)
+from featurestore.embedders.network import unreachable_reason
 from featurestore.embedders.tf_runtime import tensorflow, tensorflow_hub
 from featurestore.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-#: token-level outputs concatenated (per token, before pooling) for each ``output``
+#: the module's token-level outputs concatenated (per token, before pooling) for each ELMo ``output``
 TOKEN_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "elmo": ("elmo",),
-    "top": ("lstm_outputs2",),
-    "all": ("word_emb", "lstm_outputs1", "lstm_outputs2"),
+    OUTPUT_ELMO: ("elmo",),
+    OUTPUT_TOP: ("lstm_outputs2",),
+    OUTPUT_ALL: ("word_emb", "lstm_outputs1", "lstm_outputs2"),
 }
-ELMO_HANDLE = "https://tfhub.dev/google/elmo/3"
+assert tuple(TOKEN_OUTPUTS) == ELMO_OUTPUTS  # every mix named in elmo_spec has its module outputs
 
 
 def _local_copy_hint(handle: str) -> str:
@@ -63,27 +68,11 @@ def hub_module_cache_path(handle: str) -> Path:
     return hub_cache_dir() / hashlib.sha1(handle.encode("utf8")).hexdigest()
 
 
-def module_sha256(path: Path) -> str:
-    """sha256 over the sorted relative paths, sizes and contents of every file of a module."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        rel = f.relative_to(path).as_posix()
-        # Path and size delimit each file so that moving bytes between files changes the sum.
-        digest.update(f"{rel}\0{f.stat().st_size}\0".encode())
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve_module(handle: str) -> Path:
     """The local folder of ``handle``: a directory as given, or the cached/downloaded URL module."""
     if _is_url(handle):
         cached = hub_module_cache_path(handle)
         if not (cached.is_dir() and any(cached.iterdir())):
-            from featurestore.models import unreachable_reason
-
             reason = unreachable_reason(handle)
             if reason:
                 raise ModelError(f"cannot fetch TF Hub module {handle}: {reason}; {_local_copy_hint(handle)}")
@@ -132,12 +121,12 @@ def _describe(signatures: dict[str, Any]) -> str:
 class HubEmbedder(Embedder):
     """Embeds with a TF Hub module (URL, local directory or TFHUB_CACHE_DIR copy) loaded by ``hub.load``."""
 
-    def __init__(self, handle: str, output: str = "elmo") -> None:
+    def __init__(self, handle: str, output: str = DEFAULT_ELMO_OUTPUT) -> None:
         if output not in TOKEN_OUTPUTS:
             raise ModelError(f"unknown output {output!r}; use one of: {', '.join(TOKEN_OUTPUTS)}")
         self.handle = handle
         self.output = output
-        self.name = "elmo" if handle == ELMO_HANDLE else f"hub:{handle}"
+        self.name = "elmo" if handle == ELMO_HUB_HANDLE else f"hub:{handle}"
         self.module_path = resolve_module(handle)
         hub = tensorflow_hub()
         log.info("loading TF Hub module %s from %s", handle, self.module_path)
@@ -176,7 +165,7 @@ class HubEmbedder(Embedder):
                 self._mode, self._keys = picked
                 self._out_specs = outs
                 return
-        if not sigs and callable(self._module) and self.output == "elmo":
+        if not sigs and callable(self._module) and self.output == DEFAULT_ELMO_OUTPUT:
             # A TF2 SavedModel with no signatures but a __call__: try it on a string batch.
             self.signature, self._fn, self._kind, self._input_key = "__call__", self._module, "sentences", None
             self._out_specs = None
@@ -189,8 +178,9 @@ class HubEmbedder(Embedder):
                     f"TF Hub module {self.handle} has no signatures and calling it on strings failed ({exc}); "
                     "it needs a module mapping strings to vectors"
                 ) from None
-        if self.output != "elmo" and any(self._pick_outputs(f.structured_outputs, "elmo") for f in sigs.values()
-                                         if isinstance(f.structured_outputs, dict)):
+        default_fits = any(self._pick_outputs(f.structured_outputs, DEFAULT_ELMO_OUTPUT) for f in sigs.values()
+                           if isinstance(f.structured_outputs, dict))
+        if self.output != DEFAULT_ELMO_OUTPUT and default_fits:
             raise ModelError(
                 f"--output {self.output} needs token outputs {', '.join(TOKEN_OUTPUTS[self.output])}, "
                 f"which TF Hub module {self.handle} lacks ({_describe(sigs)}); use --output elmo"
@@ -208,7 +198,7 @@ class HubEmbedder(Embedder):
         keys = TOKEN_OUTPUTS[output]
         if all(k in outs and _spec_rank(outs[k]) == 3 and _is_float(outs[k]) for k in keys):
             return "tokens", keys
-        if output != "elmo":
+        if output != DEFAULT_ELMO_OUTPUT:  # a sentence vector stands only for the default mix
             return None
         if "default" in outs and _spec_rank(outs["default"]) == 2 and _is_float(outs["default"]):
             return "vector", ("default",)
@@ -230,21 +220,25 @@ class HubEmbedder(Embedder):
         return self._dim
 
     @property
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self) -> Fingerprint:
         if self._sha256 is None:
             self._sha256 = module_sha256(self.module_path)
-        return {
-            "embedder": "tfhub",
-            "handle": self.handle,
-            "module_path": str(self.module_path),
-            "module_sha256": self._sha256,
-            "signature": self.signature,
-            "outputs": list(self._keys),
-            "output": self.output if self._mode == "tokens" else "module",
+        return Fingerprint(
+            model=self.handle,
+            weights_sha256=self._sha256,
+            output=self.output if self._mode == "tokens" else "module",
             # a sentence encoder pools inside the module; ELMo-like outputs are pooled here
-            "pooling": "mean" if self._mode == "tokens" else "module",
-            "dtype": "float32",
-        }
+            pooling="mean" if self._mode == "tokens" else "module",
+            extra={
+                "embedder": "tfhub",
+                "module_path": str(self.module_path),
+                "signature": self.signature,
+                "outputs": list(self._keys),
+                "dtype": "float32",
+            },
+            # the names of the first release's dict: stores are keyed by its hash
+            key_names={"model": "handle", "weights_sha256": "module_sha256"},
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(_split(text)) + 2
@@ -296,4 +290,4 @@ def _split(text: str) -> list[str]:
     return [t for t in text.split(" ") if t]
 
 
-__all__ = ["ELMO_HANDLE", "HubEmbedder", "hub_cache_dir", "hub_module_cache_path", "module_sha256", "resolve_module"]
+__all__ = ["HubEmbedder", "TOKEN_OUTPUTS", "hub_cache_dir", "hub_module_cache_path", "resolve_module"]

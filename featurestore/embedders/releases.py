@@ -1,4 +1,7 @@
-"""The catalogue of published ELMo releases and the local models folder.
+"""ELMo releases: the catalogue of published models, the local models folder, pull and verify.
+
+Owns what ``fs models`` lists, downloads and checks (``featurestore.embedders.releases``; it was
+``featurestore.models``); the native embedder that reads these files is ``embedders.elmo``.
 
 A release is an AllenNLP/bilm ``options.json`` + ``weights.hdf5`` pair. ``pull`` downloads
 both into ``<models_dir>/<name>/`` (temp file, checksum, atomic rename) and records their
@@ -7,21 +10,19 @@ AllenNLP publishes no checksums for these files, so the recorded ones are the re
 """
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import logging
 import os
-import socket
-import tempfile
 import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from featurestore.embedders.base import file_sha256
+from featurestore.atomic import atomic_path, atomic_write_bytes
+from featurestore.embedders.checksums import file_sha256
+from featurestore.embedders.network import unreachable_reason
 from featurestore.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 OPTIONS_FILE = "options.json"
 WEIGHTS_FILE = "weights.hdf5"
 RECORD_FILE = "sha256.json"
-#: seconds allowed to resolve and connect to a download host before calling it unreachable
-CONNECT_TIMEOUT_S = 5.0
 #: seconds a download may stall between two reads
 READ_TIMEOUT_S = 60.0
 
@@ -158,39 +157,6 @@ def release_path(name: str) -> Path:
     return models_dir() / name
 
 
-def unreachable_reason(url: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
-    """None if ``url``'s host accepts a TCP connection within ``timeout`` s, else why not.
-
-    Downloaders (urllib, tensorflow_hub) retry or wait for minutes when offline; this
-    answers in seconds so callers can fail with a useful message instead.
-    """
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname
-    if not host:
-        return f"{url!r} has no host"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    # getaddrinfo has no timeout of its own and can hang on a dead resolver: run it aside.
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        infos = pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM).result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-        return f"host {host} could not be resolved within {timeout:g} s"
-    except OSError as exc:
-        return f"host {host} could not be resolved ({exc.strerror or exc})"
-    finally:
-        pool.shutdown(wait=False)
-    last: OSError | None = None
-    for family, kind, proto, _, addr in infos:
-        try:
-            with socket.socket(family, kind, proto) as sock:
-                sock.settimeout(timeout)
-                sock.connect(addr)
-            return None
-        except OSError as exc:
-            last = exc
-    return f"host {host} is unreachable ({last})"
-
-
 def _read_record(folder: Path) -> dict[str, dict]:
     try:
         return json.loads((folder / RECORD_FILE).read_text())
@@ -200,24 +166,13 @@ def _read_record(folder: Path) -> dict[str, dict]:
         raise ModelError(f"cannot read {folder / RECORD_FILE}: {exc}; delete it and run fs models pull again") from None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _download(url: str, dest: Path, expected: str | None, progress: PullProgress | None) -> str:
     """Stream ``url`` into a temp file beside ``dest``, check it, rename it; return its sha256."""
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=READ_TIMEOUT_S) as resp:
+        # atomic_path renames only if the block ends cleanly: a short or corrupt download leaves nothing
+        with atomic_path(dest, suffix=".part") as tmp, open(tmp, "wb") as out, \
+                urllib.request.urlopen(url, timeout=READ_TIMEOUT_S) as resp:
             total = resp.headers.get("Content-Length")
             total_n = int(total) if total and total.isdigit() else None
             done = 0
@@ -229,15 +184,12 @@ def _download(url: str, dest: Path, expected: str | None, progress: PullProgress
                     progress(dest.name, done, total_n)
             if total_n is not None and done != total_n:
                 raise ModelError(f"download of {url} stopped at {done} of {total_n} bytes; run the pull again")
-        sha = digest.hexdigest()
-        if expected and sha != expected:
-            raise ModelError(f"{url} has sha256 {sha}, expected {expected}; the download is corrupt or was replaced")
-        os.replace(tmp, dest)
+            sha = digest.hexdigest()
+            if expected and sha != expected:
+                raise ModelError(f"{url} has sha256 {sha}, expected {expected}; the download is corrupt or was replaced")
         return sha
     except (urllib.error.URLError, OSError) as exc:
         raise ModelError(f"cannot download {url}: {exc}; run the pull again or copy the file by hand") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def pull(name: str, progress: PullProgress | None = None, force: bool = False) -> Path:
@@ -266,7 +218,7 @@ def pull(name: str, progress: PullProgress | None = None, force: bool = False) -
         if created and not any(folder.iterdir()):
             folder.rmdir()
         raise
-    _write_atomic(folder / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic_write_bytes(folder / RECORD_FILE, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     return folder
 
 
@@ -294,5 +246,5 @@ def verify(name: str) -> VerifyReport:
 
 __all__ = [
     "RELEASES", "FileCheck", "PullProgress", "Release", "VerifyReport", "downloaded", "get_release",
-    "is_downloaded", "models_dir", "pull", "release_path", "unreachable_reason", "verify",
+    "is_downloaded", "models_dir", "pull", "release_path", "verify",
 ]
