@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from featurestore.embedders.elmo import ElmoEmbedder, char_ids, pool_layers, tokenize  # noqa: E402
+from featurestore.embedders.elmo_spec import OUTPUT_ELMO  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "av-twitter-sentiment" / "train_2kmZucJ.csv"
 GFLOP_PER_TOKEN = 0.204
@@ -167,7 +168,7 @@ class TutorialLoop:
             m0 = tf.zeros([o.n_layers, 2, B, o.projection_dim])
             # every padded position computed, markers included, as bilm-tf's dynamic_rnn does
             layers, _, _ = bilm.layers(emb, lengths, c0, m0, packed=False)
-            return pool_layers(layers, lengths, "elmo")
+            return pool_layers(layers, lengths, OUTPUT_ELMO)
 
         self.fn = tf.function(run, input_signature=[tf.TensorSpec([None, None, o.max_chars], tf.int32),
                                                      tf.TensorSpec([None], tf.int32)])

@@ -1,4 +1,4 @@
-"""``fs models``: list, download, verify and export ELMo models."""
+"""``fs models``: list, download, verify and export ELMo models (``featurestore.embedders.releases``)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +8,8 @@ from typing import Any, Optional
 import typer
 
 from cli.common import fail, handle_errors
-from featurestore import models
+from featurestore.embedders import releases
+from featurestore.embedders.elmo_spec import DEFAULT_ELMO_OUTPUT, ELMO_OUTPUTS
 
 app = typer.Typer(
     help="List, download, verify and export ELMo models (the folder is $FS_MODELS_DIR "
@@ -22,10 +23,10 @@ app = typer.Typer(
 def list_models() -> None:
     """Show the known ELMo releases and whether each is downloaded."""
     rows = [("NAME", "DIMS", "PARAMS", "DOWNLOADED", "PATH")]
-    for name, release in models.RELEASES.items():
-        present = models.is_downloaded(name)
+    for name, release in releases.RELEASES.items():
+        present = releases.is_downloaded(name)
         rows.append((name, str(release.dim), f"{release.params_m:g}M", "yes" if present else "no",
-                     str(models.models_dir() / name) if present else "-"))
+                     str(releases.models_dir() / name) if present else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -53,7 +54,7 @@ def pull(
                 bars[fname].update(done - seen[fname])
             seen[fname] = done
 
-        folder = models.pull(name, progress=progress, force=force)
+        folder = releases.pull(name, progress=progress, force=force)
     typer.echo(f"{name} is in {folder}")
 
 
@@ -63,13 +64,13 @@ def verify(
     name: Optional[str] = typer.Argument(None, help="Release to check; all downloaded releases if omitted."),
 ) -> None:
     """Recompute the sha256 of downloaded files and compare with the published or recorded ones."""
-    names = [name] if name else models.downloaded()
+    names = [name] if name else releases.downloaded()
     if not names:
-        typer.echo(f"No releases downloaded in {models.models_dir()}.")
+        typer.echo(f"No releases downloaded in {releases.models_dir()}.")
         return
     failed = []
     for n in names:
-        report = models.verify(n)
+        report = releases.verify(n)
         for check in report.files:
             if check.ok is None:
                 status = "UNKNOWN (no published or recorded sha256)"
@@ -90,7 +91,8 @@ def verify(
 def export(
     out_dir: Path = typer.Argument(..., help="Folder to write the TF SavedModel into."),
     model: str = typer.Option(..., "--model", "-m", help="Model to export: a release name or elmo:PATH."),
-    output: str = typer.Option("elmo", "--output", help="ELMo layer mix baked in: elmo, top or all."),
+    output: str = typer.Option(DEFAULT_ELMO_OUTPUT, "--output",
+                               help=f"ELMo layer mix baked in: {', '.join(ELMO_OUTPUTS)}."),
 ) -> None:
     """Export a native ELMo model as a SavedModel with google/elmo/3-style signatures."""
     from featurestore.embedders import load_embedder

@@ -1,4 +1,8 @@
-"""Test doubles importable through the embedder registry as ``py:tests.fakes:CountingEmbedder``."""
+"""Test doubles for pipeline logic, importable through the registry as ``py:tests.fakes:CountingEmbedder``.
+
+Their fingerprints are typed like any embedder's; the space id of ``CountingEmbedder()`` is a
+golden value in tests/test_models.py, so stores written by tests keep their keys.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.embedders.base import Embedder
+from featurestore.embedders.base import REQUIRED_FIELDS, Embedder, Fingerprint
 
 DIM = 16
 
@@ -28,6 +32,7 @@ class CountingEmbedder(Embedder):
     log: list[list[str]] = []  # every batch of every instance, in call order
 
     def __init__(self, dim: int = DIM, max_batch_tokens: int = 8192, max_batch_size: int = 512, **fingerprint: Any) -> None:
+        """``fingerprint`` overrides ``model``, ``weights_sha256``, ``output`` or ``pooling``, or adds extra fields."""
         self._dim = dim
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
@@ -45,8 +50,10 @@ class CountingEmbedder(Embedder):
         return self._dim
 
     @property
-    def fingerprint(self) -> dict[str, Any]:
-        return dict(self._fingerprint)
+    def fingerprint(self) -> Fingerprint:
+        fp = self._fingerprint
+        return Fingerprint(**{k: fp[k] for k in REQUIRED_FIELDS},
+                           extra={k: v for k, v in fp.items() if k not in REQUIRED_FIELDS})
 
     @property
     def calls(self) -> int:

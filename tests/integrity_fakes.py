@@ -18,11 +18,10 @@ import hashlib
 import json
 import os
 import time
-from typing import Any
 
 import numpy as np
 
-from featurestore.embedders.base import Embedder
+from featurestore.embedders.base import Embedder, Fingerprint
 
 DIM = 16
 
@@ -75,8 +74,8 @@ class SlowHashEmbedder(Embedder):
         return self._dim
 
     @property
-    def fingerprint(self) -> dict[str, Any]:
-        return {"model": "slow-hash-fake", "weights_sha256": "0" * 64, "output": "default", "pooling": "none"}
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(model="slow-hash-fake", weights_sha256="0" * 64, output="default", pooling="none")
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         _log_batch(texts)
@@ -108,8 +107,8 @@ class LinearEmbedder(Embedder):
         return self._dim
 
     @property
-    def fingerprint(self) -> dict[str, Any]:
-        return {"model": "linear-fake", "weights_sha256": "1" * 64, "output": "default", "pooling": "sum"}
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(model="linear-fake", weights_sha256="1" * 64, output="default", pooling="sum")
 
     def _features(self, text: str) -> np.ndarray:
         f = np.zeros(self.n_features, np.float32)

@@ -9,8 +9,12 @@ one batch to the next.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import h5py
@@ -18,13 +22,15 @@ import numpy as np
 import pytest
 
 from elmo_fixture import elmo_fixture_dir
-from featurestore.embedders import load_embedder
+from featurestore.embedders import ELMO_OUTPUTS, load_embedder
 from featurestore.embedders.elmo import (
     ElmoBiLM, ElmoEmbedder, StatefulBiLM, char_ids, resolve_model_files, tokenize,
 )
 from featurestore.errors import ModelError
+from featurestore.keys import space_fields, space_id
 
 ATOL = 1e-5
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -184,11 +190,53 @@ def test_pooling_and_outputs(bilm: ElmoBiLM, model_dir: Path) -> None:
 
 def test_fingerprint(embedder: ElmoEmbedder, model_dir: Path) -> None:
     fp = embedder.fingerprint
-    json.dumps(fp)
+    json.dumps(fp.as_dict())
     assert fp["output"] == "elmo" and fp["pooling"] == "mean-real-tokens" and fp["dtype"] == "float32"
     assert len(fp["weights_sha256"]) == 64 and len(fp["options_sha256"]) == 64
     top = ElmoEmbedder.from_path(str(model_dir), output="top").fingerprint
     assert top != fp and {k for k in fp if fp[k] != top[k]} == {"output", "mix"}
+
+
+# Space ids of the first release (before Fingerprint existed), for the tiny ELMo with raw-v1 and
+# float32: stores are keyed by them, so these must never change for the same files.
+GOLDEN_SPACE_IDS = {"elmo": "8d4b41c3012dfc20", "top": "401b86524d152a14", "all": "2a7698fc265373f0"}
+
+
+@pytest.mark.parametrize("output", ELMO_OUTPUTS)
+def test_space_ids_are_unchanged(model_dir: Path, output: str) -> None:
+    emb = ElmoEmbedder.from_path(str(model_dir), output=output)
+    fields = space_fields(dict(emb.fingerprint), {"name": "raw-v1"}, "float32")
+    assert space_id(fields) == GOLDEN_SPACE_IDS[output]
+    assert set(emb.fingerprint) == {"embedder", "implementation", "options_sha256", "weights_sha256", "output", "mix",
+                                    "pooling", "tokenizer", "max_characters_per_token", "state", "dtype"}
+
+
+def test_embedder_without_checksums_cannot_be_keyed(bilm: ElmoBiLM) -> None:
+    emb = ElmoEmbedder(bilm)  # fine for embedding (the export tests do), not for a store
+    assert emb.embed(["a b"]).shape == (1, 32)
+    with pytest.raises(ModelError, match="without the checksums of its files.*fix: build it with ElmoEmbedder.from_path"):
+        emb.fingerprint
+
+
+def test_tensorflow_env_is_set_for_its_import_only() -> None:
+    code = textwrap.dedent("""
+        import os, platform
+        from featurestore.embedders.tf_runtime import TF_IMPORT_ENV, tensorflow
+        tf = tensorflow()
+        assert not set(TF_IMPORT_ENV) & set(os.environ), sorted(set(TF_IMPORT_ENV) & set(os.environ))
+        from tensorflow.python.util import _pywrap_util_port
+        # TF read the switch while importing: oneDNN stays on after the variable is gone
+        assert _pywrap_util_port.IsMklEnabled() or platform.machine() not in ("x86_64", "AMD64")
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the user's own choice is left as it was
+    code = "import os; from featurestore.embedders.tf_runtime import tensorflow; tensorflow(); " \
+           "assert os.environ['TF_ENABLE_ONEDNN_OPTS'] == '0' and 'TF_CPP_MIN_LOG_LEVEL' not in os.environ"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_registry_loads_native_elmo(model_dir: Path, fixture_dir: Path) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -92,3 +94,10 @@ def test_export_refuses_a_non_empty_folder(native: ElmoEmbedder, tmp_path: Path)
     (tmp_path / "x").write_text("keep me")
     with pytest.raises(ModelError, match="not empty"):
         export_savedmodel(native, tmp_path)
+
+
+def test_importing_the_exporter_does_not_import_tensorflow() -> None:
+    code = "import sys, featurestore.embedders.elmo_export; assert 'tensorflow' not in sys.modules"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

