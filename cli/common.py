@@ -15,13 +15,13 @@ try:  # typer >= 0.22 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
 
-from featurestore.errors import FeatureStoreError, UsageError
+from featurestore.errors import FeatureStoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("featurestore.cli")
 
 # Library parameter -> the flag a CLI user types (the rest are --name-with-dashes).
-_FLAGS = {"commit_rows": "--batch-rows", "fmt": "--format", "text": "the query text", "name": "--name"}
+_FLAGS = {"commit_rows": "--batch-rows", "fmt": "--format", "text": "the query text", "header": "--no-header"}
 
 
 def flag_of(param: str) -> str:
@@ -46,10 +46,8 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except UsageError as exc:
-            raise fail(exc.render(flag_of), exc.exit_code) from None
         except FeatureStoreError as exc:
-            raise fail(str(exc), getattr(exc, "exit_code", 1)) from None
+            raise fail(exc.render(flag_of), exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)
             raise typer.Exit(130) from None

@@ -1,12 +1,17 @@
 """The exceptions featurestore raises for problems a user can fix.
 
-Every message names the bad value and says how to fix it. Library messages speak of
-parameters (``k``, ``test_size``); a ``UsageError`` names its parameter so that the CLI can
-say ``--k`` instead. The CLI prints ``Error: <message>`` and exits non-zero, without a traceback.
+Every message names the bad value and says how to fix it. Messages speak of parameters: a
+``[[name]]`` marker in a message is the parameter ``name``, shown as ``name`` to Python callers
+(``str(exc)``) and as its flag (``--name``) by the CLI (``exc.render(flag_of)``). The CLI
+prints ``Error: <message>`` and exits non-zero, without a traceback.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
+
+_PARAM = re.compile(r"\[\[(\w+)\]\]")
+_PYTHON_FORM = {"header": "header=False", "classifier_name": "name", "store": "the store path"}  # parameters whose Python spelling is not their name
 
 
 class FeatureStoreError(Exception):
@@ -14,18 +19,21 @@ class FeatureStoreError(Exception):
 
     exit_code = 1
 
-
-class UsageError(FeatureStoreError):
-    """A parameter value that cannot work. ``{param}`` in the message is where the parameter is named,
-    so the CLI can render it as its flag."""
-
-    def __init__(self, message: str, param: str) -> None:
+    def __init__(self, message: str = "", *args: Any) -> None:
         self.template = message
-        self.param = param
-        super().__init__(message.replace("{param}", param))  # not str.format: values may hold braces
+        super().__init__(_PARAM.sub(lambda m: _PYTHON_FORM.get(m.group(1), m.group(1)), message), *args)
 
     def render(self, flag_of: Callable[[str], str]) -> str:
-        return self.template.replace("{param}", flag_of(self.param))
+        """The message with each parameter shown as ``flag_of(name)``."""
+        return _PARAM.sub(lambda m: flag_of(m.group(1)), self.template)
+
+
+class UsageError(FeatureStoreError):
+    """A parameter value that cannot work; ``{param}`` in the message names it (see the module doc)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        self.param = param
+        super().__init__(message.replace("{param}", f"[[{param}]]"))  # not str.format: values may hold braces
 
 
 class InputFileError(FeatureStoreError):

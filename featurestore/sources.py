@@ -198,18 +198,18 @@ def _decode(data: bytes, source: str, encoding: str | None) -> tuple[str, str]:
         try:
             codecs.lookup(encoding)
         except LookupError:
-            raise InputFileError(f"unknown --encoding {encoding!r}; use e.g. utf-8, cp1252 or utf-16") from None
+            raise InputFileError(f"unknown [[encoding]] {encoding!r}; use e.g. utf-8, cp1252 or utf-16") from None
         try:
             text = data.decode(encoding)
         except UnicodeDecodeError as exc:
             line = data[: exc.start].decode(encoding, "replace").count("\n") + 1
             raise InputFileError(
                 f"{source}: line {line} is not valid {encoding} (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                "fix: pass the encoding the file was saved in with --encoding, or leave --encoding out to detect it"
+                "fix: pass the encoding the file was saved in with [[encoding]], or leave [[encoding]] out to detect it"
             ) from None
         except Exception as exc:  # some codecs (e.g. rot13, idna) raise other types
             raise InputFileError(f"{source} cannot be decoded as {encoding} ({_short(exc)}); "
-                                 "fix: --encoding utf-8 or the file's real encoding") from None
+                                 "fix: [[encoding]] utf-8 or the file's real encoding") from None
         return text.removeprefix("\ufeff"), encoding  # a byte-order mark is not part of the header
     for bom, name in (
         (b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
@@ -231,18 +231,18 @@ def _decode_auto(data: bytes, source: str, name: str) -> str:
         byte = f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
         where = f"{source}: line {line} is not valid {name.upper()} ({byte})"
     if name != "utf-8":
-        raise InputFileError(f"{where}; fix: re-save the file as UTF-8, or pass its encoding with --encoding")
+        raise InputFileError(f"{where}; fix: re-save the file as UTF-8, or pass its encoding with [[encoding]]")
     bad = {ord(c) - 0xDC00 for c in _SURROGATE.findall(data.decode("utf-8", "surrogateescape"))}
     if bad <= set(range(0xA0, 0x100)):
         # Latin-1 and Windows-1252 agree on these bytes.
-        hint = "it looks like Latin-1 (ISO-8859-1); fix: --encoding latin-1 (or re-save the file as UTF-8)"
+        hint = "it looks like Latin-1 (ISO-8859-1); fix: [[encoding]] latin-1 (or re-save the file as UTF-8)"
     elif not bad & {0x81, 0x8D, 0x8F, 0x90, 0x9D}:
         # 0x80-0x9f are printable in Windows-1252 (0x85 '…', 0x92 '’', 0x93/0x94 '“”') but
         # control characters in Latin-1, so latin-1 would silently corrupt them.
         hint = ("it looks like Windows-1252 (cp1252), as Excel saves it; "
-                "fix: --encoding cp1252 (or re-save the file as UTF-8)")
+                "fix: [[encoding]] cp1252 (or re-save the file as UTF-8)")
     else:
-        hint = "fix: re-save the file as UTF-8, or pass the encoding it was saved in with --encoding"
+        hint = "fix: re-save the file as UTF-8, or pass the encoding it was saved in with [[encoding]]"
     raise InputFileError(f"{where}; {hint}")
 
 
@@ -300,7 +300,7 @@ def _read_parquet(data: bytes, source: str) -> _Frame:
             if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_null(typ):
                 return np.array(col.to_pylist(), dtype=object)
             if role == "text":
-                raise InputFileError(f"{source}: column {name!r} holds {typ} values, not text; fix: --text-col NAME")
+                raise InputFileError(f"{source}: column {name!r} holds {typ} values, not text; fix: [[text_col]] NAME")
             if pa.types.is_integer(typ):
                 return np.array(col.cast(pa.string()).to_pylist(), dtype=object)
             if pa.types.is_floating(typ):
@@ -328,7 +328,7 @@ def _float_cells(values: np.ndarray, role: str, name: str, source: str) -> np.nd
     if role == "id" and (bad := np.flatnonzero(~missing & ~integral)).size:
         raise InputFileError(
             f"{source} row {bad[0] + 1}: id {float(values[bad[0]])!r} is stored as a floating-point number, which "
-            f"rounds ids; fix: store column {name!r} as text or integers, or pass --id-col '' to number rows"
+            f"rounds ids; fix: store column {name!r} as text or integers, or pass [[id_col]] '' to number rows"
         )
     out = np.empty(len(values), dtype=object)
     out[missing] = None
@@ -357,7 +357,7 @@ def _read_json(text: str, source: str, guessed: bool) -> _Frame:
                     pass
             raise InputFileError(
                 f"{source} line {i} is not valid JSON ({_json_reason(exc)}); fix that line"
-                + ("; if the file is not JSON, pass --format csv or --format txt" if guessed else "")
+                + ("; if the file is not JSON, pass [[fmt]] csv or [[fmt]] txt" if guessed else "")
             ) from None
         if not isinstance(rec, dict):
             raise InputFileError(f"{source} line {i} is not a JSON object; each line must be {{\"text\": ...}}")
@@ -381,7 +381,7 @@ def _json_doc(text: str, source: str, guessed: bool) -> Any:
         where = f" line {line}" if line else ""
         raise InputFileError(
             f"{source}{where} is not valid JSON ({_json_reason(exc)}); fix the file"
-            + ("; if it is not JSON, pass --format csv or --format txt" if guessed else "")
+            + ("; if it is not JSON, pass [[fmt]] csv or [[fmt]] txt" if guessed else "")
         ) from None
 
 
@@ -524,10 +524,10 @@ def _read_csv(text: str, source: str, sep: str | None, header: bool, guessed: bo
         shown = _SEP_NAMES.get(sep, "none")
         raise InputFileError(
             f"{source} is not valid CSV ({_short(msg)}); fix the quoting on that line, or give the separator "
-            f"with --sep (read with: {shown})" + ("; for plain tweets, one a line, pass --format txt" if guessed else "")
+            f"with [[sep]] (read with: {shown})" + ("; for plain tweets, one a line, pass [[fmt]] txt" if guessed else "")
         ) from None
     except Exception as exc:  # pandas also raises ValueError, UnicodeError, OverflowError... on odd input
-        raise InputFileError(f"{source} cannot be read as CSV ({_short(exc)}); check the file, or pass --format") from None
+        raise InputFileError(f"{source} cannot be read as CSV ({_short(exc)}); check the file, or pass [[fmt]]") from None
     if header:
         names = ["" if v is None or v != v else str(v) for v in df.iloc[0].tolist()]
         df = df.iloc[1:]
@@ -620,16 +620,16 @@ def _no_text_column(frame: _Frame, header: bool, path: str, source: str) -> Inpu
     cols = frame.columns
     if frame.kind == "csv" and not header:
         return InputFileError(
-            f"{source} has {len(cols)} columns and no header; fix: --text-col N (the text column's number, from 1; "
-            "likewise --id-col N and --label-col N)"
+            f"{source} has {len(cols)} columns and no header; fix: [[text_col]] N (the text column's number, from 1; "
+            "likewise [[id_col]] N and [[label_col]] N)"
         )
     msg = (f"{source} has no text column (looked for {', '.join(TEXT_COLUMNS)}); columns found: {_show(cols)}; "
-           "fix: --text-col NAME")
+           "fix: [[text_col]] NAME")
     if frame.kind == "csv" and _looks_like_data(cols):
-        msg += ("; the first row looks like data, not a header: if the file has none, pass --no-header "
-                "(and --text-col N, N from 1, if it has several columns)")
+        msg += ("; the first row looks like data, not a header: if the file has none, pass [[header]] "
+                "(and [[text_col]] N, N from 1, if it has several columns)")
     if frame.kind == "csv" and (path == "-" or frame.guessed):
-        msg += "; if these are plain tweets, one a line, pass --format txt"
+        msg += "; if these are plain tweets, one a line, pass [[fmt]] txt"
     return InputFileError(msg)
 
 
@@ -650,7 +650,7 @@ def _ids(frame: _Frame, col: str, source: str) -> np.ndarray:
     if blank is not None:
         raise InputFileError(
             f"{source} {frame.unit} {frame.numbers[blank]}: the id is empty; fix: fill it in, "
-            "or pass --id-col '' to number rows instead"
+            "or pass [[id_col]] '' to number rows instead"
         )
     if (i := _first_match(ids, _SCIENTIFIC)) is not None:
         raise InputFileError(
@@ -727,8 +727,8 @@ def _dedupe(ids: np.ndarray, texts: np.ndarray, labels: np.ndarray, frame: _Fram
         differs = "texts" if same["text"].iloc[0] != same["text"].iloc[1] else "labels"
         raise InputFileError(
             f"{source} {frame.unit}s {frame.numbers[a]} and {frame.numbers[b]} share id {first['id']!r} "
-            f"with different {differs}; an id names one tweet: fix the ids, or pass --duplicates first|last to keep "
-            "one of them (or --id-col '' to number rows)"
+            f"with different {differs}; an id names one tweet: fix the ids, or pass [[duplicates]] first|last to keep "
+            "one of them (or [[id_col]] '' to number rows)"
         )
     return rest[~rest.duplicated("id", keep=mode)].index.to_numpy()
 
@@ -746,7 +746,7 @@ def _check_sep(sep: str | None) -> str | None:
         return "\t"
     if len(sep) != 1 or sep in '"\r\n\x00':
         raise InputFileError(
-            f"--sep must be one character other than a quote or newline (e.g. --sep ';' or --sep tab), not {sep!r}"
+            f"[[sep]] must be one character other than a quote or newline (e.g. [[sep]] ';' or [[sep]] tab), not {sep!r}"
         )
     return sep
 
@@ -779,7 +779,7 @@ def read_table(
     source = "standard input" if path == "-" else str(path)
     source = source if source.isprintable() else repr(source)  # messages stay one line
     if duplicates not in DUPLICATES:
-        raise InputFileError(f"unknown --duplicates {duplicates!r}; use one of: {', '.join(DUPLICATES)}")
+        raise InputFileError(f"unknown [[duplicates]] {duplicates!r}; use one of: {', '.join(DUPLICATES)}")
     if fmt is not None and fmt not in FORMATS:
         raise InputFileError(f"unknown input format {fmt!r}; use one of: {', '.join(FORMATS)}")
     sep = _check_sep(sep)
@@ -810,18 +810,18 @@ def read_table(
         raise InputFileError(f"{source} has {what}; add tweets or check the file")
     if frame.kind == "txt":
         if id_col or label_col or text_col:
-            flag = "--id-col" if id_col else "--label-col" if label_col else "--text-col"
+            flag = "[[id_col]]" if id_col else "[[label_col]]" if label_col else "[[text_col]]"
             raise InputFileError(
                 f"{source} is read as plain text (one tweet a line) and has no columns for {flag}; "
-                "fix: drop the column options, or pass --format csv (or jsonl) if the file has columns"
+                "fix: drop the column options, or pass [[fmt]] csv (or jsonl) if the file has columns"
             )
         tcol, icol, lcol = "line", None, None
     else:
         cols = frame.columns
         named = header or frame.kind != "csv"  # without a header, columns are only numbers
-        tcol = _pick(cols, text_col, TEXT_COLUMNS if named else (), set(), "text", "--text-col", source)
-        icol = _pick(cols, id_col, ID_COLUMNS if named else (), {tcol}, "id", "--id-col", source)
-        lcol = _pick(cols, label_col, LABEL_COLUMNS if named else (), {tcol, icol}, "label", "--label-col", source)
+        tcol = _pick(cols, text_col, TEXT_COLUMNS if named else (), set(), "text", "[[text_col]]", source)
+        icol = _pick(cols, id_col, ID_COLUMNS if named else (), {tcol}, "id", "[[id_col]]", source)
+        lcol = _pick(cols, label_col, LABEL_COLUMNS if named else (), {tcol, icol}, "label", "[[label_col]]", source)
         if tcol is None:
             taken = {icol, lcol}
             rest = [c for c in cols if c not in taken]

@@ -236,7 +236,7 @@ def load_classifier(store: Store, name: str) -> tuple[Any, dict[str, Any]]:
         known = sorted(p.stem for p in store.classifier_dir.glob("*.json")) if store.classifier_dir.is_dir() else []
         raise ClassifierError(
             f"no trained classifier {name!r} in {store.path}; trained: {', '.join(known) or 'none'}; "
-            "fix: run 'fs train --dataset NAME' first, or pass --classifier-name"
+            "fix: run 'fs train --dataset NAME' first, or pass [[classifier_name]]"
         )
     try:
         manifest = json.loads(meta_path.read_text())

@@ -204,3 +204,17 @@ def test_xy_ids_are_numpy_text(tmp_path: Path) -> None:
     X, y, ids = FeatureStore(tmp_path / "s").xy("d", FAKE, "raw-v1")
     assert ids.tolist() == ["007", "7"] and y.tolist() == ["a", "b"] and X.shape == (2, 16)
     assert np.isfinite(X).all()
+
+
+def test_messages_name_flags_on_the_command_line_and_parameters_in_python(tmp_path: Path) -> None:
+    from featurestore.errors import InputFileError
+
+    src = tmp_path / "excel.csv"
+    src.write_bytes("id,label,tweet\n1,0,wait\u2026 what\n".encode("cp1252"))
+    err = error_of(fs("ingest", str(src), "--store", str(tmp_path / "s"), *M))
+    assert "fix: --encoding cp1252" in err
+    with pytest.raises(InputFileError) as exc:
+        FeatureStore(tmp_path / "s").ingest(str(src), "d", FAKE, "raw-v1")
+    assert "fix: encoding cp1252" in str(exc.value) and "--" not in str(exc.value)
+    assert "--batch-rows must be at least 1" in error_of(fs("ingest", str(src), "--batch-rows", "0", "--encoding",
+                                                            "cp1252", "--store", str(tmp_path / "s"), *M))

@@ -92,11 +92,11 @@ def test_semicolons_inside_a_comma_file_and_explicit_sep(tmp_path: Path) -> None
     assert t.texts == ["hello, world", "a;b"] and t.labels.tolist() == ["0", "1"]
     q = _write(tmp_path / "c.csv", "id,label,tweet\n1,0,hello; world\n")
     assert read_table(str(q)).texts == ["hello; world"]
-    # --sep overrides the guess; "tab" and "\t" spell a tab
+    # sep overrides the guess; "tab" and "\t" spell a tab
     r = _write(tmp_path / "r.dat", "tweet|id\nx,y|7\n")
     assert read_table(str(r), sep="|").ids.tolist() == ["7"]
     assert read_table(str(_write(tmp_path / "t.dat", "tweet\tid\nx\t8\n")), sep="tab").ids.tolist() == ["8"]
-    assert "--sep must be one character" in _err(r, sep="||")
+    assert "sep must be one character" in _err(r, sep="||")
     # Excel's "sep=;" first line names the separator and is not the header
     e = _write(tmp_path / "excel.csv", "sep=;\r\nid;tweet\r\n1;a,b\r\n")
     assert read_table(str(e)).texts == ["a,b"]
@@ -105,7 +105,7 @@ def test_semicolons_inside_a_comma_file_and_explicit_sep(tmp_path: Path) -> None
 def test_extra_field_is_an_error_not_silently_dropped(tmp_path: Path) -> None:
     p = _write(tmp_path / "in.csv", "id;label;tweet\n1;0;hello; world\n")
     msg = _err(p)
-    assert "is not valid CSV" in msg and "Expected 3 fields" in msg and "--sep" in msg
+    assert "is not valid CSV" in msg and "Expected 3 fields" in msg and "sep" in msg
 
 
 def test_jsonl(tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_txt_numbers_lines_and_skips_blank_ones(tmp_path: Path) -> None:
     assert t.ids.tolist() == ["1", "3"] and t.texts == ["first tweet", "second, with a comma"]
     assert t.labels.tolist() == [NO_LABEL, NO_LABEL] and NO_LABEL == "" and not t.has_labels
     assert t.id_column is None and t.label_column is None and t.format == "txt"
-    assert "no columns for --label-col" in _err(p, label_col="label")
+    assert "no columns for label_col" in _err(p, label_col="label")
 
 
 def test_stdin_read_table(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,7 +163,7 @@ def test_stdin_plain_tweets_suggest_format_txt(monkeypatch: pytest.MonkeyPatch) 
     _stdin(monkeypatch, "I love my #iphone, really\nbattery died again\nok \U0001F600\n".encode())
     with pytest.raises(InputFileError) as err:
         read_table("-")
-    assert "--format txt" in str(err.value)
+    assert "fmt txt" in str(err.value)
     _stdin(monkeypatch, "I love my #iphone, really\nbattery died again\n".encode())
     assert read_table("-", fmt="txt").texts == ["I love my #iphone, really", "battery died again"]
 
@@ -232,7 +232,7 @@ def test_spreadsheet_rounded_ids_are_refused(tmp_path: Path, rounded: str) -> No
 
 def test_empty_id_names_the_row(tmp_path: Path) -> None:
     msg = _err(_write(tmp_path / "in.csv", "id,tweet\n1,a\n  ,b\n"))
-    assert "row 2: the id is empty" in msg and "--id-col ''" in msg
+    assert "row 2: the id is empty" in msg and "id_col ''" in msg
     msg = _err(_write(tmp_path / "in.jsonl", '{"id": 1, "text": "a"}\n\n{"text": "b"}\n'))
     assert "line 3: the id is empty" in msg
     assert "line 1: the id is a JSON list" in _err(_write(tmp_path / "l.jsonl", '{"id": [1], "text": "a"}\n'))
@@ -299,7 +299,7 @@ def test_single_column_is_the_text(tmp_path: Path) -> None:
 def test_no_header(tmp_path: Path) -> None:
     p = _write(tmp_path / "in.csv", "1,0,I love my #iphone\n2,1,\"battery died, again\"\n3,0,ok \U0001F600\n")
     msg = _err(p)  # the first row is not dropped as a header: it is refused
-    assert "--no-header" in msg and "looks like data" in msg
+    assert "header=False" in msg and "looks like data" in msg
     assert "has 3 columns and no header" in _err(p, header=False)
     t = read_table(str(p), header=False, text_col="3", id_col="1", label_col="2")
     _check(t)
@@ -311,13 +311,13 @@ def test_no_header(tmp_path: Path) -> None:
 def test_missing_text_column_names_the_columns_found(tmp_path: Path) -> None:
     p = _write(tmp_path / "c.csv", "id,label,note\n1,0,hi\n")
     msg = _err(p)
-    assert "no text column" in msg and "columns found: id, label, note" in msg and "--text-col" in msg
+    assert "no text column" in msg and "columns found: id, label, note" in msg and "text_col" in msg
 
 
 def test_missing_requested_columns(tmp_path: Path) -> None:
     p = _write(tmp_path / "c.csv", "id,label,tweet\n1,0,hi\n")
     msg = _err(p, id_col="status")
-    assert "no id column 'status'" in msg and "columns found: id, label, tweet" in msg and "--id-col" in msg
+    assert "no id column 'status'" in msg and "columns found: id, label, tweet" in msg and "id_col" in msg
     assert "no label column 'y'" in _err(p, label_col="y")
     assert "no text column 'body'" in _err(p, text_col="body")
 
@@ -334,7 +334,7 @@ def test_exact_repeats_are_kept_once(tmp_path: Path) -> None:
 def test_duplicate_ids_with_different_texts_or_labels(tmp_path: Path) -> None:
     p = _write(tmp_path / "c.csv", "id,tweet\n4,a\n5,b\n4,a\n4,c\n")
     msg = _err(p)
-    assert "rows 1 and 4 share id '4' with different texts" in msg and "--duplicates first|last" in msg
+    assert "rows 1 and 4 share id '4' with different texts" in msg and "duplicates first|last" in msg
     q = _write(tmp_path / "l.csv", "id,label,tweet\n1,0,same\n1,1,same\n")
     assert "rows 1 and 2 share id '1' with different labels" in _err(q)
 
@@ -347,7 +347,7 @@ def test_duplicates_first_and_last(tmp_path: Path) -> None:
     t = read_table(str(p), duplicates="last")  # the last row wins, at its own position
     assert t.ids.tolist() == ["5", "4", "6"] and t.texts == ["b", "a", "d"] and t.labels.tolist() == ["neg", "pos", "pos"]
     assert t.duplicate_rows == 2
-    assert "unknown --duplicates 'keep'; use one of: error, first, last" in _err(p, duplicates="keep")
+    assert "unknown duplicates 'keep'; use one of: error, first, last" in _err(p, duplicates="keep")
 
 
 def test_duplicates_are_fast(tmp_path: Path) -> None:
@@ -381,7 +381,7 @@ def test_utf16(tmp_path: Path, codec: str, bom: bytes) -> None:
 def test_cp1252_is_recognised_and_never_latin1(tmp_path: Path) -> None:
     p = _write(tmp_path / "excel.csv", "id,tweet\n1,fine\n2,wait\u2026 \u201cwhat\u201d\n".encode("cp1252"))
     msg = _err(p)
-    assert "line 3" in msg and "0x85" in msg and "Windows-1252" in msg and "--encoding cp1252" in msg
+    assert "line 3" in msg and "0x85" in msg and "Windows-1252" in msg and "encoding cp1252" in msg
     assert "latin-1" not in msg
     t = read_table(str(p), encoding="cp1252")
     assert t.texts == ["fine", "wait\u2026 \u201cwhat\u201d"]
@@ -390,9 +390,9 @@ def test_cp1252_is_recognised_and_never_latin1(tmp_path: Path) -> None:
 def test_latin1_bytes(tmp_path: Path) -> None:
     p = _write(tmp_path / "latin.csv", "id,tweet\n1,fine\n2,caf\u00e9 au lait\n".encode("latin-1"))
     msg = _err(p)
-    assert "line 3" in msg and "not valid UTF-8" in msg and "--encoding latin-1" in msg
+    assert "line 3" in msg and "not valid UTF-8" in msg and "encoding latin-1" in msg
     assert read_table(str(p), encoding="latin-1").texts == ["fine", "caf\u00e9 au lait"]
-    assert "unknown --encoding" in _err(p, encoding="no-such-codec")
+    assert "unknown encoding" in _err(p, encoding="no-such-codec")
     assert "line 3 is not valid utf-8" in _err(p, encoding="utf-8")
 
 
