@@ -6,7 +6,7 @@ FS := $(VENV)/bin/fs
 STORE ?= store
 DATA := data/av-twitter-sentiment
 
-.PHONY: setup demo test bench clean-store
+.PHONY: setup demo test test-fast bench clean-store
 
 setup: $(VENV)/.installed
 
@@ -26,8 +26,18 @@ demo: setup
 	$(FS) similar "my iphone battery died again" --k 5 --store $(STORE)
 	$(FS) info --store $(STORE)
 
+# `test` runs everything (CI); `test-fast` skips tests marked slow (process kills, soaks, real
+# models). pytest's exit code, 5 included (no tests collected), fails either target.
+# With pytest-xdist installed the files are spread over 2 workers (one file stays on one
+# worker: module fixtures are built once); without it the run is serial. `=`, not `:=`:
+# the check runs when the recipe does, after `setup` has built the venv.
+XDIST = $(shell $(PY) -c 'import xdist' 2>/dev/null && echo --numprocesses=2 --dist=loadfile)
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(XDIST)
 
 bench: setup
 	$(PY) bench/ingest.py

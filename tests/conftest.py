@@ -31,6 +31,19 @@ def write_csv(path: Path, rows: list[dict[str, str]], fields: tuple[str, ...] = 
     return path
 
 
+# Modules that load real models (MiniLM through sentence-transformers, the tiny real ELMo,
+# TF Hub modules) are ``slow``. They are marked here, by file name, rather than with
+# ``pytestmark`` in each module, because those files belong to the embedder work and change
+# with it; one list here keeps ``make test-fast`` (``-m "not slow"``) skipping all of them.
+REAL_MODEL_MODULES = frozenset({"test_minilm.py", "test_hub.py", "test_elmo.py", "test_elmo_export.py", "test_elmo_store.py"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in REAL_MODEL_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _clear_fake_log() -> None:
     CountingEmbedder.log.clear()

@@ -58,6 +58,41 @@ def run_fs(*args: str, timeout: float = 120, **env: str) -> subprocess.Completed
     return subprocess.run(fs_cmd(*args), cwd=ROOT, env=fs_env(**env), capture_output=True, text=True, timeout=timeout)
 
 
+@dataclass
+class Ran:
+    """One ``fs`` command's outcome, the same shape in a subprocess and in-process."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    exception: BaseException | None = None  # escaped the command (in-process only): a traceback in a real run
+    traceback: str = ""
+
+
+def run_cli(*args: str, input: str | None = None, **env: str) -> Ran:
+    """``fs ARGS`` in this process through CliRunner: what ``run_fs`` does, without a Python start-up.
+
+    The environment is ``run_fs``'s (no ``FS_FAKE_*``/``FS_STORE`` unless given), set for the
+    command only. ``py:tests...`` models import because the repository root is on ``sys.path``.
+    """
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    scrub: dict[str, str | None] = {k: None for k in os.environ if k.startswith(("FS_FAKE_", "FS_STORE"))}
+    scrub.update(env)
+    try:
+        runner = CliRunner(mix_stderr=False)  # click < 8.2 keeps stderr apart only when asked
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 always does (result.stderr)
+    r = runner.invoke(app, [str(a) for a in args], input=input, env=scrub)
+    exc = None if r.exception is None or isinstance(r.exception, SystemExit) else r.exception
+    tb = "".join(traceback.format_exception(*r.exc_info)) if exc is not None and r.exc_info else ""
+    return Ran(r.exit_code, r.stdout, r.stderr, exc, tb)
+
+
 def ingest_args(src: Path, store: Path, batch_rows: int, dataset: str = "train", *more: str) -> list[str]:
     return ["ingest", str(src), "--store", str(store), "--dataset", dataset, "--model", MODEL, "--clean", RECIPE,
             "--batch-rows", str(batch_rows), *more]
@@ -207,8 +242,8 @@ def crash_harness(
     fig = Figures()
     src = write_slice(workdir / "tweets.csv", rows)
     ref = workdir / "reference"
-    r = run_fs(*ingest_args(src, ref, batch_rows))
-    assert r.returncode == 0, r.stderr
+    r = run_cli(*ingest_args(src, ref, batch_rows))  # the clean single run: no process needed
+    assert r.returncode == 0 and r.exception is None, r.stderr + r.traceback
     store = workdir / "store"
     embed_log = workdir / "embedded.jsonl"
     n_batches = -(-rows // batch_rows)

@@ -1,8 +1,12 @@
-"""The bad-input catalogue: every row is one real ``fs`` command on a copy of a small store.
+"""The bad-input catalogue: every row is one ``fs`` command on a copy of a small store.
 
 Errors exit non-zero with one line ``Error: ...`` that names the problem and the fix,
 never a traceback, and leave the store byte for byte as it was; inputs that should
 work do, and what they stored reads back exactly. docs/integrity.md has the table.
+
+Commands run in-process (CliRunner: an exception escaping a command is the in-process
+traceback); a real ``fs`` process is started only where a signal or a resource limit
+needs one. ``tests/test_cli.py`` runs the installed ``fs`` console script once.
 """
 from __future__ import annotations
 
@@ -30,10 +34,11 @@ from tests.integrity_harness import (
     MODEL,
     RECIPE,
     ROOT,
+    Ran,
     committed_generation,
     fs_cmd,
     fs_env,
-    run_fs,
+    run_cli,
     store_vectors,
     write_slice,
 )
@@ -66,14 +71,20 @@ def files(store: Path) -> dict[str, str]:
     }
 
 
-def assert_error(r: subprocess.CompletedProcess, *fragments: str) -> str:
+def assert_error(r: Ran | subprocess.CompletedProcess, *fragments: str) -> str:
     assert r.returncode != 0, f"exit 0 for an error case: {r.stdout}"
+    assert getattr(r, "exception", None) is None, getattr(r, "traceback", "")
     assert "Traceback" not in r.stdout + r.stderr, r.stderr
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and err.startswith("Error: "), err
     for f in fragments:
         assert f in err, f"{f!r} not in {err!r}"
     return err
+
+
+def assert_ok(r: Ran) -> Ran:
+    assert r.returncode == 0 and r.exception is None, r.stdout + r.stderr + r.traceback
+    return r
 
 
 def assert_consistent(store: Path) -> None:
@@ -101,7 +112,7 @@ class Case:
     id: str
     make: Callable[[Path, Path], list[str]]
     error: tuple[str, ...] | None = None  # fragments of the one-line error; None: it must work
-    verify: Callable[[Path, subprocess.CompletedProcess], None] | None = None
+    verify: Callable[[Path, Ran], None] | None = None
     stdin: str | None = None
 
 
@@ -109,8 +120,8 @@ def ingest(path: Path | str, store: Path, *more: str, dataset: str = "extra") ->
     return ["ingest", str(path), "--store", str(store), "--dataset", dataset, *M, *more]
 
 
-def _round_trip(expected: dict[int, tuple[int, str]]) -> Callable[[Path, subprocess.CompletedProcess], None]:
-    def verify(store: Path, r: subprocess.CompletedProcess) -> None:
+def _round_trip(expected: dict[int, tuple[int, str]]) -> Callable[[Path, Ran], None]:
+    def verify(store: Path, r: Ran) -> None:
         assert rows_of(store, "extra") == expected
         X, _, ids = FeatureStore(store).xy("extra", MODEL, RECIPE, labelled=False)
         assert len(X) == len(expected) and np.isfinite(X).all()
@@ -135,26 +146,26 @@ def _csv(rows: dict[int, tuple[int, str]]) -> str:
     return buf.getvalue()
 
 
-def _similar_finds_unicode(store: Path, r: subprocess.CompletedProcess) -> None:
+def _similar_finds_unicode(store: Path, r: Ran) -> None:
     _round_trip(UNICODE)(store, r)
-    s = run_fs("similar", UNICODE[2][1], "--k", "1", "--json", "--dataset", "extra", *M, "--store", str(store))
-    assert s.returncode == 0, s.stderr
+    s = run_cli("similar", UNICODE[2][1], "--k", "1", "--json", "--dataset", "extra", *M, "--store", str(store))
+    assert_ok(s)
     hit = json.loads(s.stdout)["hits"][0]
     assert hit["text"] == UNICODE[2][1] and hit["score"] > 0.999
 
 
-def _dup_kept_once(store: Path, r: subprocess.CompletedProcess) -> None:
+def _dup_kept_once(store: Path, r: Ran) -> None:
     assert rows_of(store, "extra") == {7: (0, "same text"), 8: (1, "other")}
     assert "duplicates 1" in r.stdout
 
 
-def _labels_outside(store: Path, r: subprocess.CompletedProcess) -> None:
+def _labels_outside(store: Path, r: Ran) -> None:
     assert rows_of(store, "extra")[3] == (2, "three")
-    t = run_fs("train", "--dataset", "extra", *M, "--store", str(store))
+    t = run_cli("train", "--dataset", "extra", *M, "--store", str(store))
     assert_error(t, "labels [2] besides 0/1", "map the labels to 0/1")
 
 
-def _empty_texts(store: Path, r: subprocess.CompletedProcess) -> None:
+def _empty_texts(store: Path, r: Ran) -> None:
     X, _, ids = FeatureStore(store).xy("extra", MODEL, RECIPE)
     assert len(ids) == 2 and not X[list(ids).index(1)].any() and X[list(ids).index(2)].any()
     assert "empty after cleaning 1" in r.stdout
@@ -245,13 +256,12 @@ def test_catalogue(case: Case, store: Path, tmp_path: Path) -> None:
     inputs.mkdir()
     args = case.make(inputs, store)
     before = files(store)
-    r = subprocess.run(fs_cmd(*args), cwd=ROOT, env=fs_env(), capture_output=True, text=True, input=case.stdin or "",
-                       timeout=120)
+    r = run_cli(*args, input=case.stdin or "")
     if case.error is not None:
         assert_error(r, *case.error)
         assert files(store) == before, "an error changed the store"
     else:
-        assert r.returncode == 0, r.stderr
+        assert_ok(r)
         assert "Traceback" not in r.stderr
         case.verify(store, r)
     assert_consistent(store)
@@ -278,16 +288,15 @@ def test_disk_full_during_a_commit(store: Path, tmp_path: Path) -> None:
     assert r.returncode != 0
     assert committed_generation(store) == gen + 2  # the two batches before it are committed
     assert len(rows_of(store, "extra")) == 200
-    c = run_fs("check", "--store", str(store))
-    assert c.returncode == 0, c.stdout
-    again = run_fs(*args)
-    assert again.returncode == 0, again.stderr
+    assert_ok(run_cli("check", "--store", str(store)))
+    assert_ok(run_cli(*args))
     assert rows_of(store, "extra") == rows
     assert_consistent(store)
     assert "Traceback" not in r.stderr
     assert_error(r, "nothing from this batch was committed", "free disk space")
 
 
+@pytest.mark.slow  # a real process, interrupted with SIGINT mid-ingest
 def test_ctrl_c_during_ingest(store: Path, tmp_path: Path) -> None:
     src = write_slice(tmp_path / "more.csv", 600, start=1000)
     args = ingest(src, store, "--batch-rows", "100")
@@ -305,10 +314,8 @@ def test_ctrl_c_during_ingest(store: Path, tmp_path: Path) -> None:
     assert len(error_lines) == 1 and "batch(es) committed" in error_lines[0] and "run the same command again" in error_lines[0]
     n = int(error_lines[0].split("interrupted: ")[1].split()[0])
     assert n >= 2 and committed_generation(store) == gen + n
-    c = run_fs("check", "--store", str(store))
-    assert c.returncode == 0, c.stdout
-    again = run_fs(*args)
-    assert again.returncode == 0, again.stderr
+    assert_ok(run_cli("check", "--store", str(store)))
+    assert_ok(run_cli(*args))
     assert len(rows_of(store, "extra")) == 600
     assert_consistent(store)
 
@@ -322,17 +329,16 @@ def _latest_manifest(store: Path) -> Path:
 def test_corrupt_manifest_then_repair_recovers_every_vector(store: Path) -> None:
     vectors, rows = store_vectors(store), rows_of(store, "train")
     _latest_manifest(store).write_bytes(b"\x00garbage{{{")
-    r = run_fs("info", "--store", str(store))
+    r = run_cli("info", "--store", str(store))
     assert_error(r, "is corrupt", "fs repair --store")
-    c = run_fs("check", "--store", str(store))
-    assert c.returncode != 0 and "fs repair" in c.stdout
-    rep = run_fs("repair", "--store", str(store))
-    assert rep.returncode == 0, rep.stdout + rep.stderr
+    c = run_cli("check", "--store", str(store))
+    assert c.returncode != 0 and c.exception is None and "fs repair" in c.stdout, c.stdout + c.traceback
+    rep = assert_ok(run_cli("repair", "--store", str(store)))
     assert "store is consistent" in rep.stdout
     after = store_vectors(store)
     assert set(after) == set(vectors) and all(np.array_equal(after[k], vectors[k]) for k in vectors)
     assert rows_of(store, "train") == rows
-    assert run_fs("check", "--store", str(store)).returncode == 0
+    assert_ok(run_cli("check", "--store", str(store)))
 
 
 def test_store_from_a_newer_schema(store: Path) -> None:
@@ -341,9 +347,9 @@ def test_store_from_a_newer_schema(store: Path) -> None:
     data["schema"] = 99  # checksum left stale on purpose: the schema is judged first
     m.write_text(json.dumps(data))
     before = files(store)
-    r = run_fs("info", "--store", str(store))
+    r = run_cli("info", "--store", str(store))
     assert_error(r, "newer featurestore (schema 99)", "upgrade featurestore")
-    w = run_fs(*ingest(write(store.parent, "x.csv", HEADER + "1,0,a\n"), store))
+    w = run_cli(*ingest(write(store.parent, "x.csv", HEADER + "1,0,a\n"), store))
     assert_error(w, "newer featurestore (schema 99)")
     assert files(store) == before
 
@@ -351,23 +357,21 @@ def test_store_from_a_newer_schema(store: Path) -> None:
 def test_truncated_index_is_rebuilt(store: Path) -> None:
     query = rows_of(store, "train")[5][1]
     args = ["similar", query, "--k", "5", "--json", *M, "--store", str(store)]
-    first = run_fs(*args)
-    assert first.returncode == 0, first.stderr
+    first = assert_ok(run_cli(*args))
     faiss_file = next((store / "index").glob("*.faiss"))
     faiss_file.write_bytes(faiss_file.read_bytes()[: faiss_file.stat().st_size // 2])
-    second = run_fs(*args)
-    assert second.returncode == 0, second.stderr
+    second = assert_ok(run_cli(*args))
     a, b = json.loads(first.stdout), json.loads(second.stdout)
     assert b["info"]["index"].startswith("rebuilt"), b["info"]
     assert [(h["ids"], round(h["score"], 5)) for h in a["hits"]] == [(h["ids"], round(h["score"], 5)) for h in b["hits"]]
-    assert run_fs("check", "--store", str(store)).returncode == 0
+    assert_ok(run_cli("check", "--store", str(store)))
 
 
 # ----------------------------------------------------------------------------- no code from data files
 
-def _predict(store: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    return run_fs("predict", "--dataset", "train", "--classifier-name", "clf", "--out", str(tmp_path / "o.csv"),
-                  "--store", str(store))
+def _predict(store: Path, tmp_path: Path) -> Ran:
+    return run_cli("predict", "--dataset", "train", "--classifier-name", "clf", "--out", str(tmp_path / "o.csv"),
+                   "--store", str(store))
 
 
 def _swap_classifier(store: Path, payload: bytes, fix_manifest: bool) -> None:
@@ -380,8 +384,7 @@ def _swap_classifier(store: Path, payload: bytes, fix_manifest: bool) -> None:
 
 
 def test_predict_works_before_tampering(store: Path, tmp_path: Path) -> None:
-    r = _predict(store, tmp_path)
-    assert r.returncode == 0, r.stderr
+    assert_ok(_predict(store, tmp_path))
     assert (tmp_path / "o.csv").read_text().count("\n") == 201
 
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import FAKE, TEST_CSV, train_rows, write_csv
+from tests.conftest import FAKE, ROOT, TEST_CSV, train_rows, write_csv
 from tests.fakes import CountingEmbedder
 
 runner = CliRunner()
@@ -144,6 +147,25 @@ def test_similar_text_id_and_json(loaded: Path) -> None:
     data = json.loads(r.output)
     assert data["info"]["query"] == "embedded" and len(data["hits"]) == 10
     assert {h["ids"][0][0] for h in data["hits"]} == {"test"}
+
+
+def test_installed_fs_console_script(tmp_path: Path) -> None:
+    """The one real ``fs`` process of the suite (everything else runs in-process): the console
+    script starts, loads a ``py:`` model from the working directory, and exits non-zero with one
+    ``Error:`` line on stderr and no traceback."""
+    exe = shutil.which("fs", path=str(Path(sys.executable).parent))
+    assert exe, f"no fs console script next to {sys.executable}: pip install -e ."
+    src = write_csv(tmp_path / "t.csv", train_rows(20))
+    st = tmp_path / "store"
+    ok = subprocess.run([exe, "ingest", str(src), "--model", FAKE, "--store", str(st)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "rows read 20  new ids 20" in ok.stdout
+    bad = subprocess.run([exe, "train", "--dataset", "nope", "--model", FAKE, "--store", str(st)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
+    err = bad.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("Error: ") and "'nope' does not exist" in err, err
 
 
 def test_models_list_runs() -> None:

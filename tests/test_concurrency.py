@@ -1,6 +1,9 @@
 """One writer, many readers: while a real ``fs ingest`` commits batch after batch,
 a second writer is refused (or queues with ``--wait``) and readers - the Python API in
-threads plus the CLI - always see one consistent committed generation."""
+threads plus the CLI - always see one consistent committed generation.
+
+Real processes throughout (the lock is between processes; CliRunner swaps ``sys.stdout``
+and cannot run in reader threads), so the test is marked ``slow``."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.integrity_fakes import hash_vector
 from tests.integrity_harness import MODEL, RECIPE, ROOT, committed_generation, fs_cmd, fs_env, ingest_args, run_fs, write_slice
@@ -21,6 +25,7 @@ FIRST = 300  # committed before the background ingest starts
 TOTAL = 1500
 
 
+@pytest.mark.slow  # a ~15 s soak: one writer process, reader threads and CLI processes
 def test_one_writer_many_readers(tmp_path: Path) -> None:
     faulthandler.dump_traceback_later(240, exit=True)  # a deadlock shows its stacks instead of hanging CI
     try:

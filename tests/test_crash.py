@@ -4,6 +4,9 @@ After every kill the store opens, ``check`` passes, no committed row is lost, an
 next ingest embeds only what was never committed; the finished store equals a clean
 single run, key for key and vector for vector. Figures are printed (``pytest -s``) and
 written to ``crash_figures.txt`` under the test's tmp dir.
+
+The kill test needs real processes and is marked ``slow``; the two simulated crashes
+(a monkeypatched publish) resume through the CLI in-process.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from tests.integrity_harness import crash_harness
 KILLS = 20
 
 
+@pytest.mark.slow  # ~20 real processes killed with SIGKILL
 def test_sigkill_at_random_moments_loses_nothing_and_resumes(tmp_path: Path) -> None:
     fig = crash_harness(tmp_path, kills=KILLS, seed=20240531, rows=1000, batch_rows=100, sleep=0.01, kills_per_cycle=6, cli_check_every=10, log=print)
     report = "\n".join(fig.lines())
@@ -64,23 +68,24 @@ def _crash_before_publish(tmp_path: Path, monkeypatch, generations_before: int) 
 def test_crash_before_the_first_manifest_then_resume(tmp_path: Path, monkeypatch) -> None:
     """The very first commit of a store is killed after its segments were renamed into
     place: the next ``fs ingest`` must sweep them like any other orphans and resume."""
-    from tests.integrity_harness import ingest_args, read_state, run_fs
+    from tests.integrity_harness import ingest_args, read_state, run_cli
 
     src = _crash_before_publish(tmp_path, monkeypatch, generations_before=0)
-    c = run_fs("check", "--store", str(tmp_path / "store"))
-    assert c.returncode == 0, c.stdout + c.stderr
-    r = run_fs(*ingest_args(src, tmp_path / "store", 100))
-    assert r.returncode == 0, f"resume after a crash in the first commit failed: {r.stderr.strip()}"
+    c = run_cli("check", "--store", str(tmp_path / "store"))
+    assert c.returncode == 0 and c.exception is None, c.stdout + c.stderr + c.traceback
+    r = run_cli(*ingest_args(src, tmp_path / "store", 100))
+    assert r.returncode == 0 and r.exception is None, \
+        f"resume after a crash in the first commit failed: {r.stderr.strip()}{r.traceback}"
     assert len(read_state(tmp_path / "store").ids) == 300
 
 
 def test_crash_before_a_later_manifest_then_resume(tmp_path: Path, monkeypatch) -> None:
-    from tests.integrity_harness import ingest_args, read_state, run_fs
+    from tests.integrity_harness import ingest_args, read_state, run_cli
 
     src = _crash_before_publish(tmp_path, monkeypatch, generations_before=1)
     assert read_state(tmp_path / "store").generation == 1
-    r = run_fs(*ingest_args(src, tmp_path / "store", 100))
-    assert r.returncode == 0, r.stderr
+    r = run_cli(*ingest_args(src, tmp_path / "store", 100))
+    assert r.returncode == 0 and r.exception is None, r.stderr + r.traceback
     assert len(read_state(tmp_path / "store").ids) == 300
-    c = run_fs("check", "--store", str(tmp_path / "store"))
-    assert c.returncode == 0 and "warning" not in c.stdout, c.stdout
+    c = run_cli("check", "--store", str(tmp_path / "store"))
+    assert c.returncode == 0 and c.exception is None and "warning" not in c.stdout, c.stdout + c.traceback

@@ -1,7 +1,11 @@
 """Drift guard: the same model name and fingerprint with one weight changed must not
-silently mix its vectors into the space; the ingest stops before writing anything."""
+silently mix its vectors into the space; the ingest stops before writing anything.
+
+``fs`` runs in-process (CliRunner); ``FS_FAKE_TWEAK`` is set for that one command, and
+the CLI builds a fresh ``LinearEmbedder`` per command, which reads it."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,7 @@ from featurestore.api import FeatureStore
 from featurestore.errors import DriftError
 from featurestore.ingest import N_CANARIES
 from tests.integrity_fakes import LinearEmbedder
-from tests.integrity_harness import read_state, run_fs, write_slice
+from tests.integrity_harness import read_state, run_cli, write_slice
 
 LINEAR = "py:tests.integrity_fakes:LinearEmbedder"
 
@@ -19,14 +23,23 @@ def _files(store: Path) -> dict[str, bytes]:
     return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file() and p.name != "LOCK"}
 
 
-@pytest.fixture
-def seeded(tmp_path: Path) -> tuple[Path, Path, Path]:
-    store = tmp_path / "store"
-    first = write_slice(tmp_path / "first.csv", 200)
-    more = write_slice(tmp_path / "more.csv", 100, start=200)
-    r = run_fs("ingest", str(first), "--store", str(store), "--model", LINEAR, "--clean", "raw-v1", "--batch-rows", "50")
-    assert r.returncode == 0, r.stderr
+@pytest.fixture(scope="module")
+def seeded_once(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    d = tmp_path_factory.mktemp("drift")
+    store = d / "store"
+    first = write_slice(d / "first.csv", 200)
+    more = write_slice(d / "more.csv", 100, start=200)
+    r = run_cli("ingest", str(first), "--store", str(store), "--model", LINEAR, "--clean", "raw-v1", "--batch-rows", "50")
+    assert r.returncode == 0 and r.exception is None, r.stderr + r.traceback
     return store, first, more
+
+
+@pytest.fixture
+def seeded(seeded_once: tuple[Path, Path, Path], tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A private copy of the seeded store: tests write to it."""
+    store, first, more = seeded_once
+    shutil.copytree(store, tmp_path / "store")
+    return tmp_path / "store", first, more
 
 
 def test_space_records_canaries(seeded) -> None:
@@ -39,16 +52,16 @@ def test_cli_one_changed_weight_stops_ingest(seeded) -> None:
     store, _, more = seeded
     assert LinearEmbedder().fingerprint == LinearEmbedder(tweak=0.01).fingerprint
     before, gen = _files(store), read_state(store).generation
-    r = run_fs("ingest", str(more), "--store", str(store), "--model", LINEAR, "--clean", "raw-v1", FS_FAKE_TWEAK="0.01")
-    assert r.returncode != 0
+    r = run_cli("ingest", str(more), "--store", str(store), "--model", LINEAR, "--clean", "raw-v1", FS_FAKE_TWEAK="0.01")
+    assert r.returncode != 0 and r.exception is None, r.traceback
     err = r.stderr.strip()
     assert err.startswith("Error: ") and len(err.splitlines()) == 1 and "Traceback" not in r.stderr, err
     assert "no longer reproduces" in err and "canary" in err and "fix:" in err, err
     assert read_state(store).generation == gen
     assert _files(store) == before
     # The untouched model still ingests the same file.
-    ok = run_fs("ingest", str(more), "--store", str(store), "--model", LINEAR, "--clean", "raw-v1")
-    assert ok.returncode == 0, ok.stderr
+    ok = run_cli("ingest", str(more), "--store", str(store), "--model", LINEAR, "--clean", "raw-v1")
+    assert ok.returncode == 0 and ok.exception is None, ok.stderr + ok.traceback
     assert len(read_state(store).ids) == 300
 
 
