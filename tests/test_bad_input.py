@@ -300,7 +300,9 @@ def test_disk_full_during_a_commit(store: Path, tmp_path: Path) -> None:
 def test_ctrl_c_during_ingest(store: Path, tmp_path: Path) -> None:
     src = write_slice(tmp_path / "more.csv", 600, start=1000)
     args = ingest(src, store, "--batch-rows", "100")
-    p = subprocess.Popen(fs_cmd(*args), cwd=ROOT, env=fs_env(FS_FAKE_SLEEP="0.05"),
+    # 0.15 s a model call: ~2.4 s of work left after the second commit, so on a loaded machine
+    # the interrupt still lands mid-run (0.05 left ~0.8 s, and the run sometimes finished first).
+    p = subprocess.Popen(fs_cmd(*args), cwd=ROOT, env=fs_env(FS_FAKE_SLEEP="0.15"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     gen = committed_generation(store)
     while committed_generation(store) < gen + 2:
