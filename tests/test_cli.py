@@ -13,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from cli.main import app
+from featurestore.store import Store
 from tests.conftest import FAKE, ROOT, TEST_CSV, train_rows, write_csv
 from tests.fakes import CountingEmbedder
 
@@ -72,7 +73,7 @@ def test_ingest_prints_a_summary_and_reingest_embeds_nothing(st: Path, train_csv
     CountingEmbedder.log.clear()
     r = fs("ingest", train_csv, "--dataset", "train", "--model", FAKE, "--store", st)
     assert r.exit_code == 0, r.output
-    assert "new ids 0  duplicates 120  cache hits 0  texts embedded 0" in r.output
+    assert "new ids 0  duplicates 120" in r.output and "cache hits 0  texts embedded 0" in r.output
     assert CountingEmbedder.log == []
 
 
@@ -104,6 +105,9 @@ def test_info(loaded: Path) -> None:
 
 
 def test_info_on_an_empty_store(st: Path) -> None:
+    assert_error(fs("info", "--store", st), "does not exist", "--store")  # a mistyped path is not an empty store
+    with Store(st).writer():
+        pass  # an empty store: generation 0
     r = fs("info", "--store", st)
     assert r.exit_code == 0 and "datasets: none" in r.output and "spaces: none" in r.output
 
@@ -140,7 +144,7 @@ def test_similar_text_id_and_json(loaded: Path) -> None:
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
     assert data["info"]["query"] == "stored vector" and data["info"]["index"] == "loaded"
-    assert data["hits"][0]["ids"] == [["train", 5]] and data["hits"][0]["text"] == tweet
+    assert data["hits"][0]["ids"] == [["train", "5"]] and data["hits"][0]["text"] == tweet
     assert len(data["hits"]) == 2
     r = fs("similar", "an unseen query text", "--dataset", "test", "--json", "--model", FAKE, "--store", loaded)
     assert r.exit_code == 0, r.output
@@ -217,9 +221,9 @@ def test_empty_file(st: Path, tmp_path: Path) -> None:
 
 def test_missing_column(st: Path, tmp_path: Path) -> None:
     p = tmp_path / "c.csv"
-    p.write_text("id,body\n1,x\n")
-    assert_error(fs("ingest", p, "--model", FAKE, "--store", st), "columns found: id, body")
-    assert_error(fs("ingest", p, "--text-col", "body", "--id-col", "tid", "--model", FAKE, "--store", st),
+    p.write_text("id,note\n1,x\n")
+    assert_error(fs("ingest", p, "--model", FAKE, "--store", st), "columns found: id, note", "--text-col NAME")
+    assert_error(fs("ingest", p, "--text-col", "note", "--id-col", "tid", "--model", FAKE, "--store", st),
                  "no id column 'tid'")
 
 
@@ -231,16 +235,20 @@ def test_undecodable_bytes(st: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
 
 
-def test_labels_not_0_1_at_train(st: Path, tmp_path: Path) -> None:
-    p = write_csv(tmp_path / "l.csv", [{"id": i, "label": i % 3, "tweet": f"tweet {i}"} for i in range(12)])
+def test_three_classes_train_with_macro_f1_and_a_per_class_table(st: Path, tmp_path: Path) -> None:
+    p = write_csv(tmp_path / "l.csv", [{"id": i, "label": i % 3, "tweet": f"tweet {i}"} for i in range(60)])
     assert fs("ingest", p, "--model", FAKE, "--store", st).exit_code == 0
-    assert_error(fs("train", "--model", FAKE, "--store", st), "labels [2] besides 0/1")
+    r = fs("train", "--model", FAKE, "--store", st)
+    assert r.exit_code == 0, r.output
+    assert "classes '0', '1', '2'" in r.stdout and "(macro average)" in r.stdout
+    assert sum(1 for ln in r.stdout.splitlines() if ln.strip().startswith("'") and "support" in ln) == 3
+    assert "only 12 validation rows" in r.stderr
 
 
 def test_tiny_split_with_one_class_is_an_error_not_a_traceback(st: Path, tmp_path: Path) -> None:
     p = write_csv(tmp_path / "l.csv", [{"id": i, "label": int(i == 3), "tweet": f"tweet {i}"} for i in range(4)])
     assert fs("ingest", p, "--model", FAKE, "--store", st).exit_code == 0
-    assert_error(fs("train", "--model", FAKE, "--test-size", "0.5", "--store", st), "training split", "only label 0")
+    assert_error(fs("train", "--model", FAKE, "--test-size", "0.5", "--store", st), "training split", "only label '0'")
 
 
 def test_unknown_dataset(loaded: Path) -> None:
@@ -252,7 +260,7 @@ def test_unknown_dataset(loaded: Path) -> None:
 
 
 def test_unknown_id_and_bad_query(loaded: Path) -> None:
-    assert_error(fs("similar", "--id", "999999", "--model", FAKE, "--store", loaded), "id 999999 is not in")
+    assert_error(fs("similar", "--id", "999999", "--model", FAKE, "--store", loaded), "id '999999' is not in")
     assert_error(fs("similar", "x", "--id", "1", "--model", FAKE, "--store", loaded), "not both")
     assert_error(fs("similar", "x", "--k", "0", "--model", FAKE, "--store", loaded), "--k must be at least 1")
 
@@ -265,7 +273,7 @@ def test_unknown_model_lists_known_models(st: Path, train_csv: Path) -> None:
 
 def test_model_without_vectors_in_the_store(loaded: Path) -> None:
     assert_error(fs("train", "--model", "minilm", "--store", loaded), "no vectors for model 'minilm'",
-                 f"{FAKE} (tweet-v1)")
+                 f"({FAKE}, tweet-v1, float32, 150 vectors)")
 
 
 def test_unknown_recipe(st: Path, train_csv: Path) -> None:
@@ -298,7 +306,7 @@ def test_conflicting_text_for_a_stored_id(loaded: Path, tmp_path: Path) -> None:
     rows[1] = {**rows[1], "tweet": "a different text"}
     p = write_csv(tmp_path / "conflict.csv", rows)
     assert_error(fs("ingest", p, "--dataset", "train", "--model", FAKE, "--store", loaded),
-                 "id 2 is already in dataset 'train'")
+                 "id '2' is already in dataset 'train'")
 
 
 def test_predict_with_unknown_classifier(loaded: Path, tmp_path: Path) -> None:
