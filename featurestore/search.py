@@ -87,9 +87,9 @@ def _query_vector(store: Store, space: Space, view: View, datasets: list[Dataset
             kid, kkeys = store.dataset_keys(d, space.recipe)
             owners += [(d, kkeys[j]) for j in np.flatnonzero(kid == id)]
         if not owners:
-            raise DatasetError(f"id {id!r} is not in {where} with vectors for model {space.model!r}; check the id or the dataset")
+            raise DatasetError(f"id {id!r} is not in {where} with vectors for model {space.model!r}; check the id or [[dataset]]")
         if len(owners) > 1:
-            raise DatasetError(f"id {id!r} is in datasets {', '.join(d.name for d, _ in owners)}; pick one dataset")
+            raise DatasetError(f"id {id!r} is in datasets {', '.join(d.name for d, _ in owners)}; fix: pick one with [[dataset]]")
         row = view.row_of.get_indexer([owners[0][1]])
         return store.read_vectors(space, row), "stored vector"
     recipe = get_recipe(space.recipe)

@@ -16,6 +16,7 @@ import io
 import json
 import lzma
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ LABEL_COLUMNS = (
 )
 TEXT_COLUMNS = (
     "tweet", "text", "tweet_text", "content", "body", "message", "sentence", "full_text", "comment", "review",
+    "tweets", "texts", "messages", "sentences", "comments", "reviews", "post", "posts", "status", "document",
 )
 
 _EXTENSIONS = {
@@ -825,8 +827,16 @@ def read_table(
         if tcol is None:
             taken = {icol, lcol}
             rest = [c for c in cols if c not in taken]
-            if text_col is None and len(cols) == 1 and (frame.kind != "csv" or _name_like(cols[0])):
+            if text_col is None and len(cols) == 1 and frame.kind != "csv":
                 tcol = cols[0]
+            elif text_col is None and len(cols) == 1 and header:
+                # One unknown column: its first line may be a header or the first tweet. Guessing either
+                # way could drop a tweet or store a header as one, so the user says which.
+                raise InputFileError(
+                    f"{source} has one column, headed {_show(cols)}, which is not a known text column name; fix: if "
+                    f"that line is a header, pass [[text_col]] {shlex.quote(cols[0])}; if the file is plain tweets, "
+                    "one a line, pass [[fmt]] txt"
+                )
             elif text_col is None and len(rest) == 1 and not header:
                 tcol = rest[0]
             else:

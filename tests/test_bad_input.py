@@ -10,6 +10,7 @@ needs one. ``tests/test_cli.py`` runs the installed ``fs`` console script once.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -92,9 +93,15 @@ def assert_consistent(store: Path) -> None:
     assert report.ok, report.errors
 
 
-def rows_of(store: Path, dataset: str) -> dict[int, tuple[int, str]]:
+def rows_of(store: Path, dataset: str) -> dict[str, tuple[str, str]]:
+    """id -> (label, text) as stored: ids and labels are text ("" = no label)."""
     r = FeatureStore(store).rows(dataset)
-    return {int(i): (int(lab), t) for i, lab, t in zip(r["ids"], r["labels"], r["texts"])}
+    return {i: (lab, t) for i, lab, t in zip(r["ids"], r["labels"], r["texts"])}
+
+
+def as_stored(rows: dict) -> dict[str, tuple[str, str]]:
+    """An expected-rows dict written with int ids and labels, in the stored (text) form."""
+    return {str(i): ("" if lab is None else str(lab), t) for i, (lab, t) in rows.items()}
 
 
 def write(tmp: Path, name: str, content: str | bytes) -> Path:
@@ -122,7 +129,7 @@ def ingest(path: Path | str, store: Path, *more: str, dataset: str = "extra") ->
 
 def _round_trip(expected: dict[int, tuple[int, str]]) -> Callable[[Path, Ran], None]:
     def verify(store: Path, r: Ran) -> None:
-        assert rows_of(store, "extra") == expected
+        assert rows_of(store, "extra") == as_stored(expected)
         X, _, ids = FeatureStore(store).xy("extra", MODEL, RECIPE, labelled=False)
         assert len(X) == len(expected) and np.isfinite(X).all()
 
@@ -155,19 +162,58 @@ def _similar_finds_unicode(store: Path, r: Ran) -> None:
 
 
 def _dup_kept_once(store: Path, r: Ran) -> None:
-    assert rows_of(store, "extra") == {7: (0, "same text"), 8: (1, "other")}
+    assert rows_of(store, "extra") == as_stored({7: (0, "same text"), 8: (1, "other")})
     assert "duplicates 1" in r.stdout
 
 
-def _labels_outside(store: Path, r: Ran) -> None:
-    assert rows_of(store, "extra")[3] == (2, "three")
-    t = run_cli("train", "--dataset", "extra", *M, "--store", str(store))
-    assert_error(t, "labels [2] besides 0/1", "map the labels to 0/1")
+def _three_classes(store: Path, r: Ran) -> None:
+    assert rows_of(store, "extra")["3"] == ("2", "three")
+    t = assert_ok(run_cli("train", "--dataset", "extra", "--test-size", "0.5", *M, "--store", str(store)))
+    assert "classes '0', '1', '2'" in t.stdout and "(macro average)" in t.stdout
+    assert "warning: only" in t.stderr  # a handful of validation rows is said to be unreliable
+
+
+def _columns_reported(id_col: str, label_col: str, text_col: str, rows: dict) -> Callable[[Path, Ran], None]:
+    def verify(store: Path, r: Ran) -> None:
+        assert f"ids: column {id_col}" in r.stdout and f"labels: column {label_col}" in r.stdout
+        assert f"text: column {text_col}" in r.stdout
+        _round_trip(rows)(store, r)
+
+    return verify
+
+
+def _replaced_one(store: Path, r: Ran) -> None:
+    assert rows_of(store, "extra") == {"1": ("", "bad \ufffd here")}
+    assert "characters replaced 1" in r.stdout
+
+
+def _relabelled(store: Path) -> str:
+    """The base store's first rows again, one label changed and the others as stored."""
+    rows = rows_of(store, "train")
+    first = list(rows.items())[:3]
+    lines = [f"{i},{'1' if n == 0 and lab == '0' else '0' if n == 0 else lab},\"{t.replace(chr(34), chr(34) * 2)}\""
+             for n, (i, (lab, t)) in enumerate(first)]
+    return HEADER + "\n".join(lines) + "\n"
+
+
+def _labels_changed(store: Path, r: Ran) -> None:
+    assert "labels added 0  changed 1" in r.stdout and "texts embedded 0" in r.stdout and "new ids 0" in r.stdout
+    first = list(rows_of(store, "train").items())[0]
+    assert first[1][0] in ("0", "1")
+
+
+def _truncated_one(store: Path, r: Ran) -> None:
+    assert "truncated 1" in r.stdout
+    assert len(rows_of(store, "extra")["1"][1]) == 10_000_000  # the raw text is stored whole
+    assert_error(run_cli("similar", "--id", "1", "--k", "1", *M, "--store", str(store)), "in datasets extra, train",
+                 "--dataset")
+    s = assert_ok(run_cli("similar", "--id", "1", "--dataset", "extra", "--k", "1", *M, "--store", str(store)))
+    assert len(s.stdout) < 400  # shown cut, not 10 MB on the terminal
 
 
 def _empty_texts(store: Path, r: Ran) -> None:
     X, _, ids = FeatureStore(store).xy("extra", MODEL, RECIPE)
-    assert len(ids) == 2 and not X[list(ids).index(1)].any() and X[list(ids).index(2)].any()
+    assert len(ids) == 2 and not X[list(ids).index("1")].any() and X[list(ids).index("2")].any()
     assert "empty after cleaning 1" in r.stdout
 
 
@@ -178,8 +224,8 @@ CASES = [
     Case("whitespace-only", lambda t, s: ingest(write(t, "w.csv", "\n  \n"), s), ("is empty",)),
     Case("empty-stdin", lambda t, s: ingest("-", s), ("standard input is empty",), stdin=""),
     Case("header-only", lambda t, s: ingest(write(t, "h.csv", HEADER), s), ("header but no rows",)),
-    Case("missing-columns", lambda t, s: ingest(write(t, "c.csv", "id,label,body\n1,0,hi\n"), s),
-         ("no text column", "columns found: id, label, body", "--text-col")),
+    Case("missing-columns", lambda t, s: ingest(write(t, "c.csv", "id,label,note\n1,0,hi\n"), s),
+         ("no text column", "columns found: id, label, note", "--text-col")),
     Case("named-label-column-missing", lambda t, s: ingest(write(t, "l.csv", HEADER + "1,0,hi\n"), s, "--label-col", "y"),
          ("no label column 'y'", "columns found: id, label, tweet", "--label-col")),
     Case("bom", lambda t, s: ingest(write(t, "b.csv", "\ufeff" + HEADER + "1,0,hello bom\n"), s),
@@ -191,7 +237,7 @@ CASES = [
     Case("nul-bytes", lambda t, s: ingest(write(t, "n.csv", HEADER + "1,0,a\x00b\n2,1,c\n"), s),
          verify=_round_trip({1: (0, "a\x00b"), 2: (1, "c")})),
     Case("undecodable-bytes", lambda t, s: ingest(write(t, "u.csv", b"id,label,tweet\n1,0,ok\n2,0,bad \xff\xfe\n"), s),
-         ("line 3", "not valid utf-8", "--encoding")),
+         ("line 3", "not valid UTF-8", "--encoding")),
     Case("latin-1-with-encoding", lambda t, s: ingest(write(t, "u.csv", "id,label,tweet\n1,0,caf\xe9\n".encode("latin-1")), s,
                                                        "--encoding", "latin-1"), verify=_round_trip({1: (0, "café")})),
     Case("unknown-encoding", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, "--encoding", "klingon"),
@@ -203,19 +249,77 @@ CASES = [
     Case("duplicate-id-same-text", lambda t, s: ingest(write(t, "d.csv", HEADER + "7,0,same text\n8,1,other\n7,0,same text\n"), s),
          verify=_dup_kept_once),
     Case("duplicate-id-different-text", lambda t, s: ingest(write(t, "d.csv", HEADER + "7,0,one\n8,1,x\n7,0,two\n"), s),
-         ("rows 1 and 3 share id 7 with different texts", "fix the ids")),
+         ("rows 1 and 3 share id '7' with different texts", "--duplicates first|last")),
     Case("id-conflicts-with-stored-row", lambda t, s: ingest(write(t, "c.csv", HEADER + "1,0,not the stored text\n"), s,
                                                               dataset="train"),
-         ("id 1 is already in dataset 'train' with a different text",)),
-    Case("labels-outside-0-1", lambda t, s: ingest(write(t, "l.csv", HEADER + "1,0,one\n2,1,two\n3,2,three\n"), s),
-         verify=_labels_outside),
-    Case("nan-label", lambda t, s: ingest(write(t, "n.csv", HEADER + "1,0,a\n2,NaN,b\n"), s),
-         ("row 2: label is 'NaN'", "--label-col ''")),
-    Case("empty-label", lambda t, s: ingest(write(t, "n.csv", HEADER + "1,0,a\n2,,b\n"), s), ("row 2: label is empty",)),
-    Case("negative-label", lambda t, s: ingest(write(t, "n.csv", HEADER + "1,-3,a\n"), s), ("label is '-3'",)),
-    Case("non-integer-id", lambda t, s: ingest(write(t, "i.csv", HEADER + "1,0,a\nabc,1,b\n"), s),
-         ("id 'abc' is not an integer", "--id-col ''")),
-    Case("fractional-id", lambda t, s: ingest(write(t, "i.csv", HEADER + "1.5,0,a\n"), s), ("id '1.5' is not an integer",)),
+         ("id '1' is already in dataset 'train' with a different text",)),
+    Case("three-classes", lambda t, s: ingest(write(t, "l.csv", HEADER + "1,0,one\n2,1,two\n3,2,three\n4,0,four\n"), s),
+         verify=_three_classes),
+    Case("label-text-kept-as-given", lambda t, s: ingest(write(t, "n.csv", HEADER + "1,pos,a\n2,NaN,b\n3,-3,c\n4,,d\n"), s),
+         verify=_round_trip({1: ("pos", "a"), 2: ("NaN", "b"), 3: ("-3", "c"), 4: (None, "d")})),
+    Case("ids-as-text", lambda t, s: ingest(write(t, "i.csv", HEADER + "000123,0,a\n123,1,b\na1b2,0,c\n1.5,1,d\n"
+                                                  "12345678901234567890123,0,e\n99999999999999999999,1,f\n"), s),
+         verify=_round_trip({"000123": (0, "a"), 123: (1, "b"), "a1b2": (0, "c"), "1.5": (1, "d"),
+                             "12345678901234567890123": (0, "e"), "99999999999999999999": (1, "f")})),
+    Case("spreadsheet-rounded-id", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n1.23457E+18,1,b\n"), s),
+         ("row 2", "scientific notation", "format the id column as Text")),
+    Case("columns-any-case-and-usual-names", lambda t, s: ingest(write(t, "c.csv", "Tweet_ID,Sentiment,TEXT\n5,pos,hi\n"), s),
+         verify=_columns_reported("'Tweet_ID'", "'Sentiment'", "'TEXT'", {5: ("pos", "hi")})),
+    Case("text-col-given-others-found", lambda t, s: ingest(write(t, "c.csv", "ID,Label,body\n5,1,hi\n"), s, "--text-col",
+                                                            "body"),
+         verify=_columns_reported("'ID'", "'Label'", "'body'", {5: (1, "hi")})),
+    Case("semicolon-separated", lambda t, s: ingest(write(t, "s.csv", "id;label;tweet\n1;0;a, b\n2;1;c\n"), s),
+         verify=_round_trip({1: (0, "a, b"), 2: (1, "c")})),
+    Case("tab-separated-csv", lambda t, s: ingest(write(t, "s.csv", "id\tlabel\ttweet\n1\t0\ta\n"), s),
+         verify=_round_trip({1: (0, "a")})),
+    Case("pipe-separated", lambda t, s: ingest(write(t, "s.txt", "id|label|tweet\n1|0|a\n"), s, "--format", "csv"),
+         verify=_round_trip({1: (0, "a")})),
+    Case("gzip-named-csv", lambda t, s: ingest(write(t, "g.csv", gzip.compress((HEADER + "1,0,zipped\n").encode())), s),
+         verify=_round_trip({1: (0, "zipped")})),
+    Case("jsonl-gz", lambda t, s: ingest(write(t, "g.jsonl.gz", gzip.compress(b'{"id": 1, "label": 0, "text": "z"}\n')), s),
+         verify=_round_trip({1: (0, "z")})),
+    Case("json-array", lambda t, s: ingest(write(t, "a.json", '[{"id": "7", "text": "x"}, {"id": 8, "text": "y"}]'), s),
+         verify=_round_trip({7: (None, "x"), 8: (None, "y")})),
+    Case("header-less-csv", lambda t, s: ingest(write(t, "n.csv", "1,0,first tweet\n2,1,second\n"), s),
+         ("looks like data, not a header", "--no-header")),
+    Case("header-less-with-no-header", lambda t, s: ingest(write(t, "n.csv", "1,0,first tweet\n2,1,second\n"), s,
+                                                           "--no-header", "--id-col", "1", "--label-col", "2",
+                                                           "--text-col", "3"),
+         verify=_round_trip({1: (0, "first tweet"), 2: (1, "second")})),
+    Case("utf-16", lambda t, s: ingest(write(t, "u.csv", (HEADER + "1,0,caf\u00e9 \U0001F600\n").encode("utf-16")), s),
+         verify=_round_trip({1: (0, "caf\u00e9 \U0001F600")})),
+    Case("cp1252-suggested", lambda t, s: ingest(write(t, "w.csv", (HEADER + "1,0,wait\u2026 \u201cok\u201d\n").encode("cp1252")), s),
+         ("looks like Windows-1252", "--encoding cp1252")),
+    Case("cp1252-with-encoding", lambda t, s: ingest(write(t, "w.csv", (HEADER + "1,0,wait\u2026\n").encode("cp1252")), s,
+                                                     "--encoding", "cp1252"),
+         verify=_round_trip({1: (0, "wait\u2026")})),
+    Case("binary-file", lambda t, s: ingest(write(t, "p.csv", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), s),
+         ("looks like a binary file", "PNG")),
+    Case("plain-text-on-stdin", lambda t, s: ingest("-", s), ("--format txt",), stdin="just a tweet\nand another one\n"),
+    Case("plain-text-on-stdin-as-txt", lambda t, s: ingest("-", s, "--format", "txt"),
+         verify=_round_trip({1: (None, "just a tweet"), 2: (None, "and another one")}), stdin="just a tweet\nand another one\n"),
+    Case("unicode-line-separators-in-a-tweet", lambda t, s: ingest(write(t, "l.txt", "a\u2028b\x85c\x0bd\x0ce\nnext\n"), s),
+         verify=_round_trip({1: (None, "a\u2028b\x85c\x0bd\x0ce"), 2: (None, "next")})),
+    Case("jsonl-with-raw-u2028", lambda t, s: ingest(write(t, "l.jsonl", '{"id": 1, "text": "a\u2028b"}\n{"id": 2, "text": "c"}\n'), s),
+         verify=_round_trip({1: (None, "a\u2028b"), 2: (None, "c")})),
+    Case("lone-surrogate-in-json", lambda t, s: ingest(write(t, "l.jsonl", '{"id": 1, "text": "bad \\ud83d here"}\n'), s),
+         verify=_replaced_one),
+    Case("duplicate-id-different-label", lambda t, s: ingest(write(t, "d.csv", HEADER + "7,neg,late\n8,pos,ok\n7,neutral,late\n"), s),
+         ("rows 1 and 3 share id '7' with different labels", "--duplicates first|last")),
+    Case("duplicate-id-keep-last", lambda t, s: ingest(write(t, "d.csv", HEADER + "7,neg,late\n8,pos,ok\n7,neutral,late\n"), s,
+                                                       "--duplicates", "last"),
+         verify=_round_trip({7: ("neutral", "late"), 8: ("pos", "ok")})),
+    Case("labels-change-on-re-ingest", lambda t, s: ingest(write(t, "r.csv", _relabelled(s)), s, dataset="train"),
+         verify=_labels_changed),
+    Case("ten-mb-tweet", lambda t, s: ingest(write(t, "big.csv", HEADER + "1,0," + "word " * 2_000_000 + "\n2,1,small\n"), s),
+         verify=_truncated_one),
+    Case("mistyped-store-path", lambda t, s: ["info", "--store", str(s) + "-typo"], ("does not exist", "--store")),
+    Case("check-on-mistyped-store-path", lambda t, s: ["check", "--store", str(s) + "-typo"], ("does not exist",)),
+    Case("mistyped-option", lambda t, s: ["ingest", "x.csv", "--datset", "y", "--store", str(s)],
+         ("No such option: --datset", "--help")),
+    Case("bad-option-value", lambda t, s: ["similar", "x", "--k", "many", "--store", str(s)], ("Invalid value for '--k'",)),
+    Case("plugin-that-is-not-an-embedder", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s)[:4]
+         + ["--model", "py:os:path", "--clean", RECIPE], ("cannot load embedder 'py:os:path'", "fix:")),
     Case("bad-jsonl-line", lambda t, s: ingest(write(t, "j.jsonl", '{"text": "ok"}\n{"text": oops}\n'), s),
          ("line 2 is not valid JSON",)),
     Case("unknown-format", lambda t, s: ingest(write(t, "x.csv", HEADER), s, "--format", "xml"), ("unknown input format 'xml'",)),
@@ -228,17 +332,17 @@ CASES = [
     Case("unknown-recipe", lambda t, s: ["ingest", str(write(t, "x.csv", HEADER + "1,0,a\n")), "--store", str(s),
                                          "--model", MODEL, "--clean", "nope"], ("unknown cleaning recipe 'nope'", "raw-v1")),
     Case("no-space-for-model", lambda t, s: ["similar", "hi", "--store", str(s), "--model", MODEL, "--clean", "basic-v1"],
-         ("has no vectors for model", "fs ingest")),
+         ("has no vectors for model", "ingest with that model first")),
     Case("dataset-with-slash", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, dataset="a/b"),
          ("invalid dataset name 'a/b'", "without '/' or '..'")),
     Case("dataset-dotdot", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, dataset=".."), ("invalid dataset name '..'",)),
     Case("dataset-traversal", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, dataset="../../etc"),
          ("invalid dataset name",)),
     Case("k-zero", lambda t, s: ["similar", "hi", "--k", "0", *M, "--store", str(s)], ("--k must be at least 1, got 0",)),
-    Case("similar-neither-text-nor-id", lambda t, s: ["similar", *M, "--store", str(s)], ("give either a query text or --id",)),
-    Case("similar-unknown-id", lambda t, s: ["similar", "--id", "999999", *M, "--store", str(s)], ("id 999999 is not in",)),
+    Case("similar-neither-text-nor-id", lambda t, s: ["similar", *M, "--store", str(s)], ("give either a query text or an --id",)),
+    Case("similar-unknown-id", lambda t, s: ["similar", "--id", "999999", *M, "--store", str(s)], ("id '999999' is not in",)),
     Case("unknown-classifier-kind", lambda t, s: ["train", "--classifier", "xgb", *M, "--store", str(s)],
-         ("unknown classifier 'xgb'", "logreg")),
+         ("unknown --classifier 'xgb'", "logreg")),
     Case("test-size-out-of-range", lambda t, s: ["train", "--test-size", "1.5", *M, "--store", str(s)], ("--test-size 1.5",)),
     Case("predict-unknown-classifier", lambda t, s: ["predict", "--dataset", "train", "--classifier-name", "nope",
                                                      "--out", str(t / "o.csv"), "--store", str(s)],
@@ -290,7 +394,7 @@ def test_disk_full_during_a_commit(store: Path, tmp_path: Path) -> None:
     assert len(rows_of(store, "extra")) == 200
     assert_ok(run_cli("check", "--store", str(store)))
     assert_ok(run_cli(*args))
-    assert rows_of(store, "extra") == rows
+    assert rows_of(store, "extra") == as_stored(rows)
     assert_consistent(store)
     assert "Traceback" not in r.stderr
     assert_error(r, "nothing from this batch was committed", "free disk space")
@@ -357,7 +461,7 @@ def test_store_from_a_newer_schema(store: Path) -> None:
 
 
 def test_truncated_index_is_rebuilt(store: Path) -> None:
-    query = rows_of(store, "train")[5][1]
+    query = rows_of(store, "train")["5"][1]
     args = ["similar", query, "--k", "5", "--json", *M, "--store", str(store)]
     first = assert_ok(run_cli(*args))
     faiss_file = next((store / "index").glob("*.faiss"))

@@ -296,6 +296,15 @@ def test_single_column_is_the_text(tmp_path: Path) -> None:
     assert t.texts == ["hello, world", "second"] and t.text_column == "Tweets" and t.format == "csv (one column)"
 
 
+def test_single_unknown_column_is_never_guessed(tmp_path: Path) -> None:
+    """Its first line may be a header or the first tweet: either guess could lose or invent a tweet."""
+    p = _write(tmp_path / "in.csv", "just a tweet\nand another one\n")
+    msg = _err(p)
+    assert "has one column, headed just a tweet" in msg and "text_col 'just a tweet'" in msg and "fmt txt" in msg
+    assert read_table(str(p), text_col="just a tweet").texts == ["and another one"]
+    assert read_table(str(p), fmt="txt").texts == ["just a tweet", "and another one"]
+
+
 def test_no_header(tmp_path: Path) -> None:
     p = _write(tmp_path / "in.csv", "1,0,I love my #iphone\n2,1,\"battery died, again\"\n3,0,ok \U0001F600\n")
     msg = _err(p)  # the first row is not dropped as a header: it is refused
