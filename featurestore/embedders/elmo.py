@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -561,20 +562,26 @@ class ElmoEmbedder(Embedder):
         o = bilm.options
         n_layers = o.n_layers + 1
         self._dim = o.layer_dim * (n_layers if output == OUTPUT_ALL else 1)
-        # Token-embedding cache: the character CNN runs once per distinct token, across batches.
-        self._cache: dict[str, np.ndarray] = {}
+        # Word-embedding cache: the character CNN (+ highway + projection) runs once per distinct
+        # word, across batches; least recently used words go first beyond token_cache_size
+        # (50,000 words x projection_dim floats: 100 MB for the original model).
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._markers = bilm.embed_tokens([BOS_TOKEN, EOS_TOKEN])
+        self._marker_state = self._state_after_markers()
         self.traces = 0
         P = o.projection_dim
 
         def pooled(emb, lengths):
             self.traces += 1  # Python side effect: runs only when TF traces a new graph
             B = tf.shape(emb)[0]
-            c0 = tf.zeros([o.n_layers, 2, B, o.lstm_dim])
-            m0 = tf.zeros([o.n_layers, 2, B, P])
-            # The pooled mean never reads the LSTMs at the markers: skip those steps.
-            layers, _, _ = bilm.layers(emb, lengths, c0, m0, drop_markers=True)
-            return pool_layers(layers, lengths, output)
+            # Every sentence's forward LSTMs start with <S> and its backward ones with </S>, from
+            # a zero state: the same step for every sentence, computed once (_state_after_markers).
+            # The word rows start from its result, and the pooled mean never reads the LSTMs at
+            # the markers, so no marker step is computed here: n steps a direction for n words.
+            c0 = tf.broadcast_to(self._marker_state[0], [o.n_layers, 2, B, o.lstm_dim])
+            m0 = tf.broadcast_to(self._marker_state[1], [o.n_layers, 2, B, P])
+            layers, _, _ = bilm.layers(emb, lengths, c0, m0)
+            return pool_layers(layers, lengths, output, markers=False)
 
         self._pooled = tf.function(
             pooled,
@@ -633,7 +640,24 @@ class ElmoEmbedder(Embedder):
         return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
 
     def count_tokens(self, text: str) -> int:
-        return len(tokenize(text)) + 2
+        return len(tokenize(text))  # the markers cost no position (see pooled)
+
+    def _state_after_markers(self) -> tuple[np.ndarray, np.ndarray]:
+        """LSTM states (c, m) [n_layers, 2, 1, H] / [.., P]: forward after ``<S>``, backward after ``</S>``.
+
+        Each is one step of every layer from a zero state on a fixed input, as the packed loop
+        computes it for any sentence (tested: vectors within 1e-6 of computing the markers).
+        """
+        bilm = self.bilm
+        states = []
+        for marker in (0, 1):  # <S> row, then </S> row of self._markers
+            c, m = bilm.zero_state(1)
+            _, c, m = bilm._layers_fn(self._markers[None, marker : marker + 1], np.array([1], np.int32), c, m)
+            states.append((c.numpy(), m.numpy()))
+        (c_bos, m_bos), (c_eos, m_eos) = states
+        c = np.concatenate([c_bos[:, :1], c_eos[:, 1:]], axis=1)
+        m = np.concatenate([m_bos[:, :1], m_eos[:, 1:]], axis=1)
+        return c, m
 
     def clear_token_cache(self) -> None:
         """Forget cached word embeddings (they are recomputed identically on demand)."""
@@ -641,42 +665,52 @@ class ElmoEmbedder(Embedder):
 
     def _token_table(self, tokens: list[str]) -> list[np.ndarray]:
         """Embeddings of ``tokens`` from the cache, running the CNN once over the missing ones."""
-        missing = [t for t in dict.fromkeys(tokens) if t not in self._cache]
+        cache = self._cache
+        found: dict[str, np.ndarray] = {}
+        missing = []
+        for t in dict.fromkeys(tokens):
+            v = cache.get(t)
+            if v is None:
+                missing.append(t)
+            else:
+                found[t] = v
+                cache.move_to_end(t)
         if missing:
-            if len(self._cache) + len(missing) > self.token_cache_size:
-                self._cache.clear()  # simple bound on memory; tweets reuse few thousand words
             C = self.bilm.options.max_chars
             ids = np.full((_round_up(len(missing), 64), C), 0, np.int32)
             ids[: len(missing)] = np.stack([char_ids(t, C) for t in missing])
             vecs = self.bilm.token_embeddings(ids).numpy()
             for t, v in zip(missing, vecs):
-                self._cache[t] = v
-        return [self._cache[t] for t in tokens]
+                found[t] = cache[t] = v
+            while len(cache) > self.token_cache_size:
+                cache.popitem(last=False)
+        return [found[t] for t in tokens]
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         sents = [tokenize(t) for t in texts]
         distinct = list(dict.fromkeys(t for s in sents for t in s))
-        pos = {t: i + 2 for i, t in enumerate(distinct)}
-        table = np.concatenate([self._markers, np.stack(self._token_table(distinct))]) if distinct else self._markers
-        # Exact shapes: the graph's input_signature leaves batch and length dynamic, so it is
-        # traced once and never retraced; rounding shapes up to buckets would only add padding
-        # (measured on tweets: 1.16 positions per word exact, 1.33 with multiples of 8 and 4).
+        pos = {t: i + 1 for i, t in enumerate(distinct)}
+        P = self.bilm.options.projection_dim
+        table = np.concatenate([np.zeros((1, P), np.float32), *([np.stack(self._token_table(distinct))] if distinct else [])])
+        # Words only (the marker steps are in the initial state). Exact shapes: the graph's
+        # input_signature leaves batch and length dynamic, so it is traced once and never
+        # retraced; rounding shapes up to buckets would only add padding.
         B = len(sents)
-        T = max(len(s) for s in sents) + 2
-        idx = np.ones((B, T), np.int64)
+        T = max(1, max(len(s) for s in sents))
+        idx = np.zeros((B, T), np.int64)
         lengths = np.zeros(B, np.int32)
         for b, s in enumerate(sents):
-            idx[b, 0] = 0
-            idx[b, 1 : len(s) + 1] = [pos[t] for t in s]
-            lengths[b] = len(s) + 2
+            idx[b, : len(s)] = [pos[t] for t in s]
+            lengths[b] = len(s)
         out = self._pooled(table[idx], lengths).numpy()
         return out[: len(texts)]
 
 
-def pool_layers(layers, lengths, output: str):
+def pool_layers(layers, lengths, output: str, *, markers: bool = True):
     """Mean over real tokens (markers and padding excluded) of the ``output`` mix; TF ops.
 
     ``layers`` float32[L+1, B, T, 2P] with markers; ``lengths`` count the markers.
+    ``markers=False``: the layers hold words only and ``lengths`` count words.
     """
     tf = _tf()
     if output == OUTPUT_ELMO:
@@ -688,7 +722,10 @@ def pool_layers(layers, lengths, output: str):
         mixed = tf.concat(tf.unstack(layers, axis=0), axis=-1)  # OUTPUT_ALL
     T = tf.shape(mixed)[1]
     pos = tf.range(T)[None, :]
-    real = tf.cast((pos >= 1) & (pos < lengths[:, None] - 1), tf.float32)  # skip <S> and </S>
+    if markers:
+        real = tf.cast((pos >= 1) & (pos < lengths[:, None] - 1), tf.float32)  # skip <S> and </S>
+    else:
+        real = tf.cast(pos < lengths[:, None], tf.float32)
     n = tf.maximum(tf.reduce_sum(real, axis=1, keepdims=True), 1.0)
     return tf.reduce_sum(mixed * real[:, :, None], axis=1) / n
 
