@@ -290,6 +290,32 @@ def repair(store: Optional[Path] = StoreOpt) -> None:
     typer.echo("store is consistent")
 
 
+@app.command()
+@handle_errors
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 (every interface) only when given here."),
+    port: int = typer.Option(8080, help="TCP port."),
+    token: Optional[str] = typer.Option(None, envvar="FS_TOKEN", help="Require 'Authorization: Bearer TOKEN' "
+                                        "on every API request (or FS_TOKEN)."),
+    model: str = ModelOpt,
+    clean: Optional[str] = CleanOpt,
+    dtype: Optional[str] = DtypeOpt,
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Serve the store read-only over HTTP: /similar, /vectors, /datasets, /health, a search page at /, docs at /docs."""
+    try:
+        from featurestore import serve as serving
+    except ImportError as exc:
+        raise FeatureStoreError(f"fs serve needs FastAPI and uvicorn ({exc}); fix: pip install 'featurestore[serve]'") from None
+    if not serving.is_loopback(host) and not token:
+        typer.echo(f"warning: serving on {host} without --token: anyone who can reach this port can read the store",
+                   err=True)
+    settings = serving.Settings(store=str(store) if store else None, model=model, clean=clean, dtype=dtype, token=token)
+    serving.run(settings, host=host, port=port,
+                ready=lambda url: typer.echo(f"serving {settings.store or 'store'} read-only at {url} "
+                                             f"(docs: {url}docs); Ctrl-C stops", err=True))
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,403 @@
+"""``fs serve``: a read-only HTTP API and a search page over a store, following new generations.
+
+FastAPI and uvicorn are imported only here (the ``serve`` extra). The server holds one
+``FeatureStore``, so its search cache (checked index, key lookups) is reused across requests;
+each request first lists the manifest directory (cheap) and, when an ingest has published a
+new generation, drops what was cached for the old one. Nothing here writes to the store: no
+``Writer`` is opened. (The library may save the derived FAISS index file beside a writable
+store, as ``fs similar`` does; a read-only store is answered from an index built in memory.)
+
+Errors are JSON ``{"error": "<one line>"}``: the library's own message with parameters named
+as the HTTP parameters (``k``, ``q``, ``dataset``), status 400 for a user mistake, 404 for an
+unknown dataset or id, 401 for a missing or wrong token, 413/422 for the request limits.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable, Optional
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from featurestore import spaces
+from featurestore.api import FeatureStore
+from featurestore.embedders import DEFAULT_MODEL
+from featurestore.errors import DatasetError, FeatureStoreError
+from featurestore.manifest import Dataset, Snapshot
+from featurestore.sources import NO_LABEL
+from featurestore.store import check_dataset_name, lookup
+
+log = logging.getLogger(__name__)
+
+MAX_K = 100
+MAX_BATCH = 256
+MAX_TEXT_CHARS = 2_000
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a full batch of maximal texts in UTF-8 fits with room to spare
+MAX_HIT_TEXT_CHARS = 10_000  # a stored text can be megabytes; a hit carries its start and its length
+MAX_HIT_IDS = 100  # a text stored under thousands of ids lists the first ones and the count
+
+# Library parameter -> the HTTP parameter a client sends (the rest keep their names).
+_PARAMS = {"text": "q"}
+
+
+def param_of(name: str) -> str:
+    return _PARAMS.get(name, name)
+
+
+@dataclass(frozen=True)
+class Settings:
+    store: Optional[str] = None
+    model: str = DEFAULT_MODEL
+    clean: Optional[str] = None
+    dtype: Optional[str] = None
+    token: Optional[str] = None
+
+
+class HTTPError(Exception):
+    """A request the server refuses with ``status`` and a one-line ``message``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Service:
+    """The store as the server sees it: one ``FeatureStore`` and what is cached per generation.
+
+    One lock guards the shared ``FeatureStore``: its ``SearchCache`` dicts are not safe to
+    update from two threads, and two threads would otherwise build the same index twice.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.fs = FeatureStore(settings.store)
+        self.fs.store.require_existing()
+        self.lock = threading.Lock()
+        self._snap: Snapshot | None = None
+        self._labels: dict[str, tuple[Any, Any, np.ndarray]] = {}  # dataset -> (its segments, id index, labels)
+        self._info: tuple[int, dict[str, Any]] | None = None
+
+    # ---- generations
+
+    def generation(self) -> int:
+        """The latest published generation (-1 for a store not yet written): one directory listing."""
+        gens = self.fs.store.manifest_generations()
+        return gens[-1] if gens else -1
+
+    def snapshot(self) -> Snapshot:
+        """The latest snapshot, re-read only when a new generation has been published. Call under the lock."""
+        gen = self.generation()
+        if self._snap is None or self._snap.generation != gen:
+            self._snap = self.fs.store.require_existing().snapshot()
+        return self._snap
+
+    def _dataset_labels(self, ds: Dataset) -> tuple[Any, np.ndarray]:
+        """(id index, labels) of a dataset, re-read only when its segments changed. Call under the lock."""
+        sig = (ds.rows, ds.labels)
+        cached = self._labels.get(ds.name)
+        if cached is None or cached[0] != sig:
+            ids = self.fs.store.dataset_ids(ds)
+            cached = (sig, lookup(ids), self.fs.store.dataset_labels(ds, ids))
+            self._labels[ds.name] = cached
+        return cached[1], cached[2]
+
+    def _has_id(self, snap: Snapshot, id: str, dataset: str | None) -> bool:
+        where = [snap.datasets[dataset]] if dataset else list(snap.datasets.values())
+        return any(self._dataset_labels(ds)[0].get_indexer([id])[0] >= 0 for ds in where)
+
+    def _label(self, snap: Snapshot, dataset: str, id: str) -> str:
+        ds = snap.datasets.get(dataset)
+        if ds is None:
+            return NO_LABEL
+        index, labels = self._dataset_labels(ds)
+        pos = index.get_indexer([id])[0]
+        return str(labels[pos]) if pos >= 0 else NO_LABEL
+
+    def _dataset(self, snap: Snapshot, name: str) -> Dataset:
+        check_dataset_name(name)  # 400 for a name that cannot exist
+        if name not in snap.datasets:
+            try:
+                self.fs.store.dataset(name, snap)
+            except DatasetError as exc:
+                raise HTTPError(404, exc.render(param_of)) from None
+        return snap.datasets[name]
+
+    # ---- queries
+
+    def similar(self, q: str | None, id: str | None, k: int, dataset: str | None) -> dict[str, Any]:
+        check_k(k)
+        if q is not None:
+            check_text(q, "q")
+        s = self.settings
+        with self.lock:
+            snap = self.snapshot()
+            if dataset is not None:
+                self._dataset(snap, dataset)
+            if id is not None and q is None and not self._has_id(snap, id, dataset):
+                where = f"dataset {dataset!r}" if dataset else "any dataset"
+                raise HTTPError(404, f"id {id!r} is not in {where}; check the id or dataset")
+            hits, info = self.fs.similar(q, id=id, k=k, dataset=dataset, model=s.model, clean=s.clean, dtype=s.dtype)
+            # similar() read the latest manifest itself; name the hits in the snapshot it saw
+            snap = self.snapshot()
+            out = {
+                "generation": snap.generation,
+                "space": info.get("space"),
+                "query": info.get("query"),
+                "index": info.get("index"),
+                "hits": [self._hit(snap, h) for h in hits],
+            }
+        if "note" in info:
+            out["note"] = info["note"]
+        return out
+
+    def _hit(self, snap: Snapshot, h: Any) -> dict[str, Any]:
+        dataset, id = h.ids[0] if h.ids else ("", "")
+        return {
+            "rank": h.rank,
+            "score": round(float(h.score), 6),
+            "dataset": dataset,
+            "id": id,
+            "label": self._label(snap, dataset, id) if h.ids else NO_LABEL,
+            "text": h.text[:MAX_HIT_TEXT_CHARS],
+            "text_chars": len(h.text),
+            "ids": [{"dataset": d, "id": i} for d, i in h.ids[:MAX_HIT_IDS]],
+            "owners": len(h.ids),
+        }
+
+    def vector(self, dataset: str, id: str) -> dict[str, Any]:
+        s = self.settings
+        with self.lock:
+            snap = self.snapshot()
+            ds = self._dataset(snap, dataset)
+            if not self._has_id(snap, id, dataset):
+                raise HTTPError(404, f"id {id!r} is not in dataset {dataset!r}; check the id")
+            space = self.fs.space(s.model, s.clean, s.dtype, dataset)
+            rows = spaces.key_rows(self.fs.store, ds, space, np.array([id], dtype=object))
+            if rows[0] < 0:
+                raise HTTPError(404, f"id {id!r} of dataset {dataset!r} has no vector in space {space.describe()}; "
+                                f"fix: ingest the dataset with model {space.model!r}")
+            vec = self.fs.store.read_vectors(space, rows)[0]
+        return {
+            "dataset": dataset, "id": id, "space": space.id, "model": space.model, "recipe": space.recipe,
+            "dtype": space.dtype, "dim": space.dim, "generation": snap.generation,
+            "vector": [float(x) for x in vec.tolist()],
+        }
+
+    def datasets(self) -> dict[str, Any]:
+        with self.lock:
+            snap = self.snapshot()
+            if self._info is None or self._info[0] != snap.generation:
+                self._info = (snap.generation, self.fs.info())
+            info = self._info[1]
+        return {
+            "generation": info["generation"],
+            "datasets": [{k: d[k] for k in ("name", "rows", "labelled", "classes")} for d in info["datasets"]],
+        }
+
+    def health(self) -> dict[str, Any]:
+        with self.lock:
+            snap = self.snapshot()
+        return {
+            "status": "ok",
+            "generation": snap.generation,
+            "spaces": [{"id": sp.id, "model": sp.model, "recipe": sp.recipe, "dim": sp.dim, "dtype": sp.dtype,
+                        "vectors": sp.rows} for sp in snap.spaces.values()],
+        }
+
+
+def check_k(k: int) -> None:
+    if k > MAX_K:
+        raise HTTPError(422, f"k must be at most {MAX_K}, got {k}; fix: ask for {MAX_K} neighbours or fewer")
+
+
+def check_text(text: str, name: str) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        raise HTTPError(413, f"{name} is {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}; "
+                        "fix: send a shorter text")
+
+
+# ---- request and response bodies (they also document the API at /docs)
+
+class QueryItem(BaseModel):
+    q: Optional[str] = Field(None, description=f"query text (at most {MAX_TEXT_CHARS:,} characters)")
+    id: Optional[str] = Field(None, description="or: the id of a stored row, used as the query")
+    dataset: Optional[str] = Field(None, description="only hits of this dataset; with id: the dataset holding it")
+
+
+class BatchRequest(BaseModel):
+    queries: list[QueryItem] = Field(..., description=f"at most {MAX_BATCH} queries")
+    k: int = Field(10, description=f"neighbours per query, 1 to {MAX_K}")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is refused with 413 before it is parsed,
+    whether it declares its length or streams it in chunks."""
+
+    def __init__(self, app: Callable[..., Any], limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.message = f"request body is over {limit:,} bytes; fix: send fewer or shorter queries"
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await JSONResponse({"error": self.message}, status_code=413)(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPError(413, self.message)  # answered by the HTTPError handler inside the app
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:3]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "body", "path"))
+        got = f" (got {e['input']!r:.60})" if "input" in e and not isinstance(e["input"], (dict, list)) else ""
+        parts.append(f"{where or 'request'}: {e.get('msg', 'invalid')}{got}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The FastAPI application over ``settings.store``; raises StoreError when no store is there."""
+    service = Service(settings)
+    app = FastAPI(
+        title="featurestore",
+        description="Nearest stored tweets by cosine similarity, stored vectors and datasets, read-only. "
+        f"Limits: k <= {MAX_K}, batch <= {MAX_BATCH} queries, text <= {MAX_TEXT_CHARS:,} characters. "
+        "Errors are JSON {\"error\": \"...\"}.",
+        version=_version(),
+    )
+    app.state.service = service
+    bearer = HTTPBearer(auto_error=False, description="the server's --token")
+
+    def authorize(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
+        if settings.token is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if credentials is None or not hmac.compare_digest(given.encode(), settings.token.encode()):
+            what = "missing" if credentials is None else "wrong"
+            raise HTTPError(401, f"bearer token {what}; fix: send the header 'Authorization: Bearer <token>' "
+                            "with the server's --token")
+
+    auth = [Depends(authorize)]
+
+    @app.exception_handler(HTTPError)
+    def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(FeatureStoreError)
+    def _library_error(request: Request, exc: FeatureStoreError) -> JSONResponse:
+        return JSONResponse({"error": " ".join(exc.render(param_of).split())}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _starlette(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); this is a featurestore bug: "
+                             "please report it with the request"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("featurestore").joinpath("static/index.html").read_text("utf-8"))
+
+    @app.get("/similar", dependencies=auth, summary="Nearest stored tweets to a text or a stored row")
+    def similar_get(q: Optional[str] = None, id: Optional[str] = None, dataset: Optional[str] = None,
+                    k: int = 10) -> dict[str, Any]:
+        """``q``: a text; or ``id`` (+ ``dataset`` when the id is in several) of a stored row. With ``q``,
+        ``dataset`` keeps only that dataset's rows. ``k`` <= 100."""
+        return service.similar(q, id, k, dataset or None)  # an empty form field means "any"
+
+    @app.post("/similar", dependencies=auth, summary="Several similarity queries in one request")
+    def similar_post(body: BatchRequest) -> dict[str, Any]:
+        """Each query gets ``{"hits": [...]}`` or ``{"error": ..., "status": ...}``, in order."""
+        if len(body.queries) > MAX_BATCH:
+            raise HTTPError(413, f"batch has {len(body.queries):,} queries; the limit is {MAX_BATCH}; "
+                            "fix: split it into several requests")
+        if not body.queries:
+            raise HTTPError(400, "queries is empty; give at least one {\"q\": ...} or {\"id\": ...}")
+        check_k(body.k)
+        for n, item in enumerate(body.queries):
+            if item.q is not None:
+                check_text(item.q, f"queries[{n}].q")
+        results = []
+        for item in body.queries:
+            try:
+                results.append(service.similar(item.q, item.id, body.k, item.dataset))
+            except HTTPError as exc:
+                results.append({"error": exc.message, "status": exc.status})
+            except FeatureStoreError as exc:
+                results.append({"error": " ".join(exc.render(param_of).split()), "status": 400})
+        return {"k": body.k, "results": results}
+
+    @app.get("/vectors/{dataset}/{id}", dependencies=auth, summary="The stored vector of a row")
+    def vector(dataset: str, id: str) -> dict[str, Any]:
+        return service.vector(dataset, id)
+
+    @app.get("/datasets", dependencies=auth, summary="Datasets: rows, labelled rows, classes")
+    def datasets() -> dict[str, Any]:
+        return service.datasets()
+
+    @app.get("/health", dependencies=auth, summary="Latest generation and the stored vector spaces")
+    def health() -> dict[str, Any]:
+        return service.health()
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    return app
+
+
+def _version() -> str:
+    from featurestore import __version__
+
+    return __version__
+
+
+def run(settings: Settings, host: str = "127.0.0.1", port: int = 8080,
+        log_level: str = "info", ready: Callable[[str], None] | None = None) -> None:
+    """Serve until interrupted. ``ready`` gets the URL once the store has been opened."""
+    import uvicorn
+
+    app = create_app(settings)
+    if ready:
+        ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}/")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
