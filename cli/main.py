@@ -156,6 +156,8 @@ def train(
     if as_json:
         typer.echo(json.dumps(result_dict(r), indent=1, ensure_ascii=False))
         return
+    for note in r.notes:
+        typer.echo(f"note: {note}", err=True)
     for w in r.warnings:
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"{r.classifier} on {r.dataset} ({r.model}, {r.recipe}): {r.n_train:,} train / {r.n_valid:,} validation rows, "

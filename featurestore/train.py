@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +29,6 @@ from featurestore.store import Store
 CLASSIFIERS = ("logreg", "sgd")
 POSITIVE_NAMES = ("1", "pos", "positive", "true", "yes")  # the default positive class, in this order
 MIN_RELIABLE_VALID = 30  # fewer validation rows than this make F1 a coin toss: say so
-ReadFn = Callable[[np.ndarray], np.ndarray]  # positions -> float32 vectors
 
 
 @dataclass
@@ -53,6 +52,7 @@ class TrainResult:
     positive: str | None = None  # None: more than two classes (macro averages)
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how the fit went: memory held, epochs run
 
 
 def make_classifier(kind: str, seed: int) -> Any:
@@ -104,10 +104,96 @@ def _metrics(yv: np.ndarray, pred: np.ndarray, classes: list[str], positive: str
             "per_class": per_class}
 
 
+@dataclass(frozen=True)
+class Vectors:
+    """The vectors of labelled rows: position i is storage row ``rows[i]`` of ``space``."""
+
+    store: Store
+    space: Space
+    rows: np.ndarray
+
+    def read(self, pos: np.ndarray) -> np.ndarray:
+        return self.store.read_vectors(self.space, self.rows[pos])
+
+    def blocks(self, pos: np.ndarray, block_rows: int) -> list[np.ndarray]:
+        """``pos`` cut into groups of about ``block_rows`` positions that lie close together in storage,
+        so that each group is one contiguous read (never scattered point reads)."""
+        return np.array_split(pos[np.argsort(self.rows[pos], kind="stable")], max(1, -(-len(pos) // block_rows)))
+
+    def read_block(self, group: np.ndarray) -> np.ndarray:
+        """The vectors of one group, read as the contiguous storage range that holds them."""
+        r = self.rows[group]
+        lo, hi = int(r.min()), int(r.max()) + 1
+        if hi - lo > 4 * len(group):  # a sparse subset of a large space: point reads are cheaper
+            return self.read(group)
+        return self.store.read_range(self.space, lo, hi)[r - lo]
+
+
+def memory_available() -> int:
+    """Bytes the system can give without swapping (MemAvailable), or 0 when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def check_memory(kind: str, n: int, dim: int) -> str:
+    """What an in-memory fit needs, said up front; refused (naming sgd) when it would not fit."""
+    need = n * dim * 4 * 2  # the matrix, and the training split scikit-learn copies out of it
+    note = f"{kind} holds {n:,} x {dim} vectors in memory (about {need / 2**20:,.0f} MiB)"
+    free = memory_available()
+    if kind == "logreg" and free and need > 0.8 * free:
+        raise UsageError(
+            f"{note}, more than the {free / 2**20:,.0f} MiB available; fix: {{param}} sgd trains out of core",
+            "classifier")
+    return note
+
+
+def _fit_sgd(clf: Any, vectors: Vectors, tr: np.ndarray, y: np.ndarray, classes: list[str], seed: int,
+             block_rows: int, batch_rows: int, max_epochs: int) -> tuple[int, float, float]:
+    """Epochs of partial_fit over storage-contiguous blocks in a new random order each epoch (rows
+    shuffled within each block), stopping early when a held-out slice of the training split stops
+    improving. Returns (epochs, read seconds, fit seconds)."""
+    rng = np.random.default_rng(seed)
+    held = rng.permutation(tr)
+    n_stop = min(max(1, len(tr) // 10), 20_000) if len(tr) >= 20 else 0
+    stop_pos, fit_pos = held[:n_stop], held[n_stop:]
+    stop_X = vectors.read(np.sort(stop_pos)) if n_stop else None
+    stop_y = y[np.sort(stop_pos)] if n_stop else None
+    groups = vectors.blocks(fit_pos, block_rows)
+    labels = np.array(classes, dtype=object)
+    best, stale, t_read, t_fit, epoch = -1.0, 0, 0.0, 0.0, 0
+    for epoch in range(1, max_epochs + 1):
+        for g in rng.permutation(len(groups)):
+            t = time.perf_counter()
+            X = vectors.read_block(groups[g])
+            t_read += time.perf_counter() - t
+            t = time.perf_counter()
+            order = rng.permutation(len(X))
+            for s in range(0, len(order), batch_rows):
+                part = order[s : s + batch_rows]
+                clf.partial_fit(X[part], y[groups[g][part]], classes=labels)
+            t_fit += time.perf_counter() - t
+        if stop_X is None:
+            continue
+        score = float((clf.predict(stop_X) == stop_y).mean())
+        if score > best + 1e-4:
+            best, stale = score, 0
+        else:
+            stale += 1
+            if stale >= 2:
+                break
+    return epoch, t_read, t_fit
+
+
 def fit_and_evaluate(
-    kind: str, read: ReadFn, y: np.ndarray, classes: list[str], positive: str | None, test_size: float, seed: int,
-    chunk_rows: int = 16384,
-) -> tuple[Any, dict[str, Any], int, int, float, float, list[str]]:
+    kind: str, vectors: Vectors, y: np.ndarray, classes: list[str], positive: str | None, test_size: float,
+    seed: int, block_rows: int = 65536, batch_rows: int = 4096, max_epochs: int = 20,
+) -> tuple[Any, dict[str, Any], int, int, float, float, list[str], list[str]]:
     """Split positions like the tutorial (``train_test_split(..., random_state=seed)``), fit, score."""
     from sklearn.model_selection import train_test_split
 
@@ -130,35 +216,28 @@ def fit_and_evaluate(
     if absent:
         warnings.append(f"classes {', '.join(map(repr, absent))} have no validation rows: their scores are 0")
     clf = make_classifier(kind, seed)
-    t_read = t_fit = 0.0
-    if kind == "sgd":  # out of core: never more than chunk_rows vectors in memory
-        rng = np.random.default_rng(seed)
-        for _epoch in range(5):
-            order = rng.permutation(tr)
-            for s in range(0, len(order), chunk_rows):
-                part = np.sort(order[s : s + chunk_rows])
-                t = time.perf_counter()
-                X = read(part)
-                t_read += time.perf_counter() - t
-                t = time.perf_counter()
-                clf.partial_fit(X, y[part], classes=np.array(classes, dtype=object))
-                t_fit += time.perf_counter() - t
+    notes: list[str] = []
+    if kind == "sgd":  # out of core: one block of block_rows vectors in memory at a time
+        epochs, t_read, t_fit = _fit_sgd(clf, vectors, tr, y, classes, seed, block_rows, batch_rows, max_epochs)
         preds = []
-        for s in range(0, len(va), chunk_rows):
+        for g in vectors.blocks(va, block_rows):
             t = time.perf_counter()
-            X = read(va[s : s + chunk_rows])
+            X = vectors.read_block(g)
             t_read += time.perf_counter() - t
-            preds.append(clf.predict(X))
-        pred = np.concatenate(preds)
+            preds.append((g, clf.predict(X)))
+        pred_of = {int(p): v for g, pr in preds for p, v in zip(g, pr)}
+        pred = np.array([pred_of[int(p)] for p in va], dtype=object)
+        notes.append(f"sgd ran {epochs} epoch(s) over storage-contiguous blocks (early stopping on a held-out "
+                     "slice of the training split)")
     else:  # in memory, like the tutorial: one read of every row, then the split
         t = time.perf_counter()
-        X = read(np.arange(n))
-        t_read += time.perf_counter() - t
+        X = vectors.read(np.arange(n))
+        t_read = time.perf_counter() - t
         t = time.perf_counter()
         clf.fit(X[tr], y[tr])
-        t_fit += time.perf_counter() - t
+        t_fit = time.perf_counter() - t
         pred = clf.predict(X[va])
-    return clf, _metrics(y[va], pred, classes, positive), len(tr), len(va), t_read, t_fit, warnings
+    return clf, _metrics(y[va], pred, classes, positive), len(tr), len(va), t_read, t_fit, warnings, notes
 
 
 def train(
@@ -185,9 +264,12 @@ def train(
             f"store {store.path} is read-only: the classifier cannot be saved in {store.classifier_dir}; "
             "fix: train in a writable copy of the store, or ask its owner for write access"
         )
-    clf, metrics, n_tr, n_va, t_read, t_fit, warnings = fit_and_evaluate(
-        classifier, lambda pos: store.read_vectors(space, rows[pos]), y, classes, positive, test_size, seed
+    memory_note = check_memory(classifier, len(y), space.dim) if classifier == "logreg" else None
+    clf, metrics, n_tr, n_va, t_read, t_fit, warnings, notes = fit_and_evaluate(
+        classifier, Vectors(store, space, rows), y, classes, positive, test_size, seed
     )
+    if memory_note:
+        notes.insert(0, memory_note)
     manifest = {
         "name": name, "classifier": classifier, "dataset": dataset, "space": space.id, "model": space.model,
         "recipe": space.recipe, "dtype": space.dtype, "row_ids_sha256": ids_hash(ids), "classes": classes,
@@ -198,7 +280,7 @@ def train(
     return TrainResult(
         name, str(path), classifier, dataset, space.id, space.model, space.recipe, n_tr, n_va, metrics["f1"],
         metrics["precision"], metrics["recall"], metrics["accuracy"], t_read, t_fit, classes, positive,
-        metrics["per_class"], warnings,
+        metrics["per_class"], warnings, notes,
     )
 
 

@@ -179,3 +179,36 @@ def test_classifier_name_cannot_leave_the_store(trained_store: FeatureStore, nam
         trained_store.train("train", "fake", "raw-v1", name=name)
     assert not (trained_store.path / "escape.skops").exists()
     assert not (trained_store.path.parent / "escape.skops").exists()
+
+
+def test_sgd_reads_contiguous_blocks_and_stops_early(trained_store: FeatureStore, monkeypatch) -> None:
+    """Out of core: the fit reads storage-contiguous ranges (never scattered point reads per row), in
+    blocks, and stops when a held-out slice of the training split stops improving."""
+    from featurestore import train as training
+    from featurestore.store import Store
+
+    ranges: list[tuple[int, int]] = []
+    real = Store.read_range
+    monkeypatch.setattr(Store, "read_range", lambda self, sp, a, b: ranges.append((a, b)) or real(self, sp, a, b))
+    monkeypatch.setattr(training, "fit_and_evaluate",
+                        lambda *a, **k: _fit_and_evaluate(*a, **{**k, "block_rows": 64, "max_epochs": 30}))
+    r = trained_store.train("train", "fake", "raw-v1", classifier="sgd", name="s2")
+    assert len(ranges) >= 6 and all(b - a <= 4 * 64 + 1 for a, b in ranges)
+    epochs = int(r.notes[0].split("sgd ran ")[1].split()[0])
+    assert 2 <= epochs < 30
+    lr = trained_store.train("train", "fake", "raw-v1", name="l2")
+    assert r.accuracy >= lr.accuracy - 0.1  # learns about as well as the in-memory fit
+
+
+_fit_and_evaluate = __import__("featurestore.train", fromlist=["fit_and_evaluate"]).fit_and_evaluate
+
+
+def test_logreg_that_would_not_fit_in_memory_is_refused_naming_sgd(trained_store: FeatureStore, monkeypatch) -> None:
+    from featurestore import train as training
+
+    r = trained_store.train("train", "fake", "raw-v1", name="l3")
+    assert r.notes and "logreg holds 400 x 64 vectors in memory" in r.notes[0]
+    monkeypatch.setattr(training, "memory_available", lambda: 50_000)
+    with pytest.raises(FeatureStoreError, match="more than the 0 MiB available; fix: classifier sgd trains out of core"):
+        trained_store.train("train", "fake", "raw-v1", name="l4")
+    assert trained_store.train("train", "fake", "raw-v1", classifier="sgd", name="s4").n_train == 320
