@@ -194,10 +194,21 @@ def execute(
     max_chars: int = DEFAULT_MAX_CHARS,
     progress: ProgressFn | None = None,
 ) -> None:
-    """Embed what ``work`` lacks and commit it in batches of ``commit_rows`` rows through ``w``."""
+    """Embed what ``work`` lacks and commit it in batches of ``commit_rows`` rows through ``w``.
+
+    The model runs in one background thread, a chunk or two ahead: while it embeds chunk k+1,
+    this thread cleans and keys chunk k+2 and commits chunk k, so the model does not wait for
+    the store. Commits stay in this thread, in input order, one per chunk, with the counts,
+    drift check and canaries of a chunk-by-chunk loop; an error or Ctrl-C commits nothing after
+    the chunk it hit, and the background thread stops at its next batch before this returns.
+    """
+    import threading
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     space = work.space
     stored = space if space.segments or space.id in w.snap.spaces else None
-    have = set(work.have)
+    have = set(work.have)  # keys in the space, or in the todo of an earlier chunk (committed before this one)
     total = work.total
     labels = work.label_updates if len(work.label_updates) else None
     if total == 0:
@@ -207,41 +218,69 @@ def execute(
             summary.labels_added, summary.labels_changed = work.labels_added, work.labels_changed
         return
     n_new = len(work.new_rows)
-    drift_checked = False
-    for start in range(0, total, commit_rows):
+    lookahead = 2  # chunks prepared beyond the one being committed: one embedding, one queued
+    stop = threading.Event()
+
+    class Stopped(Exception):
+        """Raised inside the model thread, between batches, once this thread has given up."""
+
+    @dataclass
+    class Chunk:
+        sl: slice
+        keys: list[bytes]
+        todo: dict[bytes, str]
+        counts: tuple[int, int, int, int]  # rows keyed, cache hits, empty after cleaning, truncated
+        advanced: float = 0.0  # rows reported for this chunk; topped up to the exact count at its commit
+        future: Future | None = None
+
+    def advance(chunk: Chunk, n: float) -> None:
+        chunk.advanced += n
+        if progress:
+            progress(n, total)
+
+    def prepare(start: int) -> Chunk:
         sl = slice(start, min(start + commit_rows, total))
-        chunk_ids = work.ids[sl]
         t = time.perf_counter()
         cleaned = recipe.clean(work.texts[sl])
         summary.timings["clean"] = summary.timings.get("clean", 0.0) + time.perf_counter() - t
         long = [i for i, c in enumerate(cleaned) if len(c) > max_chars]
         for i in long:
             cleaned[i] = cleaned[i][:max_chars]
-        summary.truncated += len(long)
         keys = text_keys(recipe.name, cleaned)
-        summary.empty_after_cleaning += sum(1 for c in cleaned if not c.strip())
         todo: dict[bytes, str] = {}
         for k, c in zip(keys, cleaned):
             if k not in have and k not in todo:
                 todo[k] = c
-        summary.rows_keyed += len(keys)
-        summary.cache_hits += len(keys) - len(todo)
+        have.update(todo)
+        empty = sum(1 for c in cleaned if not c.strip())
+        return Chunk(sl, keys, todo, (len(keys), len(keys) - len(todo), empty, len(long)))
+
+    def embed(chunk: Chunk) -> tuple[np.ndarray, float]:
+        per_text = (chunk.sl.stop - chunk.sl.start) / len(chunk.todo)
+
+        def report(n: int) -> None:
+            if stop.is_set():
+                raise Stopped
+            advance(chunk, n * per_text)
+
+        if stop.is_set():
+            raise Stopped
+        t = time.perf_counter()
+        vectors = embedder.embed(list(chunk.todo.values()), progress=report)
+        return vectors, time.perf_counter() - t
+
+    def commit(chunk: Chunk) -> None:
+        nonlocal stored, labels
+        sl, todo = chunk.sl, chunk.todo
+        keyed, hits, empty, truncated = chunk.counts
+        summary.rows_keyed += keyed
+        summary.cache_hits += hits
+        summary.empty_after_cleaning += empty
+        summary.truncated += truncated
         vectors = np.zeros((0, space.dim), np.float32)
-        advanced = [0.0]  # rows reported for this chunk; topped up to the exact count at its commit
-
-        def advance(n: float) -> None:
-            advanced[0] += n
-            if progress:
-                progress(n, total)
-
-        if todo:
-            if not drift_checked and stored is not None:
-                check_drift(w.store, stored, embedder, recipe)
-            drift_checked = True
-            per_text = len(chunk_ids) / len(todo)
-            t = time.perf_counter()
-            vectors = embedder.embed(list(todo.values()), progress=lambda n: advance(n * per_text))
-            summary.timings["embed"] = summary.timings.get("embed", 0.0) + time.perf_counter() - t
+        if chunk.future is not None:
+            vectors, seconds = chunk.future.result()
+            summary.timings["embed"] = summary.timings.get("embed", 0.0) + seconds
         if stored is None:
             canaries = tuple(c for c in todo.values() if c.strip() and len(c) <= CANARY_MAX_CHARS)[:N_CANARIES]
             target = replace(space, canaries=canaries)
@@ -252,23 +291,55 @@ def execute(
         w.commit(
             work.dataset,
             vectors=VectorBatch(target, np.array(list(todo), dtype=KEY_DTYPE), vectors),
-            rows=_slice_rows(work.new_rows, slice(start, min(sl.stop, n_new))) if start < n_new else None,
-            keys=KeyBatch(recipe.name, chunk_ids[needs_key], np.array(keys, dtype=KEY_DTYPE)[needs_key]),
+            rows=_slice_rows(work.new_rows, slice(sl.start, min(sl.stop, n_new))) if sl.start < n_new else None,
+            keys=KeyBatch(recipe.name, work.ids[sl][needs_key], np.array(chunk.keys, dtype=KEY_DTYPE)[needs_key]),
             labels=labels,
         )
         summary.timings["commit"] = summary.timings.get("commit", 0.0) + time.perf_counter() - t
         if labels is not None:  # label updates go with the first batch
             summary.labels_added, summary.labels_changed = work.labels_added, work.labels_changed
             labels = None
-        advance(len(chunk_ids) - advanced[0])
+        advance(chunk, (sl.stop - sl.start) - chunk.advanced)
         stored = w.snap.spaces[space.id]
-        have.update(todo)
         summary.batches_committed += 1
-        summary.new_ids += max(0, min(sl.stop, n_new) - start)
+        summary.new_ids += max(0, min(sl.stop, n_new) - sl.start)
         summary.embedded += len(todo)
         if todo:
             summary.device = embedder.device
-        log.debug("committed batch %d: %d rows, %d embedded", summary.batches_committed, len(chunk_ids), len(todo))
+        log.debug("committed batch %d: %d rows, %d embedded", summary.batches_committed, sl.stop - sl.start, len(todo))
+
+    pending: deque[Chunk] = deque()
+    drift_checked = False
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fs-embed")
+    try:
+        for start in range(0, total, commit_rows):
+            try:
+                chunk = prepare(start)
+                if chunk.todo and not drift_checked:
+                    while pending:  # the canaries are checked against the space as committed so far
+                        commit(pending.popleft())
+                    if stored is not None:
+                        check_drift(w.store, stored, embedder, recipe)
+                    drift_checked = True
+            except Exception:
+                while pending:  # a chunk-by-chunk loop would have committed these before failing here
+                    commit(pending.popleft())
+                raise
+            if chunk.todo:
+                chunk.future = pool.submit(embed, chunk)
+            pending.append(chunk)
+            while len(pending) > lookahead:
+                commit(pending.popleft())
+        while pending:
+            commit(pending.popleft())
+    except BaseException:
+        stop.set()
+        for chunk in pending:
+            if chunk.future is not None:
+                chunk.future.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def ingest(

@@ -4,7 +4,9 @@ An embedder's :class:`Fingerprint` (typed, validated) names everything that chan
 every subclass's ``fingerprint`` property is checked to return one.
 
 Batches are formed by length under a token budget, so a batch of short tweets is
-large and a batch holding a long one is small, and few positions are padding.
+large and a batch holding a long one is small, and few positions are padding. The budget and
+the batch size may depend on where the model runs (``batch_limits``): CPUs are fastest with
+small batches, GPUs with large ones.
 Empty texts never reach the model: their vector is all zeros (documented; never NaN).
 """
 from __future__ import annotations
@@ -191,6 +193,10 @@ class Embedder(ABC):
         """Where the model runs, for summaries."""
         return "cpu"
 
+    def batch_limits(self) -> tuple[int, int]:
+        """``(max_batch_tokens, max_batch_size)`` for the next :meth:`embed`; override to depend on the device."""
+        return self.max_batch_tokens, self.max_batch_size
+
     def embed(self, texts: Sequence[str], progress: BatchProgressFn | None = None) -> np.ndarray:
         """Embed any number of texts in length-bucketed batches; order is preserved."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -198,7 +204,8 @@ class Embedder(ABC):
         if progress and len(todo) < len(texts):
             progress(len(texts) - len(todo))
         lengths = [self.count_tokens(texts[i]) for i in todo]
-        for batch in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+        max_tokens, max_size = self.batch_limits()
+        for batch in plan_batches(lengths, max_tokens, max_size):
             idx = [todo[j] for j in batch]
             vecs = np.asarray(self.embed_batch([texts[i] for i in idx]), dtype=np.float32)
             if vecs.shape != (len(idx), self.dim):

@@ -36,8 +36,13 @@ class MiniLMEmbedder(Embedder):
     """sentence-transformers/all-MiniLM-L6-v2: 384-d, mean-pooled, normalised."""
 
     name = "minilm"
+    # Batch shape by device, from a measured sweep (docs/benchmarks.md): on a CPU, batches of 32
+    # length-sorted tweets beat 256 by ~1.5x (the working set of small batches stays in cache);
+    # a GPU wants large batches to fill it.
     max_batch_tokens = 16384
     max_batch_size = 256
+    cpu_batch_tokens = 32 * 128
+    cpu_batch_size = 32
 
     def __init__(self, model_dir: str | os.PathLike | None = None) -> None:
         self.model_dir = Path(model_dir) if model_dir else _model_dir()
@@ -77,9 +82,14 @@ class MiniLMEmbedder(Embedder):
         # Word pieces run about 1.3 per whitespace token on tweets; exactness is not needed here.
         return min(256, int(len(text.split()) * 1.3) + 2)
 
+    def batch_limits(self) -> tuple[int, int]:
+        if self.device.startswith("cpu"):
+            return self.cpu_batch_tokens, self.cpu_batch_size
+        return self.max_batch_tokens, self.max_batch_size
+
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         model = self._model
-        with _quiet_transformers():
+        with _quiet_transformers(), _torch_threads(model.device.type):
             return model.encode(
                 texts,
                 batch_size=len(texts),
@@ -87,6 +97,34 @@ class MiniLMEmbedder(Embedder):
                 normalize_embeddings=True,
                 show_progress_bar=False,
             ).astype(np.float32)
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _torch_threads(device: str) -> Iterator[None]:
+    """On a CPU, torch's intra-op threads = the cores this process may use, inside the block only.
+
+    torch sizes its pool from the machine's cores, not the process's CPU affinity (a container or
+    ``taskset``), and a caller may have changed it; more threads than cores thrash.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    want = _cores()
+    if device != "cpu" or before == want:
+        yield
+        return
+    torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
