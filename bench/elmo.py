@@ -157,6 +157,32 @@ def reference_vectors(emb: ElmoEmbedder, texts: list[str]) -> np.ndarray:
                      for b in range(len(texts))])
 
 
+def sweep(args: argparse.Namespace) -> dict[str, object]:
+    """Batch shapes by measurement: each size once a round, rounds interleaved against load drift."""
+    sizes = [int(x) for x in args.sweep.split(",")]
+    texts = load_tweets(args.n)
+    words = sum(len(t.split()) for t in texts)
+    model = peer_dir() / "elmo_full_random"
+    with tempfile.TemporaryDirectory() as tmp:
+        if not (model / "weights.hdf5").is_file():
+            model = Path(tmp)
+            write_random_model(model)
+        emb = ElmoEmbedder.from_path(str(model))
+    emb.embed(["warm up the graph"])
+    print(f"machine: {machine()}\nsweep: {len(texts)} tweets, {words} words; words/s per max_batch_size", flush=True)
+    found: dict[int, list[float]] = {n: [] for n in sizes}
+    for r in range(max(1, args.rounds)):
+        for n in sizes:
+            emb.max_batch_size, emb.max_batch_tokens = n, 64 * n
+            found[n].append(run_ours(emb, texts)["words_per_s"])
+            print(f"  round {r + 1} max_batch_size {n:5d}: {found[n][-1]} words/s (load {os.getloadavg()[0]:.1f})", flush=True)
+    res = {"sweep": {str(n): v for n, v in found.items()}, "words": words}
+    print("best of rounds: " + ", ".join(f"{n}: {max(v)}" for n, v in found.items()), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="tweets, first N rows of the AV train file (default 2000)")
@@ -164,8 +190,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--no-peer", action="store_true", help="ours only")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="override ElmoEmbedder.max_batch_tokens")
     parser.add_argument("--max-batch-size", type=int, default=None, help="override ElmoEmbedder.max_batch_size")
+    parser.add_argument("--sweep", default=None, metavar="SIZES",
+                        help="ours only: max_batch_size values (token budget 64 x size), e.g. 128,256,512,1024, "
+                             "run in interleaved rounds in this process")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.sweep:
+        return sweep(args)
 
     res: dict[str, object] = {"machine": machine(), "n": args.n}
     print(f"machine: {res['machine']}", flush=True)
@@ -212,9 +243,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if "peer" in row:
             row["ratio"] = round(ours["words_per_s"] / row["peer"]["tok_per_s"], 2)
             row["ratio_vs_peer_excl_first"] = round(ours["words_per_s"] / row["peer"]["tok_per_s_excl_first"], 2)
-            print(f"[round {r + 1}] ratio ours / peer: {row['ratio']}x ({row['ratio_vs_peer_excl_first']}x against "
-                  "the peer without its first batch)", flush=True)
         row["load_avg_after"] = round(os.getloadavg()[0], 2)
+        if "peer" in row:
+            print(f"[round {r + 1}] ratio ours / peer: {row['ratio']}x ({row['ratio_vs_peer_excl_first']}x against "
+                  f"the peer without its first batch); 1-min load average {row['load_avg_before']} before the peer, "
+                  f"{row['load_avg_after']} after ours, on {os.cpu_count()} cores", flush=True)
         rounds.append(row)
     res["rounds"] = rounds
     gemm_after = sgemm_gflops()
