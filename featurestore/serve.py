@@ -9,7 +9,8 @@ store, as ``fs similar`` does; a read-only store is answered from an index built
 
 Errors are JSON ``{"error": "<one line>"}``: the library's own message with parameters named
 as the HTTP parameters (``k``, ``q``, ``dataset``), status 400 for a user mistake, 404 for an
-unknown dataset or id, 401 for a missing or wrong token, 413/422 for the request limits.
+unknown dataset or id, 401 for a missing or wrong token, 413/422 for the request limits, 503 when
+the store itself cannot be read (a corrupt manifest: ``fs repair``).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from featurestore import spaces
 from featurestore.api import FeatureStore
 from featurestore.embedders import DEFAULT_MODEL
-from featurestore.errors import DatasetError, FeatureStoreError
+from featurestore.errors import DatasetError, FeatureStoreError, StoreError
 from featurestore.manifest import Dataset, Snapshot
 from featurestore.sources import NO_LABEL
 from featurestore.store import check_dataset_name, lookup
@@ -92,7 +93,8 @@ class Service:
         self.settings = settings
         self.fs = FeatureStore(settings.store)
         self.fs.store.require_existing()
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # calls into the FeatureStore
+        self._meta_lock = threading.Lock()  # the cached snapshot and labels: /health never waits for a search
         self._snap: Snapshot | None = None
         self._labels: dict[str, tuple[Any, Any, np.ndarray]] = {}  # dataset -> (its segments, id index, labels)
         self._info: tuple[int, dict[str, Any]] | None = None
@@ -105,33 +107,44 @@ class Service:
         return gens[-1] if gens else -1
 
     def snapshot(self) -> Snapshot:
-        """The latest snapshot, re-read only when a new generation has been published. Call under the lock."""
+        """The latest snapshot, re-read only when a new generation has been published."""
         gen = self.generation()
-        if self._snap is None or self._snap.generation != gen:
-            self._snap = self.fs.store.require_existing().snapshot()
-        return self._snap
+        with self._meta_lock:
+            if self._snap is None or self._snap.generation != gen:
+                self._snap = self.fs.store.require_existing().snapshot()
+            return self._snap
 
     def _dataset_labels(self, ds: Dataset) -> tuple[Any, np.ndarray]:
-        """(id index, labels) of a dataset, re-read only when its segments changed. Call under the lock."""
+        """(id index, labels) of a dataset, re-read only when its segments changed."""
         sig = (ds.rows, ds.labels)
-        cached = self._labels.get(ds.name)
-        if cached is None or cached[0] != sig:
-            ids = self.fs.store.dataset_ids(ds)
-            cached = (sig, lookup(ids), self.fs.store.dataset_labels(ds, ids))
-            self._labels[ds.name] = cached
+        with self._meta_lock:
+            cached = self._labels.get(ds.name)
+            if cached is None or cached[0] != sig:
+                ids = self.fs.store.dataset_ids(ds)
+                cached = (sig, lookup(ids), self.fs.store.dataset_labels(ds, ids))
+                self._labels[ds.name] = cached
         return cached[1], cached[2]
 
     def _has_id(self, snap: Snapshot, id: str, dataset: str | None) -> bool:
         where = [snap.datasets[dataset]] if dataset else list(snap.datasets.values())
         return any(self._dataset_labels(ds)[0].get_indexer([id])[0] >= 0 for ds in where)
 
-    def _label(self, snap: Snapshot, dataset: str, id: str) -> str:
-        ds = snap.datasets.get(dataset)
-        if ds is None:
-            return NO_LABEL
-        index, labels = self._dataset_labels(ds)
-        pos = index.get_indexer([id])[0]
-        return str(labels[pos]) if pos >= 0 else NO_LABEL
+    def _labels_of(self, snap: Snapshot, owners: list[tuple[str, str]]) -> list[str]:
+        """Current labels of (dataset, id) pairs: one index lookup per dataset."""
+        out = [NO_LABEL] * len(owners)
+        by_dataset: dict[str, list[int]] = {}
+        for n, (dataset, _) in enumerate(owners):
+            by_dataset.setdefault(dataset, []).append(n)
+        for dataset, where in by_dataset.items():
+            ds = snap.datasets.get(dataset)
+            if ds is None:
+                continue
+            index, labels = self._dataset_labels(ds)
+            pos = index.get_indexer(np.array([owners[n][1] for n in where], dtype=object))
+            for n, p in zip(where, pos.tolist()):
+                if p >= 0:
+                    out[n] = str(labels[p])
+        return out
 
     def _dataset(self, snap: Snapshot, name: str) -> Dataset:
         check_dataset_name(name)  # 400 for a name that cannot exist
@@ -157,27 +170,31 @@ class Service:
                 where = f"dataset {dataset!r}" if dataset else "any dataset"
                 raise HTTPError(404, f"id {id!r} is not in {where}; check the id or dataset")
             hits, info = self.fs.similar(q, id=id, k=k, dataset=dataset, model=s.model, clean=s.clean, dtype=s.dtype)
-            # similar() read the latest manifest itself; name the hits in the snapshot it saw
+            # similar() read the latest manifest itself, this one or a newer one: the answer reflects at
+            # least `generation`; labels are named from the latest snapshot, which covers every hit
+            generation = snap.generation
             snap = self.snapshot()
             out = {
-                "generation": snap.generation,
+                "generation": generation,
                 "space": info.get("space"),
                 "query": info.get("query"),
                 "index": info.get("index"),
-                "hits": [self._hit(snap, h) for h in hits],
+                "hits": [self._hit(h, label) for h, label in
+                         zip(hits, self._labels_of(snap, [h.ids[0] if h.ids else ("", "") for h in hits]))],
             }
         if "note" in info:
             out["note"] = info["note"]
         return out
 
-    def _hit(self, snap: Snapshot, h: Any) -> dict[str, Any]:
+    @staticmethod
+    def _hit(h: Any, label: str) -> dict[str, Any]:
         dataset, id = h.ids[0] if h.ids else ("", "")
         return {
             "rank": h.rank,
             "score": round(float(h.score), 6),
             "dataset": dataset,
             "id": id,
-            "label": self._label(snap, dataset, id) if h.ids else NO_LABEL,
+            "label": label,  # of the first owner
             "text": h.text[:MAX_HIT_TEXT_CHARS],
             "text_chars": len(h.text),
             "ids": [{"dataset": d, "id": i} for d, i in h.ids[:MAX_HIT_IDS]],
@@ -215,8 +232,7 @@ class Service:
         }
 
     def health(self) -> dict[str, Any]:
-        with self.lock:
-            snap = self.snapshot()
+        snap = self.snapshot()
         return {
             "status": "ok",
             "generation": snap.generation,
@@ -320,7 +336,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(FeatureStoreError)
     def _library_error(request: Request, exc: FeatureStoreError) -> JSONResponse:
-        return JSONResponse({"error": " ".join(exc.render(param_of).split())}, status_code=400)
+        # a store that cannot be read (corrupt manifest, permissions) is the server's problem, not the request's
+        status = 503 if isinstance(exc, StoreError) else 400
+        return JSONResponse({"error": " ".join(exc.render(param_of).split())}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -367,7 +385,8 @@ def create_app(settings: Settings) -> FastAPI:
             except HTTPError as exc:
                 results.append({"error": exc.message, "status": exc.status})
             except FeatureStoreError as exc:
-                results.append({"error": " ".join(exc.render(param_of).split()), "status": 400})
+                status = 503 if isinstance(exc, StoreError) else 400
+                results.append({"error": " ".join(exc.render(param_of).split()), "status": status})
         return {"k": body.k, "results": results}
 
     @app.get("/vectors/{dataset}/{id}", dependencies=auth, summary="The stored vector of a row")

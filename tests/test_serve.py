@@ -227,6 +227,14 @@ def test_a_truncated_index_is_never_served(store: Path) -> None:
     assert [(h["id"], h["score"]) for h in again["hits"]] == [(h["id"], h["score"]) for h in good["hits"]]
 
 
+def test_a_corrupt_manifest_is_a_503_naming_fs_repair(store: Path) -> None:
+    c = client_for(store)
+    assert c.get("/health").status_code == 200
+    latest = max((store / "manifest").glob("*.json"))
+    latest.write_text("{not json")
+    assert "fs repair" in error_of(c.get("/similar", params={"q": "hello"}), 503)
+
+
 # ---- the command
 
 def test_serve_command_binds_loopback_by_default_and_warns_without_token_elsewhere(
