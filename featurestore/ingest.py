@@ -9,9 +9,13 @@ stopped at any point resumes by embedding only what was never committed.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import numpy as np
 
@@ -183,6 +187,24 @@ def _slice_rows(rows: RowBatch, sl: slice) -> RowBatch:
     return RowBatch(rows.ids[sl], rows.labels[sl], rows.digests[sl], rows.texts[sl])
 
 
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done, then raise it: a
+    commit and the summary's count of it happen together. Only the main thread can take signals;
+    elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def execute(
     w: Writer,
     work: WorkList,
@@ -202,7 +224,6 @@ def execute(
     drift check and canaries of a chunk-by-chunk loop; an error or Ctrl-C commits nothing after
     the chunk it hit, and the background thread stops at its next batch before this returns.
     """
-    import threading
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -213,9 +234,10 @@ def execute(
     labels = work.label_updates if len(work.label_updates) else None
     if total == 0:
         if labels is not None:
-            w.commit(work.dataset, labels=labels)
-            summary.batches_committed += 1
-            summary.labels_added, summary.labels_changed = work.labels_added, work.labels_changed
+            with _interrupt_after():
+                w.commit(work.dataset, labels=labels)
+                summary.batches_committed += 1
+                summary.labels_added, summary.labels_changed = work.labels_added, work.labels_changed
         return
     n_new = len(work.new_rows)
     lookahead = 2  # chunks prepared beyond the one being committed: one embedding, one queued
@@ -288,22 +310,23 @@ def execute(
             target = stored
         needs_key = work.needs_key[sl]
         t = time.perf_counter()
-        w.commit(
-            work.dataset,
-            vectors=VectorBatch(target, np.array(list(todo), dtype=KEY_DTYPE), vectors),
-            rows=_slice_rows(work.new_rows, slice(sl.start, min(sl.stop, n_new))) if sl.start < n_new else None,
-            keys=KeyBatch(recipe.name, work.ids[sl][needs_key], np.array(chunk.keys, dtype=KEY_DTYPE)[needs_key]),
-            labels=labels,
-        )
+        with _interrupt_after():  # a Ctrl-C here waits until the summary counts what was committed
+            w.commit(
+                work.dataset,
+                vectors=VectorBatch(target, np.array(list(todo), dtype=KEY_DTYPE), vectors),
+                rows=_slice_rows(work.new_rows, slice(sl.start, min(sl.stop, n_new))) if sl.start < n_new else None,
+                keys=KeyBatch(recipe.name, work.ids[sl][needs_key], np.array(chunk.keys, dtype=KEY_DTYPE)[needs_key]),
+                labels=labels,
+            )
+            if labels is not None:  # label updates go with the first batch
+                summary.labels_added, summary.labels_changed = work.labels_added, work.labels_changed
+                labels = None
+            stored = w.snap.spaces[space.id]
+            summary.batches_committed += 1
+            summary.new_ids += max(0, min(sl.stop, n_new) - sl.start)
+            summary.embedded += len(todo)
         summary.timings["commit"] = summary.timings.get("commit", 0.0) + time.perf_counter() - t
-        if labels is not None:  # label updates go with the first batch
-            summary.labels_added, summary.labels_changed = work.labels_added, work.labels_changed
-            labels = None
         advance(chunk, (sl.stop - sl.start) - chunk.advanced)
-        stored = w.snap.spaces[space.id]
-        summary.batches_committed += 1
-        summary.new_ids += max(0, min(sl.stop, n_new) - sl.start)
-        summary.embedded += len(todo)
         if todo:
             summary.device = embedder.device
         log.debug("committed batch %d: %d rows, %d embedded", summary.batches_committed, sl.stop - sl.start, len(todo))

@@ -235,3 +235,20 @@ def test_plan_is_pure_bookkeeping_without_a_model(fs: FeatureStore, tmp_path: Pa
     assert work.ids.tolist() == ["1", "2"] and len(work.new_rows) == 0 and work.needs_key.all() and not work.have
     with pytest.raises(DatasetError, match="id '1' is already in dataset 'd' with a different text"):
         plan(fs.store, snap, _table(["1"], [""], ["not one"]), "d", stored)
+
+
+def test_ctrl_c_during_a_commit_is_held_until_the_summary_counts_it() -> None:
+    """A SIGINT landing between a commit and its bookkeeping used to report one batch too few."""
+    import os
+    import signal
+
+    from featurestore.ingest import _interrupt_after
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupt_after():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("committed")  # still runs: the interrupt waits for the block to end
+            done.append("counted")
+    assert done == ["committed", "counted"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
