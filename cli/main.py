@@ -146,13 +146,34 @@ def train(
     test_size: float = typer.Option(0.2, help="Held-out fraction for validation."),
     seed: int = typer.Option(42, help="random_state of the split and the classifier."),
     name: Optional[str] = typer.Option(None, help="Name to save the classifier under [default: DATASET-MODEL-CLASSIFIER]."),
+    features: Optional[str] = typer.Option(
+        None, "--features", "-f",
+        help="Feature spec: stored spaces and text features joined by '+', e.g. minilm+tfidf-char; "
+        "tfidf-word and tfidf-char read the stored text cleaned by basic-v1 (tfidf-char@raw-v1 picks a recipe); "
+        "alternatives for the search separated by ','. Fitted on the training split only; saved with the classifier."),
+    search: Optional[str] = typer.Option(
+        None, help="Choose C, class weight, n-gram ranges and features by stratified K-fold CV on the training "
+        "split only: none, quick (about a minute) or full [default: none; with neither --features nor --search the "
+        "plain vectors of --model are used]."),
+    folds: int = typer.Option(5, help="Cross-validation folds (with --features/--search)."),
+    time_limit: Optional[float] = typer.Option(None, help="Seconds after which the search starts no new "
+                                               "candidates [default: 90 quick, 900 full]."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Do not write the confusion matrix and "
+                                  "precision-recall PNGs beside the classifier."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     store: Optional[Path] = StoreOpt,
 ) -> None:
-    """Fit a classifier on stored vectors and report F1, precision, recall and accuracy (macro for 3+ classes)."""
+    """Fit a classifier on stored vectors (and text features) and report F1, precision, recall and accuracy
+    (macro for 3+ classes); with --features/--search, also the cross-validated score of the chosen setting."""
     from featurestore.train import result_dict
 
-    r = _fs(store).train(dataset, model, clean, classifier, test_size, seed, name, dtype=dtype, positive=positive)
+    def say(line: str) -> None:
+        if not as_json:
+            typer.echo(f"cv: {line}", err=True)
+
+    r = _fs(store).train(dataset, model, clean, classifier, test_size, seed, name, dtype=dtype, positive=positive,
+                         features=features, search=search, folds=folds, time_limit=time_limit,
+                         plots=not no_plots, progress=say)
     if as_json:
         typer.echo(json.dumps(result_dict(r), indent=1, ensure_ascii=False))
         return
@@ -160,15 +181,41 @@ def train(
         typer.echo(f"note: {note}", err=True)
     for w in r.warnings:
         typer.echo(f"warning: {w}", err=True)
-    typer.echo(f"{r.classifier} on {r.dataset} ({r.model}, {r.recipe}): {r.n_train:,} train / {r.n_valid:,} validation rows, "
+    what = f"features {r.features}" if r.features else f"{r.model}, {r.recipe}"
+    typer.echo(f"{r.classifier} on {r.dataset} ({what}): {r.n_train:,} train / {r.n_valid:,} validation rows, "
                f"classes {', '.join(map(repr, r.classes))}")
+    if r.cv:
+        c = r.cv["chosen"]
+        typer.echo(f"chosen by {r.cv['folds']}-fold CV on the training split ({r.cv['search']} search, "
+                   f"{r.cv['tried']} settings, {r.cv['seconds']:.0f} s): C={c['C']:g} class_weight={c['class_weight']} "
+                   f"word {tuple(c['word_ngram'])} char {tuple(c['char_ngram'])} space weight {c['space_weight']:g}")
+        typer.echo(f"CV {r.cv['metric']} {r.cv['mean']:.4f} ± {r.cv['sd']:.4f}   (held-out scores below: validation "
+                   "split, used once)")
     kind = f"positive {r.positive!r}" if r.positive is not None else "macro average"
     typer.echo(f"F1 {r.f1:.4f}  precision {r.precision:.4f}  recall {r.recall:.4f}  accuracy {r.accuracy:.4f}  ({kind})")
     if r.positive is None:
-        for c, m in r.per_class.items():
-            typer.echo(f"  {c!r:<20} precision {m['precision']:.4f}  recall {m['recall']:.4f}  F1 {m['f1']:.4f}  "
-                       f"support {m['support']:,}")
+        _per_class(r.per_class)
+    for p in r.plots:
+        typer.echo(f"picture: {p}")
     typer.echo(f"read {r.seconds_read:.2f} s  fit {r.seconds_fit:.2f} s  saved {r.path}")
+
+
+def _per_class(per_class: dict[str, dict[str, float]]) -> None:
+    for c, m in per_class.items():
+        typer.echo(f"  {c!r:<20} precision {m['precision']:.4f}  recall {m['recall']:.4f}  F1 {m['f1']:.4f}  "
+                   f"support {m['support']:,}")
+
+
+def _write_out(out: Path, data: bytes, example: str) -> None:
+    from featurestore.atomic import atomic_write_bytes
+
+    if out.is_dir():
+        raise FeatureStoreError(f"--out {out} is a directory; give a file name such as {out / example}")
+    try:
+        out.resolve().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out.resolve(), data)
+    except OSError as exc:
+        raise FeatureStoreError(f"cannot write {out} ({exc.strerror}); fix: choose a writable --out path") from None
 
 
 @app.command()
@@ -177,6 +224,8 @@ def predict(
     dataset: str = typer.Option("test", "--dataset", "-d", help="Dataset to label."),
     out: Path = typer.Option(Path("submission.csv"), "--out", "-o", help="CSV to write (id,label)."),
     name: str = typer.Option("train-minilm-logreg", "--classifier-name", help="Saved classifier (see 'fs train')."),
+    proba: bool = typer.Option(False, "--proba", help="Add one column of predicted probability per class "
+                               "(proba_CLASS)."),
     store: Optional[Path] = StoreOpt,
 ) -> None:
     """Label every row of a dataset with a trained classifier; write id,label with ids and labels as given."""
@@ -184,22 +233,102 @@ def predict(
     import io
     from collections import Counter
 
-    from featurestore.atomic import atomic_write_bytes
-
-    ids, labels = _fs(store).predict(dataset, name)
+    fs = _fs(store)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "label"])
-    w.writerows(zip(ids.tolist(), labels.tolist()))
-    if out.is_dir():
-        raise FeatureStoreError(f"--out {out} is a directory; give a file name such as {out / 'submission.csv'}")
-    try:
-        out.resolve().parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out.resolve(), buf.getvalue().encode("utf-8"))
-    except OSError as exc:
-        raise FeatureStoreError(f"cannot write {out} ({exc.strerror}); fix: choose a writable --out path") from None
+    if proba:
+        ids, labels, p, classes = fs.predict_proba(dataset, name)
+        w.writerow(["id", "label"] + [f"proba_{c}" for c in classes])
+        w.writerows([i, lab, *(f"{v:.6f}" for v in row)] for i, lab, row in zip(ids.tolist(), labels.tolist(), p))
+    else:
+        ids, labels = fs.predict(dataset, name)
+        w.writerow(["id", "label"])
+        w.writerows(zip(ids.tolist(), labels.tolist()))
+    _write_out(out, buf.getvalue().encode("utf-8"), "submission.csv")
     counts = ", ".join(f"{label}: {n:,}" for label, n in sorted(Counter(labels.tolist()).items()))
     typer.echo(f"wrote {len(ids):,} predictions to {out} ({counts or 'none'})")
+
+
+@app.command("eval")
+@handle_errors
+def eval_(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Labelled dataset to score the classifier on."),
+    name: str = typer.Option("train-minilm-logreg", "--classifier-name", help="Saved classifier (see 'fs train')."),
+    positive: Optional[str] = typer.Option(None, help="Positive class for binary F1 [default: the classifier's]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Score a saved classifier on any labelled dataset in the store, without retraining."""
+    m = _fs(store).eval(dataset, name, positive)
+    if as_json:
+        typer.echo(json.dumps(m, indent=1, ensure_ascii=False))
+        return
+    for w in m["warnings"]:
+        typer.echo(f"warning: {w}", err=True)
+    kind = f"positive {m['positive']!r}" if m["positive"] is not None else "macro average"
+    typer.echo(f"{name} on {dataset}: {m['n']:,} labelled rows, classes {', '.join(map(repr, m['classes']))}")
+    typer.echo(f"F1 {m['f1']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+               f"accuracy {m['accuracy']:.4f}  ({kind})")
+    _per_class(m["per_class"])
+
+
+@app.command()
+@handle_errors
+def export(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset to export."),
+    out: Path = typer.Option(..., "--out", "-o", help="Parquet file to write, or the folder for npy files."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet (id, label, text, vector) or npy (a folder: "
+                            "vectors.npy, ids.npy, labels.npy, texts.npy; loads without pickle)."),
+    model: str = ModelOpt,
+    clean: Optional[str] = CleanOpt,
+    dtype: Optional[str] = DtypeOpt,
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Write a dataset's ids, labels, texts and vectors for use outside featurestore."""
+    written = _fs(store).export(dataset, out, fmt, model, clean, dtype)
+    typer.echo(f"wrote {', '.join(map(str, written))}")
+
+
+@app.command("map")
+@handle_errors
+def map_(
+    dataset: str = typer.Option("train", "--dataset", "-d", help="Dataset to draw."),
+    out: Path = typer.Option(Path("map.png"), "--out", "-o", help="map.png (a picture) or map.html (hover a point "
+                             "for its id, label and text; one self-contained file)."),
+    model: str = ModelOpt,
+    clean: Optional[str] = CleanOpt,
+    dtype: Optional[str] = DtypeOpt,
+    method: str = typer.Option("auto", help="auto (UMAP when umap-learn is installed, else PCA), umap or pca."),
+    max_points: int = typer.Option(5000, help="Draw a random sample of at most this many rows."),
+    seed: int = typer.Option(42, help="Seed of the sample and of UMAP."),
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Draw a dataset's vector space in 2-D, coloured by label."""
+    import numpy as np
+
+    try:
+        from featurestore import plots
+    except ImportError:
+        raise FeatureStoreError("fs map needs matplotlib; fix: pip install 'featurestore[plots]'") from None
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".html", ".htm"):
+        raise FeatureStoreError(f"--out {out} must end in .png or .html")
+    if max_points < 1:
+        raise FeatureStoreError(f"--max-points {max_points} must be at least 1")
+    df = _fs(store).frame(dataset, model, clean, dtype)
+    if len(df) == 0:
+        raise FeatureStoreError(f"dataset {dataset!r} has no rows to draw")
+    if len(df) > max_points:
+        df = df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), max_points, replace=False))]
+    xy, how = plots.project(np.stack(df["vector"].to_list()), method, seed)
+    labels = df["label"].to_numpy(dtype=object)
+    title = f"{dataset}: {len(df):,} rows, {df.attrs['model']} ({df.attrs['recipe']}), {how}"
+    if suffix == ".png":
+        plots.map_png(out, xy, labels, title)
+    else:
+        hover = [f"{i} [{lab or 'no label'}] {t[:280]}" for i, lab, t in zip(df["id"], labels, df["text"])]
+        plots.map_html(out, xy, labels, hover, title)
+    typer.echo(f"wrote {out} ({len(df):,} points, {how})")
 
 
 SHOWN_CHARS = 200  # a stored text can be megabytes: the table shows its start

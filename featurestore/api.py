@@ -15,15 +15,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from featurestore import search, spaces, train as training
+from featurestore import features as feats, search, spaces, train as training
 from featurestore.clean import get_recipe
 from featurestore.embedders import DEFAULT_MODEL, canonical_model, default_recipe, load_embedder
 from featurestore.embedders.base import Embedder
-from featurestore.errors import ClassifierError
+from featurestore.errors import UsageError
 from featurestore.ingest import IngestSummary, ingest
 from featurestore.manifest import Snapshot, Space
 from featurestore.progress import ProgressFn
@@ -31,6 +31,9 @@ from featurestore.search import Hit
 from featurestore.sources import NO_LABEL, read_table
 from featurestore.store import Store, check_dataset_name
 from featurestore.train import TrainResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class FeatureStore:
@@ -132,31 +135,150 @@ class FeatureStore:
         *,
         dtype: str | None = None,
         positive: str | None = None,
+        features: str | None = None,
+        search: str | None = None,
+        folds: int = 5,
+        time_limit: float | None = None,
+        plots: bool = True,
+        progress: Callable[[str], None] | None = None,
     ) -> TrainResult:
-        """Fit on the dataset's labelled rows, report validation metrics, save classifier + manifest."""
-        space, note, ids, y, rows = self._labelled(dataset, canonical_model(model), clean, dtype, True)
-        result = training.train(self.store, space, dataset, ids, y, rows, classifier=classifier, test_size=test_size,
-                                seed=seed, name=name, positive=positive)
-        if note:
-            result.warnings.insert(0, note)
+        """Fit on the dataset's labelled rows, report validation metrics, save classifier + manifest.
+
+        Without ``features`` and ``search``: logistic regression (or sgd) on the vectors of ``model``.
+        With either: a pipeline over the feature spec (``featurestore.features``; default: ``model``),
+        its settings chosen by stratified ``folds``-fold CV on the training split only (``search``
+        none, quick or full, bounded by ``time_limit`` seconds), then scored once on the validation split."""
+        if features is None and search is None:
+            space, note, ids, y, rows = self._labelled(dataset, canonical_model(model), clean, dtype, True)
+            result = training.train(self.store, space, dataset, ids, y, rows, classifier=classifier,
+                                    test_size=test_size, seed=seed, name=name, positive=positive, plots=plots)
+            if note:
+                result.warnings.insert(0, note)
+            return result
+        if classifier != "logreg":
+            raise UsageError("{param} " + repr(classifier) + " cannot be used with --features or --search (the "
+                             "pipeline fits TF-IDF in memory); fix: use logreg", "classifier")
+        snap = self._snapshot()
+        ds = self.store.dataset(dataset, snap)
+        alternatives = feats.parse_spec(features or model, clean)
+        inputs_of, notes = {}, []
+        for parts in alternatives:
+            inputs_of[parts], n = feats.resolve(self.store, snap, ds, parts, dtype)
+            notes += n
+        ids = self.store.dataset_ids(ds)
+        labels = self.store.dataset_labels(ds, ids)
+        keep = labels != NO_LABEL
+        merged = feats.Inputs(tuple(p for ps in inputs_of for p in ps),
+                              tuple(s for i in inputs_of.values() for s in i.spaces))
+        # One frame with the columns of every alternative (shared columns once).
+        uniq = {(p, s.id if s else None): (p, s) for p, s in zip(merged.parts, merged.spaces)}
+        merged = feats.Inputs(tuple(p for p, _ in uniq.values()), tuple(s for _, s in uniq.values()))
+        texts = self.store.dataset_texts(ds)[keep] if merged.recipes else None
+        X = feats.frame(self.store, ds, merged, ids[keep], texts)
+        result = training.train_features(
+            self.store, dataset, inputs_of, X, ids[keep], labels[keep], search=search or "none", folds=folds,
+            time_limit=time_limit, test_size=test_size, seed=seed, name=name, positive=positive, plots=plots,
+            progress=progress)
+        result.warnings[:0] = list(dict.fromkeys(notes))
         return result
 
     def predict(self, dataset: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Predicted labels (in the training labels' form) for every row of ``dataset``, and the row ids."""
+        ids, labels, _, _ = self._predict(dataset, name, proba=False)
+        return ids, labels
+
+    def predict_proba(self, dataset: str, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """Row ids, predicted labels, class probabilities (one column a class) and the classes, in order."""
+        ids, labels, proba, classes = self._predict(dataset, name, proba=True)
+        assert proba is not None
+        return ids, labels, proba, classes
+
+    def _predict(self, dataset: str, name: str, proba: bool):
         clf, manifest = training.load_classifier(self.store, name)
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap)
-        space = snap.spaces.get(manifest["space"])
-        if space is None:
-            raise ClassifierError(
-                f"classifier {name!r} was trained in space {manifest['space']} which is not in {self.path}; "
-                "retrain it with 'fs train'"
-            )
         ids = self.store.dataset_ids(ds)
-        rows = spaces.require_rows(self.store, ds, space, ids)
-        preds = [clf.predict(self.store.read_vectors(space, rows[s : s + 16384])) for s in range(0, len(rows), 16384)]
-        labels = np.concatenate(preds) if preds else np.zeros(0)
-        return ids, np.array([str(v) for v in labels.tolist()], dtype=object)
+        labels, p = training.predict_rows(self.store, snap, ds, clf, manifest, ids, proba=proba)
+        return ids, labels, p, [str(c) for c in manifest["classes"]]
+
+    def eval(self, dataset: str, name: str, positive: str | None = None) -> dict[str, Any]:
+        """Scores of a saved classifier on the labelled rows of any dataset, without retraining: F1 (binary
+        for the classifier's positive class, else macro), precision, recall, accuracy, per-class table."""
+        clf, manifest = training.load_classifier(self.store, name)
+        snap = self._snapshot()
+        ds = self.store.dataset(dataset, snap)
+        ids = self.store.dataset_ids(ds)
+        y = self.store.dataset_labels(ds, ids)
+        keep = y != NO_LABEL
+        if not keep.any():
+            return training.evaluate(y[keep], y[keep], manifest, dataset, positive)
+        pred, _ = training.predict_rows(self.store, snap, ds, clf, manifest, ids[keep])
+        return training.evaluate(y[keep], pred, manifest, dataset, positive)
+
+    def frame(
+        self, dataset: str, model: str = DEFAULT_MODEL, clean: str | None = None, dtype: str | None = None,
+    ) -> "pd.DataFrame":
+        """Every row of ``dataset`` as a pandas DataFrame: ``id``, ``label`` ("" = none), ``text`` (raw) and
+        ``vector`` (a float32 array of the ``model`` space), in insertion order."""
+        import pandas as pd
+
+        snap = self._snapshot()
+        ds = self.store.dataset(dataset, snap)
+        space, _ = spaces.choose_space(self.store, snap, canonical_model(model), clean, dtype, ds)
+        rows = self.store.dataset_rows(ds)
+        X = self.store.read_vectors(space, spaces.require_rows(self.store, ds, space, rows["ids"]))
+        out = pd.DataFrame({"id": rows["ids"], "label": rows["labels"], "text": rows["texts"]})
+        out["vector"] = list(X)
+        out.attrs.update({"space": space.id, "model": space.model, "recipe": space.recipe, "dim": space.dim})
+        return out
+
+    def export(
+        self, dataset: str, out: str | os.PathLike, fmt: str = "parquet", model: str = DEFAULT_MODEL,
+        clean: str | None = None, dtype: str | None = None,
+    ) -> list[Path]:
+        """Write a dataset for use outside featurestore: ``parquet`` (one file: id, label, text, vector as a
+        list of floats) or ``npy`` (a folder: vectors.npy, ids.npy, labels.npy, texts.npy; no pickles)."""
+        from featurestore.atomic import atomic_write_bytes
+
+        if fmt not in ("parquet", "npy"):
+            raise UsageError(f"unknown {{param}} {fmt!r}; use parquet or npy", "fmt")
+        df = self.frame(dataset, model, clean, dtype)
+        out = Path(out)
+        if fmt == "parquet":
+            import io
+
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            vectors = np.stack(df["vector"].to_list()) if len(df) else np.zeros((0, df.attrs["dim"]), np.float32)
+            table = pa.table({
+                "id": pa.array(df["id"].tolist(), pa.string()), "label": pa.array(df["label"].tolist(), pa.string()),
+                "text": pa.array(df["text"].tolist(), pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
+                                                            df.attrs["dim"]),
+            }).replace_schema_metadata({k: str(v) for k, v in df.attrs.items()})
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            out.resolve().parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(out.resolve(), buf.getvalue())
+            return [out]
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{{param}} {out} is a file; npy export writes a folder of .npy files", "out")
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        arrays = {
+            "vectors": np.stack(df["vector"].to_list()) if len(df) else np.zeros((0, df.attrs["dim"]), np.float32),
+            "ids": np.array(df["id"].tolist(), dtype=str), "labels": np.array(df["label"].tolist(), dtype=str),
+            "texts": np.array(df["text"].tolist(), dtype=str),
+        }
+        for key, arr in arrays.items():
+            import io
+
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            atomic_write_bytes(out / f"{key}.npy", buf.getvalue())
+            written.append(out / f"{key}.npy")
+        return written
 
     def similar(
         self,

@@ -53,6 +53,9 @@ class TrainResult:
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # how the fit went: memory held, epochs run
+    features: str | None = None  # the feature spec chosen (None: the plain vectors of one space)
+    cv: dict[str, Any] = field(default_factory=dict)  # folds, metric, mean, sd, candidates tried, best first
+    plots: list[str] = field(default_factory=list)  # PNG files written beside the classifier
 
 
 def make_classifier(kind: str, seed: int) -> Any:
@@ -190,11 +193,8 @@ def _fit_sgd(clf: Any, vectors: Vectors, tr: np.ndarray, y: np.ndarray, classes:
     return epoch, t_read, t_fit
 
 
-def fit_and_evaluate(
-    kind: str, vectors: Vectors, y: np.ndarray, classes: list[str], positive: str | None, test_size: float,
-    seed: int, block_rows: int = 65536, batch_rows: int = 4096, max_epochs: int = 20,
-) -> tuple[Any, dict[str, Any], int, int, float, float, list[str], list[str]]:
-    """Split positions like the tutorial (``train_test_split(..., random_state=seed)``), fit, score."""
+def split(y: np.ndarray, classes: list[str], test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Training and validation positions, exactly the tutorial's ``train_test_split(..., random_state=seed)``."""
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < test_size < 1.0:
@@ -215,6 +215,33 @@ def fit_and_evaluate(
     absent = sorted(set(classes) - set(y[va].tolist()))
     if absent:
         warnings.append(f"classes {', '.join(map(repr, absent))} have no validation rows: their scores are 0")
+    return tr, va, warnings
+
+
+@dataclass
+class Validation:
+    """What the validation rows got: for the pictures (labels, predictions, class probabilities)."""
+
+    y: np.ndarray
+    pred: np.ndarray
+    proba: np.ndarray | None  # columns in the order of ``classes``
+
+
+def _proba(clf: Any, X: Any, classes: list[str]) -> np.ndarray | None:
+    if not hasattr(clf, "predict_proba"):
+        return None
+    p = clf.predict_proba(X)
+    order = [list(map(str, clf.classes_)).index(c) for c in classes]
+    return p[:, order]
+
+
+def fit_and_evaluate(
+    kind: str, vectors: Vectors, y: np.ndarray, classes: list[str], positive: str | None, test_size: float,
+    seed: int, block_rows: int = 65536, batch_rows: int = 4096, max_epochs: int = 20,
+) -> tuple[Any, dict[str, Any], int, int, float, float, list[str], list[str]]:
+    """Split positions like the tutorial (``train_test_split(..., random_state=seed)``), fit, score."""
+    tr, va, warnings = split(y, classes, test_size, seed)
+    n = len(y)
     clf = make_classifier(kind, seed)
     notes: list[str] = []
     if kind == "sgd":  # out of core: one block of block_rows vectors in memory at a time
@@ -224,9 +251,11 @@ def fit_and_evaluate(
             t = time.perf_counter()
             X = vectors.read_block(g)
             t_read += time.perf_counter() - t
-            preds.append((g, clf.predict(X)))
-        pred_of = {int(p): v for g, pr in preds for p, v in zip(g, pr)}
+            preds.append((g, clf.predict(X), _proba(clf, X, classes)))
+        pred_of = {int(p): v for g, pr, _ in preds for p, v in zip(g, pr)}
         pred = np.array([pred_of[int(p)] for p in va], dtype=object)
+        proba_of = {int(p): v for g, _, pp in preds if pp is not None for p, v in zip(g, pp)}
+        proba = np.array([proba_of[int(p)] for p in va]) if proba_of else None
         notes.append(f"sgd ran {epochs} epoch(s) over storage-contiguous blocks (early stopping on a held-out "
                      "slice of the training split)")
     else:  # in memory, like the tutorial: one read of every row, then the split
@@ -237,7 +266,9 @@ def fit_and_evaluate(
         clf.fit(X[tr], y[tr])
         t_fit = time.perf_counter() - t
         pred = clf.predict(X[va])
-    return clf, _metrics(y[va], pred, classes, positive), len(tr), len(va), t_read, t_fit, warnings, notes
+        proba = _proba(clf, X[va], classes)
+    return (clf, _metrics(y[va], pred, classes, positive), len(tr), len(va), t_read, t_fit, warnings, notes,
+            Validation(y[va], pred, proba))
 
 
 def train(
@@ -253,19 +284,16 @@ def train(
     seed: int = 42,
     name: str | None = None,
     positive: str | None = None,
+    plots: bool = True,
 ) -> TrainResult:
     """Fit on labelled rows (``ids``, labels ``y``, storage ``rows`` in ``space``), score, save with a manifest."""
     classes, positive = classes_of(y, dataset, positive)
     name = name or f"{dataset}-{space.model.replace(':', '_').replace('/', '_').replace('#', '_')}-{classifier}"
     paths = classifier_paths(store, name)
     make_classifier(classifier, seed)  # an unknown kind fails before any work
-    if not os.access(store.classifier_dir if store.classifier_dir.is_dir() else store.path, os.W_OK):
-        raise StoreError(
-            f"store {store.path} is read-only: the classifier cannot be saved in {store.classifier_dir}; "
-            "fix: train in a writable copy of the store, or ask its owner for write access"
-        )
+    _require_writable(store)
     memory_note = check_memory(classifier, len(y), space.dim) if classifier == "logreg" else None
-    clf, metrics, n_tr, n_va, t_read, t_fit, warnings, notes = fit_and_evaluate(
+    clf, metrics, n_tr, n_va, t_read, t_fit, warnings, notes, valid = fit_and_evaluate(
         classifier, Vectors(store, space, rows), y, classes, positive, test_size, seed
     )
     if memory_note:
@@ -277,10 +305,113 @@ def train(
         "n_train": n_tr, "n_valid": n_va, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     path = save_classifier(store, name, clf, manifest, paths)
+    pictures = draw_plots(store, name, valid, classes, positive, notes) if plots else []
     return TrainResult(
         name, str(path), classifier, dataset, space.id, space.model, space.recipe, n_tr, n_va, metrics["f1"],
         metrics["precision"], metrics["recall"], metrics["accuracy"], t_read, t_fit, classes, positive,
-        metrics["per_class"], warnings, notes,
+        metrics["per_class"], warnings, notes, plots=pictures,
+    )
+
+
+def _require_writable(store: Store) -> None:
+    if not os.access(store.classifier_dir if store.classifier_dir.is_dir() else store.path, os.W_OK):
+        raise StoreError(
+            f"store {store.path} is read-only: the classifier cannot be saved in {store.classifier_dir}; "
+            "fix: train in a writable copy of the store, or ask its owner for write access"
+        )
+
+
+def draw_plots(store: Store, name: str, valid: Validation, classes: list[str], positive: str | None,
+               notes: list[str]) -> list[str]:
+    """A confusion matrix and a precision-recall curve of the validation rows, beside the classifier."""
+    try:
+        from featurestore import plots
+    except ImportError:
+        notes.append("no pictures: matplotlib is not installed; fix: pip install 'featurestore[plots]'")
+        return []
+    title = f"{name}: {len(valid.y):,} validation rows"
+    out = [plots.confusion_png(store.classifier_dir / f"{name}.confusion.png", valid.y, valid.pred, classes, title)]
+    if valid.proba is not None:
+        out.append(plots.precision_recall_png(store.classifier_dir / f"{name}.pr.png", valid.y, valid.proba, classes,
+                                              positive, title))
+    return [str(p) for p in out]
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-")[:100] or "features"
+
+
+def train_features(
+    store: Store,
+    dataset: str,
+    inputs_of: "dict[tuple[Any, ...], Any]",
+    X: Any,
+    ids: np.ndarray,
+    y: np.ndarray,
+    *,
+    search: str = "none",
+    folds: int = 5,
+    time_limit: float | None = None,
+    test_size: float = 0.2,
+    seed: int = 42,
+    name: str | None = None,
+    positive: str | None = None,
+    plots: bool = True,
+    progress: Any = None,
+) -> TrainResult:
+    """Choose features and hyper-parameters by stratified K-fold CV on the training split only, fit the
+    chosen pipeline on the training split, score it once on the validation split, save it with skops.
+
+    ``inputs_of`` maps each alternative (a tuple of ``features.Part``) to its resolved inputs; ``X`` is the
+    pipeline input (``features.frame``) of the labelled rows ``ids`` with labels ``y``, holding the columns
+    of every alternative."""
+    from featurestore import features as feats
+
+    classes, positive = classes_of(y, dataset, positive)
+    first = next(iter(inputs_of))
+    name = name or f"{dataset}-{_safe_name(feats.spec_of(first) if len(inputs_of) == 1 else 'features')}-logreg"
+    paths = classifier_paths(store, name)
+    _require_writable(store)
+    dense = max(i.dense_dim for i in inputs_of.values())
+    notes = [check_memory("logreg", len(y), 2 * dense)] if dense else []
+    tr, va, warnings = split(y, classes, test_size, seed)
+    t = time.perf_counter()
+    sel = feats.select(inputs_of, X.iloc[tr], y[tr], classes, positive, search, folds=folds, seed=seed,
+                       time_limit=time_limit, progress=progress)
+    best = sel.best
+    inputs = inputs_of[best.parts]
+    pipe = feats.make_pipeline(inputs, best.features, best.classifier, len(classes), seed)
+    used = [c for k, s in enumerate(inputs.spaces) if s is not None for c in inputs.columns(k)]
+    used += [f"text@{r}" for r in inputs.recipes]
+    pipe.fit(X.iloc[tr][used], y[tr])
+    t_fit = time.perf_counter() - t
+    Xva = X.iloc[va][used]
+    pred = pipe.predict(Xva)
+    valid = Validation(y[va], pred, _proba(pipe, Xva, classes))
+    metrics = _metrics(y[va], pred, classes, positive)
+    if sel.skipped:
+        notes.append(f"the time limit left {sel.skipped} candidate setting(s) untried; raise --time-limit to try them")
+    cv = {"folds": sel.folds, "metric": sel.metric, "search": search, "mean": best.mean, "sd": best.sd,
+          "seconds": sel.seconds, "tried": len(sel.tried), "skipped": sel.skipped,
+          "chosen": best.as_dict(), "top": [c.as_dict() for c in sel.tried[:10]]}
+    spec = feats.spec_of(best.parts)
+    space_ids = ",".join(s.id for s in inputs.spaces if s is not None)
+    models = "+".join(p.model for p in best.parts if p.kind == "space")
+    manifest = {
+        "name": name, "classifier": "logreg", "dataset": dataset, "space": space_ids or None, "model": models,
+        "recipe": "+".join(sorted({p.recipe for p in best.parts})), "row_ids_sha256": ids_hash(ids),
+        "classes": classes, "positive": positive, "metrics": metrics, "n_train": len(tr), "n_valid": len(va),
+        "params": {"test_size": test_size, "seed": seed, "search": search, "folds": folds},
+        "features": {"spec": spec, "inputs": inputs.describe(), "chosen": best.as_dict(),
+                     "n_features": len(feats.feature_names(pipe))},
+        "cv": cv, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = save_classifier(store, name, pipe, manifest, paths)
+    pictures = draw_plots(store, name, valid, classes, positive, notes) if plots else []
+    return TrainResult(
+        name, str(path), "logreg", dataset, space_ids, models, manifest["recipe"], len(tr), len(va), metrics["f1"],
+        metrics["precision"], metrics["recall"], metrics["accuracy"], 0.0, t_fit, classes, positive,
+        metrics["per_class"], warnings, notes, features=spec, cv=cv, plots=pictures,
     )
 
 
@@ -346,3 +477,73 @@ def load_classifier(store: Store, name: str) -> tuple[Any, dict[str, Any]]:
 
 def result_dict(r: TrainResult) -> dict[str, Any]:
     return asdict(r)
+
+
+PREDICT_ROWS = 16384  # rows read, featurized and predicted at a time
+
+
+def predict_rows(store: Store, snap: Any, ds: Any, clf: Any, manifest: dict[str, Any], ids: np.ndarray,
+                 proba: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (as text) and, when asked, class probabilities (columns in ``manifest['classes']`` order) of
+    the rows ``ids`` of ``ds``, read from the store exactly as the classifier was trained: the same space,
+    or the same spaces and cleaned texts of a feature pipeline."""
+    from featurestore import features as feats
+    from featurestore.spaces import require_rows
+
+    classes = [str(c) for c in manifest["classes"]]
+    if "features" in manifest:
+        inputs = feats.inputs_from_manifest(snap, manifest["features"]["inputs"])
+        texts = None
+        if inputs.recipes:
+            from featurestore.store import lookup
+
+            texts = store.dataset_texts(ds)[lookup(store.dataset_ids(ds)).get_indexer(ids)]
+
+        def inputs_of(sl: slice) -> Any:
+            return feats.frame(store, ds, inputs, ids[sl], None if texts is None else texts[sl])
+    else:
+        space = snap.spaces.get(manifest["space"])
+        if space is None:
+            raise ClassifierError(
+                f"classifier {manifest['name']!r} was trained in space {manifest['space']} which is not in "
+                f"{store.path}; retrain it with 'fs train'"
+            )
+        rows = require_rows(store, ds, space, ids)
+
+        def inputs_of(sl: slice) -> Any:
+            return store.read_vectors(space, rows[sl])
+
+    labels, probs = [], []
+    for s in range(0, len(ids), PREDICT_ROWS):
+        X = inputs_of(slice(s, s + PREDICT_ROWS))
+        labels.append(np.array([str(v) for v in clf.predict(X).tolist()], dtype=object))
+        if proba:
+            p = _proba(clf, X, classes)
+            if p is None:
+                raise ClassifierError(f"classifier {manifest['name']!r} gives no probabilities; retrain with "
+                                      "'fs train' (logreg, or sgd with log loss)")
+            probs.append(p)
+    out = np.concatenate(labels) if labels else np.zeros(0, dtype=object)
+    if not proba:
+        return out, None
+    return out, np.concatenate(probs) if probs else np.zeros((0, len(classes)))
+
+
+def evaluate(y: np.ndarray, pred: np.ndarray, manifest: dict[str, Any], dataset: str,
+             positive: str | None = None) -> dict[str, Any]:
+    """Scores of saved-classifier predictions against a dataset's labels, with the classifier's classes."""
+    classes = [str(c) for c in manifest["classes"]]
+    if len(y) == 0:
+        raise LabelError(f"dataset {dataset!r} has no labelled rows to score against; ingest it with its labels")
+    positive = positive if positive is not None else manifest.get("positive")
+    if positive is not None and positive not in classes:
+        raise UsageError(f"{{param}} {positive!r} is not a class of the classifier; classes: {', '.join(classes)}",
+                         "positive")
+    unknown = sorted(set(y.tolist()) - set(classes))
+    m = _metrics(y, pred, classes, positive)
+    m.update({"n": int(len(y)), "classes": classes, "positive": positive, "dataset": dataset,
+              "classifier": manifest["name"], "warnings": []})
+    if unknown:
+        m["warnings"].append(f"labels {', '.join(map(repr, unknown[:5]))} of dataset {dataset!r} are not classes "
+                             "of the classifier: those rows always count as errors")
+    return m
