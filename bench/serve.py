@@ -73,6 +73,14 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
 
 
+def load_average() -> str:
+    """Other work on the machine changes every figure: print it beside them."""
+    try:
+        return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
 def tweets() -> list[dict[str, str]]:
     with open(TRAIN_CSV, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -238,7 +246,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="fs-serve-bench-"))
     store = tmp / "store"
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; {load_average()}")
     proc = None
     try:
         from featurestore.api import FeatureStore
@@ -283,7 +291,7 @@ def main() -> int:
         print(f"load: {args.clients} clients, k={args.k}; 70% stored texts, 10% ids, 20% rows being ingested (phase 2)")
 
         quiet, quiet_s = load(url, headers, args.quiet_seconds, args.clients, args.k, base, [], None, 1, args.dataset)
-        print(quiet.line("phase 1 (quiet)", quiet_s))
+        print(quiet.line("phase 1 (quiet)", quiet_s) + f"  ({load_average()})")
 
         committed = Committed(store, "live")
         committed.thread.start()
@@ -317,7 +325,7 @@ def main() -> int:
         time.sleep(0.3)
         committed.stop.set()
         gen1 = httpx.get(url + "/health", headers=headers, timeout=600).json()["generation"]
-        print(busy.line("phase 2 (ingest)", busy_s))
+        print(busy.line("phase 2 (ingest)", busy_s) + f"  ({load_average()})")
         print(f"  during phase 2: {len(ingest_log)} fs ingest run(s), generations {gen0} -> {gen1}; live rows "
               f"found {busy.live_found:,}, asked before their commit was published {busy.live_pending:,}")
         for line in ingest_log:
