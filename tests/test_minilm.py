@@ -105,3 +105,21 @@ def test_loading_changes_nothing_process_wide() -> None:
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_warm_reingest_imports_no_model_framework(minilm_store, tmp_path: Path) -> None:
+    # Start-up: a new process re-ingesting stored texts needs the fingerprint, not the model.
+    st, rows = minilm_store
+    csv_path = write_csv(tmp_path / "again.csv", rows[:50])
+    code = (
+        "import sys\n"
+        "from featurestore.api import FeatureStore\n"
+        f"s = FeatureStore({str(st)!r}).ingest({str(csv_path)!r}, 'train')\n"
+        "assert s.embedded == 0 and s.new_ids == 0, s\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'tensorflow', 'onnxruntime')"
+        " if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
