@@ -36,9 +36,9 @@ class MiniLMEmbedder(Embedder):
     """sentence-transformers/all-MiniLM-L6-v2: 384-d, mean-pooled, normalised."""
 
     name = "minilm"
-    # Batch shape by device, from a measured sweep (docs/benchmarks.md): on a CPU, batches of 32
-    # length-sorted tweets beat 256 by ~1.5x (the working set of small batches stays in cache);
-    # a GPU wants large batches to fill it.
+    # Batch shape by device, from measurement: on 2 CPU cores, sentence-transformers' batch of 32
+    # ran 114 tweets/s against 78 at 256 (issue 8), and a sweep of 8-256 peaked at 32-64 (the
+    # working set of a small batch stays in cache); a GPU wants large batches (bench/gpu.sh sweeps).
     max_batch_tokens = 16384
     max_batch_size = 256
     cpu_batch_tokens = 32 * 128
