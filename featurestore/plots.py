@@ -1,0 +1,155 @@
+"""Pictures: a classifier's confusion matrix and precision-recall curve, and a dataset's map in 2-D.
+
+matplotlib is used through ``Figure`` and the Agg canvas directly (no pyplot, no global backend
+switch), and is imported by this module only; importing it fails with ImportError when the
+``plots`` extra is not installed, which callers turn into a note. The HTML map is written by
+hand: one self-contained file (inline SVG, a ``<title>`` per point for the hover text), no
+JavaScript library.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from featurestore.atomic import atomic_write_bytes
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    import io
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def confusion_png(path: Path, y: np.ndarray, pred: np.ndarray, classes: Sequence[str], title: str) -> Path:
+    """Counts of true (rows) against predicted (columns) classes, each cell also as a share of its row."""
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(y, pred, labels=list(classes))
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    fig = Figure(figsize=(2.2 + 1.1 * n, 1.8 + 1.0 * n))
+    ax = fig.add_subplot()
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{cm[i, j]:,}\n{share[i, j]:.0%}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black", fontsize=10)
+    ax.set_xticks(range(n), [str(c)[:16] for c in classes])
+    ax.set_yticks(range(n), [str(c)[:16] for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix\n{title}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def precision_recall_png(path: Path, y: np.ndarray, proba: np.ndarray, classes: Sequence[str],
+                         positive: str | None, title: str) -> Path:
+    """Precision against recall as the threshold moves: the positive class for two classes, one curve
+    per class (one against the rest) for more; average precision in the legend."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.add_subplot()
+    shown = [positive] if positive is not None else list(classes)
+    for k, c in enumerate(shown):
+        truth = np.asarray(y) == c
+        if not truth.any():
+            continue
+        score = proba[:, list(classes).index(c)]
+        p, r, _ = precision_recall_curve(truth, score)
+        ap = average_precision_score(truth, score)
+        ax.plot(r, p, color=PALETTE[k % len(PALETTE)], label=f"{str(c)[:20]} (AP {ap:.3f}, base {truth.mean():.3f})")
+        ax.axhline(truth.mean(), color=PALETTE[k % len(PALETTE)], linestyle=":", linewidth=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(f"precision-recall ({'positive ' + repr(positive) if positive is not None else 'one vs rest'})"
+                 f"\n{title}", fontsize=9)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def project(X: np.ndarray, method: str = "auto", seed: int = 42) -> tuple[np.ndarray, str]:
+    """2-D coordinates of the rows of ``X``: UMAP (cosine) when installed and asked for, else PCA."""
+    if method not in ("auto", "umap", "pca"):
+        from featurestore.errors import UsageError
+
+        raise UsageError(f"unknown {{param}} {method!r}; use auto, umap or pca", "method")
+    if method in ("auto", "umap") and len(X) > 15:
+        try:
+            import umap  # noqa: F401  (optional: the plots extra)
+        except ImportError:
+            if method == "umap":
+                from featurestore.errors import UsageError
+
+                raise UsageError("{param} umap needs umap-learn; fix: pip install 'featurestore[plots]'",
+                                 "method") from None
+        else:
+            reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_jobs=1)
+            return np.asarray(reducer.fit_transform(X), dtype=np.float64), "UMAP"
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2, random_state=seed).fit_transform(X), "PCA"
+
+
+def map_png(path: Path, xy: np.ndarray, labels: np.ndarray, title: str) -> Path:
+    fig = Figure(figsize=(8, 7))
+    ax = fig.add_subplot()
+    for k, c in enumerate(sorted(set(labels.tolist()))):
+        m = labels == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=5, alpha=0.6, color=PALETTE[k % len(PALETTE)],
+                   label=f"{c or '(no label)'} ({int(m.sum()):,})")
+    ax.legend(markerscale=3, fontsize=9)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def map_html(path: Path, xy: np.ndarray, labels: np.ndarray, hover: Sequence[str], title: str) -> Path:
+    """One self-contained HTML file: an SVG scatter, one circle per row, its hover text in a <title>."""
+    w, h, pad = 900, 700, 20
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    px = pad + (xy[:, 0] - lo[0]) / span[0] * (w - 2 * pad)
+    py = h - pad - (xy[:, 1] - lo[1]) / span[1] * (h - 2 * pad)
+    classes = sorted(set(labels.tolist()))
+    colour = {c: PALETTE[k % len(PALETTE)] for k, c in enumerate(classes)}
+    circles = [
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour[c]}" fill-opacity="0.65">'
+        f"<title>{html.escape(t)}</title></circle>"
+        for x, y, c, t in zip(px.tolist(), py.tolist(), labels.tolist(), hover)
+    ]
+    legend = "".join(
+        f'<span style="margin-right:1em"><span style="color:{colour[c]}">&#9679;</span> '
+        f"{html.escape(c or '(no label)')} ({int((labels == c).sum()):,})</span>" for c in classes
+    )
+    page = (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + html.escape(title) + "</title>"
+        "<style>body{font-family:sans-serif;margin:1em}svg{border:1px solid #ccc}"
+        "circle:hover{r:6;fill-opacity:1}</style></head><body>"
+        f"<h3>{html.escape(title)}</h3><p>{legend}</p><p>Hover a point for its id, label and text.</p>"
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
+        + "".join(circles) + "</svg></body></html>\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, page.encode("utf-8"))
+    return path
