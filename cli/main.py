@@ -337,29 +337,98 @@ SHOWN_CHARS = 200  # a stored text can be megabytes: the table shows its start
 @app.command()
 @handle_errors
 def similar(
-    text: Optional[str] = typer.Argument(None, help="Query text (or use --id)."),
+    text: Optional[str] = typer.Argument(None, help="Query text (or use --id, or --file)."),
     id: Optional[str] = typer.Option(None, "--id", help="Use the stored tweet with this id as the query."),
+    file: Optional[Path] = typer.Option(None, "--file", help="Many queries: one text a line ('-' reads stdin); "
+                                        "with --json, one JSON object a line."),
     k: int = typer.Option(10, "--k", "-k", help="Number of neighbours."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Only return tweets of this dataset."),
+    exact: bool = typer.Option(False, "--exact", help="Brute force over every vector, whatever index is built."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF index: lists scanned a query (more = better "
+                                         "recall, slower) [default: from the index manifest]."),
+    ef: Optional[int] = typer.Option(None, "--ef", help="HNSW index: candidates a query (more = better recall, "
+                                     "slower) [default: from the index manifest]."),
     model: str = ModelOpt,
     clean: Optional[str] = CleanOpt,
     dtype: Optional[str] = DtypeOpt,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON (full texts)."),
     store: Optional[Path] = StoreOpt,
 ) -> None:
-    """Nearest stored tweets by cosine similarity (exact FAISS search)."""
-    hits, info = _fs(store).similar(text, id=id, k=k, dataset=dataset, model=model, clean=clean, dtype=dtype)
+    """Nearest stored tweets by cosine similarity, through the index ('fs index build'; exact by default)."""
+    opts = dict(k=k, dataset=dataset, model=model, clean=clean, dtype=dtype, exact=exact, nprobe=nprobe, ef=ef)
+    if file is not None:
+        if text is not None or id is not None:
+            raise FeatureStoreError("give queries in --file, or one query text or --id, not both")
+        queries = _read_queries(file)
+        results, info = _fs(store).similar(texts=queries, **opts)
+        for q, hits, how in zip(queries, results, info.get("queries", [])):
+            if as_json:
+                typer.echo(json.dumps({"query": q, "resolved": how, "hits": [h.__dict__ for h in hits]},
+                                      ensure_ascii=False))
+            else:
+                typer.echo(f"# {' '.join(q.split())[:SHOWN_CHARS]}")
+                _print_hits(hits)
+        typer.echo(f"({len(queries)} queries; index {info.get('index', '-')}, {info.get('index_kind', '-')})", err=True)
+        return
+    hits, info = _fs(store).similar(text, id=id, **opts)
     if as_json:
         typer.echo(json.dumps({"info": info, "hits": [h.__dict__ for h in hits]}, indent=1, ensure_ascii=False))
         return
+    _print_hits(hits)
+    if "note" in info:
+        typer.echo(f"note: {info['note']}", err=True)
+    typer.echo(f"({info['query']}; index {info['index']}, {info['index_kind']})", err=True)
+
+
+def _read_queries(file: Path) -> list[str]:
+    """Non-blank lines of a UTF-8 file (or stdin for '-'), one query each."""
+    import sys
+
+    try:
+        raw = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FeatureStoreError(f"query file {file} does not exist; fix: give a text file with one query a line") from None
+    except UnicodeDecodeError as exc:
+        raise FeatureStoreError(f"query file {file} is not UTF-8 text ({exc.reason}); fix: save it as UTF-8") from None
+    queries = [line.rstrip("\r") for line in raw.split("\n") if line.strip()]
+    if not queries:
+        raise FeatureStoreError(f"query file {file} has no queries; fix: one query text a line")
+    return queries
+
+
+def _print_hits(hits: list[Any]) -> None:
     for h in hits:
         ids = ", ".join(f"{d}:{i}" for d, i in h.ids[:3]) + (f" (+{len(h.ids) - 3})" if len(h.ids) > 3 else "")
         one_line = " ".join(h.text[: SHOWN_CHARS * 4].split())
         shown = one_line if len(one_line) <= SHOWN_CHARS else one_line[:SHOWN_CHARS] + f"… ({len(h.text):,} chars)"
         typer.echo(f"{h.rank:>3}  {h.score:.4f}  {ids}  {shown}")
-    if "note" in info:
-        typer.echo(f"note: {info['note']}", err=True)
-    typer.echo(f"({info['query']}; index {info['index']})", err=True)
+
+
+index_app = typer.Typer(help="The search index of a vector space: build it as flat, IVF, HNSW or IVF-PQ.",
+                        no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+@handle_errors
+def index_build(
+    kind: str = typer.Option("auto", "--kind", help="auto (exact below 200k vectors, IVF above), flat (exact), "
+                             "ivf (IVF{nlist},Flat), hnsw (HNSW{m}) or ivfpq (IVF{nlist},PQ{m},Refine(SQ8))."),
+    nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF lists [default: about 4 x sqrt(vectors)]."),
+    m: Optional[int] = typer.Option(None, "--m", help="HNSW links a node [default 32]; IVF-PQ sub-quantizers "
+                                    "(a divisor of the dimension) [default 48]."),
+    model: str = ModelOpt,
+    clean: Optional[str] = CleanOpt,
+    dtype: Optional[str] = DtypeOpt,
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Build (or rebuild) the index that 'fs similar' uses; later ingests extend or rebuild it as that kind."""
+    with _progress("index", "vectors") as advance:
+        out = _fs(store).index_build(kind, nlist=nlist, m=m, model=model, clean=clean, dtype=dtype, progress=advance)
+    if "note" in out:
+        typer.echo(f"note: {out['note']}", err=True)
+    typer.echo(f"built {out['kind']} index {out['factory']!r} of space {out['space']}: {out['vectors']:,} vectors, "
+               f"{out['bytes'] / 1e6:,.1f} MB, {out['seconds']:.1f} s")
 
 
 @app.command()

@@ -291,16 +291,54 @@ class FeatureStore:
         clean: str | None = None,
         dtype: str | None = None,
         progress: ProgressFn | None = None,
-    ) -> tuple[list[Hit], dict[str, Any]]:
-        """Nearest stored tweets by cosine similarity, exact, through the FAISS index."""
+        exact: bool = False,
+        nprobe: int | None = None,
+        ef: int | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> tuple[Any, dict[str, Any]]:
+        """Nearest stored tweets by cosine similarity, through the space's index (``fs index build``).
+
+        ``exact`` forces brute force; ``nprobe`` (IVF) and ``ef`` (HNSW) trade speed for recall.
+        With ``texts`` (many queries, one search) the hits are a list per query, in order."""
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap) if dataset else None
         space, note = spaces.choose_space(self.store, snap, model, clean, dtype, ds)
-        hits, info = search.similar(self.store, self._search, snap, space, text=text, id=id, k=k, dataset=dataset,
-                                    progress=progress)
+        opts = dict(k=k, dataset=dataset, progress=progress, exact=exact, nprobe=nprobe, ef=ef)
+        if texts is not None:
+            if text is not None or id is not None:
+                raise UsageError("give a query text, an {param} or a list of texts, only one of them", "id")
+            hits, info = search.similar_batch(self.store, self._search, snap, space, texts=list(texts), **opts)
+        else:
+            hits, info = search.similar(self.store, self._search, snap, space, text=text, id=id, **opts)
         if note:
             info["note"] = note
         return hits, info
+
+    def index_build(
+        self,
+        kind: str = "auto",
+        *,
+        nlist: int | None = None,
+        m: int | None = None,
+        model: str = DEFAULT_MODEL,
+        clean: str | None = None,
+        dtype: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
+        """Build the space's search index as ``kind`` (auto, flat, ivf, hnsw, ivfpq); queries use it from then on."""
+        from featurestore import index as faiss_index
+
+        snap = self._snapshot()
+        space, note = spaces.choose_space(self.store, snap, model, clean, dtype)
+        t = time.perf_counter()
+        opened = faiss_index.build_index(self.store, space, kind, nlist=nlist, m=m, progress=progress)
+        path = faiss_index.index_paths(self.store, space)[0]
+        out = {"space": space.id, "kind": opened.kind, "factory": opened.factory, "vectors": opened.rows,
+               "seconds": time.perf_counter() - t, "path": path,
+               "bytes": os.path.getsize(path) if os.path.exists(path) else 0}
+        if note:
+            out["note"] = note
+        return out
 
     # ---- overview
 

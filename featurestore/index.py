@@ -1,10 +1,23 @@
-"""The FAISS index: a derived artifact of a space, never trusted without checking.
+"""FAISS indexes of a space: derived artifacts, named by ``index_factory`` strings, never served stale.
 
-Exact cosine search: vectors are L2-normalised into an ``IndexFlatIP``. The index file
-is written atomically beside a manifest holding the space fingerprint, the number of
-store rows it covers, a hash of their keys and a hash of the file itself. Before a
-query the manifest is checked against the store: a grown store is added to, anything
-else that does not match (other space, rewritten keys, torn or corrupt file) is rebuilt.
+An index is named in one place, its FAISS factory string (``factory``):
+
+    flat    "Flat"                          exact cosine (inner product on unit vectors)
+    ivf     "IVF{nlist},Flat"               clustered lists; ``nprobe`` lists scanned a query
+    hnsw    "HNSW{m}"                       a graph; ``efSearch`` candidates a query
+    ivfpq   "IVF{nlist},PQ{m}x{bits},Refine(SQ8)"   compressed codes, re-ranked on 8-bit vectors
+
+``auto`` picks exact below ``AUTO_EXACT_BELOW`` vectors and IVF above (see bench/index.py).
+
+The index file ``index/<space>.faiss`` is written atomically beside a manifest (``.json``)
+holding the space fingerprint, the rows covered and the space segments that held them, a hash
+of their keys, the file's sha256 and a cheap identity (size, mtime_ns, inode, sha256 of its
+first and last 64 KiB). A query trusts the file by that identity and opens it memory-mapped
+(``IO_FLAG_MMAP_IFC``): a cold process neither reads nor hashes the whole file. ``fs check``
+(``load_checked``) still hashes all of it. When the identity or the segments do not match
+(the file was copied or touched; compaction renamed segments) the full checks run once and
+the manifest is refreshed. A grown store is added to (flat, HNSW always; IVF while the store
+is at most twice what the centroids were trained on); anything else is rebuilt.
 """
 from __future__ import annotations
 
@@ -12,14 +25,18 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
 import faiss
 import numpy as np
 from filelock import FileLock
 
-from featurestore.atomic import atomic_write_bytes
+from featurestore.atomic import atomic_path, atomic_write_bytes
+from featurestore.errors import UsageError
 from featurestore.keys import fingerprint_hash
 from featurestore.manifest import Space
 from featurestore.progress import ProgressFn
@@ -27,11 +44,21 @@ from featurestore.store import Store
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
+KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+AUTO_EXACT_BELOW = 200_000  # exact search answers in well under 100 ms below this (bench/index.py)
+AUTO_APPROXIMATE = "ivf"  # above it: best recall at 10x exact speed in bench/index.py, and extendable
+DEFAULT_NPROBE = 32  # per query, IVF lists scanned: recall@10 >= 0.95 at 1M in bench/index.py
+DEFAULT_EF = 96  # per query, HNSW candidates
+DEFAULT_HNSW_M = 32
+DEFAULT_PQ_M = 48  # 384-d -> 48 sub-vectors of 8 dims, 48 bytes a vector before refinement
+REFINE_K_FACTOR = 4  # ivfpq: candidates re-ranked = 4 * k
+TRAIN_PER_LIST = 40  # training vectors per IVF list (FAISS warns below 39)
+MMAP_FLAGS = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+_EDGE = 1 << 16  # bytes hashed at each end of the file for the cheap identity
 
 
-def _keys_hash(keys: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(keys).tobytes()).hexdigest()
+# ----------------------------------------------------------------------------- naming an index
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -42,35 +69,268 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return v
 
 
+def default_nlist(n: int) -> int:
+    """About 4 * sqrt(n) lists, never fewer than 39 training vectors a list."""
+    return max(1, min(int(round(4 * math.sqrt(max(n, 1)))), n // 39))
+
+
+def choose_kind(n: int) -> str:
+    return "flat" if n < AUTO_EXACT_BELOW else AUTO_APPROXIMATE
+
+
+def factory_string(kind: str, n: int, dim: int, nlist: int | None = None, m: int | None = None) -> str:
+    """The FAISS ``index_factory`` string of ``kind`` for ``n`` vectors of ``dim`` (``auto`` resolved)."""
+    if kind == "auto":
+        kind = choose_kind(n)
+    if kind not in KINDS:
+        raise UsageError(f"unknown index kind {kind!r}; fix: {{param}} auto, {', '.join(KINDS)}", "kind")
+    if nlist is not None and nlist < 1:
+        raise UsageError(f"{{param}} must be at least 1, got {nlist}", "nlist")
+    if m is not None and m < 1:
+        raise UsageError(f"{{param}} must be at least 1, got {m}", "m")
+    lists = max(1, min(nlist or default_nlist(n), max(1, n)))
+    if kind == "flat":
+        return "Flat"
+    if kind == "ivf":
+        return f"IVF{lists},Flat"
+    if kind == "hnsw":
+        return f"HNSW{m or DEFAULT_HNSW_M}"
+    m = m or next(s for s in (DEFAULT_PQ_M, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1) if dim % s == 0)
+    if dim % m:
+        raise UsageError(f"{{param}} {m} does not divide the dimension {dim}; choose a divisor of {dim}", "m")
+    bits = max(1, min(8, int(math.log2(max(2, n // 39)))))  # 2**bits centroids need 39 vectors each
+    return f"IVF{lists},PQ{m}x{bits},Refine(SQ8)"
+
+
+def kind_of(factory: str) -> str:
+    if factory == "Flat":
+        return "flat"
+    if factory.startswith("HNSW"):
+        return "hnsw"
+    return "ivfpq" if ",PQ" in factory else "ivf"
+
+
+# ----------------------------------------------------------------------------- files
+
+
 @dataclass
 class OpenedIndex:
     index: faiss.Index
     rows: int
-    status: str  # "loaded", "extended", "built" or "rebuilt: <why>"
+    status: str  # "loaded", "extended by N rows", "built" or "rebuilt: <why>"
+    factory: str = "Flat"
+    mmap: bool = False  # served from a memory-mapped file (a cold process did not read it all)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.factory)
 
 
-def _paths(store: Store, space: Space) -> tuple[str, str]:
+def index_paths(store: Store, space: Space) -> tuple[str, str]:
+    """The index file and its manifest."""
     base = os.path.join(store.index_dir, space.id)
     return base + ".faiss", base + ".json"
 
 
+_paths = index_paths
+
+
 def remove(store: Store, space: Space) -> None:
     """Delete a space's index files; the next query rebuilds them."""
-    for path in _paths(store, space):
+    for path in index_paths(store, space):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
 
 def files_signature(store: Store, space: Space) -> tuple[int, ...]:
-    """Size and mtime of the index file and its manifest: cheap evidence they did not change."""
+    """Size, mtime and inode of the index file and its manifest: cheap evidence they did not change."""
     sig: list[int] = []
-    for path in _paths(store, space):
+    for path in index_paths(store, space):
         try:
             st = os.stat(path)
             sig += [st.st_size, st.st_mtime_ns, st.st_ino]
         except FileNotFoundError:
             sig += [-1, -1, -1]
     return tuple(sig)
+
+
+def _keys_hash(keys: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(keys).tobytes()).hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _identity(path: str) -> dict[str, Any]:
+    """What a cold query compares: size, mtime_ns, inode, and a hash of the file's two ends (FAISS header)."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        head = f.read(_EDGE)
+        f.seek(max(0, st.st_size - _EDGE))
+        tail = f.read(_EDGE)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
+            "edges_sha256": hashlib.sha256(head + tail).hexdigest()}
+
+
+def _segments_json(space: Space) -> list[list[Any]]:
+    return [[s.file, s.rows] for s in space.segments]
+
+
+def _covers_same_rows(meta: dict[str, Any], space: Space) -> bool:
+    """The index's rows come from segment files the space still names first, in order (files are immutable)."""
+    recorded = meta.get("segments")
+    if not isinstance(recorded, list) or sum(int(r) for _, r in recorded) != meta.get("rows"):
+        return False
+    return _segments_json(space)[: len(recorded)] == recorded
+
+
+def _read_meta(meta_path: str) -> dict[str, Any]:
+    with open(meta_path, "rb") as f:
+        meta = json.load(f)
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
+    return meta
+
+
+def _write_meta(meta_path: str, meta: dict[str, Any]) -> None:
+    atomic_write_bytes(Path(meta_path), json.dumps(meta, indent=1).encode())
+
+
+def _save(store: Store, space: Space, index: faiss.Index, factory: str, *, auto: bool, trained_rows: int,
+          keys: np.ndarray | None = None) -> dict[str, Any]:
+    faiss_path, meta_path = index_paths(store, space)
+    os.makedirs(store.index_dir, exist_ok=True)
+    with atomic_path(faiss_path, suffix=".faiss") as tmp:
+        faiss.write_index(index, str(tmp))
+    keys = store.space_keys(space) if keys is None else keys
+    meta = {
+        "format": INDEX_FORMAT,
+        "space": space.id,
+        "space_fingerprint": fingerprint_hash(space.fields),
+        "factory": factory,
+        "kind": kind_of(factory),
+        "auto": auto,
+        "rows": int(index.ntotal),
+        "trained_rows": int(trained_rows),
+        "segments": _segments_json(space),
+        "keys_sha256": _keys_hash(keys[: index.ntotal]),
+        "file_bytes": os.path.getsize(faiss_path),
+        "file_sha256": _file_sha256(faiss_path),
+        "identity": _identity(faiss_path),
+        "search": {"nprobe": DEFAULT_NPROBE, "ef": DEFAULT_EF, "k_factor": REFINE_K_FACTOR},
+        "faiss": faiss.__version__,
+        "metric": "cosine",
+    }
+    _write_meta(meta_path, meta)
+    return meta
+
+
+# ----------------------------------------------------------------------------- checking
+
+
+@dataclass
+class _Verdict:
+    meta: dict[str, Any] | None
+    status: str  # "loaded", "built" (none yet) or "rebuilt: <why>"
+    refreshed: dict[str, Any] | None = None  # a manifest to write back: the slow checks passed
+
+
+def _verify(store: Store, space: Space, keys: np.ndarray | None, full: bool,
+            hashed: dict[str, Any] | None = None) -> _Verdict:
+    """Check the index files against the space; ``full`` hashes the whole file and the keys whatever
+    the cheap evidence says (``fs check``); ``hashed`` is an identity whose file this process just hashed."""
+    faiss_path, meta_path = index_paths(store, space)
+    try:
+        meta = _read_meta(meta_path)
+        ident = _identity(faiss_path)
+    except FileNotFoundError:
+        return _Verdict(None, "built")
+    except (OSError, ValueError) as exc:
+        return _Verdict(None, f"rebuilt: unreadable index manifest ({exc})")
+    if meta.get("format") != INDEX_FORMAT or meta.get("space_fingerprint") != fingerprint_hash(space.fields):
+        return _Verdict(None, "rebuilt: index belongs to another space or format")
+    if not isinstance(meta.get("factory"), str):
+        return _Verdict(None, "rebuilt: index manifest names no factory string")
+    refreshed = None
+    if full or ident != meta.get("identity"):
+        if ident != hashed and (ident["size"] != meta.get("file_bytes")
+                                or _file_sha256(faiss_path) != meta.get("file_sha256")):
+            return _Verdict(None, "rebuilt: index file is truncated or corrupt")
+        refreshed = {**meta, "identity": ident}
+    rows = meta.get("rows", -1)
+    if not isinstance(rows, int) or not 0 <= rows <= space.rows:
+        return _Verdict(None, "rebuilt: index rows no longer match the store")
+    if full or not _covers_same_rows(meta, space):
+        keys = store.space_keys(space) if keys is None else keys
+        if _keys_hash(keys[:rows]) != meta.get("keys_sha256"):
+            return _Verdict(None, "rebuilt: index rows no longer match the store")
+        if not _covers_same_rows(meta, space):  # e.g. compaction merged the segments: same rows, new names
+            covered, acc = [], 0
+            for s in space.segments:
+                if acc >= rows:
+                    break
+                covered.append([s.file, s.rows])
+                acc += s.rows
+            if acc == rows:  # recordable only when the rows end on a segment boundary
+                refreshed = {**(refreshed or meta), "segments": covered}
+    return _Verdict(meta, "loaded", refreshed)
+
+
+def _read(store: Store, space: Space, meta: dict[str, Any], mmap: bool) -> faiss.Index | None:
+    faiss_path, _ = index_paths(store, space)
+    try:
+        index = faiss.read_index(faiss_path, MMAP_FLAGS if mmap else 0)
+    except RuntimeError as exc:
+        log.info("FAISS could not read %s: %s", faiss_path, exc)
+        return None
+    if index.ntotal != meta.get("rows") or index.d != space.dim:
+        return None
+    return index
+
+
+def load_checked(store: Store, space: Space, keys: np.ndarray) -> tuple[faiss.Index | None, str]:
+    """The saved index if every check passes, whole-file sha256 and key hash included (status "loaded"),
+    else None and why: "built" when there is none yet, "rebuilt: <reason>" when it does not match."""
+    v = _verify(store, space, keys, full=True)
+    if v.meta is None:
+        return None, v.status
+    index = _read(store, space, v.meta, mmap=True)
+    if index is None:
+        return None, "rebuilt: FAISS could not read the index, or its size does not match its manifest"
+    return index, "loaded"
+
+
+@contextlib.contextmanager
+def _update_lock(store: Store, space: Space) -> Iterator[bool]:
+    """One process updates a given index at a time; others wait and then find it current.
+    A read-only store has no lock to take (yields False): the index is then built in memory."""
+    try:
+        os.makedirs(store.index_dir, exist_ok=True)
+        lock = FileLock(os.path.join(store.index_dir, space.id + ".lock"))
+        lock.acquire()
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _training_sample(store: Store, space: Space, count: int) -> np.ndarray:
+    """About ``count`` rows spread evenly over the space, read block by block."""
+    step = max(1, space.rows // max(1, count))
+    parts = [block[(-first) % step :: step] for first, block in store.iter_vectors(space)]
+    return normalize(np.concatenate(parts)[:count] if parts else np.zeros((0, space.dim), np.float32))
 
 
 def _add_rows(store: Store, space: Space, index: faiss.Index, start: int, progress: ProgressFn | None) -> None:
@@ -85,107 +345,185 @@ def _add_rows(store: Store, space: Space, index: faiss.Index, start: int, progre
             progress(len(block), total)
 
 
-def _save(store: Store, space: Space, index: faiss.Index, keys: np.ndarray) -> None:
-    faiss_path, meta_path = _paths(store, space)
-    data = faiss.serialize_index(index).tobytes()
-    atomic_write_bytes(type(store.path)(faiss_path), data)
-    meta = {
-        "format": INDEX_FORMAT,
-        "space": space.id,
-        "space_fingerprint": fingerprint_hash(space.fields),
-        "rows": int(index.ntotal),
-        "keys_sha256": _keys_hash(keys[: index.ntotal]),
-        "file_bytes": len(data),
-        "file_sha256": hashlib.sha256(data).hexdigest(),
-        "faiss": faiss.__version__,
-        "metric": "cosine",
-    }
-    atomic_write_bytes(type(store.path)(meta_path), json.dumps(meta, indent=1).encode())
+def _new_index(store: Store, space: Space, factory: str) -> tuple[faiss.Index, int]:
+    index = faiss.index_factory(space.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    trained = 0
+    if not index.is_trained:
+        ivf = faiss.extract_index_ivf(index)
+        sample = _training_sample(store, space, TRAIN_PER_LIST * ivf.nlist if ivf is not None else 65536)
+        if ivf is not None:
+            ivf.cp.niter = 10  # the lists need not be optimal, only balanced enough; 10 halves the build
+        index.train(sample)
+        trained = space.rows
+    return index, trained
 
 
-def load_checked(store: Store, space: Space, keys: np.ndarray) -> tuple[faiss.Index | None, str]:
-    """The saved index if every check passes (status "loaded"), else None and why:
-    "built" when there is none yet, "rebuilt: <reason>" when it does not match the store."""
-    faiss_path, meta_path = _paths(store, space)
-    try:
-        with open(meta_path, "rb") as f:
-            meta = json.load(f)
-        with open(faiss_path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None, "built"
-    except (OSError, ValueError) as exc:
-        return None, f"rebuilt: unreadable index manifest ({exc})"
-    if meta.get("format") != INDEX_FORMAT or meta.get("space_fingerprint") != fingerprint_hash(space.fields):
-        return None, "rebuilt: index belongs to another space or format"
-    if len(data) != meta.get("file_bytes") or hashlib.sha256(data).hexdigest() != meta.get("file_sha256"):
-        return None, "rebuilt: index file is truncated or corrupt"
-    rows = int(meta.get("rows", -1))
-    if not 0 <= rows <= len(keys) or _keys_hash(keys[:rows]) != meta.get("keys_sha256"):
-        return None, "rebuilt: index rows no longer match the store"
-    try:
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-    except RuntimeError as exc:
-        return None, f"rebuilt: FAISS could not read the index ({exc})"
-    if index.ntotal != rows or index.d != space.dim:
-        return None, "rebuilt: index size does not match its manifest"
-    return index, "loaded"
+def _build(store: Store, space: Space, factory: str, progress: ProgressFn | None) -> tuple[faiss.Index, int]:
+    index, trained = _new_index(store, space, factory)
+    _add_rows(store, space, index, 0, progress)
+    return index, trained
 
 
-@contextlib.contextmanager
-def _update_lock(store: Store, space: Space) -> Iterator[None]:
-    """One process updates a given index at a time; others wait and then find it current.
-    A read-only store has no lock to take: the index is then built in memory, for this process."""
+def _extendable(meta: dict[str, Any], rows: int) -> bool:
+    kind = kind_of(meta["factory"])
+    if kind in ("flat", "hnsw"):
+        return True
+    return rows <= 2 * int(meta.get("trained_rows", 0))  # centroids trained on at least half the rows
+
+
+def _wanted_factory(space: Space, meta: dict[str, Any] | None) -> tuple[str, bool]:
+    """What a rebuild makes: the kind the user built (same factory string), else the automatic choice."""
+    if meta is not None and not meta.get("auto", True) and isinstance(meta.get("factory"), str):
+        return meta["factory"], False
+    return factory_string("auto", space.rows, space.dim), True
+
+
+def _prior_meta(store: Store, space: Space) -> dict[str, Any] | None:
+    """The manifest of the index being replaced, trusted only for what kind the user asked for."""
     try:
-        os.makedirs(store.index_dir, exist_ok=True)
-        lock = FileLock(os.path.join(store.index_dir, space.id + ".lock"))
-        lock.acquire()
-    except OSError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        lock.release()
+        meta = _read_meta(index_paths(store, space)[1])
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("space_fingerprint") == fingerprint_hash(space.fields) else None
+
+
+def _stale_auto(meta: dict[str, Any], space: Space) -> bool:
+    """An automatically chosen index whose kind the store's size no longer calls for."""
+    return bool(meta.get("auto", True)) and kind_of(meta["factory"]) != choose_kind(space.rows)
+
+
+def build_index(store: Store, space: Space, kind: str = "auto", *, nlist: int | None = None, m: int | None = None,
+                progress: ProgressFn | None = None) -> OpenedIndex:
+    """Build (or rebuild) the index of ``space`` as ``kind``; later queries and ingests keep that kind."""
+    factory = factory_string(kind, space.rows, space.dim, nlist, m)
+    with _update_lock(store, space) as locked:
+        index, trained = _build(store, space, factory, progress)
+        meta: dict[str, Any] = {}
+        if locked:
+            meta = _save(store, space, index, factory, auto=kind == "auto", trained_rows=trained)
+    return OpenedIndex(index, space.rows, "built", factory, False, meta)
 
 
 def open_index(store: Store, space: Space, progress: ProgressFn | None = None) -> OpenedIndex:
-    """An index that matches ``space`` exactly as committed: loaded, brought up to date, or rebuilt."""
-    keys = store.space_keys(space)
-    index, status = load_checked(store, space, keys)
-    if index is not None and index.ntotal == space.rows:
-        return OpenedIndex(index, space.rows, status)
-    with _update_lock(store, space):
-        index, status = load_checked(store, space, keys)
-        if index is not None and index.ntotal == space.rows:
-            return OpenedIndex(index, space.rows, status)
+    """An index that matches ``space`` exactly as committed: mapped from disk, brought up to date, or rebuilt."""
+    v = _verify(store, space, None, full=False)
+    if v.meta is not None and v.meta["rows"] == space.rows and not _stale_auto(v.meta, space):
+        index = _read(store, space, v.meta, mmap=True)
+        if index is not None and v.refreshed is None and _identity(index_paths(store, space)[0]) == v.meta["identity"]:
+            return OpenedIndex(index, space.rows, "loaded", v.meta["factory"], True, v.meta)
+    with _update_lock(store, space) as locked:
+        keys = store.space_keys(space)
+        v = _verify(store, space, keys, full=False, hashed=v.refreshed and v.refreshed["identity"])
+        meta, status = v.meta, v.status
+        if meta is not None and _stale_auto(meta, space):
+            meta, status = None, f"rebuilt: {space.rows:,} vectors call for a {choose_kind(space.rows)} index"
+        if meta is not None and meta["rows"] == space.rows:
+            index = _read(store, space, meta, mmap=True)
+            if index is not None:
+                if v.refreshed is not None and locked:
+                    with contextlib.suppress(OSError):
+                        _write_meta(index_paths(store, space)[1], v.refreshed)
+                return OpenedIndex(index, space.rows, "loaded", meta["factory"], True, v.refreshed or meta)
+            meta, status = None, "rebuilt: FAISS could not read the index, or its size does not match its manifest"
+        index = None
+        if meta is not None and _extendable(meta, space.rows):
+            index = _read(store, space, meta, mmap=False)  # adding needs a private, writable copy
+            if index is not None:
+                start = index.ntotal
+                _add_rows(store, space, index, start, progress)
+                factory, auto, trained = meta["factory"], bool(meta.get("auto", True)), int(meta.get("trained_rows", 0))
+                status = f"extended by {space.rows - start} rows"
+        elif meta is not None:
+            status = f"rebuilt: {space.rows:,} vectors, twice what its lists were trained on"
         if index is None:
-            log.info("index for space %s %s", space.id, status)
-            index = faiss.IndexFlatIP(space.dim)
-            _add_rows(store, space, index, 0, progress)
-        else:
-            start = index.ntotal
-            _add_rows(store, space, index, start, progress)
-            status = f"extended by {space.rows - start} rows"
-        try:
-            _save(store, space, index, keys)
-        except OSError as exc:  # a read-only store still answers queries, from memory
-            log.warning("could not save the index for space %s: %s", space.id, exc)
-    return OpenedIndex(index, space.rows, status)
+            factory, auto = _wanted_factory(space, _prior_meta(store, space))
+            log.info("index for space %s %s (%s)", space.id, status, factory)
+            index, trained = _build(store, space, factory, progress)
+        saved: dict[str, Any] = {}
+        if locked:
+            try:
+                saved = _save(store, space, index, factory, auto=auto, trained_rows=trained, keys=keys)
+            except OSError as exc:  # a read-only store still answers queries, from memory
+                log.warning("could not save the index for space %s: %s", space.id, exc)
+    return OpenedIndex(index, space.rows, status, factory, False, saved)
+
+
+# ----------------------------------------------------------------------------- searching
+
+
+def _params(opened: OpenedIndex, sel: Any, nprobe: int | None, ef: int | None) -> Any:
+    defaults = opened.meta.get("search", {})
+    kind = opened.kind
+    if kind in ("ivf", "ivfpq"):
+        ivf = faiss.extract_index_ivf(opened.index)
+        p = faiss.SearchParametersIVF(sel=sel, nprobe=min(ivf.nlist, nprobe or defaults.get("nprobe", DEFAULT_NPROBE)))
+        if kind == "ivfpq":
+            return faiss.IndexRefineSearchParameters(
+                base_index_params=p, k_factor=float(defaults.get("k_factor", REFINE_K_FACTOR)), sel=sel)
+        return p
+    if kind == "hnsw":
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=ef or defaults.get("ef", DEFAULT_EF))
+    return faiss.SearchParameters(sel=sel) if sel is not None else None
+
+
+def _exact_index(opened: OpenedIndex) -> tuple[faiss.Index, Any] | None:
+    """A flat view of the same vectors inside the index, or an IVF scan of every list; None for PQ codes."""
+    index = faiss.downcast_index(opened.index)
+    if isinstance(index, faiss.IndexFlat):
+        return index, None
+    if isinstance(index, faiss.IndexHNSW):
+        storage = faiss.downcast_index(index.storage)
+        return (storage, None) if isinstance(storage, faiss.IndexFlat) else None
+    if isinstance(index, faiss.IndexIVFFlat):
+        return index, index.nlist  # every list scanned with exact inner products = brute force
+    return None
+
+
+def _exact_from_store(store: Store, space: Space, q: np.ndarray, k: int, allowed: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force over the stored vectors, block by block (for indexes that keep only codes)."""
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_r = np.zeros((len(q), 0), np.int64)
+    for first, block in store.iter_vectors(space):
+        s = q @ normalize(block).T
+        rows = np.arange(first, first + len(block))
+        if allowed is not None:
+            keep = np.isin(rows, allowed)
+            s, rows = s[:, keep], rows[keep]
+        s_all = np.concatenate([best_s, s], axis=1)
+        r_all = np.concatenate([best_r, np.broadcast_to(rows, s.shape)], axis=1)
+        top = np.argsort(-s_all, axis=1, kind="stable")[:, :k]
+        best_s, best_r = np.take_along_axis(s_all, top, 1), np.take_along_axis(r_all, top, 1)
+    pad = k - best_s.shape[1]
+    if pad > 0:
+        best_s = np.pad(best_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        best_r = np.pad(best_r, ((0, 0), (0, pad)), constant_values=-1)
+    return best_s, best_r
 
 
 def search(
-    opened: OpenedIndex, queries: np.ndarray, k: int, allowed_rows: np.ndarray | None = None
+    opened: OpenedIndex, queries: np.ndarray, k: int, allowed_rows: np.ndarray | None = None, *,
+    exact: bool = False, nprobe: int | None = None, ef: int | None = None,
+    store: Store | None = None, space: Space | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` cosine scores and store rows per query; ``allowed_rows`` restricts the candidates.
 
-    Missing results (fewer candidates than k) have row -1.
+    ``exact`` searches every vector (brute force) whatever the index kind; ``nprobe`` (IVF) and
+    ``ef`` (HNSW) trade speed for recall. Missing results (fewer candidates than k) have row -1.
     """
     q = normalize(np.atleast_2d(queries))
     k = max(1, min(k, opened.rows))
-    params = None
+    sel = None
     if allowed_rows is not None:
         sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_rows, dtype=np.int64))
-        params = faiss.SearchParameters(sel=sel)
-    scores, rows = opened.index.search(q, k, params=params)
-    return scores, rows
+    if not exact and opened.kind != "flat":
+        return opened.index.search(q, k, params=_params(opened, sel, nprobe, ef))
+    flat = _exact_index(opened)
+    if flat is None:
+        if store is None or space is None:
+            raise ValueError("exact search of a PQ index needs the store and space")
+        return _exact_from_store(store, space, q, k, allowed_rows)
+    index, lists = flat
+    params = (faiss.SearchParametersIVF(sel=sel, nprobe=lists) if lists
+              else faiss.SearchParameters(sel=sel) if sel is not None else None)
+    return index.search(q, k, params=params)

@@ -1,28 +1,47 @@
 """Nearest-neighbour queries: resolve the query to a vector, search the space's index, name the hits.
 
 A query is a stored row (``id``), a text whose key is already stored (its vector is read,
-the model is not loaded), or a new text (embedded). ``SearchCache`` keeps, per process,
-the checked index and the key lookups of one snapshot, so repeated queries in a notebook
-or a server skip that work while nothing on disk changed.
+the model is not loaded), or a new text (embedded). Naming the hits reads only what they
+need, so that a cold process answers in about a second at a million rows:
+
+- the space's keys (fixed-width, 32 bytes a row) map index rows to text keys and back;
+- a dataset's key list (fixed-width) is scanned for the hits' keys, and only the ids at the
+  matching positions are read;
+- id -> position tables (``IdTable``: sorted 64-bit hashes of the ids of a list of immutable
+  segments, saved beside the index and extended when segments are appended) find a query id's
+  key and a hit's raw text without reading every id (variable-length strings are the slow read).
+
+``SearchCache`` keeps, per process, the opened index and these arrays while nothing on disk
+changed, so repeated queries in a notebook or a server skip that work. A query restricted to
+one dataset (``dataset=``) joins the dataset's keys with the space's (``View``), cached the same way.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from featurestore import index as faiss_index
+from featurestore.atomic import atomic_write_bytes
 from featurestore.clean import get_recipe
 from featurestore.embedders import load_embedder
 from featurestore.errors import DatasetError, ModelError, UsageError
 from featurestore.ingest import DEFAULT_MAX_CHARS, make_space
-from featurestore.keys import text_key
-from featurestore.manifest import Dataset, Snapshot, Space
+from featurestore.keys import KEY_DTYPE, text_key
+from featurestore.manifest import Dataset, Segment, Snapshot, Space
 from featurestore.progress import ProgressFn
-from featurestore.store import Store, lookup
+from featurestore.store import Store, as_text_column, lookup
+
+log = logging.getLogger(__name__)
+ID_TABLE_FORMAT = 1
 
 
 @dataclass
@@ -33,9 +52,146 @@ class Hit:
     text: str
 
 
+# ----------------------------------------------------------------------------- reading only what is needed
+
+
+def _bounds(segs: Sequence[Segment]) -> np.ndarray:
+    return np.cumsum([0] + [s.rows for s in segs])
+
+
+def read_at(store: Store, segs: Sequence[Segment], column: str, positions: np.ndarray) -> np.ndarray:
+    """Values of ``column`` at global ``positions`` of the concatenated segments (any order, repeats allowed)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    out = np.empty(len(positions), dtype=object)
+    if not len(positions):
+        return out
+    bounds = _bounds(segs)
+    which = np.searchsorted(bounds, positions, side="right") - 1
+    for si in np.unique(which):
+        sel = np.flatnonzero(which == si)
+        uniq, inverse = np.unique(positions[sel] - bounds[si], return_inverse=True)
+        with store.open_segment(segs[si].file) as f:
+            values = f[column][uniq]
+        if column in ("ids", "labels"):
+            values = as_text_column(values, column)
+        elif column == "texts":
+            values = np.array([bytes(t).decode("utf-8", "surrogatepass") for t in values], dtype=object)
+        out[sel] = np.asarray(values, dtype=object)[inverse]
+    return out
+
+
+def read_keys(store: Store, segs: Sequence[Segment]) -> np.ndarray:
+    """The whole fixed-width key column of some segments (32 bytes a row: fast to read and compare)."""
+    parts = []
+    for seg in segs:
+        with store.open_segment(seg.file) as f:
+            parts.append(f["keys"][()])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=KEY_DTYPE)
+
+
+def _prefix(keys: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each key as an integer: a vectorised pre-filter, confirmed on the full key."""
+    k = np.ascontiguousarray(np.asarray(keys, dtype=KEY_DTYPE))
+    return k.view(np.uint64).reshape(len(k), -1)[:, 0] if len(k) else np.zeros(0, np.uint64)
+
+
+def find_keys(keys: np.ndarray, wanted: np.ndarray, prefixes: np.ndarray | None = None) -> list[np.ndarray]:
+    """Positions in ``keys`` of each wanted key."""
+    wanted = np.asarray(wanted, dtype=KEY_DTYPE)
+    prefixes = _prefix(keys) if prefixes is None else prefixes
+    cand = np.flatnonzero(np.isin(prefixes, _prefix(wanted)))
+    return [cand[keys[cand] == w] for w in wanted]
+
+
+def _id_hash(ids: np.ndarray) -> np.ndarray:
+    return pd.util.hash_array(np.asarray(ids, dtype=object)) if len(ids) else np.zeros(0, np.uint64)
+
+
+@dataclass(frozen=True)
+class IdTable:
+    """Sorted 64-bit hashes of the ids of a list of segments, with their global positions."""
+
+    segments: tuple[Segment, ...]
+    hashes: np.ndarray  # uint64, sorted
+    positions: np.ndarray  # int64
+
+    def candidates(self, id: str) -> np.ndarray:
+        h = _id_hash(np.array([id], dtype=object))[0]
+        lo, hi = np.searchsorted(self.hashes, [h, h], side="left")[0], np.searchsorted(self.hashes, h, side="right")
+        return np.asarray(self.positions[lo:hi], dtype=np.int64)
+
+
+def _table_paths(store: Store, name: str) -> tuple[Path, Path]:
+    return store.index_dir / f"ids-{name}.npy", store.index_dir / f"ids-{name}.json"
+
+
+def id_table(store: Store, segs: Sequence[Segment], name: str, pending: list[Any] | None = None) -> IdTable:
+    """The id table of ``segs``: loaded (memory-mapped) when its manifest names the same segments,
+    extended when segments were appended, rebuilt otherwise. A new table is saved beside the index
+    (by ``save_tables``, once the query succeeded: a failed command leaves the store as it was)."""
+    segs = tuple(segs)
+    data_path, meta_path = _table_paths(store, name)
+    want = [[s.file, s.rows] for s in segs]
+    have: list[list[Any]] = []
+    table = np.zeros((0, 2), dtype=np.uint64)
+    with contextlib.suppress(OSError, ValueError):
+        meta = json.loads(meta_path.read_bytes())
+        if meta.get("format") == ID_TABLE_FORMAT and want[: len(meta["segments"])] == meta["segments"]:
+            loaded = np.load(data_path, mmap_mode="r")
+            if loaded.shape == (sum(r for _, r in meta["segments"]), 2):
+                have, table = meta["segments"], loaded
+    if have == want:
+        return IdTable(segs, table[:, 0], table[:, 1].view(np.int64))
+    # appended segments: hash their ids and merge (a compaction's new names mean a full rebuild, once)
+    first = sum(r for _, r in have)
+    parts = [np.asarray(table)]
+    offset = first
+    for seg in segs[len(have):]:
+        with store.open_segment(seg.file) as f:
+            h = _id_hash(as_text_column(f["ids"][()], "ids"))
+        parts.append(np.stack([h, np.arange(offset, offset + len(h), dtype=np.uint64)], axis=1))
+        offset += len(h)
+    table = np.concatenate(parts)
+    table = table[np.argsort(table[:, 0], kind="stable")]
+    if pending is not None:
+        pending.append((data_path, meta_path, table, want))
+    return IdTable(segs, table[:, 0], table[:, 1].view(np.int64))
+
+
+def save_tables(pending: list[Any]) -> None:
+    """Write the id tables built by this process's queries (best effort: a read-only store keeps them in memory)."""
+    while pending:
+        data_path, meta_path, table, segments = pending.pop()
+        with contextlib.suppress(OSError):
+            os.makedirs(data_path.parent, exist_ok=True)
+            atomic_write_bytes(data_path, _npy_bytes(table))
+            atomic_write_bytes(meta_path, json.dumps({"format": ID_TABLE_FORMAT, "segments": segments}).encode())
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array))
+    return buf.getvalue()
+
+
+def find_id(store: Store, segs: Sequence[Segment], table: IdTable, id: str) -> int:
+    """Global position of ``id`` in ``segs`` (confirmed by reading it), or -1."""
+    cand = table.candidates(id)
+    if not len(cand):
+        return -1
+    found = read_at(store, segs, "ids", cand)
+    match = [int(p) for p, v in zip(cand, found) if v == id]
+    return match[0] if match else -1
+
+
+# ----------------------------------------------------------------------------- the per-process cache
+
+
 @dataclass(frozen=True)
 class View:
-    """Key lookups of one space over some datasets, in one snapshot."""
+    """Key lookups of one space over some datasets, in one snapshot (queries restricted to a dataset)."""
 
     space_keys: np.ndarray
     row_of: pd.Index  # key -> storage row (get_indexer)
@@ -45,10 +201,26 @@ class View:
 
 @dataclass
 class SearchCache:
-    """The checked index and the views of the latest snapshot, reused while files are unchanged."""
+    """The opened index and the key arrays of the latest snapshot, reused while files are unchanged."""
 
     views: dict[tuple[Any, ...], View] = field(default_factory=dict)
     indexes: dict[str, tuple[tuple[Any, ...], faiss_index.OpenedIndex]] = field(default_factory=dict)
+    arrays: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    pending: list[Any] = field(default_factory=list)  # id tables to save once a query succeeds
+
+    def _memo(self, key: tuple[Any, ...], make: Any) -> Any:
+        if key not in self.arrays:
+            if len(self.arrays) > 64:
+                self.arrays.clear()
+            self.arrays[key] = make()
+        return self.arrays[key]
+
+    def keys_of(self, store: Store, segs: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
+        """Key column of ``segs`` and its 8-byte prefixes (segments are immutable: their names are the cache key)."""
+        return self._memo(("keys", tuple(segs)), lambda: (lambda k: (k, _prefix(k)))(read_keys(store, segs)))
+
+    def ids_table(self, store: Store, segs: Sequence[Segment], name: str) -> IdTable:
+        return self._memo(("ids", name, tuple(segs)), lambda: id_table(store, segs, name, self.pending))
 
     def view(self, store: Store, snap: Snapshot, space: Space, datasets: list[Dataset], restrict: bool) -> View:
         key = (snap.generation, space.id, tuple(d.name for d in datasets), restrict)
@@ -79,26 +251,45 @@ class SearchCache:
         return opened, opened.status
 
 
-def _query_vector(store: Store, space: Space, view: View, datasets: list[Dataset], text: str | None,
-                  id: str | None, where: str) -> tuple[np.ndarray, str]:
-    if id is not None:
-        owners = []
-        for d in datasets:
-            kid, kkeys = store.dataset_keys(d, space.recipe)
-            owners += [(d, kkeys[j]) for j in np.flatnonzero(kid == id)]
-        if not owners:
-            raise DatasetError(f"id {id!r} is not in {where} with vectors for model {space.model!r}; check the id or [[dataset]]")
-        if len(owners) > 1:
-            raise DatasetError(f"id {id!r} is in datasets {', '.join(d.name for d, _ in owners)}; fix: pick one with [[dataset]]")
-        row = view.row_of.get_indexer([owners[0][1]])
-        return store.read_vectors(space, row), "stored vector"
+# ----------------------------------------------------------------------------- queries
+
+
+def _key_row(cache: SearchCache, store: Store, space: Space, key: bytes) -> int:
+    keys, prefixes = cache.keys_of(store, space.segments)
+    pos = find_keys(keys, np.array([key], dtype=KEY_DTYPE), prefixes)[0]
+    return int(pos[0]) if len(pos) else -1
+
+
+def _id_vector(cache: SearchCache, store: Store, space: Space, datasets: list[Dataset], id: str, where: str) -> np.ndarray:
+    owners = []
+    for d in datasets:
+        segs = d.keys.get(space.recipe, ())
+        pos = find_id(store, segs, cache.ids_table(store, segs, f"{d.name}-keys-{space.recipe}"), id)
+        if pos >= 0:
+            owners.append((d, read_keys_at(store, segs, pos)))
+    if not owners:
+        raise DatasetError(f"id {id!r} is not in {where} with vectors for model {space.model!r}; check the id or [[dataset]]")
+    if len(owners) > 1:
+        raise DatasetError(f"id {id!r} is in datasets {', '.join(d.name for d, _ in owners)}; fix: pick one with [[dataset]]")
+    row = _key_row(cache, store, space, owners[0][1])
+    return store.read_vectors(space, np.array([row]))
+
+
+def read_keys_at(store: Store, segs: Sequence[Segment], pos: int) -> bytes:
+    bounds = _bounds(segs)
+    si = int(np.searchsorted(bounds, pos, side="right") - 1)
+    with store.open_segment(segs[si].file) as f:
+        return bytes(f["keys"][pos - bounds[si]])
+
+
+def _text_vector(cache: SearchCache, store: Store, space: Space, text: str) -> tuple[np.ndarray, str]:
     recipe = get_recipe(space.recipe)
     cleaned = recipe.clean([text])[0][:DEFAULT_MAX_CHARS]
     if not cleaned.strip():  # a zero vector scores 0 against everything: no meaningful neighbours
         raise UsageError(f"query {text[:80]!r} is empty after cleaning with {recipe.name}; give words to search for", "text")
-    row = view.row_of.get_indexer(np.array([text_key(recipe.name, cleaned)], dtype=view.space_keys.dtype))
-    if row[0] >= 0:
-        return store.read_vectors(space, row), "stored vector (model not loaded)"
+    row = _key_row(cache, store, space, text_key(recipe.name, cleaned))
+    if row >= 0:
+        return store.read_vectors(space, np.array([row])), "stored vector (model not loaded)"
     embedder = load_embedder(space.model)
     if make_space(embedder, space.model, recipe, space.dtype).id != space.id:
         raise ModelError(
@@ -106,6 +297,35 @@ def _query_vector(store: Store, space: Space, view: View, datasets: list[Dataset
             "compared; re-ingest into a new store"
         )
     return embedder.embed([cleaned]), "embedded"
+
+
+def _name_hits(cache: SearchCache, store: Store, snap: Snapshot, space: Space, datasets: list[Dataset],
+               found: list[tuple[float, int]]) -> list[Hit]:
+    """(dataset, id) of every row holding each hit's text, and the first one's raw text."""
+    space_keys, _ = cache.keys_of(store, space.segments)
+    hit_keys = np.array([space_keys[r] for _, r in found], dtype=KEY_DTYPE)
+    owners: list[list[tuple[str, str]]] = [[] for _ in found]
+    for d in datasets:
+        segs = d.keys.get(space.recipe, ())
+        if not segs or not len(hit_keys):
+            continue
+        keys, prefixes = cache.keys_of(store, segs)
+        where = find_keys(keys, hit_keys, prefixes)
+        flat = np.concatenate(where)
+        ids = read_at(store, segs, "ids", flat) if len(flat) else []
+        i = 0
+        for h, pos in enumerate(where):
+            owners[h] += [(d.name, ids[i + j]) for j in range(len(pos))]
+            i += len(pos)
+    texts: dict[tuple[str, str], str] = {}
+    for h, o in enumerate(owners):
+        if not o:
+            continue
+        d = snap.datasets[o[0][0]]
+        pos = find_id(store, d.rows, cache.ids_table(store, d.rows, f"{d.name}-rows"), o[0][1])
+        if pos >= 0:
+            texts[o[0]] = read_at(store, d.rows, "texts", np.array([pos]))[0]
+    return [Hit(rank, s, o, texts.get(o[0], "") if o else "") for rank, ((s, _), o) in enumerate(zip(found, owners), 1)]
 
 
 def similar(
@@ -119,29 +339,66 @@ def similar(
     k: int = 10,
     dataset: str | None = None,
     progress: ProgressFn | None = None,
+    exact: bool = False,
+    nprobe: int | None = None,
+    ef: int | None = None,
 ) -> tuple[list[Hit], dict[str, Any]]:
-    """Top-``k`` stored tweets by cosine similarity to a text or a stored row, exact, through FAISS."""
-    if (text is None) == (id is None):
+    """Top-``k`` stored tweets by cosine similarity to a text or a stored row, through the space's index
+    (exact brute force when ``exact``; ``nprobe``/``ef`` tune an approximate index)."""
+    hits, info = similar_batch(store, cache, snap, space, texts=None if text is None else [text],
+                               id=id, k=k, dataset=dataset, progress=progress, exact=exact, nprobe=nprobe, ef=ef)
+    return hits[0], info
+
+
+def similar_batch(
+    store: Store,
+    cache: SearchCache,
+    snap: Snapshot,
+    space: Space,
+    *,
+    texts: Sequence[str] | None = None,
+    id: str | None = None,
+    k: int = 10,
+    dataset: str | None = None,
+    progress: ProgressFn | None = None,
+    exact: bool = False,
+    nprobe: int | None = None,
+    ef: int | None = None,
+) -> tuple[list[list[Hit]], dict[str, Any]]:
+    """Like ``similar`` for many query texts at once (one FAISS search); ``info["queries"]`` says how
+    each query was resolved."""
+    if (texts is None) == (id is None):
         raise UsageError("give either a query text or an {param}, not both (and not neither)", "id")
     if k < 1:
         raise UsageError(f"{{param}} must be at least 1, got {k}", "k")
+    for name, value in (("nprobe", nprobe), ("ef", ef)):
+        if value is not None and value < 1:
+            raise UsageError(f"{{param}} must be at least 1, got {value}", name)
     datasets = [store.dataset(dataset, snap)] if dataset else list(snap.datasets.values())
     where = f"dataset {dataset!r}" if dataset else "any dataset"
-    view = cache.view(store, snap, space, datasets, bool(dataset))
     info: dict[str, Any] = {"space": space.id, "model": space.model, "recipe": space.recipe, "dtype": space.dtype}
-    query, info["query"] = _query_vector(store, space, view, datasets, text, id, where)
+    allowed = cache.view(store, snap, space, datasets, True).allowed if dataset else None
+    if id is not None:
+        queries, how = _id_vector(cache, store, space, datasets, id, where), ["stored vector"]
+    else:
+        resolved = [_text_vector(cache, store, space, t) for t in texts or []]
+        if not resolved:
+            return [], info
+        queries, how = np.concatenate([v for v, _ in resolved]), [h for _, h in resolved]
+    info["query"] = how[0] if len(how) == 1 else f"{len(how)} queries"
+    info["queries"] = how
     t = time.perf_counter()
     opened, info["index"] = cache.index(store, space, progress)
     info["index_seconds"] = time.perf_counter() - t
+    info["index_kind"] = "exact (brute force)" if exact else opened.factory
+    info["index_mmap"] = opened.mmap  # opened memory-mapped: a cold process did not read the whole file
     t = time.perf_counter()
-    scores, rows = faiss_index.search(opened, query, k, view.allowed)
+    scores, rows = faiss_index.search(opened, queries, k, allowed, exact=exact, nprobe=nprobe, ef=ef,
+                                      store=store, space=space)
     info["search_seconds"] = time.perf_counter() - t
-    found = [(float(s), int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
-    owners = [view.owners.get(view.space_keys[r], []) for _, r in found]
-    wanted: dict[str, list[str]] = {}
-    for o in owners:
-        if o:
-            wanted.setdefault(o[0][0], []).append(o[0][1])
-    texts = {(d, i): t_ for d, idl in wanted.items() for i, t_ in store.texts_for(snap.datasets[d], idl).items()}
-    hits = [Hit(rank, s, o, texts.get(o[0], "") if o else "") for rank, ((s, _), o) in enumerate(zip(found, owners), 1)]
-    return hits, info
+    out = []
+    for qs, qr in zip(scores, rows):
+        found = [(float(s), int(r)) for s, r in zip(qs, qr) if r >= 0]
+        out.append(_name_hits(cache, store, snap, space, datasets, found))
+    save_tables(cache.pending)
+    return out, info
