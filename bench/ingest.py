@@ -1,8 +1,17 @@
-"""Ingest benchmark: cold vs warm ingest, peak RSS, bytes per vector, similar latency, train from store.
+"""Ingest benchmark: the cold path against the model's own library, int8 against fp32, cold vs warm
+ingest, peak RSS, bytes per vector, similar latency, train from store.
 
     .venv/bin/python bench/ingest.py                 # 20k Sentiment140 tweets, MiniLM
+    .venv/bin/python bench/ingest.py --n 2000        # the cold-path comparison in a few minutes
     .venv/bin/python bench/ingest.py --n 100000      # all 100k
+    .venv/bin/python bench/ingest.py --no-int8       # skip minilm-int8 (no onnxruntime)
     .venv/bin/python bench/ingest.py --json out.json
+
+The cold-path section runs on the same texts, in this order: the plain library call
+(``SentenceTransformer.encode``, its default batch of 32), our ``MiniLMEmbedder.embed``, a cold
+``fs ingest`` into a new store in this process (model already loaded: the steady-state cold path,
+with the model's busy fraction), and the same for ``minilm-int8``; then the usual cold ingest as a
+new ``fs`` process (imports and model load included), for both models.
 
 Every figure comes from this one run on this machine; ratios compare runs made side by side.
 """
@@ -36,7 +45,87 @@ def machine() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}, no GPU used"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    import torch
+
+    return (f"{cpu}, {cores} cores usable, {mem:.0f} GiB RAM, Python {platform.python_version()}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), no GPU used")
+
+
+def read_texts(src: Path) -> list[str]:
+    import csv
+
+    with src.open(newline="", encoding="utf-8") as f:
+        return [row["text"] for row in csv.DictReader(f)]
+
+
+def timed(fn, *args, **kwargs):  # noqa: ANN001, ANN201 -- a stopwatch
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
+
+
+def cold_path(src: Path, tmp: Path, int8: bool, res: dict, rounds: int) -> None:
+    """Plain library call vs our embedder vs cold ingest, on the same texts, in this process.
+
+    Each round runs every path once, in turn; each figure is the best of the rounds, so that a
+    neighbour's burst on a shared machine does not decide a ratio.
+    """
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from featurestore.api import FeatureStore
+    from featurestore.embedders.minilm import MiniLMEmbedder
+
+    texts = read_texts(src)
+    n = len(texts)
+    ours = MiniLMEmbedder()
+    plain = SentenceTransformer(str(ours.model_dir), device="cpu", local_files_only=True)
+    plain.encode(texts[:64])  # first-call costs, not measured
+    ours.embed(texts[:64])
+    t_plain = t_ours = t_ingest = float("inf")
+    for r in range(rounds):
+        ref, t = timed(plain.encode, texts)
+        t_plain = min(t_plain, t)
+        fp32, t = timed(ours.embed, texts)
+        t_ours = min(t_ours, t)
+        s, t = timed(FeatureStore(tmp / f"cold-fp32-{r}").ingest, str(src), "s140", "minilm", embedder=ours)
+        if t < t_ingest:
+            t_ingest, busy = t, s.timings.get("embed", 0.0) / s.seconds
+    same = float(np.max(np.abs(ref - fp32)))
+    res.update(plain_encode_texts_per_s=n / t_plain, embed_texts_per_s=n / t_ours,
+               cold_ingest_inproc_texts_per_s=n / t_ingest, cold_inproc_over_plain=t_plain / t_ingest,
+               embed_over_plain=t_plain / t_ours, model_busy_fraction=busy, embed_vs_plain_max_abs_diff=same)
+    print(f"plain SentenceTransformer.encode (batch 32): {n / t_plain:,.1f} texts/s")
+    print(f"MiniLMEmbedder.embed: {n / t_ours:,.1f} texts/s ({t_plain / t_ours:.2f}x plain); "
+          f"vectors vs plain: max abs diff {same:.1e}")
+    print(f"cold fs ingest in this process (new store, model loaded; {s.embedded:,} distinct texts embedded): "
+          f"{n / t_ingest:,.1f} texts/s ({t_plain / t_ingest:.2f}x plain); model busy {busy:.1%} of the ingest")
+    if not int8:
+        return
+    from featurestore.embedders.onnx_minilm import MiniLMInt8Embedder
+
+    q = MiniLMInt8Embedder()
+    _, t_load = timed(lambda: q._session)
+    q.embed(texts[:64])
+    t_q = t_ingest8 = float("inf")
+    for r in range(rounds):
+        qv, t = timed(q.embed, texts)
+        t_q = min(t_q, t)
+        s8, t = timed(FeatureStore(tmp / f"cold-int8-{r}").ingest, str(src), "s140", "minilm-int8", embedder=q)
+        if t < t_ingest8:
+            t_ingest8, busy8 = t, s8.timings.get("embed", 0.0) / s8.seconds
+    cos = (qv * fp32).sum(axis=1)[np.linalg.norm(fp32, axis=1) > 0]
+    res.update(int8_load_s=t_load, int8_embed_texts_per_s=n / t_q, int8_cold_ingest_inproc_texts_per_s=n / t_ingest8,
+               int8_over_fp32_embed=t_ours / t_q, int8_over_fp32_cold_inproc=t_ingest / t_ingest8,
+               int8_model_busy_fraction=busy8, int8_cosine_mean=float(cos.mean()), int8_cosine_min=float(cos.min()))
+    print(f"minilm-int8: load {t_load:.1f} s ({'exported now' if q.exports else 'cached export'}); "
+          f"embed {n / t_q:,.1f} texts/s ({t_ours / t_q:.2f}x fp32 embed); cold fs ingest in this process "
+          f"{n / t_ingest8:,.1f} texts/s ({t_ingest / t_ingest8:.2f}x fp32); model busy {busy8:.1%}")
+    print(f"minilm-int8 vs fp32 cosine on these {len(cos):,} texts: mean {cos.mean():.4f}, min {cos.min():.4f}")
 
 
 def make_input(n: int, out: Path) -> int:
@@ -74,6 +163,8 @@ def main() -> None:
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--no-int8", action="store_true", help="skip minilm-int8 (needs onnxruntime: the int8 extra)")
+    ap.add_argument("--rounds", type=int, default=2, help="in-process cold-path figures: best of this many rounds")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -87,11 +178,25 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"input: {n:,} Sentiment140 tweets ({src.stat().st_size / 1e6:.1f} MB), model {args.model}")
     res: dict[str, float | str] = {"machine": machine(), "n": n, "model": args.model}
+    int8 = not args.no_int8 and args.model == "minilm"
+    if args.model == "minilm":
+        cold_path(src, tmp, int8, res, args.rounds)
 
     # Cold: every text embedded. Separate processes, like a user running fs twice.
     wall_cold, rss_cold, out_cold = run_cli(["ingest", str(src), "--dataset", "s140", "--model", args.model], env)
     fs = FeatureStore(store)
     print(out_cold.strip())
+    if args.model == "minilm":
+        res.update(cold_process_over_plain=(n / wall_cold) / res["plain_encode_texts_per_s"])
+        print(f"cold fs ingest as a new process (imports and model load included): {n / wall_cold:,.1f} texts/s, "
+              f"{res['cold_process_over_plain']:.2f}x plain")
+    if int8:
+        env8 = {**env, "FS_STORE": str(tmp / "store-int8")}
+        wall8, rss8, _ = run_cli(["ingest", str(src), "--dataset", "s140", "--model", "minilm-int8"], env8)
+        res.update(int8_cold_seconds=wall8, int8_cold_texts_per_s=n / wall8, int8_cold_peak_rss_mib=rss8,
+                   int8_cold_over_fp32_cold=wall_cold / wall8)
+        print(f"minilm-int8 cold fs ingest as a new process: {wall8:.1f} s, {n / wall8:,.1f} texts/s, "
+              f"{wall_cold / wall8:.2f}x the fp32 cold ingest, peak RSS {rss8:,.0f} MiB")
     wall_warm, rss_warm, out_warm = run_cli(["ingest", str(src), "--dataset", "s140", "--model", args.model], env)
     print(out_warm.strip())
     # In a running process (a notebook): one untimed call pays the imports, then the best of 3.
