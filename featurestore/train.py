@@ -231,8 +231,13 @@ def _proba(clf: Any, X: Any, classes: list[str]) -> np.ndarray | None:
     if not hasattr(clf, "predict_proba"):
         return None
     p = clf.predict_proba(X)
-    order = [list(map(str, clf.classes_)).index(c) for c in classes]
-    return p[:, order]
+    # A class with no training rows is unknown to the classifier: its probability is 0.
+    fitted = {str(c): i for i, c in enumerate(clf.classes_)}
+    out = np.zeros((p.shape[0], len(classes)), dtype=p.dtype)
+    for j, c in enumerate(classes):
+        if c in fitted:
+            out[:, j] = p[:, fitted[c]]
+    return out
 
 
 def fit_and_evaluate(
@@ -373,14 +378,14 @@ def train_features(
     paths = classifier_paths(store, name)
     _require_writable(store)
     dense = max(i.dense_dim for i in inputs_of.values())
-    notes = [check_memory("logreg", len(y), 2 * dense)] if dense else []
+    notes = [check_memory("logreg", len(y), dense)] if dense else []
     tr, va, warnings = split(y, classes, test_size, seed)
     t = time.perf_counter()
     sel = feats.select(inputs_of, X.iloc[tr], y[tr], classes, positive, search, folds=folds, seed=seed,
                        time_limit=time_limit, progress=progress)
     best = sel.best
     inputs = inputs_of[best.parts]
-    pipe = feats.make_pipeline(inputs, best.features, best.classifier, len(classes), seed)
+    pipe = feats.make_pipeline(inputs, best.features, best.classifier, seed)
     used = [c for k, s in enumerate(inputs.spaces) if s is not None for c in inputs.columns(k)]
     used += [f"text@{r}" for r in inputs.recipes]
     pipe.fit(X.iloc[tr][used], y[tr])

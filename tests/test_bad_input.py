@@ -326,7 +326,7 @@ CASES = [
     Case("unknown-dataset", lambda t, s: ["train", "--dataset", "nope", *M, "--store", str(s)],
          ("dataset 'nope' does not exist", "datasets: train")),
     Case("unknown-model", lambda t, s: ["ingest", str(write(t, "x.csv", HEADER + "1,0,a\n")), "--store", str(s), "--model", "bogus"],
-         ("unknown model 'bogus'", "known models: minilm, elmo")),
+         ("unknown model 'bogus'", "known models: minilm, minilm-int8, elmo")),
     Case("unimportable-plugin-model", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s)[:4]
          + ["--model", "py:no_such_module:X", "--clean", RECIPE], ("cannot load embedder", "fix:")),
     Case("unknown-recipe", lambda t, s: ["ingest", str(write(t, "x.csv", HEADER + "1,0,a\n")), "--store", str(s),
