@@ -207,6 +207,12 @@ class SearchCache:
     indexes: dict[str, tuple[tuple[Any, ...], faiss_index.OpenedIndex]] = field(default_factory=dict)
     arrays: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     pending: list[Any] = field(default_factory=list)  # id tables to save once a query succeeds
+    embedders: dict[str, Any] = field(default_factory=dict)  # loaded once per process (a server's new texts)
+
+    def embedder(self, model: str) -> Any:
+        if model not in self.embedders:
+            self.embedders[model] = load_embedder(model)
+        return self.embedders[model]
 
     def _memo(self, key: tuple[Any, ...], make: Any) -> Any:
         if key not in self.arrays:
@@ -290,7 +296,7 @@ def _text_vector(cache: SearchCache, store: Store, space: Space, text: str) -> t
     row = _key_row(cache, store, space, text_key(recipe.name, cleaned))
     if row >= 0:
         return store.read_vectors(space, np.array([row])), "stored vector (model not loaded)"
-    embedder = load_embedder(space.model)
+    embedder = cache.embedder(space.model)
     if make_space(embedder, space.model, recipe, space.dtype).id != space.id:
         raise ModelError(
             f"model {space.model!r} has changed since space {space.id} was built; its vectors cannot be "

@@ -131,3 +131,16 @@ def test_similar_by_id_and_by_stored_text(fs: FeatureStore, tmp_path: Path) -> N
     assert hits[0].ids == [("d", "7")] and hits[0].text == "seeded tweet number 7"
     want, _ = _brute("seeded tweet number 7", list(range(100)), 3)
     assert [h.ids[0][1] for h in hits] == want
+
+
+def test_new_query_texts_load_the_model_once_per_process(fs: FeatureStore, tmp_path: Path, monkeypatch) -> None:
+    from featurestore import search
+
+    _ingest(fs, tmp_path, "d", 0, 50)
+    loads = []
+    real = search.load_embedder
+    monkeypatch.setattr(search, "load_embedder", lambda spec: loads.append(spec) or real(spec))
+    for q in ("first unseen query", "second unseen query", "third one"):
+        hits, info = fs.similar(q, k=2, model=FAKE, clean="raw-v1")
+        assert info["query"] == "embedded" and len(hits) == 2
+    assert loads == [FAKE]
