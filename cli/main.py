@@ -516,6 +516,25 @@ def serve(
                                              f"(docs: {url}docs); Ctrl-C stops", err=True))
 
 
+@app.command()
+@handle_errors
+def gc(
+    keep: int = typer.Option(1, "--keep", help="Manifest generations to keep (readers can open these)."),
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Free disk: delete segments that compaction superseded and older manifest generations.
+
+    Ingests keep the last 3 generations (and the segments they name) so that a query running during
+    an ingest can finish; run this when no query is reading an older generation."""
+    from featurestore.store import Store
+
+    st = Store(store).require_existing()
+    with st.writer() as w:
+        removed, freed = w.collect_garbage(keep)
+    typer.echo(f"removed {removed:,} file(s), freed {freed / 1e6:,.1f} MB; kept generation(s) "
+               f"{', '.join(map(str, st.manifest_generations()))}")
+
+
 def main() -> None:
     app()
 

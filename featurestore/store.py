@@ -39,7 +39,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from featurestore.atomic import atomic_path, atomic_write_bytes, fsync_dir
-from featurestore.errors import DatasetError, StoreError, StoreLockedError
+from featurestore.errors import DatasetError, StoreError, StoreLockedError, UsageError
 from featurestore.keys import KEY_DTYPE
 from featurestore.manifest import EMPTY, Dataset, Segment, Snapshot, Space
 
@@ -723,6 +723,28 @@ class Writer:
             raise StoreError(f"could not compact store {self.store.path} ({_reason(exc)}); "
                              "the store is unchanged; fix: free disk space") from None
         return changed
+
+    def collect_garbage(self, keep: int = 1) -> tuple[int, int]:
+        """Prune manifests older than the newest ``keep`` and delete every segment none of those names
+        (what compaction superseded). Returns (files removed, bytes freed). A reader still working on a
+        pruned generation would then fail, so this is a separate, explicit step (``fs gc``)."""
+        if keep < 1:
+            raise UsageError(f"{{param}} must be at least 1, got {keep}", "keep")
+        removed = freed = 0
+        for gen in self.store.manifest_generations()[:-keep]:
+            path = self.store.manifest_path(gen)
+            with contextlib.suppress(FileNotFoundError):
+                freed += path.stat().st_size
+                os.unlink(path)
+                removed += 1
+        live = self.store.kept_files(self.snap)
+        for name in os.listdir(self.store.segment_dir):
+            if name not in live:
+                path = self.store.segment_dir / name
+                freed += path.stat().st_size
+                os.unlink(path)
+                removed += 1
+        return removed, freed
 
     def _publish(self, new: Snapshot) -> None:
         data = json.dumps(new.to_json(), indent=1, sort_keys=True).encode()

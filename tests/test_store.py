@@ -250,3 +250,29 @@ def test_schema_1_store_reads_as_text_and_takes_new_rows(tmp_path: Path) -> None
     assert fs.rows("train")["ids"].tolist() == ["1", "123", "42", "000123"]
     assert fs.rows("train")["labels"].tolist() == ["0", "1", "1", "pos"]
     assert check(fs.store).ok
+
+
+def test_gc_frees_what_compaction_superseded_and_keeps_the_data(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from featurestore.check import check
+
+    fs = FeatureStore(tmp_path / "store")
+    rows = [f"{i},{i % 2},tweet {i}" for i in range(40)]
+    (tmp_path / "t.csv").write_text("id,label,tweet\n" + "\n".join(rows) + "\n")
+    fs.ingest(str(tmp_path / "t.csv"), "d", "fake", "raw-v1", embedder=CountingEmbedder(), commit_rows=2)
+    segs = fs.store.segment_dir
+    before = sorted(os.listdir(segs))
+    live = fs.store.snapshot().files()
+    assert len(before) > len(live)  # compaction's superseded segments are still on disk
+    X_before, _, _ = fs.xy("d", "fake", "raw-v1")
+    r = CliRunner().invoke(app, ["gc", "--store", str(fs.path)])
+    assert r.exit_code == 0 and "removed" in r.stdout, r.output
+    assert sorted(os.listdir(segs)) == sorted(live)
+    assert len(fs.store.manifest_generations()) == 1
+    X_after, _, _ = fs.xy("d", "fake", "raw-v1")
+    np.testing.assert_array_equal(X_before, X_after)
+    assert check(fs.store).ok
+    r = CliRunner().invoke(app, ["gc", "--keep", "0", "--store", str(fs.path)])
+    assert r.exit_code == 1 and "--keep must be at least 1" in r.stderr
