@@ -94,6 +94,10 @@ def project(X: np.ndarray, method: str = "auto", seed: int = 42) -> tuple[np.nda
         raise UsageError(f"unknown {{param}} {method!r}; use auto, umap or pca", "method")
     if method in ("auto", "umap") and len(X) > 15:
         try:
+            import os
+
+            # umap imports TensorFlow when present (parametric UMAP); keep its start-up chatter off stderr.
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             import umap  # noqa: F401  (optional: the plots extra)
         except ImportError:
             if method == "umap":

@@ -129,7 +129,7 @@ def test_selection_sees_the_training_split_only(av: FeatureStore, monkeypatch) -
 
 def test_search_chooses_by_cv_and_respects_the_time_limit(av: FeatureStore) -> None:
     r = av.train("train", "fake", "raw-v1", features="fake+tfidf-word,tfidf-char", search="quick", folds=3,
-                 name="q1")
+                 time_limit=3600, name="q1")
     tried = r.cv["top"]
     assert r.cv["tried"] == 16 and r.cv["skipped"] == 0 and r.cv["folds"] == 3
     assert r.cv["mean"] == max(c["cv_mean"] for c in tried) and r.cv["chosen"] == tried[0]
@@ -238,7 +238,7 @@ def test_cv_folds_are_stratified_inside_the_training_split(av: FeatureStore) -> 
     tr, _ = train_test_split(np.arange(400), random_state=42, test_size=0.2)
     scores = []
     for a, b in StratifiedKFold(5, shuffle=True, random_state=42).split(X[tr], y[tr]):
-        clf = LogisticRegression(C=1.0, solver="liblinear", max_iter=3000, random_state=42)
+        clf = LogisticRegression(C=1.0, solver="lbfgs", max_iter=3000, random_state=42)
         clf.fit(X[tr][a], y[tr][a])
         scores.append(f1_score(y[tr][b], clf.predict(X[tr][b]), pos_label="1", zero_division=0))
     np.testing.assert_allclose(r.cv["chosen"]["cv_scores"], scores, atol=1e-9)
