@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -355,8 +355,3 @@ def select(
 
 def feature_names(pipeline: Any) -> list[str]:
     return list(pipeline.named_steps["features"].get_feature_names_out())
-
-
-def iter_chunks(n: int, size: int) -> Iterable[slice]:
-    for s in range(0, n, size):
-        yield slice(s, min(s + size, n))

@@ -128,10 +128,10 @@ def test_selection_sees_the_training_split_only(av: FeatureStore, monkeypatch) -
 
 
 def test_search_chooses_by_cv_and_respects_the_time_limit(av: FeatureStore) -> None:
-    r = av.train("train", "fake", "raw-v1", features="fake+tfidf-word,tfidf-char", search="quick", folds=3,
+    r = av.train("train", "fake", "raw-v1", features="fake+tfidf-word,tfidf-char", search="quick", folds=2,
                  time_limit=3600, name="q1")
     tried = r.cv["top"]
-    assert r.cv["tried"] == 16 and r.cv["skipped"] == 0 and r.cv["folds"] == 3
+    assert r.cv["tried"] == 16 and r.cv["skipped"] == 0 and r.cv["folds"] == 2
     assert r.cv["mean"] == max(c["cv_mean"] for c in tried) and r.cv["chosen"] == tried[0]
     assert {c["features"] for c in tried} <= {"fake@raw-v1+tfidf-word@basic-v1", "tfidf-char@basic-v1"}
     # A limit already past: the first setting of the first alternative is scored, the rest skipped.
@@ -141,7 +141,7 @@ def test_search_chooses_by_cv_and_respects_the_time_limit(av: FeatureStore) -> N
 
 
 def test_search_without_features_tunes_the_model_space(av: FeatureStore) -> None:
-    r = av.train("train", "fake", "raw-v1", search="quick", folds=3, name="sp")
+    r = av.train("train", "fake", "raw-v1", search="quick", folds=2, name="sp", plots=False)
     assert r.features == "fake@raw-v1" and r.cv["tried"] == 8
 
 

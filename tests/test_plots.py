@@ -94,6 +94,7 @@ def test_fs_map_png_and_html(av: FeatureStore, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "must end in .png or .html" in res.output
 
 
+@pytest.mark.slow  # the first UMAP call compiles numba code: about a minute on a busy machine
 def test_map_uses_umap_when_installed(av: FeatureStore, tmp_path: Path) -> None:
     pytest.importorskip("umap")
     X = av.frame("train", "fake", "raw-v1")["vector"]
