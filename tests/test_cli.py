@@ -139,7 +139,7 @@ def test_similar_text_id_and_json(loaded: Path) -> None:
     lines = r.output.splitlines()
     assert lines[0].split()[:3] == ["1", "1.0000", "train:5"]
     assert len([ln for ln in lines if ln.strip() and ln.split()[0].isdigit()]) == 3
-    assert "(stored vector (model not loaded); index built)" in r.output
+    assert "(stored vector (model not loaded); index built, Flat)" in r.output
     r = fs("similar", "--id", "5", "-k", "2", "-d", "train", "--model", FAKE, "--json", "--store", loaded)
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
