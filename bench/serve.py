@@ -41,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.ingest import machine  # noqa: E402
 from tests.fakes import CountingEmbedder, fake_vector  # noqa: E402
 
 TRAIN_CSV = ROOT / "data" / "av-twitter-sentiment" / "train_2kmZucJ.csv"
@@ -58,19 +59,6 @@ class FastEmbedder(CountingEmbedder):
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         return np.stack([fake_vector(t, self._dim) for t in texts])
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def load_average() -> str:

