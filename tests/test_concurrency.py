@@ -40,7 +40,7 @@ def _one_writer_many_readers(tmp_path: Path) -> None:
     store = tmp_path / "store"
     src = write_slice(tmp_path / "all.csv", TOTAL)
     with open(src, newline="", encoding="utf-8") as f:
-        rows = {int(r["id"]): (int(r["label"]), r["tweet"]) for r in csv.DictReader(f)}
+        rows = {r["id"]: (r["label"], r["tweet"]) for r in csv.DictReader(f)}  # ids and labels are text
     expected = {i: hash_vector(t) for i, (_, t) in rows.items()}
     r = run_fs(*ingest_args(write_slice(tmp_path / "first.csv", FIRST), store, BATCH))
     assert r.returncode == 0, r.stderr
@@ -120,7 +120,7 @@ def _one_writer_many_readers(tmp_path: Path) -> None:
     def cli_loop() -> None:
         calls = [
             ("info", "--json", "--store", str(store)),
-            ("similar", rows[1][1], "--k", "3", "--json", "--model", MODEL, "--clean", RECIPE, "--store", str(store)),
+            ("similar", rows["1"][1], "--k", "3", "--json", "--model", MODEL, "--clean", RECIPE, "--store", str(store)),
             ("train", "--model", MODEL, "--clean", RECIPE, "--json", "--store", str(store)),
         ]
         j = 0
