@@ -220,7 +220,7 @@ class Store:
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path) if path is not None else default_store_path()
         if self.path.exists() and not self.path.is_dir():
-            raise StoreError(f"store path {self.path} is a file, not a directory; fix: [[store]] DIR or FS_STORE=DIR")
+            raise StoreError(f"store path {self.path} is a file, not a directory; fix: point [[store]] at a directory")
         self.manifest_dir = self.path / "manifest"
         self.segment_dir = self.path / "segments"
         self.index_dir = self.path / "index"
@@ -231,8 +231,8 @@ class Store:
         if not self.manifest_dir.is_dir():
             what = "does not exist" if not self.path.exists() else "is not a featurestore store (no manifest/)"
             raise StoreError(
-                f"store {self.path} {what}; fix: pass the right [[store]] DIR (or FS_STORE), or create it with "
-                "'fs ingest FILE'"
+                f"store {self.path} {what}; fix: point [[store]] at an existing store (or set FS_STORE), or create "
+                "one with 'fs ingest FILE'"
             )
         return self
 
