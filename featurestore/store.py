@@ -236,9 +236,6 @@ class Store:
             )
         return self
 
-    def writable(self) -> bool:
-        return os.access(self.path, os.W_OK)
-
     # ---- snapshots
 
     def manifest_generations(self) -> list[int]:
