@@ -85,7 +85,7 @@ def check(store: Store) -> Report:
         if len(np.unique(ids)) != len(ids):
             r.errors.append(f"dataset {ds.name!r} has duplicate ids")
         if ds.labels:
-            upd_ids = store._read_column(ds.labels, "ids")
+            upd_ids, _ = store.label_updates(ds)
             if not np.isin(upd_ids, ids).all():
                 r.errors.append(f"dataset {ds.name!r} has label updates for unknown ids")
         for recipe in ds.keys:

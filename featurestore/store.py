@@ -404,12 +404,16 @@ class Store:
         labels = self.dataset_column(ds, "labels")
         if ds.labels:
             ids = self.dataset_ids(ds) if ids is None else ids
-            upd_ids = lookup(self._read_column(ds.labels, "ids"))
-            last = ~upd_ids.duplicated(keep="last")
+            upd_ids, upd_labels = self.label_updates(ds)
+            last = ~lookup(upd_ids).duplicated(keep="last")
             pos = lookup(ids).get_indexer(upd_ids[last])
             found = pos >= 0
-            labels[pos[found]] = self._read_column(ds.labels, "labels")[last][found]
+            labels[pos[found]] = upd_labels[last][found]
         return labels
+
+    def label_updates(self, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, labels)`` of the dataset's label updates, in the order they were written."""
+        return self._read_column(ds.labels, "ids"), self._read_column(ds.labels, "labels")
 
     def dataset_texts(self, ds: Dataset) -> np.ndarray:
         """Raw texts of every row, in insertion order (object array of str)."""
