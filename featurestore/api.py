@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from featurestore import features as feats, search, spaces, train as training
+from featurestore import search, spaces, train as training
 from featurestore.clean import get_recipe
 from featurestore.embedders import DEFAULT_MODEL, canonical_model, default_recipe, load_embedder
 from featurestore.embedders.base import Embedder
@@ -158,6 +158,8 @@ class FeatureStore:
         if classifier != "logreg":
             raise UsageError("{param} " + repr(classifier) + " cannot be used with --features or --search (the "
                              "pipeline fits TF-IDF in memory); fix: use logreg", "classifier")
+        from featurestore import features as feats  # imports pandas: only the feature pipeline needs it
+
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap)
         alternatives = feats.parse_spec(features or model, clean)

@@ -24,12 +24,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 
-from featurestore import index as faiss_index
 from featurestore.atomic import atomic_write_bytes
 from featurestore.clean import get_recipe
 from featurestore.embedders import load_embedder
@@ -38,7 +36,10 @@ from featurestore.ingest import DEFAULT_MAX_CHARS, make_space
 from featurestore.keys import KEY_DTYPE, text_key
 from featurestore.manifest import Dataset, Segment, Snapshot, Space
 from featurestore.progress import ProgressFn
-from featurestore.store import Store, as_text_column, lookup
+from featurestore.store import Lookup, Store, as_text_column, lookup
+
+if TYPE_CHECKING:
+    from featurestore import index as faiss_index
 
 log = logging.getLogger(__name__)
 ID_TABLE_FORMAT = 1
@@ -104,6 +105,8 @@ def find_keys(keys: np.ndarray, wanted: np.ndarray, prefixes: np.ndarray | None 
 
 
 def _id_hash(ids: np.ndarray) -> np.ndarray:
+    import pandas as pd  # here, not at the top: a warm ingest imports this module and needs no pandas
+
     return pd.util.hash_array(np.asarray(ids, dtype=object)) if len(ids) else np.zeros(0, np.uint64)
 
 
@@ -194,7 +197,7 @@ class View:
     """Key lookups of one space over some datasets, in one snapshot (queries restricted to a dataset)."""
 
     space_keys: np.ndarray
-    row_of: pd.Index  # key -> storage row (get_indexer)
+    row_of: Lookup  # key -> storage row (get_indexer)
     owners: dict[bytes, list[tuple[str, str]]]  # key -> (dataset, id) of the rows with that key
     allowed: np.ndarray | None  # storage rows a restricted query may return
 
@@ -248,6 +251,8 @@ class SearchCache:
 
     def index(self, store: Store, space: Space, progress: ProgressFn | None) -> tuple[faiss_index.OpenedIndex, str]:
         """The space's index: from memory while its files on disk are untouched, else opened and checked."""
+        from featurestore import index as faiss_index  # FAISS is loaded only when a query needs the index
+
         signature = (space.segments, faiss_index.files_signature(store, space))
         cached = self.indexes.get(space.id)
         if cached is not None and cached[0] == signature:
@@ -398,6 +403,8 @@ def similar_batch(
     info["index_seconds"] = time.perf_counter() - t
     info["index_kind"] = "exact (brute force)" if exact else opened.factory
     info["index_mmap"] = opened.mmap  # opened memory-mapped: a cold process did not read the whole file
+    from featurestore import index as faiss_index  # loaded by cache.index above; not at the top (see there)
+
     t = time.perf_counter()
     scores, rows = faiss_index.search(opened, queries, k, allowed, exact=exact, nprobe=nprobe, ef=ef,
                                       store=store, space=space)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import csv
 import gzip
 import io
 import json
@@ -18,7 +19,9 @@ import lzma
 import re
 import shlex
 import sys
+from collections import Counter
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -48,6 +51,8 @@ _EXTENSIONS = {
 _COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst", ".zstd")
 _SEPARATORS = (",", "\t", ";", "|")  # tie-break order for the sniffer
 _SEP_NAMES = {",": "','", "\t": "tab", ";": "';'", "|": "'|'"}
+_LONE_CR = re.compile("\r(?!\n)")
+STDLIB_CSV_MAX_CHARS = 10_000_000  # CSV text up to this size (~100k tweets) is read without pandas (_csv_stdlib)
 _BINARY_MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "PNG image"),
     (b"\xff\xd8\xff", "JPEG image"),
@@ -494,8 +499,6 @@ def _sniff_sep(text: str, header: bool) -> str | None:
 
 
 def _read_csv(text: str, source: str, sep: str | None, header: bool, guessed: bool) -> _Frame:
-    import pandas as pd
-
     detail = []
     if excel := re.match(r"sep=([^\r\n])(?:\r\n|\r|\n)", text):  # Excel's "sep=;" first line names the separator
         text, sep = text[excel.end():], sep or excel.group(1)
@@ -509,6 +512,55 @@ def _read_csv(text: str, source: str, sep: str | None, header: bool, guessed: bo
         detail.append(f"{_SEP_NAMES.get(sep, repr(sep))}-separated")
     if not header:
         detail.append("no header")
+    parsed = _csv_stdlib(text, sep) if len(text) <= STDLIB_CSV_MAX_CHARS else None
+    first, rows, column = parsed or _csv_pandas(text, sep, source, guessed)
+    skip = 1 if header else 0
+    if header:
+        columns = _unique_names(first)
+    else:
+        columns = [str(i + 1) for i in range(len(first))]  # --text-col 3 names the third column
+    position = {c: i for i, c in enumerate(columns)}
+
+    def cells(name: str, role: str) -> np.ndarray:
+        return column(position[name])[skip:]
+
+    return _Frame(columns, cells, np.arange(1, rows - skip + 1), "row", "csv", detail, guessed)
+
+
+# A parsed CSV: the first record, the number of records, and column i (first record included) as an
+# object array of str; a record shorter than the first has "" in the cells it lacks, as pandas reads it.
+_Cells = tuple[list[str], int, Callable[[int], np.ndarray]]
+
+
+def _csv_stdlib(text: str, sep: str) -> _Cells | None:
+    """``text`` read by the standard library's CSV reader, or None where it might read it otherwise than
+    pandas' C parser does: a quote out of place, a record wider than the first (pandas refuses it), a
+    record of blanks (pandas skips a line of spaces), a NUL, a lone carriage return (pandas may drop the
+    empty field after one), a non-ASCII separator (pandas refuses it), a field over the reader's size
+    limit, no record. pandas then reads it (or says why not).
+
+    Why two parsers: importing pandas takes about 0.35 s, most of a warm re-ingest of a small file, and
+    this reader is about twice as slow per row, so files over STDLIB_CSV_MAX_CHARS go to pandas."""
+    if not sep.isascii() or "\x00" in text or _LONE_CR.search(text):
+        return None
+    try:
+        records = list(filter(None, csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)))
+    except csv.Error:
+        return None
+    if not records:
+        return None
+    width = len(records[0])
+    if max(map(len, records)) > width or any(not "".join(r).strip() for r in records):
+        return None
+    if min(map(len, records)) < width:
+        records = [r + [""] * (width - len(r)) for r in records]
+    return records[0], len(records), lambda i: np.fromiter(map(itemgetter(i), records), object, len(records))
+
+
+def _csv_pandas(text: str, sep: str, source: str, guessed: bool) -> _Cells:
+    """``text`` read by pandas' C parser; its errors become one-line InputFileErrors."""
+    import pandas as pd
+
     # Older pandas C parsers end a field at NUL; a stand-in character keeps it, then goes back.
     nul = next((c for c in ("\ufdd2", "\ufdd3", "\ufdd4") if c not in text), None) if "\x00" in text else None
     body = text.replace("\x00", nul) if nul else text
@@ -530,23 +582,17 @@ def _read_csv(text: str, source: str, sep: str | None, header: bool, guessed: bo
         ) from None
     except Exception as exc:  # pandas also raises ValueError, UnicodeError, OverflowError... on odd input
         raise InputFileError(f"{source} cannot be read as CSV ({_short(exc)}); check the file, or pass [[fmt]]") from None
-    if header:
-        names = ["" if v is None or v != v else str(v) for v in df.iloc[0].tolist()]
-        df = df.iloc[1:]
-        if nul:
-            names = [c.replace(nul, "\x00") for c in names]
-        columns = _unique_names(names)
-    else:
-        columns = [str(i + 1) for i in range(df.shape[1])]  # --text-col 3 names the third column
-    data = {c: df.iloc[:, i] for i, c in enumerate(columns)}
 
-    def cells(name: str, role: str) -> np.ndarray:
-        values = data[name].fillna("").to_numpy(dtype=object)
+    def column(i: int) -> np.ndarray:
+        values = df.iloc[:, i].fillna("").to_numpy(dtype=object)
         if nul:
             values = np.array([v.replace(nul, "\x00") for v in values], dtype=object)
         return values
 
-    return _Frame(columns, cells, np.arange(1, len(df) + 1), "row", "csv", detail, guessed)
+    first = df.iloc[0].fillna("").astype(str).tolist() if len(df) else []
+    if nul:
+        first = [v.replace(nul, "\x00") for v in first]
+    return first, len(df), column
 
 
 # ---------------------------------------------------------------- columns and values
@@ -714,25 +760,30 @@ def _dedupe(ids: np.ndarray, texts: np.ndarray, labels: np.ndarray, frame: _Fram
     A row repeating another's id, text and label is dropped. Rows sharing an id with a
     different text or label are an error, unless ``mode`` keeps the first or the last of them.
     """
-    import pandas as pd
-
-    df = pd.DataFrame({"id": ids, "text": texts, "label": labels})
-    keep_which = "last" if mode == "last" else "first"
-    rest = df[~df.duplicated(keep=keep_which)]
-    clash = rest.duplicated("id", keep=False).to_numpy()
-    if not clash.any():
-        return rest.index.to_numpy()
+    rows = list(zip(ids.tolist(), texts.tolist(), labels.tolist()))
+    rest = _kept(rows, last=mode == "last")
+    rest_ids = ids[rest].tolist()
+    if len(set(rest_ids)) == len(rest_ids):
+        return rest
     if mode == "error":
-        first = rest.iloc[int(np.flatnonzero(clash)[0])]
-        same = rest[rest["id"] == first["id"]]
-        a, b = same.index[0], same.index[1]
-        differs = "texts" if same["text"].iloc[0] != same["text"].iloc[1] else "labels"
+        shared = Counter(rest_ids)
+        j = next(j for j, i in enumerate(rest_ids) if shared[i] > 1)
+        a, b = rest[j], next(rest[k] for k in range(j + 1, len(rest)) if rest_ids[k] == rest_ids[j])
+        differs = "texts" if rows[a][1] != rows[b][1] else "labels"
         raise InputFileError(
-            f"{source} {frame.unit}s {frame.numbers[a]} and {frame.numbers[b]} share id {first['id']!r} "
+            f"{source} {frame.unit}s {frame.numbers[a]} and {frame.numbers[b]} share id {rest_ids[j]!r} "
             f"with different {differs}; an id names one tweet: fix the ids, or pass [[duplicates]] first|last to keep "
             "one of them (or [[id_col]] '' to number rows)"
         )
-    return rest[~rest.duplicated("id", keep=mode)].index.to_numpy()
+    return rest[_kept(rest_ids, last=mode == "last")]
+
+
+def _kept(values: list[Any], last: bool) -> np.ndarray:
+    """Positions of the first (or ``last``) occurrence of each distinct value, in order."""
+    n = len(values)
+    # A dict keeps the last position written for a value: write back to front to keep the first.
+    kept = dict(zip(values, range(n)) if last else zip(reversed(values), range(n - 1, -1, -1)))
+    return np.sort(np.fromiter(kept.values(), np.intp, len(kept)))
 
 
 def _short(exc: BaseException | str) -> str:

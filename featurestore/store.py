@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
-import pandas as pd
 from filelock import FileLock, Timeout
 
 from featurestore.atomic import atomic_path, atomic_write_bytes, fsync_dir
@@ -100,10 +100,53 @@ def as_text_column(values: np.ndarray, column: str) -> np.ndarray:
     return values.astype(object)
 
 
-def lookup(values: np.ndarray) -> pd.Index:
-    """A hash index over ids or keys for joins (``get_indexer``, ``isin``). Object dtype on purpose:
-    pandas 3 would otherwise convert str ids to Arrow strings, whose ``isin`` loops in Python."""
-    return pd.Index(values, dtype=object)
+class Lookup:
+    """A hash index over ids or keys for joins: the three methods of a pandas ``Index`` the code uses.
+
+    A dict and a set rather than a pandas Index: importing pandas takes longer than a warm
+    re-ingest of 10k rows. At a million rows the joins of an ingest's plan take 0.65x pandas'
+    time, one ``get_indexer`` 1.1-1.4x (``bench/startup.py --joins`` measures both)."""
+
+    def __init__(self, values: Iterable[Any]) -> None:
+        self._values = _as_list(values)
+        self._positions: dict[Any, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get_indexer(self, target: Iterable[Any]) -> np.ndarray:
+        """Position of each target value, -1 where absent. The values must be unique (as pandas requires)."""
+        if self._positions is None:
+            positions = dict(zip(self._values, range(len(self._values))))
+            if len(positions) != len(self._values):
+                raise ValueError("get_indexer needs unique values")
+            self._positions = positions
+        wanted = _as_list(target)
+        return np.fromiter(map(self._positions.get, wanted, itertools.repeat(-1)), np.intp, len(wanted))
+
+    def isin(self, values: Iterable[Any]) -> np.ndarray:
+        """Whether each value is one of ``values``."""
+        members = set(_as_list(values))
+        return np.fromiter(map(members.__contains__, self._values), bool, len(self._values))
+
+    def duplicated(self, keep: str = "first") -> np.ndarray:
+        """True for each repeat of an earlier value (``keep="first"``) or of a later one (``keep="last"``)."""
+        n = len(self._values)
+        # A dict keeps the last position written for a value: write back to front to keep the first.
+        kept = dict(zip(self._values, range(n)) if keep == "last"
+                    else zip(reversed(self._values), range(n - 1, -1, -1)))
+        out = np.ones(n, bool)
+        out[np.fromiter(kept.values(), np.intp, len(kept))] = False
+        return out
+
+
+def _as_list(values: Iterable[Any]) -> list[Any]:
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+
+def lookup(values: Iterable[Any]) -> Lookup:
+    """A hash index over ``values`` (ids or keys) for joins (``get_indexer``, ``isin``, ``duplicated``)."""
+    return Lookup(values)
 
 
 def _object_array(items: Sequence[Any]) -> np.ndarray:

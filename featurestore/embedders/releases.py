@@ -14,8 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -168,6 +166,9 @@ def _read_record(folder: Path) -> dict[str, dict]:
 
 def _download(url: str, dest: Path, expected: str | None, progress: PullProgress | None) -> str:
     """Stream ``url`` into a temp file beside ``dest``, check it, rename it; return its sha256."""
+    import urllib.error  # here, not at the top: every fs command imports this module (fs models), few download
+    import urllib.request
+
     digest = hashlib.sha256()
     try:
         # atomic_path renames only if the block ends cleanly: a short or corrupt download leaves nothing
