@@ -15,7 +15,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,serve,int8,plots]'
+	$(PY) -m pip install -q -e '.[test,serve,int8,plots,ray]'
 	touch $@
 
 demo: setup

@@ -69,8 +69,10 @@ DtypeOpt = typer.Option(None, "--dtype", help="Stored precision of the space to 
 @app.command()
 @handle_errors
 def ingest(
-    file: str = typer.Argument(..., help="CSV/TSV (any of , ; tab | separators), JSON Lines or JSON array, Parquet, "
-                               "or text (one tweet a line); gzip/bz2/xz/zstd compressed or not; '-' reads stdin."),
+    files: list[str] = typer.Argument(..., metavar="FILE...", help="CSV/TSV (any of , ; tab | separators), JSON Lines "
+                                      "or JSON array, Parquet, or text (one tweet a line); gzip/bz2/xz/zstd compressed "
+                                      "or not; '-' reads stdin. Several files are ingested one after another; with "
+                                      "--engine ray also globs ('data/*.csv') and directories."),
     dataset: str = typer.Option("train", "--dataset", "-d", help="Dataset to add the rows to."),
     text_col: Optional[str] = typer.Option(None, help="Text column [default: tweet, text, content, ... any case]."),
     id_col: Optional[str] = typer.Option(None, help="Id column, kept as text [default: id, tweet_id, ... any case; "
@@ -89,7 +91,15 @@ def ingest(
     dtype: str = typer.Option("float32", help="Stored vector precision: float32 or float16."),
     max_chars: Optional[int] = typer.Option(None, help="Cut cleaned texts longer than this before embedding "
                                             "[default: 2000]."),
-    batch_rows: int = typer.Option(1024, help="Rows per committed batch."),
+    batch_rows: int = typer.Option(1024, help="Rows per committed batch (with --engine ray: texts per vector segment)."),
+    engine: str = typer.Option("local", help="local (this process) or ray (Ray Data: many files, many workers, "
+                               "one store; pip install 'featurestore[ray]')."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. 127.0.0.1:6379 [default: start a "
+                                          "local one]. With --engine ray."),
+    workers: Optional[int] = typer.Option(None, help="Embedding actors (one model load each) [default: the "
+                                          "cluster's CPUs, or GPUs / --gpus-per-worker]. With --engine ray."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs per embedding actor (e.g. 1, or 0.5 to share). "
+                                          "With --engine ray."),
     wait: bool = typer.Option(False, "--wait", help="If another process is writing, wait for it instead of failing."),
     store: Optional[Path] = StoreOpt,
 ) -> None:
@@ -97,17 +107,23 @@ def ingest(
     from featurestore.errors import IngestInterrupted
 
     fs = _fs(store)
-    try:
-        with _progress(f"ingest {dataset}", "tweets") as advance:
-            s = fs.ingest(
-                file, dataset, model, clean, text_col=text_col, id_col=id_col, label_col=label_col, fmt=fmt,
-                encoding=encoding, sep=sep, header=not no_header, duplicates=duplicates, dtype=dtype,
-                commit_rows=batch_rows, max_chars=max_chars, wait=wait, progress=advance,
-            )
-    except IngestInterrupted as exc:
-        _print_summary(exc.summary, err=True)
-        raise
-    _print_summary(s)
+    ray_options = {"engine": engine, "address": address, "workers": workers, "gpus_per_worker": gpus_per_worker}
+    options = dict(text_col=text_col, id_col=id_col, label_col=label_col, fmt=fmt, encoding=encoding, sep=sep,
+                   header=not no_header, duplicates=duplicates, dtype=dtype, commit_rows=batch_rows,
+                   max_chars=max_chars, wait=wait, **ray_options)
+    # The local engine reads one file per call; Ray Data reads them all in one ingest.
+    calls = [files] if engine == "ray" else [[f] for f in files]
+    for i, call in enumerate(calls):
+        what = call[0] if len(call) == 1 else f"{len(call)} inputs"
+        try:
+            with _progress(f"ingest {dataset}" + (f" ({what})" if len(calls) > 1 else ""), "tweets") as advance:
+                s = fs.ingest(call[0] if engine != "ray" else call, dataset, model, clean, progress=advance, **options)
+        except IngestInterrupted as exc:
+            _print_summary(exc.summary, err=True)
+            raise
+        if len(calls) > 1:
+            typer.echo(f"== {what}")
+        _print_summary(s)
 
 
 def _print_summary(s: Any, err: bool = False) -> None:

@@ -63,7 +63,7 @@ class FeatureStore:
 
     def ingest(
         self,
-        file: str,
+        file: str | Sequence[str],
         dataset: str,
         model: str = DEFAULT_MODEL,
         clean: str | None = None,
@@ -82,12 +82,42 @@ class FeatureStore:
         wait: bool = False,
         progress: ProgressFn | None = None,
         embedder: Embedder | None = None,
+        engine: str = "local",
+        address: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float = 0.0,
     ) -> IngestSummary:
-        """Read ``file`` into ``dataset``; embed only texts the model's space lacks; update changed labels."""
+        """Read ``file`` into ``dataset``; embed only texts the model's space lacks; update changed labels.
+
+        ``engine="ray"`` runs the ingest on a Ray cluster (``address``; a local one if None) with
+        ``workers`` embedding actors of ``gpus_per_worker`` GPUs each; ``file`` may then be a list of
+        files, globs or directories (CSV/TSV, JSON Lines, Parquet), read by Ray Data. See
+        ``featurestore.distributed``.
+        """
         t0 = time.perf_counter()
         model = canonical_model(model)
         check_dataset_name(dataset)
         recipe = get_recipe(clean or default_recipe(model))
+        if engine not in ("local", "ray"):
+            raise UsageError(f"unknown {{param}} {engine!r}; use local or ray", "engine")
+        if engine == "ray":
+            unsupported = [p for p, given in (("fmt", fmt), ("encoding", encoding), ("header", not header),
+                                              ("duplicates", duplicates != "error")) if given]
+            if unsupported:
+                raise UsageError(f"{', '.join(f'[[{p}]]' for p in unsupported)} apply to the local engine only; "
+                                 "Ray Data reads UTF-8 files with a header, by extension; fix: drop them, or use "
+                                 "[[engine]] local", unsupported[0])
+            from featurestore.distributed import ingest_ray
+
+            return ingest_ray(
+                self.store, [file] if isinstance(file, (str, os.PathLike)) else list(file), dataset, model, recipe,
+                embedder=embedder, text_col=text_col, id_col=id_col, label_col=label_col, sep=sep, dtype=dtype,
+                commit_rows=commit_rows, max_chars=max_chars, workers=workers, gpus_per_worker=gpus_per_worker,
+                address=address, wait=wait, progress=progress,
+            )
+        if not isinstance(file, (str, os.PathLike)):
+            raise UsageError("the local engine reads one file per call; fix: call ingest once per file, "
+                             "or use {param} ray for many files", "engine")
         table = read_table(file, text_col=text_col, id_col=id_col, label_col=label_col, fmt=fmt, encoding=encoding,
                            sep=sep, header=header, duplicates=duplicates)
         embedder = embedder or load_embedder(model)

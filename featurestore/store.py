@@ -223,7 +223,7 @@ class SegmentInfo:
     recipe: str = ""
 
 
-def _attrs_of(kind: str, *, space: Space | None = None, dataset: str = "", recipe: str = "") -> dict[str, str]:
+def segment_attrs(kind: str, *, space: Space | None = None, dataset: str = "", recipe: str = "") -> dict[str, str]:
     attrs = {"kind": kind}
     if space is not None:
         attrs["space"] = space.id
@@ -252,6 +252,35 @@ def read_segment_info(path: Path) -> SegmentInfo | None:
     if kind not in ("vectors", "rows", "keys", "labels"):
         return None
     return SegmentInfo(kind, rows, space, a.get("dataset", ""), a.get("recipe", ""))
+
+
+@contextlib.contextmanager
+def _segment_file(path: Path, attrs: Mapping[str, Any]) -> Iterator[h5py.File]:
+    """Write a segment under a temporary name; on success fsync it and rename it into place."""
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w", locking=False) as f:
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            yield f
+
+
+def write_segment(path: Path, attrs: Mapping[str, Any], columns: Mapping[str, Any]) -> Segment:
+    """One immutable segment file at ``path``, whole or not at all. The writer of a store calls this
+    for its commits; distributed workers call it for segments the writer adopts later."""
+    with _segment_file(path, attrs) as f:
+        n = 0
+        for col, data in columns.items():
+            n = len(data)
+            if col == "texts":
+                encoded = _object_array([np.frombuffer(t.encode("utf-8", "surrogatepass"), np.uint8) for t in data])
+                f.create_dataset(col, data=encoded, dtype=_BYTES_DTYPE)
+            elif col in TEXT_COLUMNS:
+                f.create_dataset(col, data=np.asarray(data, dtype=object), dtype=_STR_DTYPE)
+            elif col == "vectors":
+                f.create_dataset(col, data=data, **_matrix_layout(len(data), data.shape[1], data.dtype))
+            else:
+                f.create_dataset(col, data=np.asarray(data, dtype=KEY_DTYPE))
+    return Segment(path.name, n)
 
 
 # ----------------------------------------------------------------------------- the store
@@ -609,30 +638,8 @@ class Writer:
         if removed:
             log.info("removed %d uncommitted file(s) left by an interrupted writer", removed)
 
-    @contextlib.contextmanager
-    def _segment_file(self, seq: int, attrs: Mapping[str, Any]) -> Iterator[h5py.File]:
-        """Write a segment under a temporary name; on success fsync it and rename it into place."""
-        with atomic_path(self.store.segment_path(segment_name(seq)), suffix=".h5") as tmp:
-            with h5py.File(tmp, "w", locking=False) as f:
-                for k, v in attrs.items():
-                    f.attrs[k] = v
-                yield f
-
     def _new_segment(self, seq: int, attrs: Mapping[str, Any], columns: Mapping[str, Any]) -> Segment:
-        with self._segment_file(seq, attrs) as f:
-            n = 0
-            for col, data in columns.items():
-                n = len(data)
-                if col == "texts":
-                    encoded = _object_array([np.frombuffer(t.encode("utf-8", "surrogatepass"), np.uint8) for t in data])
-                    f.create_dataset(col, data=encoded, dtype=_BYTES_DTYPE)
-                elif col in TEXT_COLUMNS:
-                    f.create_dataset(col, data=np.asarray(data, dtype=object), dtype=_STR_DTYPE)
-                elif col == "vectors":
-                    f.create_dataset(col, data=data, **_matrix_layout(len(data), data.shape[1], data.dtype))
-                else:
-                    f.create_dataset(col, data=np.asarray(data, dtype=KEY_DTYPE))
-        return Segment(segment_name(seq), n)
+        return write_segment(self.store.segment_path(segment_name(seq)), attrs, columns)
 
     def commit(
         self,
@@ -645,44 +652,37 @@ class Writer:
     ) -> Snapshot:
         """Publish, in one generation: new vectors of a space, and new rows, row keys and label
         updates of ``dataset``. Any part may be absent or empty."""
-        snap = self.snap
-        seq = snap.next_segment
-        spaces = dict(snap.spaces)
-        datasets = dict(snap.datasets)
+        seq = self.snap.next_segment
         written: list[str] = []
 
-        def add(attrs: dict[str, str], columns: Mapping[str, Any]) -> Segment:
+        def add(attrs: dict[str, str], columns: Mapping[str, Any]) -> tuple[Segment, ...]:
             nonlocal seq
             seg = self._new_segment(seq, attrs, columns)
             written.append(seg.file)
             seq += 1
-            return seg
+            return (seg,)
 
         try:
-            if vectors is not None:
+            vector_segs = row_segs = label_segs = ()
+            key_segs: dict[str, tuple[Segment, ...]] = {}
+            if vectors is not None and len(vectors.keys):
                 space = vectors.space
-                current = spaces.get(space.id, space)
-                segs = current.segments
-                if len(vectors.keys):
-                    assert vectors.vectors.shape == (len(vectors.keys), space.dim)
-                    # Self-describing, so that repair can re-adopt it without any manifest.
-                    segs += (add(_attrs_of("vectors", space=space),
-                                 {"keys": vectors.keys, "vectors": vectors.vectors.astype(space.dtype)}),)
-                spaces[space.id] = dataclasses.replace(space, canaries=current.canaries or space.canaries, segments=segs)
+                assert vectors.vectors.shape == (len(vectors.keys), space.dim)
+                # Self-describing, so that repair can re-adopt it without any manifest.
+                vector_segs = add(segment_attrs("vectors", space=space),
+                                  {"keys": vectors.keys, "vectors": vectors.vectors.astype(space.dtype)})
             if dataset is not None:
                 check_dataset_name(dataset)
-                ds = datasets.get(dataset, Dataset(dataset))
-                new_rows, new_keys, new_labels = ds.rows, dict(ds.keys), ds.labels
                 if rows is not None and len(rows):
-                    new_rows += (add(_attrs_of("rows", dataset=dataset),
-                                     {"ids": rows.ids, "labels": rows.labels, "digests": rows.digests, "texts": rows.texts}),)
+                    row_segs = add(segment_attrs("rows", dataset=dataset),
+                                   {"ids": rows.ids, "labels": rows.labels, "digests": rows.digests, "texts": rows.texts})
                 if keys is not None and len(keys):
-                    new_keys[keys.recipe] = new_keys.get(keys.recipe, ()) + (
-                        add(_attrs_of("keys", dataset=dataset, recipe=keys.recipe), {"ids": keys.ids, "keys": keys.keys}),)
+                    key_segs[keys.recipe] = add(segment_attrs("keys", dataset=dataset, recipe=keys.recipe),
+                                                {"ids": keys.ids, "keys": keys.keys})
                 if labels is not None and len(labels):
-                    new_labels += (add(_attrs_of("labels", dataset=dataset), {"ids": labels.ids, "labels": labels.labels}),)
-                datasets[dataset] = Dataset(dataset, new_rows, new_keys, new_labels)
-            new = Snapshot(snap.generation + 1, seq, spaces, datasets)
+                    label_segs = add(segment_attrs("labels", dataset=dataset), {"ids": labels.ids, "labels": labels.labels})
+            new = self._extended(vectors.space if vectors is not None else None, vector_segs,
+                                 dataset, row_segs, key_segs, label_segs, next_segment=seq)
             fsync_dir(self.store.segment_dir)
             self._publish(new)
         except (OSError, RuntimeError) as exc:  # h5py reports a failed write at close as RuntimeError
@@ -696,6 +696,64 @@ class Writer:
         self.snap = new
         return new
 
+    def adopt(
+        self,
+        *,
+        space: Space | None = None,
+        vectors: Sequence[str] = (),
+        dataset: str | None = None,
+        rows: Sequence[str] = (),
+        keys: Mapping[str, Sequence[str]] | None = None,
+        labels: Sequence[str] = (),
+    ) -> Snapshot:
+        """Publish, in one generation, segment files that other processes wrote into the segment
+        directory with ``write_segment`` (distributed ingest): many writers of segments, one writer
+        of the manifest. Each file is checked to say what it is adopted as."""
+        def segs(names: Sequence[str], kind: str, recipe: str = "") -> tuple[Segment, ...]:
+            out = []
+            for name in names:
+                info = read_segment_info(self.store.segment_path(name))
+                ok = info is not None and info.kind == kind and (
+                    info.space.id == space.id if kind == "vectors" else info.dataset == dataset and info.recipe == recipe)
+                if not ok:
+                    raise StoreError(f"segment {name} in {self.store.segment_dir} is not a complete {kind} segment "
+                                     "of this ingest; nothing was adopted")
+                out.append(Segment(name, info.rows))
+            return tuple(out)
+
+        if dataset is not None:
+            check_dataset_name(dataset)
+        new = self._extended(
+            space, segs(vectors, "vectors"), dataset, segs(rows, "rows"),
+            {r: segs(names, "keys", r) for r, names in (keys or {}).items()}, segs(labels, "labels"),
+            next_segment=self.snap.next_segment,
+        )
+        fsync_dir(self.store.segment_dir)
+        self._publish(new)
+        self.snap = new
+        return new
+
+    def _extended(self, space: Space | None, vector_segs: tuple[Segment, ...], dataset: str | None,
+                  row_segs: tuple[Segment, ...], key_segs: Mapping[str, tuple[Segment, ...]],
+                  label_segs: tuple[Segment, ...], next_segment: int) -> Snapshot:
+        """The next generation: this one plus new segments of a space (registered even with none) and
+        of a dataset (created even with none)."""
+        snap = self.snap
+        spaces = dict(snap.spaces)
+        datasets = dict(snap.datasets)
+        if space is not None:
+            current = spaces.get(space.id, space)
+            spaces[space.id] = dataclasses.replace(space, canaries=current.canaries or space.canaries,
+                                                   segments=current.segments + vector_segs)
+        if dataset is not None:
+            ds = datasets.get(dataset, Dataset(dataset))
+            new_keys = dict(ds.keys)
+            for recipe, segs in key_segs.items():
+                if segs:
+                    new_keys[recipe] = new_keys.get(recipe, ()) + segs
+            datasets[dataset] = Dataset(dataset, ds.rows + row_segs, new_keys, ds.labels + label_segs)
+        return Snapshot(snap.generation + 1, next_segment, spaces, datasets)
+
     def _merge(self, seq: int, segs: Sequence[Segment], attrs: Mapping[str, Any]) -> Segment:
         """One new segment holding ``segs`` concatenated in order, copied in bounded chunks.
 
@@ -703,7 +761,7 @@ class Writer:
         slice of them when every text in the slice has the same length."""
         total = sum(s.rows for s in segs)
         texts: list[np.ndarray] = []
-        with self._segment_file(seq, attrs) as out:
+        with _segment_file(self.store.segment_path(segment_name(seq)), attrs) as out:
             offset = 0
             for seg in segs:
                 with self.store.open_segment(seg.file) as f:
@@ -749,13 +807,13 @@ class Writer:
 
         try:
             for sid, sp in snap.spaces.items():
-                spaces[sid] = dataclasses.replace(sp, segments=merged(sp.segments, _attrs_of("vectors", space=sp)))
+                spaces[sid] = dataclasses.replace(sp, segments=merged(sp.segments, segment_attrs("vectors", space=sp)))
             for name, ds in snap.datasets.items():
                 datasets[name] = Dataset(
                     name,
-                    merged(ds.rows, _attrs_of("rows", dataset=name)),
-                    {r: merged(segs, _attrs_of("keys", dataset=name, recipe=r)) for r, segs in ds.keys.items()},
-                    merged(ds.labels, _attrs_of("labels", dataset=name)),
+                    merged(ds.rows, segment_attrs("rows", dataset=name)),
+                    {r: merged(segs, segment_attrs("keys", dataset=name, recipe=r)) for r, segs in ds.keys.items()},
+                    merged(ds.labels, segment_attrs("labels", dataset=name)),
                 )
             changed = seq != snap.next_segment
             if changed:

@@ -1,0 +1,664 @@
+"""Distributed ingest on Ray Data: many files, many workers, one store.
+
+The same contract as a local ingest (``featurestore.ingest``), run as Ray Data stages:
+
+1. **read + key** (tasks): Ray Data reads the files (CSV/TSV, JSON Lines, Parquet; the driver
+   never holds the input); workers clean and hash every row.
+2. **plan by id** (hash shuffle on id): the input rows meet the dataset's stored rows, keys and
+   label updates in the partition of their id, read from the segment files by the workers. Each
+   partition drops repeated rows, finds id conflicts, new rows, rows lacking a key under the
+   recipe and changed labels. No process holds every id.
+3. **plan by key** (hash shuffle on key): the input keys meet the space's stored keys; what is
+   left, once per key, is what must be embedded. No process holds every key.
+4. **embed** (actors, ``concurrency`` = workers, ``num_gpus`` per worker): one model load per
+   actor; each batch becomes one immutable vector segment file written by the actor into the
+   store's segment directory. The driver adopts finished segments as they stream in, publishing
+   a manifest generation every few segments: killed at any point, the store keeps what was
+   published and a re-run embeds only the rest.
+5. **dataset segments** (tasks): rows, keys and label updates, written by the workers and adopted
+   by the driver once every vector they name is published.
+
+The driver holds the store's writer lock throughout and is the only writer of manifests; files
+a killed run wrote but never published are swept by the next writer, as after a local ingest.
+Ray retries a task whose actor died (``max_restarts``/``max_task_retries``); a segment's name is
+derived from its content, so a retried batch rewrites the same file rather than adding one.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from featurestore.clean import Recipe, get_recipe
+from featurestore.embedders import load_embedder
+from featurestore.embedders.base import Embedder
+from featurestore.errors import DatasetError, FeatureStoreError, InputFileError, IngestInterrupted, UsageError
+from featurestore.ingest import CANARY_MAX_CHARS, DEFAULT_MAX_CHARS, N_CANARIES, IngestSummary, check_drift, make_space
+from featurestore.keys import KEY_DTYPE, raw_digest, text_keys
+from featurestore.manifest import Space
+from featurestore.progress import ProgressFn
+from featurestore.sources import ID_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, _pick
+from featurestore.store import Store, segment_attrs, write_segment
+
+log = logging.getLogger(__name__)
+
+# Where a row of the id shuffle came from.
+INPUT, STORED_ROW, STORED_KEY, STORED_LABEL = 0, 1, 2, 3
+SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+            ".parquet": "parquet", ".pq": "parquet"}
+COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
+PUBLISH_EVERY_S = 5.0  # the driver publishes adopted vector segments at least this often
+DATASET_SEGMENT_ROWS = 65536
+MAX_BLOCK_BYTES = 1 << 30
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()), ("src", pa.int8()), ("order", pa.int64()), ("label", pa.string()),
+        ("text", pa.string()), ("digest", pa.binary()), ("key", pa.binary()), ("cleaned", pa.string()),
+        ("truncated", pa.bool_()), ("empty", pa.bool_()),
+    ])
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def expand_inputs(paths: Sequence[str]) -> list[str]:
+    """Files named, globbed (``data/*.csv``) or inside named directories; sorted, each once."""
+    files: list[str] = []
+    for p in paths:
+        if any(ch in p for ch in "*?["):
+            found = sorted(glob.glob(p, recursive=True))
+            if not found:
+                raise InputFileError(f"no file matches {p!r}; fix: check the pattern (quote it so the shell does not expand it)")
+            files += [f for f in found if os.path.isfile(f)]
+        elif os.path.isdir(p):
+            files += sorted(str(f) for f in Path(p).rglob("*") if f.is_file() and _format_of(str(f), quiet=True))
+        elif os.path.isfile(p):
+            files.append(p)
+        else:
+            raise InputFileError(f"input file {p!r} does not exist; fix: check the path")
+    files = list(dict.fromkeys(os.path.abspath(f) for f in files))
+    if not files:
+        raise InputFileError(f"no input files found in {', '.join(paths)}; give CSV, TSV, JSON Lines or Parquet files")
+    return files
+
+
+def _format_of(path: str, quiet: bool = False) -> str | None:
+    name = path.lower()
+    for c in COMPRESSED:
+        name = name.removesuffix(c)
+    fmt = SUFFIXES.get(os.path.splitext(name)[1])
+    if fmt is None and not quiet:
+        raise InputFileError(f"{path}: --engine ray reads .csv, .tsv, .jsonl/.json (JSON Lines) and .parquet files, "
+                             "plain or compressed; fix: rename the file, or ingest it with the local engine")
+    return fmt
+
+
+def _columns(path: str, fmt: str, sep: str | None) -> list[str]:
+    """The column names of one input file, read from its header or schema only."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    try:
+        if fmt == "parquet":
+            return list(pq.read_schema(path).names)
+        if fmt == "jsonl":
+            with pa.input_stream(path, compression="detect") as f:
+                first = f.readline()
+            return list(pajson.read_json(pa.BufferReader(first)).column_names)
+        opts = pacsv.ParseOptions(delimiter=sep or ("\t" if fmt == "tsv" else ","), newlines_in_values=True)
+        with pa.input_stream(path, compression="detect") as f:
+            reader = pacsv.open_csv(f, parse_options=opts, read_options=pacsv.ReadOptions(block_size=1 << 16))
+            return list(reader.schema.names)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InputFileError(f"{path} cannot be read as {fmt} ({' '.join(str(exc).split())[:200]}); "
+                             "fix: check the file, or ingest it with the local engine, which reads more formats") from None
+
+
+def _read(files: list[str], fmt: str, sep: str | None, columns: list[str], text_col: str, id_col: str,
+          label_col: str | None, ray_data: Any) -> Any:
+    """A Ray Dataset of the input with columns text, id, label (all text), read by Ray Data itself."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    wanted = [c for c in (text_col, id_col, label_col) if c]
+    if fmt == "parquet":
+        ds = ray_data.read_parquet(files, columns=wanted)
+    elif fmt == "jsonl":
+        ds = ray_data.read_json(files, lines=True)
+    else:
+        ds = ray_data.read_csv(
+            files,
+            parse_options=pacsv.ParseOptions(delimiter=sep or ("\t" if fmt == "tsv" else ","), newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
+                                                 include_columns=wanted, strings_can_be_null=False),
+        )
+    roles = {"text": text_col, "id": id_col, "label": label_col}
+    return ds.map_batches(_select, fn_kwargs={"roles": roles}, batch_format="pyarrow")
+
+
+def _as_text(column: Any, role: str) -> list[str]:
+    out = []
+    for v in column.to_pylist():
+        if v is None:
+            out.append("")
+        elif isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, bool) or isinstance(v, float):
+            raise InputFileError(f"a {role} value {v!r} is not text or a whole number; an id or label must be one: "
+                                 "fix: write ids as text (quoted)")
+        else:
+            out.append(str(v))
+    return out
+
+
+def _select(batch: Any, roles: dict[str, str | None]) -> Any:
+    import pyarrow as pa
+
+    n = batch.num_rows
+    cols = {role: (_as_text(batch.column(name), role) if name else [""] * n) for role, name in roles.items()}
+    return pa.table(cols)
+
+
+# ----------------------------------------------------------------------------- stage 1: clean and key
+
+
+def _key_rows(batch: Any, recipe: str, max_chars: int) -> Any:
+    import pyarrow as pa
+
+    r = get_recipe(recipe)
+    ids = batch.column("id").to_pylist()
+    texts = batch.column("text").to_pylist()
+    if any(i == "" for i in ids):
+        raise InputFileError("a row has an empty id; every row needs an id with --engine ray; "
+                             "fix: fill the ids, or ingest with the local engine (which numbers rows)")
+    cleaned = r.clean(texts)
+    truncated = [len(c) > max_chars for c in cleaned]
+    cleaned = [c[:max_chars] for c in cleaned]
+    n = len(ids)
+    return pa.table({
+        "id": ids, "src": pa.array([INPUT] * n, pa.int8()), "order": pa.array([0] * n, pa.int64()),
+        "label": batch.column("label"), "text": texts,
+        "digest": pa.array([raw_digest(t) for t in texts], pa.binary()),
+        "key": pa.array(text_keys(r.name, cleaned), pa.binary()), "cleaned": cleaned,
+        "truncated": truncated, "empty": [not c.strip() for c in cleaned],
+    }, schema=_schema())
+
+
+# ----------------------------------------------------------------------------- stored segments as datasets
+
+
+def _segment_parts(store: Store, segs: Sequence[Any], kind: int, chunk: int = 262144) -> list[dict[str, Any]]:
+    parts = []
+    for i, seg in enumerate(segs):
+        for start in range(0, seg.rows, chunk):
+            parts.append({"path": str(store.segment_path(seg.file)), "kind": kind, "seg": i,
+                          "start": start, "stop": min(start + chunk, seg.rows)})
+    return parts
+
+
+def _read_parts(batch: dict[str, np.ndarray]) -> Any:
+    """Rows of stored segment slices, in the shuffle schema (workers read the files themselves)."""
+    import h5py
+    import pyarrow as pa
+
+    from featurestore.store import as_text_column
+
+    tables = []
+    for path, kind, seg, start, stop in zip(batch["path"], batch["kind"], batch["seg"], batch["start"], batch["stop"]):
+        with h5py.File(path, "r", locking=False) as f:
+            if kind == STORED_KEY and "vectors" in f:  # a space's keys
+                ids = [""] * (stop - start)
+                keys = f["keys"][start:stop].tolist()
+            else:
+                ids = as_text_column(f["ids"][start:stop], "ids").tolist()
+                keys = [b""] * len(ids)
+            labels = (as_text_column(f["labels"][start:stop], "labels").tolist() if "labels" in f and kind != STORED_KEY
+                      else [""] * len(ids))
+            digests = f["digests"][start:stop].tolist() if kind == STORED_ROW else [b""] * len(ids)
+        n = len(ids)
+        tables.append(pa.table({
+            "id": ids, "src": pa.array([kind] * n, pa.int8()),
+            "order": pa.array((int(seg) + 1) * (1 << 32) + np.arange(start, stop), pa.int64()),
+            "label": labels, "text": [""] * n, "digest": pa.array(digests, pa.binary()),
+            "key": pa.array(keys, pa.binary()), "cleaned": [""] * n,
+            "truncated": [False] * n, "empty": [False] * n,
+        }, schema=_schema()))
+    return pa.concat_tables(tables)
+
+
+def _stored(ray_data: Any, parts: list[dict[str, Any]]) -> Any | None:
+    if not parts:
+        return None
+    return ray_data.from_items(parts, override_num_blocks=len(parts)).map_batches(
+        _read_parts, batch_size=1, batch_format="numpy")
+
+
+# ----------------------------------------------------------------------------- stage 2: plan by id
+
+
+def _plan_ids(df: Any) -> Any:
+    """One id partition (all rows of its ids, input and stored): the input rows to keep, one per id, with
+    what each needs (new row, key under the recipe, label update) and what is wrong (``error``). Partition
+    facts ride on the first row: input rows dropped as repeats, and the partition's id range."""
+    import pandas as pd
+
+    inp = df[df["src"] == INPUT]
+    kept = inp.drop_duplicates(["id", "digest", "label"])
+    repeated = len(inp) - len(kept)
+    clash = kept["id"].duplicated(keep=False)
+    stored = df[df["src"] == STORED_ROW].set_index("id")
+    current = stored["label"].copy()
+    updates = df[df["src"] == STORED_LABEL].sort_values("order")
+    if len(updates):
+        last = updates.drop_duplicates("id", keep="last").set_index("id")["label"]
+        current.loc[last.index] = last
+    keyed = set(df.loc[df["src"] == STORED_KEY, "id"])
+    ids = kept["id"]
+    found = ids.isin(stored.index).to_numpy(bool)
+    stored_digest = stored["digest"].reindex(ids).to_numpy(object)
+    old_label = current.reindex(ids).to_numpy(object)
+    old_label[~found] = ""
+    new_label = kept["label"].to_numpy(object)
+    error = np.full(len(kept), "", dtype=object)
+    error[clash.to_numpy(bool)] = "input"
+    differs = np.array([f and a != b for f, a, b in zip(found, stored_digest, kept["digest"])], dtype=bool)
+    error[differs & (error == "")] = "stored"
+    moved = found & (new_label != "") & (new_label != old_label)
+    as_int = np.int64  # counts are summed by Ray, which does not sum booleans
+    out = kept.drop(columns=["src", "order"]).assign(
+        new=(~found).astype(as_int),
+        needs_key=(~found | ~ids.isin(keyed).to_numpy(bool)).astype(as_int),
+        label_update=moved.astype(as_int),
+        label_added=(moved & (old_label == "")).astype(as_int),
+        truncated=kept["truncated"].to_numpy(bool).astype(as_int),
+        empty=kept["empty"].to_numpy(bool).astype(as_int),
+        repeated=0,
+        error=error,
+        range_first="",
+        range_last="",
+    )
+    if len(out):
+        ids_seen = df["id"]
+        out.iloc[0, out.columns.get_indexer(["repeated", "range_first", "range_last"])] = [
+            repeated, ids_seen.min(), ids_seen.max()]
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+COUNTED = ("new", "label_update", "label_added", "repeated", "truncated", "empty")
+
+
+def _tally(df: Any) -> Any:
+    """One planned partition in one row: its counts, its first error, its id range."""
+    import pandas as pd
+
+    bad = df[df["error"] != ""]
+    return pd.DataFrame([{
+        "rows": len(df), **{c: int(df[c].sum()) for c in COUNTED},
+        "error": bad["error"].iloc[0] if len(bad) else "", "error_id": bad["id"].iloc[0] if len(bad) else "",
+        "first": df["range_first"].iloc[0] if len(df) else "", "last": df["range_last"].iloc[0] if len(df) else "",
+    }])
+
+
+def _check_ranges(tally: Any) -> None:
+    """Each id must have been planned in one partition: sorted partitions may not share an end id."""
+    ranges = tally[tally["rows"] > 0].sort_values("first")
+    shared = set(ranges["last"].iloc[:-1]) & set(ranges["first"].iloc[1:])
+    if shared:
+        raise FeatureStoreError(
+            f"Ray Data split the rows of id {sorted(shared)[0]!r} over two blocks, so the plan cannot be trusted; "
+            "nothing was written; fix: split the input into smaller files (each well under 1 GiB)")
+
+
+# ----------------------------------------------------------------------------- stage 3: plan by key
+
+
+def _missing_keys(df: Any) -> Any:
+    """One key partition: the input keys the space lacks, once each, with the text to embed."""
+    stored = set(df.loc[df["src"] == STORED_KEY, "key"])
+    inp = df[df["src"] == INPUT]
+    missing = inp[~inp["key"].isin(stored)].drop_duplicates("key")
+    return missing[["key", "cleaned"]].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- stage 4: embed
+
+
+def _content_name(run: str, kind: str, first: bytes) -> str:
+    return f"ray-{run}-{kind}-{hashlib.blake2b(first, digest_size=8).hexdigest()}.h5"
+
+
+class _EmbedSegments:
+    """A Ray actor: loads the model once, turns each batch of missing keys into one vector segment."""
+
+    def __init__(self, model: str, store_path: str, space_json: dict[str, Any], space_id: str, run: str) -> None:
+        self.embedder = load_embedder(model)
+        self.space = Space.from_json(space_id, space_json)
+        probe = make_space(self.embedder, self.space.model, get_recipe(self.space.recipe), self.space.dtype)
+        if probe.id != space_id:  # another model version on this node would write another space
+            raise FeatureStoreError(
+                f"model {model!r} on this Ray worker ({os.uname().nodename}) gives space {probe.id}, the driver's "
+                f"gives {space_id}; fix: install the same model and library versions on every node")
+        self.store = Store(store_path)
+        self.run = run
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keys = np.asarray(batch["key"].tolist(), dtype=KEY_DTYPE)
+        texts = [str(t) for t in batch["cleaned"]]
+        t = time.perf_counter()
+        vectors = self.embedder.embed(texts)
+        seconds = time.perf_counter() - t
+        name = _content_name(self.run, "v", keys[0].tobytes())
+        write_segment(self.store.segment_path(name), segment_attrs("vectors", space=self.space),
+                      {"keys": keys, "vectors": vectors.astype(self.space.dtype)})
+        canaries = [c for c in texts if c.strip() and len(c) <= CANARY_MAX_CHARS][:N_CANARIES]
+        return {"file": np.array([name]), "rows": np.array([len(keys)]), "seconds": np.array([seconds]),
+                "device": np.array([self.embedder.device]), "canaries": np.array(["\x1f".join(canaries)], dtype=object)}
+
+
+# ----------------------------------------------------------------------------- stage 5: dataset segments
+
+
+def _dataset_segments(df: Any, store_path: str, dataset: str, recipe: str, run: str) -> Any:
+    """Write one batch's new rows, row keys and label updates as segments; name them for the driver."""
+    import pandas as pd
+
+    store = Store(store_path)
+    out = []
+    first = df["id"].iloc[0].encode("utf-8", "surrogatepass")
+    new, keyed, moved = (df[df[c].to_numpy() > 0] for c in ("new", "needs_key", "label_update"))
+    if len(new):
+        name = _content_name(run, "r", first)
+        write_segment(store.segment_path(name), segment_attrs("rows", dataset=dataset), {
+            "ids": new["id"].to_numpy(object), "labels": new["label"].to_numpy(object),
+            "digests": np.asarray(new["digest"].tolist(), dtype=KEY_DTYPE), "texts": new["text"].tolist()})
+        out.append(("rows", name))
+    if len(keyed):
+        name = _content_name(run, "k", first)
+        write_segment(store.segment_path(name), segment_attrs("keys", dataset=dataset, recipe=recipe), {
+            "ids": keyed["id"].to_numpy(object), "keys": np.asarray(keyed["key"].tolist(), dtype=KEY_DTYPE)})
+        out.append(("keys", name))
+    if len(moved):
+        name = _content_name(run, "l", first)
+        write_segment(store.segment_path(name), segment_attrs("labels", dataset=dataset), {
+            "ids": moved["id"].to_numpy(object), "labels": moved["label"].to_numpy(object)})
+        out.append(("labels", name))
+    return pd.DataFrame(out, columns=["kind", "file"])
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+def _connect(address: str | None) -> bool:
+    """Join the cluster at ``address`` (or start a local one); True if this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})  # py: plugins load from the working directory
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UsageError(f"cannot connect to the Ray cluster at {address!r} ({' '.join(str(exc).split())[:200]}); "
+                         "fix: check {param} (ray start --head prints it), or leave it out to run a local cluster",
+                         "address") from None
+    return True
+
+
+@contextlib.contextmanager
+def _data_context(ray_data: Any) -> Iterator[None]:
+    """Ray Data settings for this ingest, restored afterwards (a notebook's own pipelines keep theirs)."""
+    ctx = ray_data.DataContext.get_current()
+    settings = {
+        "enable_progress_bars": False,  # ours reports rows, rate and ETA
+        "print_on_execution_start": False,
+        "enable_auto_log_stats": False,
+        # A sorted partition is planned as one batch, so it must stay one block (see _plan_ids).
+        "target_max_block_size": MAX_BLOCK_BYTES,
+    }
+    saved = {k: getattr(ctx, k) for k in settings}
+    data_log = logging.getLogger("ray.data")
+    level = data_log.level
+    for k, v in settings.items():
+        setattr(ctx, k, v)
+    data_log.setLevel(logging.ERROR)  # our errors say what failed; Ray's log files keep the rest
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+        data_log.setLevel(level)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The featurestore error a Ray task raised (Ray wraps it, maybe twice), or ``exc`` itself."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, FeatureStoreError) and not type(seen).__module__.startswith("ray"):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return exc
+
+
+def ingest_ray(
+    store: Store,
+    paths: Sequence[str],
+    dataset: str,
+    model: str,
+    recipe: Recipe,
+    *,
+    embedder: Embedder | None = None,
+    text_col: str | None = None,
+    id_col: str | None = None,
+    label_col: str | None = None,
+    sep: str | None = None,
+    dtype: str = "float32",
+    commit_rows: int = 1024,
+    max_chars: int | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0.0,
+    address: str | None = None,
+    wait: bool = False,
+    progress: ProgressFn | None = None,
+) -> IngestSummary:
+    """Ingest ``paths`` into ``dataset`` on a Ray cluster; the result equals a local ingest's."""
+    t0 = time.perf_counter()
+    if commit_rows < 1:
+        raise UsageError(f"{{param}} must be at least 1, got {commit_rows}", "commit_rows")
+    if workers is not None and workers < 1:
+        raise UsageError(f"{{param}} must be at least 1, got {workers}", "workers")
+    if gpus_per_worker < 0:
+        raise UsageError(f"{{param}} must be 0 or more, got {gpus_per_worker}", "gpus_per_worker")
+    try:
+        import ray
+        import ray.data as ray_data
+    except ImportError:
+        raise UsageError("{param} ray needs Ray Data; fix: pip install 'featurestore[ray]' "
+                         "(or pip install 'ray[data]')", "engine") from None
+    files = expand_inputs(paths)
+    formats = {_format_of(f) for f in files}
+    if len(formats) > 1:
+        raise InputFileError(f"the inputs mix formats ({', '.join(sorted(formats))}); fix: ingest each format separately")
+    fmt = formats.pop()
+    columns = _columns(files[0], fmt, sep)
+    source = files[0] if len(files) == 1 else f"{len(files)} files"
+    tcol = _pick(columns, text_col, TEXT_COLUMNS, set(), "text", "[[text_col]]", files[0])
+    if tcol is None:
+        raise InputFileError(f"{files[0]} has no known text column among {', '.join(columns)}; fix: [[text_col]] NAME")
+    icol = _pick(columns, id_col, ID_COLUMNS, {tcol}, "id", "[[id_col]]", files[0])
+    if icol is None:
+        raise InputFileError(f"{files[0]} has no id column among {', '.join(columns)}; --engine ray needs ids (rows of "
+                             "many files have no global number); fix: [[id_col]] NAME, or use the local engine")
+    lcol = _pick(columns, label_col, LABEL_COLUMNS, {tcol, icol}, "label", "[[label_col]]", files[0])
+    embedder = embedder or load_embedder(model)
+    max_chars = max_chars if max_chars is not None else getattr(embedder, "max_chars", DEFAULT_MAX_CHARS)
+    space = make_space(embedder, model, recipe, dtype)
+    summary = IngestSummary(dataset, space.id, model, recipe.name, columns={"id": icol, "label": lcol, "text": tcol},
+                            source_format=f"{fmt} (Ray Data, {len(files)} file{'s' * (len(files) > 1)})")
+    started = _connect(address)
+    try:
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if workers is None:
+            workers = max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else cpus
+        with _data_context(ray_data), store.writer(wait=wait) as w:
+            try:
+                _run(w, ray_data, files, fmt, sep, columns, tcol, icol, lcol, dataset, model, recipe, space, embedder,
+                     summary, commit_rows, max_chars, workers, gpus_per_worker, progress)
+            except KeyboardInterrupt:
+                summary.interrupted = True
+                summary.seconds = time.perf_counter() - t0
+                raise IngestInterrupted(summary) from None
+            except ray.exceptions.RayError as exc:
+                unwrapped = _unwrap(exc)
+                if unwrapped is exc:
+                    raise FeatureStoreError(f"the Ray ingest failed ({' '.join(str(exc).split())[:300]}); what was "
+                                            "published stays; fix: see the Ray logs, then run the same command again "
+                                            "(only what was not published is embedded)") from None
+                raise unwrapped from None
+    finally:
+        if started:
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - t0
+    log.info("ray ingest of %s: %s", source, summary)
+    return summary
+
+
+def _run(w: Any, ray_data: Any, files: list[str], fmt: str, sep: str | None, columns: list[str], tcol: str,
+         icol: str, lcol: str | None, dataset: str, model: str, recipe: Recipe, space: Space, embedder: Embedder,
+         summary: IngestSummary, commit_rows: int, max_chars: int, workers: int, gpus_per_worker: float,
+         progress: ProgressFn | None) -> None:
+    from featurestore.store import check_dataset_name
+
+    store = w.store
+    check_dataset_name(dataset)
+    snap = w.snap
+    stored_space = snap.spaces.get(space.id)
+    ds = snap.datasets.get(dataset)
+    run = uuid.uuid4().hex[:8]
+    timings = summary.timings
+
+    # 1-2: read, clean, key; meet the dataset's stored rows by id.
+    t = time.perf_counter()
+    keyed = _read(files, fmt, sep, columns, tcol, icol, lcol, ray_data).map_batches(
+        _key_rows, fn_kwargs={"recipe": recipe.name, "max_chars": max_chars}, batch_format="pyarrow", batch_size=4096)
+    parts = []
+    if ds is not None:
+        parts = (_segment_parts(store, ds.rows, STORED_ROW) + _segment_parts(store, ds.labels, STORED_LABEL)
+                 + _segment_parts(store, ds.keys.get(recipe.name, ()), STORED_KEY))
+    stored_rows = _stored(ray_data, parts)
+    by_id = keyed.union(stored_rows) if stored_rows is not None else keyed
+    planned = by_id.sort("id").map_batches(_plan_ids, batch_size=None, batch_format="pandas").materialize()
+    tally = planned.map_batches(_tally, batch_size=None, batch_format="pandas").to_pandas()
+    _check_ranges(tally)
+    n_kept = int(tally["rows"].sum())
+    totals = {c: int(tally[c].sum()) for c in COUNTED}
+    errors = tally[tally["error"] != ""]
+    if len(errors):
+        bad = errors.iloc[0]
+        if bad["error"] == "input":
+            raise InputFileError(f"the input has rows sharing id {bad['error_id']!r} with different texts or labels; "
+                                 "an id names one tweet: fix the ids (--engine ray keeps no file order, so no "
+                                 "--duplicates first|last)")
+        raise DatasetError(f"id {bad['error_id']!r} is already in dataset {dataset!r} with a different text; an id "
+                           "names one tweet: give new ids, or ingest into another dataset")
+    summary.rows_read = n_kept + totals.get("repeated", 0)
+    summary.duplicates = totals.get("repeated", 0) + n_kept - totals.get("new", 0)
+    summary.rows_keyed = n_kept
+    summary.truncated = totals.get("truncated", 0)
+    summary.empty_after_cleaning = totals.get("empty", 0)
+    timings["plan ids"] = time.perf_counter() - t
+
+    # 3: meet the space's stored keys by key; what is left is embedded once per key.
+    t = time.perf_counter()
+    space_keys = _stored(ray_data, _segment_parts(store, stored_space.segments, STORED_KEY) if stored_space else [])
+    by_key = planned.select_columns(["key", "cleaned"]).map_batches(_as_input_keys, batch_format="pyarrow")
+    if space_keys is not None:
+        by_key = by_key.union(space_keys.select_columns(["key", "cleaned", "src"]))
+    missing = by_key.sort("key").map_batches(
+        _missing_keys, batch_size=None, batch_format="pandas").materialize()
+    todo = missing.count()
+    summary.cache_hits = n_kept - todo
+    timings["plan keys"] = time.perf_counter() - t
+
+    # 4: embed on the actors; adopt their segments as they finish.
+    t = time.perf_counter()
+    target = stored_space or space
+    if todo and stored_space is not None:
+        check_drift(store, stored_space, embedder, recipe)
+    if stored_space is None:
+        w.adopt(space=space)  # registered even when nothing needs embedding, like a local ingest
+    if todo:
+        settings = {"model": model, "store_path": str(store.path), "space_json": space.to_json(),
+                    "space_id": space.id, "run": run}
+
+        class EmbedSegments(_EmbedSegments):  # settings travel with the class, not as object-store arguments
+            def __init__(self) -> None:
+                super().__init__(**settings)
+
+        # Ray Data restarts a dead actor and retries its batch (max_restarts/max_task_retries default to -1).
+        # One block per batch: the actors share the work, and each segment streams back as it is written.
+        # Split before the actors start: they may take every CPU, and the split would wait for one.
+        batches = missing.repartition(-(-todo // commit_rows)).materialize()
+        embedded = batches.map_batches(
+            EmbedSegments, batch_size=commit_rows, batch_format="numpy",
+            compute=ray_data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus_per_worker or None,
+        )
+        pending: list[str] = []
+        last = time.monotonic()
+        for rec in embedded.iter_rows():
+            pending.append(rec["file"])
+            summary.embedded += int(rec["rows"])
+            timings["embed"] = timings.get("embed", 0.0) + float(rec["seconds"])
+            summary.device = str(rec["device"])
+            if not w.snap.spaces[space.id].canaries and rec["canaries"]:
+                target = replace(target, canaries=tuple(str(rec["canaries"]).split("\x1f")))
+            if progress:
+                progress(int(rec["rows"]), todo)
+            if time.monotonic() - last >= PUBLISH_EVERY_S:
+                w.adopt(space=target, vectors=pending)
+                summary.batches_committed += 1
+                pending, last = [], time.monotonic()
+        if pending:
+            w.adopt(space=target, vectors=pending)
+            summary.batches_committed += 1
+    timings["embed stage"] = time.perf_counter() - t
+
+    # 5: dataset rows, keys and labels: every key they name has its vector published now.
+    t = time.perf_counter()
+    written = planned.map_batches(
+        _dataset_segments, batch_size=DATASET_SEGMENT_ROWS, batch_format="pandas",
+        fn_kwargs={"store_path": str(store.path), "dataset": dataset, "recipe": recipe.name, "run": run},
+    ).to_pandas() if n_kept else None
+    names = {k: [] for k in ("rows", "keys", "labels")}
+    if written is not None and len(written):
+        for kind, name in zip(written["kind"], written["file"]):
+            names[kind].append(name)
+    w.adopt(dataset=dataset, rows=names["rows"], keys={recipe.name: names["keys"]}, labels=names["labels"])
+    summary.batches_committed += 1
+    summary.new_ids = totals.get("new", 0)
+    summary.labels_added = totals.get("label_added", 0)
+    summary.labels_changed = totals.get("label_update", 0) - summary.labels_added
+    timings["dataset segments"] = time.perf_counter() - t
+    w.compact()
+
+
+def _as_input_keys(batch: Any) -> Any:
+    import pyarrow as pa
+
+    return batch.append_column("src", pa.array([INPUT] * batch.num_rows, pa.int8()))

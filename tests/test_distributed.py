@@ -1,0 +1,208 @@
+"""Distributed ingest on a real local Ray cluster (2 CPUs): same answers as a local ingest, faults survived.
+
+One cluster serves the module (starting one takes seconds); the driver-kill test runs ``fs ingest
+--engine ray --address`` as a separate driver process against it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurestore.api import FeatureStore
+from featurestore.check import check
+from featurestore.errors import DatasetError, InputFileError, UsageError
+from featurestore.store import Store
+from tests.conftest import FAKE, ROOT, train_rows, write_csv
+from tests.ray_fakes import embedded_count
+
+ray = pytest.importorskip("ray", reason="the ray extra is part of `make setup`; without it --engine ray says how to install")
+
+SCRIPTED = "py:tests.ray_fakes:ScriptedEmbedder"
+RECIPE = "basic-v1"  # no spaCy in the workers: keeps the module fast; tweet-v1 runs in the real-model test
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    script = tmp_path_factory.mktemp("ray") / "script.json"
+    script.write_text("{}")
+    os.environ["FS_TEST_SCRIPT"] = str(script)  # inherited by the cluster's worker processes
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    yield {"script": script, "address": ray.get_runtime_context().gcs_address}
+    ray.shutdown()
+    del os.environ["FS_TEST_SCRIPT"]
+
+
+def set_script(cluster: dict, **script) -> None:
+    cluster["script"].write_text(json.dumps(script))
+
+
+def contents(path: Path, dataset: str = "train") -> tuple[dict, dict]:
+    """{key: vector} of the one space and {id: (label, text)} of ``dataset``: order-free, comparable."""
+    store = Store(path)
+    snap = store.snapshot()
+    (space,) = snap.spaces.values()
+    keys = store.space_keys(space)
+    vectors = store.read_vectors(space, np.arange(len(keys)))
+    rows = FeatureStore(path).rows(dataset)
+    return ({k: v for k, v in zip(keys.tolist(), vectors)},
+            {i: (l, t) for i, l, t in zip(rows["ids"].tolist(), rows["labels"].tolist(), rows["texts"].tolist())})
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    va, ra = contents(a)
+    vb, rb = contents(b)
+    assert ra == rb
+    assert va.keys() == vb.keys()
+    assert max(float(np.abs(va[k] - vb[k]).max()) for k in va) <= 1e-6
+    assert check(Store(a)).ok and check(Store(b)).ok
+
+
+def two_files(tmp_path: Path, rows: list[dict]) -> tuple[list[Path], Path]:
+    """``rows`` split over two CSVs (for a glob) and the same rows in one CSV (for the local engine)."""
+    half = len(rows) // 2
+    parts = [write_csv(tmp_path / "in" / f"part-{i}.csv", r) for i, r in enumerate((rows[:half], rows[half:]))]
+    return parts, write_csv(tmp_path / "all.csv", rows)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    (tmp_path / "in").mkdir()
+    return tmp_path
+
+
+def test_ray_ingest_equals_local_and_updates_like_it(cluster, inputs: Path) -> None:
+    rows = train_rows(300)
+    rows += [dict(rows[3]), dict(rows[10])]  # exact repeats: dropped as duplicates
+    rows.append({"id": "x-7", "label": "", "tweet": rows[5]["tweet"]})  # same text, new id: embedded once
+    parts, whole = two_files(inputs, rows)
+    ray_fs, local_fs = FeatureStore(inputs / "ray"), FeatureStore(inputs / "local")
+    r = ray_fs.ingest(str(inputs / "in" / "*.csv"), "train", SCRIPTED, RECIPE, engine="ray", workers=2, commit_rows=64)
+    loc = local_fs.ingest(str(whole), "train", FAKE, RECIPE)
+    assert (r.rows_read, r.new_ids, r.duplicates, r.embedded) == (loc.rows_read, loc.new_ids, loc.duplicates, loc.embedded)
+    assert r.batches_committed >= 2  # vectors published before the dataset rows
+    assert_same_store(inputs / "ray", inputs / "local")
+
+    # A later file: changed and added labels, new rows, rows already stored.
+    update = [dict(x) for x in rows[:40]]
+    for x in update[:5]:
+        x["label"] = "changed"
+    update[39]["label"] = "1" if update[39]["label"] != "1" else "0"
+    update += [{"id": f"new-{i}", "label": "1", "tweet": f"a brand new tweet about {w}"}
+               for i, w in enumerate("phones tablets laptops watches cameras chargers cables screens apps games cases mice".split())]
+    up = write_csv(inputs / "update.csv", update)
+    r2 = ray_fs.ingest(str(up), "train", SCRIPTED, RECIPE, engine="ray", workers=1)
+    loc2 = local_fs.ingest(str(up), "train", FAKE, RECIPE)
+    assert (r2.new_ids, r2.labels_added, r2.labels_changed, r2.embedded) == (
+        loc2.new_ids, loc2.labels_added, loc2.labels_changed, loc2.embedded)
+    assert r2.new_ids == 12 and r2.labels_changed == 6 and r2.embedded == 12
+    assert_same_store(inputs / "ray", inputs / "local")
+
+    # Conflicts are refused before anything is written.
+    generation = Store(inputs / "ray").snapshot().generation
+    clash = [dict(rows[0], tweet="a different text under an existing id")]
+    with pytest.raises(DatasetError, match=f"id '{rows[0]['id']}' is already in dataset 'train'"):
+        ray_fs.ingest(str(write_csv(inputs / "b.csv", clash)), "train", SCRIPTED, RECIPE, engine="ray", workers=1)
+    twice = [{"id": "q1", "label": "0", "tweet": "one text"}, {"id": "q1", "label": "0", "tweet": "another text"}]
+    with pytest.raises(InputFileError, match="sharing id 'q1'"):
+        ray_fs.ingest(str(write_csv(inputs / "c.csv", twice)), "train", SCRIPTED, RECIPE, engine="ray", workers=1)
+    assert Store(inputs / "ray").snapshot().generation == generation
+    assert check(Store(inputs / "ray")).ok
+
+
+def test_killed_driver_then_killed_actor_nothing_lost_or_embedded_twice(cluster, inputs: Path) -> None:
+    """A driver SIGKILLed mid-run leaves a store that passes check; the re-run, during which an actor's
+    process is SIGKILLed (Ray restarts it and retries its batch), embeds exactly what was not committed."""
+    log = inputs / "embedded.log"
+    rows = train_rows(400)
+    parts, whole = two_files(inputs, rows)
+    path = inputs / "ray"
+    set_script(cluster, delay=0.5, log=str(log))
+    cmd = [sys.executable, "-m", "cli.main", "ingest", *map(str, parts), "--engine", "ray", "--address",
+           cluster["address"], "--workers", "1", "--batch-rows", "20", "--model", SCRIPTED, "--clean", RECIPE,
+           "--store", str(path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        published = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            if Store(path).manifest_generations():
+                snap = Store(path).snapshot()
+                published = sum(sp.rows for sp in snap.spaces.values())
+                if published:
+                    break
+            time.sleep(0.2)
+        assert published, proc.communicate()[0].decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        set_script(cluster)
+    report = check(Store(path))
+    assert report.ok, report.errors
+    store = Store(path)
+    committed = sum(sp.rows for sp in store.snapshot().spaces.values())
+    FeatureStore(inputs / "local").ingest(str(whole), "train", FAKE, RECIPE)
+    distinct = len(contents(inputs / "local")[0])
+    assert 0 < committed < distinct, "the kill should land mid-run"
+    before = embedded_count(str(log))
+    marker = inputs / "killed"
+    set_script(cluster, log=str(log), kill_once=str(marker), spare_pid=os.getpid())
+    try:
+        r = FeatureStore(path).ingest([str(p) for p in parts], "train", SCRIPTED, RECIPE, engine="ray", workers=2,
+                                      commit_rows=64)
+    finally:
+        set_script(cluster)
+    assert marker.exists()  # an actor's process really died mid-run
+    assert r.embedded == distinct - committed
+    (space,) = Store(path).snapshot().spaces.values()
+    drift_check = len(space.canaries)  # the driver re-embeds the space's canary texts before adding to it
+    assert embedded_count(str(log)) - before == distinct - committed + drift_check  # nothing committed embedded again
+    assert_same_store(path, inputs / "local")
+    assert not [n for n in os.listdir(path / "segments") if n not in store.kept_files(Store(path).snapshot())
+                and n.startswith(".tmp-")]
+
+
+def test_inputs_the_ray_engine_cannot_take_are_named_before_any_work(tmp_path: Path) -> None:
+    fs = FeatureStore(tmp_path / "s")
+    no_ids = write_csv(tmp_path / "noid.csv", train_rows(3), fields=("label", "tweet"))
+    with pytest.raises(InputFileError, match="needs ids"):
+        fs.ingest(str(no_ids), "train", FAKE, RECIPE, engine="ray")
+    with pytest.raises(UsageError, match="encoding, header=False apply to the local engine only"):
+        fs.ingest(str(no_ids), "train", FAKE, RECIPE, engine="ray", encoding="cp1252", header=False)
+    with pytest.raises(InputFileError, match="no file matches"):
+        fs.ingest(str(tmp_path / "nothing-*.csv"), "train", FAKE, RECIPE, engine="ray")
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(InputFileError, match="reads .csv, .tsv"):
+        fs.ingest(str(tmp_path / "notes.txt"), "train", FAKE, RECIPE, engine="ray")
+    with pytest.raises(UsageError, match="reads one file per call"):
+        fs.ingest([str(no_ids), str(no_ids)], "train", FAKE, RECIPE)
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_errors_are_one_line_with_flags(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "cli.main", "ingest", str(tmp_path / "x.csv"), "--engine", "ray",
+                          "--encoding", "latin-1", "--store", str(tmp_path / "s")], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 1
+    assert out.stderr.strip().count("\n") == 0, out.stderr
+    assert "--encoding apply to the local engine only" in out.stderr and "--engine local" in out.stderr
+
+
+@pytest.mark.slow
+def test_real_model_on_ray_matches_local(cluster, inputs: Path) -> None:
+    rows = train_rows(48)
+    parts, whole = two_files(inputs, rows)
+    r = FeatureStore(inputs / "ray").ingest([str(p) for p in parts], "train", "minilm", engine="ray", workers=1)
+    FeatureStore(inputs / "local").ingest(str(whole), "train", "minilm")
+    assert r.embedded == 48
+    assert_same_store(inputs / "ray", inputs / "local")
