@@ -76,12 +76,12 @@ def main() -> None:
         base = ["ingest", str(src), "--dataset", "s140", "--model", args.model]
         runs = {"local": [], "ray-1": ["--engine", "ray", "--workers", "1"], "ray-2": ["--engine", "ray", "--workers", "2"]}
         for name, extra in runs.items():
-            wall, rss, out = run_cli(base + extra + ["--store", str(tmp_path / name)], env)
+            wall, _, out = run_cli(base + extra + ["--store", str(tmp_path / name)], env)
             embedded = int(re.search(r"texts embedded ([\d,]+)", out).group(1).replace(",", ""))
-            res[name] = {"wall_s": wall, "tweets_per_s": args.n / wall, "embedded": embedded, "peak_rss_mib": rss,
+            res[name] = {"wall_s": wall, "tweets_per_s": args.n / wall, "embedded": embedded,
                          "timings": timings(out), "load": os.getloadavg()[0]}
             print(f"{name:6s} {wall:7.1f} s  {args.n / wall:8,.1f} tweets/s  ({embedded:,} embedded, "
-                  f"driver peak RSS {rss:,.0f} MiB, load {os.getloadavg()[0]:.1f})  {res[name]['timings']}")
+                  f"load {os.getloadavg()[0]:.1f})  {res[name]['timings']}")
         for name in ("ray-1", "ray-2"):
             res[name]["max_abs_diff_vs_local"] = same_store(tmp_path / "local", tmp_path / name)
             res[name]["over_local"] = res["local"]["wall_s"] / res[name]["wall_s"]

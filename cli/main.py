@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(models_cli.app, name="models")
 
-StoreOpt = typer.Option(None, "--store", envvar="FS_STORE", help="Store directory [default: ./store].")
+StoreOpt = typer.Option(None, "--store", envvar="FS_STORE", help="Store directory (default: ./store).")
 ModelOpt = typer.Option(
     DEFAULT_MODEL, "--model", "-m",
     help="Embedder: minilm (default, offline), elmo (TF Hub google/elmo/3), hub:HANDLE, elmo:PATH, "
@@ -30,7 +30,7 @@ ModelOpt = typer.Option(
     "ELMo models take a layer mix suffix: #elmo (default), #top or #all.",
 )
 CleanOpt = typer.Option(
-    None, "--clean", help="Cleaning recipe: raw-v1, basic-v1 or tweet-v1 [default: raw-v1 for minilm, tweet-v1 for ELMo]."
+    None, "--clean", help="Cleaning recipe: raw-v1, basic-v1 or tweet-v1 (default: raw-v1 for minilm, tweet-v1 for ELMo)."
 )
 
 
@@ -69,35 +69,35 @@ DtypeOpt = typer.Option(None, "--dtype", help="Stored precision of the space to 
 @app.command()
 @handle_errors
 def ingest(
-    files: list[str] = typer.Argument(..., metavar="FILE...", help="CSV/TSV (any of , ; tab | separators), JSON Lines "
+    files: list[str] = typer.Argument(..., metavar="FILE", help="CSV/TSV (any of , ; tab | separators), JSON Lines "
                                       "or JSON array, Parquet, or text (one tweet a line); gzip/bz2/xz/zstd compressed "
                                       "or not; '-' reads stdin. Several files are ingested one after another; with "
                                       "--engine ray also globs ('data/*.csv') and directories."),
     dataset: str = typer.Option("train", "--dataset", "-d", help="Dataset to add the rows to."),
-    text_col: Optional[str] = typer.Option(None, help="Text column [default: tweet, text, content, ... any case]."),
-    id_col: Optional[str] = typer.Option(None, help="Id column, kept as text [default: id, tweet_id, ... any case; "
-                                         "else the row number]. '' numbers rows."),
-    label_col: Optional[str] = typer.Option(None, help="Label column, any strings or integers [default: label, "
-                                            "sentiment, target, class, ... any case]. '' ignores labels."),
+    text_col: Optional[str] = typer.Option(None, help="Text column (default: tweet, text, content, ... any case)."),
+    id_col: Optional[str] = typer.Option(None, help="Id column, kept as text (default: id, tweet_id, ... any case; "
+                                         "else the row number). '' numbers rows."),
+    label_col: Optional[str] = typer.Option(None, help="Label column, any strings or integers (default: label, "
+                                            "sentiment, target, class, ... any case). '' ignores labels."),
     fmt: Optional[str] = typer.Option(None, "--format", help="csv, tsv, jsonl, json, parquet or txt "
-                                      "[default: from the extension and the content]."),
-    sep: Optional[str] = typer.Option(None, "--sep", help="CSV separator [default: sniffed among , ; tab |]."),
+                                      "(default: from the extension and the content)."),
+    sep: Optional[str] = typer.Option(None, "--sep", help="CSV separator (default: sniffed among , ; tab |)."),
     no_header: bool = typer.Option(False, "--no-header", help="The CSV has no header row: columns are 1, 2, 3..."),
-    encoding: Optional[str] = typer.Option(None, help="Text encoding [default: UTF-8, UTF-16 by BOM]."),
+    encoding: Optional[str] = typer.Option(None, help="Text encoding (default: UTF-8, UTF-16 by BOM)."),
     duplicates: str = typer.Option("error", "--duplicates", help="One id twice in the file with different text or "
                                    "label: error, first (keep the first) or last (keep the last)."),
     model: str = ModelOpt,
     clean: Optional[str] = CleanOpt,
     dtype: str = typer.Option("float32", help="Stored vector precision: float32 or float16."),
     max_chars: Optional[int] = typer.Option(None, help="Cut cleaned texts longer than this before embedding "
-                                            "[default: 2000]."),
+                                            "(default: 2000)."),
     batch_rows: int = typer.Option(1024, help="Rows per committed batch (with --engine ray: texts per vector segment)."),
     engine: str = typer.Option("local", help="local (this process) or ray (Ray Data: many files, many workers, "
                                "one store; pip install 'featurestore[ray]')."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. 127.0.0.1:6379 [default: start a "
-                                          "local one]. With --engine ray."),
-    workers: Optional[int] = typer.Option(None, help="Embedding actors (one model load each) [default: the "
-                                          "cluster's CPUs, or GPUs / --gpus-per-worker]. With --engine ray."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. 127.0.0.1:6379 (default: start a "
+                                          "local one). With --engine ray."),
+    workers: Optional[int] = typer.Option(None, help="Embedding actors (one model load each) (default: the "
+                                          "cluster's CPUs, or GPUs / --gpus-per-worker). With --engine ray."),
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per embedding actor (e.g. 1, or 0.5 to share). "
                                           "With --engine ray."),
     wait: bool = typer.Option(False, "--wait", help="If another process is writing, wait for it instead of failing."),
@@ -157,11 +157,11 @@ def train(
     clean: Optional[str] = CleanOpt,
     dtype: Optional[str] = DtypeOpt,
     classifier: str = typer.Option("logreg", help="logreg (in memory) or sgd (out of core, chunked reads)."),
-    positive: Optional[str] = typer.Option(None, help="Positive class for binary F1 [default: 1, pos, positive, "
-                                           "true or yes if present, else the last label in sorted order]."),
+    positive: Optional[str] = typer.Option(None, help="Positive class for binary F1 (default: 1, pos, positive, "
+                                           "true or yes if present, else the last label in sorted order)."),
     test_size: float = typer.Option(0.2, help="Held-out fraction for validation."),
     seed: int = typer.Option(42, help="random_state of the split and the classifier."),
-    name: Optional[str] = typer.Option(None, help="Name to save the classifier under [default: DATASET-MODEL-CLASSIFIER]."),
+    name: Optional[str] = typer.Option(None, help="Name to save the classifier under (default: DATASET-MODEL-CLASSIFIER)."),
     features: Optional[str] = typer.Option(
         None, "--features", "-f",
         help="Feature spec: stored spaces and text features joined by '+', e.g. minilm+tfidf-char; "
@@ -169,11 +169,11 @@ def train(
         "alternatives for the search separated by ','. Fitted on the training split only; saved with the classifier."),
     search: Optional[str] = typer.Option(
         None, help="Choose C, class weight, n-gram ranges and features by stratified K-fold CV on the training "
-        "split only: none, quick (about a minute) or full [default: none; with neither --features nor --search the "
-        "plain vectors of --model are used]."),
+        "split only: none, quick (about a minute) or full (default: none; with neither --features nor --search the "
+        "plain vectors of --model are used)."),
     folds: int = typer.Option(5, help="Cross-validation folds (with --features/--search)."),
     time_limit: Optional[float] = typer.Option(None, help="Seconds after which the search starts no new "
-                                               "candidates [default: 90 quick, 900 full]."),
+                                               "candidates (default: 90 quick, 900 full)."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Do not write the confusion matrix and "
                                   "precision-recall PNGs beside the classifier."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -270,7 +270,7 @@ def predict(
 def eval_(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Labelled dataset to score the classifier on."),
     name: str = typer.Option("train-minilm-logreg", "--classifier-name", help="Saved classifier (see 'fs train')."),
-    positive: Optional[str] = typer.Option(None, help="Positive class for binary F1 [default: the classifier's]."),
+    positive: Optional[str] = typer.Option(None, help="Positive class for binary F1 (default: the classifier's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
     store: Optional[Path] = StoreOpt,
 ) -> None:
@@ -361,9 +361,9 @@ def similar(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Only return tweets of this dataset."),
     exact: bool = typer.Option(False, "--exact", help="Brute force over every vector, whatever index is built."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF index: lists scanned a query (more = better "
-                                         "recall, slower) [default: from the index manifest]."),
+                                         "recall, slower) (default: from the index manifest)."),
     ef: Optional[int] = typer.Option(None, "--ef", help="HNSW index: candidates a query (more = better recall, "
-                                     "slower) [default: from the index manifest]."),
+                                     "slower) (default: from the index manifest)."),
     model: str = ModelOpt,
     clean: Optional[str] = CleanOpt,
     dtype: Optional[str] = DtypeOpt,
@@ -430,7 +430,7 @@ app.add_typer(index_app, name="index")
 def index_build(
     kind: str = typer.Option("auto", "--kind", help="auto (exact below 200k vectors, IVF above), flat (exact), "
                              "ivf (IVF{nlist},Flat), hnsw (HNSW{m}) or ivfpq (IVF{nlist},PQ{m},Refine(SQ8))."),
-    nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF lists [default: about 4 x sqrt(vectors)]."),
+    nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF lists (default: about 4 x sqrt(vectors))."),
     m: Optional[int] = typer.Option(None, "--m", help="HNSW links a node [default 32]; IVF-PQ sub-quantizers "
                                     "(a divisor of the dimension) [default 48]."),
     model: str = ModelOpt,

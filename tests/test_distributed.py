@@ -206,3 +206,19 @@ def test_real_model_on_ray_matches_local(cluster, inputs: Path) -> None:
     FeatureStore(inputs / "local").ingest(str(whole), "train", "minilm")
     assert r.embedded == 48
     assert_same_store(inputs / "ray", inputs / "local")
+
+
+def test_local_engine_ingests_several_files_in_turn(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    rows = train_rows(20)
+    a = write_csv(tmp_path / "a.csv", rows[:12])
+    b = write_csv(tmp_path / "b.csv", rows[8:])  # 4 rows repeat a.csv's
+    r = CliRunner().invoke(app, ["ingest", str(a), str(b), "--model", FAKE, "--clean", RECIPE,
+                                 "--store", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert f"== {a}" in r.output and f"== {b}" in r.output
+    assert "new ids 12" in r.output and "new ids 8  duplicates 4" in r.output
+    assert len(FeatureStore(tmp_path / "s").rows("train")["ids"]) == 20
