@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import json
 import logging
 import os
 import time
@@ -110,7 +111,6 @@ def _columns(path: str, fmt: str, sep: str | None) -> list[str]:
     """The column names of one input file, read from its header or schema only."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
     import pyarrow.parquet as pq
 
     try:
@@ -118,13 +118,16 @@ def _columns(path: str, fmt: str, sep: str | None) -> list[str]:
             return list(pq.read_schema(path).names)
         if fmt == "jsonl":
             with pa.input_stream(path, compression="detect") as f:
-                first = f.readline()
-            return list(pajson.read_json(pa.BufferReader(first)).column_names)
+                head = f.read(1 << 20).split(b"\n", 1)[0]
+            record = json.loads(head)
+            if not isinstance(record, dict):
+                raise ValueError("the first line is not a JSON object")
+            return list(record)
         opts = pacsv.ParseOptions(delimiter=sep or ("\t" if fmt == "tsv" else ","), newlines_in_values=True)
         with pa.input_stream(path, compression="detect") as f:
             reader = pacsv.open_csv(f, parse_options=opts, read_options=pacsv.ReadOptions(block_size=1 << 16))
             return list(reader.schema.names)
-    except (pa.ArrowException, OSError, ValueError) as exc:
+    except (pa.ArrowException, OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise InputFileError(f"{path} cannot be read as {fmt} ({' '.join(str(exc).split())[:200]}); "
                              "fix: check the file, or ingest it with the local engine, which reads more formats") from None
 
@@ -158,9 +161,11 @@ def _as_text(column: Any, role: str) -> list[str]:
             out.append("")
         elif isinstance(v, str):
             out.append(v)
-        elif isinstance(v, bool) or isinstance(v, float):
-            raise InputFileError(f"a {role} value {v!r} is not text or a whole number; an id or label must be one: "
-                                 "fix: write ids as text (quoted)")
+        elif isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+            out.append(str(int(v)))  # a JSON integer column with nulls arrives as float
+        elif isinstance(v, (bool, float)):
+            raise InputFileError(f"a {role} value {v!r} is not text or an exact whole number; fix: write the "
+                                 f"{role}s as text (quoted) so they are kept as given")
         else:
             out.append(str(v))
     return out

@@ -222,3 +222,24 @@ def test_local_engine_ingests_several_files_in_turn(tmp_path: Path) -> None:
     assert f"== {a}" in r.output and f"== {b}" in r.output
     assert "new ids 12" in r.output and "new ids 8  duplicates 4" in r.output
     assert len(FeatureStore(tmp_path / "s").rows("train")["ids"]) == 20
+
+
+def test_ray_data_reads_jsonl_and_parquet_with_ids_as_text(cluster, tmp_path: Path) -> None:
+    import pandas as pd
+    import ray.data
+
+    from featurestore import distributed
+
+    frame = pd.DataFrame({"tweet_id": ["000123", "a1b2", "99999999999999999999"], "Sentiment": ["pos", "", "neg"],
+                          "Text": ["first tweet", "second, with a comma", "third \"quoted\""]})
+    frame.to_parquet(tmp_path / "t.parquet")
+    (tmp_path / "t.jsonl").write_text('{"id": 7, "label": 1, "text": "seven"}\n{"id": 8, "label": null, "text": "eight"}\n')
+    for path, expect in ((tmp_path / "t.parquet", list(zip(frame["tweet_id"], frame["Sentiment"], frame["Text"]))),
+                         (tmp_path / "t.jsonl", [("7", "1", "seven"), ("8", "", "eight")])):
+        fmt = distributed._format_of(str(path))
+        cols = distributed._columns(str(path), fmt, None)
+        text = distributed._pick(cols, None, distributed.TEXT_COLUMNS, set(), "text", "", str(path))
+        ident = distributed._pick(cols, None, distributed.ID_COLUMNS, {text}, "id", "", str(path))
+        label = distributed._pick(cols, None, distributed.LABEL_COLUMNS, {text, ident}, "label", "", str(path))
+        rows = distributed._read([str(path)], fmt, None, cols, text, ident, label, ray.data).take_all()
+        assert sorted((r["id"], r["label"], r["text"]) for r in rows) == sorted(expect)
