@@ -33,7 +33,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -102,8 +102,8 @@ def _format_of(path: str, quiet: bool = False) -> str | None:
         name = name.removesuffix(c)
     fmt = SUFFIXES.get(os.path.splitext(name)[1])
     if fmt is None and not quiet:
-        raise InputFileError(f"{path}: --engine ray reads .csv, .tsv, .jsonl/.json (JSON Lines) and .parquet files, "
-                             "plain or compressed; fix: rename the file, or ingest it with the local engine")
+        raise InputFileError(f"{path}: the Ray engine reads .csv, .tsv, .jsonl/.json (JSON Lines) and .parquet files, "
+                             "plain or compressed; fix: rename the file, or use [[engine]] local")
     return fmt
 
 
@@ -154,6 +154,22 @@ def _read(files: list[str], fmt: str, sep: str | None, columns: list[str], text_
     return ds.map_batches(_select, fn_kwargs={"roles": roles}, batch_format="pyarrow")
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """The files of one ingest and the columns that feed text, ids and labels."""
+
+    files: list[str]
+    fmt: str
+    sep: str | None
+    columns: list[str]
+    text: str
+    id: str
+    label: str | None
+
+    def read(self, ray_data: Any) -> Any:
+        return _read(self.files, self.fmt, self.sep, self.columns, self.text, self.id, self.label, ray_data)
+
+
 def _as_text(column: Any, role: str) -> list[str]:
     out = []
     for v in column.to_pylist():
@@ -189,8 +205,8 @@ def _key_rows(batch: Any, recipe: str, max_chars: int) -> Any:
     ids = batch.column("id").to_pylist()
     texts = batch.column("text").to_pylist()
     if any(i == "" for i in ids):
-        raise InputFileError("a row has an empty id; every row needs an id with --engine ray; "
-                             "fix: fill the ids, or ingest with the local engine (which numbers rows)")
+        raise InputFileError("a row has an empty id; the Ray engine needs an id on every row; "
+                             "fix: fill the ids, or use [[engine]] local (which numbers rows)")
     cleaned = r.clean(texts)
     truncated = [len(c) > max_chars for c in cleaned]
     cleaned = [c[:max_chars] for c in cleaned]
@@ -433,6 +449,7 @@ def _data_context(ray_data: Any) -> Iterator[None]:
         "enable_progress_bars": False,  # ours reports rows, rate and ETA
         "print_on_execution_start": False,
         "enable_auto_log_stats": False,
+        "raise_original_map_exception": True,  # our errors from the workers reach the user as themselves
         # A sorted partition is planned as one batch, so it must stay one block (see _plan_ids).
         "target_max_block_size": MAX_BLOCK_BYTES,
     }
@@ -507,8 +524,8 @@ def ingest_ray(
         raise InputFileError(f"{files[0]} has no known text column among {', '.join(columns)}; fix: [[text_col]] NAME")
     icol = _pick(columns, id_col, ID_COLUMNS, {tcol}, "id", "[[id_col]]", files[0])
     if icol is None:
-        raise InputFileError(f"{files[0]} has no id column among {', '.join(columns)}; --engine ray needs ids (rows of "
-                             "many files have no global number); fix: [[id_col]] NAME, or use the local engine")
+        raise InputFileError(f"{files[0]} has no id column among {', '.join(columns)}; the Ray engine needs ids (rows of "
+                             "many files have no global number); fix: [[id_col]] NAME, or [[engine]] local")
     lcol = _pick(columns, label_col, LABEL_COLUMNS, {tcol, icol}, "label", "[[label_col]]", files[0])
     embedder = embedder or load_embedder(model)
     max_chars = max_chars if max_chars is not None else getattr(embedder, "max_chars", DEFAULT_MAX_CHARS)
@@ -519,12 +536,16 @@ def ingest_ray(
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         gpus = int(ray.cluster_resources().get("GPU", 0))
+        if gpus_per_worker > gpus:
+            raise UsageError(f"{{param}} {gpus_per_worker:g}, but the Ray cluster has {gpus} GPU(s); fix: drop "
+                             "{param} to embed on CPUs, or join a cluster with GPUs ([[address]])", "gpus_per_worker")
         if workers is None:
             workers = max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else cpus
         with _data_context(ray_data), store.writer(wait=wait) as w:
             try:
-                _run(w, ray_data, files, fmt, sep, columns, tcol, icol, lcol, dataset, model, recipe, space, embedder,
-                     summary, commit_rows, max_chars, workers, gpus_per_worker, progress)
+                _run(w, ray_data, _Inputs(files, fmt, sep, columns, tcol, icol, lcol), dataset, model, recipe, space,
+                     embedder, summary, commit_rows=commit_rows, max_chars=max_chars, workers=workers,
+                     gpus_per_worker=gpus_per_worker, progress=progress)
             except KeyboardInterrupt:
                 summary.interrupted = True
                 summary.seconds = time.perf_counter() - t0
@@ -544,14 +565,11 @@ def ingest_ray(
     return summary
 
 
-def _run(w: Any, ray_data: Any, files: list[str], fmt: str, sep: str | None, columns: list[str], tcol: str,
-         icol: str, lcol: str | None, dataset: str, model: str, recipe: Recipe, space: Space, embedder: Embedder,
-         summary: IngestSummary, commit_rows: int, max_chars: int, workers: int, gpus_per_worker: float,
-         progress: ProgressFn | None) -> None:
-    from featurestore.store import check_dataset_name
-
+def _run(w: Any, ray_data: Any, inputs: _Inputs, dataset: str, model: str, recipe: Recipe, space: Space,
+         embedder: Embedder, summary: IngestSummary, *, commit_rows: int, max_chars: int, workers: int,
+         gpus_per_worker: float, progress: ProgressFn | None) -> None:
+    """The five stages (module docstring), under the writer ``w``; counts and timings go to ``summary``."""
     store = w.store
-    check_dataset_name(dataset)
     snap = w.snap
     stored_space = snap.spaces.get(space.id)
     ds = snap.datasets.get(dataset)
@@ -560,7 +578,7 @@ def _run(w: Any, ray_data: Any, files: list[str], fmt: str, sep: str | None, col
 
     # 1-2: read, clean, key; meet the dataset's stored rows by id.
     t = time.perf_counter()
-    keyed = _read(files, fmt, sep, columns, tcol, icol, lcol, ray_data).map_batches(
+    keyed = inputs.read(ray_data).map_batches(
         _key_rows, fn_kwargs={"recipe": recipe.name, "max_chars": max_chars}, batch_format="pyarrow", batch_size=4096)
     parts = []
     if ds is not None:
@@ -578,8 +596,7 @@ def _run(w: Any, ray_data: Any, files: list[str], fmt: str, sep: str | None, col
         bad = errors.iloc[0]
         if bad["error"] == "input":
             raise InputFileError(f"the input has rows sharing id {bad['error_id']!r} with different texts or labels; "
-                                 "an id names one tweet: fix the ids (--engine ray keeps no file order, so no "
-                                 "--duplicates first|last)")
+                                 "an id names one tweet: fix the ids ([[duplicates]] first|last needs file order: local engine only)")
         raise DatasetError(f"id {bad['error_id']!r} is already in dataset {dataset!r} with a different text; an id "
                            "names one tweet: give new ids, or ingest into another dataset")
     summary.rows_read = n_kept + totals.get("repeated", 0)

@@ -27,6 +27,18 @@ class FeatureStoreError(Exception):
         """The message with each parameter shown as ``flag_of(name)``."""
         return _PARAM.sub(lambda m: flag_of(m.group(1)), self.template)
 
+    def __reduce__(self) -> tuple:
+        # Pickled whole (a Ray worker raises it in another process), template included, so the CLI
+        # still shows flags; subclasses' own __init__ arguments live in __dict__.
+        return _restore, (type(self), self.template, self.__dict__)
+
+
+def _restore(cls: type, template: str, state: dict) -> "FeatureStoreError":
+    err = cls.__new__(cls)
+    FeatureStoreError.__init__(err, template)
+    err.__dict__.update(state)
+    return err
+
 
 class UsageError(FeatureStoreError):
     """A parameter value that cannot work; ``{param}`` in the message names it (see the module doc)."""

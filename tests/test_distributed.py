@@ -243,3 +243,13 @@ def test_ray_data_reads_jsonl_and_parquet_with_ids_as_text(cluster, tmp_path: Pa
         label = distributed._pick(cols, None, distributed.LABEL_COLUMNS, {text, ident}, "label", "", str(path))
         rows = distributed._read([str(path)], fmt, None, cols, text, ident, label, ray.data).take_all()
         assert sorted((r["id"], r["label"], r["text"]) for r in rows) == sorted(expect)
+
+
+def test_an_error_raised_in_a_worker_reaches_the_user_as_itself(cluster, tmp_path: Path) -> None:
+    rows = [{"id": "1", "label": "0", "tweet": "fine"}, {"id": "", "label": "0", "tweet": "no id here"}]
+    fs = FeatureStore(tmp_path / "s")
+    with pytest.raises(InputFileError, match="empty id; the Ray engine needs an id on every row"):
+        fs.ingest(str(write_csv(tmp_path / "e.csv", rows)), "train", SCRIPTED, RECIPE, engine="ray", workers=1)
+    assert not Store(tmp_path / "s").snapshot().datasets  # nothing written
+    with pytest.raises(UsageError, match="gpus_per_worker 1, but the Ray cluster has 0 GPU"):
+        fs.ingest(str(tmp_path / "e.csv"), "train", SCRIPTED, RECIPE, engine="ray", gpus_per_worker=1)
