@@ -1,7 +1,32 @@
 """Shared fixtures: a store on tmp_path, the counting fake embedder, real tweets."""
 from __future__ import annotations
 
-import csv
+import os
+
+
+def _share_cores_between_workers() -> None:
+    """Under pytest-xdist, size each worker's BLAS/OpenMP pools to its share of the cores.
+
+    Every worker (and every ``fs`` subprocess it starts) would otherwise size its pools for all
+    the cores, and OpenBLAS's spinning threads then fight the other worker's: one grid search
+    of tests/test_features.py took 88-145 s that way and 28-32 s with one thread per worker,
+    on a busy 2-core machine. A value the user set is kept. This must run before numpy is
+    imported (OpenBLAS reads the variables when it loads), hence its place above the imports.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers < 2:
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(max(1, cores // workers)))
+
+
+_share_cores_between_workers()
+
+import csv  # noqa: E402 -- below the thread settings, which must precede numpy
 from pathlib import Path
 
 import pytest
@@ -38,10 +63,54 @@ def write_csv(path: Path, rows: list[dict[str, str]], fields: tuple[str, ...] = 
 REAL_MODEL_MODULES = frozenset({"test_minilm.py", "test_hub.py", "test_elmo.py", "test_elmo_export.py", "test_elmo_store.py"})
 
 
+# Spreading the files over the pytest-xdist workers of ``make test`` (``--dist=loadfile``). A file
+# stays on one worker, so its module fixtures are built once; files that load the same heavy
+# framework go together, so one worker imports it once (MiniLM's two files also share one
+# embedding of the tweets, the session fixture ``minilm_store``).
+SHARED_GROUPS = {
+    "test_minilm.py": "minilm", "test_minilm_int8.py": "minilm",  # torch, transformers, sentence-transformers
+    "test_elmo.py": "tensorflow", "test_elmo_export.py": "tensorflow", "test_elmo_store.py": "tensorflow",
+    "test_hub.py": "tensorflow",
+}
+# The groups handed out first, the longest first (measured on the 2-core machine); the other files
+# follow in file order. xdist's own order sends the files with the most tests first, which leaves
+# one-test files such as test_concurrency.py for the end, where one of them alone keeps a worker
+# busy while the other idles.
+LONGEST_FIRST = ("tensorflow", "minilm", "test_distributed.py", "test_plots.py", "test_crash.py", "test_concurrency.py",
+                 "test_features.py", "test_cli.py", "test_bad_input.py")
+
+
+def _group(path: str | Path) -> str:
+    name = Path(path).name
+    return SHARED_GROUPS.get(name, name)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own loadfile scheduler; a hook only with xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - xdist's types
+    """``--dist=loadfile``, with SHARED_GROUPS kept together and the groups handed out in collection order."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class GroupedFiles(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(super()._split_scope(nodeid))
+
+    config.option.loadscopereorder = False  # collection order: LONGEST_FIRST (pytest_collection_modifyitems)
+    return GroupedFiles(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in REAL_MODEL_MODULES:
             item.add_marker(pytest.mark.slow)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a plain run keeps the file order
+        first: dict[str, int] = {}
+        for i, item in enumerate(items):
+            first.setdefault(_group(item.path), i)
+        rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
+        # stable: a group's tests keep their order
+        items.sort(key=lambda item: (rank.get(_group(item.path), len(rank)), first[_group(item.path)]))
 
 
 @pytest.fixture(autouse=True)
@@ -68,3 +137,30 @@ def fs(store: Store) -> FeatureStore:
 def tweets_csv(tmp_path: Path) -> Path:
     """The first 200 real tweets of the train CSV (both labels present)."""
     return write_csv(tmp_path / "tweets.csv", train_rows(200))
+
+
+MINILM_TWEETS = 300
+
+
+@pytest.fixture(scope="session")
+def minilm_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
+    """The first 300 real tweets ingested through ``fs ingest`` with the real MiniLM, once a session.
+
+    tests/test_minilm.py checks this store; tests/test_minilm_int8.py compares its int8 vectors
+    with the fp32 ones stored here, so the model is loaded and the tweets embedded once for both
+    (they share a worker under ``make test``: SHARED_GROUPS).
+    """
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    tmp = tmp_path_factory.mktemp("minilm")
+    rows = train_rows(MINILM_TWEETS)
+    csv_path = write_csv(tmp / "tweets.csv", rows)
+    st = tmp / "store"
+    r = CliRunner().invoke(app, ["ingest", str(csv_path), "--dataset", "train", "--store", str(st)])
+    assert r.exit_code == 0, r.output
+    assert "dataset train  model minilm  recipe raw-v1" in r.output
+    n = MINILM_TWEETS
+    assert f"rows read {n}  new ids {n}  duplicates 0" in r.output and f"cache hits 0  texts embedded {n}" in r.output
+    return st, rows

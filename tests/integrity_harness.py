@@ -8,8 +8,12 @@ When an ingest runs to completion the store is compared with a clean single-run 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import itertools
+import json
 import os
+import queue
 import random
 import shutil
 import signal
@@ -56,6 +60,201 @@ def fs_env(**extra: str) -> dict[str, str]:
 def run_fs(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     """``fs ARGS`` as a subprocess from the repository root (so ``py:tests...`` models load)."""
     return subprocess.run(fs_cmd(*args), cwd=ROOT, env=fs_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+class ForkServer:
+    """``fs`` commands in processes forked from one parent that has already imported the CLI.
+
+    A child is a real process running the same ``cli.main`` as ``fs``, with its own stdout,
+    stderr and environment, and it can be killed at any moment like any process. What it skips
+    is the interpreter start-up and the imports (about 0.5 s of CPU on a 2-core machine) that
+    every ``python -m cli.main`` spends before it reads its first row: the part of a run a kill
+    cannot damage, since nothing is written yet. Tests that start ``fs`` dozens of times use it;
+    ``run_fs`` stays the plain subprocess, a cold start from nothing.
+
+    The parent (``_fork_parent``) speaks JSON lines on its stdin and stdout: a request names the
+    arguments, environment and output files of one command; the answers are the child's pid at
+    once and its exit status when it ends. Several children may run at the same time.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self._dir = workdir
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._numbers = itertools.count()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from tests.integrity_harness import _fork_parent; _fork_parent()"],
+            cwd=ROOT, env=fs_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self._send = threading.Lock()  # one request and its pid answer at a time
+        self._started: queue.Queue[int] = queue.Queue()
+        self._ended: dict[int, int] = {}
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read_answers, daemon=True)
+        self._reader.start()
+
+    def ready(self) -> None:
+        """Wait until the parent has done its imports (a first request waits for them anyway)."""
+        r = self.run("--help")
+        assert r.returncode == 0, r.stderr
+
+    def _read_answers(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            msg = json.loads(line)
+            if "started" in msg:
+                self._started.put(msg["started"])
+            else:
+                with self._changed:
+                    self._ended[msg["ended"]] = msg["returncode"]
+                    self._changed.notify_all()
+        with self._changed:  # the parent is gone: nothing more will end
+            self._changed.notify_all()
+
+    def popen(self, args: list[str], **env: str) -> Forked:
+        """Start ``fs ARGS`` in a forked child; the environment is ``run_fs``'s for ``env``."""
+        n = next(self._numbers)
+        out, err = self._dir / f"{n}.out", self._dir / f"{n}.err"
+        req = {"args": [str(a) for a in args], "env": fs_env(**env), "cwd": str(ROOT),
+               "stdout": str(out), "stderr": str(err)}
+        assert self._proc.stdin is not None
+        with self._send:
+            self._proc.stdin.write(json.dumps(req) + "\n")
+            self._proc.stdin.flush()
+            pid = self._started.get(timeout=120)
+        return Forked(self, pid, out, err)
+
+    def run(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+        """``run_fs``, in a forked child."""
+        p = self.popen(list(args), **env)
+        out, err = p.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(fs_cmd(*args), p.returncode, out, err)
+
+    def _wait(self, pid: int, timeout: float | None) -> int | None:
+        with self._changed:
+            self._changed.wait_for(lambda: pid in self._ended or self._proc.poll() is not None, timeout)
+            return self._ended.get(pid)
+
+    def close(self) -> None:
+        if self._proc.stdin is not None and not self._proc.stdin.closed:
+            self._proc.stdin.close()  # end of requests: the parent waits for its children and exits
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._reader.join(timeout=10)
+
+    def __enter__(self) -> ForkServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Forked:
+    """One child of a ``ForkServer``: the part of ``subprocess.Popen`` the tests use."""
+
+    def __init__(self, server: ForkServer, pid: int, out: Path, err: Path) -> None:
+        self._server = server
+        self.pid = pid
+        self._out, self._err = out, err
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._server._wait(self.pid, 0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self.returncode = self._server._wait(self.pid, timeout)
+        if self.returncode is None and self._server._proc.poll() is not None:
+            raise RuntimeError(f"the fork server exited ({self._server._proc.returncode}) before its child {self.pid}")
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(f"forked fs (pid {self.pid})", timeout or 0)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # not reaped yet, so the pid is still this child's
+            os.kill(self.pid, sig)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        return (self._out.read_text(encoding="utf-8", errors="replace"),
+                self._err.read_text(encoding="utf-8", errors="replace"))
+
+
+def _fork_parent() -> None:
+    """The parent process of a ``ForkServer``: import the CLI once, then fork a child per request."""
+    import select
+
+    import cli.main
+    import featurestore.api  # noqa: F401 - what an ingest or a query imports on first use
+    import featurestore.ingest  # noqa: F401
+    import tests.integrity_fakes  # noqa: F401 - the py: models the tests name
+
+    answers = os.dup(1)  # the children get other files as their fd 1
+    os.dup2(2, 1)  # and anything printed here goes to stderr, not into the answers
+    running: set[int] = set()
+    pending = b""
+    more = True
+
+    def answer(msg: dict) -> None:
+        os.write(answers, (json.dumps(msg) + "\n").encode())
+
+    while more or running:
+        ready, _, _ = select.select([0] if more else [], [], [], 0.005)
+        if ready:
+            chunk = os.read(0, 1 << 16)
+            more = bool(chunk)
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                sys.stdout.flush()  # nothing buffered here is written again by a child
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    os.close(answers)
+                    _run_forked_child(cli.main.main, json.loads(line))  # never returns
+                running.add(pid)
+                answer({"started": pid})
+        while running:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if not pid:
+                break
+            running.discard(pid)
+            answer({"ended": pid, "returncode": os.waitstatus_to_exitcode(status)})
+
+
+def _run_forked_child(main: Callable[[], None], req: dict) -> None:
+    """In a fresh child: become ``fs ARGS`` with the request's files and environment, then exit."""
+    code = 1
+    try:
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(os.open(req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
+        os.dup2(os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        sys.argv = ["fs", *req["args"]]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:  # what the interpreter would make of it at exit
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - as an uncaught exception ends a process: a traceback, status 1
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
 
 @dataclass
@@ -226,12 +425,33 @@ def crash_harness(
     kills_per_cycle: int = 4,
     reader: Callable[[Path], None] | None = None,
     log: Callable[[str], None] = lambda s: None,
+    warm_start: bool = False,
 ) -> Figures:
     """Kill ``fs ingest`` ``kills`` times at seeded random moments; return the figures.
 
     ``reader`` (optional) is called in a loop from a thread while each ingest runs; each
-    call is one reader query, counted as ok unless it raises.
+    call is one reader query, counted as ok unless it raises. ``warm_start`` forks the ingests
+    from a ``ForkServer`` instead of starting each interpreter afresh: the same kills in less
+    time, since a kill during the interpreter's own start-up cannot touch the store.
     """
+    with ForkServer(workdir / "forks") if warm_start else contextlib.nullcontext() as server:
+        return _crash_harness(workdir, kills, seed, rows, batch_rows, sleep, cli_check_every, kills_per_cycle,
+                              reader, log, server)
+
+
+def _crash_harness(
+    workdir: Path,
+    kills: int,
+    seed: int,
+    rows: int,
+    batch_rows: int,
+    sleep: float,
+    cli_check_every: int,
+    kills_per_cycle: int,
+    reader: Callable[[Path], None] | None,
+    log: Callable[[str], None],
+    server: ForkServer | None,
+) -> Figures:
     from featurestore.check import check
     from featurestore.ingest import N_CANARIES
     from featurestore.keys import text_key
@@ -244,11 +464,13 @@ def crash_harness(
     ref = workdir / "reference"
     r = run_cli(*ingest_args(src, ref, batch_rows))  # the clean single run: no process needed
     assert r.returncode == 0 and r.exception is None, r.stderr + r.traceback
+    if server is not None:
+        server.ready()  # its imports are not part of the first run's start-up
     store = workdir / "store"
     embed_log = workdir / "embedded.jsonl"
     n_batches = -(-rows // batch_rows)
     per_batch = sleep * -(-batch_rows // 32) + 0.05  # a first guess, then measured
-    startup = 1.2
+    startup = 1.2 if server is None else 0.3  # a first guess of the time to the first batch, then measured
     prev = read_state(store)
     cycle_kills = 0
     last_survived = False
@@ -264,11 +486,16 @@ def crash_harness(
         delay = rng.uniform(0.05, startup) if in_startup else rng.uniform(0.0, per_batch)
         log_size = embed_log.stat().st_size if embed_log.exists() else 0
         t0 = time.monotonic()
-        proc = subprocess.Popen(
-            fs_cmd(*ingest_args(src, store, batch_rows)), cwd=ROOT,
-            env=fs_env(FS_FAKE_SLEEP=str(sleep), FS_FAKE_LOG=str(embed_log)),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        proc: subprocess.Popen | Forked
+        if server is not None:
+            proc = server.popen(ingest_args(src, store, batch_rows),
+                                FS_FAKE_SLEEP=str(sleep), FS_FAKE_LOG=str(embed_log))
+        else:
+            proc = subprocess.Popen(
+                fs_cmd(*ingest_args(src, store, batch_rows)), cwd=ROOT,
+                env=fs_env(FS_FAKE_SLEEP=str(sleep), FS_FAKE_LOG=str(embed_log)),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
         stop = threading.Event()
         reads = [0, 0]
 

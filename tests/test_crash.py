@@ -5,8 +5,11 @@ next ingest embeds only what was never committed; the finished store equals a cl
 single run, key for key and vector for vector. Figures are printed (``pytest -s``) and
 written to ``crash_figures.txt`` under the test's tmp dir.
 
-The kill test needs real processes and is marked ``slow``; the two simulated crashes
-(a monkeypatched publish) resume through the CLI in-process.
+The kill test needs real processes and is marked ``slow``. Its ingests are forked from a
+parent that has already imported the CLI (``ForkServer``): real processes killed mid-run,
+without a Python start-up each; the checks between kills and the last resume run ``fs`` as
+a plain new process. The two simulated crashes (a monkeypatched publish) resume through the
+CLI in-process.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ KILLS = 20
 
 @pytest.mark.slow  # ~20 real processes killed with SIGKILL
 def test_sigkill_at_random_moments_loses_nothing_and_resumes(tmp_path: Path) -> None:
-    fig = crash_harness(tmp_path, kills=KILLS, seed=20240531, rows=1000, batch_rows=100, sleep=0.01, kills_per_cycle=6, cli_check_every=10, log=print)
+    fig = crash_harness(tmp_path, kills=KILLS, seed=20240531, rows=1000, batch_rows=100, sleep=0.01, kills_per_cycle=6,
+                        cli_check_every=10, log=print, warm_start=True)
     report = "\n".join(fig.lines())
     print(report)
     (tmp_path / "crash_figures.txt").write_text(report + "\n")

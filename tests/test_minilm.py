@@ -15,23 +15,11 @@ from cli.main import app
 from featurestore.api import FeatureStore
 from featurestore.embedders.minilm import MiniLMEmbedder
 from featurestore.keys import space_fields, space_id
-from tests.conftest import train_rows, write_csv
+from tests.conftest import MINILM_TWEETS as N
+from tests.conftest import write_csv
 
 runner = CliRunner()
-N = 300
-
-
-@pytest.fixture(scope="module")
-def minilm_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
-    tmp = tmp_path_factory.mktemp("minilm")
-    rows = train_rows(N)
-    csv_path = write_csv(tmp / "tweets.csv", rows)
-    st = tmp / "store"
-    r = runner.invoke(app, ["ingest", str(csv_path), "--dataset", "train", "--store", str(st)])
-    assert r.exit_code == 0, r.output
-    assert "dataset train  model minilm  recipe raw-v1" in r.output
-    assert f"rows read {N}  new ids {N}  duplicates 0" in r.output and f"cache hits 0  texts embedded {N}" in r.output
-    return st, rows
+# minilm_store (tests/conftest.py): N tweets ingested through the CLI with MiniLM, shared with test_minilm_int8.py
 
 
 def test_vectors_are_384d_unit_norm_finite(minilm_store) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -31,13 +32,30 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def int8(cache: Path):
-    from featurestore.embedders.onnx_minilm import MiniLMInt8Embedder
+def exported(cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The int8 embedder after its one export, and a copy of the fp32 graph that export quantised
+    (export_int8 deletes it; keeping it spares test_fp32_export_is_the_model a second export)."""
+    from featurestore.embedders import onnx_minilm
 
-    emb = MiniLMInt8Embedder()
-    emb._session  # export + quantise into the module's cache
+    fp32 = tmp_path_factory.mktemp("fp32") / "fp32.onnx"
+    real_export_fp32 = onnx_minilm.export_fp32
+
+    def export_and_keep(model_dir: Path, out: Path) -> None:
+        real_export_fp32(model_dir, out)
+        shutil.copyfile(out, fp32)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(onnx_minilm, "export_fp32", export_and_keep)
+        emb = onnx_minilm.MiniLMInt8Embedder()
+        emb._session  # export + quantise into the module's cache
     assert emb.exports == 1 and emb.onnx_path.is_file() and emb.onnx_path.is_relative_to(cache)
-    return emb
+    assert fp32.is_file()
+    return emb, fp32
+
+
+@pytest.fixture(scope="module")
+def int8(exported):
+    return exported[0]
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +64,27 @@ def tweets() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fp32_vectors(tweets: list[str]) -> np.ndarray:
-    from featurestore.embedders.minilm import MiniLMEmbedder
+def fp32_vectors(minilm_store, tweets: list[str]) -> np.ndarray:
+    """sentence-transformers' vectors of the tweets: those ``minilm_store`` (tests/conftest.py) embedded
+    with MiniLMEmbedder through ``fs ingest``, so the fp32 model embeds them once for both files."""
+    from featurestore.api import FeatureStore
 
-    return MiniLMEmbedder().embed(tweets)
+    st, rows = minilm_store
+    X, _, ids = FeatureStore(st).xy("train", "minilm", labelled=False)
+    assert [r["tweet"] for r in rows[: len(tweets)]] == tweets
+    assert ids.tolist()[: len(tweets)] == [r["id"] for r in rows[: len(tweets)]]
+    return X[: len(tweets)]
 
 
-def test_fp32_export_is_the_model(int8, tweets: list[str], fp32_vectors: np.ndarray, tmp_path: Path) -> None:
+def test_fp32_export_is_the_model(exported, tweets: list[str], fp32_vectors: np.ndarray) -> None:
     from transformers import AutoTokenizer
 
-    from featurestore.embedders.onnx_minilm import _run_fp32, export_fp32
+    from featurestore.embedders.onnx_minilm import _run_fp32
 
-    export_fp32(int8.model_dir, tmp_path / "fp32.onnx")
+    int8, fp32 = exported  # the fp32 graph export_int8 made with export_fp32, then quantised
     tok = AutoTokenizer.from_pretrained(str(int8.model_dir), local_files_only=True)
     enc = tok(tweets[:50], padding=True, truncation=True, max_length=256, return_tensors="np")
-    got = _run_fp32(tmp_path / "fp32.onnx", enc["input_ids"], enc["attention_mask"])
+    got = _run_fp32(fp32, enc["input_ids"], enc["attention_mask"])
     assert float(np.max(np.abs(got - fp32_vectors[:50]))) <= 1e-4  # padded batch vs sentence-transformers
 
 
