@@ -1,6 +1,7 @@
 """Native ELMo speed against its peer, AllenNLP 0.9.0's ELMo, in one run on the same tweets and weights.
 
 Run: ``.venv/bin/python bench/elmo.py [--n 2000] [--rounds 2] [--json out.json]``
+or ``.venv/bin/python bench/elmo.py --ceiling-only`` (about 30 s: the ceiling section only).
 
 - Tweets: the first N rows of the av-twitter-sentiment train file, cleaned as the tutorial (and
   the peer) does; words are whitespace tokens, markers not counted.
@@ -15,6 +16,11 @@ Run: ``.venv/bin/python bench/elmo.py [--n 2000] [--rounds 2] [--json out.json]`
 - Also: the machine, sgemm GFLOP/s -> our share of the GEMM ceiling (0.204 GFLOP a word), and our
   vectors against the reference path (``ElmoBiLM.sentence_layers``: markers computed, no word
   cache, no marker-state shortcut) on the first 64 tweets.
+- Ceiling section: multiply-adds a word counted from the options (:func:`macs_per_word`), fp32
+  GEMM GFLOP/s measured with TensorFlow as the embedder runs it (same import, so oneDNN as the
+  embedder has it; TF's default threads) at the LSTM's per-step shapes (:func:`lstm_gemm_rates`),
+  and ceiling words/s = GFLOP/s / (2 x MACs a word): how fast any exact fp32 ELMo could be here,
+  against AllenNLP's words/s from the same run (``--ceiling-only``: from ``--peer-words-per-s``).
 """
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from featurestore.embedders.elmo import ElmoEmbedder  # noqa: E402
+from featurestore.embedders.elmo import ElmoEmbedder, ElmoOptions  # noqa: E402
+from featurestore.embedders.tf_runtime import tensorflow  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data" / "av-twitter-sentiment" / "train_2kmZucJ.csv"
@@ -83,8 +90,20 @@ def write_random_model(folder: Path, seed: int = 0) -> int:
     return int(sum(np.prod(s) for s in shapes.values()))
 
 
+def _onednn_on() -> bool | None:
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
+
+
 def machine() -> dict[str, object]:
-    import tensorflow as tf
+    # TensorFlow through featurestore's import, as the embedder gets it: a plain ``import
+    # tensorflow`` first would fix TF_ENABLE_ONEDNN_OPTS at TF's default (off on this AMD CPU)
+    # for the whole process, ours included.
+    tf = tensorflow()
 
     info: dict[str, object] = {"cpu": platform.processor(), "cores": os.cpu_count()}
     try:
@@ -100,12 +119,14 @@ def machine() -> dict[str, object]:
         pass
     info.update(python=platform.python_version(), tensorflow=tf.__version__,
                 gpu=[d.name for d in tf.config.list_physical_devices("GPU")] or "none",
-                TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (featurestore sets 1 for its import)"))
+                TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (featurestore sets 1 for its import)"),
+                onednn=_onednn_on(), tf_threads=(tf.config.threading.get_intra_op_parallelism_threads(),
+                                                 tf.config.threading.get_inter_op_parallelism_threads()))
     return info
 
 
 def sgemm_gflops(size: int = 2048, repeat: int = 5) -> dict[str, float]:
-    import tensorflow as tf
+    tf = tensorflow()
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
@@ -124,6 +145,121 @@ def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def macs_per_word(o: ElmoOptions) -> dict[str, int]:
+    """Multiply-adds of one word position, as ``ElmoBiLM.char_cnn`` and ``_lstm_layer`` compute them.
+
+    Character CNN: per filter (width w, n filters) a VALID conv1d over ``max_chars`` embedded
+    characters, (C - w + 1) positions x w x D x n; its max over positions is comparisons, counted
+    apart (``maxpool_compares``, not in the total). Highway: two F x F products a layer; projection
+    F x P. LSTM, per step, direction and layer: ``[x, m_prev] @ W`` (2P x 4H) and the H x P
+    projection; a word is one step of each direction of each layer (the embedder computes no
+    marker step). Element-wise work (gates, clips, bias) is left out: it is O(H), not O(H x P).
+    """
+    C, D, F, P, H = o.max_chars, o.char_embed_dim, o.n_filters, o.projection_dim, o.lstm_dim
+    conv = sum((C - w + 1) * w * D * n for w, n in o.filters)
+    gates = 2 * P * 4 * H
+    lstm_proj = H * P if P < H else 0
+    out = {
+        "char_conv": conv,
+        "maxpool_compares": sum((C - w + 1) * n for w, n in o.filters),
+        "highway": o.n_highway * 2 * F * F,
+        "cnn_projection": F * P if F != P else 0,
+        "lstm_gates_per_step": gates,
+        "lstm_projection_per_step": lstm_proj,
+        "lstm": 2 * o.n_layers * (gates + lstm_proj),
+    }
+    out["token_embedding"] = out["char_conv"] + out["highway"] + out["cnn_projection"]
+    out["total"] = out["token_embedding"] + out["lstm"]
+    return out
+
+
+def lstm_gemm_rates(o: ElmoOptions, batches: tuple[int, ...] = (64, 128, 256, 512),
+                    repeat: int = 7) -> list[dict[str, object]]:
+    """fp32 GFLOP/s of TF's matmul at the LSTM's per-step products, both directions batched as the
+    embedder runs them (``[2, B, 2P] @ [2, 2P, 4H]`` and ``[2, B, H] @ [2, H, P]``), eager on
+    constants (a CPU op returns when done), best and median of ``repeat`` after one warm-up."""
+    tf = tensorflow()
+    rng = np.random.default_rng(0)
+    P, H = o.projection_dim, o.lstm_dim
+    weights = {"gates": tf.constant(rng.standard_normal((2, 2 * P, 4 * H), dtype=np.float32) * 0.05),
+               "projection": tf.constant(rng.standard_normal((2, H, P), dtype=np.float32) * 0.05)}
+    found = []
+    for b in batches:
+        for name, w in weights.items():
+            x = tf.constant(rng.standard_normal((2, b, int(w.shape[1])), dtype=np.float32))
+            tf.matmul(x, w)
+            times = sorted(_timed(lambda: tf.matmul(x, w)) for _ in range(repeat))
+            flop = 2.0 * 2 * b * int(w.shape[1]) * int(w.shape[2])
+            found.append({"product": name, "shape": f"[2,{b},{int(w.shape[1])}]@[2,{int(w.shape[1])},{int(w.shape[2])}]",
+                          "batch": b, "best_gflops": round(flop / times[0] / 1e9, 1),
+                          "median_gflops": round(flop / times[len(times) // 2] / 1e9, 1)})
+    return found
+
+
+def fp32_ceiling(o: ElmoOptions, texts: list[str], batch: int) -> dict[str, object]:
+    """The fp32 ceiling on this machine: measured LSTM GEMM rate / (2 x multiply-adds a word).
+
+    The rate is the best over the LSTM shapes and batch sizes measured, up to the embedder's
+    largest batch (a generous ceiling: the char CNN's convolutions, the shrinking rows of a packed
+    batch and a short run's smaller batches all run slower). Word costs: the whole model at
+    every word (any exact ELMo without a word cache), the work ours does on these texts (char
+    CNN once per distinct word, cold cache), the LSTM alone (a bound no exact fp32 ELMo can pass
+    whatever it caches: every word needs its 4 LSTM steps), and AllenNLP's (markers are
+    positions, char CNN at every position), to turn its words/s into GFLOP/s.
+    """
+    macs = macs_per_word(o)
+    load_before = round(os.getloadavg()[0], 2)
+    rates = lstm_gemm_rates(o, batches=tuple(sorted({64, 128, 256, 512, batch})))
+    rate = max(r["best_gflops"] for r in rates)
+    at_batch = max(r["best_gflops"] for r in rates if r["batch"] == batch)
+    words = [w for t in texts for w in t.split()]
+    distinct = len(set(words)) / max(1, len(words))
+    # AllenNLP runs <S> and </S> as positions too, and the char CNN at every position.
+    peer_positions = (len(words) + 2 * len(texts)) / max(1, len(words))
+    per_word = {"full_model": macs["total"],
+                "ours_with_word_cache": macs["lstm"] + round(distinct * macs["token_embedding"]),
+                "lstm_only": macs["lstm"],
+                "allennlp_work": round(peer_positions * macs["total"])}
+    return {"macs_per_word": macs, "gemm": rates, "gemm_gflops": rate, "gemm_gflops_at_batch": at_batch,
+            "batch": batch, "distinct_word_share": round(distinct, 4), "macs_per_word_by_case": per_word,
+            "ceiling_words_per_s": {k: round(rate * 1e9 / (2 * v), 1) for k, v in per_word.items()},
+            "load_avg_before": load_before, "load_avg_after": round(os.getloadavg()[0], 2)}
+
+
+def print_ceiling(c: dict[str, object], peer_wps: float | None, peer_note: str, ours_wps: float | None) -> None:
+    m = c["macs_per_word"]
+    print(f"ceiling: multiply-adds a word (from the options; conv over positions, max-pool compares apart): "
+          f"char CNN {m['char_conv']:,} (+{m['maxpool_compares']:,} max-pool compares), highway {m['highway']:,}, "
+          f"projection {m['cnn_projection']:,} = token embedding {m['token_embedding']:,}; LSTM a step a direction "
+          f"a layer {m['lstm_gates_per_step']:,} gates + {m['lstm_projection_per_step']:,} projection, x4 = "
+          f"{m['lstm']:,}; total {m['total']:,} MACs = {2 * m['total'] / 1e6:.1f} MFLOP a word", flush=True)
+    for r in c["gemm"]:
+        print(f"ceiling: TF fp32 matmul {r['product']:10s} {r['shape']:26s} best {r['best_gflops']:6.1f} "
+              f"median {r['median_gflops']:6.1f} GFLOP/s", flush=True)
+    print(f"ceiling: GEMM rate {c['gemm_gflops']} GFLOP/s (best LSTM-shaped product, any batch; at this run's batch "
+          f"{c['batch']}: {c['gemm_gflops_at_batch']}); 1-min load {c['load_avg_before']} before, "
+          f"{c['load_avg_after']} after, on {os.cpu_count()} cores", flush=True)
+    labels = {
+        "full_model": "whole model at every word",
+        "ours_with_word_cache": f"ours' work on these texts (CNN on {100 * c['distinct_word_share']:.0f}% distinct words)",
+        "lstm_only": "LSTM alone (no exact fp32 ELMo does less)",
+    }
+    for k, label in labels.items():
+        wps = c["ceiling_words_per_s"][k]
+        vs = f" = {wps / peer_wps:.2f}x AllenNLP ({peer_wps} words/s, {peer_note})" if peer_wps else ""
+        reach = f"; ours reaches {100 * ours_wps / wps:.0f}% of it" if ours_wps and k == "ours_with_word_cache" else ""
+        print(f"ceiling: {wps:.0f} words/s{vs} -- {label}, {c['gemm_gflops']} GFLOP/s / "
+              f"(2 x {c['macs_per_word_by_case'][k]:,}){reach}", flush=True)
+    if peer_wps:
+        peer_gflops = peer_wps * 2 * c["macs_per_word_by_case"]["allennlp_work"] / 1e9
+        print(f"ceiling: AllenNLP computes {c['macs_per_word_by_case']['allennlp_work']:,} MACs a word (markers and char "
+              f"CNN at every position): {peer_wps} words/s is {peer_gflops:.0f} GFLOP/s, "
+              f"{100 * peer_gflops / c['gemm_gflops']:.0f}% of that GEMM rate", flush=True)
+        need = 3 * peer_wps * 2 * c["macs_per_word_by_case"]["ours_with_word_cache"] / 1e9
+        print(f"ceiling: 3x AllenNLP = {3 * peer_wps:.0f} words/s needs {need:.0f} GFLOP/s sustained over ours' work, "
+              f"{100 * need / c['gemm_gflops']:.0f}% of the best LSTM-shaped GEMM measured", flush=True)
 
 
 def run_peer(n: int, model_dir: Path) -> dict[str, object]:
@@ -183,6 +319,18 @@ def sweep(args: argparse.Namespace) -> dict[str, object]:
     return res
 
 
+def ceiling_only(args: argparse.Namespace) -> dict[str, object]:
+    res: dict[str, object] = {"machine": machine(), "n": args.n}
+    print(f"machine: {res['machine']}", flush=True)
+    texts = load_tweets(args.n)
+    batch = args.max_batch_size or ElmoEmbedder.max_batch_size
+    res["ceiling"] = c = fp32_ceiling(ElmoOptions.from_dict(ORIGINAL_OPTIONS), texts, batch)
+    print_ceiling(c, args.peer_words_per_s, "given by --peer-words-per-s, not measured in this run", None)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2, default=str))
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="tweets, first N rows of the AV train file (default 2000)")
@@ -194,9 +342,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                         help="ours only: max_batch_size values (token budget 64 x size), e.g. 128,256,512,1024, "
                              "run in interleaved rounds in this process")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--ceiling-only", action="store_true",
+                        help="only the ceiling section (MACs a word, LSTM-shaped GEMM rates); no peer or ours run")
+    parser.add_argument("--peer-words-per-s", type=float, default=322.7,
+                        help="with --ceiling-only: AllenNLP's words/s to compare the ceiling with (default 322.7, "
+                             "docs/elmo.md's quiet-machine run, --n 500, load 1.6)")
     args = parser.parse_args(argv)
     if args.sweep:
         return sweep(args)
+    if args.ceiling_only:
+        return ceiling_only(args)
 
     res: dict[str, object] = {"machine": machine(), "n": args.n}
     print(f"machine: {res['machine']}", flush=True)
@@ -260,6 +415,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(f"sgemm 2048^3 GFLOP/s before {gemm}, after {gemm_after}: ceiling {best} / {GFLOP_PER_WORD} = "
           f"{ceiling:.0f} words/s; ours at best {top} words/s = {res['pct_of_ceiling']}% of it "
           "(above 100% is possible: the word cache and the marker shortcut skip part of the 0.204 GFLOP)", flush=True)
+
+    res["ceiling"] = c = fp32_ceiling(emb.bilm.options, texts, min(emb.max_batch_size, len(texts)))
+    peers = [r["peer"]["tok_per_s"] for r in rounds if "peer" in r]
+    print_ceiling(c, max(peers) if peers else None, "best round of this run", top)
 
     sample = texts[:64]
     diff = float(np.abs(emb.embed(sample) - reference_vectors(emb, sample)).max())
