@@ -202,6 +202,9 @@ class View:
     allowed: np.ndarray | None  # storage rows a restricted query may return
 
 
+TAIL_MAX_ROWS = 65536  # newer rows searched by brute force beside a held index (~0.1 GB at 384-d)
+
+
 @dataclass
 class SearchCache:
     """The opened index and the key arrays of the latest snapshot, reused while files are unchanged."""
@@ -211,6 +214,8 @@ class SearchCache:
     arrays: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     pending: list[Any] = field(default_factory=list)  # id tables to save once a query succeeds
     embedders: dict[str, Any] = field(default_factory=dict)  # loaded once per process (a server's new texts)
+    last_keys: dict[str, bytes] = field(default_factory=dict)  # space id -> key of the held index's last row
+    tails: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict)  # the newest rows' unit vectors
 
     def embedder(self, model: str) -> Any:
         if model not in self.embedders:
@@ -250,16 +255,44 @@ class SearchCache:
         return self.views[key]
 
     def index(self, store: Store, space: Space, progress: ProgressFn | None) -> tuple[faiss_index.OpenedIndex, str]:
-        """The space's index: from memory while its files on disk are untouched, else opened and checked."""
+        """The space's index: from memory while its files on disk are untouched, else opened and checked.
+
+        Rows committed after the held index was opened (a server following an ingest) are searched by
+        brute force beside it (``tail``) up to TAIL_MAX_ROWS, rather than extending and rewriting a
+        large index file at every generation; beyond that the index is brought up to date on disk.
+        """
         from featurestore import index as faiss_index  # FAISS is loaded only when a query needs the index
 
         signature = (space.segments, faiss_index.files_signature(store, space))
         cached = self.indexes.get(space.id)
         if cached is not None and cached[0] == signature:
             return cached[1], "in memory"
+        # The index files unchanged (a held index may be memory-mapped from them), only the space grown:
+        if cached is not None and cached[0][1] == signature[1] and self._still_prefix(store, space, cached[1]):
+            newer = space.rows - cached[1].rows
+            if newer <= TAIL_MAX_ROWS:
+                return cached[1], f"in memory, {newer:,} newer rows searched by brute force" if newer else "in memory"
         opened = faiss_index.open_index(store, space, progress)
         self.indexes[space.id] = ((space.segments, faiss_index.files_signature(store, space)), opened)
+        if opened.rows:
+            self.last_keys[space.id] = read_keys_at(store, space.segments, opened.rows - 1)
         return opened, opened.status
+
+    def _still_prefix(self, store: Store, space: Space, opened: faiss_index.OpenedIndex) -> bool:
+        """Rows 0..opened.rows-1 of ``space`` are still the indexed ones: a space only grows (appends, and
+        compactions that keep order), and the key of the last indexed row is where it was."""
+        if not 0 < opened.rows <= space.rows or space.id not in self.last_keys:
+            return False
+        return read_keys_at(store, space.segments, opened.rows - 1) == self.last_keys[space.id]
+
+    def tail(self, store: Store, space: Space, start: int) -> np.ndarray:
+        """Unit vectors of storage rows ``start:`` of ``space`` (rows newer than the held index)."""
+        from featurestore import index as faiss_index
+
+        key = ("tail", space.id, start, space.rows)
+        if key not in self.tails:
+            self.tails = {key: faiss_index.normalize(store.read_range(space, start, space.rows))}
+        return self.tails[key]
 
 
 # ----------------------------------------------------------------------------- queries
@@ -284,6 +317,23 @@ def _id_vector(cache: SearchCache, store: Store, space: Space, datasets: list[Da
         raise DatasetError(f"id {id!r} is in datasets {', '.join(d.name for d, _ in owners)}; fix: pick one with [[dataset]]")
     row = _key_row(cache, store, space, owners[0][1])
     return store.read_vectors(space, np.array([row]))
+
+
+def _with_tail(queries: np.ndarray, k: int, allowed: np.ndarray | None, scores: np.ndarray, rows: np.ndarray,
+               start: int, tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The index's top-k merged with exact cosine scores of the rows from ``start`` on."""
+    from featurestore import index as faiss_index
+
+    tail_rows = np.arange(start, start + len(tail))
+    s = faiss_index.normalize(np.atleast_2d(queries)) @ tail.T
+    if allowed is not None:
+        keep = np.isin(tail_rows, allowed)
+        s, tail_rows = s[:, keep], tail_rows[keep]
+    scores = np.where(rows >= 0, scores, -np.inf)  # FAISS pads missing results with row -1
+    s_all = np.concatenate([scores, s], axis=1)
+    r_all = np.concatenate([rows, np.broadcast_to(tail_rows, s.shape)], axis=1)
+    top = np.argsort(-s_all, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s_all, top, 1), np.take_along_axis(r_all, top, 1)
 
 
 def read_keys_at(store: Store, segs: Sequence[Segment], pos: int) -> bytes:
@@ -408,6 +458,8 @@ def similar_batch(
     t = time.perf_counter()
     scores, rows = faiss_index.search(opened, queries, k, allowed, exact=exact, nprobe=nprobe, ef=ef,
                                       store=store, space=space)
+    if opened.rows < space.rows:  # rows committed after the held index was opened
+        scores, rows = _with_tail(queries, k, allowed, scores, rows, opened.rows, cache.tail(store, space, opened.rows))
     info["search_seconds"] = time.perf_counter() - t
     out = []
     for qs, qr in zip(scores, rows):

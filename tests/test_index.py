@@ -83,9 +83,13 @@ def test_incremental_update_after_the_store_grows(fs: FeatureStore, tmp_path: Pa
     _, info = fs.similar("query one", model=FAKE, clean="raw-v1")
     assert info["index"] == "built"
     _ingest(fs, tmp_path, "d", 300, 450)
-    _, info = fs.similar("query one", model=FAKE, clean="raw-v1")
-    assert info["index"].startswith("extended") and "150 rows" in info["index"]
+    _, info = fs.similar("query one", model=FAKE, clean="raw-v1")  # this process holds the index: brute-force tail
+    assert info["index"] == "in memory, 150 newer rows searched by brute force"
     info = _assert_matches_brute(fs, list(range(450)))
+    fresh = FeatureStore(fs.path)  # a new process extends the file on disk
+    _, info = fresh.similar("query one", model=FAKE, clean="raw-v1")
+    assert info["index"].startswith("extended") and "150 rows" in info["index"]
+    info = _assert_matches_brute(fresh, list(range(450)))
     assert info["index"] == "in memory"
     assert FeatureStore(fs.path).similar("query one", model=FAKE, clean="raw-v1")[1]["index"] == "loaded"
 
