@@ -524,6 +524,42 @@ def search(
             raise ValueError("exact search of a PQ index needs the store and space")
         return _exact_from_store(store, space, q, k, allowed_rows)
     index, lists = flat
+    if not lists and index.metric_type == faiss.METRIC_INNER_PRODUCT:
+        return _flat_blas(index, q, k, allowed_rows)
     params = (faiss.SearchParametersIVF(sel=sel, nprobe=lists) if lists
               else faiss.SearchParameters(sel=sel) if sel is not None else None)
     return index.search(q, k, params=params)
+
+
+FLAT_BLOCK = 65536  # stored rows scored per matrix product: 65,536 x 384 x 4 B = 96 MB of vectors a block
+
+
+def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int, allowed: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k over a flat index's own vectors (a view, mapped or in memory) with
+    numpy's matrix product: measured faster than FAISS's flat scan on these CPUs (bench/index.py)."""
+    n = index.ntotal
+    xb = faiss.rev_swig_ptr(index.get_xb(), n * index.d).reshape(n, index.d)
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_r = np.zeros((len(q), 0), np.int64)
+    for start in range(0, n, FLAT_BLOCK):
+        rows = np.arange(start, min(start + FLAT_BLOCK, n))
+        if allowed is not None:
+            rows = rows[np.isin(rows, allowed)]
+            if not len(rows):
+                continue
+            s = q @ xb[rows].T
+        else:
+            s = q @ xb[start : start + len(rows)].T
+        s_all = np.concatenate([best_s, s], axis=1)
+        r_all = np.concatenate([best_r, np.broadcast_to(rows, s.shape)], axis=1)
+        keep = min(k, s_all.shape[1])
+        part = np.argpartition(-s_all, keep - 1, axis=1)[:, :keep]
+        best_s, best_r = np.take_along_axis(s_all, part, 1), np.take_along_axis(r_all, part, 1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    best_s, best_r = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_r, order, 1)
+    pad = k - best_s.shape[1]
+    if pad > 0:
+        best_s = np.pad(best_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        best_r = np.pad(best_r, ((0, 0), (0, pad)), constant_values=-1)
+    return best_s, best_r
