@@ -255,7 +255,7 @@ def test_tensorflow_env_is_set_for_its_import_only() -> None:
     code = textwrap.dedent("""
         import os, platform
         from featurestore.embedders.tf_runtime import TF_IMPORT_ENV, tensorflow
-        tensorflow()
+        tf = tensorflow()
         assert not set(TF_IMPORT_ENV) & set(os.environ), sorted(set(TF_IMPORT_ENV) & set(os.environ))
         from tensorflow.python.util import _pywrap_util_port
         # TF read the switch while importing: oneDNN stays on after the variable is gone
