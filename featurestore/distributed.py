@@ -47,7 +47,7 @@ from featurestore.ingest import CANARY_MAX_CHARS, DEFAULT_MAX_CHARS, N_CANARIES,
 from featurestore.keys import KEY_DTYPE, raw_digest, text_keys
 from featurestore.manifest import Space
 from featurestore.progress import ProgressFn
-from featurestore.sources import ID_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, _pick
+from featurestore.sources import ID_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, pick_column
 from featurestore.store import Store, segment_attrs, write_segment
 
 log = logging.getLogger(__name__)
@@ -519,14 +519,14 @@ def ingest_ray(
     fmt = formats.pop()
     columns = _columns(files[0], fmt, sep)
     source = files[0] if len(files) == 1 else f"{len(files)} files"
-    tcol = _pick(columns, text_col, TEXT_COLUMNS, set(), "text", "[[text_col]]", files[0])
+    tcol = pick_column(columns, text_col, TEXT_COLUMNS, set(), "text", "[[text_col]]", files[0])
     if tcol is None:
         raise InputFileError(f"{files[0]} has no known text column among {', '.join(columns)}; fix: [[text_col]] NAME")
-    icol = _pick(columns, id_col, ID_COLUMNS, {tcol}, "id", "[[id_col]]", files[0])
+    icol = pick_column(columns, id_col, ID_COLUMNS, {tcol}, "id", "[[id_col]]", files[0])
     if icol is None:
         raise InputFileError(f"{files[0]} has no id column among {', '.join(columns)}; the Ray engine needs ids (rows of "
                              "many files have no global number); fix: [[id_col]] NAME, or [[engine]] local")
-    lcol = _pick(columns, label_col, LABEL_COLUMNS, {tcol, icol}, "label", "[[label_col]]", files[0])
+    lcol = pick_column(columns, label_col, LABEL_COLUMNS, {tcol, icol}, "label", "[[label_col]]", files[0])
     embedder = embedder or load_embedder(model)
     max_chars = max_chars if max_chars is not None else getattr(embedder, "max_chars", DEFAULT_MAX_CHARS)
     space = make_space(embedder, model, recipe, dtype)

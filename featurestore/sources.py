@@ -628,7 +628,7 @@ def _printable(s: str) -> str:
     return s if s and s.isprintable() and s.strip() == s else repr(s)  # lone surrogates are not printable
 
 
-def _pick(columns: list[str], wanted: str | None, defaults: Sequence[str], taken: set[str],
+def pick_column(columns: list[str], wanted: str | None, defaults: Sequence[str], taken: set[str],
           what: str, flag: str, source: str) -> str | None:
     """The column for one role: the name given (exact, else case-insensitive), else the first default found."""
     if wanted == "":
@@ -872,9 +872,9 @@ def read_table(
     else:
         cols = frame.columns
         named = header or frame.kind != "csv"  # without a header, columns are only numbers
-        tcol = _pick(cols, text_col, TEXT_COLUMNS if named else (), set(), "text", "[[text_col]]", source)
-        icol = _pick(cols, id_col, ID_COLUMNS if named else (), {tcol}, "id", "[[id_col]]", source)
-        lcol = _pick(cols, label_col, LABEL_COLUMNS if named else (), {tcol, icol}, "label", "[[label_col]]", source)
+        tcol = pick_column(cols, text_col, TEXT_COLUMNS if named else (), set(), "text", "[[text_col]]", source)
+        icol = pick_column(cols, id_col, ID_COLUMNS if named else (), {tcol}, "id", "[[id_col]]", source)
+        lcol = pick_column(cols, label_col, LABEL_COLUMNS if named else (), {tcol, icol}, "label", "[[label_col]]", source)
         if tcol is None:
             taken = {icol, lcol}
             rest = [c for c in cols if c not in taken]

@@ -238,9 +238,9 @@ def test_ray_data_reads_jsonl_and_parquet_with_ids_as_text(cluster, tmp_path: Pa
                          (tmp_path / "t.jsonl", [("7", "1", "seven"), ("8", "", "eight")])):
         fmt = distributed._format_of(str(path))
         cols = distributed._columns(str(path), fmt, None)
-        text = distributed._pick(cols, None, distributed.TEXT_COLUMNS, set(), "text", "", str(path))
-        ident = distributed._pick(cols, None, distributed.ID_COLUMNS, {text}, "id", "", str(path))
-        label = distributed._pick(cols, None, distributed.LABEL_COLUMNS, {text, ident}, "label", "", str(path))
+        text = distributed.pick_column(cols, None, distributed.TEXT_COLUMNS, set(), "text", "", str(path))
+        ident = distributed.pick_column(cols, None, distributed.ID_COLUMNS, {text}, "id", "", str(path))
+        label = distributed.pick_column(cols, None, distributed.LABEL_COLUMNS, {text, ident}, "label", "", str(path))
         rows = distributed._read([str(path)], fmt, None, cols, text, ident, label, ray.data).take_all()
         assert sorted((r["id"], r["label"], r["text"]) for r in rows) == sorted(expect)
 
