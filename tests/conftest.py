@@ -78,7 +78,7 @@ SHARED_GROUPS = {
 # follow in file order. xdist's own order sends the files with the most tests first, which leaves
 # one-test files such as test_concurrency.py for the end, where one of them alone keeps a worker
 # busy while the other idles.
-LONGEST_FIRST = ("tensorflow", "minilm", "test_distributed.py", "test_plots.py", "test_crash.py", "test_concurrency.py",
+LONGEST_FIRST = ("test_distributed.py", "tensorflow", "minilm", "test_plots.py", "test_crash.py", "test_concurrency.py",
                  "test_features.py", "test_cli.py", "test_bad_input.py")
 
 
