@@ -29,7 +29,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -479,26 +479,40 @@ def _exact_index(opened: OpenedIndex) -> tuple[faiss.Index, Any] | None:
     return None
 
 
-def _exact_from_store(store: Store, space: Space, q: np.ndarray, k: int, allowed: np.ndarray | None
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Brute force over the stored vectors, block by block (for indexes that keep only codes)."""
-    best_s = np.full((len(q), 0), -np.inf, np.float32)
-    best_r = np.zeros((len(q), 0), np.int64)
-    for first, block in store.iter_vectors(space):
-        s = q @ normalize(block).T
-        rows = np.arange(first, first + len(block))
-        if allowed is not None:
-            keep = np.isin(rows, allowed)
-            s, rows = s[:, keep], rows[keep]
+def top_k(blocks: Iterable[tuple[np.ndarray, np.ndarray]], n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` (score, row) per query over blocks of ``(scores [n_queries, m], rows [m])``, best first;
+    padded with score -inf and row -1 when fewer than ``k`` candidates exist."""
+    best_s = np.full((n_queries, 0), -np.inf, np.float32)
+    best_r = np.zeros((n_queries, 0), np.int64)
+    for s, rows in blocks:
         s_all = np.concatenate([best_s, s], axis=1)
         r_all = np.concatenate([best_r, np.broadcast_to(rows, s.shape)], axis=1)
-        top = np.argsort(-s_all, axis=1, kind="stable")[:, :k]
-        best_s, best_r = np.take_along_axis(s_all, top, 1), np.take_along_axis(r_all, top, 1)
+        keep = min(k, s_all.shape[1])
+        if keep:
+            part = np.argpartition(-s_all, keep - 1, axis=1)[:, :keep]
+            best_s, best_r = np.take_along_axis(s_all, part, 1), np.take_along_axis(r_all, part, 1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    best_s, best_r = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_r, order, 1)
     pad = k - best_s.shape[1]
     if pad > 0:
         best_s = np.pad(best_s, ((0, 0), (0, pad)), constant_values=-np.inf)
         best_r = np.pad(best_r, ((0, 0), (0, pad)), constant_values=-1)
     return best_s, best_r
+
+
+def _exact_from_store(store: Store, space: Space, q: np.ndarray, k: int, allowed: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force over the stored vectors, block by block (for indexes that keep only codes)."""
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for first, block in store.iter_vectors(space):
+            s = q @ normalize(block).T
+            rows = np.arange(first, first + len(block))
+            if allowed is not None:
+                keep = np.isin(rows, allowed)
+                s, rows = s[:, keep], rows[keep]
+            yield s, rows
+
+    return top_k(blocks(), len(q), k)
 
 
 def search(
@@ -540,26 +554,13 @@ def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int, allowed: np.ndarra
     numpy's matrix product: measured faster than FAISS's flat scan on these CPUs (bench/index.py)."""
     n = index.ntotal
     xb = faiss.rev_swig_ptr(index.get_xb(), n * index.d).reshape(n, index.d)
-    best_s = np.full((len(q), 0), -np.inf, np.float32)
-    best_r = np.zeros((len(q), 0), np.int64)
-    for start in range(0, n, FLAT_BLOCK):
-        rows = np.arange(start, min(start + FLAT_BLOCK, n))
-        if allowed is not None:
-            rows = rows[np.isin(rows, allowed)]
-            if not len(rows):
-                continue
-            s = q @ xb[rows].T
-        else:
-            s = q @ xb[start : start + len(rows)].T
-        s_all = np.concatenate([best_s, s], axis=1)
-        r_all = np.concatenate([best_r, np.broadcast_to(rows, s.shape)], axis=1)
-        keep = min(k, s_all.shape[1])
-        part = np.argpartition(-s_all, keep - 1, axis=1)[:, :keep]
-        best_s, best_r = np.take_along_axis(s_all, part, 1), np.take_along_axis(r_all, part, 1)
-    order = np.argsort(-best_s, axis=1, kind="stable")
-    best_s, best_r = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_r, order, 1)
-    pad = k - best_s.shape[1]
-    if pad > 0:
-        best_s = np.pad(best_s, ((0, 0), (0, pad)), constant_values=-np.inf)
-        best_r = np.pad(best_r, ((0, 0), (0, pad)), constant_values=-1)
-    return best_s, best_r
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, n, FLAT_BLOCK):
+            rows = np.arange(start, min(start + FLAT_BLOCK, n))
+            if allowed is None:
+                yield q @ xb[start : start + len(rows)].T, rows
+            elif len(rows := rows[np.isin(rows, allowed)]):
+                yield q @ xb[rows].T, rows
+
+    return top_k(blocks(), len(q), k)

@@ -330,10 +330,7 @@ def _with_tail(queries: np.ndarray, k: int, allowed: np.ndarray | None, scores: 
         keep = np.isin(tail_rows, allowed)
         s, tail_rows = s[:, keep], tail_rows[keep]
     scores = np.where(rows >= 0, scores, -np.inf)  # FAISS pads missing results with row -1
-    s_all = np.concatenate([scores, s], axis=1)
-    r_all = np.concatenate([rows, np.broadcast_to(tail_rows, s.shape)], axis=1)
-    top = np.argsort(-s_all, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(s_all, top, 1), np.take_along_axis(r_all, top, 1)
+    return faiss_index.top_k([(scores, rows), (s, tail_rows)], len(s), k)
 
 
 def read_keys_at(store: Store, segs: Sequence[Segment], pos: int) -> bytes:
