@@ -346,6 +346,32 @@ class FeatureStore:
             info["note"] = note
         return hits, info
 
+    def hold(self) -> None:
+        """Keep segment files open and ids, labels and texts of the rows queries touch in memory: for a
+        long-lived process that answers many queries (``fs serve``)."""
+        self.store.hold_segments()
+        self._search.packed = True
+
+    def warm(self, model: str = DEFAULT_MODEL, clean: str | None = None, dtype: str | None = None,
+             hold: bool = True) -> None:
+        """Open the space's index and build the lookups queries read, ahead of the first query; with
+        ``hold``, segment files stay open and ids, labels and texts are kept in memory (about their
+        UTF-8 size plus 24 bytes a row) so that naming a query's hits reads no file (``fs serve``)."""
+        if hold:
+            self.hold()
+        snap = self._snapshot()
+        space, _ = spaces.choose_space(self.store, snap, model, clean, dtype)
+        self._search.warm(self.store, snap, space)
+
+    def vector(self, dataset: str, id: str, *, model: str = DEFAULT_MODEL, clean: str | None = None,
+               dtype: str | None = None) -> tuple[Space, np.ndarray]:
+        """The stored vector of row ``id`` of ``dataset`` and the space it is in (read, never embedded)."""
+        snap = self._snapshot()
+        ds = self.store.dataset(dataset, snap)
+        space, _ = spaces.choose_space(self.store, snap, model, clean, dtype, ds)
+        vec = search.id_vector(self._search, self.store, space, [ds], str(id), f"dataset {dataset!r}")
+        return space, vec[0]
+
     def index_build(
         self,
         kind: str = "auto",

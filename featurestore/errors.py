@@ -56,6 +56,10 @@ class DatasetError(FeatureStoreError):
     """A dataset name is invalid or does not exist, or its rows conflict."""
 
 
+class UnknownIdError(DatasetError):
+    """An id asked for by name is not stored (a query by id, a vector lookup)."""
+
+
 class LabelError(FeatureStoreError):
     """Labels are missing or not usable for training."""
 

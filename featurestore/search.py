@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +32,12 @@ import numpy as np
 from featurestore.atomic import atomic_write_bytes
 from featurestore.clean import get_recipe
 from featurestore.embedders import load_embedder
-from featurestore.errors import DatasetError, ModelError, UsageError
+from featurestore.errors import DatasetError, ModelError, UnknownIdError, UsageError
 from featurestore.ingest import DEFAULT_MAX_CHARS, make_space
 from featurestore.keys import KEY_DTYPE, text_key
 from featurestore.manifest import Dataset, Segment, Snapshot, Space
 from featurestore.progress import ProgressFn
+from featurestore.sources import NO_LABEL
 from featurestore.store import Lookup, Store, as_text_column, lookup
 
 if TYPE_CHECKING:
@@ -50,7 +52,8 @@ class Hit:
     rank: int
     score: float
     ids: list[tuple[str, str]]  # (dataset, id) of every row with this text
-    text: str
+    text: str  # the raw text of the first of them
+    label: str = ""  # the current label of the first of them ("": none)
 
 
 # ----------------------------------------------------------------------------- reading only what is needed
@@ -72,7 +75,14 @@ def read_at(store: Store, segs: Sequence[Segment], column: str, positions: np.nd
         sel = np.flatnonzero(which == si)
         uniq, inverse = np.unique(positions[sel] - bounds[si], return_inverse=True)
         with store.open_segment(segs[si].file) as f:
-            values = f[column][uniq]
+            dset = f[column]
+            # a few rows: one slice each (h5py's point selection costs more than a few slices)
+            if len(uniq) <= 4:
+                values = np.empty(len(uniq), dtype=object)
+                for j, p in enumerate(uniq.tolist()):
+                    values[j] = dset[p:p + 1][0]
+            else:
+                values = dset[uniq]
         if column in ("ids", "labels"):
             values = as_text_column(values, column)
         elif column == "texts":
@@ -81,90 +91,162 @@ def read_at(store: Store, segs: Sequence[Segment], column: str, positions: np.nd
     return out
 
 
-def read_keys(store: Store, segs: Sequence[Segment]) -> np.ndarray:
-    """The whole fixed-width key column of some segments (32 bytes a row: fast to read and compare)."""
-    parts = []
-    for seg in segs:
+@dataclass(frozen=True)
+class PackedColumn:
+    """A segment's ids, labels or texts in memory as one UTF-8 blob and offsets: no Python object per row
+    (about the column's UTF-8 size plus 8 bytes a row), read back at any positions without HDF5."""
+
+    blob: bytes
+    offsets: np.ndarray  # int64, rows + 1
+
+    @classmethod
+    def read(cls, store: Store, seg: Segment, column: str) -> "PackedColumn":
         with store.open_segment(seg.file) as f:
-            parts.append(f["keys"][()])
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=KEY_DTYPE)
+            values = f[column][()]
+        if column in ("ids", "labels"):
+            values = as_text_column(values, column)
+        items = [v.encode("utf-8", "surrogatepass") if isinstance(v, str) else bytes(v) for v in values.tolist()]
+        offsets = np.zeros(len(items) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in items], out=offsets[1:])
+        return cls(b"".join(items), offsets)
+
+    def at(self, positions: Sequence[int]) -> list[str]:
+        o = self.offsets
+        return [self.blob[o[p]:o[p + 1]].decode("utf-8", "surrogatepass") for p in positions]
 
 
 def _prefix(keys: np.ndarray) -> np.ndarray:
-    """The first 8 bytes of each key as an integer: a vectorised pre-filter, confirmed on the full key."""
+    """The first 8 bytes of each key as an integer: a sorted pre-filter, confirmed on the full key."""
     k = np.ascontiguousarray(np.asarray(keys, dtype=KEY_DTYPE))
     return k.view(np.uint64).reshape(len(k), -1)[:, 0] if len(k) else np.zeros(0, np.uint64)
 
 
-def find_keys(keys: np.ndarray, wanted: np.ndarray, prefixes: np.ndarray | None = None) -> list[np.ndarray]:
-    """Positions in ``keys`` of each wanted key."""
-    wanted = np.asarray(wanted, dtype=KEY_DTYPE)
-    prefixes = _prefix(keys) if prefixes is None else prefixes
-    cand = np.flatnonzero(np.isin(prefixes, _prefix(wanted)))
-    return [cand[keys[cand] == w] for w in wanted]
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class SegmentKeys:
+    """One segment's key column with its 8-byte prefixes sorted: a key is found by binary search."""
+
+    keys: np.ndarray  # KEY_DTYPE, in storage order
+    prefixes: np.ndarray  # uint64, sorted
+    order: np.ndarray  # the local row of each sorted prefix
+
+    @classmethod
+    def of(cls, keys: np.ndarray) -> "SegmentKeys":
+        p = _prefix(keys)
+        order = np.argsort(p, kind="stable")
+        return cls(keys, p[order], order)
+
+    def find(self, wanted: np.ndarray, prefixes: np.ndarray) -> list[np.ndarray]:
+        """Local rows of each wanted key, ascending."""
+        lo = np.searchsorted(self.prefixes, prefixes, side="left")
+        hi = np.searchsorted(self.prefixes, prefixes, side="right")
+        out = []
+        for w, a, b in zip(wanted, lo.tolist(), hi.tolist()):
+            cand = np.sort(self.order[a:b]) if b > a else _NONE
+            out.append(cand[self.keys[cand] == w] if len(cand) else _NONE)
+        return out
 
 
 def _id_hash(ids: np.ndarray) -> np.ndarray:
     import pandas as pd  # here, not at the top: a warm ingest imports this module and needs no pandas
 
-    return pd.util.hash_array(np.asarray(ids, dtype=object)) if len(ids) else np.zeros(0, np.uint64)
+    # categorize=False: the same hashes (pandas' categorize only skips repeated values), 6-14x faster here
+    return pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False) if len(ids) else np.zeros(0, np.uint64)
+
+
+MAX_ID_PARTS = 32  # appended segments' id hashes kept as separate sorted parts before one merge (and save)
+SAVE_ID_ROWS = 20_000  # a call that hashed at least this many ids saves the merged table for later processes
 
 
 @dataclass(frozen=True)
 class IdTable:
-    """Sorted 64-bit hashes of the ids of a list of segments, with their global positions."""
+    """Sorted 64-bit hashes of the ids of a list of segments with their global positions, in sorted
+    parts: the saved table of the first segments, then one part per segment appended since."""
 
     segments: tuple[Segment, ...]
-    hashes: np.ndarray  # uint64, sorted
-    positions: np.ndarray  # int64
+    parts: tuple[tuple[np.ndarray, np.ndarray], ...]  # (uint64 hashes sorted, int64 positions)
 
-    def candidates(self, id: str) -> np.ndarray:
-        h = _id_hash(np.array([id], dtype=object))[0]
-        lo, hi = np.searchsorted(self.hashes, [h, h], side="left")[0], np.searchsorted(self.hashes, h, side="right")
-        return np.asarray(self.positions[lo:hi], dtype=np.int64)
+    def candidates(self, ids: Sequence[str]) -> list[np.ndarray]:
+        """Global positions whose id hash matches, per id (confirmed by reading the id)."""
+        h = _id_hash(np.array(list(ids), dtype=object))
+        found: list[list[np.ndarray]] = [[] for _ in h]
+        for hashes, positions in self.parts:
+            lo = np.searchsorted(hashes, h, side="left")
+            hi = np.searchsorted(hashes, h, side="right")
+            for n in np.flatnonzero(hi > lo).tolist():
+                found[n].append(np.asarray(positions[lo[n]:hi[n]], dtype=np.int64))
+        return [np.concatenate(f) if f else _NONE for f in found]
+
+    @property
+    def rows(self) -> int:
+        return sum(len(h) for h, _ in self.parts)
+
+    def merged(self) -> "IdTable":
+        if len(self.parts) == 1:
+            return self
+        hashes = np.concatenate([h for h, _ in self.parts])
+        positions = np.concatenate([np.asarray(p, dtype=np.int64) for _, p in self.parts])
+        order = np.argsort(hashes, kind="stable")  # sorted runs: a merge, not a full sort
+        return IdTable(self.segments, ((hashes[order], positions[order]),))
 
 
 def _table_paths(store: Store, name: str) -> tuple[Path, Path]:
     return store.index_dir / f"ids-{name}.npy", store.index_dir / f"ids-{name}.json"
 
 
-def id_table(store: Store, segs: Sequence[Segment], name: str, pending: list[Any] | None = None) -> IdTable:
-    """The id table of ``segs``: loaded (memory-mapped) when its manifest names the same segments,
-    extended when segments were appended, rebuilt otherwise. A new table is saved beside the index
-    (by ``save_tables``, once the query succeeded: a failed command leaves the store as it was)."""
-    segs = tuple(segs)
+def _saved_table(store: Store, segs: tuple[Segment, ...], name: str) -> IdTable:
+    """The saved (memory-mapped) table of the longest prefix of ``segs`` it covers, else an empty one."""
     data_path, meta_path = _table_paths(store, name)
     want = [[s.file, s.rows] for s in segs]
-    have: list[list[Any]] = []
-    table = np.zeros((0, 2), dtype=np.uint64)
     with contextlib.suppress(OSError, ValueError):
         meta = json.loads(meta_path.read_bytes())
-        if meta.get("format") == ID_TABLE_FORMAT and want[: len(meta["segments"])] == meta["segments"]:
+        have = meta["segments"]
+        if meta.get("format") == ID_TABLE_FORMAT and have and want[: len(have)] == have:
             loaded = np.load(data_path, mmap_mode="r")
-            if loaded.shape == (sum(r for _, r in meta["segments"]), 2):
-                have, table = meta["segments"], loaded
-    if have == want:
-        return IdTable(segs, table[:, 0], table[:, 1].view(np.int64))
-    # appended segments: hash their ids and merge (a compaction's new names mean a full rebuild, once)
-    first = sum(r for _, r in have)
-    parts = [np.asarray(table)]
-    offset = first
-    for seg in segs[len(have):]:
+            if loaded.shape == (sum(r for _, r in have), 2):
+                return IdTable(segs[: len(have)], ((loaded[:, 0], loaded[:, 1].view(np.int64)),))
+    return IdTable((), ())
+
+
+def id_table(store: Store, segs: Sequence[Segment], name: str, pending: list[Any] | None = None,
+             held: IdTable | None = None) -> IdTable:
+    """The id table of ``segs``: ``held`` (this process's) or the saved one, extended by the segments
+    appended since (a compaction's new names mean a full rebuild, once). A table that needed many ids
+    hashed, or many parts, is merged and queued in ``pending`` to be saved beside the index (by
+    ``save_tables``, once the query succeeded: a failed command leaves the store as it was)."""
+    segs = tuple(segs)
+    if held is not None and held.segments == segs:
+        return held
+    base = held if held is not None and segs[: len(held.segments)] == held.segments else _saved_table(store, segs, name)
+    parts = list(base.parts)
+    offset = sum(s.rows for s in base.segments)
+    hashed = 0
+    for seg in segs[len(base.segments):]:
         with store.open_segment(seg.file) as f:
             h = _id_hash(as_text_column(f["ids"][()], "ids"))
-        parts.append(np.stack([h, np.arange(offset, offset + len(h), dtype=np.uint64)], axis=1))
+        order = np.argsort(h, kind="stable")
+        parts.append((h[order], order.astype(np.int64) + offset))
         offset += len(h)
-    table = np.concatenate(parts)
-    table = table[np.argsort(table[:, 0], kind="stable")]
-    if pending is not None:
-        pending.append((data_path, meta_path, table, want))
-    return IdTable(segs, table[:, 0], table[:, 1].view(np.int64))
+        hashed += len(h)
+    table = IdTable(segs, tuple(parts))
+    if len(parts) > MAX_ID_PARTS or (hashed >= SAVE_ID_ROWS and len(parts) > 1) or (hashed and len(parts) == 1):
+        table = table.merged()
+        if pending is not None:
+            (hashes, positions), = table.parts
+            pending.append((*_table_paths(store, name), np.stack([hashes, positions.view(np.uint64)], axis=1),
+                            [[s.file, s.rows] for s in segs]))
+    return table
 
 
 def save_tables(pending: list[Any]) -> None:
     """Write the id tables built by this process's queries (best effort: a read-only store keeps them in memory)."""
     while pending:
-        data_path, meta_path, table, segments = pending.pop()
+        try:
+            data_path, meta_path, table, segments = pending.pop()
+        except IndexError:  # another thread saved the last one
+            return
         with contextlib.suppress(OSError):
             os.makedirs(data_path.parent, exist_ok=True)
             atomic_write_bytes(data_path, _npy_bytes(table))
@@ -177,16 +259,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array))
     return buf.getvalue()
-
-
-def find_id(store: Store, segs: Sequence[Segment], table: IdTable, id: str) -> int:
-    """Global position of ``id`` in ``segs`` (confirmed by reading it), or -1."""
-    cand = table.candidates(id)
-    if not len(cand):
-        return -1
-    found = read_at(store, segs, "ids", cand)
-    match = [int(p) for p, v in zip(cand, found) if v == id]
-    return match[0] if match else -1
 
 
 # ----------------------------------------------------------------------------- the per-process cache
@@ -207,34 +279,141 @@ TAIL_MAX_ROWS = 65536  # newer rows searched by brute force beside a held index 
 
 @dataclass
 class SearchCache:
-    """The opened index and the key arrays of the latest snapshot, reused while files are unchanged."""
+    """The opened index and per-segment lookups of the latest snapshot, reused while files are unchanged.
+
+    Safe to share between threads (``fs serve`` answers requests in parallel): lookups are built from
+    immutable segments, so two threads building the same one at once get equal results and one is kept;
+    opening or building an index, and loading a model, happen under ``lock``.
+    """
 
     views: dict[tuple[Any, ...], View] = field(default_factory=dict)
     indexes: dict[str, tuple[tuple[Any, ...], faiss_index.OpenedIndex]] = field(default_factory=dict)
-    arrays: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    segments: dict[tuple[str, str], Any] = field(default_factory=dict)  # (what, segment file) -> its lookup
+    id_tables: dict[str, IdTable] = field(default_factory=dict)  # table name -> the latest built
     pending: list[Any] = field(default_factory=list)  # id tables to save once a query succeeds
     embedders: dict[str, Any] = field(default_factory=dict)  # loaded once per process (a server's new texts)
     last_keys: dict[str, bytes] = field(default_factory=dict)  # space id -> key of the held index's last row
     tails: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict)  # the newest rows' unit vectors
+    generation: int = -2  # of the snapshot the per-segment lookups were last pruned to
+    packed: bool = False  # hold ids, labels and texts in memory (a server), instead of reading them per query
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     def embedder(self, model: str) -> Any:
-        if model not in self.embedders:
-            self.embedders[model] = load_embedder(model)
-        return self.embedders[model]
+        with self.lock:
+            if model not in self.embedders:
+                self.embedders[model] = load_embedder(model)
+            return self.embedders[model]
 
-    def _memo(self, key: tuple[Any, ...], make: Any) -> Any:
-        if key not in self.arrays:
-            if len(self.arrays) > 64:
-                self.arrays.clear()
-            self.arrays[key] = make()
-        return self.arrays[key]
+    def retain(self, snap: Snapshot) -> None:
+        """Forget the lookups of segments the snapshot no longer names (merged by a compaction)."""
+        if snap.generation == self.generation:
+            return
+        files = snap.files()
+        self.segments = {k: v for k, v in list(self.segments.items()) if k[1] in files}
+        self.generation = snap.generation
 
-    def keys_of(self, store: Store, segs: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
-        """Key column of ``segs`` and its 8-byte prefixes (segments are immutable: their names are the cache key)."""
-        return self._memo(("keys", tuple(segs)), lambda: (lambda k: (k, _prefix(k)))(read_keys(store, segs)))
+    def segment_keys(self, store: Store, seg: Segment) -> SegmentKeys:
+        found = self.segments.get(("keys", seg.file))
+        if found is None:
+            with store.open_segment(seg.file) as f:
+                found = SegmentKeys.of(f["keys"][()])
+            self.segments[("keys", seg.file)] = found
+        return found
+
+    def find_keys(self, store: Store, segs: Sequence[Segment], wanted: np.ndarray) -> list[np.ndarray]:
+        """Global positions in ``segs`` of each wanted key, ascending."""
+        wanted = np.asarray(wanted, dtype=KEY_DTYPE)
+        prefixes = _prefix(wanted)
+        found: list[list[np.ndarray]] = [[] for _ in wanted]
+        offset = 0
+        for seg in segs:
+            for n, local in enumerate(self.segment_keys(store, seg).find(wanted, prefixes)):
+                if len(local):
+                    found[n].append(local + offset)
+            offset += seg.rows
+        return [np.concatenate(f) if f else _NONE for f in found]
+
+    def keys_at(self, store: Store, segs: Sequence[Segment], positions: Sequence[int]) -> np.ndarray:
+        """Keys at global positions of ``segs``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.zeros(len(positions), dtype=KEY_DTYPE)
+        bounds = _bounds(segs)
+        which = np.searchsorted(bounds, positions, side="right") - 1
+        for n, (si, pos) in enumerate(zip(which.tolist(), positions.tolist())):
+            out[n] = self.segment_keys(store, segs[si]).keys[pos - bounds[si]]
+        return out
 
     def ids_table(self, store: Store, segs: Sequence[Segment], name: str) -> IdTable:
-        return self._memo(("ids", name, tuple(segs)), lambda: id_table(store, segs, name, self.pending))
+        table = id_table(store, segs, name, self.pending, self.id_tables.get(name))
+        self.id_tables[name] = table
+        return table
+
+    def read_at(self, store: Store, segs: Sequence[Segment], column: str, positions: np.ndarray) -> np.ndarray:
+        """``read_at``, from columns held in memory (``PackedColumn``) when ``packed`` is set."""
+        if not self.packed:
+            return read_at(store, segs, column, positions)
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty(len(positions), dtype=object)
+        bounds = _bounds(segs)
+        which = np.searchsorted(bounds, positions, side="right") - 1
+        for si in np.unique(which).tolist():
+            sel = np.flatnonzero(which == si)
+            out[sel] = self.column(store, segs[si], column).at((positions[sel] - bounds[si]).tolist())
+        return out
+
+    def column(self, store: Store, seg: Segment, column: str) -> PackedColumn:
+        found = self.segments.get((column, seg.file))
+        if found is None:
+            found = self.segments[(column, seg.file)] = PackedColumn.read(store, seg, column)
+        return found
+
+    def find_ids(self, store: Store, segs: Sequence[Segment], name: str, ids: Sequence[str]) -> np.ndarray:
+        """Global position in ``segs`` of each id (the first, confirmed by reading it), or -1;
+        ``name`` names the segments' id table."""
+        cands = self.ids_table(store, segs, name).candidates(ids)
+        out = np.full(len(cands), -1, dtype=np.int64)
+        flat = np.concatenate(cands) if cands else _NONE
+        if not len(flat):
+            return out
+        found = self.read_at(store, segs, "ids", flat).tolist()
+        i = 0
+        for n, (want, cand) in enumerate(zip(ids, cands)):
+            match = [int(p) for p, v in zip(cand.tolist(), found[i:i + len(cand)]) if v == want]
+            out[n] = min(match) if match else -1
+            i += len(cand)
+        return out
+
+    def warm(self, store: Store, snap: Snapshot, space: Space) -> None:
+        """Open the space's index and build every lookup a query over ``snap`` reads, ahead of the first query."""
+        self.retain(snap)
+        self.index(store, space, None)
+        for seg in space.segments:
+            self.segment_keys(store, seg)
+        for d in snap.datasets.values():
+            segs = d.keys.get(space.recipe, ())
+            self.ids_table(store, segs, f"{d.name}-keys-{space.recipe}")
+            self.ids_table(store, d.rows, f"{d.name}-rows")
+            for seg in segs:
+                self.segment_keys(store, seg)
+                if self.packed:
+                    self.column(store, seg, "ids")
+            for seg in d.rows if self.packed else ():
+                for column in ("ids", "texts", "labels"):
+                    self.column(store, seg, column)
+            self.label_updates(store, d)
+        save_tables(self.pending)
+
+    def label_updates(self, store: Store, ds: Dataset) -> dict[str, str]:
+        """id -> latest label of the dataset's label updates."""
+        key = ("label-updates", ds.labels[-1].file) if ds.labels else None
+        if key is None:
+            return {}
+        found = self.segments.get(key)
+        if found is None:
+            ids, labels = store.label_updates(ds)
+            found = dict(zip(ids.tolist(), labels.tolist()))  # later updates win
+            self.segments[key] = found
+        return found
 
     def view(self, store: Store, snap: Snapshot, space: Space, datasets: list[Dataset], restrict: bool) -> View:
         key = (snap.generation, space.id, tuple(d.name for d in datasets), restrict)
@@ -264,55 +443,61 @@ class SearchCache:
         from featurestore import index as faiss_index  # FAISS is loaded only when a query needs the index
 
         signature = (space.segments, faiss_index.files_signature(store, space))
-        cached = self.indexes.get(space.id)
-        if cached is not None and cached[0] == signature:
-            return cached[1], "in memory"
-        # The index files unchanged (a held index may be memory-mapped from them), only the space grown:
-        if cached is not None and cached[0][1] == signature[1] and self._still_prefix(store, space, cached[1]):
-            newer = space.rows - cached[1].rows
-            if newer <= TAIL_MAX_ROWS:
-                return cached[1], f"in memory, {newer:,} newer rows searched by brute force" if newer else "in memory"
-        opened = faiss_index.open_index(store, space, progress)
-        self.indexes[space.id] = ((space.segments, faiss_index.files_signature(store, space)), opened)
-        if opened.rows:
-            self.last_keys[space.id] = read_keys_at(store, space.segments, opened.rows - 1)
-        return opened, opened.status
+        with self.lock:
+            cached = self.indexes.get(space.id)
+            if cached is not None and cached[0] == signature:
+                return cached[1], "in memory"
+            # The index files unchanged (a held index may be memory-mapped from them), only the space grown:
+            if cached is not None and cached[0][1] == signature[1] and self._still_prefix(store, space, cached[1]):
+                newer = space.rows - cached[1].rows
+                if newer <= TAIL_MAX_ROWS:
+                    return cached[1], f"in memory, {newer:,} newer rows searched by brute force" if newer else "in memory"
+            opened = faiss_index.open_index(store, space, progress)
+            self.indexes[space.id] = ((space.segments, faiss_index.files_signature(store, space)), opened)
+            if opened.rows:
+                self.last_keys[space.id] = bytes(self.keys_at(store, space.segments, [opened.rows - 1])[0])
+            return opened, opened.status
 
     def _still_prefix(self, store: Store, space: Space, opened: faiss_index.OpenedIndex) -> bool:
         """Rows 0..opened.rows-1 of ``space`` are still the indexed ones: a space only grows (appends, and
         compactions that keep order), and the key of the last indexed row is where it was."""
         if not 0 < opened.rows <= space.rows or space.id not in self.last_keys:
             return False
-        return read_keys_at(store, space.segments, opened.rows - 1) == self.last_keys[space.id]
+        return bytes(self.keys_at(store, space.segments, [opened.rows - 1])[0]) == self.last_keys[space.id]
 
     def tail(self, store: Store, space: Space, start: int) -> np.ndarray:
         """Unit vectors of storage rows ``start:`` of ``space`` (rows newer than the held index)."""
         from featurestore import index as faiss_index
 
-        key = ("tail", space.id, start, space.rows)
-        if key not in self.tails:
-            self.tails = {key: faiss_index.normalize(store.read_range(space, start, space.rows))}
-        return self.tails[key]
+        held = self.tails.get((space.id, start))
+        if held is None or len(held) > space.rows - start:
+            held = np.zeros((0, space.dim), np.float32)
+        if len(held) < space.rows - start:  # extended by the rows published since (a space only grows)
+            held = np.concatenate([held, faiss_index.normalize(store.read_range(space, start + len(held), space.rows))])
+            self.tails = {(space.id, start): held}
+        return held
 
 
 # ----------------------------------------------------------------------------- queries
 
 
 def _key_row(cache: SearchCache, store: Store, space: Space, key: bytes) -> int:
-    keys, prefixes = cache.keys_of(store, space.segments)
-    pos = find_keys(keys, np.array([key], dtype=KEY_DTYPE), prefixes)[0]
+    pos = cache.find_keys(store, space.segments, np.array([key], dtype=KEY_DTYPE))[0]
     return int(pos[0]) if len(pos) else -1
 
 
-def _id_vector(cache: SearchCache, store: Store, space: Space, datasets: list[Dataset], id: str, where: str) -> np.ndarray:
+def id_vector(cache: SearchCache, store: Store, space: Space, datasets: list[Dataset], id: str,
+              where: str = "any dataset") -> np.ndarray:
+    """The stored vector (1 x dim) of row ``id`` of one of ``datasets`` (``where`` names them in errors)."""
     owners = []
     for d in datasets:
         segs = d.keys.get(space.recipe, ())
-        pos = find_id(store, segs, cache.ids_table(store, segs, f"{d.name}-keys-{space.recipe}"), id)
+        pos = int(cache.find_ids(store, segs, f"{d.name}-keys-{space.recipe}", [id])[0])
         if pos >= 0:
-            owners.append((d, read_keys_at(store, segs, pos)))
+            owners.append((d, bytes(cache.keys_at(store, segs, [pos])[0])))
     if not owners:
-        raise DatasetError(f"id {id!r} is not in {where} with vectors for model {space.model!r}; check the id or [[dataset]]")
+        raise UnknownIdError(f"id {id!r} is not in {where} with vectors for model {space.model!r}; "
+                             "check the id or [[dataset]]")
     if len(owners) > 1:
         raise DatasetError(f"id {id!r} is in datasets {', '.join(d.name for d, _ in owners)}; fix: pick one with [[dataset]]")
     row = _key_row(cache, store, space, owners[0][1])
@@ -331,13 +516,6 @@ def _with_tail(queries: np.ndarray, k: int, allowed: np.ndarray | None, scores: 
         s, tail_rows = s[:, keep], tail_rows[keep]
     scores = np.where(rows >= 0, scores, -np.inf)  # FAISS pads missing results with row -1
     return faiss_index.top_k([(scores, rows), (s, tail_rows)], len(s), k)
-
-
-def read_keys_at(store: Store, segs: Sequence[Segment], pos: int) -> bytes:
-    bounds = _bounds(segs)
-    si = int(np.searchsorted(bounds, pos, side="right") - 1)
-    with store.open_segment(segs[si].file) as f:
-        return bytes(f["keys"][pos - bounds[si]])
 
 
 def _text_vector(cache: SearchCache, store: Store, space: Space, text: str) -> tuple[np.ndarray, str]:
@@ -359,31 +537,39 @@ def _text_vector(cache: SearchCache, store: Store, space: Space, text: str) -> t
 
 def _name_hits(cache: SearchCache, store: Store, snap: Snapshot, space: Space, datasets: list[Dataset],
                found: list[tuple[float, int]]) -> list[Hit]:
-    """(dataset, id) of every row holding each hit's text, and the first one's raw text."""
-    space_keys, _ = cache.keys_of(store, space.segments)
-    hit_keys = np.array([space_keys[r] for _, r in found], dtype=KEY_DTYPE)
+    """(dataset, id) of every row holding each hit's text, and the first one's raw text and current label."""
+    hit_keys = cache.keys_at(store, space.segments, [r for _, r in found])
     owners: list[list[tuple[str, str]]] = [[] for _ in found]
     for d in datasets:
         segs = d.keys.get(space.recipe, ())
         if not segs or not len(hit_keys):
             continue
-        keys, prefixes = cache.keys_of(store, segs)
-        where = find_keys(keys, hit_keys, prefixes)
+        where = cache.find_keys(store, segs, hit_keys)
         flat = np.concatenate(where)
-        ids = read_at(store, segs, "ids", flat) if len(flat) else []
+        ids = cache.read_at(store, segs, "ids", flat) if len(flat) else []
         i = 0
         for h, pos in enumerate(where):
             owners[h] += [(d.name, ids[i + j]) for j in range(len(pos))]
             i += len(pos)
-    texts: dict[tuple[str, str], str] = {}
-    for h, o in enumerate(owners):
-        if not o:
-            continue
-        d = snap.datasets[o[0][0]]
-        pos = find_id(store, d.rows, cache.ids_table(store, d.rows, f"{d.name}-rows"), o[0][1])
-        if pos >= 0:
-            texts[o[0]] = read_at(store, d.rows, "texts", np.array([pos]))[0]
-    return [Hit(rank, s, o, texts.get(o[0], "") if o else "") for rank, ((s, _), o) in enumerate(zip(found, owners), 1)]
+    firsts: dict[str, list[str]] = {}  # dataset -> the ids that are some hit's first owner
+    for o in owners:
+        if o:
+            firsts.setdefault(o[0][0], []).append(o[0][1])
+    named: dict[tuple[str, str], tuple[str, str]] = {}  # (dataset, id) -> (text, label)
+    for name, ids in firsts.items():
+        d = snap.datasets[name]
+        pos = cache.find_ids(store, d.rows, f"{d.name}-rows", ids)
+        ok = pos >= 0
+        texts = cache.read_at(store, d.rows, "texts", pos[ok]).tolist()
+        labels = cache.read_at(store, d.rows, "labels", pos[ok]).tolist()
+        updates = cache.label_updates(store, d)
+        for i, text, label in zip(np.asarray(ids, dtype=object)[ok].tolist(), texts, labels):
+            named[(name, i)] = (text, updates.get(i, label))
+    hits = []
+    for rank, ((score, _), o) in enumerate(zip(found, owners), 1):
+        text, label = named.get(o[0], ("", NO_LABEL)) if o else ("", NO_LABEL)
+        hits.append(Hit(rank, score, o, text, label))
+    return hits
 
 
 def similar(
@@ -433,11 +619,12 @@ def similar_batch(
         if value is not None and value < 1:
             raise UsageError(f"{{param}} must be at least 1, got {value}", name)
     datasets = [store.dataset(dataset, snap)] if dataset else list(snap.datasets.values())
+    cache.retain(snap)
     where = f"dataset {dataset!r}" if dataset else "any dataset"
     info: dict[str, Any] = {"space": space.id, "model": space.model, "recipe": space.recipe, "dtype": space.dtype}
     allowed = cache.view(store, snap, space, datasets, True).allowed if dataset else None
     if id is not None:
-        queries, how = _id_vector(cache, store, space, datasets, id, where), ["stored vector"]
+        queries, how = id_vector(cache, store, space, datasets, id, where), ["stored vector"]
     else:
         resolved = [_text_vector(cache, store, space, t) for t in texts or []]
         if not resolved:

@@ -1,9 +1,10 @@
 """``fs serve``: a read-only HTTP API and a search page over a store, following new generations.
 
 FastAPI and uvicorn are imported only here (the ``serve`` extra). The server holds one
-``FeatureStore``, so its search cache (checked index, key lookups) is reused across requests;
-each request first lists the manifest directory (cheap) and, when an ingest has published a
-new generation, drops what was cached for the old one. Nothing here writes to the store: no
+``FeatureStore`` with its segment files held open, so its search cache (checked index, per-segment
+key and id lookups) is reused across requests, which run in parallel; each request lists the
+manifest directory (cheap) and, when an ingest has published a new generation, reads only the
+segments that generation added. Nothing here writes to the store: no
 ``Writer`` is opened. (The library may save the derived FAISS index file beside a writable
 store, as ``fs similar`` does; a read-only store is answered from an index built in memory.)
 
@@ -14,15 +15,15 @@ the store itself cannot be read (a corrupt manifest: ``fs repair``).
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import logging
 import threading
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
-import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -30,13 +31,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from featurestore import spaces
 from featurestore.api import FeatureStore
 from featurestore.embedders import DEFAULT_MODEL
-from featurestore.errors import DatasetError, FeatureStoreError, StoreError
+from featurestore.errors import DatasetError, FeatureStoreError, StoreError, UnknownIdError
 from featurestore.manifest import Dataset, Snapshot
-from featurestore.sources import NO_LABEL
-from featurestore.store import check_dataset_name, lookup
+from featurestore.search import Hit
+from featurestore.store import check_dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +83,35 @@ def is_loopback(host: str) -> bool:
 
 
 class Service:
-    """The store as the server sees it: one ``FeatureStore`` and what is cached per generation.
+    """The store as the server sees it: one ``FeatureStore``, its segments held open.
 
-    One lock guards the shared ``FeatureStore``: its ``SearchCache`` dicts are not safe to
-    update from two threads, and two threads would otherwise build the same index twice.
+    Requests run in parallel (FastAPI's thread pool): the library's search cache is safe to share
+    between threads, and what it caches is per immutable segment, so a new generation costs only
+    its new segments. Only the ``/datasets`` summary is cached here, per generation.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.fs = FeatureStore(settings.store)
         self.fs.store.require_existing()
-        self.lock = threading.Lock()  # calls into the FeatureStore
-        self._meta_lock = threading.Lock()  # the cached snapshot and labels: /health never waits for a search
+        self.fs.hold()  # segments open, ids/labels/texts packed in memory as queries (or warm) touch them
+        self._lock = threading.Lock()  # the cached snapshot and summary
         self._snap: Snapshot | None = None
-        self._labels: dict[str, tuple[Any, Any, np.ndarray]] = {}  # dataset -> (its segments, id index, labels)
         self._info: tuple[int, dict[str, Any]] | None = None
+        self.warmed = threading.Event()
+
+    def warm(self) -> None:
+        """Build what queries read (index, key and id lookups, ids/labels/texts in memory) before the first
+        one asks; run in the background at start. A store without the served space has nothing to warm."""
+        s = self.settings
+        try:
+            self.fs.warm(s.model, s.clean, s.dtype)
+        except FeatureStoreError as exc:
+            log.info("nothing warmed: %s", exc)
+        except Exception:  # a failure here is answered again by the first query that needs the same thing
+            log.exception("warming the caches failed")
+        finally:
+            self.warmed.set()
 
     # ---- generations
 
@@ -109,42 +123,10 @@ class Service:
     def snapshot(self) -> Snapshot:
         """The latest snapshot, re-read only when a new generation has been published."""
         gen = self.generation()
-        with self._meta_lock:
+        with self._lock:
             if self._snap is None or self._snap.generation != gen:
                 self._snap = self.fs.store.require_existing().snapshot()
             return self._snap
-
-    def _dataset_labels(self, ds: Dataset) -> tuple[Any, np.ndarray]:
-        """(id index, labels) of a dataset, re-read only when its segments changed."""
-        sig = (ds.rows, ds.labels)
-        with self._meta_lock:
-            cached = self._labels.get(ds.name)
-            if cached is None or cached[0] != sig:
-                ids = self.fs.store.dataset_ids(ds)
-                cached = (sig, lookup(ids), self.fs.store.dataset_labels(ds, ids))
-                self._labels[ds.name] = cached
-        return cached[1], cached[2]
-
-    def _has_id(self, snap: Snapshot, id: str, dataset: str | None) -> bool:
-        where = [snap.datasets[dataset]] if dataset else list(snap.datasets.values())
-        return any(self._dataset_labels(ds)[0].get_indexer([id])[0] >= 0 for ds in where)
-
-    def _labels_of(self, snap: Snapshot, owners: list[tuple[str, str]]) -> list[str]:
-        """Current labels of (dataset, id) pairs: one index lookup per dataset."""
-        out = [NO_LABEL] * len(owners)
-        by_dataset: dict[str, list[int]] = {}
-        for n, (dataset, _) in enumerate(owners):
-            by_dataset.setdefault(dataset, []).append(n)
-        for dataset, where in by_dataset.items():
-            ds = snap.datasets.get(dataset)
-            if ds is None:
-                continue
-            index, labels = self._dataset_labels(ds)
-            pos = index.get_indexer(np.array([owners[n][1] for n in where], dtype=object))
-            for n, p in zip(where, pos.tolist()):
-                if p >= 0:
-                    out[n] = str(labels[p])
-        return out
 
     def _dataset(self, snap: Snapshot, name: str) -> Dataset:
         check_dataset_name(name)  # 400 for a name that cannot exist
@@ -162,39 +144,34 @@ class Service:
         if q is not None:
             check_text(q, "q")
         s = self.settings
-        with self.lock:
-            snap = self.snapshot()
-            if dataset is not None:
-                self._dataset(snap, dataset)
-            if id is not None and q is None and not self._has_id(snap, id, dataset):
-                where = f"dataset {dataset!r}" if dataset else "any dataset"
-                raise HTTPError(404, f"id {id!r} is not in {where}; check the id or dataset")
+        snap = self.snapshot()
+        if dataset is not None:
+            self._dataset(snap, dataset)
+        try:
             hits, info = self.fs.similar(q, id=id, k=k, dataset=dataset, model=s.model, clean=s.clean, dtype=s.dtype)
-            # similar() read the latest manifest itself, this one or a newer one: the answer reflects at
-            # least `generation`; labels are named from the latest snapshot, which covers every hit
-            generation = snap.generation
-            snap = self.snapshot()
-            out = {
-                "generation": generation,
-                "space": info.get("space"),
-                "query": info.get("query"),
-                "index": info.get("index"),
-                "hits": [self._hit(h, label) for h, label in
-                         zip(hits, self._labels_of(snap, [h.ids[0] if h.ids else ("", "") for h in hits]))],
-            }
+        except UnknownIdError as exc:
+            raise HTTPError(404, " ".join(exc.render(param_of).split())) from None
+        # similar() read the latest manifest itself, this one or a newer one: the answer reflects at least it
+        out = {
+            "generation": snap.generation,
+            "space": info.get("space"),
+            "query": info.get("query"),
+            "index": info.get("index"),
+            "hits": [self._hit(h) for h in hits],
+        }
         if "note" in info:
             out["note"] = info["note"]
         return out
 
     @staticmethod
-    def _hit(h: Any, label: str) -> dict[str, Any]:
+    def _hit(h: Hit) -> dict[str, Any]:
         dataset, id = h.ids[0] if h.ids else ("", "")
         return {
             "rank": h.rank,
             "score": round(float(h.score), 6),
             "dataset": dataset,
             "id": id,
-            "label": label,  # of the first owner
+            "label": h.label,  # of the first owner
             "text": h.text[:MAX_HIT_TEXT_CHARS],
             "text_chars": len(h.text),
             "ids": [{"dataset": d, "id": i} for d, i in h.ids[:MAX_HIT_IDS]],
@@ -202,27 +179,22 @@ class Service:
         }
 
     def vector(self, dataset: str, id: str) -> dict[str, Any]:
-        s = self.settings
-        with self.lock:
-            snap = self.snapshot()
-            ds = self._dataset(snap, dataset)
-            if not self._has_id(snap, id, dataset):
-                raise HTTPError(404, f"id {id!r} is not in dataset {dataset!r}; check the id")
-            space = self.fs.space(s.model, s.clean, s.dtype, dataset)
-            rows = spaces.key_rows(self.fs.store, ds, space, np.array([id], dtype=object))
-            if rows[0] < 0:
-                raise HTTPError(404, f"id {id!r} of dataset {dataset!r} has no vector in space {space.describe()}; "
-                                f"fix: ingest the dataset with model {space.model!r}")
-            vec = self.fs.store.read_vectors(space, rows)[0]
+        snap = self.snapshot()
+        ds = self._dataset(snap, dataset)
+        try:
+            space, vec = self.fs.vector(dataset, id, model=self.settings.model, clean=self.settings.clean,
+                                        dtype=self.settings.dtype)
+        except UnknownIdError as exc:
+            raise HTTPError(404, " ".join(exc.render(param_of).split())) from None
         return {
-            "dataset": dataset, "id": id, "space": space.id, "model": space.model, "recipe": space.recipe,
+            "dataset": ds.name, "id": id, "space": space.id, "model": space.model, "recipe": space.recipe,
             "dtype": space.dtype, "dim": space.dim, "generation": snap.generation,
             "vector": [float(x) for x in vec.tolist()],
         }
 
     def datasets(self) -> dict[str, Any]:
-        with self.lock:
-            snap = self.snapshot()
+        snap = self.snapshot()
+        with self._lock:
             if self._info is None or self._info[0] != snap.generation:
                 self._info = (snap.generation, self.fs.info())
             info = self._info[1]
@@ -236,6 +208,7 @@ class Service:
         return {
             "status": "ok",
             "generation": snap.generation,
+            "warmed": self.warmed.is_set(),  # the background warm-up at start has finished
             "spaces": [{"id": sp.id, "model": sp.model, "recipe": sp.recipe, "dim": sp.dim, "dtype": sp.dtype,
                         "vectors": sp.rows} for sp in snap.spaces.values()],
         }
@@ -308,7 +281,14 @@ def _validation_message(exc: RequestValidationError) -> str:
 def create_app(settings: Settings) -> FastAPI:
     """The FastAPI application over ``settings.store``; raises StoreError when no store is there."""
     service = Service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=service.warm, name="fs-serve-warm", daemon=True).start()
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="featurestore",
         description="Nearest stored tweets by cosine similarity, stored vectors and datasets, read-only. "
         f"Limits: k <= {MAX_K}, batch <= {MAX_BATCH} queries, text <= {MAX_TEXT_CHARS:,} characters. "

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -297,6 +298,19 @@ class Store:
         self.segment_dir = self.path / "segments"
         self.index_dir = self.path / "index"
         self.classifier_dir = self.path / "classifiers"
+        self._held: dict[str, tuple[tuple[int, int, int], h5py.File]] | None = None  # see hold_segments
+        self._held_max = 0
+        self._held_lock = threading.Lock()
+
+    def hold_segments(self, limit: int = 256) -> "Store":
+        """Keep up to ``limit`` segment files open between reads (a long-lived reader: ``fs serve``, a
+        notebook's repeated queries). Segments are immutable, so a held handle stays valid; it is
+        checked against the file's inode, size and mtime at each use, and dropped when the file changed
+        or is evicted (a superseded segment's disk space is freed once no handle holds it)."""
+        with self._held_lock:
+            self._held = {} if self._held is None else self._held
+            self._held_max = limit
+        return self
 
     def require_existing(self) -> "Store":
         """For reading commands: a path that holds no store is a mistake, not an empty store."""
@@ -366,9 +380,36 @@ class Store:
 
     @contextlib.contextmanager
     def open_segment(self, name: str) -> Iterator[h5py.File]:
+        if self._held is not None:
+            yield self._held_segment(name)
+            return
+        f = self._open_segment(name)
+        try:
+            yield f
+        finally:
+            f.close()
+
+    def _held_segment(self, name: str) -> h5py.File:
+        held = self._held
+        assert held is not None
+        try:
+            st = os.stat(self.segment_path(name))
+            ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            ident = (-1, -1, -1)  # missing: _open_segment says so
+        with self._held_lock:
+            entry = held.pop(name, None)  # popped and put back: the dict's order is the LRU order
+            if entry is None or entry[0] != ident:
+                entry = (ident, self._open_segment(name))
+            held[name] = entry
+            while len(held) > self._held_max:
+                held.pop(next(iter(held)))  # closed when the last reader lets go of it
+            return entry[1]
+
+    def _open_segment(self, name: str) -> h5py.File:
         path = self.segment_path(name)
         try:
-            f = h5py.File(path, "r", locking=False)  # immutable file: no HDF5 lock needed to read
+            return h5py.File(path, "r", locking=False)  # immutable file: no HDF5 lock needed to read
         except FileNotFoundError:
             raise StoreError(
                 f"store segment {name} named by the manifest is missing; fix: run 'fs repair --store {self.path}'"
@@ -377,10 +418,6 @@ class Store:
             raise StoreError(
                 f"store segment {name} cannot be read ({_reason(exc)}); fix: run 'fs check --store {self.path}'"
             ) from None
-        try:
-            yield f
-        finally:
-            f.close()
 
     @staticmethod
     def _column(f: h5py.File, column: str) -> np.ndarray:

@@ -1,0 +1,112 @@
+"""Naming a query's hits from per-segment lookups: a long-lived process that holds segments open and
+packs ids/labels/texts in memory answers exactly as a cold process reading HDF5, across new
+generations, label changes and ids stored in two datasets; id tables grow by parts and are saved."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurestore import search
+from featurestore.api import FeatureStore
+from featurestore.store import Store
+from tests.conftest import FAKE, train_rows, write_csv
+
+RECIPE = "basic-v1"
+
+
+def named(fs: FeatureStore, texts: list[str], ids: list[str]) -> list:
+    """Every hit of some text and id queries, as plain tuples (owners, text, label, score rounded)."""
+    hits, _ = fs.similar(texts=texts, k=4, model=FAKE, clean=RECIPE)
+    out = [[(h.ids, h.text, h.label, round(h.score, 5)) for h in per] for per in hits]
+    for i in ids:
+        per, _ = fs.similar(id=i, dataset="train", k=4, model=FAKE, clean=RECIPE)
+        out.append([(h.ids, h.text, h.label, round(h.score, 5)) for h in per])
+    return out
+
+
+def test_a_held_process_names_hits_like_a_cold_one_across_generations(tmp_path: Path) -> None:
+    rows = train_rows(500)
+    path = tmp_path / "s"
+    writer = FeatureStore(path)
+    writer.ingest(str(write_csv(tmp_path / "a.csv", rows[:300])), "train", FAKE, RECIPE, commit_rows=64)
+    held = FeatureStore(path)
+    held.warm(FAKE, RECIPE)  # segments open, columns packed, before any query
+    assert held._search.packed and held.store._held
+    texts = [r["tweet"] for r in rows[::25]]
+    ids = [r["id"] for r in rows[:300:37]]
+    first = named(held, texts, ids)
+    assert first == named(FeatureStore(path), texts, ids)
+
+    # new rows, changed labels, and the same texts under other ids in a second dataset
+    relabelled = [dict(r, label=str(1 - int(r["label"]))) for r in rows[:300:7]]
+    writer.ingest(str(write_csv(tmp_path / "b.csv", relabelled + rows[300:])), "train", FAKE, RECIPE,
+                  commit_rows=64)
+    other = [dict(r, id=f"o{r['id']}") for r in rows[:50]]
+    writer.ingest(str(write_csv(tmp_path / "c.csv", other)), "other", FAKE, RECIPE)
+    again = named(held, texts, ids)
+    assert again == named(FeatureStore(path), texts, ids)
+    labels = {h[0][0]: h[2] for per in again for h in per if h[0][0][0] == "train"}
+    changed = {("train", r["id"]): r["label"] for r in relabelled}
+    assert any(k in changed for k in labels)  # some hit is a relabelled row ...
+    assert all(labels[k] == changed[k] for k in labels if k in changed)  # ... named with its new label
+    assert any(len(h[0]) == 2 for per in again for h in per)  # a text stored under two datasets' ids
+    with pytest.raises(search.UnknownIdError, match="'nope' is not in dataset 'train'"):
+        held.similar(id="nope", dataset="train", model=FAKE, clean=RECIPE)
+
+
+def test_id_tables_grow_by_parts_and_are_saved_when_merged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(search, "MAX_ID_PARTS", 3)
+    monkeypatch.setattr(search, "SAVE_ID_ROWS", 10**9)  # only the part count triggers a merge here
+    rows = train_rows(240)
+    path = tmp_path / "s"
+    fs = FeatureStore(path)
+    fs.ingest(str(write_csv(tmp_path / "a.csv", rows[:40])), "train", FAKE, RECIPE)
+    cache, store = search.SearchCache(), Store(path)
+
+    def check(n: int) -> search.IdTable:
+        ds = store.snapshot().datasets["train"]
+        got = cache.find_ids(store, ds.rows, "train-rows", [r["id"] for r in rows[:n]] + ["missing"])
+        all_ids = store.dataset_ids(ds).tolist()
+        assert got.tolist() == [all_ids.index(r["id"]) for r in rows[:n]] + [-1]
+        search.save_tables(cache.pending)
+        return cache.id_tables["train-rows"]
+
+    assert len(check(40).parts) == 1  # built from nothing: one sorted part, saved
+    saved = Path(path) / "index" / "ids-train-rows.npy"
+    assert saved.exists()
+    stamp = os.stat(saved).st_mtime_ns
+    for n in (80, 120):  # each ingest appends one segment: one more part, nothing written
+        fs.ingest(str(write_csv(tmp_path / f"{n}.csv", rows[n - 40:n])), "train", FAKE, RECIPE)
+        assert len(check(n).parts) == n // 40
+    assert os.stat(saved).st_mtime_ns == stamp
+    fs.ingest(str(write_csv(tmp_path / "160.csv", rows[120:160])), "train", FAKE, RECIPE)
+    assert len(check(160).parts) == 1 and os.stat(saved).st_mtime_ns != stamp  # 4 parts > 3: merged, saved
+    cold = search.SearchCache()  # a new process starts from the saved table
+    ds = store.snapshot().datasets["train"]
+    assert len(cold.ids_table(store, ds.rows, "train-rows").parts) == 1 and not cold.pending
+
+
+def test_held_segment_handles_are_reused_and_reopened_when_the_file_changes(tmp_path: Path) -> None:
+    FeatureStore(tmp_path / "s").ingest(str(write_csv(tmp_path / "a.csv", train_rows(50))), "train", FAKE, RECIPE)
+    store = Store(tmp_path / "s").hold_segments(limit=2)
+    names = sorted(store.snapshot().files())
+    assert len(names) >= 3
+    with store.open_segment(names[0]) as f:
+        first = f
+    with store.open_segment(names[0]) as f:
+        assert f is first and f.id.valid  # held, not closed after use
+    path = store.segment_path(names[0])
+    copy = path.with_suffix(".copy")
+    copy.write_bytes(path.read_bytes())
+    os.replace(copy, path)  # same name, another inode: never answered from the old handle
+    with store.open_segment(names[0]) as f:
+        assert f is not first
+    for name in names[1:3]:
+        with store.open_segment(name):
+            pass
+    assert list(store._held) == names[1:3]  # least recently used dropped at the limit
+    np.testing.assert_array_equal(Store(tmp_path / "s").space_keys(next(iter(store.snapshot().spaces.values()))),
+                                  store.space_keys(next(iter(store.snapshot().spaces.values()))))
