@@ -7,6 +7,7 @@ which gives new keys and a new vector space rather than silently mixed vectors.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -30,8 +31,11 @@ def _tutorial_steps(text: str) -> str:
     return " ".join(text.split())
 
 
+_SPACY_LOCK = threading.RLock()  # one load (seconds) for all threads, one pipe at a time (a server's requests)
+
+
 @lru_cache(maxsize=1)
-def _lemmatizer():
+def _load_lemmatizer():
     """spaCy's English tokenizer plus the offline lookup lemmatizer (spacy-lookups-data)."""
     import spacy
 
@@ -47,12 +51,17 @@ def _lemmatizer():
     return nlp
 
 
+def _lemmatizer():
+    with _SPACY_LOCK:
+        return _load_lemmatizer()
+
+
 def _lemmas(texts: Sequence[str]) -> list[str]:
-    nlp = _lemmatizer()
     out = []
-    for doc in nlp.pipe(texts, batch_size=1000):
-        # Lemmas can contain spaces or be empty for odd tokens: normalise again.
-        out.append(" ".join(" ".join(tok.lemma_ or tok.text for tok in doc).split()))
+    with _SPACY_LOCK:  # spaCy does not promise that one pipeline is safe to run from several threads
+        for doc in _lemmatizer().pipe(texts, batch_size=1000):
+            # Lemmas can contain spaces or be empty for odd tokens: normalise again.
+            out.append(" ".join(" ".join(tok.lemma_ or tok.text for tok in doc).split()))
     return out
 
 

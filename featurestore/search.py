@@ -13,7 +13,8 @@ need, so that a cold process answers in about a second at a million rows:
 
 ``SearchCache`` keeps, per process, the opened index and these arrays while nothing on disk
 changed, so repeated queries in a notebook or a server skip that work. A query restricted to
-one dataset (``dataset=``) joins the dataset's keys with the space's (``View``), cached the same way.
+one dataset (``dataset=``) searches the space rows holding that dataset's texts (``Restriction``),
+extended as the dataset and the space grow.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from featurestore.keys import KEY_DTYPE, text_key
 from featurestore.manifest import Dataset, Segment, Snapshot, Space
 from featurestore.progress import ProgressFn
 from featurestore.sources import NO_LABEL
-from featurestore.store import Lookup, Store, as_text_column, lookup
+from featurestore.store import Store, as_text_column
 
 if TYPE_CHECKING:
     from featurestore import index as faiss_index
@@ -103,11 +104,13 @@ class PackedColumn:
     def read(cls, store: Store, seg: Segment, column: str) -> "PackedColumn":
         with store.open_segment(seg.file) as f:
             values = f[column][()]
-        if column in ("ids", "labels"):
-            values = as_text_column(values, column)
-        items = [v.encode("utf-8", "surrogatepass") if isinstance(v, str) else bytes(v) for v in values.tolist()]
+        if values.dtype.kind in "iu":  # schema-1 integer ids/labels
+            values = np.array([v.encode("utf-8") for v in as_text_column(values, column).tolist()], dtype=object)
+        items = values.tolist()  # UTF-8 bytes (vlen str) or uint8 arrays (vlen bytes: texts)
         offsets = np.zeros(len(items) + 1, dtype=np.int64)
-        np.cumsum([len(b) for b in items], out=offsets[1:])
+        np.cumsum(np.fromiter(map(len, items), dtype=np.int64, count=len(items)), out=offsets[1:])
+        if items and not isinstance(items[0], bytes):
+            return cls(np.concatenate(items).tobytes(), offsets)
         return cls(b"".join(items), offsets)
 
     def at(self, positions: Sequence[int]) -> list[str]:
@@ -137,6 +140,20 @@ class SegmentKeys:
         p = _prefix(keys)
         order = np.argsort(p, kind="stable")
         return cls(keys, p[order], order)
+
+    def rows_of(self, keys: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
+        """Local row of each key (keys are unique within a space's segment), or -1."""
+        lo = np.searchsorted(self.prefixes, prefixes, side="left")
+        hi = np.searchsorted(self.prefixes, prefixes, side="right")
+        out = np.full(len(keys), -1, dtype=np.int64)
+        one = np.flatnonzero(hi - lo == 1)
+        cand = self.order[lo[one]]
+        ok = self.keys[cand] == keys[one]
+        out[one[ok]] = cand[ok]
+        for j in np.flatnonzero(hi - lo > 1).tolist():  # an 8-byte prefix shared by several stored keys
+            match = [c for c in self.order[lo[j]:hi[j]].tolist() if self.keys[c] == keys[j]]
+            out[j] = match[0] if match else -1
+        return out
 
     def find(self, wanted: np.ndarray, prefixes: np.ndarray) -> list[np.ndarray]:
         """Local rows of each wanted key, ascending."""
@@ -265,13 +282,15 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 @dataclass(frozen=True)
-class View:
-    """Key lookups of one space over some datasets, in one snapshot (queries restricted to a dataset)."""
+class Restriction:
+    """The storage rows of a space that hold one dataset's texts (a query with ``dataset=``), and what
+    they were computed from: still valid while the dataset's key segments only grew and the space's
+    first ``space_rows`` rows are unchanged (a space only grows; a compaction keeps the order)."""
 
-    space_keys: np.ndarray
-    row_of: Lookup  # key -> storage row (get_indexer)
-    owners: dict[bytes, list[tuple[str, str]]]  # key -> (dataset, id) of the rows with that key
-    allowed: np.ndarray | None  # storage rows a restricted query may return
+    key_segments: tuple[Segment, ...]
+    space_rows: int
+    last_key: bytes
+    rows: np.ndarray  # int64, sorted, unique
 
 
 TAIL_MAX_ROWS = 65536  # newer rows searched by brute force beside a held index (~0.1 GB at 384-d)
@@ -286,7 +305,7 @@ class SearchCache:
     opening or building an index, and loading a model, happen under ``lock``.
     """
 
-    views: dict[tuple[Any, ...], View] = field(default_factory=dict)
+    restrictions: dict[tuple[str, str], Restriction] = field(default_factory=dict)  # (space id, dataset)
     indexes: dict[str, tuple[tuple[Any, ...], faiss_index.OpenedIndex]] = field(default_factory=dict)
     segments: dict[tuple[str, str], Any] = field(default_factory=dict)  # (what, segment file) -> its lookup
     id_tables: dict[str, IdTable] = field(default_factory=dict)  # table name -> the latest built
@@ -297,6 +316,8 @@ class SearchCache:
     generation: int = -2  # of the snapshot the per-segment lookups were last pruned to
     packed: bool = False  # hold ids, labels and texts in memory (a server), instead of reading them per query
     lock: threading.RLock = field(default_factory=threading.RLock)
+    _building: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)  # see _once
+    _building_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def embedder(self, model: str) -> Any:
         with self.lock:
@@ -312,13 +333,33 @@ class SearchCache:
         self.segments = {k: v for k, v in list(self.segments.items()) if k[1] in files}
         self.generation = snap.generation
 
-    def segment_keys(self, store: Store, seg: Segment) -> SegmentKeys:
-        found = self.segments.get(("keys", seg.file))
-        if found is None:
-            with store.open_segment(seg.file) as f:
-                found = SegmentKeys.of(f["keys"][()])
-            self.segments[("keys", seg.file)] = found
+    def _once(self, key: tuple[str, str], make: Callable[[], Any], wait: bool = True) -> Any:
+        """The per-segment lookup ``key``, built by one thread while others needing it wait (at a million
+        rows a build takes seconds: sixteen requests building it at once would take a minute); without
+        ``wait``, None while another thread builds it."""
+        found = self.segments.get(key)
+        if found is not None:
+            return found
+        with self._building_lock:
+            building = self._building.setdefault(key, threading.Lock())
+        if not building.acquire(blocking=wait):
+            return None
+        try:
+            found = self.segments.get(key)
+            if found is None:
+                found = self.segments[key] = make()
+        finally:
+            building.release()
+        with self._building_lock:
+            self._building.pop(key, None)
         return found
+
+    def segment_keys(self, store: Store, seg: Segment) -> SegmentKeys:
+        def make() -> SegmentKeys:
+            with store.open_segment(seg.file) as f:
+                return SegmentKeys.of(f["keys"][()])
+
+        return self._once(("keys", seg.file), make)
 
     def find_keys(self, store: Store, segs: Sequence[Segment], wanted: np.ndarray) -> list[np.ndarray]:
         """Global positions in ``segs`` of each wanted key, ascending."""
@@ -344,9 +385,17 @@ class SearchCache:
         return out
 
     def ids_table(self, store: Store, segs: Sequence[Segment], name: str) -> IdTable:
-        table = id_table(store, segs, name, self.pending, self.id_tables.get(name))
-        self.id_tables[name] = table
-        return table
+        segs = tuple(segs)
+        held = self.id_tables.get(name)
+        if held is not None and held.segments == segs:
+            return held
+        with self._building_lock:
+            building = self._building.setdefault(("ids", name), threading.Lock())
+        with building:  # one thread extends a table; the others wait and take its result
+            held = self.id_tables.get(name)
+            if held is None or held.segments != segs:
+                held = self.id_tables[name] = id_table(store, segs, name, self.pending, held)
+        return held
 
     def read_at(self, store: Store, segs: Sequence[Segment], column: str, positions: np.ndarray) -> np.ndarray:
         """``read_at``, from columns held in memory (``PackedColumn``) when ``packed`` is set."""
@@ -358,14 +407,14 @@ class SearchCache:
         which = np.searchsorted(bounds, positions, side="right") - 1
         for si in np.unique(which).tolist():
             sel = np.flatnonzero(which == si)
-            out[sel] = self.column(store, segs[si], column).at((positions[sel] - bounds[si]).tolist())
+            local = positions[sel] - bounds[si]
+            packed = self.column(store, segs[si], column, wait=False)
+            # while another thread packs this segment (seconds at a million rows), read the few rows from HDF5
+            out[sel] = packed.at(local.tolist()) if packed is not None else read_at(store, segs[si:si + 1], column, local)
         return out
 
-    def column(self, store: Store, seg: Segment, column: str) -> PackedColumn:
-        found = self.segments.get((column, seg.file))
-        if found is None:
-            found = self.segments[(column, seg.file)] = PackedColumn.read(store, seg, column)
-        return found
+    def column(self, store: Store, seg: Segment, column: str, wait: bool = True) -> PackedColumn | None:
+        return self._once((column, seg.file), lambda: PackedColumn.read(store, seg, column), wait)
 
     def find_ids(self, store: Store, segs: Sequence[Segment], name: str, ids: Sequence[str]) -> np.ndarray:
         """Global position in ``segs`` of each id (the first, confirmed by reading it), or -1;
@@ -386,6 +435,7 @@ class SearchCache:
     def warm(self, store: Store, snap: Snapshot, space: Space) -> None:
         """Open the space's index and build every lookup a query over ``snap`` reads, ahead of the first query."""
         self.retain(snap)
+        get_recipe(space.recipe).clean(["warm"])  # tweet-v1 loads spaCy's tables: seconds, once
         self.index(store, space, None)
         for seg in space.segments:
             self.segment_keys(store, seg)
@@ -401,37 +451,74 @@ class SearchCache:
                 for column in ("ids", "texts", "labels"):
                     self.column(store, seg, column)
             self.label_updates(store, d)
+            self.restriction(store, space, d)  # queries with dataset=
         save_tables(self.pending)
 
     def label_updates(self, store: Store, ds: Dataset) -> dict[str, str]:
         """id -> latest label of the dataset's label updates."""
-        key = ("label-updates", ds.labels[-1].file) if ds.labels else None
-        if key is None:
+        if not ds.labels:
             return {}
-        found = self.segments.get(key)
-        if found is None:
-            ids, labels = store.label_updates(ds)
-            found = dict(zip(ids.tolist(), labels.tolist()))  # later updates win
-            self.segments[key] = found
-        return found
 
-    def view(self, store: Store, snap: Snapshot, space: Space, datasets: list[Dataset], restrict: bool) -> View:
-        key = (snap.generation, space.id, tuple(d.name for d in datasets), restrict)
-        if key not in self.views:
-            space_keys = store.space_keys(space)
-            row_of = lookup(space_keys)
-            owners: dict[bytes, list[tuple[str, str]]] = {}
-            for d in datasets:
-                kid, kkeys = store.dataset_keys(d, space.recipe)
-                for i, kk in zip(kid.tolist(), kkeys.tolist()):
-                    owners.setdefault(kk, []).append((d.name, i))
-            allowed = None
-            if restrict:
-                rows = row_of.get_indexer(np.array(list(owners), dtype=space_keys.dtype)) if owners else np.zeros(0, int)
-                allowed = np.unique(rows[rows >= 0]).astype(np.int64)
-            self.views = {k: v for k, v in self.views.items() if k[0] == snap.generation}
-            self.views[key] = View(space_keys, row_of, owners, allowed)
-        return self.views[key]
+        def make() -> dict[str, str]:
+            ids, labels = store.label_updates(ds)
+            return dict(zip(ids.tolist(), labels.tolist()))  # later updates win
+
+        # keyed by the last segment: updates are appended, and a compaction that merges them keeps their order
+        return self._once(("label-updates", ds.labels[-1].file), make)
+
+    def rows_of_keys(self, store: Store, space: Space, keys: np.ndarray) -> np.ndarray:
+        """Storage row of each key in ``space`` (-1 where absent), for many keys at once: per space segment,
+        the smaller side is looked up in the other's sorted prefixes."""
+        keys = np.asarray(keys, dtype=KEY_DTYPE)
+        out = np.full(len(keys), -1, dtype=np.int64)
+        wanted = _prefix(keys)
+        by_prefix = np.argsort(wanted, kind="stable")
+        sorted_wanted = wanted[by_prefix]
+        offset = 0
+        for seg in space.segments:
+            sk = self.segment_keys(store, seg)
+            if len(keys) <= seg.rows:  # fewer keys than rows: look each key up among the segment's
+                local = sk.rows_of(keys, wanted)
+                found = local >= 0
+                out[found] = local[found] + offset
+                offset += seg.rows
+                continue
+            lo = np.searchsorted(sorted_wanted, sk.prefixes, side="left")
+            hi = np.searchsorted(sorted_wanted, sk.prefixes, side="right")
+            one = hi - lo == 1  # the usual case: one wanted key with this row's prefix
+            w, local = by_prefix[lo[one]], sk.order[one]
+            ok = keys[w] == sk.keys[local]
+            out[w[ok]] = local[ok] + offset
+            for j in np.flatnonzero(hi - lo > 1).tolist():  # 8-byte prefixes shared by several wanted keys
+                for w in by_prefix[lo[j]:hi[j]].tolist():
+                    if keys[w] == sk.keys[sk.order[j]]:
+                        out[w] = sk.order[j] + offset
+            offset += seg.rows
+        return out
+
+    def restriction(self, store: Store, space: Space, ds: Dataset) -> np.ndarray:
+        """Sorted storage rows of ``space`` holding the texts of dataset ``ds``, extended as both grow."""
+        segs = tuple(ds.keys.get(space.recipe, ()))
+        key = (space.id, ds.name)
+        held = self.restrictions.get(key)
+        if held is not None and held.key_segments == segs and held.space_rows == space.rows:
+            return held.rows
+        with self._building_lock:
+            building = self._building.setdefault(("restriction", f"{space.id}/{ds.name}"), threading.Lock())
+        with building:
+            held = self.restrictions.get(key)
+            still = (held is not None and 0 < held.space_rows <= space.rows
+                     and segs[: len(held.key_segments)] == held.key_segments
+                     and bytes(self.keys_at(store, space.segments, [held.space_rows - 1])[0]) == held.last_key)
+            done, rows = (len(held.key_segments), held.rows) if still and held is not None else (0, _NONE)
+            parts = [rows]
+            for seg in segs[done:]:
+                found = self.rows_of_keys(store, space, self.segment_keys(store, seg).keys)
+                parts.append(found[found >= 0])
+            rows = np.unique(np.concatenate(parts)).astype(np.int64) if len(parts) > 1 else rows
+            last = bytes(self.keys_at(store, space.segments, [space.rows - 1])[0]) if space.rows else b""
+            self.restrictions[key] = Restriction(segs, space.rows, last, rows)
+            return rows
 
     def index(self, store: Store, space: Space, progress: ProgressFn | None) -> tuple[faiss_index.OpenedIndex, str]:
         """The space's index: from memory while its files on disk are untouched, else opened and checked.
@@ -512,7 +599,7 @@ def _with_tail(queries: np.ndarray, k: int, allowed: np.ndarray | None, scores: 
     tail_rows = np.arange(start, start + len(tail))
     s = faiss_index.normalize(np.atleast_2d(queries)) @ tail.T
     if allowed is not None:
-        keep = np.isin(tail_rows, allowed)
+        keep = faiss_index.member(tail_rows, allowed)
         s, tail_rows = s[:, keep], tail_rows[keep]
     scores = np.where(rows >= 0, scores, -np.inf)  # FAISS pads missing results with row -1
     return faiss_index.top_k([(scores, rows), (s, tail_rows)], len(s), k)
@@ -622,7 +709,7 @@ def similar_batch(
     cache.retain(snap)
     where = f"dataset {dataset!r}" if dataset else "any dataset"
     info: dict[str, Any] = {"space": space.id, "model": space.model, "recipe": space.recipe, "dtype": space.dtype}
-    allowed = cache.view(store, snap, space, datasets, True).allowed if dataset else None
+    allowed = cache.restriction(store, space, datasets[0]) if dataset else None
     if id is not None:
         queries, how = id_vector(cache, store, space, datasets, id, where), ["stored vector"]
     else:

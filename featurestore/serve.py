@@ -20,6 +20,7 @@ import hmac
 import ipaddress
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, AsyncIterator, Callable, Optional
@@ -104,8 +105,10 @@ class Service:
         """Build what queries read (index, key and id lookups, ids/labels/texts in memory) before the first
         one asks; run in the background at start. A store without the served space has nothing to warm."""
         s = self.settings
+        t = time.perf_counter()
         try:
             self.fs.warm(s.model, s.clean, s.dtype)
+            log.info("caches warm in %.1f s", time.perf_counter() - t)
         except FeatureStoreError as exc:
             log.info("nothing warmed: %s", exc)
         except Exception:  # a failure here is answered again by the first query that needs the same thing

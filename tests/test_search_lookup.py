@@ -11,6 +11,7 @@ import pytest
 
 from featurestore import search
 from featurestore.api import FeatureStore
+from featurestore.keys import KEY_DTYPE
 from featurestore.store import Store
 from tests.conftest import FAKE, train_rows, write_csv
 
@@ -110,3 +111,43 @@ def test_held_segment_handles_are_reused_and_reopened_when_the_file_changes(tmp_
     assert list(store._held) == names[1:3]  # least recently used dropped at the limit
     np.testing.assert_array_equal(Store(tmp_path / "s").space_keys(next(iter(store.snapshot().spaces.values()))),
                                   store.space_keys(next(iter(store.snapshot().spaces.values()))))
+
+
+def _coarse_prefix(keys: np.ndarray) -> np.ndarray:
+    """Four distinct prefixes in all: every lookup goes through the shared-prefix paths."""
+    k = np.ascontiguousarray(np.asarray(keys, dtype=KEY_DTYPE))
+    return k.view(np.uint8).reshape(len(k), -1)[:, 0].astype(np.uint64) % 4 if len(k) else np.zeros(0, np.uint64)
+
+
+@pytest.mark.parametrize("coarse", [False, True], ids=["prefixes", "shared-prefixes"])
+def test_restricted_queries_follow_the_dataset_and_the_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             coarse: bool) -> None:
+    if coarse:
+        monkeypatch.setattr(search, "_prefix", _coarse_prefix)
+    rows = train_rows(400)
+    path = tmp_path / "s"
+    writer = FeatureStore(path)
+    held = FeatureStore(path)
+    store = Store(path)
+
+    def check() -> None:
+        snap = store.snapshot()
+        (space,) = snap.spaces.values()
+        space_keys = store.space_keys(space).tolist()
+        for ds in snap.datasets.values():
+            _, keys = store.dataset_keys(ds, RECIPE)
+            want = sorted({space_keys.index(k) for k in keys.tolist()})
+            assert held._search.restriction(store, space, ds).tolist() == want
+            assert search.SearchCache().restriction(store, space, ds).tolist() == want
+            hits, _ = held.similar(rows[150]["tweet"], k=50, dataset=ds.name, model=FAKE, clean=RECIPE)
+            assert {h.ids[0][0] for h in hits} == {ds.name} and all(h.ids for h in hits)
+
+    writer.ingest(str(write_csv(tmp_path / "a.csv", rows[:200])), "a", FAKE, RECIPE)
+    writer.ingest(str(write_csv(tmp_path / "b.csv", [dict(r, id=f"b{r['id']}") for r in rows[100:300]])), "b",
+                  FAKE, RECIPE)  # half its texts are a's: rows of b are not contiguous in the space
+    check()
+    writer.ingest(str(write_csv(tmp_path / "a2.csv", rows[300:])), "a", FAKE, RECIPE)  # both grow
+    check()
+    writer.ingest(str(write_csv(tmp_path / "b2.csv", [dict(r, id=f"c{r['id']}") for r in rows[:50]])), "b",
+                  FAKE, RECIPE)  # texts stored long ago, new to b
+    check()
