@@ -151,3 +151,15 @@ def test_restricted_queries_follow_the_dataset_and_the_space(tmp_path: Path, mon
     writer.ingest(str(write_csv(tmp_path / "b2.csv", [dict(r, id=f"c{r['id']}") for r in rows[:50]])), "b",
                   FAKE, RECIPE)  # texts stored long ago, new to b
     check()
+
+
+def test_few_ids_are_hashed_as_pandas_hashes_them() -> None:
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    alphabet = [chr(c) for c in [*range(32, 127), *range(160, 800), *range(0x3040, 0x30FF), 0x1F600]]
+    ids = ["", "0", "000123", "é", "x" * 7, "x" * 8, "x" * 9, "x" * 200] + [
+        "".join(rng.choice(alphabet, size=int(rng.integers(0, 40)))) for _ in range(500)]
+    want = pd.util.hash_array(np.array(ids, dtype=object))
+    got = np.concatenate([search._id_hash(np.array(ids[i:i + 50], dtype=object)) for i in range(0, len(ids), 50)])
+    assert got.tolist() == want.tolist()
