@@ -127,41 +127,50 @@ def _prefix(keys: np.ndarray) -> np.ndarray:
 _NONE = np.zeros(0, dtype=np.int64)
 
 
-@dataclass(frozen=True)
 class SegmentKeys:
-    """One segment's key column with its 8-byte prefixes sorted: a key is found by binary search."""
+    """One segment's key column and its 8-byte prefixes. Sorted on first need of many lookups (binary
+    search: a server, a restriction); a few lookups in a short-lived process scan them unsorted."""
 
-    keys: np.ndarray  # KEY_DTYPE, in storage order
-    prefixes: np.ndarray  # uint64, sorted
-    order: np.ndarray  # the local row of each sorted prefix
+    def __init__(self, keys: np.ndarray, sort: bool = False) -> None:
+        self.keys = keys  # KEY_DTYPE, in storage order
+        self.prefixes = _prefix(keys)
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        if sort:
+            self.sorted()
 
-    @classmethod
-    def of(cls, keys: np.ndarray) -> "SegmentKeys":
-        p = _prefix(keys)
-        order = np.argsort(p, kind="stable")
-        return cls(keys, p[order], order)
+    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted prefixes, the local row of each)."""
+        if self._sorted is None:
+            order = np.argsort(self.prefixes, kind="stable")
+            self._sorted = (self.prefixes[order], order)
+        return self._sorted
 
     def rows_of(self, keys: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
         """Local row of each key (keys are unique within a space's segment), or -1."""
-        lo = np.searchsorted(self.prefixes, prefixes, side="left")
-        hi = np.searchsorted(self.prefixes, prefixes, side="right")
+        sorted_prefixes, order = self.sorted()
+        lo = np.searchsorted(sorted_prefixes, prefixes, side="left")
+        hi = np.searchsorted(sorted_prefixes, prefixes, side="right")
         out = np.full(len(keys), -1, dtype=np.int64)
         one = np.flatnonzero(hi - lo == 1)
-        cand = self.order[lo[one]]
+        cand = order[lo[one]]
         ok = self.keys[cand] == keys[one]
         out[one[ok]] = cand[ok]
         for j in np.flatnonzero(hi - lo > 1).tolist():  # an 8-byte prefix shared by several stored keys
-            match = [c for c in self.order[lo[j]:hi[j]].tolist() if self.keys[c] == keys[j]]
+            match = [c for c in order[lo[j]:hi[j]].tolist() if self.keys[c] == keys[j]]
             out[j] = match[0] if match else -1
         return out
 
     def find(self, wanted: np.ndarray, prefixes: np.ndarray) -> list[np.ndarray]:
         """Local rows of each wanted key, ascending."""
-        lo = np.searchsorted(self.prefixes, prefixes, side="left")
-        hi = np.searchsorted(self.prefixes, prefixes, side="right")
+        if self._sorted is None and len(wanted) <= 16:  # a scan costs less than a sort
+            cand = np.flatnonzero(np.isin(self.prefixes, prefixes))
+            return [cand[self.keys[cand] == w] for w in wanted]
+        sorted_prefixes, order = self.sorted()
+        lo = np.searchsorted(sorted_prefixes, prefixes, side="left")
+        hi = np.searchsorted(sorted_prefixes, prefixes, side="right")
         out = []
         for w, a, b in zip(wanted, lo.tolist(), hi.tolist()):
-            cand = np.sort(self.order[a:b]) if b > a else _NONE
+            cand = np.sort(order[a:b]) if b > a else _NONE
             out.append(cand[self.keys[cand] == w] if len(cand) else _NONE)
         return out
 
@@ -282,11 +291,12 @@ def _saved_table(store: Store, segs: tuple[Segment, ...], name: str) -> IdTable:
 
 
 def id_table(store: Store, segs: Sequence[Segment], name: str, pending: list[Any] | None = None,
-             held: IdTable | None = None) -> IdTable:
+             held: IdTable | None = None, save_any: bool = True) -> IdTable:
     """The id table of ``segs``: ``held`` (this process's) or the saved one, extended by the segments
     appended since (a compaction's new names mean a full rebuild, once). A table that needed many ids
     hashed, or many parts, is merged and queued in ``pending`` to be saved beside the index (by
-    ``save_tables``, once the query succeeded: a failed command leaves the store as it was)."""
+    ``save_tables``, once the query succeeded: a failed command leaves the store as it was); with
+    ``save_any`` (a short-lived process, not a server following ingests), any table that needed hashing is."""
     segs = tuple(segs)
     if held is not None and held.segments == segs:
         return held
@@ -302,7 +312,7 @@ def id_table(store: Store, segs: Sequence[Segment], name: str, pending: list[Any
         offset += len(h)
         hashed += len(h)
     table = IdTable(segs, tuple(parts))
-    if len(parts) > MAX_ID_PARTS or (hashed >= SAVE_ID_ROWS and len(parts) > 1) or (hashed and len(parts) == 1):
+    if hashed and (save_any or len(parts) == 1 or hashed >= SAVE_ID_ROWS) or len(parts) > MAX_ID_PARTS:
         table = table.merged()
         if pending is not None:
             (hashes, positions), = table.parts
@@ -411,7 +421,7 @@ class SearchCache:
     def segment_keys(self, store: Store, seg: Segment) -> SegmentKeys:
         def make() -> SegmentKeys:
             with store.open_segment(seg.file) as f:
-                return SegmentKeys.of(f["keys"][()])
+                return SegmentKeys(f["keys"][()], sort=self.packed)
 
         return self._once(("keys", seg.file), make)
 
@@ -448,7 +458,7 @@ class SearchCache:
         with building:  # one thread extends a table; the others wait and take its result
             held = self.id_tables.get(name)
             if held is None or held.segments != segs:
-                held = self.id_tables[name] = id_table(store, segs, name, self.pending, held)
+                held = self.id_tables[name] = id_table(store, segs, name, self.pending, held, save_any=not self.packed)
         return held
 
     def read_at(self, store: Store, segs: Sequence[Segment], column: str, positions: np.ndarray) -> np.ndarray:
@@ -537,16 +547,17 @@ class SearchCache:
                 out[found] = local[found] + offset
                 offset += seg.rows
                 continue
-            lo = np.searchsorted(sorted_wanted, sk.prefixes, side="left")
-            hi = np.searchsorted(sorted_wanted, sk.prefixes, side="right")
+            prefixes, order = sk.sorted()
+            lo = np.searchsorted(sorted_wanted, prefixes, side="left")
+            hi = np.searchsorted(sorted_wanted, prefixes, side="right")
             one = hi - lo == 1  # the usual case: one wanted key with this row's prefix
-            w, local = by_prefix[lo[one]], sk.order[one]
+            w, local = by_prefix[lo[one]], order[one]
             ok = keys[w] == sk.keys[local]
             out[w[ok]] = local[ok] + offset
             for j in np.flatnonzero(hi - lo > 1).tolist():  # 8-byte prefixes shared by several wanted keys
                 for w in by_prefix[lo[j]:hi[j]].tolist():
-                    if keys[w] == sk.keys[sk.order[j]]:
-                        out[w] = sk.order[j] + offset
+                    if keys[w] == sk.keys[order[j]]:
+                        out[w] = order[j] + offset
             offset += seg.rows
         return out
 

@@ -148,3 +148,24 @@ def test_new_query_texts_load_the_model_once_per_process(fs: FeatureStore, tmp_p
         hits, info = fs.similar(q, k=2, model=FAKE, clean="raw-v1")
         assert info["query"] == "embedded" and len(hits) == 2
     assert loads == [FAKE]
+
+
+def test_a_mapped_flat_index_is_scanned_from_its_file_only_while_it_is_the_mapped_one(tmp_path: Path) -> None:
+    fs = FeatureStore(tmp_path / "s")
+    _ingest(fs, tmp_path, "a", 0, 300)
+    fs.similar("warm up", model=FAKE, clean="raw-v1")  # builds and saves the flat index
+    cold = FeatureStore(tmp_path / "s")  # a new process: the index is mapped, its vectors read by blocks
+    _, info = cold.similar("x", model=FAKE, clean="raw-v1")
+    opened = cold._search.indexes[info["space"]][1]
+    assert opened.mmap and opened.vectors is not None
+    _assert_matches_brute(cold, list(range(300)))
+    filtered = {h.ids[0][1] for h in cold.similar("battery died", k=300, dataset="a", model=FAKE, clean="raw-v1")[0]}
+    assert filtered == {str(i) for i in range(300)}  # the restricted scan reads the same blocks
+
+    path = faiss_index.index_paths(cold.store, cold.space(FAKE, "raw-v1"))[0]
+    data = bytearray(Path(path).read_bytes())
+    data[-4:] = np.float32(123.0).tobytes()  # the last vector's last value: not the mapped file any more
+    other = tmp_path / "other.faiss"
+    other.write_bytes(bytes(data))
+    assert faiss_index.VectorFile.of(str(other), opened.index) is None
+    assert faiss_index.VectorFile.of(path, opened.index) is not None

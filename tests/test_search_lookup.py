@@ -65,7 +65,7 @@ def test_id_tables_grow_by_parts_and_are_saved_when_merged(tmp_path: Path, monke
     path = tmp_path / "s"
     fs = FeatureStore(path)
     fs.ingest(str(write_csv(tmp_path / "a.csv", rows[:40])), "train", FAKE, RECIPE)
-    cache, store = search.SearchCache(), Store(path)
+    cache, store = search.SearchCache(packed=True), Store(path)  # a server's: saves only merged tables
 
     def check(n: int) -> search.IdTable:
         ds = store.snapshot().datasets["train"]
@@ -88,6 +88,11 @@ def test_id_tables_grow_by_parts_and_are_saved_when_merged(tmp_path: Path, monke
     cold = search.SearchCache()  # a new process starts from the saved table
     ds = store.snapshot().datasets["train"]
     assert len(cold.ids_table(store, ds.rows, "train-rows").parts) == 1 and not cold.pending
+    fs.ingest(str(write_csv(tmp_path / "200.csv", rows[160:200])), "train", FAKE, RECIPE)
+    ds = store.snapshot().datasets["train"]
+    assert len(cold.ids_table(store, ds.rows, "train-rows").parts) == 1 and cold.pending  # a CLI process: saved
+    search.save_tables(cold.pending)
+    assert len(search.SearchCache().ids_table(store, ds.rows, "train-rows").parts) == 1
 
 
 def test_held_segment_handles_are_reused_and_reopened_when_the_file_changes(tmp_path: Path) -> None:
