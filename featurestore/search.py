@@ -259,10 +259,6 @@ class IdTable:
                 found[n].append(np.asarray(positions[lo[n]:hi[n]], dtype=np.int64))
         return [np.concatenate(f) if f else _NONE for f in found]
 
-    @property
-    def rows(self) -> int:
-        return sum(len(h) for h, _ in self.parts)
-
     def merged(self) -> "IdTable":
         if len(self.parts) == 1:
             return self
@@ -364,9 +360,9 @@ TAIL_MAX_ROWS = 65536  # newer rows searched by brute force beside a held index 
 class SearchCache:
     """The opened index and per-segment lookups of the latest snapshot, reused while files are unchanged.
 
-    Safe to share between threads (``fs serve`` answers requests in parallel): lookups are built from
-    immutable segments, so two threads building the same one at once get equal results and one is kept;
-    opening or building an index, and loading a model, happen under ``lock``.
+    Safe to share between threads (``fs serve`` answers requests in parallel): each lookup is built
+    from immutable segments by one thread while others needing it wait (``_once``); opening or building
+    an index, and loading a model, happen under ``lock``.
     """
 
     restrictions: dict[tuple[str, str], Restriction] = field(default_factory=dict)  # (space id, dataset)
