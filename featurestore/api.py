@@ -347,10 +347,12 @@ class FeatureStore:
         return hits, info
 
     def hold(self) -> None:
-        """Keep segment files open and ids, labels and texts of the rows queries touch in memory: for a
-        long-lived process that answers many queries (``fs serve``)."""
+        """Keep segment files open and ids, labels and texts of the rows queries touch in memory, and
+        answer concurrent brute-force searches with one scan: for a long-lived process that answers many
+        queries from several threads (``fs serve``)."""
         self.store.hold_segments()
         self._search.packed = True
+        self._search.batcher = self._search.batcher or search.SearchBatcher()
 
     def warm(self, model: str = DEFAULT_MODEL, clean: str | None = None, dtype: str | None = None,
              hold: bool = True) -> None:

@@ -121,7 +121,7 @@ class OpenedIndex:
     factory: str = "Flat"
     mmap: bool = False  # served from a memory-mapped file (a cold process did not read it all)
     meta: dict[str, Any] = field(default_factory=dict)
-    vectors: "VectorFile | None" = None  # a mapped flat index's file, for exact scans (see VectorFile)
+    vectors: "VectorFile | VectorArray | None" = None  # where exact scans read a flat index's vectors
 
     @property
     def kind(self) -> str:
@@ -169,6 +169,30 @@ class VectorFile:
             if os.preadv(self.file.fileno(), [raw[: m * d * 4]], self.offset + start * d * 4) != m * d * 4:
                 raise OSError(f"index file {self.file.name} is shorter than its header says")
             yield start, buf[:m]
+
+
+@dataclass
+class VectorArray:
+    """A flat index's vectors copied into this process's memory (a server, when they fit in half the free
+    memory): anonymous memory gets huge pages, and a scan over it ran 2-3x faster here than over the
+    mapped file's pages (0.16-0.2 vs 0.46-0.5 s for a million 384-d rows)."""
+
+    array: np.ndarray
+
+    @classmethod
+    def of(cls, opened: "OpenedIndex") -> "VectorArray | None":
+        index = faiss.downcast_index(opened.index)
+        if not isinstance(index, faiss.IndexFlat) or index.ntotal == 0:
+            return None
+        n, d = index.ntotal, index.d
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            if n * d * 4 > os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2:
+                return None
+        return cls(np.array(faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d)))
+
+    def blocks(self, n: int, d: int, block: int) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, n, block):
+            yield start, self.array[start : start + block]
 
 
 def index_paths(store: Store, space: Space) -> tuple[str, str]:
@@ -611,7 +635,7 @@ FLAT_BLOCK = 65536  # stored rows scored per matrix product: 65,536 x 384 x 4 B 
 
 
 def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int, allowed: np.ndarray | None,
-               vectors: VectorFile | None = None) -> tuple[np.ndarray, np.ndarray]:
+               vectors: VectorFile | VectorArray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k over a flat index's own vectors (a view, mapped or in memory, or read
     from its file) with numpy's matrix product: measured faster than FAISS's flat scan on these CPUs
     (bench/index.py)."""

@@ -353,6 +353,72 @@ class Restriction:
     rows: np.ndarray  # int64, sorted, unique
 
 
+@dataclass
+class _Waiting:
+    key: tuple[Any, ...]
+    run: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+    queries: np.ndarray
+    k: int
+    done: bool = False
+    result: tuple[np.ndarray, np.ndarray] | None = None
+    error: BaseException | None = None
+
+
+class SearchBatcher:
+    """Concurrent searches of one index answered together: a brute-force scan of a million vectors is
+    bound by memory bandwidth, so sixteen queries in one matrix product cost about what one does. A thread
+    that finds no search running runs every query waiting at that moment (grouped by index, restriction
+    and settings, with the largest k), then hands over to one of the threads that arrived meanwhile."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._waiting: list[_Waiting] = []
+        self._running = False
+        self.scans = 0  # searches run (fewer than queries when batched)
+
+    def search(self, key: tuple[Any, ...], run: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+               queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        mine = _Waiting(key, run, np.atleast_2d(queries), k)
+        with self._cv:
+            self._waiting.append(mine)
+            while self._running and not mine.done:
+                self._cv.wait()
+            lead = not mine.done
+            self._running = self._running or lead
+        if lead:
+            try:
+                with self._cv:
+                    batch, self._waiting = self._waiting, []  # this thread's query and all waiting now
+                groups: dict[tuple[Any, ...], list[_Waiting]] = {}
+                for w in batch:
+                    groups.setdefault(w.key, []).append(w)
+                for group in groups.values():
+                    self._run(group)
+            finally:
+                with self._cv:
+                    self._running = False  # one of the threads that arrived meanwhile leads the next round
+                    self._cv.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        assert mine.result is not None
+        return mine.result
+
+    def _run(self, group: list[_Waiting]) -> None:
+        try:
+            self.scans += 1
+            scores, rows = group[0].run(np.concatenate([w.queries for w in group]), max(w.k for w in group))
+            start = 0
+            for w in group:
+                n = len(w.queries)
+                w.result = (scores[start:start + n, : w.k], rows[start:start + n, : w.k])
+                start += n
+        except BaseException as exc:  # each waiting query gets the error its own search would have raised
+            for w in group:
+                w.error = exc
+        for w in group:
+            w.done = True
+
+
 TAIL_MAX_ROWS = 65536  # newer rows searched by brute force beside a held index (~0.1 GB at 384-d)
 
 
@@ -376,6 +442,7 @@ class SearchCache:
     generation: int = -2  # of the snapshot the per-segment lookups were last pruned to
     packed: bool = False  # hold ids, labels and texts in memory (a server), instead of reading them per query
     lock: threading.RLock = field(default_factory=threading.RLock)
+    batcher: SearchBatcher | None = None  # concurrent brute-force scans answered together (a server)
     _building: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)  # see _once
     _building_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -601,6 +668,8 @@ class SearchCache:
                 if newer <= TAIL_MAX_ROWS:
                     return cached[1], f"in memory, {newer:,} newer rows searched by brute force" if newer else "in memory"
             opened = faiss_index.open_index(store, space, progress)
+            if self.packed and opened.kind == "flat":  # a server scans it again and again: from memory
+                opened.vectors = faiss_index.VectorArray.of(opened) or opened.vectors
             self.indexes[space.id] = ((space.segments, faiss_index.files_signature(store, space)), opened)
             if opened.rows:
                 self.last_keys[space.id] = bytes(self.keys_at(store, space.segments, [opened.rows - 1])[0])
@@ -720,6 +789,11 @@ def _name_hits(cache: SearchCache, store: Store, snap: Snapshot, space: Space, d
     return hits
 
 
+def _batch_key(opened: Any, allowed: np.ndarray | None, *settings: Any) -> tuple[Any, ...]:
+    """Searches that can share a scan: the same opened index, the same restriction object, the same settings."""
+    return (id(opened), None if allowed is None else id(allowed), *settings)
+
+
 def similar(
     store: Store,
     cache: SearchCache,
@@ -788,8 +862,14 @@ def similar_batch(
     from featurestore import index as faiss_index  # loaded by cache.index above; not at the top (see there)
 
     t = time.perf_counter()
-    scores, rows = faiss_index.search(opened, queries, k, allowed, exact=exact, nprobe=nprobe, ef=ef,
-                                      store=store, space=space)
+
+    def run(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        return faiss_index.search(opened, q, kk, allowed, exact=exact, nprobe=nprobe, ef=ef, store=store, space=space)
+
+    if cache.batcher is not None and (exact or opened.kind == "flat"):  # a scan of every vector: share it
+        scores, rows = cache.batcher.search(_batch_key(opened, allowed, exact, nprobe, ef), run, queries, k)
+    else:
+        scores, rows = run(queries, k)
     if opened.rows < space.rows:  # rows committed after the held index was opened
         scores, rows = _with_tail(queries, k, allowed, scores, rows, opened.rows, cache.tail(store, space, opened.rows))
     info["search_seconds"] = time.perf_counter() - t

@@ -168,3 +168,43 @@ def test_few_ids_are_hashed_as_pandas_hashes_them() -> None:
     want = pd.util.hash_array(np.array(ids, dtype=object))
     got = np.concatenate([search._id_hash(np.array(ids[i:i + 50], dtype=object)) for i in range(0, len(ids), 50)])
     assert got.tolist() == want.tolist()
+
+
+def test_concurrent_exact_queries_share_one_scan_and_get_their_own_answers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from featurestore import index as faiss_index
+
+    rows = train_rows(400)
+    path = tmp_path / "s"
+    FeatureStore(path).ingest(str(write_csv(tmp_path / "a.csv", rows)), "train", FAKE, RECIPE)
+    queries = [(r["tweet"], k) for r, k in zip(rows[::20], [1, 3, 5, 10] * 5)]
+    alone = FeatureStore(path)
+    want = [[(h.ids, round(h.score, 5)) for h in alone.similar(q, k=k, model=FAKE, clean=RECIPE)[0]]
+            for q, k in queries]
+    served = FeatureStore(path)
+    served.warm(FAKE, RECIPE)
+    real = faiss_index.search
+
+    def slow(*args, **kw):  # a scan long enough for every thread to be waiting behind the first
+        time.sleep(0.3)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(faiss_index, "search", slow)
+    got: dict[int, list] = {}
+    start = threading.Barrier(len(queries))
+
+    def ask(n: int, q: str, k: int) -> None:
+        start.wait()
+        hits, _ = served.similar(q, k=k, exact=True, model=FAKE, clean=RECIPE)
+        got[n] = [(h.ids, round(h.score, 5)) for h in hits]
+
+    threads = [threading.Thread(target=ask, args=(n, q, k)) for n, (q, k) in enumerate(queries)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[n] for n in range(len(queries))] == want  # each its own hits, its own k
+    assert served._search.batcher.scans <= 3  # 20 queries: the first alone, the rest together (or nearly)
