@@ -50,10 +50,13 @@ class MiniLMEmbedder(Embedder):
     # Batch shape by device, from measurement: on 2 CPU cores, sentence-transformers' batch of 32
     # ran 114 tweets/s against 78 at 256 (issue 8), and a sweep of 8-256 peaked at 32-64 (the
     # working set of a small batch stays in cache); a GPU wants large batches (bench/gpu.sh sweeps).
+    # On a CPU each call hands sentence-transformers 256 texts to run in batches of 32: one call per
+    # 32 texts cost 5-20 % (its per-call work, and our token estimate sorts less well than its own).
     max_batch_tokens = 16384
     max_batch_size = 256
-    cpu_batch_tokens = 32 * 128
-    cpu_batch_size = 32
+    cpu_batch_tokens = 256 * 256
+    cpu_batch_size = 256
+    cpu_model_batch = 32
 
     def __init__(self, model_dir: str | os.PathLike | None = None) -> None:
         self.model_dir = Path(model_dir) if model_dir else _model_dir()
@@ -94,10 +97,11 @@ class MiniLMEmbedder(Embedder):
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         model = self._model
+        cpu = model.device.type == "cpu"
         with _quiet_transformers(), _torch_threads(model.device.type):
             return model.encode(
                 texts,
-                batch_size=len(texts),
+                batch_size=min(len(texts), self.cpu_model_batch) if cpu else len(texts),
                 convert_to_numpy=True,
                 normalize_embeddings=True,
                 show_progress_bar=False,
