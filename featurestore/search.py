@@ -452,12 +452,14 @@ class SearchCache:
                 self.embedders[model] = load_embedder(model)
             return self.embedders[model]
 
-    def retain(self, snap: Snapshot) -> None:
-        """Forget the lookups of segments the snapshot no longer names (merged by a compaction)."""
+    def retain(self, store: Store, snap: Snapshot) -> None:
+        """Forget the lookups, and close the held files, of segments the snapshot no longer names (merged
+        by a compaction)."""
         if snap.generation == self.generation:
             return
         files = snap.files()
         self.segments = {k: v for k, v in list(self.segments.items()) if k[1] in files}
+        store.release_segments(files)
         self.generation = snap.generation
 
     def _once(self, key: tuple[str, str], make: Callable[[], Any], wait: bool = True) -> Any:
@@ -561,7 +563,7 @@ class SearchCache:
 
     def warm(self, store: Store, snap: Snapshot, space: Space) -> None:
         """Open the space's index and build every lookup a query over ``snap`` reads, ahead of the first query."""
-        self.retain(snap)
+        self.retain(store, snap)
         get_recipe(space.recipe).clean(["warm"])  # tweet-v1 loads spaCy's tables: seconds, once
         self.index(store, space, None)
         for seg in space.segments:
@@ -841,7 +843,7 @@ def similar_batch(
         if value is not None and value < 1:
             raise UsageError(f"{{param}} must be at least 1, got {value}", name)
     datasets = [store.dataset(dataset, snap)] if dataset else list(snap.datasets.values())
-    cache.retain(snap)
+    cache.retain(store, snap)
     where = f"dataset {dataset!r}" if dataset else "any dataset"
     info: dict[str, Any] = {"space": space.id, "model": space.model, "recipe": space.recipe, "dtype": space.dtype}
     allowed = cache.restriction(store, space, datasets[0]) if dataset else None

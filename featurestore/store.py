@@ -312,6 +312,12 @@ class Store:
             self._held_max = limit
         return self
 
+    def release_segments(self, keep: set[str]) -> None:
+        """Close held segment files not in ``keep`` (superseded by a compaction: their disk space is freed)."""
+        with self._held_lock:
+            if self._held:
+                self._held = {name: entry for name, entry in self._held.items() if name in keep}
+
     def require_existing(self) -> "Store":
         """For reading commands: a path that holds no store is a mistake, not an empty store."""
         if not self.manifest_dir.is_dir():
