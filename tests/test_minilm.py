@@ -32,6 +32,20 @@ def test_vectors_are_384d_unit_norm_finite(minilm_store) -> None:
     assert len({v.tobytes() for v in X}) == N  # 300 distinct tweets, 300 distinct vectors
 
 
+def test_stored_vectors_are_what_sentence_transformers_computes(minilm_store) -> None:
+    # MiniLMEmbedder runs the model with transformers (no sentence-transformers import at start-up): its
+    # vectors, stored through the CLI, must be the library's own for the same texts, as the space id says.
+    from sentence_transformers import SentenceTransformer
+
+    st, rows = minilm_store
+    X, _, _ = FeatureStore(st).xy("train", "minilm", labelled=False)
+    model = SentenceTransformer(str(MiniLMEmbedder().model_dir), device="cpu", local_files_only=True)
+    want = model.encode([r["tweet"] for r in rows], normalize_embeddings=True, convert_to_numpy=True)
+    assert float(np.abs(X - want).max()) <= 1e-5
+    odd = ["  spaces around  ", "word " * 400, "émoji 😀 and #tags @you", "x"]  # stripped, truncated at 256
+    np.testing.assert_allclose(MiniLMEmbedder().embed(odd), model.encode(odd, normalize_embeddings=True), atol=1e-5)
+
+
 def test_similar_stored_text_uses_the_stored_vector(minilm_store) -> None:
     st, rows = minilm_store
     tweet = rows[41]["tweet"]
