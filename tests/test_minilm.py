@@ -40,8 +40,8 @@ def test_stored_vectors_are_what_sentence_transformers_computes(minilm_store) ->
     st, rows = minilm_store
     X, _, _ = FeatureStore(st).xy("train", "minilm", labelled=False)
     model = SentenceTransformer(str(MiniLMEmbedder().model_dir), device="cpu", local_files_only=True)
-    want = model.encode([r["tweet"] for r in rows], normalize_embeddings=True, convert_to_numpy=True)
-    assert float(np.abs(X - want).max()) <= 1e-5
+    want = model.encode([r["tweet"] for r in rows[:100]], normalize_embeddings=True, convert_to_numpy=True)
+    assert float(np.abs(X[:100] - want).max()) <= 1e-5
     odd = ["  spaces around  ", "word " * 400, "émoji 😀 and #tags @you", "x"]  # stripped, truncated at 256
     np.testing.assert_allclose(MiniLMEmbedder().embed(odd), model.encode(odd, normalize_embeddings=True), atol=1e-5)
 
