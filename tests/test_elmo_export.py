@@ -5,20 +5,15 @@ import hashlib
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # tensorflow_hub 0.16 imports the deprecated pkg_resources
-    import tensorflow_hub as hub
 
 from elmo_fixture import elmo_fixture_dir
+from featurestore.embedders import elmo_export
 from featurestore.embedders.elmo import ElmoEmbedder, char_ids
-from featurestore.embedders.elmo_export import export_savedmodel, tf_char_ids
+from featurestore.embedders.elmo_export import export_savedmodel
 from featurestore.embedders.hub import HubEmbedder
 from featurestore.errors import ModelError
 
@@ -38,6 +33,22 @@ OUTPUT_KEYS = {"elmo", "default", "word_emb", "lstm_outputs1", "lstm_outputs2", 
 
 
 @pytest.fixture(scope="module")
+def tf():
+    """TensorFlow, imported by the tests that use it, the way the library imports it (not at collection:
+    that cost every pytest-xdist worker 7 s)."""
+    from featurestore.embedders.tf_runtime import tensorflow
+
+    return tensorflow()
+
+
+@pytest.fixture(scope="module")
+def hub(tf):
+    from featurestore.embedders.tf_runtime import tensorflow_hub
+
+    return tensorflow_hub()
+
+
+@pytest.fixture(scope="module")
 def native() -> ElmoEmbedder:
     d = elmo_fixture_dir()
     return ElmoEmbedder.from_path(f"{d / 'options.json'},{d / 'lm_weights.hdf5'}")
@@ -48,13 +59,13 @@ def exported(native: ElmoEmbedder, tmp_path_factory: pytest.TempPathFactory) -> 
     return export_savedmodel(native, tmp_path_factory.mktemp("export") / "elmo")
 
 
-def test_char_ids_in_graph_match_python() -> None:
+def test_char_ids_in_graph_match_python(tf) -> None:
     tokens = ["a", "<S>", "</S>", "é😀", "x" * 70, "", "héllo" * 20, "$&@*#"]
-    got = tf_char_ids(tf.constant(tokens)).numpy()
+    got = elmo_export.tf_char_ids(tf.constant(tokens)).numpy()
     assert (got == np.stack([char_ids(t) for t in tokens])).all()
 
 
-def test_signatures_mirror_google_elmo(exported: Path, native: ElmoEmbedder) -> None:
+def test_signatures_mirror_google_elmo(exported: Path, native: ElmoEmbedder, tf, hub) -> None:
     module = hub.load(str(exported))
     assert set(module.signatures) == {"default", "tokens"}
     out = module.signatures["default"](tokens=tf.constant(TEXTS))

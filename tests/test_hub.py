@@ -16,74 +16,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-pytest.importorskip("tensorflow_hub")
+from featurestore.embedders import ELMO_HUB_HANDLE, Fingerprint, load_embedder
+from featurestore.embedders.checksums import module_sha256
+from featurestore.embedders.hub import HubEmbedder, hub_module_cache_path
+from featurestore.embedders.tf_runtime import tensorflow as tf  # called: imported on first use (see hub_fakes)
+from featurestore.errors import ModelError
 
-from featurestore.embedders import ELMO_HUB_HANDLE, Fingerprint, load_embedder  # noqa: E402
-from featurestore.embedders.checksums import module_sha256  # noqa: E402
-from featurestore.embedders.hub import HubEmbedder, hub_module_cache_path  # noqa: E402
-from featurestore.errors import ModelError  # noqa: E402
-
-WORD, LSTM, BUCKETS = 4, 6, 97
-
-
-class FakeElmo(tf.Module):
-    """Hashes tokens into an embedding table; the "LSTM" layers mix in the masked sentence mean."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        rng = np.random.default_rng(0)
-        self.table = tf.Variable(rng.normal(size=(BUCKETS, WORD)).astype(np.float32))
-        self.w1 = tf.Variable(rng.normal(size=(2 * WORD, LSTM)).astype(np.float32))
-        self.w2 = tf.Variable(rng.normal(size=(LSTM, LSTM)).astype(np.float32))
-
-    def _layers(self, tokens: tf.Tensor, lengths: tf.Tensor) -> dict[str, tf.Tensor]:
-        word = tf.gather(self.table, tf.strings.to_hash_bucket_fast(tokens, BUCKETS))
-        mask = tf.sequence_mask(lengths, tf.shape(tokens)[1], dtype=tf.float32)[:, :, None]
-        context = tf.reduce_sum(word * mask, 1, keepdims=True) / tf.maximum(tf.reduce_sum(mask, 1, keepdims=True), 1.0)
-        lstm1 = tf.tanh(tf.einsum("btd,de->bte", tf.concat([word, word + context], -1), self.w1))
-        lstm2 = tf.tanh(tf.einsum("btd,de->bte", lstm1, self.w2))
-        elmo = 0.2 * tf.concat([word, word], -1)[:, :, :LSTM] + 0.5 * lstm1 + 0.3 * lstm2
-        pooled = tf.reduce_sum(elmo * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
-        return {"word_emb": word, "lstm_outputs1": lstm1, "lstm_outputs2": lstm2, "elmo": elmo,
-                "default": pooled, "sequence_len": lengths}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def default(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
-        ragged = tf.strings.split(text, sep=" ")
-        ragged = tf.ragged.boolean_mask(ragged, tf.strings.length(ragged) > 0)
-        return self._layers(ragged.to_tensor(default_value=""), tf.cast(ragged.row_lengths(), tf.int32))
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string), tf.TensorSpec([None], tf.int32)])
-    def tokens(self, tokens: tf.Tensor, sequence_len: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._layers(tokens, sequence_len)
-
-
-class StringsToStrings(tf.Module):
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def default(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"upper": tf.strings.upper(text)}
-
-
-class SentenceEncoder(tf.Module):
-    """A generic strings -> vectors module whose only rank-2 float output is not called "default"."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def encode(self, sentences: tf.Tensor) -> dict[str, tf.Tensor]:
-        n = tf.cast(tf.strings.length(sentences), tf.float32)
-        return {"vec": tf.stack([n, n * 2.0, tf.ones_like(n)], axis=1), "n": tf.cast(n, tf.int32)}
-
+WORD, LSTM = 4, 6  # tests/hub_fakes.py's FakeElmo layer widths
 
 @pytest.fixture(scope="session")
 def modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.hub_fakes import FakeElmo, SentenceEncoder, StringsToStrings
+
     root = tmp_path_factory.mktemp("hub_modules")
     elmo = FakeElmo()
-    tf.saved_model.save(elmo, str(root / "elmo"),
+    tf().saved_model.save(elmo, str(root / "elmo"),
                         signatures={"default": elmo.default, "tokens": elmo.tokens.get_concrete_function()})
     s2s = StringsToStrings()
-    tf.saved_model.save(s2s, str(root / "s2s"), signatures={"default": s2s.default})
+    tf().saved_model.save(s2s, str(root / "s2s"), signatures={"default": s2s.default})
     enc = SentenceEncoder()
-    tf.saved_model.save(enc, str(root / "encoder"), signatures={"serving_default": enc.encode})
+    tf().saved_model.save(enc, str(root / "encoder"), signatures={"serving_default": enc.encode})
     return {"elmo": root / "elmo", "s2s": root / "s2s", "encoder": root / "encoder"}
 
 
@@ -93,7 +45,7 @@ LONG = " ".join(f"word{i}" for i in range(40))
 
 def masked_mean_reference(module_dir: Path, texts: list[str], key: str = "elmo") -> np.ndarray:
     """Mean over real tokens, computed in numpy from the module's own token outputs."""
-    out = tf.saved_model.load(str(module_dir)).signatures["default"](text=tf.constant(texts))
+    out = tf().saved_model.load(str(module_dir)).signatures["default"](text=tf().constant(texts))
     layer, lengths = out[key].numpy(), out["sequence_len"].numpy()
     return np.stack([layer[i, : lengths[i]].mean(axis=0) for i in range(len(texts))])
 
@@ -108,7 +60,7 @@ def test_directory_module_pools_mean_over_real_tokens(modules: dict[str, Path]) 
     np.testing.assert_allclose(together[0], alone[0], atol=1e-5)
     np.testing.assert_allclose(together, masked_mean_reference(modules["elmo"], [SHORT, LONG]), atol=1e-5)
     # Unmasked mean over the padded batch would differ: the check above is not vacuous.
-    padded = tf.saved_model.load(str(modules["elmo"])).signatures["default"](text=tf.constant([SHORT, LONG]))
+    padded = tf().saved_model.load(str(modules["elmo"])).signatures["default"](text=tf().constant([SHORT, LONG]))
     assert np.abs(padded["elmo"].numpy()[0].mean(axis=0) - together[0]).max() > 1e-3
 
 
@@ -149,8 +101,10 @@ def test_outputs_top_and_all(modules: dict[str, Path]) -> None:
 
 def test_tokens_signature_matches_default(modules: dict[str, Path], tmp_path: Path) -> None:
     """A module offering only ``tokens`` is fed whitespace tokens plus their lengths."""
+    from tests.hub_fakes import FakeElmo
+
     elmo = FakeElmo()
-    tf.saved_model.save(elmo, str(tmp_path / "tok"), signatures={"tokens": elmo.tokens.get_concrete_function()})
+    tf().saved_model.save(elmo, str(tmp_path / "tok"), signatures={"tokens": elmo.tokens.get_concrete_function()})
     emb = HubEmbedder(str(tmp_path / "tok"))
     assert emb.signature == "tokens"
     expected = HubEmbedder(str(modules["elmo"])).embed_batch([SHORT, LONG])
