@@ -383,8 +383,9 @@ class SearchBatcher:
             self._waiting.append(mine)
             while self._running and not mine.done:
                 self._cv.wait()
-            lead = not mine.done
-            self._running = self._running or lead
+            lead = not mine.done  # nothing running and this query not answered: this thread runs the round
+            if lead:
+                self._running = True
         if lead:
             try:
                 with self._cv:
