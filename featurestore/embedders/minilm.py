@@ -134,6 +134,9 @@ def load_pooled(model_dir: Path, **model_args: Any) -> tuple[Any, Any]:
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(mean, p=2, dim=1)
 
+    # float32 whatever the weights file holds: transformers 5 loads "auto" (the file's dtype) by default,
+    # and the `minilm` space is float32.
+    model_args.setdefault("dtype", torch.float32)
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         bert = AutoModel.from_pretrained(str(model_dir), local_files_only=True, **model_args)

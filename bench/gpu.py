@@ -1,0 +1,251 @@
+"""GPU figures in one JSON line on stdout (progress on stderr); run by bench/gpu.sh.
+
+What it measures, each part reported even when another fails:
+
+- the machine: GPU, driver, CUDA, torch, CPU cores;
+- MiniLM through sentence-transformers (the plain library call): fp32 at two batch sizes, fp16 over a
+  batch-size sweep, peak GPU memory;
+- our embedder (``MiniLMEmbedder.embed``, fp32, the ``minilm`` space) at its shipped GPU batch shape and
+  at larger ones: the rate ``fs ingest`` should approach;
+- the whole cold ``fs ingest`` of the 100k Sentiment140 tweets as a new process (CSV read, cleaning,
+  hashing, embedding, HDF5 commits), with the shipped defaults and with a larger GPU batch; then a warm
+  re-ingest of the same file (nothing to embed);
+- native ELMo words/s (TensorFlow, full-size random weights) when TensorFlow is importable.
+
+Environment: FS_GPU_DATA (folder with negative.txt/positive.txt), FS_GPU_N (tweets, default 100000),
+FS_GPU_ALLOW_CPU=1 (a dry run on a machine without a GPU: same code, small numbers).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T0 = time.perf_counter()
+BUDGET_S = float(os.environ.get("FS_GPU_BUDGET_S", "300"))
+res: dict = {}
+
+
+def log(*a) -> None:
+    print(f"[{time.perf_counter() - T0:6.1f}s]", *a, file=sys.stderr, flush=True)
+
+
+def find(*candidates) -> Path | None:
+    return next((Path(c) for c in candidates if c and Path(c).exists()), None)
+
+
+def error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:400]
+
+
+def done() -> None:
+    res["seconds"] = round(time.perf_counter() - T0, 1)
+    print(json.dumps(res), flush=True)
+
+
+# --- the machine -------------------------------------------------------------------------------------
+import torch  # noqa: E402
+
+cuda = torch.cuda.is_available()
+if not cuda and os.environ.get("FS_GPU_ALLOW_CPU") != "1":
+    res["error"] = "torch sees no CUDA device"
+    done()
+    sys.exit(1)
+DEV = "cuda" if cuda else "cpu"
+res.update(device=torch.cuda.get_device_name(0) if cuda else "cpu (dry run)", torch=torch.__version__,
+           cuda=torch.version.cuda, cpu_cores=os.cpu_count(), python=platform.python_version())
+try:
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,memory.total", "--format=csv,noheader"],
+                         capture_output=True, text=True, timeout=20)
+    res["nvidia_smi"] = smi.stdout.strip()
+except (OSError, subprocess.SubprocessError):
+    pass
+
+
+def sync() -> None:
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def rate(fn, items, units: int | None = None) -> float:
+    """Units per second of fn(items), after one untimed call on a slice (kernels, allocator, tracing)."""
+    fn(items[:1024])
+    sync()
+    t = time.perf_counter()
+    fn(items)
+    sync()
+    return (units or len(items)) / (time.perf_counter() - t)
+
+
+data = find(os.environ.get("FS_GPU_DATA"), "shared/data/sentiment140-100k", "../shared/data/sentiment140-100k")
+if data is None:
+    res["error"] = "Sentiment140 not found (FS_GPU_DATA, shared/data or ../shared/data)"
+    done()
+    sys.exit(1)
+neg = (data / "negative.txt").read_text(encoding="utf-8").splitlines()
+pos = (data / "positive.txt").read_text(encoding="utf-8").splitlines()
+N = int(os.environ.get("FS_GPU_N", "100000"))
+texts = [t for pair in zip(neg, pos) for t in pair][:N]
+sample = texts[: min(len(texts), 20_000 if cuda else 600)]
+res.update(tweets=len(texts), sample=len(sample),
+           sample_words=sum(len(t.split()) for t in sample))
+log(res)
+
+# --- MiniLM: the plain library call ------------------------------------------------------------------
+try:
+    from sentence_transformers import SentenceTransformer
+
+    from featurestore.embedders.minilm import MiniLMEmbedder
+
+    ours = MiniLMEmbedder()
+    st = SentenceTransformer(str(ours.model_dir), device=DEV, local_files_only=True).float()
+    res["sentence_transformers"] = __import__("sentence_transformers").__version__
+    fp32 = {}
+    for bs in (128, 512) if cuda else (32,):
+        fp32[bs] = round(rate(lambda x: st.encode(x, batch_size=bs), sample))
+        log("st fp32 batch", bs, fp32[bs], "tweets/s")
+    res["st_fp32_tweets_per_s"] = fp32
+    if cuda:
+        st.half()
+        torch.cuda.reset_peak_memory_stats()
+        sweep = {}
+        for bs in (64, 128, 256, 512, 1024, 2048, 4096):
+            sweep[bs] = round(rate(lambda x: st.encode(x, batch_size=bs), sample))
+            log("st fp16 batch", bs, sweep[bs], "tweets/s")
+        res.update(st_fp16_tweets_per_s=sweep, st_fp16_best=max(sweep.values()),
+                   st_fp16_best_batch=max(sweep, key=sweep.get),
+                   st_fp16_peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20))
+    del st
+    if cuda:
+        torch.cuda.empty_cache()
+except Exception as exc:  # one JSON line whatever happens
+    res["st_error"] = error(exc)
+    log("sentence-transformers part failed:", res["st_error"])
+
+# --- our embedder (fp32, the `minilm` space) at its shipped GPU batch shape and larger ones ----------
+SHAPES = {"shipped": None, "t65536_b1024": (65536, 1024), "t131072_b2048": (131072, 2048)}
+try:
+    from featurestore.embedders.minilm import MiniLMEmbedder
+
+    ours = MiniLMEmbedder()
+    shipped = ours.batch_limits()
+    res["ours_shipped_batch_limits"] = list(shipped)
+    mine = {}
+    for name, shape in SHAPES.items() if cuda else [("shipped", None)]:
+        if shape:
+            ours.max_batch_tokens, ours.max_batch_size = shape
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        mine[name] = round(rate(ours.embed, sample))
+        if cuda:
+            mine[name + "_peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        log("ours fp32", name, mine[name], "tweets/s")
+    res["ours_fp32_tweets_per_s"] = mine
+    res["ours_device"] = ours.device
+    del ours
+    if cuda:
+        torch.cuda.empty_cache()
+except Exception as exc:
+    res["ours_error"] = error(exc)
+    log("embedder part failed:", res["ours_error"])
+
+# --- the whole cold `fs ingest`, as a new process ----------------------------------------------------
+SUMMARY = re.compile(r"\(([\d,]+) rows/s\).*\[clean ([\d.]+) s, embed ([\d.]+) s, commit ([\d.]+) s\]")
+PATCH = ("import sys; from featurestore.embedders.minilm import MiniLMEmbedder as M; "
+         "M.max_batch_tokens, M.max_batch_size = {t}, {b}; from cli.main import main; "
+         "sys.argv[0] = 'fs'; main()")
+
+
+def ingest(name: str, src: Path, store: Path, shape=None, batch_rows: int | None = None) -> None:
+    args = ["ingest", str(src), "--dataset", "s140", "--store", str(store)]
+    if batch_rows:
+        args += ["--batch-rows", str(batch_rows)]
+    cmd = [sys.executable, "-m", "cli.main", *args] if shape is None else \
+        [sys.executable, "-c", PATCH.format(t=shape[0], b=shape[1]), *args]
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30, BUDGET_S - (time.perf_counter() - T0)))
+    wall = time.perf_counter() - t
+    log(name, f"{wall:.1f} s", p.stdout.strip()[-500:], p.stderr.strip()[-800:])
+    if p.returncode:
+        raise RuntimeError((p.stderr.strip() or p.stdout.strip() or f"exit {p.returncode}").splitlines()[-1])
+    row = {"wall_s": round(wall, 1), "tweets_per_s_wall": round(len(texts) / wall)}
+    m = SUMMARY.search(p.stdout.replace("\n", " "))
+    if m:
+        row.update(tweets_per_s_own=int(m[1].replace(",", "")), clean_s=float(m[2]), embed_s=float(m[3]),
+                   commit_s=float(m[4]))
+    res.setdefault("ingest", {})[name] = row
+
+
+try:
+    tmp = Path(tempfile.mkdtemp(prefix="fs-gpu-"))
+    src = tmp / "s140.csv"
+    with src.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label", "text"])
+        w.writerows((i + 1, i % 2, t) for i, t in enumerate(texts))
+    ingest("cold_shipped", src, tmp / "store-a")
+    ingest("warm_reingest", src, tmp / "store-a")
+    if cuda:
+        ingest("cold_t65536_b1024_rows4096", src, tmp / "store-b", shape=(65536, 1024), batch_rows=4096)
+    ours_rate = res.get("ours_fp32_tweets_per_s", {})
+    for name, row in res.get("ingest", {}).items():
+        shape = "t65536_b1024" if "t65536" in name else "shipped"
+        if name.startswith("cold") and shape in ours_rate:
+            row["over_embedder_wall"] = round(row["tweets_per_s_wall"] / ours_rate[shape], 3)
+            if "tweets_per_s_own" in row:
+                row["over_embedder_own"] = round(row["tweets_per_s_own"] / ours_rate[shape], 3)
+except Exception as exc:
+    res["ingest_error"] = error(exc)
+    log("ingest part failed:", res["ingest_error"])
+
+# --- native ELMo (TensorFlow), last, cut off in time so the line is printed ----------------------------
+
+
+def out_of_time(*_):
+    raise TimeoutError("ELMo ran out of the script's time")
+
+
+signal.signal(signal.SIGALRM, out_of_time)
+signal.alarm(max(1, int(BUDGET_S - 10 - (time.perf_counter() - T0))))
+try:
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise RuntimeError(f"TensorFlow is not importable here ({exc}); the native ELMo runs on TensorFlow") from exc
+    peer = os.environ.get("PEER_DIR") or "/tmp/peer"
+    elmo_dir = next((Path(d) for d in (os.environ.get("ELMO_DIR"), f"{peer}/elmo_full_random")
+                     if d and (Path(d) / "weights.hdf5").is_file() and (Path(d) / "options.json").is_file()), None)
+    if elmo_dir is None:
+        gen = find("shared/bench/peer_allennlp/gen_random_weights.py", "../shared/bench/peer_allennlp/gen_random_weights.py")
+        if gen is None:
+            raise FileNotFoundError("no ELMo weights and no gen_random_weights.py in shared/ or ../shared/")
+        elmo_dir = Path(f"{peer}/elmo_full_random")
+        subprocess.run([sys.executable, str(gen), "--out", str(elmo_dir)], check=True, stdout=sys.stderr, timeout=120)
+    for g in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(g, True)  # share the GPU with torch's cache
+    from featurestore.embedders.elmo import ElmoEmbedder
+
+    elmo = ElmoEmbedder.from_path(str(elmo_dir))
+    few = sample[:5000]
+    words = sum(len(t.split()) for t in few)
+    elmo.embed(few[:512])
+    t = time.perf_counter()
+    elmo.embed(few)
+    res["elmo_words_per_s"] = round(words / (time.perf_counter() - t))
+    res["elmo_device"] = elmo.device
+    try:
+        res["elmo_peak_gpu_mib"] = round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20)
+    except Exception:
+        pass
+except Exception as exc:
+    res["elmo_error"] = error(exc)
+signal.alarm(0)
+done()
