@@ -13,7 +13,8 @@ What it measures, each part reported even when another fails:
 - native ELMo words/s (TensorFlow, full-size random weights) when TensorFlow is importable.
 
 Environment: FS_GPU_DATA (folder with negative.txt/positive.txt), FS_GPU_N (tweets, default 100000),
-FS_GPU_ALLOW_CPU=1 (a dry run on a machine without a GPU: same code, small numbers).
+FS_GPU_ALLOW_CPU=1 (a dry run on a machine without a GPU: same code, small numbers), FS_GPU_PYSPY=BINARY:OUT
+(one more cold ingest, under py-spy, sampling the threads that hold the GIL).
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ try:
     st = SentenceTransformer(str(ours.model_dir), device=DEV, local_files_only=True).float()
     res["sentence_transformers"] = __import__("sentence_transformers").__version__
     fp32 = {}
-    for bs in (128, 512) if cuda else (32,):
+    for bs in (512,) if cuda else (32,):
         fp32[bs] = round(rate(lambda x: st.encode(x, batch_size=bs), sample))
         log("st fp32 batch", bs, fp32[bs], "tweets/s")
     res["st_fp32_tweets_per_s"] = fp32
@@ -117,7 +118,7 @@ try:
         st.half()
         torch.cuda.reset_peak_memory_stats()
         sweep = {}
-        for bs in (64, 128, 256, 512, 1024, 2048, 4096):
+        for bs in (256, 1024):
             sweep[bs] = round(rate(lambda x: st.encode(x, batch_size=bs), sample))
             log("st fp16 batch", bs, sweep[bs], "tweets/s")
         res.update(st_fp16_tweets_per_s=sweep, st_fp16_best=max(sweep.values()),
@@ -130,26 +131,62 @@ except Exception as exc:  # one JSON line whatever happens
     res["st_error"] = error(exc)
     log("sentence-transformers part failed:", res["st_error"])
 
-# --- our embedder (fp32, the `minilm` space) at its shipped GPU batch shape and larger ones ----------
-SHAPES = {"shipped": None, "t65536_b1024": (65536, 1024), "t131072_b2048": (131072, 2048)}
+# --- our embedder (fp32, the `minilm` space) at its shipped GPU batch shape and others -----------------
+# name: (max_batch_tokens, max_batch_size, gpu_model_batch); "one_batch_per_call" is the shape before
+# the pipelined GPU path (one model batch of <= 256 texts per call, nothing overlapped).
+SHAPES = {"shipped": None, "one_batch_per_call": (16384, 256, 1 << 30), "model_batch_512": (4096 * 64, 4096, 512),
+          "model_batch_128": (4096 * 64, 4096, 128)}
 try:
     from featurestore.embedders.minilm import MiniLMEmbedder
 
     ours = MiniLMEmbedder()
-    shipped = ours.batch_limits()
-    res["ours_shipped_batch_limits"] = list(shipped)
+    shipped = (ours.max_batch_tokens, ours.max_batch_size, ours.gpu_model_batch)
+    res["ours_shipped_shape"] = list(shipped)
     mine = {}
     for name, shape in SHAPES.items() if cuda else [("shipped", None)]:
-        if shape:
-            ours.max_batch_tokens, ours.max_batch_size = shape
+        ours.max_batch_tokens, ours.max_batch_size, ours.gpu_model_batch = shape or shipped
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         mine[name] = round(rate(ours.embed, sample))
         if cuda:
             mine[name + "_peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         log("ours fp32", name, mine[name], "tweets/s")
+    ours.max_batch_tokens, ours.max_batch_size, ours.gpu_model_batch = shipped
     res["ours_fp32_tweets_per_s"] = mine
     res["ours_device"] = ours.device
+    if cuda:  # where a model batch's time goes: tokenizing, the forward pass alone, and torch's profile
+        tokenizer, model = ours._model
+        srt = sorted(sample, key=len, reverse=True)
+        chunks = [srt[i:i + 256] for i in range(0, len(srt), 256)]
+        t = time.perf_counter()
+        for c in chunks:
+            tokenizer(c, padding=True, truncation="longest_first", max_length=256, return_tensors="pt")
+        res["tokenize_transformers_tweets_per_s"] = round(len(sample) / (time.perf_counter() - t))
+        t = time.perf_counter()
+        encs = [dict(zip(("input_ids", "attention_mask"), map(torch.from_numpy, ours._tokenize(c)))) for c in chunks]
+        res["tokenize_ours_tweets_per_s"] = round(len(sample) / (time.perf_counter() - t))
+        on_gpu = [(e["input_ids"].cuda(), e["attention_mask"].cuda()) for e in encs]
+        forward = {}
+        for dt in ("fp32", "fp16"):
+            m = model.to({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dt])
+            with torch.inference_mode():
+                for ids, mask in on_gpu[:4]:
+                    m(ids, mask)
+                sync()
+                t = time.perf_counter()
+                for ids, mask in on_gpu:
+                    m(ids, mask)
+                sync()
+            forward[dt] = round(len(sample) / (time.perf_counter() - t))
+            log("forward only", dt, forward[dt], "tweets/s")
+        model.float()
+        res["forward_only_batch256_tweets_per_s"] = forward
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            ours.embed(sample[:4096])
+            sync()
+        log("profile of ours.embed(4096 tweets):\n" + prof.key_averages().table(sort_by="cpu_time_total", row_limit=18))
     del ours
     if cuda:
         torch.cuda.empty_cache()
@@ -158,18 +195,21 @@ except Exception as exc:
     log("embedder part failed:", res["ours_error"])
 
 # --- the whole cold `fs ingest`, as a new process ----------------------------------------------------
-SUMMARY = re.compile(r"\(([\d,]+) rows/s\).*\[clean ([\d.]+) s, embed ([\d.]+) s, commit ([\d.]+) s\]")
+SUMMARY = re.compile(r"texts embedded ([\d,]+).*\(([\d,]+) rows/s\).*\[([^\]]*)\]")
 PATCH = ("import sys; from featurestore.embedders.minilm import MiniLMEmbedder as M; "
-         "M.max_batch_tokens, M.max_batch_size = {t}, {b}; from cli.main import main; "
+         "M.max_batch_tokens, M.max_batch_size, M.gpu_model_batch = {t}, {b}, {m}; from cli.main import main; "
          "sys.argv[0] = 'fs'; main()")
 
 
-def ingest(name: str, src: Path, store: Path, shape=None, batch_rows: int | None = None) -> None:
+def ingest(name: str, src: Path, store: Path, shape=None, batch_rows: int | None = None, spy: str | None = None) -> None:
     args = ["ingest", str(src), "--dataset", "s140", "--store", str(store)]
     if batch_rows:
         args += ["--batch-rows", str(batch_rows)]
     cmd = [sys.executable, "-m", "cli.main", *args] if shape is None else \
-        [sys.executable, "-c", PATCH.format(t=shape[0], b=shape[1]), *args]
+        [sys.executable, "-c", PATCH.format(t=shape[0], b=shape[1], m=shape[2]), *args]
+    if spy:  # py-spy's samples of the threads holding the GIL (FS_GPU_PYSPY names the binary and the output)
+        binary, out = spy.split(":", 1)
+        cmd = [binary, "record", "--gil", "--threads", "-r", "200", "-f", "raw", "-o", out, "--", *cmd]
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30, BUDGET_S - (time.perf_counter() - T0)))
     wall = time.perf_counter() - t
@@ -178,9 +218,13 @@ def ingest(name: str, src: Path, store: Path, shape=None, batch_rows: int | None
         raise RuntimeError((p.stderr.strip() or p.stdout.strip() or f"exit {p.returncode}").splitlines()[-1])
     row = {"wall_s": round(wall, 1), "tweets_per_s_wall": round(len(texts) / wall)}
     m = SUMMARY.search(p.stdout.replace("\n", " "))
-    if m:
-        row.update(tweets_per_s_own=int(m[1].replace(",", "")), clean_s=float(m[2]), embed_s=float(m[3]),
-                   commit_s=float(m[4]))
+    if m:  # "... texts embedded N ... (R rows/s) ... [clean 0.0 s, load model 9.1 s, embed 4.2 s, commit 1.3 s]"
+        row["tweets_per_s_own"] = int(m[2].replace(",", ""))
+        for part in m[3].split(", "):
+            stage, seconds = part.rsplit(" ", 2)[:2]
+            row[stage.replace(" ", "_") + "_s"] = float(seconds)
+        if row.get("embed_s"):  # the model's busy rate inside the ingest, its load left out
+            row["tweets_per_s_embedding"] = round(int(m[1].replace(",", "")) / row["embed_s"])
     res.setdefault("ingest", {})[name] = row
 
 
@@ -194,14 +238,18 @@ try:
     ingest("cold_shipped", src, tmp / "store-a")
     ingest("warm_reingest", src, tmp / "store-a")
     if cuda:
-        ingest("cold_t65536_b1024_rows4096", src, tmp / "store-b", shape=(65536, 1024), batch_rows=4096)
+        ingest("cold_shipped_rows4096", src, tmp / "store-b", batch_rows=4096)
+        if os.environ.get("FS_GPU_PYSPY"):
+            ingest("cold_shipped_under_pyspy", src, tmp / "store-c", spy=os.environ["FS_GPU_PYSPY"])
     ours_rate = res.get("ours_fp32_tweets_per_s", {})
     for name, row in res.get("ingest", {}).items():
-        shape = "t65536_b1024" if "t65536" in name else "shipped"
+        shape = "one_batch_per_call" if "one_batch" in name else "shipped"
         if name.startswith("cold") and shape in ours_rate:
             row["over_embedder_wall"] = round(row["tweets_per_s_wall"] / ours_rate[shape], 3)
             if "tweets_per_s_own" in row:
                 row["over_embedder_own"] = round(row["tweets_per_s_own"] / ours_rate[shape], 3)
+            if "tweets_per_s_embedding" in row:
+                row["over_embedder_embedding"] = round(row["tweets_per_s_embedding"] / ours_rate[shape], 3)
 except Exception as exc:
     res["ingest_error"] = error(exc)
     log("ingest part failed:", res["ingest_error"])

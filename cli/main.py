@@ -91,7 +91,8 @@ def ingest(
     dtype: str = typer.Option("float32", help="Stored vector precision: float32 or float16."),
     max_chars: Optional[int] = typer.Option(None, help="Cut cleaned texts longer than this before embedding "
                                             "(default: 2000)."),
-    batch_rows: int = typer.Option(1024, help="Rows per committed batch (with --engine ray: texts per vector segment)."),
+    batch_rows: Optional[int] = typer.Option(None, help="Rows per committed batch (with --engine ray: texts per vector "
+                                             "segment). Default: 1024; on a GPU the model's batch (4096 for minilm)."),
     engine: str = typer.Option("local", help="local (this process) or ray (Ray Data: many files, many workers, "
                                "one store; pip install 'featurestore[ray]')."),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. 127.0.0.1:6379 (default: start a "

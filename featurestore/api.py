@@ -77,7 +77,7 @@ class FeatureStore:
         header: bool = True,
         duplicates: str = "error",
         dtype: str = "float32",
-        commit_rows: int = 1024,
+        commit_rows: int | None = None,
         max_chars: int | None = None,
         wait: bool = False,
         progress: ProgressFn | None = None,

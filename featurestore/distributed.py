@@ -43,7 +43,7 @@ from featurestore.clean import Recipe, get_recipe
 from featurestore.embedders import load_embedder
 from featurestore.embedders.base import Embedder
 from featurestore.errors import DatasetError, FeatureStoreError, InputFileError, IngestInterrupted, UsageError
-from featurestore.ingest import CANARY_MAX_CHARS, DEFAULT_MAX_CHARS, N_CANARIES, IngestSummary, check_drift, make_space
+from featurestore.ingest import CANARY_MAX_CHARS, DEFAULT_COMMIT_ROWS, DEFAULT_MAX_CHARS, N_CANARIES, IngestSummary, check_drift, make_space
 from featurestore.keys import KEY_DTYPE, raw_digest, text_keys
 from featurestore.manifest import Space
 from featurestore.progress import ProgressFn
@@ -490,7 +490,7 @@ def ingest_ray(
     label_col: str | None = None,
     sep: str | None = None,
     dtype: str = "float32",
-    commit_rows: int = 1024,
+    commit_rows: int | None = None,
     max_chars: int | None = None,
     workers: int | None = None,
     gpus_per_worker: float = 0.0,
@@ -500,6 +500,7 @@ def ingest_ray(
 ) -> IngestSummary:
     """Ingest ``paths`` into ``dataset`` on a Ray cluster; the result equals a local ingest's."""
     t0 = time.perf_counter()
+    commit_rows = DEFAULT_COMMIT_ROWS if commit_rows is None else commit_rows
     if commit_rows < 1:
         raise UsageError(f"{{param}} must be at least 1, got {commit_rows}", "commit_rows")
     if workers is not None and workers < 1:
