@@ -134,8 +134,8 @@ except Exception as exc:  # one JSON line whatever happens
 # --- our embedder (fp32, the `minilm` space) at its shipped GPU batch shape and others -----------------
 # name: (max_batch_tokens, max_batch_size, gpu_model_batch); "one_batch_per_call" is the shape before
 # the pipelined GPU path (one model batch of <= 256 texts per call, nothing overlapped).
-SHAPES = {"shipped": None, "one_batch_per_call": (16384, 256, 1 << 30), "model_batch_512": (4096 * 64, 4096, 512),
-          "model_batch_128": (4096 * 64, 4096, 128)}
+SHAPES = {"shipped": None, "one_batch_per_call": (16384, 256, 1 << 30), "model_batch_256": (4096 * 64, 4096, 256),
+          "model_batch_1024": (4096 * 64, 4096, 1024)}
 try:
     from featurestore.embedders.minilm import MiniLMEmbedder
 
