@@ -28,6 +28,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import mmap
 import os
 import re
 import threading
@@ -287,6 +288,61 @@ def write_segment(path: Path, attrs: Mapping[str, Any], columns: Mapping[str, An
 # ----------------------------------------------------------------------------- the store
 
 
+_MAPPED_READ_ROWS = 256  # a held segment's rows read from its memory map up to this many a call
+
+
+class _RowMap:
+    """A segment's vectors read in place: the file memory-mapped read-only and the byte offset of each
+    HDF5 chunk, so a row costs a slice of the map instead of h5py decoding its whole 1 MiB chunk (1.8 ms
+    a row in a server at 1M vectors). Only for what HDF5 stores plainly: unfiltered little-endian floats."""
+
+    def __init__(self, f: h5py.File) -> None:
+        dset = f["vectors"]
+        if (dset.chunks is None or dset.id.get_create_plist().get_nfilters() or dset.dtype.kind != "f"
+                or dset.dtype.byteorder == ">" or len(dset.shape) != 2):
+            raise ValueError("not plainly stored")
+        self.per_chunk, self.dim = dset.chunks[0], dset.shape[1]
+        if dset.chunks[1] != self.dim:
+            raise ValueError("chunks split rows")
+        self.dtype = dset.dtype.newbyteorder("<")
+        n_chunks = -(-dset.shape[0] // self.per_chunk)
+        offsets = np.empty(n_chunks, dtype=np.int64)
+        for i in range(n_chunks):
+            info = dset.id.get_chunk_info_by_coord((i * self.per_chunk, 0))
+            if info.byte_offset is None or info.size != self.per_chunk * self.dim * self.dtype.itemsize:
+                raise ValueError("chunk not allocated or not plain")
+            offsets[i] = info.byte_offset
+        with open(f.filename, "rb") as fh:
+            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self.offsets = offsets
+        self._rows = len(dset)
+
+    def read(self, local: np.ndarray) -> np.ndarray:
+        if len(local) and (local.min() < 0 or local.max() >= self._rows):
+            raise IndexError(f"rows outside 0..{self._rows - 1}")
+        row_bytes = self.dim * self.dtype.itemsize
+        starts = self.offsets[local // self.per_chunk] + (local % self.per_chunk) * row_bytes
+        return np.stack([np.frombuffer(self._map, self.dtype, self.dim, int(o)) for o in starts]).astype(
+            np.float32, copy=False) if len(local) else np.empty((0, self.dim), np.float32)
+
+
+@dataclass
+class _HeldSegment:
+    """An open segment file kept between reads (``Store.hold_segments``), valid while ``ident`` holds."""
+
+    ident: tuple[int, int, int]  # inode, size, mtime of the file when opened
+    file: h5py.File
+    _map: _RowMap | None | bool = False  # False: not tried yet; None: not mappable (read through h5py)
+
+    def row_map(self) -> _RowMap | None:
+        if self._map is False:
+            try:
+                self._map = _RowMap(self.file)
+            except (ValueError, OSError, KeyError, AttributeError):
+                self._map = None
+        return self._map  # type: ignore[return-value]
+
+
 class Store:
     """A store directory. Reading needs no lock; writing goes through ``writer()``."""
 
@@ -298,7 +354,7 @@ class Store:
         self.segment_dir = self.path / "segments"
         self.index_dir = self.path / "index"
         self.classifier_dir = self.path / "classifiers"
-        self._held: dict[str, tuple[tuple[int, int, int], h5py.File]] | None = None  # see hold_segments
+        self._held: dict[str, _HeldSegment] | None = None  # see hold_segments
         self._held_max = 0
         self._held_lock = threading.Lock()
 
@@ -387,7 +443,7 @@ class Store:
     @contextlib.contextmanager
     def open_segment(self, name: str) -> Iterator[h5py.File]:
         if self._held is not None:
-            yield self._held_segment(name)
+            yield self._held_segment(name).file
             return
         f = self._open_segment(name)
         try:
@@ -395,7 +451,7 @@ class Store:
         finally:
             f.close()
 
-    def _held_segment(self, name: str) -> h5py.File:
+    def _held_segment(self, name: str) -> _HeldSegment:
         held = self._held
         assert held is not None
         try:
@@ -405,12 +461,12 @@ class Store:
             ident = (-1, -1, -1)  # missing: _open_segment says so
         with self._held_lock:
             entry = held.pop(name, None)  # popped and put back: the dict's order is the LRU order
-            if entry is None or entry[0] != ident:
-                entry = (ident, self._open_segment(name))
+            if entry is None or entry.ident != ident:
+                entry = _HeldSegment(ident, self._open_segment(name))
             held[name] = entry
             while len(held) > self._held_max:
                 held.pop(next(iter(held)))  # closed when the last reader lets go of it
-            return entry[1]
+            return entry
 
     def _open_segment(self, name: str) -> h5py.File:
         path = self.segment_path(name)
@@ -468,6 +524,11 @@ class Store:
         for si in np.unique(which):
             sel = np.flatnonzero(which == si)
             local = rows[sel] - bounds[si]
+            if self._held is not None and len(local) <= _MAPPED_READ_ROWS:  # a server's query: a few rows
+                in_place = self._held_segment(space.segments[si].file).row_map()
+                if in_place is not None:
+                    out[sel] = in_place.read(local)
+                    continue
             uniq, inverse = np.unique(local, return_inverse=True)
             with self.open_segment(space.segments[si].file) as f:
                 dset = f["vectors"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -120,6 +121,40 @@ def test_held_segment_handles_are_reused_and_reopened_when_the_file_changes(tmp_
                                   store.space_keys(next(iter(store.snapshot().spaces.values()))))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_held_store_reads_vectors_in_place_as_h5py_does(tmp_path: Path, dtype: str) -> None:
+    """A few rows from a held segment come from its memory map (chunk offsets): the same values as h5py
+    gives, rows from every chunk and segment, and from the new file once one is replaced."""
+    from featurestore.store import _RowMap
+
+    fs = FeatureStore(tmp_path / "s")
+    fs.ingest(str(write_csv(tmp_path / "a.csv", train_rows(700))), "train", FAKE, RECIPE, dtype=dtype, commit_rows=300)
+    cold = Store(tmp_path / "s")
+    held = Store(tmp_path / "s").hold_segments()
+    space = next(iter(cold.snapshot().spaces.values()))
+    assert len(space.segments) >= 3
+    by_row = cold.read_vectors(space, np.arange(space.rows))
+    rows = np.random.default_rng(7).permutation(space.rows)
+    got = np.concatenate([held.read_vectors(space, rows[i:i + 5]) for i in range(0, len(rows), 5)])
+    np.testing.assert_array_equal(got, by_row[rows])
+    maps = [held._held[seg.file]._map for seg in space.segments]
+    assert all(isinstance(m, _RowMap) for m in maps)
+    with pytest.raises(IndexError):
+        maps[0].read(np.array([space.segments[0].rows]))
+    # another file under the same name (a repair, a restore): read from the new one, never the old map
+    path = held.segment_path(space.segments[0].file)
+    other = tmp_path / "other.h5"
+    with h5py.File(path, "r", locking=False) as src, h5py.File(other, "w", locking=False) as dst:
+        for name, value in src.attrs.items():
+            dst.attrs[name] = value
+        for name in src:
+            data = src[name][()]
+            dst.create_dataset(name, data=-data if name == "vectors" else data, chunks=src[name].chunks)
+    os.replace(other, path)
+    first = rows[rows < space.segments[0].rows][:5]
+    np.testing.assert_array_equal(held.read_vectors(space, first), -by_row[first])
+
+
 def _coarse_prefix(keys: np.ndarray) -> np.ndarray:
     """Four distinct prefixes in all: every lookup goes through the shared-prefix paths."""
     k = np.ascontiguousarray(np.asarray(keys, dtype=KEY_DTYPE))
@@ -172,8 +207,9 @@ def test_few_ids_are_hashed_as_pandas_hashes_them() -> None:
     assert got.tolist() == want.tolist()
 
 
-def test_concurrent_exact_queries_share_one_scan_and_get_their_own_answers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_concurrent_queries_share_one_search_and_get_their_own_answers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     import threading
     import time
 
@@ -182,9 +218,12 @@ def test_concurrent_exact_queries_share_one_scan_and_get_their_own_answers(
     rows = train_rows(400)
     path = tmp_path / "s"
     FeatureStore(path).ingest(str(write_csv(tmp_path / "a.csv", rows)), "train", FAKE, RECIPE)
+    exact = kind == "exact"
+    if not exact:
+        FeatureStore(path).index_build(kind, model=FAKE, clean=RECIPE, nlist=8)
     queries = [(r["tweet"], k) for r, k in zip(rows[::20], [1, 3, 5, 10] * 5)]
     alone = FeatureStore(path)
-    want = [[(h.ids, round(h.score, 5)) for h in alone.similar(q, k=k, model=FAKE, clean=RECIPE)[0]]
+    want = [[(h.ids, round(h.score, 5)) for h in alone.similar(q, k=k, exact=exact, model=FAKE, clean=RECIPE)[0]]
             for q, k in queries]
     served = FeatureStore(path)
     served.warm(FAKE, RECIPE)
@@ -200,7 +239,8 @@ def test_concurrent_exact_queries_share_one_scan_and_get_their_own_answers(
 
     def ask(n: int, q: str, k: int) -> None:
         start.wait()
-        hits, _ = served.similar(q, k=k, exact=True, model=FAKE, clean=RECIPE)
+        hits, info = served.similar(q, k=k, exact=exact, model=FAKE, clean=RECIPE)
+        assert info["index_kind"].startswith("exact" if exact else "IVF")
         got[n] = [(h.ids, round(h.score, 5)) for h in hits]
 
     threads = [threading.Thread(target=ask, args=(n, q, k)) for n, (q, k) in enumerate(queries)]
@@ -209,4 +249,4 @@ def test_concurrent_exact_queries_share_one_scan_and_get_their_own_answers(
     for t in threads:
         t.join()
     assert [got[n] for n in range(len(queries))] == want  # each its own hits, its own k
-    assert served._search.batcher.scans <= 3  # 20 queries: the first alone, the rest together (or nearly)
+    assert 1 <= served._search.batcher.scans <= 3  # 20 queries: the first alone, the rest together (or nearly)
