@@ -86,6 +86,68 @@ def precision_recall_png(path: Path, y: np.ndarray, proba: np.ndarray, classes: 
     return _save(fig, path)
 
 
+# umap-learn's numba functions that a fit compiles, which umap compiles without numba's on-disk cache: every
+# `fs map` paid ~10 s of compilation (a fit of 60 points: 10.9 s, 10.1 of them compiling, on a 2-core machine).
+# Cached (beside umap's sources, or in numba's cache directory when those are read-only), a new process loads
+# the machine code instead: UMAP's part of a map in a new process 18.9 -> 3.3 s, the TensorFlow import left out
+# below included. The layout function is the n_jobs=1 variant only: its parallel twin has the same source and
+# line, which numba's cache index does not tell apart.
+_UMAP_UNCACHED_JIT = (("umap.utils", "fast_knn_indices"), ("umap.umap_", "smooth_knn_dist"),
+                      ("umap.umap_", "compute_membership_strengths"),
+                      ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"))
+
+
+def _parametric_umap(name: str):  # noqa: ANN202 - umap's module __getattr__ (PEP 562)
+    if name in ("ParametricUMAP", "load_ParametricUMAP"):
+        import warnings
+
+        with warnings.catch_warnings():  # as umap's own __init__ imports it
+            warnings.simplefilter("ignore")
+            from umap import parametric_umap  # imports TensorFlow now
+
+        return getattr(parametric_umap, name)
+    raise AttributeError(f"module 'umap' has no attribute {name!r}")
+
+
+def _import_umap():  # noqa: ANN202 - the umap module
+    """``import umap`` without TensorFlow, and with its compiled functions cached on disk by numba.
+
+    umap's package import pulls in TensorFlow for ParametricUMAP alone (4-5 s), which a map never uses: while
+    umap is imported, ``import tensorflow`` fails (as it would without TensorFlow installed), and
+    ``umap.ParametricUMAP`` is then imported when something asks for it. A process that has already imported
+    TensorFlow or umap keeps them as they are. (Another thread's first ``import tensorflow`` during those
+    seconds would fail: featurestore imports TensorFlow only to load a TF model, never beside a map.)
+    """
+    import importlib
+    import importlib.util
+    import sys
+    import warnings
+
+    hide = "umap" not in sys.modules and "tensorflow" not in sys.modules
+    if hide:
+        sys.modules["tensorflow"] = None  # type: ignore[assignment]  # makes `import tensorflow` raise ImportError
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ImportWarning)  # "Tensorflow not installed; ParametricUMAP ..."
+            import umap  # (optional: the plots extra)
+    finally:
+        if hide and sys.modules.get("tensorflow", 0) is None:
+            del sys.modules["tensorflow"]
+    if hide and getattr(umap, "ParametricUMAP", None) is not None and umap.ParametricUMAP.__module__ == "umap" \
+            and importlib.util.find_spec("tensorflow") is not None:
+        # umap put a stand-in that says TensorFlow is missing; the process's own code gets the real one on use.
+        del umap.ParametricUMAP
+        umap.__getattr__ = _parametric_umap
+    for module, name in _UMAP_UNCACHED_JIT:
+        fn = getattr(importlib.import_module(module), name, None)
+        if getattr(fn, "_cache", None) is not None and type(fn._cache).__name__ == "NullCache":
+            try:
+                fn.enable_caching()
+            except Exception:  # noqa: BLE001 - no writable cache directory: compile as before
+                pass
+    return umap
+
+
 def project(X: np.ndarray, method: str = "auto", seed: int = 42) -> tuple[np.ndarray, str]:
     """2-D coordinates of the rows of ``X``: UMAP (cosine) when installed and asked for, else PCA."""
     if method not in ("auto", "umap", "pca"):
@@ -94,11 +156,7 @@ def project(X: np.ndarray, method: str = "auto", seed: int = 42) -> tuple[np.nda
         raise UsageError(f"unknown {{param}} {method!r}; use auto, umap or pca", "method")
     if method in ("auto", "umap") and len(X) > 15:
         try:
-            import os
-
-            # umap imports TensorFlow when present (parametric UMAP); keep its start-up chatter off stderr.
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            import umap  # noqa: F401  (optional: the plots extra)
+            umap = _import_umap()
         except ImportError:
             if method == "umap":
                 from featurestore.errors import UsageError

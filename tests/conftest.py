@@ -68,18 +68,25 @@ REAL_MODEL_MODULES = frozenset({"test_minilm.py", "test_hub.py", "test_elmo.py",
 # Spreading the files over the pytest-xdist workers of ``make test`` (``--dist=loadfile``). A file
 # stays on one worker, so its module fixtures are built once; files that load the same heavy
 # framework go together, so one worker imports it once (MiniLM's two files also share one
-# embedding of the tweets, the session fixture ``minilm_store``).
+# embedding of the tweets, the session fixture ``minilm_store``). test_distributed.py runs MiniLM
+# in-process too (its real-model test's local ingest: 4-5 s of CPU importing torch and transformers
+# on a worker of its own).
 SHARED_GROUPS = {
     "test_minilm.py": "minilm", "test_minilm_int8.py": "minilm",  # torch, transformers, sentence-transformers
+    "test_minilm_tokenize.py": "minilm", "test_distributed.py": "minilm",
     "test_elmo.py": "tensorflow", "test_elmo_export.py": "tensorflow", "test_elmo_store.py": "tensorflow",
     "test_hub.py": "tensorflow",
 }
-# The groups handed out first, the longest first (measured on the 2-core machine); the other files
-# follow in file order. xdist's own order sends the files with the most tests first, which leaves
-# one-test files such as test_concurrency.py for the end, where one of them alone keeps a worker
-# busy while the other idles.
-LONGEST_FIRST = ("test_distributed.py", "tensorflow", "minilm", "test_plots.py", "test_crash.py", "test_concurrency.py",
-                 "test_features.py", "test_cli.py", "test_bad_input.py")
+# The files that run on their worker's share of the cores (_model_frameworks_on_this_workers_cores): not
+# test_distributed.py, whose Ray cluster (started in the module) must have every core it was given.
+PINNED = frozenset(SHARED_GROUPS) - {"test_distributed.py"}
+# The groups handed out first, the longest first (measured on the 2-core machine: from ~100 s for the
+# minilm group down to ~3 s); the other files, each under ~2 s, follow in file order. xdist's own order
+# sends the files with the most tests first, which leaves one-test files such as test_concurrency.py for
+# the end, where one of them alone keeps a worker busy while the other idles.
+LONGEST_FIRST = ("minilm", "tensorflow", "test_concurrency.py", "test_crash.py", "test_features.py", "test_cli.py",
+                 "test_bad_input.py", "test_train.py", "test_real_files.py", "test_index_scale.py", "test_fuzz_cli.py",
+                 "test_startup.py", "test_plots.py", "test_search_lookup.py", "test_serve.py")
 
 
 def _group(path: str | Path) -> str:
@@ -139,8 +146,8 @@ def this_workers_cores() -> Iterator[None]:
 
 @pytest.fixture(scope="module", autouse=True)
 def _model_frameworks_on_this_workers_cores(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The files that load a model framework (SHARED_GROUPS) run on this worker's share of the cores."""
-    if request.path.name not in SHARED_GROUPS:
+    """The files that load a model framework (PINNED) run on this worker's share of the cores."""
+    if request.path.name not in PINNED:
         yield
         return
     with this_workers_cores():

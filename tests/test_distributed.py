@@ -37,7 +37,11 @@ RECIPE = "basic-v1"  # no spaCy in the workers: keeps the module fast; tweet-v1 
 # - Ray lowers its workers' priority (nice 15), so beside the other pytest-xdist worker (nice 0) they got
 #   what CPU was left: 232 s against 135 s at nice 0, beside a busy loop on a busy 2-core machine.
 # Under `make test` the module went from 228 s to 83 s on its worker (481 -> 335 CPU-seconds for the suite).
-TEST_CLUSTER = {"num_workers_soft_limit": 8, "worker_niceness": 0}
+# - No worker processes started ahead of tasks (when a driver connects, or for a queue of tasks): the
+#   module started 27 worker processes, 6 of which never ran a task or an actor; 24 without prestarting
+#   (a worker's start costs ~1.5 CPU-seconds).
+TEST_CLUSTER = {"num_workers_soft_limit": 8, "worker_niceness": 0, "prestart_worker_first_driver": False,
+                "enable_worker_prestart": False}
 
 
 @pytest.fixture(scope="module")
