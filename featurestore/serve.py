@@ -16,6 +16,7 @@ the store itself cannot be read (a corrupt manifest: ``fs repair``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import ipaddress
 import logging
@@ -65,7 +66,7 @@ class Settings:
     clean: Optional[str] = None
     dtype: Optional[str] = None
     token: Optional[str] = None
-    threads: Optional[int] = None  # requests answered at once (default: the cores this process may use)
+    threads: Optional[int] = None  # queries answered at once (default: the cores; see Service.call)
 
 
 class HTTPError(Exception):
@@ -103,6 +104,25 @@ class Service:
         self._snap: Snapshot | None = None
         self._info: tuple[int, dict[str, Any]] | None = None
         self.warmed = threading.Event()
+        self.scans = False  # the served index is searched by brute force (a Flat index)
+        self._limiters: tuple[Any, Any] | None = None  # (queries, brute-force queries): made in the event loop
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a worker thread, as many at once as the served index does best.
+
+        A query holds the GIL for most of its few milliseconds: with anyio's 40 threads, 16 clients'
+        queries contended for it at 1.7x the CPU a query, so they run in as many threads as there are
+        cores (1M vectors, IVF, 16 clients, 2 cores: 123-128 req/s, p99 233-409 ms with 40 threads;
+        166-174 req/s, p99 116-130 ms with 2). A brute-force scan is the opposite: it releases the GIL and
+        queries waiting together share one scan (``SearchBatcher``), so for a Flat index up to 32 run at once.
+        """
+        if self._limiters is None:
+            from anyio import CapacityLimiter
+
+            n = self.settings.threads or usable_cores()
+            self._limiters = (CapacityLimiter(n), CapacityLimiter(max(n, 32)))
+        limiter = self._limiters[1] if self.scans else self._limiters[0]
+        return await to_thread.run_sync(functools.partial(fn, *args), limiter=limiter)
 
     def warm(self) -> None:
         """Build what queries read (index, key and id lookups, ids/labels/texts in memory) before the first
@@ -157,6 +177,7 @@ class Service:
             hits, info = self.fs.similar(q, id=id, k=k, dataset=dataset, model=s.model, clean=s.clean, dtype=s.dtype)
         except UnknownIdError as exc:
             raise HTTPError(404, " ".join(exc.render(param_of).split())) from None
+        self.scans = info.get("index_kind") == "Flat"
         # similar() read the latest manifest itself, this one or a newer one: the answer reflects at least it
         out = {
             "generation": snap.generation,
@@ -290,10 +311,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Requests run in as many threads as there are cores (anyio's default is 40): a query holds the
-        # GIL most of its time, and 16 threads contending for it cost 1.7x the CPU a query (1M vectors,
-        # 16 clients, 2 cores: 123-128 req/s, p99 233-409 ms with 40 threads; 166-174, 116-130 ms with 2).
-        to_thread.current_default_thread_limiter().total_tokens = settings.threads or usable_cores()
         threading.Thread(target=service.warm, name="fs-serve-warm", daemon=True).start()
         yield
 
@@ -350,15 +367,13 @@ def create_app(settings: Settings) -> FastAPI:
         return HTMLResponse(resources.files("featurestore").joinpath("static/index.html").read_text("utf-8"))
 
     @app.get("/similar", dependencies=auth, summary="Nearest stored tweets to a text or a stored row")
-    def similar_get(q: Optional[str] = None, id: Optional[str] = None, dataset: Optional[str] = None,
-                    k: int = 10) -> dict[str, Any]:
+    async def similar_get(q: Optional[str] = None, id: Optional[str] = None, dataset: Optional[str] = None,
+                          k: int = 10) -> dict[str, Any]:
         """``q``: a text; or ``id`` (+ ``dataset`` when the id is in several) of a stored row. With ``q``,
         ``dataset`` keeps only that dataset's rows. ``k`` <= 100."""
-        return service.similar(q, id, k, dataset or None)  # an empty form field means "any"
+        return await service.call(service.similar, q, id, k, dataset or None)  # an empty form field means "any"
 
-    @app.post("/similar", dependencies=auth, summary="Several similarity queries in one request")
-    def similar_post(body: BatchRequest) -> dict[str, Any]:
-        """Each query gets ``{"hits": [...]}`` or ``{"error": ..., "status": ...}``, in order."""
+    def similar_batch(body: BatchRequest) -> dict[str, Any]:
         if len(body.queries) > MAX_BATCH:
             raise HTTPError(413, f"batch has {len(body.queries):,} queries; the limit is {MAX_BATCH}; "
                             "fix: split it into several requests")
@@ -378,6 +393,11 @@ def create_app(settings: Settings) -> FastAPI:
                 status = 503 if isinstance(exc, StoreError) else 400
                 results.append({"error": " ".join(exc.render(param_of).split()), "status": status})
         return {"k": body.k, "results": results}
+
+    @app.post("/similar", dependencies=auth, summary="Several similarity queries in one request")
+    async def similar_post(body: BatchRequest) -> dict[str, Any]:
+        """Each query gets ``{"hits": [...]}`` or ``{"error": ..., "status": ...}``, in order."""
+        return await service.call(similar_batch, body)
 
     @app.get("/vectors/{dataset}/{id}", dependencies=auth, summary="The stored vector of a row")
     def vector(dataset: str, id: str) -> dict[str, Any]:

@@ -194,16 +194,25 @@ def test_token_is_required_when_set(base_store: Path) -> None:
 
 
 @pytest.mark.parametrize("threads", [None, 3])
-def test_requests_run_in_as_many_threads_as_cores_or_as_asked(base_store: Path, threads: int | None) -> None:
-    from anyio import to_thread
-
+def test_queries_run_in_as_many_threads_as_cores_or_as_asked_more_for_brute_force(
+        base_store: Path, tmp_path: Path, threads: int | None) -> None:
     from featurestore.machine import usable_cores
 
-    app = serve.create_app(serve.Settings(store=str(base_store), model=FAKE, clean="raw-v1", threads=threads))
-    with TestClient(app) as c:
-        tokens = c.portal.call(lambda: to_thread.current_default_thread_limiter().total_tokens)
-        assert c.get("/similar", params={"q": "hello"}).status_code == 200
-    assert tokens == (threads or usable_cores()) < 40  # anyio's default is 40
+    n = threads or usable_cores()
+    flat, ivf = tmp_path / "flat", tmp_path / "ivf"
+    shutil.copytree(base_store, flat)
+    shutil.copytree(base_store, ivf)
+    FeatureStore(ivf).index_build("ivf", nlist=4, model=FAKE, clean="raw-v1")
+    for path, scans in ((flat, True), (ivf, False)):
+        app = serve.create_app(serve.Settings(store=str(path), model=FAKE, clean="raw-v1", threads=threads))
+        with TestClient(app) as c:
+            assert c.get("/similar", params={"q": "hello"}).status_code == 200
+            service = app.state.service
+            assert service.scans is scans
+            queries, brute_force = service._limiters
+            assert queries.total_tokens == n < 40  # anyio's default is 40
+            assert brute_force.total_tokens == max(n, 32)
+            assert c.post("/similar", json={"queries": [{"q": "a"}, {"q": "b"}]}).status_code == 200
 
 
 def test_a_path_without_a_store_is_refused(tmp_path: Path) -> None:
