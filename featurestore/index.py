@@ -591,17 +591,33 @@ def _exact_from_store(store: Store, space: Space, q: np.ndarray, k: int, allowed
 
 
 def search(
-    opened: OpenedIndex, queries: np.ndarray, k: int, allowed_rows: np.ndarray | None = None, *,
-    exact: bool = False, nprobe: int | None = None, ef: int | None = None,
+    opened: OpenedIndex, queries: np.ndarray, k: int, allowed_rows: np.ndarray | list[np.ndarray | None] | None = None,
+    *, exact: bool = False, nprobe: int | None = None, ef: int | None = None,
     store: Store | None = None, space: Space | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` cosine scores and store rows per query; ``allowed_rows`` (sorted, unique) restricts the candidates.
+    """Top-``k`` cosine scores and store rows per query; ``allowed_rows`` (sorted, unique) restricts the candidates,
+    for every query, or per query as a list (None: any row).
 
     ``exact`` searches every vector (brute force) whatever the index kind; ``nprobe`` (IVF) and
     ``ef`` (HNSW) trade speed for recall. Missing results (fewer candidates than k) have row -1.
     """
     q = normalize(np.atleast_2d(queries))
     k = max(1, min(k, opened.rows))
+    if isinstance(allowed_rows, list):
+        groups: dict[int, tuple[np.ndarray | None, list[int]]] = {}
+        for i, a in enumerate(allowed_rows):
+            groups.setdefault(id(a), (a, []))[1].append(i)
+        if len(groups) == 1:
+            allowed_rows = allowed_rows[0]
+        elif (exact or opened.kind == "flat") and (flat := _exact_index(opened)) is not None and not flat[1] \
+                and flat[0].metric_type == faiss.METRIC_INNER_PRODUCT:
+            return _flat_blas(flat[0], q, k, list(groups.values()), opened.vectors)  # one scan for every group
+        else:
+            scores, rows = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+            for a, qi in groups.values():
+                scores[qi], rows[qi] = search(opened, q[qi], k, a, exact=exact, nprobe=nprobe, ef=ef,
+                                              store=store, space=space)
+            return scores, rows
     sel = None
     if allowed_rows is not None:
         sel = _selector(np.ascontiguousarray(allowed_rows, dtype=np.int64))
@@ -639,23 +655,37 @@ def _selector(rows: np.ndarray) -> Any:
 FLAT_BLOCK = 65536  # stored rows scored per matrix product: 65,536 x 384 x 4 B = 96 MB of vectors a block
 
 
-def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int, allowed: np.ndarray | None,
+def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int,
+               allowed: np.ndarray | list[tuple[np.ndarray | None, list[int]]] | None,
                vectors: VectorFile | VectorArray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k over a flat index's own vectors (a view, mapped or in memory, or read
     from its file) with numpy's matrix product: measured faster than FAISS's flat scan on these CPUs
-    (bench/index.py)."""
+    (bench/index.py). ``allowed`` restricts every query, or is a list of (restriction, query numbers):
+    one scan for all, each group's disallowed rows scored -inf (a server's stored-text and per-dataset
+    queries share it)."""
     n = index.ntotal
     source = vectors if vectors is not None else VectorArray(flat_vectors(index))  # the view itself, not a copy
+    per_query = allowed if isinstance(allowed, list) else None
 
     def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start, block in source.blocks(n, index.d, FLAT_BLOCK):
             rows = np.arange(start, start + len(block))
-            if allowed is not None:
+            if allowed is not None and per_query is None:
                 keep = member(rows, allowed)
                 block, rows = block[keep], rows[keep]
+            if not len(rows):
+                continue
             # block @ q.T, not q @ block.T: over memory-mapped rows the transposed product re-reads the
             # block (3.1 vs 1.1 s for a query over a million mapped 384-d rows here)
-            if len(rows):
-                yield (block @ q.T).T, rows
+            s = (block @ q.T).T
+            for restriction, qi in per_query or ():
+                if restriction is not None:
+                    out = ~member(rows, restriction)
+                    if out.any():
+                        s[np.ix_(qi, np.flatnonzero(out))] = -np.inf
+            yield s, rows
 
-    return top_k(blocks(), len(q), k)
+    scores, rows = top_k(blocks(), len(q), k)
+    if per_query is not None:
+        rows[np.isneginf(scores)] = -1  # fewer allowed rows than k: missing, as FAISS pads
+    return scores, rows

@@ -356,9 +356,10 @@ class Restriction:
 @dataclass
 class _Waiting:
     key: tuple[Any, ...]
-    run: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+    run: Callable[[np.ndarray, int, list[Any]], tuple[np.ndarray, np.ndarray]]
     queries: np.ndarray
     k: int
+    allowed: Any  # this query's restriction, handed to ``run`` per query row (a key may leave it out)
     done: bool = False
     result: tuple[np.ndarray, np.ndarray] | None = None
     error: BaseException | None = None
@@ -379,9 +380,10 @@ class SearchBatcher:
         self._running = False
         self.scans = 0  # searches run (fewer than queries when batched)
 
-    def search(self, key: tuple[Any, ...], run: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
-               queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        mine = _Waiting(key, run, np.atleast_2d(queries), k)
+    def search(self, key: tuple[Any, ...], run: Callable[[np.ndarray, int, list[Any]], tuple[np.ndarray, np.ndarray]],
+               queries: np.ndarray, k: int, allowed: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """``run(queries, k, restriction of each query row)`` for this query and those waiting with the same key."""
+        mine = _Waiting(key, run, np.atleast_2d(queries), k, allowed)
         with self._cv:
             self._waiting.append(mine)
             while self._running and not mine.done:
@@ -410,7 +412,8 @@ class SearchBatcher:
     def _run(self, group: list[_Waiting]) -> None:
         try:
             self.scans += 1
-            scores, rows = group[0].run(np.concatenate([w.queries for w in group]), max(w.k for w in group))
+            scores, rows = group[0].run(np.concatenate([w.queries for w in group]), max(w.k for w in group),
+                                        [w.allowed for w in group for _ in range(len(w.queries))])
             start = 0
             for w in group:
                 n = len(w.queries)
@@ -869,11 +872,15 @@ def similar_batch(
 
     t = time.perf_counter()
 
-    def run(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-        return faiss_index.search(opened, q, kk, allowed, exact=exact, nprobe=nprobe, ef=ef, store=store, space=space)
+    def run(q: np.ndarray, kk: int, each: list[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return faiss_index.search(opened, q, kk, allowed if each is None else each, exact=exact, nprobe=nprobe,
+                                  ef=ef, store=store, space=space)
 
     if cache.batcher is not None:  # a server: concurrent queries share one search call
-        scores, rows = cache.batcher.search(_batch_key(opened, allowed, exact, nprobe, ef), run, queries, k)
+        # a brute-force scan serves every restriction at once (each query's disallowed rows masked)
+        scan = exact or opened.kind == "flat"
+        key = _batch_key(opened, None if scan else allowed, exact, nprobe, ef)
+        scores, rows = cache.batcher.search(key, run, queries, k, allowed)
     else:
         scores, rows = run(queries, k)
     if opened.rows < space.rows:  # rows committed after the held index was opened

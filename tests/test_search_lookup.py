@@ -250,3 +250,69 @@ def test_concurrent_queries_share_one_search_and_get_their_own_answers(
         t.join()
     assert [got[n] for n in range(len(queries))] == want  # each its own hits, its own k
     assert 1 <= served._search.batcher.scans <= 3  # 20 queries: the first alone, the rest together (or nearly)
+
+
+def test_one_scan_serves_queries_of_every_restriction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent brute-force queries, some restricted to a dataset, some not, share one scan, and each gets
+    what it gets alone; a restriction with fewer rows than k pads with missing hits, as FAISS does."""
+    import threading
+    import time
+
+    from featurestore import index as faiss_index
+
+    rows = train_rows(400)
+    path = tmp_path / "s"
+    fs = FeatureStore(path)
+    fs.ingest(str(write_csv(tmp_path / "a.csv", rows[:300])), "a", FAKE, RECIPE)
+    fs.ingest(str(write_csv(tmp_path / "b.csv", rows[300:303])), "b", FAKE, RECIPE)  # 3 rows: fewer than k
+    asks = [(r["tweet"], d, k) for r, d, k in zip(rows[::25], [None, "a", "b"] * 6, [2, 5, 10] * 6)]
+    alone = FeatureStore(path)
+    want = [[(h.ids, round(h.score, 5)) for h in alone.similar(q, k=k, dataset=d, model=FAKE, clean=RECIPE)[0]]
+            for q, d, k in asks]
+    assert any(len(w) < k for w, (_, _, k) in zip(want, asks))  # the 3-row dataset runs out of hits
+    served = FeatureStore(path)
+    served.warm(FAKE, RECIPE)
+    real = faiss_index.search
+    groups: list[int] = []
+
+    def slow(opened, q, k, allowed=None, **kw):  # a scan long enough for every thread to be waiting
+        time.sleep(0.3)
+        groups.append(len({id(a) for a in allowed}) if isinstance(allowed, list) else 1)
+        return real(opened, q, k, allowed, **kw)
+
+    monkeypatch.setattr(faiss_index, "search", slow)
+    got: dict[int, list] = {}
+    start = threading.Barrier(len(asks))
+
+    def ask(n: int, q: str, d: str | None, k: int) -> None:
+        start.wait()
+        hits, _ = served.similar(q, k=k, dataset=d, model=FAKE, clean=RECIPE)
+        got[n] = [(h.ids, round(h.score, 5)) for h in hits]
+
+    threads = [threading.Thread(target=ask, args=(n, *a)) for n, a in enumerate(asks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[n] for n in range(len(asks))] == want
+    assert 1 <= served._search.batcher.scans <= 3 and max(groups) == 3  # the three restrictions in one scan
+
+
+def test_per_query_restrictions_equal_one_search_each(tmp_path: Path) -> None:
+    from featurestore import index as faiss_index
+
+    FeatureStore(tmp_path / "s").ingest(str(write_csv(tmp_path / "a.csv", train_rows(300))), "train", FAKE, RECIPE)
+    store = Store(tmp_path / "s")
+    space = next(iter(store.snapshot().spaces.values()))
+    q = store.read_vectors(space, np.arange(0, 60, 10)) + 0.01
+    few, half = np.array([3, 7, 250]), np.arange(0, space.rows, 2)
+    each = [None, few, half, few, None, half]
+    for kind in ("flat", "ivf"):
+        opened = faiss_index.build_index(store, space, kind, nlist=4 if kind == "ivf" else None)
+        for exact in (False, True):
+            s, r = faiss_index.search(opened, q, 5, each, exact=exact, store=store, space=space)
+            for i, a in enumerate(each):
+                s1, r1 = faiss_index.search(opened, q[i:i + 1], 5, a, exact=exact, store=store, space=space)
+                np.testing.assert_array_equal(r[i], r1[0])
+                np.testing.assert_allclose(s[i], s1[0], rtol=1e-5)
+            assert (r[1] == -1).sum() == 2 and set(r[1][r[1] >= 0]) <= set(few.tolist())
