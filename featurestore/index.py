@@ -560,6 +560,13 @@ def top_k(blocks: Iterable[tuple[np.ndarray, np.ndarray]], n_queries: int, k: in
     best_s = np.full((n_queries, 0), -np.inf, np.float32)
     best_r = np.zeros((n_queries, 0), np.int64)
     for s, rows in blocks:
+        if best_s.shape[1] == k:  # only rows that beat some query's k-th best so far can enter: most blocks
+            # of a large scan hold few of them, so the partition below sees tens of columns, not 65,536
+            beats = np.flatnonzero((s > best_s.min(axis=1, keepdims=True)).any(axis=0))
+            if not len(beats):
+                continue
+            if len(beats) < s.shape[1]:
+                s, rows = s[:, beats], rows[beats]
         s_all = np.concatenate([best_s, s], axis=1)
         r_all = np.concatenate([best_r, np.broadcast_to(rows, s.shape)], axis=1)
         keep = min(k, s_all.shape[1])

@@ -169,3 +169,28 @@ def test_a_mapped_flat_index_is_scanned_from_its_file_only_while_it_is_the_mappe
     other.write_bytes(bytes(data))
     assert faiss_index.VectorFile.of(str(other), opened.index) is None
     assert faiss_index.VectorFile.of(path, opened.index) is not None
+
+
+def test_top_k_equals_a_full_sort_over_blocks() -> None:
+    """The merge skips rows that beat no query's k-th best so far; what it returns is still the full sort's top k."""
+    from featurestore.index import top_k
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        nq, k, start, blocks = int(rng.integers(1, 6)), int(rng.integers(1, 12)), 0, []
+        for _ in range(int(rng.integers(1, 6))):
+            m = int(rng.integers(0, 40))
+            s = rng.standard_normal((nq, m)).astype(np.float32)
+            if rng.random() < 0.3:
+                s[:, : m // 2] = -np.inf  # rows a restriction masked out
+            blocks.append((s, np.arange(start, start + m)))
+            start += m
+        scores = np.concatenate([s for s, _ in blocks], axis=1)
+        got_s, got_r = top_k(iter(blocks), nq, k)
+        assert got_s.shape == got_r.shape == (nq, k)
+        for i in range(nq):
+            order = np.argsort(-scores[i], kind="stable")[:k]
+            np.testing.assert_array_equal(got_s[i, : len(order)], scores[i, order])
+            real = np.isfinite(got_s[i])
+            np.testing.assert_array_equal(scores[i, got_r[i, real]], got_s[i, real])  # each row has its score
+            assert (got_r[i, len(order):] == -1).all()
