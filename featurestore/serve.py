@@ -165,6 +165,11 @@ class Service:
 
     # ---- queries
 
+    def similar_json(self, *args: Any) -> JSONResponse:
+        """``similar`` encoded in the worker thread: FastAPI would validate and encode the dict on the event
+        loop, which every request shares."""
+        return JSONResponse(self.similar(*args))
+
     def similar(self, q: str | None, id: str | None, k: int, dataset: str | None) -> dict[str, Any]:
         check_k(k)
         if q is not None:
@@ -334,7 +339,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPError(401, f"bearer token {what}; fix: send the header 'Authorization: Bearer <token>' "
                             "with the server's --token")
 
-    auth = [Depends(authorize)]
+    auth = [Depends(authorize)] if settings.token is not None else []  # no per-request dependency to solve
 
     @app.exception_handler(HTTPError)
     def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
@@ -371,7 +376,7 @@ def create_app(settings: Settings) -> FastAPI:
                           k: int = 10) -> dict[str, Any]:
         """``q``: a text; or ``id`` (+ ``dataset`` when the id is in several) of a stored row. With ``q``,
         ``dataset`` keeps only that dataset's rows. ``k`` <= 100."""
-        return await service.call(service.similar, q, id, k, dataset or None)  # an empty form field means "any"
+        return await service.call(service.similar_json, q, id, k, dataset or None)  # an empty form field means "any"
 
     def similar_batch(body: BatchRequest) -> dict[str, Any]:
         if len(body.queries) > MAX_BATCH:
