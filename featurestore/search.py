@@ -371,8 +371,9 @@ class SearchBatcher:
     search of sixteen queries finds their lists with one matrix product against the centroids and pays
     FAISS's per-call cost once (1M vectors, nprobe 32, 2 cores: 250-322 queries/s one by one, 524-727 in
     sixteens). Each query's answer is what it would get alone. A thread that finds no search running runs
-    every query waiting at that moment (grouped by index, restriction and settings, with the largest k),
-    then hands over to one of the threads that arrived meanwhile."""
+    every query waiting at that moment (grouped by the caller's key: index and settings, and for an
+    approximate search the restriction; a scan takes each query's own), with the largest k, then hands
+    over to one of the threads that arrived meanwhile."""
 
     def __init__(self) -> None:
         self._cv = threading.Condition()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, AsyncIterator, Callable, Optional
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -117,8 +117,6 @@ class Service:
         queries waiting together share one scan (``SearchBatcher``), so for a Flat index up to 32 run at once.
         """
         if self._limiters is None:
-            from anyio import CapacityLimiter
-
             n = self.settings.threads or usable_cores()
             self._limiters = (CapacityLimiter(n), CapacityLimiter(max(n, 32)))
         limiter = self._limiters[1] if self.scans else self._limiters[0]
