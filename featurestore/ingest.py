@@ -247,7 +247,14 @@ def execute(
     n_new = len(work.new_rows)
     lookahead = 2  # chunks prepared beyond the one being committed: one embedding, one queued
     stop = threading.Event()
-    loaded = threading.Event()  # the model thread has loaded the model
+    loaded = threading.Event()  # the model has been loaded (by the drift check or the model thread)
+
+    def load() -> None:
+        if not loaded.is_set():  # models load on first use: timed apart from embedding
+            t = time.perf_counter()
+            embedder.device
+            summary.timings["load model"] = time.perf_counter() - t
+            loaded.set()
 
     def chunk_rows() -> int:
         if commit_rows is not None:
@@ -300,11 +307,7 @@ def execute(
 
         if stop.is_set():
             raise Stopped
-        if not loaded.is_set():  # models load on first use: timed apart from embedding
-            t = time.perf_counter()
-            embedder.device
-            summary.timings["load model"] = time.perf_counter() - t
-            loaded.set()
+        load()
         t = time.perf_counter()
         vectors = embedder.embed(list(chunk.todo.values()), progress=report)
         return vectors, time.perf_counter() - t
@@ -362,6 +365,7 @@ def execute(
                     while pending:  # the canaries are checked against the space as committed so far
                         commit(pending.popleft())
                     if stored is not None:
+                        load()
                         check_drift(w.store, stored, embedder, recipe)
                     drift_checked = True
             except Exception:

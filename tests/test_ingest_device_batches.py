@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 from featurestore import FeatureStore
@@ -32,7 +33,39 @@ def test_cpu_commits_1024_rows(tmp_path: Path) -> None:
     emb = CountingEmbedder(max_batch_size=3000, max_batch_tokens=1 << 20)
     s = fs.ingest(str(_csv(tmp_path / "in.csv", 5000)), "d", "fake", "raw-v1", embedder=emb)
     assert s.batches_committed == 5 and [len(b) for b in emb.batches] == [1024] * 4 + [904]
-    assert "load model" in s.timings
+    assert list(s.timings)[:2] == ["clean", "load model"]
+
+
+
+class SlowLoadingEmbedder(CountingEmbedder):
+    """Loads its model (0.3 s) on first use, by whichever call comes first: as MiniLM does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            time.sleep(0.3)
+            self._loaded = True
+
+    @property
+    def device(self) -> str:
+        self._load()
+        return "cpu"
+
+    def batch_limits(self) -> tuple[int, int]:
+        self._load()
+        return super().batch_limits()
+
+
+def test_the_model_load_is_timed_where_it_happens(tmp_path: Path) -> None:
+    fs = FeatureStore(tmp_path / "store")
+    first = fs.ingest(str(_csv(tmp_path / "in.csv", 300)), "d", "fake", "raw-v1", embedder=SlowLoadingEmbedder())
+    assert first.timings["load model"] >= 0.3
+    # a stored space: the drift check embeds its canaries first, and that is where the model loads
+    more = fs.ingest(str(_csv(tmp_path / "more.csv", 400)), "d", "fake", "raw-v1", embedder=SlowLoadingEmbedder())
+    assert more.embedded == 100 and more.timings["load model"] >= 0.3 and more.timings["embed"] < 0.3
 
 
 def test_gpu_commits_the_embedders_batch_once_loaded(tmp_path: Path) -> None:
