@@ -171,6 +171,18 @@ def project(X: np.ndarray, method: str = "auto", seed: int = 42) -> tuple[np.nda
     return PCA(n_components=2, random_state=seed).fit_transform(X), "PCA"
 
 
+def compile_umap() -> bool:
+    """Compile the numba code a UMAP map runs, into numba's on-disk caches: in a new install that costs
+    ~30 s (importing umap compiles pynndescent's functions, 21 s here; the first fit umap's own, 11 s),
+    once, instead of in the first ``fs map``; ``make setup`` runs it. False when umap is not installed."""
+    try:
+        _import_umap()
+    except ImportError:
+        return False
+    project(np.random.default_rng(0).standard_normal((60, 8)).astype(np.float32), "umap")
+    return True
+
+
 def map_png(path: Path, xy: np.ndarray, labels: np.ndarray, title: str) -> Path:
     fig = Figure(figsize=(8, 7))
     ax = fig.add_subplot()
