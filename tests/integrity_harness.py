@@ -570,10 +570,10 @@ def _crash_harness(
         if report is not None and not report.ok:
             fig.failures.append(f"after kill {fig.kills_tried}: check failed: {report.errors}")
             ok = False
-        if killed and cli_check_every and fig.kills_tried % cli_check_every == 0:
-            c = run_fs("check", "--store", str(store))
+        if killed and cli_check_every and report is not None and fig.kills_tried % cli_check_every == 0:
+            c = run_fs("check", "--store", str(store))  # (no store yet: the CLI says so, rightly; nothing to check)
             if c.returncode != 0:
-                fig.failures.append(f"after kill {fig.kills_tried}: fs check exited {c.returncode}: {c.stdout}")
+                fig.failures.append(f"after kill {fig.kills_tried}: fs check exited {c.returncode}: {c.stdout}{c.stderr}")
                 ok = False
         if killed and _uncommitted_files(store):
             fig.kills_mid_write += 1
