@@ -610,21 +610,22 @@ def search(
     """
     q = normalize(np.atleast_2d(queries))
     k = max(1, min(k, opened.rows))
+    blas = _blas_index(opened, exact)
     if isinstance(allowed_rows, list):
         groups: dict[int, tuple[np.ndarray | None, list[int]]] = {}
         for i, a in enumerate(allowed_rows):
             groups.setdefault(id(a), (a, []))[1].append(i)
-        if len(groups) == 1:
-            allowed_rows = allowed_rows[0]
-        elif (exact or opened.kind == "flat") and (flat := _exact_index(opened)) is not None and not flat[1] \
-                and flat[0].metric_type == faiss.METRIC_INNER_PRODUCT:
-            return _flat_blas(flat[0], q, k, list(groups.values()), opened.vectors)  # one scan for every group
-        else:
+        if len(groups) > 1:
+            if blas is not None:
+                return _flat_blas(blas, q, k, list(groups.values()), opened.vectors)  # one scan for every group
             scores, rows = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
             for a, qi in groups.values():
                 scores[qi], rows[qi] = search(opened, q[qi], k, a, exact=exact, nprobe=nprobe, ef=ef,
                                               store=store, space=space)
             return scores, rows
+        allowed_rows = allowed_rows[0]
+    if blas is not None:
+        return _flat_blas(blas, q, k, allowed_rows, opened.vectors)
     sel = None
     if allowed_rows is not None:
         sel = _selector(np.ascontiguousarray(allowed_rows, dtype=np.int64))
@@ -636,11 +637,20 @@ def search(
             raise ValueError("exact search of a PQ index needs the store and space")
         return _exact_from_store(store, space, q, k, allowed_rows)
     index, lists = flat
-    if not lists and index.metric_type == faiss.METRIC_INNER_PRODUCT:
-        return _flat_blas(index, q, k, allowed_rows, opened.vectors)
     params = (faiss.SearchParametersIVF(sel=sel, nprobe=lists) if lists
               else faiss.SearchParameters(sel=sel) if sel is not None else None)
     return index.search(q, k, params=params)
+
+
+def _blas_index(opened: OpenedIndex, exact: bool) -> faiss.IndexFlat | None:
+    """The flat inner-product index a search scans with numpy's matrix product (``_flat_blas``), or None when
+    FAISS (an approximate search, an IVF scan of every list) or the store (PQ codes) answers it."""
+    if not exact and opened.kind != "flat":
+        return None
+    flat = _exact_index(opened)
+    if flat is None or flat[1] or flat[0].metric_type != faiss.METRIC_INNER_PRODUCT:
+        return None
+    return flat[0]
 
 
 def member(rows: np.ndarray, allowed: np.ndarray) -> np.ndarray:

@@ -405,7 +405,7 @@ def ingest(
 ) -> IngestSummary:
     """Add ``table`` to ``dataset`` and make sure every row has a vector in the model's space."""
     t0 = time.perf_counter()
-    if commit_rows is not None and commit_rows < 1:  # 0 would crash range(); a negative step would silently commit nothing
+    if commit_rows is not None and commit_rows < 1:  # 0 would never advance through the rows, a negative size go back
         raise UsageError(f"{{param}} must be at least 1, got {commit_rows}", "commit_rows")
     max_chars = max_chars if max_chars is not None else getattr(embedder, "max_chars", DEFAULT_MAX_CHARS)
     if max_chars < 1:

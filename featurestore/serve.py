@@ -329,8 +329,7 @@ def create_app(settings: Settings) -> FastAPI:
     bearer = HTTPBearer(auto_error=False, description="the server's --token")
 
     async def authorize(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
-        if settings.token is None:
-            return
+        assert settings.token is not None  # a dependency of the routes only when the server has a token
         given = credentials.credentials if credentials is not None else ""
         if credentials is None or not hmac.compare_digest(given.encode(), settings.token.encode()):
             what = "missing" if credentials is None else "wrong"

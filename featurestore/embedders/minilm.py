@@ -152,7 +152,7 @@ class MiniLMEmbedder(Embedder):
                     if k + 1 < len(batches):
                         ahead = pool.submit(tokenize, batches[k + 1])
                     vectors.append(model(ids, mask).float())
-                out[[i for idx in batches for i in idx]] = torch.cat(vectors).cpu().numpy()
+                out[order] = torch.cat(vectors).cpu().numpy()  # the batches are ``order`` cut in pieces
         return out
 
 
