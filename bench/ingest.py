@@ -8,10 +8,12 @@ ingest, peak RSS, bytes per vector, similar latency, train from store.
     .venv/bin/python bench/ingest.py --json out.json
 
 The cold-path section runs on the same texts, in this order: the plain library call
-(``SentenceTransformer.encode``, its default batch of 32), our ``MiniLMEmbedder.embed``, a cold
+(``SentenceTransformer.encode``, its default batch of 32), our torch ``MiniLMEmbedder.embed``, what
+``--model minilm`` runs here (ONNX Runtime fp32 on a CPU when installed: the same vectors), a cold
 ``fs ingest`` into a new store in this process (model already loaded: the steady-state cold path,
 with the model's busy fraction), and the same for ``minilm-int8``; then the usual cold ingest as a
-new ``fs`` process (imports and model load included), for both models.
+new ``fs`` process (imports and model load included), for both models, and for ``minilm`` on torch
+(``FS_MINILM_BACKEND=torch``).
 
 Every figure comes from this one run on this machine; ratios compare runs made side by side.
 """
@@ -78,29 +80,39 @@ def cold_path(src: Path, tmp: Path, int8: bool, res: dict, rounds: int) -> None:
     from sentence_transformers import SentenceTransformer
 
     from featurestore.api import FeatureStore
+    from featurestore.embedders import load_embedder
     from featurestore.embedders.minilm import MiniLMEmbedder
 
     texts = read_texts(src)
     n = len(texts)
-    ours = MiniLMEmbedder()
-    plain = SentenceTransformer(str(ours.model_dir), device="cpu", local_files_only=True)
+    torch_emb = MiniLMEmbedder()
+    ours = load_embedder("minilm")  # what `--model minilm` runs here: ONNX Runtime fp32 on a CPU when installed
+    backend = "onnxruntime" if type(ours) is not MiniLMEmbedder else "torch"
+    plain = SentenceTransformer(str(torch_emb.model_dir), device="cpu", local_files_only=True)
     plain.encode(texts[:64])  # first-call costs, not measured
+    torch_emb.embed(texts[:64])
     ours.embed(texts[:64])
-    t_plain = t_ours = t_ingest = float("inf")
+    t_plain = t_torch = t_ours = t_ingest = float("inf")
     for r in range(rounds):
         ref, t = timed(plain.encode, texts)
         t_plain = min(t_plain, t)
+        tv, t = timed(torch_emb.embed, texts)
+        t_torch = min(t_torch, t)
         fp32, t = timed(ours.embed, texts)
         t_ours = min(t_ours, t)
         s, t = timed(FeatureStore(tmp / f"cold-fp32-{r}").ingest, str(src), "s140", "minilm", embedder=ours)
         if t < t_ingest:
             t_ingest, busy = t, s.timings.get("embed", 0.0) / s.seconds
     same = float(np.max(np.abs(ref - fp32)))
-    res.update(plain_encode_texts_per_s=n / t_plain, embed_texts_per_s=n / t_ours,
-               cold_ingest_inproc_texts_per_s=n / t_ingest, cold_inproc_over_plain=t_plain / t_ingest,
-               embed_over_plain=t_plain / t_ours, model_busy_fraction=busy, embed_vs_plain_max_abs_diff=same)
+    res.update(plain_encode_texts_per_s=n / t_plain, torch_embed_texts_per_s=n / t_torch, minilm_backend=backend,
+               embed_texts_per_s=n / t_ours, cold_ingest_inproc_texts_per_s=n / t_ingest,
+               cold_inproc_over_plain=t_plain / t_ingest, torch_embed_over_plain=t_plain / t_torch,
+               embed_over_plain=t_plain / t_ours, model_busy_fraction=busy, embed_vs_plain_max_abs_diff=same,
+               torch_vs_plain_max_abs_diff=float(np.max(np.abs(ref - tv))))
     print(f"plain SentenceTransformer.encode (batch 32): {n / t_plain:,.1f} texts/s")
-    print(f"MiniLMEmbedder.embed: {n / t_ours:,.1f} texts/s ({t_plain / t_ours:.2f}x plain); "
+    print(f"MiniLMEmbedder.embed (torch): {n / t_torch:,.1f} texts/s ({t_plain / t_torch:.2f}x plain); "
+          f"vectors vs plain: max abs diff {res['torch_vs_plain_max_abs_diff']:.1e}")
+    print(f"--model minilm ({backend}) embed: {n / t_ours:,.1f} texts/s ({t_plain / t_ours:.2f}x plain); "
           f"vectors vs plain: max abs diff {same:.1e}")
     print(f"cold fs ingest in this process (new store, model loaded; {s.embedded:,} distinct texts embedded): "
           f"{n / t_ingest:,.1f} texts/s ({t_plain / t_ingest:.2f}x plain); model busy {busy:.1%} of the ingest")
@@ -120,10 +132,12 @@ def cold_path(src: Path, tmp: Path, int8: bool, res: dict, rounds: int) -> None:
             t_ingest8, busy8 = t, s8.timings.get("embed", 0.0) / s8.seconds
     cos = (qv * fp32).sum(axis=1)[np.linalg.norm(fp32, axis=1) > 0]
     res.update(int8_load_s=t_load, int8_embed_texts_per_s=n / t_q, int8_cold_ingest_inproc_texts_per_s=n / t_ingest8,
-               int8_over_fp32_embed=t_ours / t_q, int8_over_fp32_cold_inproc=t_ingest / t_ingest8,
+               int8_over_fp32_embed=t_ours / t_q, int8_over_torch_embed=t_torch / t_q,
+               int8_over_fp32_cold_inproc=t_ingest / t_ingest8,
                int8_model_busy_fraction=busy8, int8_cosine_mean=float(cos.mean()), int8_cosine_min=float(cos.min()))
     print(f"minilm-int8: load {t_load:.1f} s ({'exported now' if q.exports else 'cached export'}); "
-          f"embed {n / t_q:,.1f} texts/s ({t_ours / t_q:.2f}x fp32 embed); cold fs ingest in this process "
+          f"embed {n / t_q:,.1f} texts/s ({t_ours / t_q:.2f}x fp32 {backend}, {t_torch / t_q:.2f}x fp32 torch); "
+          f"cold fs ingest in this process "
           f"{n / t_ingest8:,.1f} texts/s ({t_ingest / t_ingest8:.2f}x fp32); model busy {busy8:.1%}")
     print(f"minilm-int8 vs fp32 cosine on these {len(cos):,} texts: mean {cos.mean():.4f}, min {cos.min():.4f}")
 
@@ -190,6 +204,11 @@ def main() -> None:
         res.update(cold_process_over_plain=(n / wall_cold) / res["plain_encode_texts_per_s"])
         print(f"cold fs ingest as a new process (imports and model load included): {n / wall_cold:,.1f} texts/s, "
               f"{res['cold_process_over_plain']:.2f}x plain")
+        envt = {**env, "FS_STORE": str(tmp / "store-torch"), "FS_MINILM_BACKEND": "torch"}
+        wall_t, _, out_t = run_cli(["ingest", str(src), "--dataset", "s140", "--model", "minilm"], envt)
+        res.update(torch_cold_process_over_plain=(n / wall_t) / res["plain_encode_texts_per_s"])
+        print(f"the same on torch (FS_MINILM_BACKEND=torch): {n / wall_t:,.1f} texts/s, "
+              f"{res['torch_cold_process_over_plain']:.2f}x plain; {out_t.strip().splitlines()[-1]}")
     if int8:
         env8 = {**env, "FS_STORE": str(tmp / "store-int8")}
         wall8, rss8, _ = run_cli(["ingest", str(src), "--dataset", "s140", "--model", "minilm-int8"], env8)

@@ -125,3 +125,76 @@ def test_warm_reingest_imports_no_model_framework(minilm_store, tmp_path: Path) 
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+# --- the CPU backend: ONNX Runtime fp32, the same vectors and space as torch -------------------------------
+
+from featurestore.embedders import onnx_minilm as onnx  # noqa: E402 -- onnxruntime: make setup installs the int8 extra
+
+
+def test_minilm_on_a_cpu_runs_onnx_runtime_with_torchs_vectors_and_space(minilm_store) -> None:
+    from featurestore.embedders import load_embedder
+
+    st, rows = minilm_store  # stored through `fs ingest --model minilm`: onnx on this GPU-less machine
+    ort_emb = load_embedder("minilm")
+    assert isinstance(ort_emb, onnx.MiniLMOnnxEmbedder) and ort_emb.onnx_path.is_file()
+    torch_emb = MiniLMEmbedder()
+    assert ort_emb.fingerprint == torch_emb.fingerprint  # one space: vectors of both may share a store
+    texts = [r["tweet"] for r in rows[:100]] + ["  spaces around  ", "word " * 400, "émoji 😀 and #tags @you", "x", ""]
+    got, want = ort_emb.embed(texts), torch_emb.embed(texts)
+    assert float(np.abs(got - want).max()) <= 1e-5
+    X, _, _ = FeatureStore(st).xy("train", "minilm", labelled=False)
+    np.testing.assert_array_equal(X[:100], got[:100])  # the store holds what this backend computes
+
+
+def test_backend_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from featurestore.embedders import load_embedder
+    from featurestore.errors import ModelError
+
+    monkeypatch.delenv("FS_MINILM_BACKEND", raising=False)
+    assert onnx.minilm_backend() == "onnx"  # no GPU here, onnxruntime installed, export cached
+    monkeypatch.setattr(onnx, "_nvidia_gpu", lambda: True)
+    assert onnx.minilm_backend() == "torch"  # a GPU wants torch's large batches
+    assert isinstance(load_embedder("minilm"), MiniLMEmbedder)
+    monkeypatch.setenv("FS_MINILM_BACKEND", "onnx")
+    assert onnx.minilm_backend() == "onnx"  # asked for, GPU or not
+    monkeypatch.setenv("FS_MINILM_BACKEND", "Torch ")
+    assert onnx.minilm_backend() == "torch"
+    monkeypatch.setenv("FS_MINILM_BACKEND", "tensorrt")
+    with pytest.raises(ModelError, match=r"FS_MINILM_BACKEND='tensorrt'.*fix: set it to torch or onnx") as err:
+        load_embedder("minilm")
+    assert "\n" not in str(err.value)
+    monkeypatch.delenv("FS_MINILM_BACKEND")
+    monkeypatch.setattr(onnx, "_nvidia_gpu", lambda: False)
+    # No cached export and a cache this process cannot write (a read-only user): torch, not an error.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setenv("FS_CACHE_DIR", str(locked / "cache"))
+    monkeypatch.setattr(onnx, "_writable", lambda d: False)
+    assert onnx.minilm_backend() == "torch"
+    monkeypatch.undo()
+    assert onnx.minilm_backend() == "onnx"
+
+
+def test_without_onnxruntime_minilm_is_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = onnx.importlib.util.find_spec
+    monkeypatch.delenv("FS_MINILM_BACKEND", raising=False)
+    monkeypatch.setattr(onnx.importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert onnx.minilm_backend() == "torch"
+
+
+def test_a_store_made_with_torch_takes_onnx_rows_after_the_drift_check(minilm_store, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The other way round from minilm_store: torch first; then the CPU default adds rows to the same space,
+    # after re-embedding the stored canaries (the drift check, 1e-4) passes.
+    _, rows = minilm_store
+    st = tmp_path / "store"
+    monkeypatch.setenv("FS_MINILM_BACKEND", "torch")
+    r = runner.invoke(app, ["ingest", str(write_csv(tmp_path / "a.csv", rows[:20])), "--dataset", "d", "--store", str(st)])
+    assert r.exit_code == 0, r.output
+    monkeypatch.setenv("FS_MINILM_BACKEND", "onnx")
+    r = runner.invoke(app, ["ingest", str(write_csv(tmp_path / "b.csv", rows[:40])), "--dataset", "d", "--store", str(st)])
+    assert r.exit_code == 0, r.output
+    assert "new ids 20  duplicates 20" in r.output and "texts embedded 20" in r.output
+    info = FeatureStore(st).info()
+    assert len(info["spaces"]) == 1 and info["spaces"][0]["vectors"] == 40

