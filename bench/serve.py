@@ -233,6 +233,8 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--ingest-rows", type=int, default=2000, help="rows per fs ingest run in phase 2")
     ap.add_argument("--batch-rows", type=int, default=500, help="rows per committed batch of those runs")
+    ap.add_argument("--ingest-nice", type=int, default=0, help="run those fs ingest processes at this niceness "
+                    "(as a batch job beside a latency-sensitive server would be; 0 = the server's own priority)")
     ap.add_argument("--verify", type=int, default=256, help="ingested rows queried again after the load "
                     "(spread evenly, the last one included; 0 = all)")
     ap.add_argument("--token", default="bench-token")
@@ -304,7 +306,8 @@ def main() -> int:
                 rows_ = synthetic_rows(args.ingest_rows, "live", part * args.ingest_rows)
                 src = write_rows(tmp / f"live-{part}.csv", rows_)
                 t_ = time.perf_counter()
-                r_ = subprocess.run([*FS, "ingest", str(src), "--dataset", "live", "--store", str(store), "--model",
+                nice = ["nice", "-n", str(args.ingest_nice)] if args.ingest_nice else []
+                r_ = subprocess.run([*nice, *FS, "ingest", str(src), "--dataset", "live", "--store", str(store), "--model",
                                      args.model, "--clean", args.clean, "--batch-rows", str(args.batch_rows), "--wait"],
                                     cwd=ROOT, capture_output=True, text=True)
                 ingest_log.append(f"fs ingest {args.ingest_rows:,} rows: exit {r_.returncode}, "
@@ -325,7 +328,9 @@ def main() -> int:
         committed.stop.set()
         gen1 = httpx.get(url + "/health", headers=headers, timeout=600).json()["generation"]
         print(busy.line("phase 2 (ingest)", busy_s) + f"  ({load_average()})")
-        print(f"  during phase 2: {len(ingest_log)} fs ingest run(s), generations {gen0} -> {gen1}; live rows "
+        print(f"  during phase 2: {len(ingest_log)} fs ingest run(s)"
+              + (f" at niceness {args.ingest_nice}" if args.ingest_nice else "")
+              + f", generations {gen0} -> {gen1}; live rows "
               f"found {busy.live_found:,}, asked before their commit was published {busy.live_pending:,}")
         for line in ingest_log:
             print(f"  {line}")

@@ -10,8 +10,11 @@ import typer
 
 from cli import models as models_cli
 from cli.common import OneLineErrors, handle_errors
+from featurestore import clean
 from featurestore.embedders import DEFAULT_MODEL
 from featurestore.errors import FeatureStoreError
+
+clean.SPACY_WITHOUT_TORCH = True  # this process's spaCy needs no torch (featurestore.clean._import_spacy)
 
 app = typer.Typer(
     help="featurestore: embed each tweet once, keep the vectors in HDF5, train and search from the store.",

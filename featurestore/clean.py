@@ -34,10 +34,33 @@ def _tutorial_steps(text: str) -> str:
 _SPACY_LOCK = threading.RLock()  # one load (seconds) for all threads, one pipe at a time (a server's requests)
 
 
+#: Set by the ``fs`` command: its spaCy is imported without torch (``_import_spacy``).
+SPACY_WITHOUT_TORCH = False
+
+
+def _import_spacy():  # noqa: ANN202 -- the spacy module
+    """spaCy, imported in the ``fs`` process without torch: thinc imports torch (1.3 s of CPU here, most of
+    a ``tweet-v1`` ingest's or query's start-up) only to offer torch layers, which the lookup lemmatizer
+    never uses. Elsewhere (a library user's process) spaCy is imported as usual: the user's own pipelines
+    may want thinc's torch support. Once spaCy is imported, ``import torch`` works as before."""
+    import sys
+
+    if not SPACY_WITHOUT_TORCH or "thinc" in sys.modules or "torch" in sys.modules:
+        import spacy
+
+        return spacy
+    sys.modules["torch"] = None  # type: ignore[assignment] -- 'import torch' raises ImportError in thinc.compat
+    try:
+        import spacy
+    finally:
+        del sys.modules["torch"]
+    return spacy
+
+
 @lru_cache(maxsize=1)
 def _load_lemmatizer():
     """spaCy's English tokenizer plus the offline lookup lemmatizer (spacy-lookups-data)."""
-    import spacy
+    spacy = _import_spacy()
 
     nlp = spacy.blank("en")
     nlp.add_pipe("lemmatizer", config={"mode": "lookup"})

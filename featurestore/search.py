@@ -428,6 +428,8 @@ class SearchBatcher:
 
 
 TAIL_MAX_ROWS = 65536  # newer rows searched by brute force beside a held index (~0.1 GB at 384-d)
+MERGE_TAIL = 4  # segments looked up one by one past a server's merged key table before it is rebuilt
+MERGED_TABLES = 8  # merged key tables a server holds (a space's, each dataset's)
 
 
 @dataclass
@@ -451,8 +453,10 @@ class SearchCache:
     packed: bool = False  # hold ids, labels and texts in memory (a server), instead of reading them per query
     lock: threading.RLock = field(default_factory=threading.RLock)
     batcher: SearchBatcher | None = None  # concurrent searches answered together (a server)
+    merged: dict[str, tuple[tuple[str, ...], SegmentKeys]] = field(default_factory=dict)  # see _key_parts
     _building: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)  # see _once
     _building_lock: threading.Lock = field(default_factory=threading.Lock)
+    _merging: bool = False
 
     def embedder(self, model: str) -> Any:
         with self.lock:
@@ -467,6 +471,8 @@ class SearchCache:
             return
         files = snap.files()
         self.segments = {k: v for k, v in list(self.segments.items()) if k[1] in files}
+        with self._building_lock:
+            self.merged = {k: v for k, v in self.merged.items() if files.issuperset(v[0])}
         store.release_segments(files)
         self.generation = snap.generation
 
@@ -503,13 +509,57 @@ class SearchCache:
         wanted = np.asarray(wanted, dtype=KEY_DTYPE)
         prefixes = _prefix(wanted)
         found: list[list[np.ndarray]] = [[] for _ in wanted]
-        offset = 0
-        for seg in segs:
-            for n, local in enumerate(self.segment_keys(store, seg).find(wanted, prefixes)):
+        for keys, offset in self._key_parts(store, segs):
+            for n, local in enumerate(keys.find(wanted, prefixes)):
                 if len(local):
                     found[n].append(local + offset)
-            offset += seg.rows
         return [np.concatenate(f) if f else _NONE for f in found]
+
+    def _key_parts(self, store: Store, segs: Sequence[Segment]) -> list[tuple[SegmentKeys, int]]:
+        """(key lookup, global offset of its first row) covering ``segs``: in a server, one merged table for
+        as many leading segments as one holds, then the newer segments one by one.
+
+        A million-row dataset spans tens of segments, and a lookup of each hit's key in each of them was a
+        fifth of a server's CPU (bench/serve.py); ingests append segments, so a merged table is rebuilt in a
+        background thread once more than ``MERGE_TAIL`` segments trail it, and queries never wait for it."""
+        files = tuple(seg.file for seg in segs)
+        held = self.merged.get(files[0]) if self.packed and len(files) > 1 else None
+        done = len(held[0]) if held is not None and files[:len(held[0])] == held[0] else 0
+        parts = [(held[1], 0)] if done else []
+        offset = sum(seg.rows for seg in segs[:done])
+        for seg in segs[done:]:
+            parts.append((self.segment_keys(store, seg), offset))
+            offset += seg.rows
+        if self.packed and len(segs) - done > (MERGE_TAIL if done else 1):
+            self._merge_later(store, tuple(segs))
+        return parts
+
+    def _merge_later(self, store: Store, segs: tuple[Segment, ...]) -> None:
+        """Build the merged key table of ``segs`` in a background thread (one build at a time)."""
+        with self._building_lock:
+            if self._merging:
+                return
+            self._merging = True
+
+        def build() -> None:
+            try:
+                self.merge_keys(store, segs)
+            except Exception:  # a segment gone with a compaction: the next query asks again
+                log.debug("merging key tables failed", exc_info=True)
+            finally:
+                self._merging = False
+
+        threading.Thread(target=build, name="fs-merge-keys", daemon=True).start()
+
+    def merge_keys(self, store: Store, segs: Sequence[Segment]) -> None:
+        """Hold one sorted key table for all of ``segs`` (a server's lookups across them: ``_key_parts``)."""
+        keys = SegmentKeys(np.concatenate([self.segment_keys(store, seg).keys for seg in segs]), sort=True)
+        files = tuple(seg.file for seg in segs)
+        with self._building_lock:
+            self.merged.pop(files[0], None)
+            self.merged[files[0]] = (files, keys)
+            while len(self.merged) > MERGED_TABLES:  # the oldest first: superseded by compactions
+                del self.merged[next(iter(self.merged))]
 
     def keys_at(self, store: Store, segs: Sequence[Segment], positions: Sequence[int]) -> np.ndarray:
         """Keys at global positions of ``segs``."""
@@ -576,6 +626,8 @@ class SearchCache:
         self.index(store, space, None)
         for seg in space.segments:
             self.segment_keys(store, seg)
+        if self.packed and len(space.segments) > 1:
+            self.merge_keys(store, space.segments)
         for d in snap.datasets.values():
             segs = d.keys.get(space.recipe, ())
             self.ids_table(store, segs, f"{d.name}-keys-{space.recipe}")
@@ -584,6 +636,8 @@ class SearchCache:
                 self.segment_keys(store, seg)
                 if self.packed:
                     self.column(store, seg, "ids")
+            if self.packed and len(segs) > 1:
+                self.merge_keys(store, segs)
             for seg in d.rows if self.packed else ():
                 for column in ("ids", "texts", "labels"):
                     self.column(store, seg, column)

@@ -357,6 +357,7 @@ class Store:
         self._held: dict[str, _HeldSegment] | None = None  # see hold_segments
         self._held_max = 0
         self._held_lock = threading.Lock()
+        self._manifest_held: tuple[tuple[int, int, int, int], Snapshot] | None = None  # see read_manifest
 
     def hold_segments(self, limit: int = 256) -> "Store":
         """Keep up to ``limit`` segment files open between reads (a long-lived reader: ``fs serve``, a
@@ -398,8 +399,17 @@ class Store:
     def read_manifest(self, generation: int) -> Snapshot:
         path = self.manifest_path(generation)
         try:
+            # A long-lived reader (fs serve) asks for the latest snapshot on every query: the last one read is
+            # reused while its file is the same one (a generation's file is replaced only by a repair).
+            st = os.stat(path)
+            same = (generation, st.st_ino, st.st_mtime_ns, st.st_size)
+            held = self._manifest_held
+            if held is not None and held[0] == same:
+                return held[1]
             data = json.loads(path.read_bytes())
-            return Snapshot.from_json(data, self.path)
+            snap = Snapshot.from_json(data, self.path)
+            self._manifest_held = (same, snap)
+            return snap
         except StoreError:
             raise
         except PermissionError:

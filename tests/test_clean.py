@@ -115,3 +115,29 @@ def test_unknown_recipe_lists_known_ones() -> None:
     assert "'tweet-v9'" in msg
     for name in ("raw-v1", "basic-v1", "tweet-v1"):
         assert name in msg
+
+
+def test_the_fs_process_lemmatizes_without_importing_torch() -> None:
+    # thinc imports torch for its torch layers (1.3 s); the fs command's spaCy goes without it, same lemmas,
+    # and torch still imports afterwards (a torch embedder in the same process).
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    texts = [r["tweet"] for r in train_rows(40)]
+    code = (
+        "import json, sys\n"
+        "import cli.main\n"
+        "from featurestore.clean import get_recipe\n"
+        f"out = get_recipe('tweet-v1').clean({texts!r})\n"
+        "had_torch = 'torch' in sys.modules\n"
+        "import torch\n"
+        "print(json.dumps([out, had_torch, torch.tensor([1.0]).item()]))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out, had_torch, one = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not had_torch and one == 1.0
+    assert out == get_recipe("tweet-v1").clean(texts)  # this process: spaCy imported as usual

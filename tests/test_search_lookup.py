@@ -4,6 +4,7 @@ generations, label changes and ids stored in two datasets; id tables grow by par
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -316,3 +317,39 @@ def test_per_query_restrictions_equal_one_search_each(tmp_path: Path) -> None:
                 np.testing.assert_array_equal(r[i], r1[0])
                 np.testing.assert_allclose(s[i], s1[0], rtol=1e-5)
             assert (r[1] == -1).sum() == 2 and set(r[1][r[1] >= 0]) <= set(few.tolist())
+
+
+def test_a_servers_merged_key_tables_find_what_per_segment_lookups_find(tmp_path: Path) -> None:
+    rows = train_rows(400)
+    path = tmp_path / "s"
+    writer = FeatureStore(path)
+    writer.ingest(str(write_csv(tmp_path / "a.csv", rows[:200])), "train", FAKE, RECIPE, commit_rows=32)
+    held = FeatureStore(path)
+    held.warm(FAKE, RECIPE)
+    store, cache = held.store, held._search
+    segs = store.snapshot().datasets["train"].keys[RECIPE]
+    assert len(segs) > 2 and cache.merged[segs[0].file][0] == tuple(s.file for s in segs)  # warm merged them
+    # Later segments, holding the same texts under other ids too: a tail past the merged table.
+    again = [dict(r, id=f"again-{r['id']}") for r in rows[:100]]
+    writer.ingest(str(write_csv(tmp_path / "b.csv", again + rows[200:])), "train", FAKE, RECIPE, commit_rows=40)
+    segs = store.snapshot().datasets["train"].keys[RECIPE]
+    assert len(segs) == 15  # 7 + 8: under the 16 that a compaction would merge
+    cold = search.SearchCache()  # a short-lived process's per-segment lookups
+    stored = np.concatenate([cold.segment_keys(store, s).keys for s in segs])
+    rng = np.random.default_rng(0)
+    wanted = np.concatenate([stored[rng.choice(len(stored), 60, replace=False)],
+                             np.array([b"0" * 32, b"f" * 32], dtype=KEY_DTYPE)])  # two absent keys
+    want = cold.find_keys(store, segs, wanted)
+    assert sum(len(w) > 1 for w in want) >= 5  # texts stored twice: positions in two segments, ascending
+    parts = cache._key_parts(store, segs)  # starts a background merge: the tail is long
+    assert parts[0][1] == 0 and len(parts) > 1 + search.MERGE_TAIL and parts[0][0] is cache.merged[segs[0].file][1]
+    got = cache.find_keys(store, segs, wanted)
+    assert all(np.array_equal(g, w) for g, w in zip(got, want)) and len(got) == len(want)
+    for _ in range(500):
+        if cache.merged[segs[0].file][0] == tuple(s.file for s in segs):
+            break
+        time.sleep(0.01)
+    assert len(cache._key_parts(store, segs)) == 1  # one table for every segment now
+    got = cache.find_keys(store, segs, wanted)
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert [int(p[0]) if len(p) else -1 for p in want[-2:]] == [-1, -1]

@@ -276,3 +276,23 @@ def test_gc_frees_what_compaction_superseded_and_keeps_the_data(tmp_path: Path) 
     assert check(fs.store).ok
     r = CliRunner().invoke(app, ["gc", "--keep", "0", "--store", str(fs.path)])
     assert r.exit_code == 1 and "--keep must be at least 1" in r.stderr
+
+
+def test_a_reader_reuses_the_latest_manifest_while_its_file_is_the_same(tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    fs = FeatureStore(tmp_path / "s")
+    fs.ingest(str(TRAIN_CSV), "a", "py:tests.fakes:CountingEmbedder")
+    reader = Store(tmp_path / "s")
+    first = reader.snapshot()
+    assert reader.snapshot() is first  # a server's every query: no re-read, no re-parse
+    fs.ingest(str(TRAIN_CSV), "b", "py:tests.fakes:CountingEmbedder")
+    newer = reader.snapshot()
+    assert newer.generation > first.generation and set(newer.datasets) == {"a", "b"}
+    # The same generation's file replaced (what a repair may do): read again.
+    path = reader.manifest_path(newer.generation)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dataclasses.replace(first, generation=newer.generation).to_json()))
+    os.replace(tmp, path)
+    assert set(reader.snapshot().datasets) == {"a"}
