@@ -785,18 +785,27 @@ def id_vector(cache: SearchCache, store: Store, space: Space, datasets: list[Dat
     return store.read_vectors(space, np.array([row]))
 
 
-def _with_tail(queries: np.ndarray, k: int, allowed: np.ndarray | None, scores: np.ndarray, rows: np.ndarray,
-               start: int, tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The index's top-k merged with exact cosine scores of the rows from ``start`` on."""
+def _with_tail(queries: np.ndarray, k: int, allowed: np.ndarray | list[np.ndarray | None] | None, scores: np.ndarray,
+               rows: np.ndarray, start: int, tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The index's top-k merged with exact cosine scores of the rows from ``start`` on; ``allowed`` restricts
+    every query, or (a list) each query its own, as in ``index.search``."""
     from featurestore import index as faiss_index
 
     tail_rows = np.arange(start, start + len(tail))
     s = faiss_index.normalize(np.atleast_2d(queries)) @ tail.T
-    if allowed is not None:
+    if isinstance(allowed, list):
+        masks: dict[int, np.ndarray] = {}  # one membership test per restriction, not per query
+        for i, a in enumerate(allowed):
+            if a is not None:
+                if id(a) not in masks:
+                    masks[id(a)] = ~faiss_index.member(tail_rows, a)
+                s[i, masks[id(a)]] = -np.inf
+    elif allowed is not None:
         keep = faiss_index.member(tail_rows, allowed)
         s, tail_rows = s[:, keep], tail_rows[keep]
     scores = np.where(rows >= 0, scores, -np.inf)  # FAISS pads missing results with row -1
-    return faiss_index.top_k([(scores, rows), (s, tail_rows)], len(s), k)
+    scores, rows = faiss_index.top_k([(scores, rows), (s, tail_rows)], len(s), k)
+    return scores, np.where(np.isneginf(scores), -1, rows)  # a disallowed row is no answer
 
 
 def _text_vector(cache: SearchCache, store: Store, space: Space, text: str) -> tuple[np.ndarray, str]:
@@ -926,20 +935,22 @@ def similar_batch(
     from featurestore import index as faiss_index  # loaded by cache.index above; not at the top (see there)
 
     t = time.perf_counter()
+    # rows committed after the held index was opened, scored exactly beside it
+    tail = cache.tail(store, space, opened.rows) if opened.rows < space.rows else None
 
     def run(q: np.ndarray, kk: int, each: list[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return faiss_index.search(opened, q, kk, allowed if each is None else each, exact=exact, nprobe=nprobe,
-                                  ef=ef, store=store, space=space)
+        mine = allowed if each is None else each
+        found = faiss_index.search(opened, q, kk, mine, exact=exact, nprobe=nprobe, ef=ef, store=store, space=space)
+        return found if tail is None else _with_tail(q, kk, mine, *found, opened.rows, tail)
 
-    if cache.batcher is not None:  # a server: concurrent queries share one search call
-        # a brute-force scan serves every restriction at once (each query's disallowed rows masked)
+    if cache.batcher is not None:  # a server: concurrent queries share one search call, and one product with the tail
+        # a brute-force scan serves every restriction at once (each query's disallowed rows masked); queries of
+        # one snapshot share a tail (space.rows: a newer one's rows are not an older snapshot's answers)
         scan = exact or opened.kind == "flat"
-        key = _batch_key(opened, None if scan else allowed, exact, nprobe, ef)
+        key = _batch_key(opened, None if scan else allowed, exact, nprobe, ef, space.rows)
         scores, rows = cache.batcher.search(key, run, queries, k, allowed)
     else:
         scores, rows = run(queries, k)
-    if opened.rows < space.rows:  # rows committed after the held index was opened
-        scores, rows = _with_tail(queries, k, allowed, scores, rows, opened.rows, cache.tail(store, space, opened.rows))
     info["search_seconds"] = time.perf_counter() - t
     out = []
     for qs, qr in zip(scores, rows):

@@ -53,3 +53,41 @@ def test_a_large_tail_brings_the_index_up_to_date(tmp_path: Path, monkeypatch: p
     hits, info = served.similar(rows[250]["tweet"], k=3, model=FAKE, clean=RECIPE)
     assert info["index"].startswith("extended by")
     assert hits[0].ids[0][1] == rows[250]["id"]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_a_server_scores_the_tail_in_its_shared_search_for_every_restriction(tmp_path: Path, kind: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = train_rows(500)
+    path = tmp_path / "s"
+    FeatureStore(path).ingest(str(write_csv(tmp_path / "a.csv", rows[:400])), "train", FAKE, RECIPE)
+    served = FeatureStore(path)
+    served.index_build(kind, nlist=8 if kind == "ivf" else None, model=FAKE, clean=RECIPE)
+    served.warm(FAKE, RECIPE)  # a server: held segments, shared searches
+    assert served._search.batcher is not None
+    other = [dict(r, id=f"o{r['id']}") for r in rows[400:440]]  # a second dataset, all of it in the tail
+    FeatureStore(path).ingest(str(write_csv(tmp_path / "b.csv", other + rows[440:])), "train2", FAKE, RECIPE)
+    texts = [r["tweet"] for r in rows[380:460:4]]
+    asks = [(t, ds, k) for t in texts for ds, k in ((None, 5), ("train", 450), ("train2", 200))]
+    opts = {"nprobe": 8} if kind == "ivf" else {}
+
+    def ask(a: tuple) -> list[tuple]:
+        text, ds, k = a
+        hits, info = served.similar(text, k=k, dataset=ds, model=FAKE, clean=RECIPE, **opts)
+        assert "newer rows searched by brute force" in info["index"]
+        return [(h.ids, h.score) for h in hits]
+
+    before = served._search.batcher.scans
+    with ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(ask, asks))
+    assert served._search.batcher.scans - before < len(asks)  # some searches were shared
+    fresh = FeatureStore(path)
+    for (text, ds, k), mine in zip(asks, got):
+        hits, _ = fresh.similar(text, k=k, dataset=ds, model=FAKE, clean=RECIPE, **opts)
+        assert [ids for ids, _ in mine] == [h.ids for h in hits]
+        assert np.allclose([s for _, s in mine], [h.score for h in hits], atol=1e-5)  # a batch's product rounds apart
+        if ds is not None:
+            assert all(any(d == ds for d, _ in ids) for ids, _ in mine)  # no other dataset's row, however few
+    # fewer rows than k: each dataset's own, not padding nor the other's (the tail is all train2's)
+    assert len(got[1]) == 400 and len(got[2]) == 100
