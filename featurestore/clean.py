@@ -88,7 +88,10 @@ def _lemmas(texts: Sequence[str]) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=None)
 def _package_version(name: str) -> str:
+    """The installed version (once a process: ``metadata.version`` scans site-packages, and a server's every
+    embedded query checks its space's fingerprint)."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
