@@ -519,6 +519,9 @@ def serve(
                                         "on every API request (or FS_TOKEN)."),
     threads: Optional[int] = typer.Option(None, min=1, help="Requests answered at once (default: the cores this "
                                           "process may use; more threads only contend for Python's lock)."),
+    search_threads: Optional[int] = typer.Option(None, min=1, help="Threads one search may use inside FAISS and "
+                                                 "BLAS (default: 1 for an approximate index, whose requests already "
+                                                 "run in parallel; the cores for an exact one, whose scan wants them)."),
     model: str = ModelOpt,
     clean: Optional[str] = CleanOpt,
     dtype: Optional[str] = DtypeOpt,
@@ -533,7 +536,7 @@ def serve(
         typer.echo(f"warning: serving on {host} without --token: anyone who can reach this port can read the store",
                    err=True)
     settings = serving.Settings(store=str(store) if store else None, model=model, clean=clean, dtype=dtype, token=token,
-                                threads=threads)
+                                threads=threads, search_threads=search_threads)
     serving.run(settings, host=host, port=port,
                 ready=lambda url: typer.echo(f"serving {settings.store or 'store'} read-only at {url} "
                                              f"(docs: {url}docs); Ctrl-C stops", err=True))

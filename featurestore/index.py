@@ -451,6 +451,14 @@ def _wanted_factory(space: Space, meta: dict[str, Any] | None) -> tuple[str, boo
     return factory_string("auto", space.rows, space.dim), True
 
 
+def served_kind(store: Store, space: Space) -> str:
+    """The kind of index a query of ``space`` searches: the stored index's, else the one it would build."""
+    meta = _prior_meta(store, space)
+    if meta is not None and isinstance(meta.get("factory"), str):
+        return kind_of(meta["factory"])
+    return kind_of(_wanted_factory(space, None)[0])
+
+
 def _prior_meta(store: Store, space: Space) -> dict[str, Any] | None:
     """The manifest of the index being replaced, trusted only for what kind the user asked for."""
     try:

@@ -3,6 +3,7 @@ tweets (counting fake embedder), new generations without restart, a corrupt inde
 tokens, limits and JSON errors; a real uvicorn under concurrent clients while an ingest writes."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -277,12 +278,43 @@ def test_serve_command_binds_loopback_by_default_and_warns_without_token_elsewhe
     assert "warning: serving on 0.0.0.0 without --token" in r.output
     r = runner.invoke(cli_app, ["serve", "--store", str(base_store), "--host", "0.0.0.0", "--token", "t"])
     assert "warning" not in r.output and calls[-1][0].token == "t" and calls[-1][0].threads is None
-    r = runner.invoke(cli_app, ["serve", "--store", str(base_store), "--threads", "6"])
-    assert r.exit_code == 0 and calls[-1][0].threads == 6
+    assert calls[-1][0].search_threads is None  # decided by the served index (serve.search_threads)
+    r = runner.invoke(cli_app, ["serve", "--store", str(base_store), "--threads", "6", "--search-threads", "2"])
+    assert r.exit_code == 0 and calls[-1][0].threads == 6 and calls[-1][0].search_threads == 2
     r = runner.invoke(cli_app, ["serve", "--store", str(base_store), "--threads", "0"])
     assert r.exit_code == 2 and "--threads" in r.output
     r = runner.invoke(cli_app, ["serve", "--store", str(base_store / "nope")])
     assert r.exit_code == 1 and "Error: store" in r.output and "does not exist" in r.output
+
+
+def test_search_threads_follow_the_served_index(store: Path, tmp_path: Path) -> None:
+    from featurestore.machine import usable_cores
+
+    settings = serve.Settings(store=str(store), model=FAKE, clean="raw-v1")
+    assert serve.search_threads(settings) == usable_cores()  # a small store: exact scans (Flat), all cores
+    FeatureStore(store).index_build("ivf", nlist=4, model=FAKE, clean="raw-v1")
+    assert serve.search_threads(settings) == 1  # approximate: one thread a search, queries in parallel
+    assert serve.search_threads(serve.Settings(store=str(store), model=FAKE, clean="raw-v1", search_threads=3)) == 3
+    assert serve.search_threads(serve.Settings(store=str(tmp_path / "none"), model=FAKE)) == 1
+
+
+def test_native_threads_are_limited_for_faiss_and_every_blas() -> None:
+    # process-wide settings: in a process of its own
+    code = (
+        "import faiss, json, threadpoolctl\n"
+        "from featurestore.serve import limit_native_threads\n"
+        "before = faiss.omp_get_max_threads()\n"
+        "limit_native_threads(1)\n"
+        "info = threadpoolctl.threadpool_info()\n"
+        "print(json.dumps([before, faiss.omp_get_max_threads(), sorted({i['internal_api'] for i in info}),"
+        " [i['num_threads'] for i in info]]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after, apis, counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert before == 2 and after == 1
+    assert {"openblas", "openmp"} <= set(apis) and set(counts) == {1}  # numpy's and FAISS's OpenBLAS, FAISS's OpenMP
 
 
 # ---- a real server
