@@ -343,6 +343,38 @@ class _HeldSegment:
         return self._map  # type: ignore[return-value]
 
 
+MAX_SEGMENTS = 32  # of one kind (a space's vectors, a dataset's rows, ...): more are merged into one
+MERGE_FANOUT = 4  # this many trailing segments of one size tier are merged into one of the next
+
+
+def merge_plan(rows: Sequence[int], max_segments: int = MAX_SEGMENTS, fanout: int = MERGE_FANOUT) -> list[tuple[int, int]]:
+    """The merges, in order, that compaction makes of segments of ``rows`` rows: ``(start, end)`` merges
+    segments ``start:end`` of the list as it stands after the merges before it.
+
+    Size tiers, as a log-structured merge: a segment's tier is ``floor(log_fanout(rows))``; whenever the
+    newest ``fanout`` segments share a tier they become one segment of the next, and so on, so each row is
+    rewritten about ``log_fanout(rows / commit)`` times in all. Merging everything whenever a kind passed 16
+    segments rewrote a million-row store (1.5 GB of vectors) every 16th commit: a 2,000-row ``fs ingest``
+    beside ``fs serve`` took 16 s instead of 3. Past ``max_segments`` (segments written before this policy,
+    or unevenly sized ones) everything is merged into one, as before.
+    """
+    def tier(n: int) -> int:
+        t = 0
+        while n >= fanout:
+            n //= fanout
+            t += 1
+        return t
+
+    sizes, plan = list(rows), []
+    while len(sizes) >= fanout > 1 and len({tier(n) for n in sizes[-fanout:]}) == 1:
+        start = len(sizes) - fanout
+        plan.append((start, len(sizes)))
+        sizes[start:] = [sum(sizes[start:])]
+    if len(sizes) > max_segments:
+        plan.append((0, len(sizes)))
+    return plan
+
+
 class Store:
     """A store directory. Reading needs no lock; writing goes through ``writer()``."""
 
@@ -900,8 +932,8 @@ class Writer:
                 out.create_dataset("texts", data=_object_array(texts), dtype=_BYTES_DTYPE)
         return Segment(segment_name(seq), total)
 
-    def compact(self, max_segments: int = 16) -> bool:
-        """Merge the segments of any space, dataset, key list or label list that has more than ``max_segments``.
+    def compact(self, max_segments: int = MAX_SEGMENTS, fanout: int = MERGE_FANOUT) -> bool:
+        """Merge segments of every space, dataset, key list and label list, by size tiers (``merge_plan``).
 
         Order is kept, so row numbers (and FAISS indexes built on them) stay valid, and label
         updates still apply in order. The old files stay until no kept manifest names them, so
@@ -914,10 +946,10 @@ class Writer:
 
         def merged(segs: tuple[Segment, ...], attrs: dict[str, str]) -> tuple[Segment, ...]:
             nonlocal seq
-            if len(segs) <= max_segments:
-                return segs
-            seq += 1
-            return (self._merge(seq - 1, segs, attrs),)
+            for start, end in merge_plan([s.rows for s in segs], max_segments, fanout):
+                seq += 1
+                segs = (*segs[:start], self._merge(seq - 1, segs[start:end], attrs), *segs[end:])
+            return segs
 
         try:
             for sid, sp in snap.spaces.items():

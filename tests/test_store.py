@@ -296,3 +296,22 @@ def test_a_reader_reuses_the_latest_manifest_while_its_file_is_the_same(tmp_path
     tmp.write_text(json.dumps(dataclasses.replace(first, generation=newer.generation).to_json()))
     os.replace(tmp, path)
     assert set(reader.snapshot().datasets) == {"a"}
+
+
+def test_compaction_merges_by_size_tiers_not_the_whole_store() -> None:
+    from featurestore.store import MAX_SEGMENTS, merge_plan
+
+    assert merge_plan([500] * 3) == []  # too few of one tier
+    assert merge_plan([500] * 4) == [(0, 4)]
+    assert merge_plan([2000] * 3 + [500] * 4) == [(3, 7), (0, 4)]  # cascades: 4 x 500 -> 2000, then 4 x 2000
+    big = [65_126] * 16 + [16_854]  # a million rows in 17 segments (a store compacted by the old policy)
+    assert merge_plan(big + [500] * 4) == [(17, 21)]  # the new rows merge, the million is not rewritten
+    assert merge_plan([7] * (MAX_SEGMENTS + 1), fanout=1000) == [(0, MAX_SEGMENTS + 1)]  # past the cap: one
+    segs, rewritten = [], 0
+    for _ in range(2000):  # a million rows in commits of 500
+        segs.append(500)
+        for start, end in merge_plan(segs):
+            rewritten += sum(segs[start:end])
+            segs[start:end] = [sum(segs[start:end])]
+    assert sum(segs) == 1_000_000 and len(segs) <= 16
+    assert rewritten / 1_000_000 < 6  # each row rewritten a few times (merging all past 16: 62 times)
