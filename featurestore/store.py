@@ -343,20 +343,22 @@ class _HeldSegment:
         return self._map  # type: ignore[return-value]
 
 
-MAX_SEGMENTS = 32  # of one kind (a space's vectors, a dataset's rows, ...): more are merged into one
+MAX_SEGMENTS = 32  # of one kind (a space's vectors, a dataset's rows, ...): past it, the cheapest merges are made
 MERGE_FANOUT = 4  # this many trailing segments of one size tier are merged into one of the next
+FULL_ROWS = 1 << 16  # a segment this large merges only to stay under MAX_SEGMENTS (a bulk load's commits)
 
 
-def merge_plan(rows: Sequence[int], max_segments: int = MAX_SEGMENTS, fanout: int = MERGE_FANOUT) -> list[tuple[int, int]]:
+def merge_plan(rows: Sequence[int], max_segments: int = MAX_SEGMENTS, fanout: int = MERGE_FANOUT,
+               full_rows: int = FULL_ROWS) -> list[tuple[int, int]]:
     """The merges, in order, that compaction makes of segments of ``rows`` rows: ``(start, end)`` merges
     segments ``start:end`` of the list as it stands after the merges before it.
 
     Size tiers, as a log-structured merge: a segment's tier is ``floor(log_fanout(rows))``; whenever the
-    newest ``fanout`` segments share a tier they become one segment of the next, and so on, so each row is
-    rewritten about ``log_fanout(rows / commit)`` times in all. Merging everything whenever a kind passed 16
-    segments rewrote a million-row store (1.5 GB of vectors) every 16th commit: a 2,000-row ``fs ingest``
-    beside ``fs serve`` took 16 s instead of 3. Past ``max_segments`` (segments written before this policy,
-    or unevenly sized ones) everything is merged into one, as before.
+    newest ``fanout`` segments share a tier (and are not full) they become one segment of the next, and so
+    on, so a row is rewritten about ``log_fanout(full_rows / commit)`` times. Past ``max_segments``, the
+    newest ``fanout`` neighbours of one tier merge (full ones too), else those with the fewest rows. Merging everything whenever a kind
+    passed 16 segments rewrote a million-row store (1.5 GB of vectors) every 16th commit: a 2,000-row
+    ``fs ingest`` beside ``fs serve`` took 16 s instead of 3-4.
     """
     def tier(n: int) -> int:
         t = 0
@@ -366,12 +368,23 @@ def merge_plan(rows: Sequence[int], max_segments: int = MAX_SEGMENTS, fanout: in
         return t
 
     sizes, plan = list(rows), []
-    while len(sizes) >= fanout > 1 and len({tier(n) for n in sizes[-fanout:]}) == 1:
-        start = len(sizes) - fanout
-        plan.append((start, len(sizes)))
-        sizes[start:] = [sum(sizes[start:])]
-    if len(sizes) > max_segments:
-        plan.append((0, len(sizes)))
+
+    def merge(start: int, end: int) -> None:
+        plan.append((start, end))
+        sizes[start:end] = [sum(sizes[start:end])]
+
+    while len(sizes) > 1:
+        tail = sizes[-fanout:]
+        if len(tail) == fanout > 1 and len({tier(n) for n in tail}) == 1 and max(tail) < full_rows:
+            merge(len(sizes) - fanout, len(sizes))
+        elif len(sizes) > max_segments:  # the newest run of one tier, full ones too; else the fewest rows
+            width = max(2, min(fanout, len(sizes)))
+            starts = range(len(sizes) - width, -1, -1)
+            start = next((i for i in starts if len({tier(n) for n in sizes[i:i + width]}) == 1),
+                         min(starts, key=lambda i: sum(sizes[i:i + width])))
+            merge(start, start + width)
+        else:
+            break
     return plan
 
 
