@@ -345,7 +345,7 @@ class _HeldSegment:
 
 MAX_SEGMENTS = 32  # of one kind (a space's vectors, a dataset's rows, ...): past it, the cheapest merges are made
 MERGE_FANOUT = 4  # this many trailing segments of one size tier are merged into one of the next
-FULL_ROWS = 1 << 16  # a segment this large merges only to stay under MAX_SEGMENTS (a bulk load's commits)
+FULL_ROWS = 1 << 15  # a segment this large merges only to stay under MAX_SEGMENTS (a bulk load's commits)
 
 
 def merge_plan(rows: Sequence[int], max_segments: int = MAX_SEGMENTS, fanout: int = MERGE_FANOUT,

@@ -307,7 +307,8 @@ def test_compaction_merges_by_size_tiers_not_the_whole_store() -> None:
     big = [65_126] * 16 + [16_854]  # a million rows in 17 segments (a store compacted by the old policy)
     assert merge_plan(big + [500] * 4) == [(17, 21)]  # the new rows merge, the million is not rewritten
     assert merge_plan([7] * (MAX_SEGMENTS + 1), fanout=1000) == [(0, MAX_SEGMENTS + 1)]  # past the cap: merged
-    assert merge_plan([65_536] * 16) == []  # a bulk load's full commits stay as they are
+    assert merge_plan([65_536] * 16) == []  # a bulk load's full commits stay as they are ...
+    assert merge_plan([65_126] * 15 + [16_854]) == []  # ... and the vectors of their distinct texts
     over = merge_plan([65_536] * MAX_SEGMENTS + [500])  # past the cap: the newest full ones of one tier merge
     assert over == [(MAX_SEGMENTS - 4, MAX_SEGMENTS)]
     segs, rewritten = [], 0
