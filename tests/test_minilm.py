@@ -198,3 +198,27 @@ def test_a_store_made_with_torch_takes_onnx_rows_after_the_drift_check(minilm_st
     assert "new ids 20  duplicates 20" in r.output and "texts embedded 20" in r.output
     info = FeatureStore(st).info()
     assert len(info["spaces"]) == 1 and info["spaces"][0]["vectors"] == 40
+
+
+def test_a_damaged_cached_export_is_made_again_once_then_a_one_line_error(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    import shutil
+
+    from featurestore.errors import ModelError
+
+    good = onnx.MiniLMOnnxEmbedder().onnx_path  # the default cache's export (make setup made it)
+    texts = ["my iphone battery died again", "x"]
+    want = onnx.MiniLMOnnxEmbedder().embed(texts)
+    monkeypatch.setenv("FS_CACHE_DIR", str(tmp_path / "cache"))
+    emb = onnx.MiniLMOnnxEmbedder()
+    emb.onnx_path.parent.mkdir(parents=True)
+    emb.onnx_path.write_bytes(good.read_bytes()[:1000])  # cut short
+    monkeypatch.setattr(onnx.MiniLMOnnxEmbedder, "_export", lambda self: shutil.copyfile(good, self.onnx_path))
+    np.testing.assert_array_equal(emb.embed(texts), want)
+    assert emb.exports == 1
+    broken = onnx.MiniLMOnnxEmbedder()
+    broken.onnx_path.write_bytes(b"garbage")
+    monkeypatch.setattr(onnx.MiniLMOnnxEmbedder, "_export", lambda self: self.onnx_path.write_bytes(b"garbage"))
+    with pytest.raises(ModelError, match=r"cannot be made or loaded .*fix: delete .* or FS_MINILM_BACKEND=torch") as err:
+        broken.embed(texts)
+    assert "\n" not in str(err.value)

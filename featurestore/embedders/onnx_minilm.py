@@ -170,14 +170,32 @@ class _OnnxMiniLM(Embedder):
             import onnxruntime as ort
         except ImportError as exc:
             raise ModelError(f"model {self.name!r} on ONNX Runtime needs onnxruntime ({exc}); {_INSTALL}") from None
-        if not self.onnx_path.is_file():
-            self._export()
-            self.exports += 1
         opts = ort.SessionOptions()
         # One text per run and one run per core in parallel beat intra-op threads on short texts.
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        return ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+
+        def load() -> Any:
+            if not self.onnx_path.is_file():
+                self._export()
+                self.exports += 1
+            return ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+
+        try:
+            return load()
+        except ModelError:
+            raise
+        except Exception:  # a damaged cache file (a full disk, a copy cut short): made again from the weights, once
+            for path in {self.onnx_path, export_path(self._weights_sha256, "fp32")}:
+                path.unlink(missing_ok=True)
+        try:
+            return load()
+        except ModelError:
+            raise
+        except Exception as exc:
+            why = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            raise ModelError(f"the ONNX form of {self.name!r} at {self.onnx_path} cannot be made or loaded ({why}); "
+                             f"fix: delete {self.onnx_path.parent} and try again, or FS_MINILM_BACKEND=torch") from None
 
     @cached_property
     def _pool(self) -> ThreadPoolExecutor:
