@@ -433,7 +433,7 @@ def search_threads(settings: Settings) -> int:
     that thread waits for a scheduler slice. A 2-thread product of 16 queries x 8,000 rows, one core busy
     elsewhere: p99 24 ms, against 1.8 ms in one thread (0.9 ms on an idle machine). ``bench/serve.py`` at 1M
     vectors, IVF, while ``fs ingest`` writes: p99 245 -> 165 ms, 169 -> 214 req/s, quiet unchanged. A scan of
-    a million vectors is another matter: one thread halved the exact server's quiet rate (29.8 -> 14.4 req/s).
+    a million vectors is another matter: one thread halved the exact server's quiet rate (27.2 -> 14.4 req/s).
     """
     if settings.search_threads:
         return settings.search_threads
