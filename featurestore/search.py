@@ -794,12 +794,7 @@ def _with_tail(queries: np.ndarray, k: int, allowed: np.ndarray | list[np.ndarra
     tail_rows = np.arange(start, start + len(tail))
     s = faiss_index.normalize(np.atleast_2d(queries)) @ tail.T
     if isinstance(allowed, list):
-        masks: dict[int, np.ndarray] = {}  # one membership test per restriction, not per query
-        for i, a in enumerate(allowed):
-            if a is not None:
-                if id(a) not in masks:
-                    masks[id(a)] = ~faiss_index.member(tail_rows, a)
-                s[i, masks[id(a)]] = -np.inf
+        faiss_index.mask_disallowed(s, tail_rows, faiss_index.restriction_groups(allowed))
     elif allowed is not None:
         keep = faiss_index.member(tail_rows, allowed)
         s, tail_rows = s[:, keep], tail_rows[keep]
