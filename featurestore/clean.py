@@ -45,15 +45,10 @@ def _import_spacy():  # noqa: ANN202 -- the spacy module
     may want thinc's torch support. Once spaCy is imported, ``import torch`` works as before."""
     import sys
 
-    if not SPACY_WITHOUT_TORCH or "thinc" in sys.modules or "torch" in sys.modules:
-        import spacy
+    from featurestore.machine import hidden_module
 
-        return spacy
-    sys.modules["torch"] = None  # type: ignore[assignment] -- 'import torch' raises ImportError in thinc.compat
-    try:
+    with hidden_module("torch", hide=SPACY_WITHOUT_TORCH and "thinc" not in sys.modules):  # thinc.compat's check
         import spacy
-    finally:
-        del sys.modules["torch"]
     return spacy
 
 

@@ -123,16 +123,11 @@ def _import_umap():  # noqa: ANN202 - the umap module
     import sys
     import warnings
 
-    hide = "umap" not in sys.modules and "tensorflow" not in sys.modules
-    if hide:
-        sys.modules["tensorflow"] = None  # type: ignore[assignment]  # makes `import tensorflow` raise ImportError
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ImportWarning)  # "Tensorflow not installed; ParametricUMAP ..."
-            import umap  # (optional: the plots extra)
-    finally:
-        if hide and sys.modules.get("tensorflow", 0) is None:
-            del sys.modules["tensorflow"]
+    from featurestore.machine import hidden_module
+
+    with hidden_module("tensorflow", hide="umap" not in sys.modules) as hide, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImportWarning)  # "Tensorflow not installed; ParametricUMAP ..."
+        import umap  # (optional: the plots extra)
     if hide and getattr(umap, "ParametricUMAP", None) is not None and umap.ParametricUMAP.__module__ == "umap" \
             and importlib.util.find_spec("tensorflow") is not None:
         # umap put a stand-in that says TensorFlow is missing; the process's own code gets the real one on use.
