@@ -28,6 +28,8 @@ _share_cores_between_workers()
 
 import contextlib  # noqa: E402 -- below the thread settings, which must precede numpy
 import csv  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path
 from typing import Iterator
 
@@ -38,6 +40,15 @@ from featurestore.store import Store
 from tests.fakes import CountingEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    """``python -c code`` in a new process at the repository root (what a fresh process imports or sets);
+    its stdout, once it has exited 0 (else the test fails with the tail of its stderr)."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
 TRAIN_CSV = ROOT / "data" / "av-twitter-sentiment" / "train_2kmZucJ.csv"
 TEST_CSV = ROOT / "data" / "av-twitter-sentiment" / "test_oJQbWVvk.csv"
 FAKE = "py:tests.fakes:CountingEmbedder"

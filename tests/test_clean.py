@@ -11,7 +11,7 @@ import pytest
 from featurestore.clean import RECIPES, TUTORIAL_PUNCTUATION, get_recipe
 from featurestore.embedders import default_recipe
 from featurestore.errors import FeatureStoreError
-from tests.conftest import train_rows
+from tests.conftest import run_python, train_rows
 
 IDS = ["1", "4", "5", "20", "27", "2612"]
 
@@ -121,9 +121,6 @@ def test_the_fs_process_lemmatizes_without_importing_torch() -> None:
     # thinc imports torch for its torch layers (1.3 s); the fs command's spaCy goes without it, same lemmas,
     # and torch still imports afterwards (a torch embedder in the same process).
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
     texts = [r["tweet"] for r in train_rows(40)]
     code = (
@@ -135,9 +132,6 @@ def test_the_fs_process_lemmatizes_without_importing_torch() -> None:
         "import torch\n"
         "print(json.dumps([out, had_torch, torch.tensor([1.0]).item()]))\n"
     )
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out, had_torch, one = json.loads(proc.stdout.strip().splitlines()[-1])
+    out, had_torch, one = json.loads(run_python(code).strip().splitlines()[-1])
     assert not had_torch and one == 1.0
     assert out == get_recipe("tweet-v1").clean(texts)  # this process: spaCy imported as usual

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -28,6 +27,7 @@ from featurestore.embedders.elmo import (
 )
 from featurestore.errors import ModelError
 from featurestore.keys import space_fields, space_id
+from tests.conftest import run_python
 
 ATOL = 1e-5
 #: against bilm-tf's own outputs, and between our fast path and our reference path
@@ -35,7 +35,6 @@ EXACT = 1e-6
 #: bilm-tf's top layer after 10 stateful batches: 9.5e-07 on AVX-512 machines, 1.19e-06 on an AVX2
 #: Zen 3 (oneDNN picks other kernels; AllenNLP's own check of this fixture also gives 1.19e-06)
 TOP_LAYER_ATOL = 1.5e-6
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +261,7 @@ def test_tensorflow_env_is_set_for_its_import_only() -> None:
         assert _pywrap_util_port.IsMklEnabled() or platform.machine() not in ("x86_64", "AMD64")
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_python(code, env=env)
 
 
 def test_tensorflow_import_leaves_the_users_own_choice(monkeypatch: pytest.MonkeyPatch) -> None:

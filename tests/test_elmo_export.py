@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from featurestore.embedders.elmo import ElmoEmbedder, char_ids
 from featurestore.embedders.elmo_export import export_savedmodel
 from featurestore.embedders.hub import HubEmbedder
 from featurestore.errors import ModelError
+from tests.conftest import run_python
 
 ATOL = 1e-5
 HANDLE = "https://tfhub.dev/google/elmo/3"
@@ -109,6 +108,4 @@ def test_export_refuses_a_non_empty_folder(native: ElmoEmbedder, tmp_path: Path)
 
 def test_importing_the_exporter_does_not_import_tensorflow() -> None:
     code = "import sys, featurestore.embedders.elmo_export; assert 'tensorflow' not in sys.modules"
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_python(code, timeout=120)

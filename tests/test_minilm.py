@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from featurestore.api import FeatureStore
 from featurestore.embedders.minilm import MiniLMEmbedder
 from featurestore.keys import space_fields, space_id
 from tests.conftest import MINILM_TWEETS as N
-from tests.conftest import write_csv
+from tests.conftest import run_python, write_csv
 
 runner = CliRunner()
 # minilm_store (tests/conftest.py): N tweets ingested through the CLI with MiniLM, shared with test_minilm_int8.py
@@ -104,9 +102,7 @@ def test_loading_changes_nothing_process_wide() -> None:
         "assert (hf.get_verbosity(), hf.is_progress_bar_enabled()) == before[1:], before[1:]\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_python(code, env=env)
 
 
 def test_warm_reingest_imports_no_model_framework(minilm_store, tmp_path: Path) -> None:
@@ -121,10 +117,7 @@ def test_warm_reingest_imports_no_model_framework(minilm_store, tmp_path: Path) 
         "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'tensorflow', 'onnxruntime')"
         " if m in sys.modules))\n"
     )
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "[]"
+    assert run_python(code).strip() == "[]"
 
 
 # --- the CPU backend: ONNX Runtime fp32, the same vectors and space as torch -------------------------------

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import http.server
 import json
-import subprocess
 import sys
 import textwrap
 import threading
@@ -29,6 +28,7 @@ from featurestore.embedders import Embedder, Fingerprint, known_models, load_emb
 from featurestore.embedders.hub import HubEmbedder
 from featurestore.errors import ModelError
 from featurestore.keys import space_fields, space_id
+from tests.conftest import run_python
 from tests.fakes import BagOfWordsEmbedder, CountingEmbedder, other_embedder
 from tests.integrity_fakes import LinearEmbedder, SlowHashEmbedder
 
@@ -455,6 +455,4 @@ def test_registry_and_release_catalogue_import_without_heavy_frameworks() -> Non
         heavy = sorted(m for m in ("tensorflow", "tensorflow_hub", "torch", "transformers", "h5py") if m in sys.modules)
         assert not heavy, heavy
     """)
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_python(code, timeout=120)

@@ -30,13 +30,20 @@ def named(fs: FeatureStore, texts: list[str], ids: list[str]) -> list:
     return out
 
 
+def _written_then_held(tmp_path: Path, rows: list[dict[str, str]], commit_rows: int) -> tuple[FeatureStore, FeatureStore]:
+    """(a writer that ingested ``rows`` into dataset train of store ``tmp_path/s``, a reader of that store warmed
+    as ``fs serve`` warms it: segments held open, columns packed, lookups built before any query)."""
+    writer = FeatureStore(tmp_path / "s")
+    writer.ingest(str(write_csv(tmp_path / "a.csv", rows)), "train", FAKE, RECIPE, commit_rows=commit_rows)
+    held = FeatureStore(tmp_path / "s")
+    held.warm(FAKE, RECIPE)
+    return writer, held
+
+
 def test_a_held_process_names_hits_like_a_cold_one_across_generations(tmp_path: Path) -> None:
     rows = train_rows(500)
     path = tmp_path / "s"
-    writer = FeatureStore(path)
-    writer.ingest(str(write_csv(tmp_path / "a.csv", rows[:300])), "train", FAKE, RECIPE, commit_rows=64)
-    held = FeatureStore(path)
-    held.warm(FAKE, RECIPE)  # segments open, columns packed, before any query
+    writer, held = _written_then_held(tmp_path, rows[:300], commit_rows=64)  # held: segments open, columns packed
     assert held._search.packed and held.store._held
     texts = [r["tweet"] for r in rows[::25]]
     ids = [r["id"] for r in rows[:300:37]]
@@ -321,11 +328,7 @@ def test_per_query_restrictions_equal_one_search_each(tmp_path: Path) -> None:
 
 def test_a_servers_merged_key_tables_find_what_per_segment_lookups_find(tmp_path: Path) -> None:
     rows = train_rows(400)
-    path = tmp_path / "s"
-    writer = FeatureStore(path)
-    writer.ingest(str(write_csv(tmp_path / "a.csv", rows[:200])), "train", FAKE, RECIPE, commit_rows=32)
-    held = FeatureStore(path)
-    held.warm(FAKE, RECIPE)
+    writer, held = _written_then_held(tmp_path, rows[:200], commit_rows=32)
     store, cache = held.store, held._search
     segs = store.snapshot().datasets["train"].keys[RECIPE]
     assert len(segs) > 2 and cache.merged[segs[0].file][0] == tuple(s.file for s in segs)  # warm merged them

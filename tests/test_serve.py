@@ -25,7 +25,7 @@ from typer.testing import CliRunner  # noqa: E402
 from cli.main import app as cli_app  # noqa: E402
 from featurestore import serve  # noqa: E402
 from featurestore.api import FeatureStore  # noqa: E402
-from tests.conftest import FAKE, ROOT, train_rows, write_csv  # noqa: E402
+from tests.conftest import FAKE, ROOT, run_python, train_rows, write_csv  # noqa: E402
 from tests.fakes import CountingEmbedder  # noqa: E402
 
 N = 300
@@ -309,10 +309,8 @@ def test_native_threads_are_limited_for_faiss_and_every_blas() -> None:
         "print(json.dumps([before, faiss.omp_get_max_threads(), sorted({i['internal_api'] for i in info}),"
         " [i['num_threads'] for i in info]]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    before, after, apis, counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_python(code, env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}, timeout=120)
+    before, after, apis, counts = json.loads(out.strip().splitlines()[-1])
     assert before == 2 and after == 1
     assert {"openblas", "openmp"} <= set(apis) and set(counts) == {1}  # numpy's and FAISS's OpenBLAS, FAISS's OpenMP
 
