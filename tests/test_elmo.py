@@ -142,6 +142,27 @@ def test_packed_loop_matches_padded_loop(bilm: ElmoBiLM) -> None:
         assert np.abs(full[:, b, 1 : n - 1] - words[:, b, 1 : n - 1]).max() <= ATOL
 
 
+def test_first_layer_inputs_per_distinct_token(bilm: ElmoBiLM) -> None:
+    """A table of distinct tokens + ids (the first layer's input products once per distinct token) gives the
+    layers and states of the gathered embeddings, packed or padded, markers dropped or not."""
+    o = bilm.options
+    rng = np.random.default_rng(2)
+    table = rng.standard_normal((6, o.projection_dim), dtype=np.float32)
+    table[0] = 0.0  # padding
+    lengths = np.array([9, 3, 5, 9, 2, 7], np.int32)  # unsorted, with ties
+    ids = np.zeros((len(lengths), 10), np.int32)
+    for b, n in enumerate(lengths):
+        ids[b, :n] = rng.integers(1, len(table), n)  # tokens repeat within and across rows
+    c0 = rng.standard_normal((o.n_layers, 2, len(lengths), o.lstm_dim), dtype=np.float32)
+    m0 = rng.standard_normal((o.n_layers, 2, len(lengths), o.projection_dim), dtype=np.float32)
+    for kwargs in ({}, {"packed": False}, {"drop_markers": True}):
+        gathered = bilm.layers(table[ids], lengths, c0, m0, **kwargs)
+        by_token = bilm.layers(table, lengths, c0, m0, ids=ids, **kwargs)
+        for a, b in zip(gathered, by_token):
+            assert a.shape == b.shape
+            assert np.abs(a.numpy() - b.numpy()).max() <= ATOL
+
+
 def _tweets(fixture_dir: Path) -> list[str]:
     sentences = json.loads((fixture_dir / "sentences.json").read_text())
     short = ["hello world", "i love my new phone 😀", "a", "naïve café", "x" * 70 + " end", "<S> literal </S>"]

@@ -374,7 +374,7 @@ class ElmoBiLM:
             h = tf.matmul(h, self.proj[0]) + self.proj[1]
         return h
 
-    def _lstm_layer(self, x, steps, cell, c, m, packed: bool):
+    def _lstm_layer(self, x, steps, cell, c, m, packed: bool, input_gates=None):
         """Both directions of one layer over time-major x [T, 2, B, P] (backward already reversed).
 
         ``steps`` int32[B]: positions each row runs, rows sorted longest first; ``cell``: the
@@ -384,10 +384,15 @@ class ElmoBiLM:
         ``packed``: step t computes only the rows still running (a prefix, since rows are
         sorted), so padding costs nothing. Otherwise every row is computed at every step and
         finished rows are masked, as TF1's ``dynamic_rnn`` with ``sequence_length`` does.
+
+        ``input_gates``: ``(gates [2, D, 4H], ids [T, 2, B])``, the input's share of the gate product
+        (``input @ W_input + bias``) computed once per distinct input, and which one each position has; the
+        loop then multiplies only ``m_prev`` (same sums in another order).
         """
         tf = _tf()
         o = self.options
         w, bias, w_proj = cell
+        w_rec = w[:, o.projection_dim :]  # the rows of W for m_prev
         T, B = tf.shape(x)[0], tf.shape(x)[2]
         if packed:
             rows = tf.reduce_sum(tf.cast(tf.sequence_mask(steps, T), tf.int32), axis=0)  # [T], a prefix
@@ -402,7 +407,10 @@ class ElmoBiLM:
             # matmul. Measured on 2 CPU cores with 512 rows, this K = 2P product ran faster than
             # input products for all steps before the loop plus a K = P product per step, and
             # needs no [positions, 4H] buffer.
-            z = tf.matmul(tf.concat([x[t][:, :n], m_prev], axis=-1), w) + bias
+            if input_gates is None:
+                z = tf.matmul(tf.concat([x[t][:, :n], m_prev], axis=-1), w) + bias
+            else:
+                z = tf.gather(input_gates[0], input_gates[1][t][:, :n], batch_dims=1) + tf.matmul(m_prev, w_rec)
             i, j, f, g = tf.split(z, 4, axis=-1)
             # TF1 LSTMCell: forget_bias 1.0 added inside the sigmoid.
             c_new = tf.sigmoid(f + 1.0) * c_prev + tf.sigmoid(i) * tf.tanh(j)
@@ -429,7 +437,7 @@ class ElmoBiLM:
         _, c, m, outputs = tf.while_loop(lambda t, *_: t < T, step, (tf.constant(0), c, m, outputs))
         return outputs.stack(), c, m
 
-    def layers(self, emb, lengths, c0, m0, *, packed: bool = True, drop_markers: bool = False):
+    def layers(self, emb, lengths, c0, m0, *, packed: bool = True, drop_markers: bool = False, ids=None):
         """All layers for token embeddings float32[B, T, P] of sentences with markers.
 
         ``lengths`` counts positions including ``<S>``/``</S>``. Returns
@@ -438,9 +446,15 @@ class ElmoBiLM:
         ``drop_markers``: the forward LSTMs skip ``</S>`` and the backward ones ``<S>``, one step
         less per sentence; their LSTM outputs at the markers are then zero and the final states
         are not bilm-tf's. For word vectors, which never read either.
+        ``ids`` int32[B, T]: ``emb`` is then a table float32[D, P] of distinct tokens (row 0 a zero row, for
+        padding) that ``ids`` index. The first LSTM layer's input products are then computed once per distinct
+        token, not per position: in tweets a batch has a third as many distinct words as positions.
         """
         tf = _tf()
         o = self.options
+        table = None
+        if ids is not None:
+            table, emb = emb, tf.gather(emb, ids)
         # Rows longest first, so that the rows still running at a step are a prefix.
         order = tf.argsort(lengths, direction="DESCENDING", stable=True)
         emb, lengths = tf.gather(emb, order), tf.gather(lengths, order)
@@ -454,7 +468,14 @@ class ElmoBiLM:
         found = [token_layer]
         cs, ms = [], []
         for k in range(o.n_layers):
-            out, c, m = self._lstm_layer(x2, steps, self.lstm[k], c0[k], m0[k], packed)
+            input_gates = None
+            if k == 0 and table is not None:
+                w, bias, _ = self.lstm[0]
+                gates = tf.matmul(table[None], w[:, : o.projection_dim]) + bias  # [2, D, 4H]
+                t_ids = tf.transpose(tf.gather(ids, order))  # time-major [T, B]
+                backward = tf.reverse_sequence(t_ids, lengths, seq_axis=0, batch_axis=1)
+                input_gates = (gates, tf.stack([t_ids, backward], axis=1))  # [T, 2, B]
+            out, c, m = self._lstm_layer(x2, steps, self.lstm[k], c0[k], m0[k], packed, input_gates)
             if o.use_skip_connections and k > 0:
                 out = out + x2  # bilm-tf's ResidualWrapper around every layer but the first
             cs.append(c)
@@ -571,21 +592,22 @@ class ElmoEmbedder(Embedder):
         self.traces = 0
         P = o.projection_dim
 
-        def pooled(emb, lengths):
+        def pooled(table, ids, lengths):
             self.traces += 1  # Python side effect: runs only when TF traces a new graph
-            B = tf.shape(emb)[0]
+            B = tf.shape(ids)[0]
             # Every sentence's forward LSTMs start with <S> and its backward ones with </S>, from
             # a zero state: the same step for every sentence, computed once (_state_after_markers).
             # The word rows start from its result, and the pooled mean never reads the LSTMs at
             # the markers, so no marker step is computed here: n steps a direction for n words.
             c0 = tf.broadcast_to(self._marker_state[0], [o.n_layers, 2, B, o.lstm_dim])
             m0 = tf.broadcast_to(self._marker_state[1], [o.n_layers, 2, B, P])
-            layers, _, _ = bilm.layers(emb, lengths, c0, m0)
+            layers, _, _ = bilm.layers(table, lengths, c0, m0, ids=ids)
             return pool_layers(layers, lengths, output, markers=False)
 
         self._pooled = tf.function(
             pooled,
-            input_signature=[tf.TensorSpec([None, None, P], tf.float32), tf.TensorSpec([None], tf.int32)],
+            input_signature=[tf.TensorSpec([None, P], tf.float32), tf.TensorSpec([None, None], tf.int32),
+                             tf.TensorSpec([None], tf.int32)],
         )
 
     @classmethod
@@ -697,12 +719,12 @@ class ElmoEmbedder(Embedder):
         # retraced; rounding shapes up to buckets would only add padding.
         B = len(sents)
         T = max(1, max(len(s) for s in sents))
-        idx = np.zeros((B, T), np.int64)
+        idx = np.zeros((B, T), np.int32)
         lengths = np.zeros(B, np.int32)
         for b, s in enumerate(sents):
             idx[b, : len(s)] = [pos[t] for t in s]
             lengths[b] = len(s)
-        out = self._pooled(table[idx], lengths).numpy()
+        out = self._pooled(table, idx, lengths).numpy()
         return out[: len(texts)]
 
 
