@@ -210,10 +210,17 @@ def test_queries_run_in_as_many_threads_as_cores_or_as_asked_more_for_brute_forc
             assert c.get("/similar", params={"q": "hello"}).status_code == 200
             service = app.state.service
             assert service.scans is scans
-            queries, brute_force = service._limiters
-            assert queries.total_tokens == n < 40  # anyio's default is 40
-            assert brute_force.total_tokens == max(n, 32)
+            queries, brute_force = service._pools
+            assert queries._max_workers == n < 32
+            assert brute_force._max_workers == max(n, 32)
             assert c.post("/similar", json={"queries": [{"q": "a"}, {"q": "b"}]}).status_code == 200
+            # the first query runs before the server knows its index kind; later ones in the kind's own pool
+            assert (brute_force if scans else queries)._threads
+            assert scans or not brute_force._threads
+
+
+def test_the_serve_extra_gives_uvicorn_its_c_event_loop_and_http_parser() -> None:
+    assert serve.server_stack() == ("uvloop", "httptools")
 
 
 def test_a_path_without_a_store_is_refused(tmp_path: Path) -> None:
