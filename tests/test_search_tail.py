@@ -55,6 +55,16 @@ def test_a_large_tail_brings_the_index_up_to_date(tmp_path: Path, monkeypatch: p
     assert hits[0].ids[0][1] == rows[250]["id"]
 
 
+def _same_ranking(got: list[tuple], want: list[tuple], atol: float = 1e-5) -> None:
+    """Equal hits, best first, up to the order of near-ties: a batch's matrix product rounds apart from one
+    query's (other BLAS kernels), so two hits whose scores differ by less than that may swap."""
+    assert len(got) == len(want)
+    for (ids, score), (want_ids, want_score) in zip(got, want):
+        assert abs(score - want_score) <= atol
+        if ids != want_ids:  # only a near-tie may swap: the wanted hit is elsewhere in got, at that score
+            assert any(i == want_ids and abs(s - want_score) <= atol for i, s in got), (want_ids, want_score)
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_a_server_scores_the_tail_in_its_shared_search_for_every_restriction(tmp_path: Path, kind: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
@@ -85,8 +95,7 @@ def test_a_server_scores_the_tail_in_its_shared_search_for_every_restriction(tmp
     fresh = FeatureStore(path)
     for (text, ds, k), mine in zip(asks, got):
         hits, _ = fresh.similar(text, k=k, dataset=ds, model=FAKE, clean=RECIPE, **opts)
-        assert [ids for ids, _ in mine] == [h.ids for h in hits]
-        assert np.allclose([s for _, s in mine], [h.score for h in hits], atol=1e-5)  # a batch's product rounds apart
+        _same_ranking(mine, [(h.ids, h.score) for h in hits])
         if ds is not None:
             assert all(any(d == ds for d, _ in ids) for ids, _ in mine)  # no other dataset's row, however few
     # fewer rows than k: each dataset's own, not padding nor the other's (the tail is all train2's)
