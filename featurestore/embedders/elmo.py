@@ -406,7 +406,8 @@ class ElmoBiLM:
             # TF1 LSTMCell's one product of [input, m_prev], both directions in one batched
             # matmul. Measured on 2 CPU cores with 512 rows, this K = 2P product ran faster than
             # input products for all steps before the loop plus a K = P product per step, and
-            # needs no [positions, 4H] buffer.
+            # needs no [positions, 4H] buffer. An input that repeats (the first layer's word
+            # embeddings) comes as input_gates: its products were computed once per distinct word.
             if input_gates is None:
                 z = tf.matmul(tf.concat([x[t][:, :n], m_prev], axis=-1), w) + bias
             else:
