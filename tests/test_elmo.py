@@ -198,6 +198,20 @@ def test_fast_path_matches_reference_path(embedder: ElmoEmbedder, fixture_dir: P
     assert diff <= EXACT
 
 
+def test_a_batch_with_too_many_distinct_words_runs_in_parts_with_the_same_vectors(
+        embedder: ElmoEmbedder, model_dir: Path, fixture_dir: Path) -> None:
+    texts = _tweets(fixture_dir)
+    small = ElmoEmbedder.from_path(str(model_dir), max_distinct_words=8)
+    runs: list[tuple[int, int]] = []  # (texts, distinct words) of each graph run
+    pooled = small._pooled
+    small._pooled = lambda table, ids, lengths: runs.append((len(ids), len(table) - 1)) or pooled(table, ids, lengths)
+    got = small.embed(texts)
+    assert len(texts) <= small.max_batch_size and len(runs) > 1  # one batch, run in parts
+    assert all(distinct <= 8 or n == 1 for n, distinct in runs)  # within the bound, or one text (not split)
+    assert any(n == 1 and distinct > 8 for n, distinct in runs)  # the fixture has such a sentence
+    assert np.abs(got - embedder.embed(texts)).max() <= ATOL
+
+
 def test_word_cache_is_a_bounded_lru_and_exact(model_dir: Path, fixture_dir: Path) -> None:
     texts = _tweets(fixture_dir)
     big = ElmoEmbedder.from_path(str(model_dir))

@@ -562,6 +562,10 @@ class ElmoEmbedder(Embedder):
     # CPU's matmul kernels; 32768 padded positions keep the layer outputs under ~0.5 GB.
     max_batch_tokens = 32768
     max_batch_size = 512
+    #: distinct words a batch runs with: the first layer's per-word input products take 2 x 4H floats a word
+    #: (128 KB for the original model, so 512 MB at this bound); a batch with more is run in halves. Tweets
+    #: stay under it (at most 3,440 in the 512-tweet batches of 2,000 AV tweets).
+    max_distinct_words = 4096
 
     def __init__(
         self,
@@ -571,6 +575,7 @@ class ElmoEmbedder(Embedder):
         source: dict[str, str] | None = None,
         token_cache_size: int = 50_000,
         max_batch_tokens: int | None = None,
+        max_distinct_words: int | None = None,
     ) -> None:
         if output not in ELMO_OUTPUTS:
             raise ModelError(f"unknown ELMo output {output!r}; use one of: {', '.join(ELMO_OUTPUTS)}")
@@ -581,6 +586,8 @@ class ElmoEmbedder(Embedder):
         self.token_cache_size = token_cache_size
         if max_batch_tokens is not None:
             self.max_batch_tokens = max_batch_tokens
+        if max_distinct_words is not None:
+            self.max_distinct_words = max_distinct_words
         o = bilm.options
         n_layers = o.n_layers + 1
         self._dim = o.layer_dim * (n_layers if output == OUTPUT_ALL else 1)
@@ -712,6 +719,9 @@ class ElmoEmbedder(Embedder):
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         sents = [tokenize(t) for t in texts]
         distinct = list(dict.fromkeys(t for s in sents for t in s))
+        if len(distinct) > self.max_distinct_words and len(texts) > 1:
+            half = len(texts) // 2  # each sentence starts from the same state: halves give the same vectors
+            return np.concatenate([self.embed_batch(texts[:half]), self.embed_batch(texts[half:])])
         pos = {t: i + 1 for i, t in enumerate(distinct)}
         P = self.bilm.options.projection_dim
         table = np.concatenate([np.zeros((1, P), np.float32), *([np.stack(self._token_table(distinct))] if distinct else [])])
