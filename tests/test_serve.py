@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -386,6 +387,55 @@ def test_real_server_under_concurrent_clients_while_an_ingest_writes(store: Path
     server.should_exit = True
     thread.join(10)
     assert problems == []
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and "spawn_main" in Path(f"/proc/{entry}/cmdline").read_text():
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="counts worker processes in /proc")
+def test_fs_serve_with_two_worker_processes_answers_and_follows_new_generations(store: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--store", str(store), "--port", str(port),
+                             "--model", FAKE, "--clean", "raw-v1", "--token", "tok", "--workers", "2"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_up(url, proc)
+        deadline = time.monotonic() + 60
+        while len(_children(proc.pid)) < 2:
+            assert time.monotonic() < deadline, "two worker processes did not start"
+            time.sleep(0.1)
+        headers = {"Authorization": "Bearer tok"}
+        text = train_rows(N)[9]["tweet"]
+        assert httpx.get(url + "similar", params={"q": text}).status_code == 401
+        assert httpx.get(url + "similar", params={"q": text}, headers=headers).json()["hits"][0]["text"] == text
+        new = [{"id": "w1", "label": "1", "tweet": "a brand new tweet for every worker"}]
+        _ingest(store, new, "live", tmp_path)
+        answers = []
+        for _ in range(24):  # a new connection each: the kernel hands them to either worker
+            r = httpx.get(url + "similar", params={"q": new[0]["tweet"], "k": 1}, headers=headers)
+            answers.append((r.status_code, r.json()["hits"][0]["id"], r.json()["hits"][0]["dataset"]))
+        assert set(answers) == {(200, "w1", "live")}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert proc.returncode == 0 and _children(proc.pid) == []
+
+
+def test_fs_serve_with_workers_refuses_a_missing_store_in_one_line(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli_app, ["serve", "--store", str(tmp_path / "none"), "--workers", "2"])
+    assert r.exit_code != 0 and "does not exist" in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.slow
