@@ -374,7 +374,7 @@ class ElmoBiLM:
             h = tf.matmul(h, self.proj[0]) + self.proj[1]
         return h
 
-    def _lstm_layer(self, x, steps, cell, c, m, packed: bool, input_gates=None):
+    def _lstm_layer(self, x, steps, cell, c, m, packed: bool, tokens=None):
         """Both directions of one layer over time-major x [T, 2, B, P] (backward already reversed).
 
         ``steps`` int32[B]: positions each row runs, rows sorted longest first; ``cell``: the
@@ -385,14 +385,17 @@ class ElmoBiLM:
         sorted), so padding costs nothing. Otherwise every row is computed at every step and
         finished rows are masked, as TF1's ``dynamic_rnn`` with ``sequence_length`` does.
 
-        ``input_gates``: ``(gates [2, D, 4H], ids [T, 2, B])``, the input's share of the gate product
-        (``input @ W_input + bias``) computed once per distinct input, and which one each position has; the
-        loop then multiplies only ``m_prev`` (same sums in another order).
+        ``tokens``: ``(table [D, P], ids [T, 2, B])``, the distinct inputs and which one each position has
+        (``x`` holds them gathered): the input's share of the gate product (``input @ W_input + bias``) is then
+        computed once per distinct input, and the loop multiplies only ``m_prev`` (same sums in another order).
         """
         tf = _tf()
         o = self.options
         w, bias, w_proj = cell
-        w_rec = w[:, o.projection_dim :]  # the rows of W for m_prev
+        if tokens is not None:
+            table, ids = tokens
+            P = o.projection_dim
+            input_gates, w_rec = tf.matmul(table[None], w[:, :P]) + bias, w[:, P:]  # [2, D, 4H]; rows for m_prev
         T, B = tf.shape(x)[0], tf.shape(x)[2]
         if packed:
             rows = tf.reduce_sum(tf.cast(tf.sequence_mask(steps, T), tf.int32), axis=0)  # [T], a prefix
@@ -407,11 +410,11 @@ class ElmoBiLM:
             # matmul. Measured on 2 CPU cores with 512 rows, this K = 2P product ran faster than
             # input products for all steps before the loop plus a K = P product per step, and
             # needs no [positions, 4H] buffer. An input that repeats (the first layer's word
-            # embeddings) comes as input_gates: its products were computed once per distinct word.
-            if input_gates is None:
+            # embeddings) comes as tokens: its products were computed once per distinct word.
+            if tokens is None:
                 z = tf.matmul(tf.concat([x[t][:, :n], m_prev], axis=-1), w) + bias
             else:
-                z = tf.gather(input_gates[0], input_gates[1][t][:, :n], batch_dims=1) + tf.matmul(m_prev, w_rec)
+                z = tf.gather(input_gates, ids[t][:, :n], batch_dims=1) + tf.matmul(m_prev, w_rec)
             i, j, f, g = tf.split(z, 4, axis=-1)
             # TF1 LSTMCell: forget_bias 1.0 added inside the sigmoid.
             c_new = tf.sigmoid(f + 1.0) * c_prev + tf.sigmoid(i) * tf.tanh(j)
@@ -469,14 +472,12 @@ class ElmoBiLM:
         found = [token_layer]
         cs, ms = [], []
         for k in range(o.n_layers):
-            input_gates = None
+            tokens = None
             if k == 0 and table is not None:
-                w, bias, _ = self.lstm[0]
-                gates = tf.matmul(table[None], w[:, : o.projection_dim]) + bias  # [2, D, 4H]
                 t_ids = tf.transpose(tf.gather(ids, order))  # time-major [T, B]
                 backward = tf.reverse_sequence(t_ids, lengths, seq_axis=0, batch_axis=1)
-                input_gates = (gates, tf.stack([t_ids, backward], axis=1))  # [T, 2, B]
-            out, c, m = self._lstm_layer(x2, steps, self.lstm[k], c0[k], m0[k], packed, input_gates)
+                tokens = (table, tf.stack([t_ids, backward], axis=1))  # [T, 2, B], as x2
+            out, c, m = self._lstm_layer(x2, steps, self.lstm[k], c0[k], m0[k], packed, tokens)
             if o.use_skip_connections and k > 0:
                 out = out + x2  # bilm-tf's ResidualWrapper around every layer but the first
             cs.append(c)
