@@ -21,13 +21,20 @@ RECIPE = "basic-v1"
 
 
 def named(fs: FeatureStore, texts: list[str], ids: list[str]) -> list:
-    """Every hit of some text and id queries, as plain tuples (owners, text, label, score rounded)."""
+    """Every hit of some text and id queries, as plain tuples (owners, text, label, score)."""
     hits, _ = fs.similar(texts=texts, k=4, model=FAKE, clean=RECIPE)
-    out = [[(h.ids, h.text, h.label, round(h.score, 5)) for h in per] for per in hits]
+    out = [[(h.ids, h.text, h.label, h.score) for h in per] for per in hits]
     for i in ids:
         per, _ = fs.similar(id=i, dataset="train", k=4, model=FAKE, clean=RECIPE)
-        out.append([(h.ids, h.text, h.label, round(h.score, 5)) for h in per])
+        out.append([(h.ids, h.text, h.label, h.score) for h in per])
     return out
+
+
+def same_hits(a: list, b: list) -> None:
+    """The same hits named the same way; scores equal to float32 rounding (rows newer than a held index are
+    scored beside it by another kernel than a fresh index's)."""
+    assert [[h[:3] for h in per] for per in a] == [[h[:3] for h in per] for per in b]
+    assert np.allclose([h[3] for per in a for h in per], [h[3] for per in b for h in per], atol=1e-5)
 
 
 def _written_then_held(tmp_path: Path, rows: list[dict[str, str]], commit_rows: int) -> tuple[FeatureStore, FeatureStore]:
@@ -48,7 +55,7 @@ def test_a_held_process_names_hits_like_a_cold_one_across_generations(tmp_path: 
     texts = [r["tweet"] for r in rows[::25]]
     ids = [r["id"] for r in rows[:300:37]]
     first = named(held, texts, ids)
-    assert first == named(FeatureStore(path), texts, ids)
+    same_hits(first, named(FeatureStore(path), texts, ids))
 
     # new rows, changed labels, and the same texts under other ids in a second dataset
     relabelled = [dict(r, label=str(1 - int(r["label"]))) for r in rows[:300:7]]
@@ -57,7 +64,7 @@ def test_a_held_process_names_hits_like_a_cold_one_across_generations(tmp_path: 
     other = [dict(r, id=f"o{r['id']}") for r in rows[:50]]
     writer.ingest(str(write_csv(tmp_path / "c.csv", other)), "other", FAKE, RECIPE)
     again = named(held, texts, ids)
-    assert again == named(FeatureStore(path), texts, ids)
+    same_hits(again, named(FeatureStore(path), texts, ids))
     labels = {h[0][0]: h[2] for per in again for h in per if h[0][0][0] == "train"}
     changed = {("train", r["id"]): r["label"] for r in relabelled}
     assert any(k in changed for k in labels)  # some hit is a relabelled row ...
@@ -211,8 +218,10 @@ def test_few_ids_are_hashed_as_pandas_hashes_them() -> None:
     ids = ["", "0", "000123", "é", "x" * 7, "x" * 8, "x" * 9, "x" * 200] + [
         "".join(rng.choice(alphabet, size=int(rng.integers(0, 40)))) for _ in range(500)]
     want = pd.util.hash_array(np.array(ids, dtype=object))
-    got = np.concatenate([search._id_hash(np.array(ids[i:i + 50], dtype=object)) for i in range(0, len(ids), 50)])
+    got = np.concatenate([search._few_id_hashes(np.array(ids[i:i + 50], dtype=object)) for i in range(0, len(ids), 50)])
     assert got.tolist() == want.tolist()
+    # with pandas loaded (a server), a few ids are hashed by pandas: the same hashes
+    assert search._id_hash(np.array(ids[:50], dtype=object)).tolist() == want[:50].tolist()
 
 
 @pytest.mark.parametrize("kind", ["exact", "ivf"])
