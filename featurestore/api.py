@@ -327,12 +327,14 @@ class FeatureStore:
         nprobe: int | None = None,
         ef: int | None = None,
         texts: Sequence[str] | None = None,
+        snapshot: Snapshot | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         """Nearest stored tweets by cosine similarity, through the space's index (``fs index build``).
 
         ``exact`` forces brute force; ``nprobe`` (IVF) and ``ef`` (HNSW) trade speed for recall.
-        With ``texts`` (many queries, one search) the hits are a list per query, in order."""
-        snap = self._snapshot()
+        With ``texts`` (many queries, one search) the hits are a list per query, in order. ``snapshot``:
+        answer from this committed state (a server's, read once per request) instead of the latest."""
+        snap = snapshot if snapshot is not None else self._snapshot()
         ds = self.store.dataset(dataset, snap) if dataset else None
         space, note = spaces.choose_space(self.store, snap, model, clean, dtype, ds)
         opts = dict(k=k, dataset=dataset, progress=progress, exact=exact, nprobe=nprobe, ef=ef)

@@ -599,6 +599,14 @@ class SearchCache:
         out = np.empty(len(positions), dtype=object)
         bounds = _bounds(segs)
         which = np.searchsorted(bounds, positions, side="right") - 1
+        if len(positions) <= 32:  # a query's few hits: one value at a time costs less than grouping by segment
+            packs: dict[int, PackedColumn | None] = {}
+            for n, (si, p) in enumerate(zip(which.tolist(), positions.tolist())):
+                packed = packs[si] if si in packs else packs.setdefault(si, self.column(store, segs[si], column, wait=False))
+                local = p - int(bounds[si])
+                out[n] = packed.at([local])[0] if packed is not None else read_at(store, segs[si:si + 1], column,
+                                                                                    np.array([local]))[0]
+            return out
         for si in np.unique(which).tolist():
             sel = np.flatnonzero(which == si)
             local = positions[sel] - bounds[si]

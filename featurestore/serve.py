@@ -105,8 +105,7 @@ class Service:
         self.fs = FeatureStore(settings.store)
         self.fs.store.require_existing()
         self.fs.hold()  # segments open, ids/labels/texts packed in memory as queries (or warm) touch them
-        self._lock = threading.Lock()  # the cached snapshot and summary
-        self._snap: Snapshot | None = None
+        self._lock = threading.Lock()  # the cached summary
         self._info: tuple[int, dict[str, Any]] | None = None
         self.warmed = threading.Event()
         self.scans = False  # the served index is searched by brute force (a Flat index)
@@ -153,12 +152,9 @@ class Service:
         return gens[-1] if gens else -1
 
     def snapshot(self) -> Snapshot:
-        """The latest snapshot, re-read only when a new generation has been published."""
-        gen = self.generation()
-        with self._lock:
-            if self._snap is None or self._snap.generation != gen:
-                self._snap = self.fs.store.require_existing().snapshot()
-            return self._snap
+        """The latest snapshot: the store reuses the last one parsed while its manifest file is the same one
+        (a manifest repaired in place is read again), so a request costs a listing and a stat."""
+        return self.fs.store.require_existing().snapshot()
 
     def _dataset(self, snap: Snapshot, name: str) -> Dataset:
         check_dataset_name(name)  # 400 for a name that cannot exist
@@ -185,11 +181,12 @@ class Service:
         if dataset is not None:
             self._dataset(snap, dataset)
         try:
-            hits, info = self.fs.similar(q, id=id, k=k, dataset=dataset, model=s.model, clean=s.clean, dtype=s.dtype)
+            hits, info = self.fs.similar(q, id=id, k=k, dataset=dataset, model=s.model, clean=s.clean, dtype=s.dtype,
+                                         snapshot=snap)
         except UnknownIdError as exc:
             raise HTTPError(404, " ".join(exc.render(param_of).split())) from None
         self.scans = info.get("index_kind") == "Flat"
-        # similar() read the latest manifest itself, this one or a newer one: the answer reflects at least it
+        # the answer is this generation's, read once for the request
         out = {
             "generation": snap.generation,
             "space": info.get("space"),

@@ -433,10 +433,11 @@ class Store:
     # ---- snapshots
 
     def manifest_generations(self) -> list[int]:
-        if not self.manifest_dir.is_dir():
+        try:  # one system call: a server asks on every query
+            names = os.listdir(self.manifest_dir)
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        gens = [int(m.group(1)) for p in os.listdir(self.manifest_dir) if (m := _MANIFEST_NAME.match(p))]
-        return sorted(gens)
+        return sorted(int(m.group(1)) for p in names if (m := _MANIFEST_NAME.match(p)))
 
     def manifest_path(self, generation: int) -> Path:
         return self.manifest_dir / f"{generation:08d}.json"
