@@ -366,3 +366,19 @@ def test_a_servers_merged_key_tables_find_what_per_segment_lookups_find(tmp_path
     got = cache.find_keys(store, segs, wanted)
     assert all(np.array_equal(g, w) for g, w in zip(got, want))
     assert [int(p[0]) if len(p) else -1 for p in want[-2:]] == [-1, -1]
+
+
+def test_a_query_answers_from_the_snapshot_it_is_given(tmp_path: Path) -> None:
+    """``FeatureStore.similar(snapshot=)`` (a server reads the snapshot once a request): rows committed after
+    that snapshot are not its answers; without it, the latest generation answers."""
+    rows = train_rows(120)
+    writer, held = _written_then_held(tmp_path, rows[:100], commit_rows=64)
+    before = held.store.snapshot()
+    writer.ingest(str(write_csv(tmp_path / "b.csv", rows[100:])), "train", FAKE, RECIPE)
+    text = rows[110]["tweet"]
+    old, info_old = held.similar(text, k=1, model=FAKE, clean=RECIPE, snapshot=before)
+    new, info_new = held.similar(text, k=1, model=FAKE, clean=RECIPE)
+    assert new[0].ids == [("train", rows[110]["id"])] and new[0].score == pytest.approx(1.0, abs=1e-5)
+    assert info_new["query"] == "stored vector (model not loaded)"
+    assert ("train", rows[110]["id"]) not in old[0].ids and old[0].score < 0.999
+    assert info_old["query"] == "embedded"  # the text is not in the older snapshot's keys
