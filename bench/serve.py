@@ -253,6 +253,7 @@ def main() -> int:
     ap.add_argument("--token", default="bench-token")
     ap.add_argument("--workers", type=int, default=1, help="fs serve --workers: server processes sharing the port")
     ap.add_argument("--threads", type=int, help="fs serve --threads: requests answered at once by a server process")
+    ap.add_argument("--search-threads", type=int, help="fs serve --search-threads: threads inside one search")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (store, server log)")
     args = ap.parse_args()
 
@@ -283,7 +284,8 @@ def main() -> int:
         log = open(tmp / "server.log", "w")
         proc = subprocess.Popen([*FS, "serve", "--store", str(store), "--port", str(port), "--token", args.token,
                                  "--model", args.model, "--clean", args.clean, "--workers", str(args.workers),
-                                 *(["--threads", str(args.threads)] if args.threads else [])],
+                                 *(["--threads", str(args.threads)] if args.threads else []),
+                                 *(["--search-threads", str(args.search_threads)] if args.search_threads else [])],
                                 cwd=ROOT, stdout=log, stderr=log)
         headers = {"Authorization": f"Bearer {args.token}"}
         import httpx

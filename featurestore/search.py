@@ -748,7 +748,8 @@ class SearchCache:
                     return cached[1], f"in memory, {newer:,} newer rows searched by brute force" if newer else "in memory"
             opened = faiss_index.open_index(store, space, progress)
             if self.packed and opened.kind == "flat":  # a server scans it again and again: from memory
-                opened.vectors = faiss_index.VectorArray.of(opened) or opened.vectors
+                held = faiss_index.VectorArray.of(opened)
+                opened.vectors = held.with_bf16() if held is not None else opened.vectors
             self.indexes[space.id] = ((space.segments, faiss_index.files_signature(store, space)), opened)
             if opened.rows:
                 self.last_keys[space.id] = bytes(self.keys_at(store, space.segments, [opened.rows - 1])[0])
