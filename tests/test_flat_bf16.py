@@ -63,26 +63,33 @@ def test_a_bfloat16_scan_gives_the_float32_top_k(restriction: str) -> None:
         assert sorted(got[1][0][:3].tolist()) == [3, 7, 11] and (got[1][0][3:] == -1).all()
 
 
+def _planted(scores: list[float], n_queries: int, first: int, seed: int
+             ) -> tuple[np.ndarray, faiss.IndexFlat, faiss_index.VectorArray, faiss_index.VectorArray]:
+    """Random queries, and for query i rows ``first + len(scores) * i + j`` whose score against it is
+    ``scores[j]``, among ``_held``'s rows: (queries, the index, its float32 and its bfloat16 held vectors)."""
+    _, held = _held()
+    rng = np.random.default_rng(seed)
+    q = faiss_index.normalize(rng.standard_normal((n_queries, 384), dtype=np.float32))
+    x = held.array.copy()
+    for i in range(n_queries):
+        for j, c in enumerate(scores):
+            noise = rng.standard_normal(x.shape[1]).astype(np.float32)
+            noise -= (noise @ q[i]) * q[i]
+            x[first + len(scores) * i + j] = c * q[i] + np.sqrt(1 - c * c) * noise / np.linalg.norm(noise)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    return q, index, faiss_index.VectorArray(x), faiss_index.VectorArray(x, torch.from_numpy(x).to(torch.bfloat16))
+
+
 def test_the_margin_is_what_makes_it_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """For each of 16 queries, 40 rows score 5e-6 apart around a midpoint between two bfloat16 values
     (0.99805): rounding the factors to bfloat16 moves a score by ~1e-4, so which of the two values each row
     gets is noise, and only the float32 re-scoring of every row within the error margin finds the true top
     10. Without the margin the scan keeps wrong ones (6-9 of the 16 queries here)."""
-    index, held = _held()
-    rng = np.random.default_rng(5)
-    q = faiss_index.normalize(rng.standard_normal((16, 384), dtype=np.float32))
-    x = held.array.copy()
     mid = 1 - 2.0**-9  # halfway between bfloat16 values 1 - 2^-8 and 1
-    for i in range(len(q)):
-        for j in range(40):
-            noise = rng.standard_normal(x.shape[1]).astype(np.float32)
-            noise -= (noise @ q[i]) * q[i]
-            c = mid + 5e-6 * (20 - j)
-            x[1000 + 40 * i + j] = c * q[i] + np.sqrt(1 - c * c) * noise / np.linalg.norm(noise)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    held = faiss_index.VectorArray(x, torch.from_numpy(x).to(torch.bfloat16))
-    want = faiss_index._flat_blas(index, q, 10, None, faiss_index.VectorArray(x))
+    q, index, plain, held = _planted([mid + 5e-6 * (20 - j) for j in range(40)], 16, 1000, seed=5)
+    x = plain.array
+    want = faiss_index._flat_blas(index, q, 10, None, plain)
     assert [sorted(r) for r in want[1].tolist()] == [list(range(1000 + 40 * i, 1010 + 40 * i)) for i in range(16)]
     got = faiss_index._flat_bf16(index, held, q, 10, None)
     _same(want, got, x, q)
@@ -109,20 +116,8 @@ def test_more_near_ties_than_kept_candidates_are_scanned_again_in_float32(monkey
     """600 rows within 3e-3 of one score (more than the kept ``k + BF16_CANDIDATES``, all within the error
     margin of each other): the bfloat16 pass cannot tell which 10 are best, so those queries are scanned again
     in float32, and the answer is still the exact one."""
-    index, held = _held()
-    rng = np.random.default_rng(9)
-    q = faiss_index.normalize(rng.standard_normal((3, 384), dtype=np.float32))
-    x = held.array.copy()
-    for i in range(len(q)):
-        for j in range(600):
-            noise = rng.standard_normal(x.shape[1]).astype(np.float32)
-            noise -= (noise @ q[i]) * q[i]
-            c = 0.9 + 5e-6 * j
-            x[2000 + 600 * i + j] = c * q[i] + np.sqrt(1 - c * c) * noise / np.linalg.norm(noise)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    held = faiss_index.VectorArray(x, torch.from_numpy(x).to(torch.bfloat16))
-    want = faiss_index._flat_blas(index, q, 10, None, faiss_index.VectorArray(x))
+    q, index, plain, held = _planted([0.9 + 5e-6 * j for j in range(600)], 3, 2000, seed=9)
+    want = faiss_index._flat_blas(index, q, 10, None, plain)
     assert [sorted(r) for r in want[1].tolist()] == [list(range(2590 + 600 * i, 2600 + 600 * i)) for i in range(3)]
     scanned = []
     real = faiss_index._flat_blas
