@@ -189,8 +189,8 @@ class VectorArray:
 
     def with_bf16(self) -> "VectorArray":
         """Add the bfloat16 copy when torch is installed, half the copy fits in the free memory, and a scan
-        of one block in bfloat16 takes at most ``BF16_MIN_GAIN`` of numpy's float32 time on this CPU
-        (measured here, now: CPUs with AVX-512 BF16 run it at half the time; others do not gain)."""
+        of one block in bfloat16 takes at most ``BF16_MIN_GAIN`` of numpy's float32 time, timed on this CPU
+        when the server opens the index (with AVX-512 BF16, a Zen 4 here: about half)."""
         n, d = self.array.shape
         if n * d < BF16_MIN_VALUES:  # a small scan is fast either way: no torch import for it
             return self
@@ -732,9 +732,9 @@ def _selector(rows: np.ndarray) -> Any:
 
 
 FLAT_BLOCK = 65536  # stored rows scored per matrix product: 65,536 x 384 x 4 B = 96 MB of vectors a block
-#: |bfloat16 score - float32 score| of unit vectors is at most this: each factor rounded (2u), the score
-#: rounded to bfloat16 on output (u), u = 2^-8; float32 accumulation over 384-4096 dims adds < 1e-4
-BF16_ERROR = 3 * 2.0**-8 + 1e-4
+#: |bfloat16 score - float32 score| of unit vectors is at most this plus ``d * 2^-23`` (float32 sums over d
+#: dimensions): each factor rounded (2u + u^2), the score rounded to bfloat16 on output (u(1 + 2u)), u = 2^-8
+BF16_ERROR = 3 * 2.0**-8 + 4 * 2.0**-16
 BF16_BLOCK = 262144  # rows a bfloat16 product takes at once (100 MB): torch's fixed cost a call is ~3 ms here
 BF16_CANDIDATES = 256  # rows a query keeps from the bfloat16 pass, beyond its k, to re-score in float32
 BF16_MIN_VALUES = 1 << 22  # a bfloat16 copy is considered from 4M values on (11k rows of 384-d)
@@ -781,13 +781,14 @@ def _flat_bf16(index: faiss.IndexFlat, source: VectorArray, q: np.ndarray, k: in
                allowed: np.ndarray | list[tuple[np.ndarray | None, list[int]]] | None) -> tuple[np.ndarray, np.ndarray]:
     """``_flat_blas``'s answer (the exact float32 top-k) from a scan of the bfloat16 copy, half the bytes: each
     query keeps its best ``k + BF16_CANDIDATES`` rows by bfloat16 score; every row whose float32 score could
-    be in the top k scores within ``2 * BF16_ERROR`` of the k-th best bfloat16 score, so when the kept rows
+    be in the top k scores within twice the error bound of the k-th best bfloat16 score, so when the kept rows
     reach below that line they hold the whole top k, and their float32 scores give it. A query whose kept
     rows do not (more near-ties than kept) is scanned again in float32."""
     import torch
 
     n = index.ntotal
     keep = k + BF16_CANDIDATES
+    margin = 2 * (BF16_ERROR + index.d * 2.0**-23)  # a row in the float32 top k scores at least kth - margin
     per_query = allowed if isinstance(allowed, list) else None
     qb = torch.from_numpy(np.ascontiguousarray(q)).to(torch.bfloat16)
 
@@ -819,10 +820,10 @@ def _flat_bf16(index: faiss.IndexFlat, source: VectorArray, q: np.ndarray, k: in
     for i in range(len(q)):
         valid = ~np.isneginf(low[i])
         kth = low[i][min(k, int(valid.sum())) - 1] if valid.any() else -np.inf
-        if valid.all() and low[i][-1] >= kth - 2 * BF16_ERROR:
+        if valid.all() and low[i][-1] >= kth - margin:
             again.append(i)  # rows beyond the kept ones might still belong to the top k
             continue
-        near = cand[i][valid & (low[i] >= kth - 2 * BF16_ERROR)]
+        near = cand[i][valid & (low[i] >= kth - margin)]
         if not len(near):
             continue
         exact = np.einsum("ij,j->i", source.array[near], q[i])  # not BLAS: its spinning threads would slow torch's

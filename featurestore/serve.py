@@ -153,7 +153,8 @@ class Service:
 
     def snapshot(self) -> Snapshot:
         """The latest snapshot: the store reuses the last one parsed while its manifest file is the same one
-        (a manifest repaired in place is read again), so a request costs a listing and a stat."""
+        (a manifest repaired in place is read again), so a request costs three system calls: a stat of the
+        store's manifest directory, its listing, a stat of the latest manifest."""
         return self.fs.store.require_existing().snapshot()
 
     def _dataset(self, snap: Snapshot, name: str) -> Dataset:

@@ -85,7 +85,7 @@ def test_the_margin_is_what_makes_it_exact(monkeypatch: pytest.MonkeyPatch) -> N
     """For each of 16 queries, 40 rows score 5e-6 apart around a midpoint between two bfloat16 values
     (0.99805): rounding the factors to bfloat16 moves a score by ~1e-4, so which of the two values each row
     gets is noise, and only the float32 re-scoring of every row within the error margin finds the true top
-    10. Without the margin the scan keeps wrong ones (6-9 of the 16 queries here)."""
+    10. Without the rounding part of the margin the scan keeps wrong ones (6-9 of the 16 queries here)."""
     mid = 1 - 2.0**-9  # halfway between bfloat16 values 1 - 2^-8 and 1
     q, index, plain, held = _planted([mid + 5e-6 * (20 - j) for j in range(40)], 16, 1000, seed=5)
     x = plain.array
