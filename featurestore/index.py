@@ -188,9 +188,11 @@ class VectorArray:
     bf16: Any = None  # torch.Tensor [n, d] bfloat16, or None
 
     def with_bf16(self) -> "VectorArray":
-        """Add the bfloat16 copy when torch is installed, half the copy fits in the free memory, and a scan
-        of one block in bfloat16 takes at most ``BF16_MIN_GAIN`` of numpy's float32 time, timed on this CPU
-        when the server opens the index (with AVX-512 BF16, a Zen 4 here: about half)."""
+        """Add the bfloat16 copy when torch is installed, half the copy fits in the free memory, and this CPU
+        multiplies bfloat16 fast: it has AVX-512 BF16 or AMX (Zen 4 here: a 16-query scan of a million 384-d rows
+        in 84 ms against float32's 179), or else a timed trial of one block says so (at most ``BF16_MIN_GAIN`` of
+        numpy's float32 time, best of 5 interleaved runs). The trial alone was not enough: at a server's start it
+        runs beside the other warm-up threads, and once in four starts it chose float32 on this Zen 4."""
         n, d = self.array.shape
         if n * d < BF16_MIN_VALUES:  # a small scan is fast either way: no torch import for it
             return self
@@ -202,24 +204,23 @@ class VectorArray:
             if n * d * 2 > os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2:
                 return self
         torch.set_num_threads(max(1, faiss.omp_get_max_threads()))  # the server's limit for one search
-        block = self.array[: min(n, BF16_BLOCK)]
-        q = np.ascontiguousarray(block[:16])
-        low, qb = torch.from_numpy(block).to(torch.bfloat16), torch.from_numpy(q).to(torch.bfloat16)
-
-        def best(fn: Any) -> float:
-            times = []
-            for _ in range(3):
+        if not _cpu_multiplies_bf16():
+            block = self.array[: min(n, BF16_BLOCK)]
+            q = np.ascontiguousarray(block[:16])
+            low, qb = torch.from_numpy(block).to(torch.bfloat16), torch.from_numpy(q).to(torch.bfloat16)
+            bf16 = fp32 = float("inf")
+            for _ in range(5):  # interleaved, bfloat16 first: OpenBLAS's threads spin for a while after a product
                 t = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t)
-            return min(times)
-
-        # bfloat16 first: OpenBLAS's threads keep spinning for a while after a product, and would take the cores
-        bf16, fp32 = best(lambda: low @ qb.T), best(lambda: block @ q.T)
-        log.info("exact scans: %d rows in bfloat16 %.1f ms, float32 %.1f ms (%d threads)", len(block), bf16 * 1e3,
-                 fp32 * 1e3, torch.get_num_threads())
-        if bf16 > BF16_MIN_GAIN * fp32:
-            return self
+                low @ qb.T
+                bf16 = min(bf16, time.perf_counter() - t)
+                t = time.perf_counter()
+                block @ q.T
+                fp32 = min(fp32, time.perf_counter() - t)
+            log.info("exact scans: %d rows in bfloat16 %.1f ms, float32 %.1f ms (%d threads)", len(block), bf16 * 1e3,
+                     fp32 * 1e3, torch.get_num_threads())
+            if bf16 > BF16_MIN_GAIN * fp32:
+                return self
+        log.info("exact scans read a bfloat16 copy of the %d vectors first", n)
         return VectorArray(self.array, torch.from_numpy(self.array).to(torch.bfloat16))
 
     @classmethod
@@ -731,12 +732,28 @@ def _selector(rows: np.ndarray) -> Any:
     return faiss.IDSelectorBatch(rows)
 
 
+def _cpu_multiplies_bf16() -> bool:
+    """The CPU has bfloat16 dot-product instructions (AVX-512 BF16 or AMX), by its flags (Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 FLAT_BLOCK = 65536  # stored rows scored per matrix product: 65,536 x 384 x 4 B = 96 MB of vectors a block
 #: |bfloat16 score - float32 score| of unit vectors is at most this plus ``d * 2^-23`` (float32 sums over d
 #: dimensions): each factor rounded (2u + u^2), the score rounded to bfloat16 on output (u(1 + 2u)), u = 2^-8
 BF16_ERROR = 3 * 2.0**-8 + 4 * 2.0**-16
 BF16_BLOCK = 262144  # rows a bfloat16 product takes at once (100 MB): torch's fixed cost a call is ~3 ms here
-BF16_CANDIDATES = 256  # rows a query keeps from the bfloat16 pass, beyond its k, to re-score in float32
+#: rows a query keeps from the bfloat16 pass, beyond its k, to re-score in float32. 1M clustered 384-d rows,
+#: 256 stored rows as queries: 256 left 8 queries to a float32 rescan (185 ms a 16-query scan), 1,024 none
+#: (113 ms), 4,096 none (181 ms: the selection and re-scoring grow)
+BF16_CANDIDATES = 1024
 BF16_MIN_VALUES = 1 << 22  # a bfloat16 copy is considered from 4M values on (11k rows of 384-d)
 BF16_MIN_GAIN = 0.7  # use the bfloat16 pass where a block takes at most this share of float32's time
 

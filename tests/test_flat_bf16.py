@@ -104,21 +104,34 @@ def test_the_copy_is_made_only_where_it_is_faster(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(faiss_index, "BF16_MIN_GAIN", 1e9)
     assert faiss_index.VectorArray(x).with_bf16().bf16 is None  # 4096 x 64 values: too few to consider
     monkeypatch.setattr(faiss_index, "BF16_MIN_VALUES", 0)
+    monkeypatch.setattr(faiss_index, "_cpu_multiplies_bf16", lambda: False)  # decided by the timed trial
     monkeypatch.setattr(faiss_index, "BF16_MIN_GAIN", 0.0)  # nothing is that fast
     assert faiss_index.VectorArray(x).with_bf16().bf16 is None
     monkeypatch.setattr(faiss_index, "BF16_MIN_GAIN", 1e9)  # anything is
     made = faiss_index.VectorArray(x).with_bf16()
     assert made.bf16 is not None and made.bf16.dtype == torch.bfloat16 and made.bf16.shape == x.shape
     assert np.abs(made.bf16.float().numpy() - x).max() <= 2.0**-8
+    monkeypatch.setattr(faiss_index, "BF16_MIN_GAIN", 0.0)
+    monkeypatch.setattr(faiss_index, "_cpu_multiplies_bf16", lambda: True)  # AVX-512 BF16 or AMX: no trial
+    assert faiss_index.VectorArray(x).with_bf16().bf16 is not None
+
+
+def test_the_cpu_flags_are_read() -> None:
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    flags = next((line for line in info.read_text().splitlines() if line.startswith("flags")), "") if info.exists() else ""
+    assert faiss_index._cpu_multiplies_bf16() == ("avx512_bf16" in flags.split() or "amx_bf16" in flags.split())
 
 
 def test_more_near_ties_than_kept_candidates_are_scanned_again_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
-    """600 rows within 3e-3 of one score (more than the kept ``k + BF16_CANDIDATES``, all within the error
+    """1,500 rows within 7.5e-3 of one score (more than the kept ``k + BF16_CANDIDATES``, all within the error
     margin of each other): the bfloat16 pass cannot tell which 10 are best, so those queries are scanned again
     in float32, and the answer is still the exact one."""
-    q, index, plain, held = _planted([0.9 + 5e-6 * j for j in range(600)], 3, 2000, seed=9)
+    assert 10 + faiss_index.BF16_CANDIDATES < 1500
+    q, index, plain, held = _planted([0.9 + 5e-6 * j for j in range(1500)], 3, 2000, seed=9)
     want = faiss_index._flat_blas(index, q, 10, None, plain)
-    assert [sorted(r) for r in want[1].tolist()] == [list(range(2590 + 600 * i, 2600 + 600 * i)) for i in range(3)]
+    assert [sorted(r) for r in want[1].tolist()] == [list(range(3490 + 1500 * i, 3500 + 1500 * i)) for i in range(3)]
     scanned = []
     real = faiss_index._flat_blas
     monkeypatch.setattr(faiss_index, "_flat_blas", lambda *a, **kw: scanned.append(len(a[1])) or real(*a, **kw))
