@@ -519,9 +519,10 @@ def serve(
                                         "on every API request (or FS_TOKEN)."),
     threads: Optional[int] = typer.Option(None, min=1, help="Requests answered at once (default: the cores this "
                                           "process may use; more threads only contend for Python's lock)."),
-    search_threads: Optional[int] = typer.Option(None, min=1, help="Threads one search may use inside FAISS and "
-                                                 "BLAS (default: 1 for an approximate index, whose requests already "
-                                                 "run in parallel; the cores for an exact one, whose scan wants them)."),
+    search_threads: Optional[int] = typer.Option(None, min=1, help="Threads one search may use inside FAISS, "
+                                                 "BLAS and torch (default: 1 for an approximate index, whose requests "
+                                                 "already run in parallel; the cores for an exact one, whose scan "
+                                                 "wants them)."),
     workers: int = typer.Option(1, min=1, help="Server processes sharing the port, each with its own caches and "
                                 "Python lock: 2 on 2 cores answered ~1.6x the requests of 1 at a million vectors, "
                                 "for ~0.8 GB more memory."),

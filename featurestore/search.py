@@ -602,10 +602,12 @@ class SearchCache:
         if len(positions) <= 32:  # a query's few hits: one value at a time costs less than grouping by segment
             packs: dict[int, PackedColumn | None] = {}
             for n, (si, p) in enumerate(zip(which.tolist(), positions.tolist())):
-                packed = packs[si] if si in packs else packs.setdefault(si, self.column(store, segs[si], column, wait=False))
-                local = p - int(bounds[si])
-                out[n] = packed.at([local])[0] if packed is not None else read_at(store, segs[si:si + 1], column,
-                                                                                    np.array([local]))[0]
+                if si not in packs:
+                    packs[si] = self.column(store, segs[si], column, wait=False)
+                packed, local = packs[si], p - int(bounds[si])
+                # while another thread packs this segment, the row is read from HDF5 (as below)
+                out[n] = packed.at([local])[0] if packed is not None else \
+                    read_at(store, segs[si:si + 1], column, np.array([local]))[0]
             return out
         for si in np.unique(which).tolist():
             sel = np.flatnonzero(which == si)
