@@ -794,6 +794,13 @@ def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int,
     return scores, rows
 
 
+def _allowed_mask(allowed: np.ndarray, n: int) -> np.ndarray:
+    """Sorted unique allowed rows as a boolean mask over rows 0..n-1."""
+    mask = np.zeros(n, dtype=bool)
+    mask[allowed[allowed < n]] = True
+    return mask
+
+
 def _flat_bf16(index: faiss.IndexFlat, source: VectorArray, q: np.ndarray, k: int,
                allowed: np.ndarray | list[tuple[np.ndarray | None, list[int]]] | None) -> tuple[np.ndarray, np.ndarray]:
     """``_flat_blas``'s answer (the exact float32 top-k) from a scan of the bfloat16 copy, half the bytes: each
@@ -809,17 +816,18 @@ def _flat_bf16(index: faiss.IndexFlat, source: VectorArray, q: np.ndarray, k: in
     per_query = allowed if isinstance(allowed, list) else None
     qb = torch.from_numpy(np.ascontiguousarray(q)).to(torch.bfloat16)
 
+    # each restriction as a mask over all rows, once a scan: a block's disallowed rows are then a slice of it
+    # (binary searches of each block's rows in a million allowed rows took a fifth of a restricted scan)
+    groups = per_query if per_query is not None else [(allowed, list(range(len(q))))] if allowed is not None else []
+    masks = [(_allowed_mask(a, n), torch.tensor(qi)) for a, qi in groups if a is not None]
     low_parts, cand_parts = [], []
     for start in range(0, n, BF16_BLOCK):
         block_rows = np.arange(start, min(n, start + BF16_BLOCK))
         s = source.bf16[start : start + BF16_BLOCK] @ qb.T  # [rows, queries], bfloat16
-        if allowed is not None:
-            s = s.float()
-            s_np = s.numpy()  # the same memory: masked in place
-            if per_query is None:
-                s_np[~member(block_rows, allowed)] = -np.inf
-            else:
-                mask_disallowed(s_np.T, block_rows, per_query)
+        for mask, qi in masks:
+            out = np.flatnonzero(~mask[start : start + BF16_BLOCK])
+            if len(out):
+                s[torch.from_numpy(out)[:, None], qi[None, :]] = float("-inf")
         # torch's selection, on the product as it comes: numpy's argpartition took as long as the product
         best = torch.topk(s, min(keep, s.shape[0]), dim=0)
         low_parts.append(best.values.float().numpy().T)
