@@ -144,13 +144,6 @@ class Service:
         finally:
             self.warmed.set()
 
-    # ---- generations
-
-    def generation(self) -> int:
-        """The latest published generation (-1 for a store not yet written): one directory listing."""
-        gens = self.fs.store.manifest_generations()
-        return gens[-1] if gens else -1
-
     def snapshot(self) -> Snapshot:
         """The latest snapshot: the store reuses the last one parsed while its manifest file is the same one
         (a manifest repaired in place is read again), so a request costs three system calls: a stat of the
