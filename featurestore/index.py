@@ -772,6 +772,8 @@ def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int,
             not isinstance(allowed, np.ndarray) or 2 * len(allowed) > n):  # a few allowed rows: read only them
         return _flat_bf16(index, source, q, k, allowed)
     per_query = allowed if isinstance(allowed, list) else None
+    # each group's restriction as a mask over all rows, once a scan (``_allowed_mask``)
+    masks = [(_allowed_mask(a, n), qi) for a, qi in per_query if a is not None] if per_query is not None else []
 
     def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start, block in source.blocks(n, index.d, FLAT_BLOCK):
@@ -784,8 +786,10 @@ def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int,
             # block @ q.T, not q @ block.T: over memory-mapped rows the transposed product re-reads the
             # block (3.1 vs 1.1 s for a query over a million mapped 384-d rows here)
             s = (block @ q.T).T
-            if per_query is not None:
-                mask_disallowed(s, rows, per_query)
+            for mask, qi in masks:
+                out = np.flatnonzero(~mask[start : start + len(rows)])
+                if len(out):
+                    s[np.ix_(qi, out)] = -np.inf
             yield s, rows
 
     scores, rows = top_k(blocks(), len(q), k)
@@ -795,7 +799,9 @@ def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int,
 
 
 def _allowed_mask(allowed: np.ndarray, n: int) -> np.ndarray:
-    """Sorted unique allowed rows as a boolean mask over rows 0..n-1."""
+    """Sorted unique allowed rows as a boolean mask over rows 0..n-1: a block's disallowed rows are then a
+    slice of it (binary searches of each block's rows in a million allowed rows took a tenth of a restricted
+    float32 scan and a fifth of a bfloat16 one)."""
     mask = np.zeros(n, dtype=bool)
     mask[allowed[allowed < n]] = True
     return mask
@@ -816,8 +822,7 @@ def _flat_bf16(index: faiss.IndexFlat, source: VectorArray, q: np.ndarray, k: in
     per_query = allowed if isinstance(allowed, list) else None
     qb = torch.from_numpy(np.ascontiguousarray(q)).to(torch.bfloat16)
 
-    # each restriction as a mask over all rows, once a scan: a block's disallowed rows are then a slice of it
-    # (binary searches of each block's rows in a million allowed rows took a fifth of a restricted scan)
+    # each restriction as a mask over all rows, once a scan (``_allowed_mask``)
     groups = per_query if per_query is not None else [(allowed, list(range(len(q))))] if allowed is not None else []
     masks = [(_allowed_mask(a, n), torch.tensor(qi)) for a, qi in groups if a is not None]
     low_parts, cand_parts = [], []
