@@ -22,6 +22,7 @@ or ``.venv/bin/python bench/elmo.py --ceiling-only`` (about 30 s: the ceiling se
   and ceiling words/s = GFLOP/s / (2 x MACs a word): how fast any exact fp32 ELMo could be here,
   against AllenNLP's words/s from the same run (``--ceiling-only``: from ``--peer-words-per-s``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +53,22 @@ PEER_SCRIPT = SHARED / "bench" / "peer_allennlp" / "bench_allennlp.py"
 PEER_README = SHARED / "bench" / "peer_allennlp" / "README.md"
 GFLOP_PER_WORD = 0.204  # character CNN + highway + projection + 2 biLSTM layers, per position
 ORIGINAL_OPTIONS = {
-    "lstm": {"use_skip_connections": True, "projection_dim": 512, "cell_clip": 3, "proj_clip": 3,
-             "dim": 4096, "n_layers": 2},
-    "char_cnn": {"activation": "relu", "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]],
-                 "n_highway": 2, "embedding": {"dim": 16}, "n_characters": 262, "max_characters_per_token": 50},
+    "lstm": {
+        "use_skip_connections": True,
+        "projection_dim": 512,
+        "cell_clip": 3,
+        "proj_clip": 3,
+        "dim": 4096,
+        "n_layers": 2,
+    },
+    "char_cnn": {
+        "activation": "relu",
+        "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]],
+        "n_highway": 2,
+        "embedding": {"dim": 16},
+        "n_characters": 262,
+        "max_characters_per_token": 50,
+    },
 }
 PUNCT = set('!"#$%&()*+,-./:;<=>@[\\]^_`{|}~')  # the tutorial's list (keeps ' and ?), as the peer
 
@@ -112,17 +126,27 @@ def machine() -> dict[str, object]:
         fields = dict(line.split(":", 1) for line in cpuinfo.split("\n\n")[0].splitlines() if ":" in line)
         fields = {k.strip(): v.strip() for k, v in fields.items()}
         flags = set(fields.get("flags", "").split())
-        info.update(cpu=fields.get("model name"), family=fields.get("cpu family"), model=fields.get("model"),
-                    simd=" ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags))
+        info.update(
+            cpu=fields.get("model name"),
+            family=fields.get("cpu family"),
+            model=fields.get("model"),
+            simd=" ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags),
+        )
         mem = next(line for line in open("/proc/meminfo") if line.startswith("MemTotal"))
         info["memory_gb"] = round(int(mem.split()[1]) / 2**20, 1)
     except (OSError, StopIteration, ValueError):
         pass
-    info.update(python=platform.python_version(), tensorflow=tf.__version__,
-                gpu=[d.name for d in tf.config.list_physical_devices("GPU")] or "none",
-                TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (featurestore sets 1 for its import)"),
-                onednn=_onednn_on(), tf_threads=(tf.config.threading.get_intra_op_parallelism_threads(),
-                                                 tf.config.threading.get_inter_op_parallelism_threads()))
+    info.update(
+        python=platform.python_version(),
+        tensorflow=tf.__version__,
+        gpu=[d.name for d in tf.config.list_physical_devices("GPU")] or "none",
+        TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (featurestore sets 1 for its import)"),
+        onednn=_onednn_on(),
+        tf_threads=(
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        ),
+    )
     return info
 
 
@@ -176,26 +200,35 @@ def macs_per_word(o: ElmoOptions) -> dict[str, int]:
     return out
 
 
-def lstm_gemm_rates(o: ElmoOptions, batches: tuple[int, ...] = (64, 128, 256, 512),
-                    repeat: int = 7) -> list[dict[str, object]]:
+def lstm_gemm_rates(
+    o: ElmoOptions, batches: tuple[int, ...] = (64, 128, 256, 512), repeat: int = 7
+) -> list[dict[str, object]]:
     """fp32 GFLOP/s of TF's matmul at the LSTM's per-step products, both directions batched as the
     embedder runs them (``[2, B, 2P] @ [2, 2P, 4H]`` and ``[2, B, H] @ [2, H, P]``), eager on
     constants (a CPU op returns when done), best and median of ``repeat`` after one warm-up."""
     tf = tensorflow()
     rng = np.random.default_rng(0)
     P, H = o.projection_dim, o.lstm_dim
-    weights = {"gates": tf.constant(rng.standard_normal((2, 2 * P, 4 * H), dtype=np.float32) * 0.05),
-               "projection": tf.constant(rng.standard_normal((2, H, P), dtype=np.float32) * 0.05)}
+    weights = {
+        "gates": tf.constant(rng.standard_normal((2, 2 * P, 4 * H), dtype=np.float32) * 0.05),
+        "projection": tf.constant(rng.standard_normal((2, H, P), dtype=np.float32) * 0.05),
+    }
     found = []
     for b in batches:
         for name, w in weights.items():
             x = tf.constant(rng.standard_normal((2, b, int(w.shape[1])), dtype=np.float32))
             tf.matmul(x, w)
-            times = sorted(_timed(lambda: tf.matmul(x, w)) for _ in range(repeat))
+            times = sorted(_timed(partial(tf.matmul, x, w)) for _ in range(repeat))
             flop = 2.0 * 2 * b * int(w.shape[1]) * int(w.shape[2])
-            found.append({"product": name, "shape": f"[2,{b},{int(w.shape[1])}]@[2,{int(w.shape[1])},{int(w.shape[2])}]",
-                          "batch": b, "best_gflops": round(flop / times[0] / 1e9, 1),
-                          "median_gflops": round(flop / times[len(times) // 2] / 1e9, 1)})
+            found.append(
+                {
+                    "product": name,
+                    "shape": f"[2,{b},{int(w.shape[1])}]@[2,{int(w.shape[1])},{int(w.shape[2])}]",
+                    "batch": b,
+                    "best_gflops": round(flop / times[0] / 1e9, 1),
+                    "median_gflops": round(flop / times[len(times) // 2] / 1e9, 1),
+                }
+            )
     return found
 
 
@@ -208,8 +241,9 @@ def batch_distinct_share(texts: list[str], max_tokens: int, max_size: int) -> fl
     return distinct / max(1, sum(len(s) for s in todo))
 
 
-def fp32_ceiling(o: ElmoOptions, texts: list[str], batch: int,
-                 max_tokens: int = ElmoEmbedder.max_batch_tokens) -> dict[str, object]:
+def fp32_ceiling(
+    o: ElmoOptions, texts: list[str], batch: int, max_tokens: int = ElmoEmbedder.max_batch_tokens
+) -> dict[str, object]:
     """The fp32 ceiling on this machine: measured LSTM GEMM rate / (2 x multiply-adds a word).
 
     The rate is the best over the LSTM shapes and batch sizes measured, up to the embedder's
@@ -236,66 +270,112 @@ def fp32_ceiling(o: ElmoOptions, texts: list[str], batch: int,
     # alone: ours computes it per distinct word of a batch.
     first_input = 2 * o.projection_dim * 4 * o.lstm_dim
     in_batch = batch_distinct_share(texts, max_tokens, batch)
-    per_word = {"full_model": macs["total"],
-                "ours_with_word_cache": (macs["lstm"] - round((1 - in_batch) * first_input)
-                                         + round(distinct * macs["token_embedding"])),
-                "lstm_only": macs["lstm"] - first_input,
-                "allennlp_work": round(peer_positions * macs["total"])}
-    return {"macs_per_word": macs, "gemm": rates, "gemm_gflops": rate, "gemm_gflops_at_batch": at_batch,
-            "batch": run_batch, "distinct_word_share": round(distinct, 4),
-            "distinct_in_batch_share": round(in_batch, 4), "macs_per_word_by_case": per_word,
-            "ceiling_words_per_s": {k: round(rate * 1e9 / (2 * v), 1) for k, v in per_word.items()},
-            "load_avg_before": load_before, "load_avg_after": round(os.getloadavg()[0], 2)}
+    per_word = {
+        "full_model": macs["total"],
+        "ours_with_word_cache": (
+            macs["lstm"] - round((1 - in_batch) * first_input) + round(distinct * macs["token_embedding"])
+        ),
+        "lstm_only": macs["lstm"] - first_input,
+        "allennlp_work": round(peer_positions * macs["total"]),
+    }
+    return {
+        "macs_per_word": macs,
+        "gemm": rates,
+        "gemm_gflops": rate,
+        "gemm_gflops_at_batch": at_batch,
+        "batch": run_batch,
+        "distinct_word_share": round(distinct, 4),
+        "distinct_in_batch_share": round(in_batch, 4),
+        "macs_per_word_by_case": per_word,
+        "ceiling_words_per_s": {k: round(rate * 1e9 / (2 * v), 1) for k, v in per_word.items()},
+        "load_avg_before": load_before,
+        "load_avg_after": round(os.getloadavg()[0], 2),
+    }
 
 
 def print_ceiling(c: dict[str, object], peer_wps: float | None, peer_note: str, ours_wps: float | None) -> None:
     m = c["macs_per_word"]
-    print(f"ceiling: multiply-adds a word (from the options; conv over positions, max-pool compares apart): "
-          f"char CNN {m['char_conv']:,} (+{m['maxpool_compares']:,} max-pool compares), highway {m['highway']:,}, "
-          f"projection {m['cnn_projection']:,} = token embedding {m['token_embedding']:,}; LSTM a step a direction "
-          f"a layer {m['lstm_gates_per_step']:,} gates + {m['lstm_projection_per_step']:,} projection, x4 = "
-          f"{m['lstm']:,}; total {m['total']:,} MACs = {2 * m['total'] / 1e6:.1f} MFLOP a word", flush=True)
+    print(
+        f"ceiling: multiply-adds a word (from the options; conv over positions, max-pool compares apart): "
+        f"char CNN {m['char_conv']:,} (+{m['maxpool_compares']:,} max-pool compares), highway {m['highway']:,}, "
+        f"projection {m['cnn_projection']:,} = token embedding {m['token_embedding']:,}; LSTM a step a direction "
+        f"a layer {m['lstm_gates_per_step']:,} gates + {m['lstm_projection_per_step']:,} projection, x4 = "
+        f"{m['lstm']:,}; total {m['total']:,} MACs = {2 * m['total'] / 1e6:.1f} MFLOP a word",
+        flush=True,
+    )
     for r in c["gemm"]:
-        print(f"ceiling: TF fp32 matmul {r['product']:10s} {r['shape']:26s} best {r['best_gflops']:6.1f} "
-              f"median {r['median_gflops']:6.1f} GFLOP/s", flush=True)
-    print(f"ceiling: GEMM rate {c['gemm_gflops']} GFLOP/s (best LSTM-shaped product, any batch; at this run's batch "
-          f"{c['batch']}: {c['gemm_gflops_at_batch']}); 1-min load {c['load_avg_before']} before, "
-          f"{c['load_avg_after']} after, on {os.cpu_count()} cores", flush=True)
+        print(
+            f"ceiling: TF fp32 matmul {r['product']:10s} {r['shape']:26s} best {r['best_gflops']:6.1f} "
+            f"median {r['median_gflops']:6.1f} GFLOP/s",
+            flush=True,
+        )
+    print(
+        f"ceiling: GEMM rate {c['gemm_gflops']} GFLOP/s (best LSTM-shaped product, any batch; at this run's batch "
+        f"{c['batch']}: {c['gemm_gflops_at_batch']}); 1-min load {c['load_avg_before']} before, "
+        f"{c['load_avg_after']} after, on {os.cpu_count()} cores",
+        flush=True,
+    )
     labels = {
         "full_model": "whole model at every word",
-        "ours_with_word_cache": (f"ours' work on these texts (CNN on {100 * c['distinct_word_share']:.0f}% distinct "
-                                 f"words, first LSTM inputs on {100 * c['distinct_in_batch_share']:.0f}%)"),
+        "ours_with_word_cache": (
+            f"ours' work on these texts (CNN on {100 * c['distinct_word_share']:.0f}% distinct "
+            f"words, first LSTM inputs on {100 * c['distinct_in_batch_share']:.0f}%)"
+        ),
         "lstm_only": "LSTM without the first layer's input products (no exact fp32 ELMo does less)",
     }
     for k, label in labels.items():
         wps = c["ceiling_words_per_s"][k]
         vs = f" = {wps / peer_wps:.2f}x AllenNLP ({peer_wps} words/s, {peer_note})" if peer_wps else ""
         reach = f"; ours reaches {100 * ours_wps / wps:.0f}% of it" if ours_wps and k == "ours_with_word_cache" else ""
-        print(f"ceiling: {wps:.0f} words/s{vs} -- {label}, {c['gemm_gflops']} GFLOP/s / "
-              f"(2 x {c['macs_per_word_by_case'][k]:,}){reach}", flush=True)
+        print(
+            f"ceiling: {wps:.0f} words/s{vs} -- {label}, {c['gemm_gflops']} GFLOP/s / "
+            f"(2 x {c['macs_per_word_by_case'][k]:,}){reach}",
+            flush=True,
+        )
     if peer_wps:
         peer_gflops = peer_wps * 2 * c["macs_per_word_by_case"]["allennlp_work"] / 1e9
-        print(f"ceiling: AllenNLP computes {c['macs_per_word_by_case']['allennlp_work']:,} MACs a word (markers and char "
-              f"CNN at every position): {peer_wps} words/s is {peer_gflops:.0f} GFLOP/s, "
-              f"{100 * peer_gflops / c['gemm_gflops']:.0f}% of that GEMM rate", flush=True)
+        print(
+            f"ceiling: AllenNLP computes {c['macs_per_word_by_case']['allennlp_work']:,} MACs a word (markers and char "
+            f"CNN at every position): {peer_wps} words/s is {peer_gflops:.0f} GFLOP/s, "
+            f"{100 * peer_gflops / c['gemm_gflops']:.0f}% of that GEMM rate",
+            flush=True,
+        )
         need = 3 * peer_wps * 2 * c["macs_per_word_by_case"]["ours_with_word_cache"] / 1e9
-        print(f"ceiling: 3x AllenNLP = {3 * peer_wps:.0f} words/s needs {need:.0f} GFLOP/s sustained over ours' work, "
-              f"{100 * need / c['gemm_gflops']:.0f}% of the best LSTM-shaped GEMM measured", flush=True)
+        print(
+            f"ceiling: 3x AllenNLP = {3 * peer_wps:.0f} words/s needs {need:.0f} GFLOP/s sustained over ours' work, "
+            f"{100 * need / c['gemm_gflops']:.0f}% of the best LSTM-shaped GEMM measured",
+            flush=True,
+        )
 
 
 def run_peer(n: int, model_dir: Path) -> dict[str, object]:
     """The peer's length-sorted pass: its last stdout line, parsed."""
     python = peer_dir() / "venv" / "bin" / "python"
-    cmd = [str(python), str(PEER_SCRIPT), "--n", str(n), "--orders", "sorted", "--skip-sgemm",
-           "--model-dir", str(model_dir)]
+    cmd = [
+        str(python),
+        str(PEER_SCRIPT),
+        "--n",
+        str(n),
+        "--orders",
+        "sorted",
+        "--skip-sgemm",
+        "--model-dir",
+        str(model_dir),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"peer failed ({proc.returncode}): {proc.stderr[-2000:]}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     (sorted_pass,) = [p for p in summary["passes"] if p["order"] == "sorted"]
-    return {"tok_per_s": sorted_pass["tok_per_s"], "tok_per_s_excl_first": sorted_pass["tok_per_s_excl_first"],
-            "total_s": sorted_pass["total_s"], "tokens": sorted_pass["tokens"], "torch": summary["torch"],
-            "load_s": summary["load_s"], "peak_rss_mb": summary["peak_rss_mb"]}
+    return {
+        "tok_per_s": sorted_pass["tok_per_s"],
+        "tok_per_s_excl_first": sorted_pass["tok_per_s_excl_first"],
+        "total_s": sorted_pass["total_s"],
+        "tokens": sorted_pass["tokens"],
+        "torch": summary["torch"],
+        "load_s": summary["load_s"],
+        "peak_rss_mb": summary["peak_rss_mb"],
+    }
 
 
 def run_ours(emb: ElmoEmbedder, texts: list[str]) -> dict[str, object]:
@@ -310,8 +390,12 @@ def run_ours(emb: ElmoEmbedder, texts: list[str]) -> dict[str, object]:
 def reference_vectors(emb: ElmoEmbedder, texts: list[str]) -> np.ndarray:
     """The elmo mix by the reference path: all positions with markers, zero state, no caches."""
     layers, n, _ = emb.bilm.sentence_layers([t.split() for t in texts])
-    return np.stack([layers[:, b, : n[b]].mean(axis=(0, 1)) if n[b] else np.zeros(layers.shape[-1], np.float32)
-                     for b in range(len(texts))])
+    return np.stack(
+        [
+            layers[:, b, : n[b]].mean(axis=(0, 1)) if n[b] else np.zeros(layers.shape[-1], np.float32)
+            for b in range(len(texts))
+        ]
+    )
 
 
 def sweep(args: argparse.Namespace) -> dict[str, object]:
@@ -332,7 +416,10 @@ def sweep(args: argparse.Namespace) -> dict[str, object]:
         for n in sizes:
             emb.max_batch_size, emb.max_batch_tokens = n, 64 * n
             found[n].append(run_ours(emb, texts)["words_per_s"])
-            print(f"  round {r + 1} max_batch_size {n:5d}: {found[n][-1]} words/s (load {os.getloadavg()[0]:.1f})", flush=True)
+            print(
+                f"  round {r + 1} max_batch_size {n:5d}: {found[n][-1]} words/s (load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
     res = {"sweep": {str(n): v for n, v in found.items()}, "words": words}
     print("best of rounds: " + ", ".join(f"{n}: {max(v)}" for n, v in found.items()), flush=True)
     if args.json:
@@ -345,8 +432,9 @@ def ceiling_only(args: argparse.Namespace) -> dict[str, object]:
     print(f"machine: {res['machine']}", flush=True)
     texts = load_tweets(args.n)
     batch = args.max_batch_size or ElmoEmbedder.max_batch_size
-    res["ceiling"] = c = fp32_ceiling(ElmoOptions.from_dict(ORIGINAL_OPTIONS), texts, batch,
-                                      args.max_batch_tokens or ElmoEmbedder.max_batch_tokens)
+    res["ceiling"] = c = fp32_ceiling(
+        ElmoOptions.from_dict(ORIGINAL_OPTIONS), texts, batch, args.max_batch_tokens or ElmoEmbedder.max_batch_tokens
+    )
     print_ceiling(c, args.peer_words_per_s, "given by --peer-words-per-s, not measured in this run", None)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2, default=str))
@@ -360,15 +448,26 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--no-peer", action="store_true", help="ours only")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="override ElmoEmbedder.max_batch_tokens")
     parser.add_argument("--max-batch-size", type=int, default=None, help="override ElmoEmbedder.max_batch_size")
-    parser.add_argument("--sweep", default=None, metavar="SIZES",
-                        help="ours only: max_batch_size values (token budget 64 x size), e.g. 128,256,512,1024, "
-                             "run in interleaved rounds in this process")
+    parser.add_argument(
+        "--sweep",
+        default=None,
+        metavar="SIZES",
+        help="ours only: max_batch_size values (token budget 64 x size), e.g. 128,256,512,1024, "
+        "run in interleaved rounds in this process",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
-    parser.add_argument("--ceiling-only", action="store_true",
-                        help="only the ceiling section (MACs a word, LSTM-shaped GEMM rates); no peer or ours run")
-    parser.add_argument("--peer-words-per-s", type=float, default=322.7,
-                        help="with --ceiling-only: AllenNLP's words/s to compare the ceiling with (default 322.7, "
-                             "docs/elmo.md's quiet-machine run, --n 500, load 1.6)")
+    parser.add_argument(
+        "--ceiling-only",
+        action="store_true",
+        help="only the ceiling section (MACs a word, LSTM-shaped GEMM rates); no peer or ours run",
+    )
+    parser.add_argument(
+        "--peer-words-per-s",
+        type=float,
+        default=322.7,
+        help="with --ceiling-only: AllenNLP's words/s to compare the ceiling with (default 322.7, "
+        "docs/elmo.md's quiet-machine run, --n 500, load 1.6)",
+    )
     args = parser.parse_args(argv)
     if args.sweep:
         return sweep(args)
@@ -384,8 +483,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     peer_model = peer_dir() / "elmo_full_random"
     has_peer = (peer_dir() / "venv" / "bin" / "python").is_file() and (peer_model / "weights.hdf5").is_file()
     if not has_peer and not args.no_peer:
-        print(f"peer: no venv/weights under {peer_dir()}; build them as {PEER_README} says (about 1 minute: "
-              "section 1 venv, then gen_random_weights.py), then rerun. Ours only.", flush=True)
+        print(
+            f"peer: no venv/weights under {peer_dir()}; build them as {PEER_README} says (about 1 minute: "
+            "section 1 venv, then gen_random_weights.py), then rerun. Ours only.",
+            flush=True,
+        )
     with tempfile.TemporaryDirectory() as tmp:
         model = peer_model if has_peer else Path(tmp)
         if not has_peer:
@@ -399,9 +501,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     t0 = time.perf_counter()
     emb.embed(["warm up the graph"])
     first = time.perf_counter() - t0
-    print(f"model: {model if has_peer else 'random weights, elmo_2x4096_512_2048cnn_2xhighway shapes'} "
-          f"({emb.bilm.n_parameters:,} parameters); ours: load {load_s:.1f}s, first call (graph build) {first:.1f}s, "
-          f"max_batch_tokens {emb.max_batch_tokens}, max_batch_size {emb.max_batch_size}", flush=True)
+    print(
+        f"model: {model if has_peer else 'random weights, elmo_2x4096_512_2048cnn_2xhighway shapes'} "
+        f"({emb.bilm.n_parameters:,} parameters); ours: load {load_s:.1f}s, first call (graph build) {first:.1f}s, "
+        f"max_batch_tokens {emb.max_batch_tokens}, max_batch_size {emb.max_batch_size}",
+        flush=True,
+    )
 
     gemm = sgemm_gflops()
     rounds = []
@@ -410,11 +515,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if has_peer and not args.no_peer:
             row["peer"] = peer = run_peer(args.n, peer_model)
             assert peer["tokens"] == words, (peer["tokens"], words)
-            print(f"[round {r + 1}] peer  AllenNLP 0.9.0 (torch {peer['torch']}), length-sorted batches of 64: "
-                  f"{peer['tok_per_s']} words/s ({peer['tok_per_s_excl_first']} excl. first batch), "
-                  f"{peer['total_s']}s", flush=True)
+            print(
+                f"[round {r + 1}] peer  AllenNLP 0.9.0 (torch {peer['torch']}), length-sorted batches of 64: "
+                f"{peer['tok_per_s']} words/s ({peer['tok_per_s_excl_first']} excl. first batch), "
+                f"{peer['total_s']}s",
+                flush=True,
+            )
         ours = run_ours(emb, texts)
-        vecs = ours.pop("vectors")
+        del ours["vectors"]  # the row is printed and saved as JSON
         row["ours"] = ours
         print(f"[round {r + 1}] ours  native TF2 ELMo: {ours['words_per_s']} words/s, {ours['seconds']}s", flush=True)
         if "peer" in row:
@@ -422,9 +530,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             row["ratio_vs_peer_excl_first"] = round(ours["words_per_s"] / row["peer"]["tok_per_s_excl_first"], 2)
         row["load_avg_after"] = round(os.getloadavg()[0], 2)
         if "peer" in row:
-            print(f"[round {r + 1}] ratio ours / peer: {row['ratio']}x ({row['ratio_vs_peer_excl_first']}x against "
-                  f"the peer without its first batch); 1-min load average {row['load_avg_before']} before the peer, "
-                  f"{row['load_avg_after']} after ours, on {os.cpu_count()} cores", flush=True)
+            print(
+                f"[round {r + 1}] ratio ours / peer: {row['ratio']}x ({row['ratio_vs_peer_excl_first']}x against "
+                f"the peer without its first batch); 1-min load average {row['load_avg_before']} before the peer, "
+                f"{row['load_avg_after']} after ours, on {os.cpu_count()} cores",
+                flush=True,
+            )
         rounds.append(row)
     res["rounds"] = rounds
     gemm_after = sgemm_gflops()
@@ -434,9 +545,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     res["sgemm_gflops"] = {"before": gemm, "after": gemm_after}
     res["ceiling_words_per_s"] = round(ceiling, 1)
     res["pct_of_ceiling"] = round(100 * top / ceiling, 1)
-    print(f"sgemm 2048^3 GFLOP/s before {gemm}, after {gemm_after}: ceiling {best} / {GFLOP_PER_WORD} = "
-          f"{ceiling:.0f} words/s; ours at best {top} words/s = {res['pct_of_ceiling']}% of it "
-          "(above 100% is possible: the word cache and the marker shortcut skip part of the 0.204 GFLOP)", flush=True)
+    print(
+        f"sgemm 2048^3 GFLOP/s before {gemm}, after {gemm_after}: ceiling {best} / {GFLOP_PER_WORD} = "
+        f"{ceiling:.0f} words/s; ours at best {top} words/s = {res['pct_of_ceiling']}% of it "
+        "(above 100% is possible: the word cache and the marker shortcut skip part of the 0.204 GFLOP)",
+        flush=True,
+    )
 
     res["ceiling"] = c = fp32_ceiling(emb.bilm.options, texts, emb.max_batch_size, emb.max_batch_tokens)
     peers = [r["peer"]["tok_per_s"] for r in rounds if "peer" in r]
@@ -445,8 +559,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     sample = texts[:64]
     diff = float(np.abs(emb.embed(sample) - reference_vectors(emb, sample)).max())
     res["max_abs_diff_vs_reference_path"] = diff
-    print(f"vectors vs the reference path (markers computed, no caches), first {len(sample)} tweets: "
-          f"max abs diff {diff:.2e}; graph traces {emb.traces}", flush=True)
+    print(
+        f"vectors vs the reference path (markers computed, no caches), first {len(sample)} tweets: "
+        f"max abs diff {diff:.2e}; graph traces {emb.traces}",
+        flush=True,
+    )
     ratios = [r["ratio"] for r in rounds if "ratio" in r]
     if ratios:
         print(f"RESULT ours/peer ratios: {ratios} (goal >= 3x)", flush=True)

@@ -16,6 +16,7 @@ Environment: FS_GPU_DATA (folder with negative.txt/positive.txt), FS_GPU_N (twee
 FS_GPU_ALLOW_CPU=1 (a dry run on a machine without a GPU: same code, small numbers), FS_GPU_PYSPY=BINARY:OUT
 (one more cold ingest, under py-spy, sampling the threads that hold the GIL).
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 T0 = time.perf_counter()
@@ -61,11 +63,20 @@ if not cuda and os.environ.get("FS_GPU_ALLOW_CPU") != "1":
     done()
     sys.exit(1)
 DEV = "cuda" if cuda else "cpu"
-res.update(device=torch.cuda.get_device_name(0) if cuda else "cpu (dry run)", torch=torch.__version__,
-           cuda=torch.version.cuda, cpu_cores=os.cpu_count(), python=platform.python_version())
+res.update(
+    device=torch.cuda.get_device_name(0) if cuda else "cpu (dry run)",
+    torch=torch.__version__,
+    cuda=torch.version.cuda,
+    cpu_cores=os.cpu_count(),
+    python=platform.python_version(),
+)
 try:
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,memory.total", "--format=csv,noheader"],
-                         capture_output=True, text=True, timeout=20)
+    smi = subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version,memory.total", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     res["nvidia_smi"] = smi.stdout.strip()
 except (OSError, subprocess.SubprocessError):
     pass
@@ -96,8 +107,7 @@ pos = (data / "positive.txt").read_text(encoding="utf-8").splitlines()
 N = int(os.environ.get("FS_GPU_N", "100000"))
 texts = [t for pair in zip(neg, pos) for t in pair][:N]
 sample = texts[: min(len(texts), 20_000 if cuda else 600)]
-res.update(tweets=len(texts), sample=len(sample),
-           sample_words=sum(len(t.split()) for t in sample))
+res.update(tweets=len(texts), sample=len(sample), sample_words=sum(len(t.split()) for t in sample))
 log(res)
 
 # --- MiniLM: the plain library call ------------------------------------------------------------------
@@ -111,7 +121,7 @@ try:
     res["sentence_transformers"] = __import__("sentence_transformers").__version__
     fp32 = {}
     for bs in (512,) if cuda else (32,):
-        fp32[bs] = round(rate(lambda x: st.encode(x, batch_size=bs), sample))
+        fp32[bs] = round(rate(partial(st.encode, batch_size=bs), sample))
         log("st fp32 batch", bs, fp32[bs], "tweets/s")
     res["st_fp32_tweets_per_s"] = fp32
     if cuda:
@@ -119,11 +129,14 @@ try:
         torch.cuda.reset_peak_memory_stats()
         sweep = {}
         for bs in (256, 1024):
-            sweep[bs] = round(rate(lambda x: st.encode(x, batch_size=bs), sample))
+            sweep[bs] = round(rate(partial(st.encode, batch_size=bs), sample))
             log("st fp16 batch", bs, sweep[bs], "tweets/s")
-        res.update(st_fp16_tweets_per_s=sweep, st_fp16_best=max(sweep.values()),
-                   st_fp16_best_batch=max(sweep, key=sweep.get),
-                   st_fp16_peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20))
+        res.update(
+            st_fp16_tweets_per_s=sweep,
+            st_fp16_best=max(sweep.values()),
+            st_fp16_best_batch=max(sweep, key=sweep.get),
+            st_fp16_peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20),
+        )
     del st
     if cuda:
         torch.cuda.empty_cache()
@@ -134,8 +147,12 @@ except Exception as exc:  # one JSON line whatever happens
 # --- our embedder (fp32, the `minilm` space) at its shipped GPU batch shape and others -----------------
 # name: (max_batch_tokens, max_batch_size, gpu_model_batch); "one_batch_per_call" is the shape before
 # the pipelined GPU path (one model batch of <= 256 texts per call, nothing overlapped).
-SHAPES = {"shipped": None, "one_batch_per_call": (16384, 256, 1 << 30), "model_batch_256": (4096 * 64, 4096, 256),
-          "model_batch_1024": (4096 * 64, 4096, 1024)}
+SHAPES = {
+    "shipped": None,
+    "one_batch_per_call": (16384, 256, 1 << 30),
+    "model_batch_256": (4096 * 64, 4096, 256),
+    "model_batch_1024": (4096 * 64, 4096, 1024),
+}
 try:
     from featurestore.embedders.minilm import MiniLMEmbedder
 
@@ -157,7 +174,7 @@ try:
     if cuda:  # where a model batch's time goes: tokenizing, the forward pass alone, and torch's profile
         tokenizer, model = ours._model
         srt = sorted(sample, key=len, reverse=True)
-        chunks = [srt[i:i + 256] for i in range(0, len(srt), 256)]
+        chunks = [srt[i : i + 256] for i in range(0, len(srt), 256)]
         t = time.perf_counter()
         for c in chunks:
             tokenizer(c, padding=True, truncation="longest_first", max_length=256, return_tensors="pt")
@@ -196,17 +213,24 @@ except Exception as exc:
 
 # --- the whole cold `fs ingest`, as a new process ----------------------------------------------------
 SUMMARY = re.compile(r"texts embedded ([\d,]+).*\(([\d,]+) rows/s\).*\[([^\]]*)\]")
-PATCH = ("import sys; from featurestore.embedders.minilm import MiniLMEmbedder as M; "
-         "M.max_batch_tokens, M.max_batch_size, M.gpu_model_batch = {t}, {b}, {m}; from cli.main import main; "
-         "sys.argv[0] = 'fs'; main()")
+PATCH = (
+    "import sys; from featurestore.embedders.minilm import MiniLMEmbedder as M; "
+    "M.max_batch_tokens, M.max_batch_size, M.gpu_model_batch = {t}, {b}, {m}; from cli.main import main; "
+    "sys.argv[0] = 'fs'; main()"
+)
 
 
-def ingest(name: str, src: Path, store: Path, shape=None, batch_rows: int | None = None, spy: str | None = None) -> None:
+def ingest(
+    name: str, src: Path, store: Path, shape=None, batch_rows: int | None = None, spy: str | None = None
+) -> None:
     args = ["ingest", str(src), "--dataset", "s140", "--store", str(store)]
     if batch_rows:
         args += ["--batch-rows", str(batch_rows)]
-    cmd = [sys.executable, "-m", "cli.main", *args] if shape is None else \
-        [sys.executable, "-c", PATCH.format(t=shape[0], b=shape[1], m=shape[2]), *args]
+    cmd = (
+        [sys.executable, "-m", "cli.main", *args]
+        if shape is None
+        else [sys.executable, "-c", PATCH.format(t=shape[0], b=shape[1], m=shape[2]), *args]
+    )
     if spy:  # py-spy's samples of the threads holding the GIL (FS_GPU_PYSPY names the binary and the output)
         binary, out = spy.split(":", 1)
         cmd = [binary, "record", "--gil", "--threads", "-r", "200", "-f", "raw", "-o", out, "--", *cmd]
@@ -269,10 +293,18 @@ try:
     except ImportError as exc:
         raise RuntimeError(f"TensorFlow is not importable here ({exc}); the native ELMo runs on TensorFlow") from exc
     peer = os.environ.get("PEER_DIR") or "/tmp/peer"
-    elmo_dir = next((Path(d) for d in (os.environ.get("ELMO_DIR"), f"{peer}/elmo_full_random")
-                     if d and (Path(d) / "weights.hdf5").is_file() and (Path(d) / "options.json").is_file()), None)
+    elmo_dir = next(
+        (
+            Path(d)
+            for d in (os.environ.get("ELMO_DIR"), f"{peer}/elmo_full_random")
+            if d and (Path(d) / "weights.hdf5").is_file() and (Path(d) / "options.json").is_file()
+        ),
+        None,
+    )
     if elmo_dir is None:
-        gen = find("shared/bench/peer_allennlp/gen_random_weights.py", "../shared/bench/peer_allennlp/gen_random_weights.py")
+        gen = find(
+            "shared/bench/peer_allennlp/gen_random_weights.py", "../shared/bench/peer_allennlp/gen_random_weights.py"
+        )
         if gen is None:
             raise FileNotFoundError("no ELMo weights and no gen_random_weights.py in shared/ or ../shared/")
         elmo_dir = Path(f"{peer}/elmo_full_random")

@@ -11,6 +11,7 @@ built exactly as ``fs index build`` builds it (``featurestore.index``: same fact
 training), searched with one batch of queries. Exact = FAISS ``Flat`` (the same search as
 ``fs similar --exact``); numpy brute force is timed beside it at 100k.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ from featurestore import index as fi  # noqa: E402
 
 def vectors(n: int, queries: int) -> tuple[np.ndarray, np.ndarray]:
     e = ClusterEmbedder()
-    x = np.concatenate([e.embed_batch([f"bench vector {i}" for i in range(s, min(n, s + 100_000))])
-                        for s in range(0, n, 100_000)])
+    x = np.concatenate(
+        [e.embed_batch([f"bench vector {i}" for i in range(s, min(n, s + 100_000))]) for s in range(0, n, 100_000)]
+    )
     q = e.embed_batch([f"bench query {i}" for i in range(queries)])
     return x, q
 
@@ -106,12 +108,16 @@ def main() -> None:
         s = q @ sub.T
         np.argpartition(-s, k, axis=1)[:, :k]
     numpy_100k = 3 * len(q) / (time.perf_counter() - t)
-    print(f"exact at 100k: ours (fs similar --exact) {ours_100k:,.0f} q/s, FAISS Flat scan {faiss_100k:,.0f} q/s, "
-          f"numpy brute force {numpy_100k:,.0f} q/s (ours / numpy {ours_100k / numpy_100k:.2f})")
+    print(
+        f"exact at 100k: ours (fs similar --exact) {ours_100k:,.0f} q/s, FAISS Flat scan {faiss_100k:,.0f} q/s, "
+        f"numpy brute force {numpy_100k:,.0f} q/s (ours / numpy {ours_100k / numpy_100k:.2f})"
+    )
     del f100, s
 
-    print(f"\n{'index (factory string)':<32} {'knob':>10} {'recall@10':>9} {'q/s':>9} {'x exact':>8} "
-          f"{'build s':>8} {'MB':>8}")
+    print(
+        f"\n{'index (factory string)':<32} {'knob':>10} {'recall@10':>9} {'q/s':>9} {'x exact':>8} "
+        f"{'build s':>8} {'MB':>8}"
+    )
     for kind in args.kinds.split(","):
         if kind == "flat":
             index, factory, build_s = flat, "Flat", 0.0
@@ -122,28 +128,52 @@ def main() -> None:
         if kind in ("ivf", "ivfpq"):
             knobs = [(f"nprobe {p}", faiss.SearchParametersIVF(nprobe=int(p))) for p in args.nprobe.split(",")]
             if kind == "ivfpq":
-                knobs = [(name, faiss.IndexRefineSearchParameters(base_index_params=p, k_factor=fi.REFINE_K_FACTOR))
-                         for name, p in knobs]
+                knobs = [
+                    (name, faiss.IndexRefineSearchParameters(base_index_params=p, k_factor=fi.REFINE_K_FACTOR))
+                    for name, p in knobs
+                ]
         elif kind == "hnsw":
             knobs = [(f"ef {e}", faiss.SearchParametersHNSW(efSearch=int(e))) for e in args.ef.split(",")]
         for name, params in knobs:
             qps, got = timed_search(index, q, k, params) if kind != "flat" else (exact_qps, truth)
             r = recall(got, truth)
-            row = {"kind": kind, "factory": factory, "knob": name, "recall_at_10": r, "qps": qps,
-                   "speedup": qps / exact_qps, "build_s": build_s, "bytes": size}
+            row = {
+                "kind": kind,
+                "factory": factory,
+                "knob": name,
+                "recall_at_10": r,
+                "qps": qps,
+                "speedup": qps / exact_qps,
+                "build_s": build_s,
+                "bytes": size,
+            }
             rows_out.append(row)
-            print(f"{factory:<32} {name:>10} {r:>9.3f} {qps:>9,.0f} {qps / exact_qps:>7.1f}x {build_s:>8.1f} "
-                  f"{size / 1e6:>8,.0f}")
+            print(
+                f"{factory:<32} {name:>10} {r:>9.3f} {qps:>9,.0f} {qps / exact_qps:>7.1f}x {build_s:>8.1f} "
+                f"{size / 1e6:>8,.0f}"
+            )
         if kind != "flat":
             del index
     ok = [r for r in rows_out if r["recall_at_10"] >= 0.95 and r["speedup"] >= 10]
     best = max(ok, key=lambda r: r["speedup"], default=None)
-    print(f"\ntarget recall@10 >= 0.95 at >= 10x exact q/s: "
-          + (f"met by {best['factory']} {best['knob']} ({best['recall_at_10']:.3f}, {best['speedup']:.1f}x)" if best
-             else "not met"))
-    result = {"machine": machine(), "n": args.n, "queries": len(q), "exact_qps": exact_qps,
-              "ours_exact_100k_qps": ours_100k, "faiss_flat_100k_qps": faiss_100k,
-              "numpy_100k_qps": numpy_100k, "rows": rows_out}
+    print(
+        "\ntarget recall@10 >= 0.95 at >= 10x exact q/s: "
+        + (
+            f"met by {best['factory']} {best['knob']} ({best['recall_at_10']:.3f}, {best['speedup']:.1f}x)"
+            if best
+            else "not met"
+        )
+    )
+    result = {
+        "machine": machine(),
+        "n": args.n,
+        "queries": len(q),
+        "exact_qps": exact_qps,
+        "ours_exact_100k_qps": ours_100k,
+        "faiss_flat_100k_qps": faiss_100k,
+        "numpy_100k_qps": numpy_100k,
+        "rows": rows_out,
+    }
     print("RESULT " + json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

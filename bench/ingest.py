@@ -17,6 +17,7 @@ new ``fs`` process (imports and model load included), for both models, and for `
 
 Every figure comes from this one run on this machine; ratios compare runs made side by side.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,10 @@ def machine() -> str:
         cores = os.cpu_count()
     import torch
 
-    return (f"{cpu}, {cores} cores usable, {mem:.0f} GiB RAM, Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), no GPU used")
+    return (
+        f"{cpu}, {cores} cores usable, {mem:.0f} GiB RAM, Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), no GPU used"
+    )
 
 
 def read_texts(src: Path) -> list[str]:
@@ -104,24 +107,38 @@ def cold_path(src: Path, tmp: Path, int8: bool, res: dict, rounds: int) -> None:
         if t < t_ingest:
             t_ingest, busy = t, s.timings.get("embed", 0.0) / s.seconds
     same = float(np.max(np.abs(ref - fp32)))
-    res.update(plain_encode_texts_per_s=n / t_plain, torch_embed_texts_per_s=n / t_torch, minilm_backend=backend,
-               embed_texts_per_s=n / t_ours, cold_ingest_inproc_texts_per_s=n / t_ingest,
-               cold_inproc_over_plain=t_plain / t_ingest, torch_embed_over_plain=t_plain / t_torch,
-               embed_over_plain=t_plain / t_ours, model_busy_fraction=busy, embed_vs_plain_max_abs_diff=same,
-               torch_vs_plain_max_abs_diff=float(np.max(np.abs(ref - tv))))
+    res.update(
+        plain_encode_texts_per_s=n / t_plain,
+        torch_embed_texts_per_s=n / t_torch,
+        minilm_backend=backend,
+        embed_texts_per_s=n / t_ours,
+        cold_ingest_inproc_texts_per_s=n / t_ingest,
+        cold_inproc_over_plain=t_plain / t_ingest,
+        torch_embed_over_plain=t_plain / t_torch,
+        embed_over_plain=t_plain / t_ours,
+        model_busy_fraction=busy,
+        embed_vs_plain_max_abs_diff=same,
+        torch_vs_plain_max_abs_diff=float(np.max(np.abs(ref - tv))),
+    )
     print(f"plain SentenceTransformer.encode (batch 32): {n / t_plain:,.1f} texts/s")
-    print(f"MiniLMEmbedder.embed (torch): {n / t_torch:,.1f} texts/s ({t_plain / t_torch:.2f}x plain); "
-          f"vectors vs plain: max abs diff {res['torch_vs_plain_max_abs_diff']:.1e}")
-    print(f"--model minilm ({backend}) embed: {n / t_ours:,.1f} texts/s ({t_plain / t_ours:.2f}x plain); "
-          f"vectors vs plain: max abs diff {same:.1e}")
-    print(f"cold fs ingest in this process (new store, model loaded; {s.embedded:,} distinct texts embedded): "
-          f"{n / t_ingest:,.1f} texts/s ({t_plain / t_ingest:.2f}x plain); model busy {busy:.1%} of the ingest")
+    print(
+        f"MiniLMEmbedder.embed (torch): {n / t_torch:,.1f} texts/s ({t_plain / t_torch:.2f}x plain); "
+        f"vectors vs plain: max abs diff {res['torch_vs_plain_max_abs_diff']:.1e}"
+    )
+    print(
+        f"--model minilm ({backend}) embed: {n / t_ours:,.1f} texts/s ({t_plain / t_ours:.2f}x plain); "
+        f"vectors vs plain: max abs diff {same:.1e}"
+    )
+    print(
+        f"cold fs ingest in this process (new store, model loaded; {s.embedded:,} distinct texts embedded): "
+        f"{n / t_ingest:,.1f} texts/s ({t_plain / t_ingest:.2f}x plain); model busy {busy:.1%} of the ingest"
+    )
     if not int8:
         return
     from featurestore.embedders.onnx_minilm import MiniLMInt8Embedder
 
     q = MiniLMInt8Embedder()
-    _, t_load = timed(lambda: q._session)
+    _, t_load = timed(lambda: q.device)  # asking the device loads the model (exports it when not cached)
     q.embed(texts[:64])
     t_q = t_ingest8 = float("inf")
     for r in range(rounds):
@@ -131,14 +148,23 @@ def cold_path(src: Path, tmp: Path, int8: bool, res: dict, rounds: int) -> None:
         if t < t_ingest8:
             t_ingest8, busy8 = t, s8.timings.get("embed", 0.0) / s8.seconds
     cos = (qv * fp32).sum(axis=1)[np.linalg.norm(fp32, axis=1) > 0]
-    res.update(int8_load_s=t_load, int8_embed_texts_per_s=n / t_q, int8_cold_ingest_inproc_texts_per_s=n / t_ingest8,
-               int8_over_fp32_embed=t_ours / t_q, int8_over_torch_embed=t_torch / t_q,
-               int8_over_fp32_cold_inproc=t_ingest / t_ingest8,
-               int8_model_busy_fraction=busy8, int8_cosine_mean=float(cos.mean()), int8_cosine_min=float(cos.min()))
-    print(f"minilm-int8: load {t_load:.1f} s ({'exported now' if q.exports else 'cached export'}); "
-          f"embed {n / t_q:,.1f} texts/s ({t_ours / t_q:.2f}x fp32 {backend}, {t_torch / t_q:.2f}x fp32 torch); "
-          f"cold fs ingest in this process "
-          f"{n / t_ingest8:,.1f} texts/s ({t_ingest / t_ingest8:.2f}x fp32); model busy {busy8:.1%}")
+    res.update(
+        int8_load_s=t_load,
+        int8_embed_texts_per_s=n / t_q,
+        int8_cold_ingest_inproc_texts_per_s=n / t_ingest8,
+        int8_over_fp32_embed=t_ours / t_q,
+        int8_over_torch_embed=t_torch / t_q,
+        int8_over_fp32_cold_inproc=t_ingest / t_ingest8,
+        int8_model_busy_fraction=busy8,
+        int8_cosine_mean=float(cos.mean()),
+        int8_cosine_min=float(cos.min()),
+    )
+    print(
+        f"minilm-int8: load {t_load:.1f} s ({'exported now' if q.exports else 'cached export'}); "
+        f"embed {n / t_q:,.1f} texts/s ({t_ours / t_q:.2f}x fp32 {backend}, {t_torch / t_q:.2f}x fp32 torch); "
+        f"cold fs ingest in this process "
+        f"{n / t_ingest8:,.1f} texts/s ({t_ingest / t_ingest8:.2f}x fp32); model busy {busy8:.1%}"
+    )
     print(f"minilm-int8 vs fp32 cosine on these {len(cos):,} texts: mean {cos.mean():.4f}, min {cos.min():.4f}")
 
 
@@ -178,8 +204,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--no-int8", action="store_true", help="skip minilm-int8 (needs onnxruntime: the int8 extra)")
-    ap.add_argument("--rounds", type=int, default=2,
-                    help="cold-path figures, in-process and as new processes: best of this many rounds")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="cold-path figures, in-process and as new processes: best of this many rounds",
+    )
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -219,18 +249,28 @@ def main() -> None:
     rounds_note = f"best of {args.rounds} new processes" if args.rounds > 1 else "one new process"
     if args.model == "minilm":
         res.update(cold_process_over_plain=(n / wall_cold) / res["plain_encode_texts_per_s"])
-        print(f"cold fs ingest as a new process (imports and model load included; {rounds_note}): "
-              f"{n / wall_cold:,.1f} texts/s, {res['cold_process_over_plain']:.2f}x plain")
+        print(
+            f"cold fs ingest as a new process (imports and model load included; {rounds_note}): "
+            f"{n / wall_cold:,.1f} texts/s, {res['cold_process_over_plain']:.2f}x plain"
+        )
         wall_t, _, out_t = cold["torch"]
         res.update(torch_cold_process_over_plain=(n / wall_t) / res["plain_encode_texts_per_s"])
-        print(f"the same on torch (FS_MINILM_BACKEND=torch): {n / wall_t:,.1f} texts/s, "
-              f"{res['torch_cold_process_over_plain']:.2f}x plain; {out_t.strip().splitlines()[-1]}")
+        print(
+            f"the same on torch (FS_MINILM_BACKEND=torch): {n / wall_t:,.1f} texts/s, "
+            f"{res['torch_cold_process_over_plain']:.2f}x plain; {out_t.strip().splitlines()[-1]}"
+        )
     if int8:
         wall8, rss8, _ = cold["int8"]
-        res.update(int8_cold_seconds=wall8, int8_cold_texts_per_s=n / wall8, int8_cold_peak_rss_mib=rss8,
-                   int8_cold_over_fp32_cold=wall_cold / wall8)
-        print(f"minilm-int8 cold fs ingest as a new process ({rounds_note}): {wall8:.1f} s, {n / wall8:,.1f} texts/s, "
-              f"{wall_cold / wall8:.2f}x the fp32 cold ingest, peak RSS {rss8:,.0f} MiB")
+        res.update(
+            int8_cold_seconds=wall8,
+            int8_cold_texts_per_s=n / wall8,
+            int8_cold_peak_rss_mib=rss8,
+            int8_cold_over_fp32_cold=wall_cold / wall8,
+        )
+        print(
+            f"minilm-int8 cold fs ingest as a new process ({rounds_note}): {wall8:.1f} s, {n / wall8:,.1f} texts/s, "
+            f"{wall_cold / wall8:.2f}x the fp32 cold ingest, peak RSS {rss8:,.0f} MiB"
+        )
     wall_warm, rss_warm, out_warm = run_cli(["ingest", str(src), "--dataset", "s140", "--model", args.model], env)
     print(out_warm.strip())
     # In a running process (a notebook): one untimed call pays the imports, then the best of 3.
@@ -246,37 +286,56 @@ def main() -> None:
     info = fs.info()
     space = info["spaces"][0]
     res.update(
-        cold_seconds=wall_cold, cold_texts_per_s=cold_rate, cold_peak_rss_mib=rss_cold,
-        warm_process_seconds=wall_warm, warm_library_seconds=warm_lib,
-        warm_texts_per_s=n / warm_lib, warm_over_cold=(n / warm_lib) / cold_rate,
+        cold_seconds=wall_cold,
+        cold_texts_per_s=cold_rate,
+        cold_peak_rss_mib=rss_cold,
+        warm_process_seconds=wall_warm,
+        warm_library_seconds=warm_lib,
+        warm_texts_per_s=n / warm_lib,
+        warm_over_cold=(n / warm_lib) / cold_rate,
         warm_process_over_cold=wall_cold / wall_warm,
-        bytes_per_vector=space["bytes"] / space["vectors"], vectors=space["vectors"], dim=space["dim"],
+        bytes_per_vector=space["bytes"] / space["vectors"],
+        vectors=space["vectors"],
+        dim=space["dim"],
         store_bytes=info["bytes"],
     )
     print(f"cold ingest: {wall_cold:.1f} s, {cold_rate:,.0f} texts/s, peak RSS {rss_cold:,.0f} MiB")
-    print(f"warm re-ingest: {warm_lib:.3f} s in a running process, best of 3 ({n / warm_lib:,.0f} texts/s); "
-          f"{wall_warm:.1f} s as a new fs process (imports included)")
-    print(f"warm/cold speed ratio: {res['warm_over_cold']:,.0f}x in-process, {res['warm_process_over_cold']:,.1f}x per process")
-    print(f"store: {space['vectors']:,} vectors of {space['dim']}-d, {res['bytes_per_vector']:,.0f} bytes per vector "
-          f"(raw float32 = {4 * space['dim']}), {info['bytes'] / 1e6:.1f} MB in all")
+    print(
+        f"warm re-ingest: {warm_lib:.3f} s in a running process, best of 3 ({n / warm_lib:,.0f} texts/s); "
+        f"{wall_warm:.1f} s as a new fs process (imports included)"
+    )
+    print(
+        f"warm/cold speed ratio: {res['warm_over_cold']:,.0f}x in-process, "
+        f"{res['warm_process_over_cold']:,.1f}x per process"
+    )
+    print(
+        f"store: {space['vectors']:,} vectors of {space['dim']}-d, {res['bytes_per_vector']:,.0f} bytes per vector "
+        f"(raw float32 = {4 * space['dim']}), {info['bytes'] / 1e6:.1f} MB in all"
+    )
 
     # similar: first call builds the index; then warm queries of stored texts (no model load).
     texts = fs.rows("s140")["texts"][: args.queries]
     t = time.perf_counter()
-    _, first = fs.similar(texts[0], k=10, model=args.model)
+    first = fs.similar(texts[0], k=10, model=args.model)
     first_s = time.perf_counter() - t
     lat = []
     for q in texts:
         t = time.perf_counter()
-        hits, inf = fs.similar(q, k=10, model=args.model)
+        last = fs.similar(q, k=10, model=args.model)
         lat.append(time.perf_counter() - t)
     wall_cli, _, _ = run_cli(["similar", texts[1], "--k", "10", "--model", args.model], env)
-    res.update(similar_first_s=first_s, similar_p50_ms=statistics.median(lat) * 1e3,
-               similar_p95_ms=sorted(lat)[int(0.95 * len(lat)) - 1] * 1e3, similar_cli_s=wall_cli,
-               similar_search_ms=inf["search_seconds"] * 1e3)
-    print(f"similar: first call {first_s:.2f} s ({first['index']}); warm p50 {res['similar_p50_ms']:.1f} ms, "
-          f"p95 {res['similar_p95_ms']:.1f} ms (FAISS search alone {res['similar_search_ms']:.2f} ms); "
-          f"as a new fs process {wall_cli:.1f} s")
+    res.update(
+        similar_first_s=first_s,
+        similar_p50_ms=statistics.median(lat) * 1e3,
+        similar_p95_ms=sorted(lat)[int(0.95 * len(lat)) - 1] * 1e3,
+        similar_cli_s=wall_cli,
+        similar_search_ms=last.search_seconds * 1e3,
+    )
+    print(
+        f"similar: first call {first_s:.2f} s ({first.index}); warm p50 {res['similar_p50_ms']:.1f} ms, "
+        f"p95 {res['similar_p95_ms']:.1f} ms (FAISS search alone {res['similar_search_ms']:.2f} ms); "
+        f"as a new fs process {wall_cli:.1f} s"
+    )
 
     # train: from the store vs the same fit on an in-memory array.
     from sklearn.linear_model import LogisticRegression
@@ -292,8 +351,10 @@ def main() -> None:
     LogisticRegression(max_iter=2000, random_state=42).fit(xt, yt).predict(xv)
     mem_s = time.perf_counter() - t
     res.update(train_store_s=store_s, train_memory_s=mem_s, train_ratio=store_s / mem_s, train_f1=r.f1)
-    print(f"train logreg: {store_s:.2f} s from the store (read {r.seconds_read:.2f} s) vs {mem_s:.2f} s on an "
-          f"in-memory array: {store_s / mem_s:.2f}x; F1 {r.f1:.4f}")
+    print(
+        f"train logreg: {store_s:.2f} s from the store (read {r.seconds_read:.2f} s) vs {mem_s:.2f} s on an "
+        f"in-memory array: {store_s / mem_s:.2f}x; F1 {r.f1:.4f}"
+    )
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)

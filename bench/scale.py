@@ -10,6 +10,7 @@ compared (same keys, rows and vectors within 1e-6). A 2-core machine shows Ray's
 reach: the figures to carry to a cluster are the per-worker rate and the fixed cost, from which
 the last lines extrapolate (the arithmetic is printed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +19,12 @@ import os
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingest import ROOT, make_input, machine, run_cli  # noqa: E402  (bench/ingest.py)
+from ingest import ROOT, machine, make_input, run_cli  # noqa: E402  (bench/ingest.py)
 
 TIMINGS = re.compile(r"\[(.*)\]\s*$", re.M)
 
@@ -74,34 +74,53 @@ def main() -> None:
         src = tmp_path / "s140.csv"
         make_input(args.n, src)
         base = ["ingest", str(src), "--dataset", "s140", "--model", args.model]
-        runs = {"local": [], "ray-1": ["--engine", "ray", "--workers", "1"], "ray-2": ["--engine", "ray", "--workers", "2"]}
+        runs = {
+            "local": [],
+            "ray-1": ["--engine", "ray", "--workers", "1"],
+            "ray-2": ["--engine", "ray", "--workers", "2"],
+        }
         for name, extra in runs.items():
             wall, _, out = run_cli(base + extra + ["--store", str(tmp_path / name)], env)
             embedded = int(re.search(r"texts embedded ([\d,]+)", out).group(1).replace(",", ""))
-            res[name] = {"wall_s": wall, "tweets_per_s": args.n / wall, "embedded": embedded,
-                         "timings": timings(out), "load": os.getloadavg()[0]}
-            print(f"{name:6s} {wall:7.1f} s  {args.n / wall:8,.1f} tweets/s  ({embedded:,} embedded, "
-                  f"load {os.getloadavg()[0]:.1f})  {res[name]['timings']}")
+            res[name] = {
+                "wall_s": wall,
+                "tweets_per_s": args.n / wall,
+                "embedded": embedded,
+                "timings": timings(out),
+                "load": os.getloadavg()[0],
+            }
+            print(
+                f"{name:6s} {wall:7.1f} s  {args.n / wall:8,.1f} tweets/s  ({embedded:,} embedded, "
+                f"load {os.getloadavg()[0]:.1f})  {res[name]['timings']}"
+            )
         for name in ("ray-1", "ray-2"):
             res[name]["max_abs_diff_vs_local"] = same_store(tmp_path / "local", tmp_path / name)
             res[name]["over_local"] = res["local"]["wall_s"] / res[name]["wall_s"]
-            print(f"{name} vs local: {res[name]['over_local']:.2f}x the local rate; same keys and rows; vectors max abs "
-                  f"diff {res[name]['max_abs_diff_vs_local']:.1e}")
+            print(
+                f"{name} vs local: {res[name]['over_local']:.2f}x the local rate; same keys and rows; vectors max abs "
+                f"diff {res[name]['max_abs_diff_vs_local']:.1e}"
+            )
         r2 = res["ray-2"]
         embed = r2["timings"].get("embed", 0.0)  # seconds the actors spent inside the model, summed
         fixed = r2["wall_s"] - r2["timings"].get("embed stage", 0.0)
         per_worker = r2["embedded"] / embed if embed else float("nan")
         res["per_worker_texts_per_s"] = per_worker
         res["fixed_s"] = fixed
-        print(f"per worker: {per_worker:,.0f} texts/s inside the model (1 CPU each); fixed cost outside the embed "
-              f"stage {fixed:.0f} s (cluster start, plan shuffles, dataset segments)")
+        print(
+            f"per worker: {per_worker:,.0f} texts/s inside the model (1 CPU each); fixed cost outside the embed "
+            f"stage {fixed:.0f} s (cluster start, plan shuffles, dataset segments)"
+        )
         for workers in (8, 64):
             n = 10_000_000
-            print(f"extrapolated, {n:,} new tweets on {workers} such workers: {n:,} / ({workers} x {per_worker:,.0f}/s) "
-                  f"= {n / (workers * per_worker) / 60:,.0f} min of embedding, plus the plan's shuffles (measured "
-                  "above at this size; they grow with the input, not the model)")
-        print("GPU workers: no GPU was available to this run; bench/gpu.sh measures the per-GPU rate to put in "
-              "place of the per-worker figure above.")
+            print(
+                f"extrapolated, {n:,} new tweets on {workers} such workers: {n:,} / ({workers} x {per_worker:,.0f}/s) "
+                f"= {n / (workers * per_worker) / 60:,.0f} min of embedding, plus the plan's shuffles (measured "
+                "above at this size; they grow with the input, not the model)"
+            )
+        print(
+            "GPU workers: no GPU was available to this run; bench/gpu.sh measures the per-GPU rate to put in "
+            "place of the per-worker figure above."
+        )
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
 

@@ -1,6 +1,7 @@
 """Load bench of `fs serve`: concurrent HTTP clients against a real server while `fs ingest` writes.
 
-    .venv/bin/python bench/serve.py                          # synthetic 100k x 384 store, 16 clients, 10 s quiet + 30 s under ingest
+    .venv/bin/python bench/serve.py                          # synthetic 100k x 384 store, 16 clients,
+                                                             # 10 s quiet + 30 s under ingest
     .venv/bin/python bench/serve.py --n 20000 --seconds 10   # quicker
     .venv/bin/python bench/serve.py --n 1000000              # the issue's size (building it takes long here)
     .venv/bin/python bench/serve.py --store DIR --model M --clean R --dataset D   # an existing store (copied first)
@@ -20,6 +21,7 @@ Every answer is checked:
   generation go backwards (else: stale). A monitor thread reads each new manifest to learn which
   generation committed which row. After the load, every ingested row is queried once more.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +29,6 @@ import csv
 import http.client
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -80,8 +81,10 @@ def tweets() -> list[dict[str, str]]:
 def synthetic_rows(n: int, prefix: str, start: int = 0) -> list[tuple[str, str, str]]:
     """(id, label, text): real tweets made distinct by a suffix, so every row has its own vector."""
     base = tweets()
-    return [(f"{prefix}{i}", base[i % len(base)]["label"], f"{base[i % len(base)]['tweet']} [{prefix}{i}]")
-            for i in range(start, start + n)]
+    return [
+        (f"{prefix}{i}", base[i % len(base)]["label"], f"{base[i % len(base)]['tweet']} [{prefix}{i}]")
+        for i in range(start, start + n)
+    ]
 
 
 def write_rows(path: Path, rows: list[tuple[str, str, str]]) -> Path:
@@ -109,9 +112,11 @@ class Tally:
 
     def line(self, name: str, seconds: float) -> str:
         lat = np.array(self.latencies) * 1000 if self.latencies else np.zeros(1)
-        return (f"{name:<18} {len(self.latencies):>7,} requests  {len(self.latencies) / seconds:>7.1f} req/s  "
-                f"p50 {np.percentile(lat, 50):7.1f} ms  p99 {np.percentile(lat, 99):7.1f} ms  "
-                f"max {lat.max():7.1f} ms  errors {len(self.errors)}  torn {len(self.torn)}  stale {len(self.stale)}")
+        return (
+            f"{name:<18} {len(self.latencies):>7,} requests  {len(self.latencies) / seconds:>7.1f} req/s  "
+            f"p50 {np.percentile(lat, 50):7.1f} ms  p99 {np.percentile(lat, 99):7.1f} ms  "
+            f"max {lat.max():7.1f} ms  errors {len(self.errors)}  torn {len(self.torn)}  stale {len(self.stale)}"
+        )
 
 
 class Committed:
@@ -157,8 +162,18 @@ def is_row(hit: dict, row: tuple[str, str, str], dataset: str) -> bool:
     return hit.get("score", 0) > 0.9999 and {"dataset": dataset, "id": row[0]} in hit.get("ids", [])
 
 
-def load(url: str, headers: dict[str, str], seconds: float, clients: int, k: int, base: list[tuple[str, str, str]],
-         live: list[tuple[str, str, str]], committed: Committed | None, seed: int, dataset: str) -> tuple[Tally, float]:
+def load(
+    url: str,
+    headers: dict[str, str],
+    seconds: float,
+    clients: int,
+    k: int,
+    base: list[tuple[str, str, str]],
+    live: list[tuple[str, str, str]],
+    committed: Committed | None,
+    seed: int,
+    dataset: str,
+) -> tuple[Tally, float]:
     tally = Tally()
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
@@ -234,8 +249,12 @@ def load(url: str, headers: dict[str, str], seconds: float, clients: int, k: int
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", type=Path, help="an existing store to serve (copied to a temp dir first; "
-                    "give --model/--clean/--dataset for it) [default: build a synthetic one]")
+    ap.add_argument(
+        "--store",
+        type=Path,
+        help="an existing store to serve (copied to a temp dir first; "
+        "give --model/--clean/--dataset for it) [default: build a synthetic one]",
+    )
     ap.add_argument("--n", type=int, default=100_000, help="rows of the synthetic store")
     ap.add_argument("--model", default=MODEL)
     ap.add_argument("--clean", default="raw-v1")
@@ -246,10 +265,19 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--ingest-rows", type=int, default=2000, help="rows per fs ingest run in phase 2")
     ap.add_argument("--batch-rows", type=int, default=500, help="rows per committed batch of those runs")
-    ap.add_argument("--ingest-nice", type=int, default=0, help="run those fs ingest processes at this niceness "
-                    "(as a batch job beside a latency-sensitive server would be; 0 = the server's own priority)")
-    ap.add_argument("--verify", type=int, default=256, help="ingested rows queried again after the load "
-                    "(spread evenly, the last one included; 0 = all)")
+    ap.add_argument(
+        "--ingest-nice",
+        type=int,
+        default=0,
+        help="run those fs ingest processes at this niceness "
+        "(as a batch job beside a latency-sensitive server would be; 0 = the server's own priority)",
+    )
+    ap.add_argument(
+        "--verify",
+        type=int,
+        default=256,
+        help="ingested rows queried again after the load (spread evenly, the last one included; 0 = all)",
+    )
     ap.add_argument("--token", default="bench-token")
     ap.add_argument("--workers", type=int, default=1, help="fs serve --workers: server processes sharing the port")
     ap.add_argument("--threads", type=int, help="fs serve --threads: requests answered at once by a server process")
@@ -270,23 +298,47 @@ def main() -> int:
             fs = FeatureStore(store)
             rows = fs.rows(args.dataset)
             base = list(zip(rows["ids"].tolist(), rows["labels"].tolist(), rows["texts"].tolist()))
-            print(f"store: copy of {args.store}, dataset {args.dataset!r} {len(base):,} rows  ({time.perf_counter() - t:.1f} s)")
+            print(
+                f"store: copy of {args.store}, dataset {args.dataset!r} {len(base):,} rows  "
+                f"({time.perf_counter() - t:.1f} s)"
+            )
         else:
             base = synthetic_rows(args.n, "b")
             src = write_rows(tmp / "base.csv", base)
-            s = FeatureStore(store).ingest(str(src), "bench", args.model, args.clean, embedder=FastEmbedder(),
-                                           commit_rows=50_000)
-            print(f"store: synthetic, {args.n:,} rows x 384-d ({s.embedded:,} vectors) built in "
-                  f"{time.perf_counter() - t:.1f} s")
+            s = FeatureStore(store).ingest(
+                str(src), "bench", args.model, args.clean, embedder=FastEmbedder(), commit_rows=50_000
+            )
+            print(
+                f"store: synthetic, {args.n:,} rows x 384-d ({s.embedded:,} vectors) built in "
+                f"{time.perf_counter() - t:.1f} s"
+            )
             args.dataset = "bench"
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = open(tmp / "server.log", "w")
-        proc = subprocess.Popen([*FS, "serve", "--store", str(store), "--port", str(port), "--token", args.token,
-                                 "--model", args.model, "--clean", args.clean, "--workers", str(args.workers),
-                                 *(["--threads", str(args.threads)] if args.threads else []),
-                                 *(["--search-threads", str(args.search_threads)] if args.search_threads else [])],
-                                cwd=ROOT, stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            [
+                *FS,
+                "serve",
+                "--store",
+                str(store),
+                "--port",
+                str(port),
+                "--token",
+                args.token,
+                "--model",
+                args.model,
+                "--clean",
+                args.clean,
+                "--workers",
+                str(args.workers),
+                *(["--threads", str(args.threads)] if args.threads else []),
+                *(["--search-threads", str(args.search_threads)] if args.search_threads else []),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+        )
         headers = {"Authorization": f"Bearer {args.token}"}
         import httpx
 
@@ -297,7 +349,7 @@ def main() -> int:
                 break
             except httpx.HTTPError:
                 if proc.poll() is not None:
-                    raise SystemExit(f"fs serve exited: {(tmp / 'server.log').read_text()}")
+                    raise SystemExit(f"fs serve exited: {(tmp / 'server.log').read_text()}") from None
                 time.sleep(0.1)
         t_up = time.perf_counter() - t
         t = time.perf_counter()
@@ -311,8 +363,10 @@ def main() -> int:
             warm = httpx.get(url + "/health", headers=headers, timeout=600).json()["warmed"]
             warm_in_a_row = warm_in_a_row + 1 if warm else 0
             time.sleep(0 if warm else 0.1)
-        print(f"server: up in {t_up:.1f} s; first query {t_first:.2f} s (index {r.json()['index']}); "
-              f"caches warm {time.perf_counter() - t + t_up:.1f} s after start; {args.workers} worker process(es)")
+        print(
+            f"server: up in {t_up:.1f} s; first query {t_first:.2f} s (index {r.json()['index']}); "
+            f"caches warm {time.perf_counter() - t + t_up:.1f} s after start; {args.workers} worker process(es)"
+        )
         print(f"load: {args.clients} clients, k={args.k}; 70% stored texts, 10% ids, 20% rows being ingested (phase 2)")
 
         quiet, quiet_s = load(url, headers, args.quiet_seconds, args.clients, args.k, base, [], None, 1, args.dataset)
@@ -331,11 +385,32 @@ def main() -> int:
                 src = write_rows(tmp / f"live-{part}.csv", rows_)
                 t_ = time.perf_counter()
                 nice = ["nice", "-n", str(args.ingest_nice)] if args.ingest_nice else []
-                r_ = subprocess.run([*nice, *FS, "ingest", str(src), "--dataset", "live", "--store", str(store), "--model",
-                                     args.model, "--clean", args.clean, "--batch-rows", str(args.batch_rows), "--wait"],
-                                    cwd=ROOT, capture_output=True, text=True)
-                ingest_log.append(f"fs ingest {args.ingest_rows:,} rows: exit {r_.returncode}, "
-                                  f"{time.perf_counter() - t_:.1f} s" + (f" {r_.stderr.strip()[-300:]}" if r_.returncode else ""))
+                r_ = subprocess.run(
+                    [
+                        *nice,
+                        *FS,
+                        "ingest",
+                        str(src),
+                        "--dataset",
+                        "live",
+                        "--store",
+                        str(store),
+                        "--model",
+                        args.model,
+                        "--clean",
+                        args.clean,
+                        "--batch-rows",
+                        str(args.batch_rows),
+                        "--wait",
+                    ],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                )
+                ingest_log.append(
+                    f"fs ingest {args.ingest_rows:,} rows: exit {r_.returncode}, "
+                    f"{time.perf_counter() - t_:.1f} s" + (f" {r_.stderr.strip()[-300:]}" if r_.returncode else "")
+                )
                 if r_.returncode == 0:
                     ingested.extend(rows_)
                 part += 1
@@ -345,17 +420,21 @@ def main() -> int:
         gen0 = httpx.get(url + "/health", headers=headers, timeout=600).json()["generation"]
         writer = threading.Thread(target=ingest_loop)
         writer.start()
-        busy, busy_s = load(url, headers, args.seconds, args.clients, args.k, base, live_rows, committed, 2, args.dataset)
+        busy, busy_s = load(
+            url, headers, args.seconds, args.clients, args.k, base, live_rows, committed, 2, args.dataset
+        )
         stop_ingest.set()
         writer.join()
         time.sleep(0.3)
         committed.stop.set()
         gen1 = httpx.get(url + "/health", headers=headers, timeout=600).json()["generation"]
         print(busy.line("phase 2 (ingest)", busy_s) + f"  ({load_average()})")
-        print(f"  during phase 2: {len(ingest_log)} fs ingest run(s)"
-              + (f" at niceness {args.ingest_nice}" if args.ingest_nice else "")
-              + f", generations {gen0} -> {gen1}; live rows "
-              f"found {busy.live_found:,}, asked before their commit was published {busy.live_pending:,}")
+        print(
+            f"  during phase 2: {len(ingest_log)} fs ingest run(s)"
+            + (f" at niceness {args.ingest_nice}" if args.ingest_nice else "")
+            + f", generations {gen0} -> {gen1}; live rows "
+            f"found {busy.live_found:,}, asked before their commit was published {busy.live_pending:,}"
+        )
         for line in ingest_log:
             print(f"  {line}")
 
@@ -366,15 +445,17 @@ def main() -> int:
             sample = [ingested[int(i)] for i in np.linspace(0, len(ingested) - 1, args.verify).round()]
         with httpx.Client(base_url=url, headers=headers, timeout=600) as h:
             for start in range(0, len(sample), 256):
-                chunk = sample[start:start + 256]
+                chunk = sample[start : start + 256]
                 res = h.post("/similar", json={"k": 1, "queries": [{"q": row[2]} for row in chunk]}).json()["results"]
                 for row, one in zip(chunk, res):
                     hits = one.get("hits") or [{}]
                     if not is_row(hits[0], row, "live"):
                         missing.append(row[0])
-        print(f"after the load: {len(sample):,} of the {len(ingested):,} ingested rows queried again (POST /similar, "
-              f"batches of 256): "
-              f"{len(missing)} missing")
+        print(
+            f"after the load: {len(sample):,} of the {len(ingested):,} ingested rows queried again (POST /similar, "
+            f"batches of 256): "
+            f"{len(missing)} missing"
+        )
         total_errors = len(quiet.errors) + len(busy.errors)
         total_bad = len(quiet.torn) + len(busy.torn) + len(quiet.stale) + len(busy.stale) + len(missing)
         for what in (quiet.errors + busy.errors)[:5] + (quiet.torn + busy.torn + busy.stale)[:5]:

@@ -10,6 +10,7 @@ shown; the token box on 401) and writes PNG screenshots to look at:
 
 Exits non-zero when a check fails. Not part of `make test`: CI has no browser.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TRAIN_CSV = ROOT / "data" / "av-twitter-sentiment" / "train_2kmZucJ.csv"
 FAKE = "py:tests.fakes:CountingEmbedder"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1100,900", "--virtual-time-budget=8000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1100,900",
+    "--virtual-time-budget=8000",
+]
 
 
 def build_store(tmp: Path, n: int) -> tuple[Path, list[dict[str, str]]]:
@@ -55,8 +66,21 @@ def free_port() -> int:
 
 
 def start_server(store: Path, port: int, token: str | None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cli.main", "serve", "--store", str(store), "--port", str(port),
-           "--model", FAKE, "--clean", "raw-v1", *(["--token", token] if token else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "serve",
+        "--store",
+        str(store),
+        "--port",
+        str(port),
+        "--model",
+        FAKE,
+        "--clean",
+        "raw-v1",
+        *(["--token", token] if token else []),
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     for _ in range(200):
         try:
@@ -64,7 +88,7 @@ def start_server(store: Path, port: int, token: str | None) -> subprocess.Popen:
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise SystemExit(f"fs serve exited: {proc.stderr.read() if proc.stderr else ''}")
+                raise SystemExit(f"fs serve exited: {proc.stderr.read() if proc.stderr else ''}") from None
             time.sleep(0.1)
     raise SystemExit("fs serve did not start")
 
@@ -122,8 +146,10 @@ def main() -> int:
         try:
             png = args.out / "token.png"
             dom = chromium(f"http://127.0.0.1:{port}/?q=hello", screenshot=png, profile=tmp / "profile3")
-            check("bearer token missing" in dom and 'id="auth" style="display: block;"' in dom,
-                  "401: the token box appears with the message")
+            check(
+                "bearer token missing" in dom and 'id="auth" style="display: block;"' in dom,
+                "401: the token box appears with the message",
+            )
             print(f"screenshot {png}")
         finally:
             proc.terminate()

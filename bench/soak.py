@@ -6,6 +6,7 @@ Prints: kills survived / tried, committed rows lost, re-embedded beyond uncommit
 reader queries succeeded / tried during ingest. The longer sibling of tests/test_crash.py
 (same harness, tests/integrity_harness.py), with a reader thread added.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,15 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fs-soak-") as d:
         fig = crash_harness(
-            Path(d), kills=a.kills, seed=a.seed, rows=a.rows, batch_rows=a.batch_rows, sleep=a.sleep,
-            cli_check_every=10, reader=make_reader(a.batch_rows), log=(lambda s: None) if a.quiet else print,
+            Path(d),
+            kills=a.kills,
+            seed=a.seed,
+            rows=a.rows,
+            batch_rows=a.batch_rows,
+            sleep=a.sleep,
+            cli_check_every=10,
+            reader=make_reader(a.batch_rows),
+            log=(lambda s: None) if a.quiet else print,
         )
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"soak: {a.kills} kills, {a.rows} rows in batches of {a.batch_rows}, seed {a.seed}")

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/startup.py               # 10k Sentiment140 tweets, median of 5 runs
     .venv/bin/python bench/startup.py --runs 9
-    .venv/bin/python bench/startup.py --joins       # also: the dict joins and the stdlib CSV reader vs pandas at 1M rows
+    .venv/bin/python bench/startup.py --joins       # also: the dict joins and the stdlib CSV reader vs pandas
+                                                    # at 1M rows
 
 The store is built in this process with ``MiniLMStandIn``: MiniLM's fingerprint and width, vectors from a
 seeded generator, so building takes seconds and the space is the one the default model reads and writes.
@@ -11,6 +12,7 @@ stored already, so it only reads the file, plans and commits nothing. Every figu
 wall time (and its CPU time, user + system, from ``os.wait4``); the load average is printed with them,
 since a neighbour's work on a shared machine moves wall times more than CPU times.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,10 +89,12 @@ def median_process(args: list[str], runs: int, env: dict[str, str] | None = None
 
 def warm_modules(src: Path, env: dict[str, str]) -> list[str]:
     """The heavy modules a warm re-ingest imports (run in a fresh process, the CLI called in it)."""
-    code = ("import json, sys\nfrom cli.main import app\n"
-            f"sys.argv = ['fs', 'ingest', {str(src)!r}, '--dataset', 's140']\n"
-            "try:\n    app()\nexcept SystemExit:\n    pass\n"
-            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+    code = (
+        "import json, sys\nfrom cli.main import app\n"
+        f"sys.argv = ['fs', 'ingest', {str(src)!r}, '--dataset', 's140']\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -126,7 +130,8 @@ def joins(n: int) -> None:
     print(f"joins at {n:,} rows, best of 3 ({load()}):")
     for what, values in (("str ids", ids), ("32-byte keys", keys)):
         target = values[rng.permutation(n)]
-        d, p = best(lambda: lookup(values).get_indexer(target)), best(lambda: pandas_index(values).get_indexer(target))
+        d = best(lambda v, t: lookup(v).get_indexer(t), values, target)
+        p = best(lambda v, t: pandas_index(v).get_indexer(t), values, target)
         print(f"  get_indexer {what}: dict {d:.2f} s, pandas {p:.2f} s ({d / p:.2f}x)")
     d, p = best(plan_joins, lookup), best(plan_joins, pandas_index)
     print(f"  ingest plan's joins: dict {d:.2f} s, pandas {p:.2f} s ({d / p:.2f}x)")
@@ -136,15 +141,24 @@ def joins(n: int) -> None:
     for rows in (len(body) and sources.STDLIB_CSV_MAX_CHARS * 100_000 // len(body), n):
         text = header + "\n" + body * (rows // 100_000) + "".join(body.splitlines(True)[: rows % 100_000])
         s, p = best(sources._csv_stdlib, text, ","), best(sources._csv_pandas, text, ",", "bench", False)
-        print(f"  CSV reader, {len(text) / 1e6:.1f} MB ({rows:,} rows): stdlib {s:.2f} s, pandas {p:.2f} s ({s / p:.2f}x)")
+        print(
+            f"  CSV reader, {len(text) / 1e6:.1f} MB ({rows:,} rows): stdlib {s:.2f} s, pandas {p:.2f} s ({s / p:.2f}x)"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=10_000, help="tweets in the file (max 100000)")
     ap.add_argument("--runs", type=int, default=5, help="new processes per figure; the median is shown")
-    ap.add_argument("--joins", type=int, nargs="?", const=1_000_000, default=0, metavar="N",
-                    help="also time the joins and the CSV reader at N rows (default 1,000,000)")
+    ap.add_argument(
+        "--joins",
+        type=int,
+        nargs="?",
+        const=1_000_000,
+        default=0,
+        metavar="N",
+        help="also time the joins and the CSV reader at N rows (default 1,000,000)",
+    )
     args = ap.parse_args()
 
     from featurestore.api import FeatureStore
@@ -158,13 +172,17 @@ def main() -> None:
         env = {**os.environ, "FS_STORE": str(store)}
         t = time.perf_counter()
         built = FeatureStore(store).ingest(str(src), "s140", "minilm", embedder=MiniLMStandIn())
-        print(f"store: {built.rows_read:,} Sentiment140 tweets, {built.embedded:,} vectors in the minilm space "
-              f"(stand-in vectors, built in {time.perf_counter() - t:.1f} s)")
+        print(
+            f"store: {built.rows_read:,} Sentiment140 tweets, {built.embedded:,} vectors in the minilm space "
+            f"(stand-in vectors, built in {time.perf_counter() - t:.1f} s)"
+        )
 
         wall, cpu, out = median_process(FS + ["ingest", str(src), "--dataset", "s140"], args.runs, env)
         assert "texts embedded 0" in out, out
-        print(f"warm re-ingest as a new process (fs ingest {src.name} --dataset s140, default model): "
-              f"{wall:.2f} s wall, {cpu:.2f} s CPU, median of {args.runs} ({load()})")
+        print(
+            f"warm re-ingest as a new process (fs ingest {src.name} --dataset s140, default model): "
+            f"{wall:.2f} s wall, {cpu:.2f} s CPU, median of {args.runs} ({load()})"
+        )
         print(f"heavy modules it imports: {', '.join(warm_modules(src, env)) or 'none'} (of {', '.join(HEAVY)})")
         for what in ("pass", "import featurestore.api", "import cli.main"):
             wall, cpu, _ = median_process([sys.executable, "-c", what], args.runs)

@@ -10,6 +10,7 @@ embedder that maps each text to a deterministic point of a clustered 384-d mixtu
 million texts a second, so that only the store's own costs are measured. Every ``fs`` call is a new
 process; wall time and peak RSS are that child's own (``os.wait4``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,15 +63,21 @@ class ClusterEmbedder(Embedder):
 
     @property
     def fingerprint(self) -> Fingerprint:
-        return Fingerprint(model="bench-cluster-v1", weights_sha256=hashlib.sha256(b"bench-cluster-v1").hexdigest(),
-                           output="unit", pooling="none")
+        return Fingerprint(
+            model="bench-cluster-v1",
+            weights_sha256=hashlib.sha256(b"bench-cluster-v1").hexdigest(),
+            output="unit",
+            pooling="none",
+        )
 
     def count_tokens(self, text: str) -> int:
         return 1
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
-        h = np.frombuffer(b"".join(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-                                   for t in texts), dtype=np.uint64)
+        h = np.frombuffer(
+            b"".join(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest() for t in texts),
+            dtype=np.uint64,
+        )
         c = (h % self.CLUSTERS).astype(np.int64)
         a = ((h >> np.uint64(16)) % self.TABLE).astype(np.int64)
         b = ((h >> np.uint64(32)) % self.TABLE).astype(np.int64)
@@ -118,7 +125,10 @@ def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float, st
     def pump(name: str, stream) -> None:  # noqa: ANN001
         chunks[name] = stream.read()
 
-    threads = [threading.Thread(target=pump, args=("out", p.stdout)), threading.Thread(target=pump, args=("err", p.stderr))]
+    threads = [
+        threading.Thread(target=pump, args=("out", p.stdout)),
+        threading.Thread(target=pump, args=("err", p.stderr)),
+    ]
     for th in threads:
         th.start()
     _, status, usage = os.wait4(p.pid, 0)
@@ -150,7 +160,12 @@ def main() -> None:
     work = args.dir or Path(f"/tmp/fs-scale-{args.n}")
     store = work / "store"
     src = work / "tweets.csv"
-    env = {**os.environ, "FS_STORE": str(store), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {
+        **os.environ,
+        "FS_STORE": str(store),
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
     res: dict[str, object] = {"machine": machine(), "n": args.n}
     print(f"machine: {machine()}")
     ingest = ["ingest", str(src), "--dataset", "scale", "--model", MODEL, "--batch-rows", "65536"]
@@ -177,8 +192,10 @@ def main() -> None:
         wall, rss, out, _ = run_measured(["index", "build", "--kind", kind, "--model", MODEL], env)
         space = fs.space(MODEL)
         size = os.path.getsize(faiss_index.index_paths(fs.store, space)[0])
-        print(f"[{kind}] fs index build: {wall:.1f} s, peak RSS {rss:,.0f} MiB, index file {size / 1e6:,.0f} MB "
-              f"({out.strip().splitlines()[-1] if out.strip() else ''})")
+        print(
+            f"[{kind}] fs index build: {wall:.1f} s, peak RSS {rss:,.0f} MiB, index file {size / 1e6:,.0f} MB "
+            f"({out.strip().splitlines()[-1] if out.strip() else ''})"
+        )
         res[f"{kind}_build_s"], res[f"{kind}_build_rss_mib"], res[f"{kind}_index_bytes"] = wall, rss, size
         colds = []
         for qid in q_ids[: args.cold]:
@@ -188,9 +205,11 @@ def main() -> None:
         walls = [c[0] for c in colds]
         rsses = [c[1] for c in colds]
         res[f"{kind}_cold_s"], res[f"{kind}_cold_rss_mib"] = statistics.median(walls), max(rsses)
-        print(f"[{kind}] fs similar --id, new process: median {statistics.median(walls):.2f} s (runs "
-              f"{', '.join(f'{w:.2f}' for w in walls)}), peak RSS {max(rsses):,.0f} MiB = "
-              f"{max(rsses) * 2**20 / size:.2f}x the index file; index {colds[-1][2]['index']}")
+        print(
+            f"[{kind}] fs similar --id, new process: median {statistics.median(walls):.2f} s (runs "
+            f"{', '.join(f'{w:.2f}' for w in walls)}), peak RSS {max(rsses):,.0f} MiB = "
+            f"{max(rsses) * 2**20 / size:.2f}x the index file; index {colds[-1][2]['index']}"
+        )
         # the python process with only imports, for reference
         lat = []
         fs = FeatureStore(store)

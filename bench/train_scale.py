@@ -5,6 +5,7 @@ Builds (once, under --dir) a store of N synthetic 384-d vectors with two linearl
 `fs train --classifier sgd` and `fs train` (logreg) as new processes and reports wall time, peak RSS
 and scores. Usage: python bench/train_scale.py --n 1000000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,11 @@ DIM = 384
 def build(path: Path, n: int, seed: int = 0, batch: int = 100_000) -> None:
     rng = np.random.default_rng(seed)
     direction = rng.standard_normal(DIM).astype(np.float32)
-    fields = space_fields({"model": "synthetic", "weights_sha256": "0" * 64, "output": "x", "pooling": "none"},
-                          {"name": "raw-v1"}, "float32")
+    fields = space_fields(
+        {"model": "synthetic", "weights_sha256": "0" * 64, "output": "x", "pooling": "none"},
+        {"name": "raw-v1"},
+        "float32",
+    )
     space = Space(space_id(fields), fields, MODEL, "raw-v1", DIM, "float32")
     store = Store(path)
     with store.writer() as w:
@@ -45,16 +49,21 @@ def build(path: Path, n: int, seed: int = 0, batch: int = 100_000) -> None:
             ids = np.array([str(i) for i in range(start, start + m)], dtype=object)
             texts = [f"synthetic {i}" for i in range(start, start + m)]
             keys = np.array([raw_digest(t) for t in texts], dtype=KEY_DTYPE)
-            w.commit("big", vectors=VectorBatch(space, keys, X),
-                     rows=RowBatch(ids, labels, keys, texts), keys=KeyBatch("raw-v1", ids, keys))
+            w.commit(
+                "big",
+                vectors=VectorBatch(space, keys, X),
+                rows=RowBatch(ids, labels, keys, texts),
+                keys=KeyBatch("raw-v1", ids, keys),
+            )
         w.compact()
 
 
 def run(args: list[str]) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (MiB) and output of `fs ARGS` as a new process."""
     t = time.perf_counter()
-    r = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "cli.main", *args], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["/usr/bin/time", "-v", sys.executable, "-m", "cli.main", *args], cwd=ROOT, capture_output=True, text=True
+    )
     wall = time.perf_counter() - t
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1)) / 1024
     out = r.stdout + "\n".join(ln for ln in r.stderr.splitlines() if ln.startswith(("note:", "warning:", "Error:")))

@@ -1,11 +1,13 @@
 """What every command shares: turning library errors into one-line messages that name the flags."""
+
 from __future__ import annotations
 
 import functools
 import logging
 import os
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import typer
 from typer.core import TyperGroup
@@ -13,7 +15,7 @@ from typer.core import TyperGroup
 try:  # typer >= 0.22 carries its own copy of click
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
+    from click import exceptions as click_errors  # type: ignore[no-redef]  # the same module, another home
 
 from featurestore.errors import FeatureStoreError
 
@@ -63,8 +65,11 @@ def handle_errors(func: F) -> F:
             if os.environ.get("FS_DEBUG"):
                 raise
             log.debug("internal error", exc_info=True)
-            raise fail(f"internal error ({type(exc).__name__}: {str(exc)[:200]}); this is a featurestore bug: "
-                       "please report it with the command (FS_DEBUG=1 shows the traceback)", 70) from None
+            raise fail(
+                f"internal error ({type(exc).__name__}: {str(exc)[:200]}); this is a featurestore bug: "
+                "please report it with the command (FS_DEBUG=1 shows the traceback)",
+                70,
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -73,10 +78,24 @@ class OneLineErrors(TyperGroup):
     """The ``fs`` group: a mistyped option or value is one line ``Error: ...`` with where to look, like
     every other user mistake, instead of click's boxed usage message."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         try:
-            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+            rv = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
         except click_errors.NoArgsIsHelpError as exc:  # plain `fs` or `fs models`: the help is the answer
             exc.show()
             rv = 0
@@ -85,7 +104,7 @@ class OneLineErrors(TyperGroup):
                 raise
             ctx = getattr(exc, "ctx", None)
             where = f"; fix: see '{ctx.command_path} --help'" if ctx is not None else ""
-            raise SystemExit(fail(exc.format_message().rstrip('.') + where, exc.exit_code).exit_code) from None
+            raise SystemExit(fail(exc.format_message().rstrip(".") + where, exc.exit_code).exit_code) from None
         except typer.Abort:
             if not standalone_mode:
                 raise

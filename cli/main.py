@@ -1,10 +1,13 @@
 """``fs``: each command opens the store, makes one library call and prints the result."""
+
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -13,6 +16,9 @@ from cli.common import OneLineErrors, handle_errors
 from featurestore import clean
 from featurestore.embedders import DEFAULT_MODEL
 from featurestore.errors import FeatureStoreError
+
+if TYPE_CHECKING:  # the CLI imports the library on use: `fs --help` stays fast
+    from featurestore.api import FeatureStore
 
 clean.SPACY_WITHOUT_TORCH = True  # this process's spaCy needs no torch (featurestore.clean._import_spacy)
 
@@ -27,17 +33,21 @@ app.add_typer(models_cli.app, name="models")
 
 StoreOpt = typer.Option(None, "--store", envvar="FS_STORE", help="Store directory (default: ./store).")
 ModelOpt = typer.Option(
-    DEFAULT_MODEL, "--model", "-m",
+    DEFAULT_MODEL,
+    "--model",
+    "-m",
     help="Embedder: minilm (default, offline), elmo (TF Hub google/elmo/3), hub:HANDLE, elmo:PATH, "
     "a release from 'fs models list', or py:MODULE:ATTR (your own Embedder subclass). "
     "ELMo models take a layer mix suffix: #elmo (default), #top or #all.",
 )
 CleanOpt = typer.Option(
-    None, "--clean", help="Cleaning recipe: raw-v1, basic-v1 or tweet-v1 (default: raw-v1 for minilm, tweet-v1 for ELMo)."
+    None,
+    "--clean",
+    help="Cleaning recipe: raw-v1, basic-v1 or tweet-v1 (default: raw-v1 for minilm, tweet-v1 for ELMo).",
 )
 
 
-def _fs(store: Optional[Path]):
+def _fs(store: Path | None) -> FeatureStore:
     from featurestore.api import FeatureStore
 
     return FeatureStore(store)
@@ -47,12 +57,26 @@ def _fs(store: Optional[Path]):
 def _progress(description: str, unit: str) -> Iterator[Callable[[float, int], None]]:
     """A rich progress bar with rate and ETA; the library calls ``advance(n, total)``."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     columns = [
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
     ]
     with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar:
         task = bar.add_task(description, total=None, rate="")
@@ -65,59 +89,105 @@ def _progress(description: str, unit: str) -> Iterator[Callable[[float, int], No
         yield advance
 
 
-DtypeOpt = typer.Option(None, "--dtype", help="Stored precision of the space to read (float32 or float16), "
-                        "when a model has been ingested in both.")
+DtypeOpt = typer.Option(
+    None,
+    "--dtype",
+    help="Stored precision of the space to read (float32 or float16), when a model has been ingested in both.",
+)
 
 
 @app.command()
 @handle_errors
 def ingest(
-    files: list[str] = typer.Argument(..., metavar="FILE", help="CSV/TSV (any of , ; tab | separators), JSON Lines "
-                                      "or JSON array, Parquet, or text (one tweet a line); gzip/bz2/xz/zstd compressed "
-                                      "or not; '-' reads stdin. Several files are ingested one after another; with "
-                                      "--engine ray also globs ('data/*.csv') and directories."),
+    files: list[str] = typer.Argument(
+        ...,
+        metavar="FILE",
+        help="CSV/TSV (any of , ; tab | separators), JSON Lines "
+        "or JSON array, Parquet, or text (one tweet a line); gzip/bz2/xz/zstd compressed "
+        "or not; '-' reads stdin. Several files are ingested one after another; with "
+        "--engine ray also globs ('data/*.csv') and directories.",
+    ),
     dataset: str = typer.Option("train", "--dataset", "-d", help="Dataset to add the rows to."),
-    text_col: Optional[str] = typer.Option(None, help="Text column (default: tweet, text, content, ... any case)."),
-    id_col: Optional[str] = typer.Option(None, help="Id column, kept as text (default: id, tweet_id, ... any case; "
-                                         "else the row number). '' numbers rows."),
-    label_col: Optional[str] = typer.Option(None, help="Label column, any strings or integers (default: label, "
-                                            "sentiment, target, class, ... any case). '' ignores labels."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="csv, tsv, jsonl, json, parquet or txt "
-                                      "(default: from the extension and the content)."),
-    sep: Optional[str] = typer.Option(None, "--sep", help="CSV separator (default: sniffed among , ; tab |)."),
+    text_col: str | None = typer.Option(None, help="Text column (default: tweet, text, content, ... any case)."),
+    id_col: str | None = typer.Option(
+        None,
+        help="Id column, kept as text (default: id, tweet_id, ... any case; else the row number). '' numbers rows.",
+    ),
+    label_col: str | None = typer.Option(
+        None,
+        help="Label column, any strings or integers (default: label, "
+        "sentiment, target, class, ... any case). '' ignores labels.",
+    ),
+    fmt: str | None = typer.Option(
+        None, "--format", help="csv, tsv, jsonl, json, parquet or txt (default: from the extension and the content)."
+    ),
+    sep: str | None = typer.Option(None, "--sep", help="CSV separator (default: sniffed among , ; tab |)."),
     no_header: bool = typer.Option(False, "--no-header", help="The CSV has no header row: columns are 1, 2, 3..."),
-    encoding: Optional[str] = typer.Option(None, help="Text encoding (default: UTF-8, UTF-16 by BOM)."),
-    duplicates: str = typer.Option("error", "--duplicates", help="One id twice in the file with different text or "
-                                   "label: error, first (keep the first) or last (keep the last)."),
+    encoding: str | None = typer.Option(None, help="Text encoding (default: UTF-8, UTF-16 by BOM)."),
+    duplicates: str = typer.Option(
+        "error",
+        "--duplicates",
+        help="One id twice in the file with different text or "
+        "label: error, first (keep the first) or last (keep the last).",
+    ),
     model: str = ModelOpt,
-    clean: Optional[str] = CleanOpt,
+    clean: str | None = CleanOpt,
     dtype: str = typer.Option("float32", help="Stored vector precision: float32 or float16."),
-    max_chars: Optional[int] = typer.Option(None, help="Cut cleaned texts longer than this before embedding "
-                                            "(default: 2000)."),
-    batch_rows: Optional[int] = typer.Option(None, help="Rows per committed batch (with --engine ray: texts per vector "
-                                             "segment). Default: 1024; on a GPU the model's batch (4096 for minilm)."),
-    engine: str = typer.Option("local", help="local (this process) or ray (Ray Data: many files, many workers, "
-                               "one store; pip install 'featurestore[ray]')."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. 127.0.0.1:6379 (default: start a "
-                                          "local one). With --engine ray."),
-    workers: Optional[int] = typer.Option(None, help="Embedding actors (one model load each) (default: the "
-                                          "cluster's CPUs, or GPUs / --gpus-per-worker). With --engine ray."),
-    gpus_per_worker: float = typer.Option(0.0, help="GPUs per embedding actor (e.g. 1, or 0.5 to share). "
-                                          "With --engine ray."),
+    max_chars: int | None = typer.Option(
+        None, help="Cut cleaned texts longer than this before embedding (default: 2000)."
+    ),
+    batch_rows: int | None = typer.Option(
+        None,
+        help="Rows per committed batch (with --engine ray: texts per vector "
+        "segment). Default: 1024; on a GPU the model's batch (4096 for minilm).",
+    ),
+    engine: str = typer.Option(
+        "local",
+        help="local (this process) or ray (Ray Data: many files, many workers, "
+        "one store; pip install 'featurestore[ray]').",
+    ),
+    address: str | None = typer.Option(
+        None, help="Ray cluster to join, e.g. 127.0.0.1:6379 (default: start a local one). With --engine ray."
+    ),
+    workers: int | None = typer.Option(
+        None,
+        help="Embedding actors (one model load each) (default: the "
+        "cluster's CPUs, or GPUs / --gpus-per-worker). With --engine ray.",
+    ),
+    gpus_per_worker: float = typer.Option(
+        0.0, help="GPUs per embedding actor (e.g. 1, or 0.5 to share). With --engine ray."
+    ),
     wait: bool = typer.Option(False, "--wait", help="If another process is writing, wait for it instead of failing."),
-    store: Optional[Path] = StoreOpt,
+    store: Path | None = StoreOpt,
 ) -> None:
     """Add tweets to a dataset; embed only the texts the store does not have yet; update changed labels."""
     from featurestore.errors import IngestInterrupted
 
     fs = _fs(store)
-    ray_options = {"engine": engine, "address": address, "workers": workers, "gpus_per_worker": gpus_per_worker}
-    options = dict(text_col=text_col, id_col=id_col, label_col=label_col, fmt=fmt, encoding=encoding, sep=sep,
-                   header=not no_header, duplicates=duplicates, dtype=dtype, commit_rows=batch_rows,
-                   max_chars=max_chars, wait=wait, **ray_options)
+    ray_options: dict[str, Any] = {
+        "engine": engine,
+        "address": address,
+        "workers": workers,
+        "gpus_per_worker": gpus_per_worker,
+    }
+    options: dict[str, Any] = dict(
+        text_col=text_col,
+        id_col=id_col,
+        label_col=label_col,
+        fmt=fmt,
+        encoding=encoding,
+        sep=sep,
+        header=not no_header,
+        duplicates=duplicates,
+        dtype=dtype,
+        commit_rows=batch_rows,
+        max_chars=max_chars,
+        wait=wait,
+        **ray_options,
+    )
     # The local engine reads one file per call; Ray Data reads them all in one ingest.
     calls = [files] if engine == "ray" else [[f] for f in files]
-    for i, call in enumerate(calls):
+    for call in calls:
         what = call[0] if len(call) == 1 else f"{len(call)} inputs"
         try:
             with _progress(f"ingest {dataset}" + (f" ({what})" if len(calls) > 1 else ""), "tweets") as advance:
@@ -132,11 +202,13 @@ def ingest(
 
 def _print_summary(s: Any, err: bool = False) -> None:
     cols = s.columns
-    fed = "  ".join([
-        f"ids: column {cols['id']!r}" if cols.get("id") else "ids: row numbers",
-        f"labels: column {cols['label']!r}" if cols.get("label") else "no labels",
-        f"text: column {cols['text']!r}" if cols.get("text") else "",
-    ]).strip()
+    fed = "  ".join(
+        [
+            f"ids: column {cols['id']!r}" if cols.get("id") else "ids: row numbers",
+            f"labels: column {cols['label']!r}" if cols.get("label") else "no labels",
+            f"text: column {cols['text']!r}" if cols.get("text") else "",
+        ]
+    ).strip()
     lines = [
         f"dataset {s.dataset}  model {s.model}  recipe {s.recipe}  space {s.space}",
         (f"read {s.source_format}  " if s.source_format else "") + fed,
@@ -158,30 +230,42 @@ def _print_summary(s: Any, err: bool = False) -> None:
 def train(
     dataset: str = typer.Option("train", "--dataset", "-d", help="Labelled dataset to train on."),
     model: str = ModelOpt,
-    clean: Optional[str] = CleanOpt,
-    dtype: Optional[str] = DtypeOpt,
+    clean: str | None = CleanOpt,
+    dtype: str | None = DtypeOpt,
     classifier: str = typer.Option("logreg", help="logreg (in memory) or sgd (out of core, chunked reads)."),
-    positive: Optional[str] = typer.Option(None, help="Positive class for binary F1 (default: 1, pos, positive, "
-                                           "true or yes if present, else the last label in sorted order)."),
+    positive: str | None = typer.Option(
+        None,
+        help="Positive class for binary F1 (default: 1, pos, positive, "
+        "true or yes if present, else the last label in sorted order).",
+    ),
     test_size: float = typer.Option(0.2, help="Held-out fraction for validation."),
     seed: int = typer.Option(42, help="random_state of the split and the classifier."),
-    name: Optional[str] = typer.Option(None, help="Name to save the classifier under (default: DATASET-MODEL-CLASSIFIER)."),
-    features: Optional[str] = typer.Option(
-        None, "--features", "-f",
+    name: str | None = typer.Option(
+        None, help="Name to save the classifier under (default: DATASET-MODEL-CLASSIFIER)."
+    ),
+    features: str | None = typer.Option(
+        None,
+        "--features",
+        "-f",
         help="Feature spec: stored spaces and text features joined by '+', e.g. minilm+tfidf-char; "
         "tfidf-word and tfidf-char read the stored text cleaned by basic-v1 (tfidf-char@raw-v1 picks a recipe); "
-        "alternatives for the search separated by ','. Fitted on the training split only; saved with the classifier."),
-    search: Optional[str] = typer.Option(
-        None, help="Choose C, class weight, n-gram ranges and features by stratified K-fold CV on the training "
+        "alternatives for the search separated by ','. Fitted on the training split only; saved with the classifier.",
+    ),
+    search: str | None = typer.Option(
+        None,
+        help="Choose C, class weight, n-gram ranges and features by stratified K-fold CV on the training "
         "split only: none, quick (about a minute) or full (default: none; with neither --features nor --search the "
-        "plain vectors of --model are used)."),
+        "plain vectors of --model are used).",
+    ),
     folds: int = typer.Option(5, help="Cross-validation folds (with --features/--search)."),
-    time_limit: Optional[float] = typer.Option(None, help="Seconds after which the search starts no new "
-                                               "candidates (default: 90 quick, 900 full)."),
-    no_plots: bool = typer.Option(False, "--no-plots", help="Do not write the confusion matrix and "
-                                  "precision-recall PNGs beside the classifier."),
+    time_limit: float | None = typer.Option(
+        None, help="Seconds after which the search starts no new candidates (default: 90 quick, 900 full)."
+    ),
+    no_plots: bool = typer.Option(
+        False, "--no-plots", help="Do not write the confusion matrix and precision-recall PNGs beside the classifier."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    store: Optional[Path] = StoreOpt,
+    store: Path | None = StoreOpt,
 ) -> None:
     """Fit a classifier on stored vectors (and text features) and report F1, precision, recall and accuracy
     (macro for 3+ classes); with --features/--search, also the cross-validated score of the chosen setting."""
@@ -191,9 +275,23 @@ def train(
         if not as_json:
             typer.echo(f"cv: {line}", err=True)
 
-    r = _fs(store).train(dataset, model, clean, classifier, test_size, seed, name, dtype=dtype, positive=positive,
-                         features=features, search=search, folds=folds, time_limit=time_limit,
-                         plots=not no_plots, progress=say)
+    r = _fs(store).train(
+        dataset,
+        model,
+        clean,
+        classifier,
+        test_size,
+        seed,
+        name,
+        dtype=dtype,
+        positive=positive,
+        features=features,
+        search=search,
+        folds=folds,
+        time_limit=time_limit,
+        plots=not no_plots,
+        progress=say,
+    )
     if as_json:
         typer.echo(json.dumps(result_dict(r), indent=1, ensure_ascii=False))
         return
@@ -202,17 +300,25 @@ def train(
     for w in r.warnings:
         typer.echo(f"warning: {w}", err=True)
     what = f"features {r.features}" if r.features else f"{r.model}, {r.recipe}"
-    typer.echo(f"{r.classifier} on {r.dataset} ({what}): {r.n_train:,} train / {r.n_valid:,} validation rows, "
-               f"classes {', '.join(map(repr, r.classes))}")
+    typer.echo(
+        f"{r.classifier} on {r.dataset} ({what}): {r.n_train:,} train / {r.n_valid:,} validation rows, "
+        f"classes {', '.join(map(repr, r.classes))}"
+    )
     if r.cv:
         c = r.cv["chosen"]
-        typer.echo(f"chosen by {r.cv['folds']}-fold CV on the training split ({r.cv['search']} search, "
-                   f"{r.cv['tried']} settings, {r.cv['seconds']:.0f} s): C={c['C']:g} class_weight={c['class_weight']} "
-                   f"word {tuple(c['word_ngram'])} char {tuple(c['char_ngram'])} space weight {c['space_weight']:g}")
-        typer.echo(f"CV {r.cv['metric']} {r.cv['mean']:.4f} ± {r.cv['sd']:.4f}   (held-out scores below: validation "
-                   "split, used once)")
+        typer.echo(
+            f"chosen by {r.cv['folds']}-fold CV on the training split ({r.cv['search']} search, "
+            f"{r.cv['tried']} settings, {r.cv['seconds']:.0f} s): C={c['C']:g} class_weight={c['class_weight']} "
+            f"word {tuple(c['word_ngram'])} char {tuple(c['char_ngram'])} space weight {c['space_weight']:g}"
+        )
+        typer.echo(
+            f"CV {r.cv['metric']} {r.cv['mean']:.4f} ± {r.cv['sd']:.4f}   (held-out scores below: validation "
+            "split, used once)"
+        )
     kind = f"positive {r.positive!r}" if r.positive is not None else "macro average"
-    typer.echo(f"F1 {r.f1:.4f}  precision {r.precision:.4f}  recall {r.recall:.4f}  accuracy {r.accuracy:.4f}  ({kind})")
+    typer.echo(
+        f"F1 {r.f1:.4f}  precision {r.precision:.4f}  recall {r.recall:.4f}  accuracy {r.accuracy:.4f}  ({kind})"
+    )
     if r.positive is None:
         _per_class(r.per_class)
     for p in r.plots:
@@ -222,8 +328,10 @@ def train(
 
 def _per_class(per_class: dict[str, dict[str, float]]) -> None:
     for c, m in per_class.items():
-        typer.echo(f"  {c!r:<20} precision {m['precision']:.4f}  recall {m['recall']:.4f}  F1 {m['f1']:.4f}  "
-                   f"support {m['support']:,}")
+        typer.echo(
+            f"  {c!r:<20} precision {m['precision']:.4f}  recall {m['recall']:.4f}  F1 {m['f1']:.4f}  "
+            f"support {m['support']:,}"
+        )
 
 
 def _write_out(out: Path, data: bytes, example: str) -> None:
@@ -244,9 +352,10 @@ def predict(
     dataset: str = typer.Option("test", "--dataset", "-d", help="Dataset to label."),
     out: Path = typer.Option(Path("submission.csv"), "--out", "-o", help="CSV to write (id,label)."),
     name: str = typer.Option("train-minilm-logreg", "--classifier-name", help="Saved classifier (see 'fs train')."),
-    proba: bool = typer.Option(False, "--proba", help="Add one column of predicted probability per class "
-                               "(proba_CLASS)."),
-    store: Optional[Path] = StoreOpt,
+    proba: bool = typer.Option(
+        False, "--proba", help="Add one column of predicted probability per class (proba_CLASS)."
+    ),
+    store: Path | None = StoreOpt,
 ) -> None:
     """Label every row of a dataset with a trained classifier; write id,label with ids and labels as given."""
     import csv
@@ -274,9 +383,9 @@ def predict(
 def eval_(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Labelled dataset to score the classifier on."),
     name: str = typer.Option("train-minilm-logreg", "--classifier-name", help="Saved classifier (see 'fs train')."),
-    positive: Optional[str] = typer.Option(None, help="Positive class for binary F1 (default: the classifier's)."),
+    positive: str | None = typer.Option(None, help="Positive class for binary F1 (default: the classifier's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
-    store: Optional[Path] = StoreOpt,
+    store: Path | None = StoreOpt,
 ) -> None:
     """Score a saved classifier on any labelled dataset in the store, without retraining."""
     m = _fs(store).eval(dataset, name, positive)
@@ -287,8 +396,10 @@ def eval_(
         typer.echo(f"warning: {w}", err=True)
     kind = f"positive {m['positive']!r}" if m["positive"] is not None else "macro average"
     typer.echo(f"{name} on {dataset}: {m['n']:,} labelled rows, classes {', '.join(map(repr, m['classes']))}")
-    typer.echo(f"F1 {m['f1']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
-               f"accuracy {m['accuracy']:.4f}  ({kind})")
+    typer.echo(
+        f"F1 {m['f1']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+        f"accuracy {m['accuracy']:.4f}  ({kind})"
+    )
     _per_class(m["per_class"])
 
 
@@ -297,12 +408,16 @@ def eval_(
 def export(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset to export."),
     out: Path = typer.Option(..., "--out", "-o", help="Parquet file to write, or the folder for npy files."),
-    fmt: str = typer.Option("parquet", "--format", help="parquet (id, label, text, vector) or npy (a folder: "
-                            "vectors.npy, ids.npy, labels.npy, texts.npy; loads without pickle)."),
+    fmt: str = typer.Option(
+        "parquet",
+        "--format",
+        help="parquet (id, label, text, vector) or npy (a folder: "
+        "vectors.npy, ids.npy, labels.npy, texts.npy; loads without pickle).",
+    ),
     model: str = ModelOpt,
-    clean: Optional[str] = CleanOpt,
-    dtype: Optional[str] = DtypeOpt,
-    store: Optional[Path] = StoreOpt,
+    clean: str | None = CleanOpt,
+    dtype: str | None = DtypeOpt,
+    store: Path | None = StoreOpt,
 ) -> None:
     """Write a dataset's ids, labels, texts and vectors for use outside featurestore."""
     written = _fs(store).export(dataset, out, fmt, model, clean, dtype)
@@ -313,42 +428,23 @@ def export(
 @handle_errors
 def map_(
     dataset: str = typer.Option("train", "--dataset", "-d", help="Dataset to draw."),
-    out: Path = typer.Option(Path("map.png"), "--out", "-o", help="map.png (a picture) or map.html (hover a point "
-                             "for its id, label and text; one self-contained file)."),
+    out: Path = typer.Option(
+        Path("map.png"),
+        "--out",
+        "-o",
+        help="map.png (a picture) or map.html (hover a point for its id, label and text; one self-contained file).",
+    ),
     model: str = ModelOpt,
-    clean: Optional[str] = CleanOpt,
-    dtype: Optional[str] = DtypeOpt,
+    clean: str | None = CleanOpt,
+    dtype: str | None = DtypeOpt,
     method: str = typer.Option("auto", help="auto (UMAP when umap-learn is installed, else PCA), umap or pca."),
     max_points: int = typer.Option(5000, help="Draw a random sample of at most this many rows."),
     seed: int = typer.Option(42, help="Seed of the sample and of UMAP."),
-    store: Optional[Path] = StoreOpt,
+    store: Path | None = StoreOpt,
 ) -> None:
     """Draw a dataset's vector space in 2-D, coloured by label."""
-    import numpy as np
-
-    try:
-        from featurestore import plots
-    except ImportError:
-        raise FeatureStoreError("fs map needs matplotlib; fix: pip install 'featurestore[plots]'") from None
-    suffix = out.suffix.lower()
-    if suffix not in (".png", ".html", ".htm"):
-        raise FeatureStoreError(f"--out {out} must end in .png or .html")
-    if max_points < 1:
-        raise FeatureStoreError(f"--max-points {max_points} must be at least 1")
-    df = _fs(store).frame(dataset, model, clean, dtype)
-    if len(df) == 0:
-        raise FeatureStoreError(f"dataset {dataset!r} has no rows to draw")
-    if len(df) > max_points:
-        df = df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), max_points, replace=False))]
-    xy, how = plots.project(np.stack(df["vector"].to_list()), method, seed)
-    labels = df["label"].to_numpy(dtype=object)
-    title = f"{dataset}: {len(df):,} rows, {df.attrs['model']} ({df.attrs['recipe']}), {how}"
-    if suffix == ".png":
-        plots.map_png(out, xy, labels, title)
-    else:
-        hover = [f"{i} [{lab or 'no label'}] {t[:280]}" for i, lab, t in zip(df["id"], labels, df["text"])]
-        plots.map_html(out, xy, labels, hover, title)
-    typer.echo(f"wrote {out} ({len(df):,} points, {how})")
+    r = _fs(store).map(dataset, out, model, clean, dtype, method=method, max_points=max_points, seed=seed)
+    typer.echo(f"wrote {r.path} ({r.points:,} points, {r.method})")
 
 
 SHOWN_CHARS = 200  # a stored text can be megabytes: the table shows its start
@@ -357,47 +453,62 @@ SHOWN_CHARS = 200  # a stored text can be megabytes: the table shows its start
 @app.command()
 @handle_errors
 def similar(
-    text: Optional[str] = typer.Argument(None, help="Query text (or use --id, or --file)."),
-    id: Optional[str] = typer.Option(None, "--id", help="Use the stored tweet with this id as the query."),
-    file: Optional[Path] = typer.Option(None, "--file", help="Many queries: one text a line ('-' reads stdin); "
-                                        "with --json, one JSON object a line."),
+    text: str | None = typer.Argument(None, help="Query text (or use --id, or --file)."),
+    id: str | None = typer.Option(None, "--id", help="Use the stored tweet with this id as the query."),
+    file: Path | None = typer.Option(
+        None, "--file", help="Many queries: one text a line ('-' reads stdin); with --json, one JSON object a line."
+    ),
     k: int = typer.Option(10, "--k", "-k", help="Number of neighbours."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Only return tweets of this dataset."),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Only return tweets of this dataset."),
     exact: bool = typer.Option(False, "--exact", help="Brute force over every vector, whatever index is built."),
-    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF index: lists scanned a query (more = better "
-                                         "recall, slower) (default: from the index manifest)."),
-    ef: Optional[int] = typer.Option(None, "--ef", help="HNSW index: candidates a query (more = better recall, "
-                                     "slower) (default: from the index manifest)."),
+    nprobe: int | None = typer.Option(
+        None,
+        "--nprobe",
+        help="IVF index: lists scanned a query (more = better recall, slower) (default: from the index manifest).",
+    ),
+    ef: int | None = typer.Option(
+        None,
+        "--ef",
+        help="HNSW index: candidates a query (more = better recall, slower) (default: from the index manifest).",
+    ),
     model: str = ModelOpt,
-    clean: Optional[str] = CleanOpt,
-    dtype: Optional[str] = DtypeOpt,
+    clean: str | None = CleanOpt,
+    dtype: str | None = DtypeOpt,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON (full texts)."),
-    store: Optional[Path] = StoreOpt,
+    store: Path | None = StoreOpt,
 ) -> None:
     """Nearest stored tweets by cosine similarity, through the index ('fs index build'; exact by default)."""
-    opts = dict(k=k, dataset=dataset, model=model, clean=clean, dtype=dtype, exact=exact, nprobe=nprobe, ef=ef)
+    opts: dict[str, Any] = dict(
+        k=k, dataset=dataset, model=model, clean=clean, dtype=dtype, exact=exact, nprobe=nprobe, ef=ef
+    )
     if file is not None:
         if text is not None or id is not None:
             raise FeatureStoreError("give queries in --file, or one query text or --id, not both")
         queries = _read_queries(file)
-        results, info = _fs(store).similar(texts=queries, **opts)
-        for q, hits, how in zip(queries, results, info.get("queries", [])):
+        results = _fs(store).similar(texts=queries, **opts)
+        for q, r in zip(queries, results):
             if as_json:
-                typer.echo(json.dumps({"query": q, "resolved": how, "hits": [h.__dict__ for h in hits]},
-                                      ensure_ascii=False))
+                typer.echo(
+                    json.dumps(
+                        {"query": q, "resolved": r.query, "hits": [h.__dict__ for h in r.hits]}, ensure_ascii=False
+                    )
+                )
             else:
                 typer.echo(f"# {' '.join(q.split())[:SHOWN_CHARS]}")
-                _print_hits(hits)
-        typer.echo(f"({len(queries)} queries; index {info.get('index', '-')}, {info.get('index_kind', '-')})", err=True)
+                _print_hits(r.hits)
+        index, kind = (results[0].index, results[0].index_kind) if results else ("-", "-")
+        typer.echo(f"({len(queries)} queries; index {index}, {kind})", err=True)
         return
-    hits, info = _fs(store).similar(text, id=id, **opts)
+    r = _fs(store).similar(text, id=id, **opts)
     if as_json:
-        typer.echo(json.dumps({"info": info, "hits": [h.__dict__ for h in hits]}, indent=1, ensure_ascii=False))
+        info = {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name != "hits"}
+        info = {k: v for k, v in info.items() if v is not None}  # no note: no "note" key
+        typer.echo(json.dumps({"info": info, "hits": [h.__dict__ for h in r.hits]}, indent=1, ensure_ascii=False))
         return
-    _print_hits(hits)
-    if "note" in info:
-        typer.echo(f"note: {info['note']}", err=True)
-    typer.echo(f"({info['query']}; index {info['index']}, {info['index_kind']})", err=True)
+    _print_hits(r.hits)
+    if r.note:
+        typer.echo(f"note: {r.note}", err=True)
+    typer.echo(f"({r.query}; index {r.index}, {r.index_kind})", err=True)
 
 
 def _read_queries(file: Path) -> list[str]:
@@ -407,7 +518,9 @@ def _read_queries(file: Path) -> list[str]:
     try:
         raw = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FeatureStoreError(f"query file {file} does not exist; fix: give a text file with one query a line") from None
+        raise FeatureStoreError(
+            f"query file {file} does not exist; fix: give a text file with one query a line"
+        ) from None
     except UnicodeDecodeError as exc:
         raise FeatureStoreError(f"query file {file} is not UTF-8 text ({exc.reason}); fix: save it as UTF-8") from None
     queries = [line.rstrip("\r") for line in raw.split("\n") if line.strip()]
@@ -424,38 +537,48 @@ def _print_hits(hits: list[Any]) -> None:
         typer.echo(f"{h.rank:>3}  {h.score:.4f}  {ids}  {shown}")
 
 
-index_app = typer.Typer(help="The search index of a vector space: build it as flat, IVF, HNSW or IVF-PQ.",
-                        no_args_is_help=True)
+index_app = typer.Typer(
+    help="The search index of a vector space: build it as flat, IVF, HNSW or IVF-PQ.", no_args_is_help=True
+)
 app.add_typer(index_app, name="index")
 
 
 @index_app.command("build")
 @handle_errors
 def index_build(
-    kind: str = typer.Option("auto", "--kind", help="auto (exact below 200k vectors, IVF above), flat (exact), "
-                             "ivf (IVF{nlist},Flat), hnsw (HNSW{m}) or ivfpq (IVF{nlist},PQ{m},Refine(SQ8))."),
-    nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF lists (default: about 4 x sqrt(vectors))."),
-    m: Optional[int] = typer.Option(None, "--m", help="HNSW links a node [default 32]; IVF-PQ sub-quantizers "
-                                    "(a divisor of the dimension) [default 48]."),
+    kind: str = typer.Option(
+        "auto",
+        "--kind",
+        help="auto (exact below 200k vectors, IVF above), flat (exact), "
+        "ivf (IVF{nlist},Flat), hnsw (HNSW{m}) or ivfpq (IVF{nlist},PQ{m},Refine(SQ8)).",
+    ),
+    nlist: int | None = typer.Option(None, "--nlist", help="IVF lists (default: about 4 x sqrt(vectors))."),
+    m: int | None = typer.Option(
+        None,
+        "--m",
+        help="HNSW links a node [default 32]; IVF-PQ sub-quantizers (a divisor of the dimension) [default 48].",
+    ),
     model: str = ModelOpt,
-    clean: Optional[str] = CleanOpt,
-    dtype: Optional[str] = DtypeOpt,
-    store: Optional[Path] = StoreOpt,
+    clean: str | None = CleanOpt,
+    dtype: str | None = DtypeOpt,
+    store: Path | None = StoreOpt,
 ) -> None:
     """Build (or rebuild) the index that 'fs similar' uses; later ingests extend or rebuild it as that kind."""
     with _progress("index", "vectors") as advance:
         out = _fs(store).index_build(kind, nlist=nlist, m=m, model=model, clean=clean, dtype=dtype, progress=advance)
     if "note" in out:
         typer.echo(f"note: {out['note']}", err=True)
-    typer.echo(f"built {out['kind']} index {out['factory']!r} of space {out['space']}: {out['vectors']:,} vectors, "
-               f"{out['bytes'] / 1e6:,.1f} MB, {out['seconds']:.1f} s")
+    typer.echo(
+        f"built {out['kind']} index {out['factory']!r} of space {out['space']}: {out['vectors']:,} vectors, "
+        f"{out['bytes'] / 1e6:,.1f} MB, {out['seconds']:.1f} s"
+    )
 
 
 @app.command()
 @handle_errors
 def info(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
-    store: Optional[Path] = StoreOpt,
+    store: Path | None = StoreOpt,
 ) -> None:
     """Datasets, vector spaces, counts, coverage and sizes."""
     data = _fs(store).info()
@@ -466,23 +589,29 @@ def info(
     typer.echo("datasets:" if data["datasets"] else "datasets: none (run 'fs ingest FILE --dataset NAME')")
     for d in data["datasets"]:
         classes = ", ".join(map(str, d["classes"])) or "-"
-        typer.echo(f"  {d['name']:<16} {d['rows']:>9,} rows  {d['labelled']:>9,} labelled ({classes})  "
-                   f"{d['bytes'] / 1e6:8.1f} MB  keyed: " + (", ".join(f"{r} {n:,}" for r, n in d["recipes"].items()) or "-"))
+        typer.echo(
+            f"  {d['name']:<16} {d['rows']:>9,} rows  {d['labelled']:>9,} labelled ({classes})  "
+            f"{d['bytes'] / 1e6:8.1f} MB  keyed: " + (", ".join(f"{r} {n:,}" for r, n in d["recipes"].items()) or "-")
+        )
     typer.echo("spaces:" if data["spaces"] else "spaces: none")
     for s in data["spaces"]:
         cover = ", ".join(f"{d} {n:,}" for d, n in s["coverage"].items())
-        typer.echo(f"  {s['id']}  {s['model']} ({s['recipe']}, {s['dim']}-d {s['dtype']})  {s['vectors']:,} vectors  "
-                   f"{s['bytes'] / 1e6:.1f} MB  coverage: {cover}")
+        typer.echo(
+            f"  {s['id']}  {s['model']} ({s['recipe']}, {s['dim']}-d {s['dtype']})  {s['vectors']:,} vectors  "
+            f"{s['bytes'] / 1e6:.1f} MB  coverage: {cover}"
+            + (
+                f"  cache entries (no row owns them; never search hits): {s['cache_entries']:,}"
+                if s["cache_entries"]
+                else ""
+            )
+        )
 
 
 @app.command()
 @handle_errors
-def check(store: Optional[Path] = StoreOpt) -> None:
+def check(store: Path | None = StoreOpt) -> None:
     """Verify the store: schema, counts, unique keys, finite vectors, dims, resolvable keys, index."""
-    from featurestore.check import check as run_check
-    from featurestore.store import Store
-
-    r = run_check(Store(store).require_existing())
+    r = _fs(store).check()
     for w in r.warnings:
         typer.echo(f"warning: {w}")
     for e in r.errors:
@@ -495,12 +624,9 @@ def check(store: Optional[Path] = StoreOpt) -> None:
 
 @app.command()
 @handle_errors
-def repair(store: Optional[Path] = StoreOpt) -> None:
+def repair(store: Path | None = StoreOpt) -> None:
     """Remove torn or orphaned files, roll back a corrupt manifest, drop stale indexes."""
-    from featurestore.check import repair as run_repair
-    from featurestore.store import Store
-
-    r = run_repair(Store(store))
+    r = _fs(store).repair()
     for a in r.actions or ["nothing to repair"]:
         typer.echo(a)
     for e in r.errors:
@@ -515,54 +641,81 @@ def repair(store: Optional[Path] = StoreOpt) -> None:
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 (every interface) only when given here."),
     port: int = typer.Option(8080, help="TCP port."),
-    token: Optional[str] = typer.Option(None, envvar="FS_TOKEN", help="Require 'Authorization: Bearer TOKEN' "
-                                        "on every API request (or FS_TOKEN)."),
-    threads: Optional[int] = typer.Option(None, min=1, help="Requests answered at once (default: the cores this "
-                                          "process may use; more threads only contend for Python's lock)."),
-    search_threads: Optional[int] = typer.Option(None, min=1, help="Threads one search may use inside FAISS, "
-                                                 "BLAS and torch (default: 1 for an approximate index, whose requests "
-                                                 "already run in parallel; the cores for an exact one, whose scan "
-                                                 "wants them)."),
-    workers: int = typer.Option(1, min=1, help="Server processes sharing the port, each with its own caches and "
-                                "Python lock: 2 on 2 cores answered ~1.6x the requests of 1 at a million vectors, "
-                                "for ~0.8 GB more memory."),
+    token: str | None = typer.Option(
+        None, envvar="FS_TOKEN", help="Require 'Authorization: Bearer TOKEN' on every API request (or FS_TOKEN)."
+    ),
+    threads: int | None = typer.Option(
+        None,
+        min=1,
+        help="Requests answered at once (default: the cores this "
+        "process may use; more threads only contend for Python's lock).",
+    ),
+    search_threads: int | None = typer.Option(
+        None,
+        min=1,
+        help="Threads one search may use inside FAISS, "
+        "BLAS and torch (default: 1 for an approximate index, whose requests "
+        "already run in parallel; the cores for an exact one, whose scan "
+        "wants them).",
+    ),
+    workers: int = typer.Option(
+        1,
+        min=1,
+        help="Server processes sharing the port, each with its own caches and "
+        "Python lock: 2 on 2 cores answered ~1.6x the requests of 1 at a million vectors, "
+        "for ~0.8 GB more memory.",
+    ),
     model: str = ModelOpt,
-    clean: Optional[str] = CleanOpt,
-    dtype: Optional[str] = DtypeOpt,
-    store: Optional[Path] = StoreOpt,
+    clean: str | None = CleanOpt,
+    dtype: str | None = DtypeOpt,
+    store: Path | None = StoreOpt,
 ) -> None:
-    """Serve the store read-only over HTTP: /similar, /vectors, /datasets, /health, a search page at /, docs at /docs."""
+    """Serve the store read-only over HTTP: /similar, /vectors, /datasets, /health, a search page, /docs."""
     try:
         from featurestore import serve as serving
     except ImportError as exc:
-        raise FeatureStoreError(f"fs serve needs FastAPI and uvicorn ({exc}); fix: pip install 'featurestore[serve]'") from None
+        raise FeatureStoreError(
+            f"fs serve needs FastAPI and uvicorn ({exc}); fix: pip install 'featurestore[serve]'"
+        ) from None
     if not serving.is_loopback(host) and not token:
-        typer.echo(f"warning: serving on {host} without --token: anyone who can reach this port can read the store",
-                   err=True)
-    settings = serving.Settings(store=str(store) if store else None, model=model, clean=clean, dtype=dtype, token=token,
-                                threads=threads, search_threads=search_threads)
-    serving.run(settings, host=host, port=port, workers=workers,
-                ready=lambda url: typer.echo(f"serving {settings.store or 'store'} read-only at {url} "
-                                             f"(docs: {url}docs); Ctrl-C stops", err=True))
+        typer.echo(
+            f"warning: serving on {host} without --token: anyone who can reach this port can read the store", err=True
+        )
+    settings = serving.Settings(
+        store=str(store) if store else None,
+        model=model,
+        clean=clean,
+        dtype=dtype,
+        token=token,
+        threads=threads,
+        search_threads=search_threads,
+    )
+    serving.run(
+        settings,
+        host=host,
+        port=port,
+        workers=workers,
+        ready=lambda url: typer.echo(
+            f"serving {settings.store or 'store'} read-only at {url} (docs: {url}docs); Ctrl-C stops", err=True
+        ),
+    )
 
 
 @app.command()
 @handle_errors
 def gc(
     keep: int = typer.Option(1, "--keep", help="Manifest generations to keep (readers can open these)."),
-    store: Optional[Path] = StoreOpt,
+    store: Path | None = StoreOpt,
 ) -> None:
     """Free disk: delete segments that compaction superseded and older manifest generations.
 
     Ingests keep the last 3 generations (and the segments they name) so that a query running during
     an ingest can finish; run this when no query is reading an older generation."""
-    from featurestore.store import Store
-
-    st = Store(store).require_existing()
-    with st.writer() as w:
-        removed, freed = w.collect_garbage(keep)
-    typer.echo(f"removed {removed:,} file(s), freed {freed / 1e6:,.1f} MB; kept generation(s) "
-               f"{', '.join(map(str, st.manifest_generations()))}")
+    r = _fs(store).gc(keep)
+    typer.echo(
+        f"removed {r.removed:,} file(s), freed {r.freed / 1e6:,.1f} MB; kept generation(s) "
+        f"{', '.join(map(str, r.generations))}"
+    )
 
 
 def main() -> None:

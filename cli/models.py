@@ -1,9 +1,10 @@
 """``fs models``: list, download, verify and export ELMo models (``featurestore.embedders.releases``)."""
+
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -25,8 +26,15 @@ def list_models() -> None:
     rows = [("NAME", "DIMS", "PARAMS", "DOWNLOADED", "PATH")]
     for name, release in releases.RELEASES.items():
         present = releases.is_downloaded(name)
-        rows.append((name, str(release.dim), f"{release.params_m:g}M", "yes" if present else "no",
-                     str(releases.models_dir() / name) if present else "-"))
+        rows.append(
+            (
+                name,
+                str(release.dim),
+                f"{release.params_m:g}M",
+                "yes" if present else "no",
+                str(releases.models_dir() / name) if present else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -61,7 +69,7 @@ def pull(
 @app.command()
 @handle_errors
 def verify(
-    name: Optional[str] = typer.Argument(None, help="Release to check; all downloaded releases if omitted."),
+    name: str | None = typer.Argument(None, help="Release to check; all downloaded releases if omitted."),
 ) -> None:
     """Recompute the sha256 of downloaded files and compare with the published or recorded ones."""
     names = [name] if name else releases.downloaded()
@@ -82,8 +90,10 @@ def verify(
         if not report.ok:
             failed.append(n)
     if failed:
-        raise fail(f"checksum mismatch in {', '.join(failed)}; download again: "
-                   + "; ".join(f"fs models pull {n} --force" for n in failed))
+        raise fail(
+            f"checksum mismatch in {', '.join(failed)}; download again: "
+            + "; ".join(f"fs models pull {n} --force" for n in failed)
+        )
 
 
 @app.command()
@@ -91,8 +101,9 @@ def verify(
 def export(
     out_dir: Path = typer.Argument(..., help="Folder to write the TF SavedModel into."),
     model: str = typer.Option(..., "--model", "-m", help="Model to export: a release name or elmo:PATH."),
-    output: str = typer.Option(DEFAULT_ELMO_OUTPUT, "--output",
-                               help=f"ELMo layer mix baked in: {', '.join(ELMO_OUTPUTS)}."),
+    output: str = typer.Option(
+        DEFAULT_ELMO_OUTPUT, "--output", help=f"ELMo layer mix baked in: {', '.join(ELMO_OUTPUTS)}."
+    ),
 ) -> None:
     """Export a native ELMo model as a SavedModel with google/elmo/3-style signatures."""
     from featurestore.embedders import load_embedder

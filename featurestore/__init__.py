@@ -1,12 +1,15 @@
 """featurestore: embed each short text once, keep the vectors in HDF5, train and search from there."""
+
 from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
 from featurestore.errors import FeatureStoreError  # noqa: E402
 
 
-def __getattr__(name: str):  # lazy: importing featurestore must not import FAISS or h5py
+def __getattr__(name: str) -> Any:  # lazy: importing featurestore must not import FAISS or h5py
     if name in ("FeatureStore", "open_store"):
         from featurestore import api
 

@@ -10,30 +10,54 @@ Each method opens one snapshot, picks the vector space by an explicit (model, re
 dtype) lookup (``featurestore.spaces``) and makes one call into the module that owns the
 work. Ids and labels are text, exactly as the input file gave them; label "" = none.
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
-from featurestore import search, spaces, train as training
+from featurestore import search, spaces
+from featurestore import train as training
 from featurestore.clean import get_recipe
 from featurestore.embedders import DEFAULT_MODEL, canonical_model, default_recipe, load_embedder
 from featurestore.embedders.base import Embedder
-from featurestore.errors import UsageError
+from featurestore.errors import DatasetError, FeatureStoreError, UsageError
 from featurestore.ingest import IngestSummary, ingest
 from featurestore.manifest import Snapshot, Space
 from featurestore.progress import ProgressFn
-from featurestore.search import Hit
+from featurestore.search import Hit, SimilarResult
 from featurestore.sources import NO_LABEL, read_table
 from featurestore.store import Store, check_dataset_name
 from featurestore.train import TrainResult
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from featurestore.check import Report
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """What ``FeatureStore.gc`` deleted."""
+
+    removed: int  # files: superseded segments and older manifest generations
+    freed: int  # bytes
+    generations: list[int]  # the manifest generations kept
+
+
+@dataclass(frozen=True)
+class MapResult:
+    """The map ``FeatureStore.map`` drew."""
+
+    path: Path
+    points: int  # rows drawn: all of the dataset's, or a sample of ``max_points``
+    method: str  # the projection to 2-D: "UMAP" or "PCA"
 
 
 class FeatureStore:
@@ -51,7 +75,10 @@ class FeatureStore:
         return self.store.require_existing().snapshot()
 
     def space(
-        self, model: str = DEFAULT_MODEL, clean: str | None = None, dtype: str | None = None,
+        self,
+        model: str = DEFAULT_MODEL,
+        clean: str | None = None,
+        dtype: str | None = None,
         dataset: str | None = None,
     ) -> Space:
         """The stored space of ``model`` + recipe (+ ``dtype``), found without loading the model."""
@@ -101,29 +128,59 @@ class FeatureStore:
         if engine not in ("local", "ray"):
             raise UsageError(f"unknown {{param}} {engine!r}; use local or ray", "engine")
         if engine == "ray":
-            unsupported = [p for p, given in (("fmt", fmt), ("encoding", encoding), ("header", not header),
-                                              ("duplicates", duplicates != "error")) if given]
-            if unsupported:
-                raise UsageError(f"{', '.join(f'[[{p}]]' for p in unsupported)} apply to the local engine only; "
-                                 "Ray Data reads UTF-8 files with a header, by extension; fix: drop them, or use "
-                                 "[[engine]] local", unsupported[0])
-            from featurestore.distributed import ingest_ray
+            from featurestore.distributed import check_options, ingest_ray  # Ray itself is imported on use
 
+            check_options(fmt=fmt, encoding=encoding, header=header, duplicates=duplicates)
             return ingest_ray(
-                self.store, [file] if isinstance(file, (str, os.PathLike)) else list(file), dataset, model, recipe,
-                embedder=embedder, text_col=text_col, id_col=id_col, label_col=label_col, sep=sep, dtype=dtype,
-                commit_rows=commit_rows, max_chars=max_chars, workers=workers, gpus_per_worker=gpus_per_worker,
-                address=address, wait=wait, progress=progress,
+                self.store,
+                [file] if isinstance(file, (str, os.PathLike)) else list(file),
+                dataset,
+                model,
+                recipe,
+                embedder=embedder,
+                text_col=text_col,
+                id_col=id_col,
+                label_col=label_col,
+                sep=sep,
+                dtype=dtype,
+                commit_rows=commit_rows,
+                max_chars=max_chars,
+                workers=workers,
+                gpus_per_worker=gpus_per_worker,
+                address=address,
+                wait=wait,
+                progress=progress,
             )
         if not isinstance(file, (str, os.PathLike)):
-            raise UsageError("the local engine reads one file per call; fix: call ingest once per file, "
-                             "or use {param} ray for many files", "engine")
-        table = read_table(file, text_col=text_col, id_col=id_col, label_col=label_col, fmt=fmt, encoding=encoding,
-                           sep=sep, header=header, duplicates=duplicates)
+            raise UsageError(
+                "the local engine reads one file per call; fix: call ingest once per file, "
+                "or use {param} ray for many files",
+                "engine",
+            )
+        table = read_table(
+            file,
+            text_col=text_col,
+            id_col=id_col,
+            label_col=label_col,
+            fmt=fmt,
+            encoding=encoding,
+            sep=sep,
+            header=header,
+            duplicates=duplicates,
+        )
         embedder = embedder or load_embedder(model)
         summary = ingest(
-            self.store, table, dataset, embedder, model, recipe,
-            dtype=dtype, commit_rows=commit_rows, max_chars=max_chars, wait=wait, progress=progress,
+            self.store,
+            table,
+            dataset,
+            embedder,
+            model,
+            recipe,
+            dtype=dtype,
+            commit_rows=commit_rows,
+            max_chars=max_chars,
+            wait=wait,
+            progress=progress,
         )
         summary.seconds = time.perf_counter() - t0  # reading the file and opening the model included
         return summary
@@ -134,7 +191,10 @@ class FeatureStore:
         """ids, current labels ("" = none) and raw texts of a dataset, in insertion order."""
         return self.store.dataset_rows(self.store.dataset(dataset, self._snapshot()))
 
-    def _labelled(self, dataset: str, model: str, clean: str | None, dtype: str | None, labelled: bool):
+    def _labelled(
+        self, dataset: str, model: str, clean: str | None, dtype: str | None, labelled: bool
+    ) -> tuple[Space, str | None, np.ndarray, np.ndarray, np.ndarray]:
+        """The space, how it was chosen, and the (labelled) rows' ids, labels and storage rows in it."""
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap)
         space, note = spaces.choose_space(self.store, snap, model, clean, dtype, ds)
@@ -146,7 +206,11 @@ class FeatureStore:
         return space, note, ids, labels, spaces.require_rows(self.store, ds, space, ids)
 
     def xy(
-        self, dataset: str, model: str = DEFAULT_MODEL, clean: str | None = None, labelled: bool = True,
+        self,
+        dataset: str,
+        model: str = DEFAULT_MODEL,
+        clean: str | None = None,
+        labelled: bool = True,
         dtype: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``X`` (float32 vectors), ``y`` (labels, str) and ids (str) of a dataset, in insertion order."""
@@ -180,14 +244,29 @@ class FeatureStore:
         none, quick or full, bounded by ``time_limit`` seconds), then scored once on the validation split."""
         if features is None and search is None:
             space, note, ids, y, rows = self._labelled(dataset, canonical_model(model), clean, dtype, True)
-            result = training.train(self.store, space, dataset, ids, y, rows, classifier=classifier,
-                                    test_size=test_size, seed=seed, name=name, positive=positive, plots=plots)
+            result = training.train(
+                self.store,
+                space,
+                dataset,
+                ids,
+                y,
+                rows,
+                classifier=classifier,
+                test_size=test_size,
+                seed=seed,
+                name=name,
+                positive=positive,
+                plots=plots,
+            )
             if note:
                 result.warnings.insert(0, note)
             return result
         if classifier != "logreg":
-            raise UsageError("{param} " + repr(classifier) + " cannot be used with --features or --search (the "
-                             "pipeline fits TF-IDF in memory); fix: use logreg", "classifier")
+            raise UsageError(
+                "{param} " + repr(classifier) + " cannot be used with --features or --search (the "
+                "pipeline fits TF-IDF in memory); fix: use logreg",
+                "classifier",
+            )
         from featurestore import features as feats  # imports pandas: only the feature pipeline needs it
 
         snap = self._snapshot()
@@ -200,17 +279,31 @@ class FeatureStore:
         ids = self.store.dataset_ids(ds)
         labels = self.store.dataset_labels(ds, ids)
         keep = labels != NO_LABEL
-        merged = feats.Inputs(tuple(p for ps in inputs_of for p in ps),
-                              tuple(s for i in inputs_of.values() for s in i.spaces))
+        merged = feats.Inputs(
+            tuple(p for ps in inputs_of for p in ps), tuple(s for i in inputs_of.values() for s in i.spaces)
+        )
         # One frame with the columns of every alternative (shared columns once).
         uniq = {(p, s.id if s else None): (p, s) for p, s in zip(merged.parts, merged.spaces)}
         merged = feats.Inputs(tuple(p for p, _ in uniq.values()), tuple(s for _, s in uniq.values()))
         texts = self.store.dataset_texts(ds)[keep] if merged.recipes else None
         X = feats.frame(self.store, ds, merged, ids[keep], texts)
         result = training.train_features(
-            self.store, dataset, inputs_of, X, ids[keep], labels[keep], search=search or "none", folds=folds,
-            time_limit=time_limit, test_size=test_size, seed=seed, name=name, positive=positive, plots=plots,
-            progress=progress)
+            self.store,
+            dataset,
+            inputs_of,
+            X,
+            ids[keep],
+            labels[keep],
+            search=search or "none",
+            folds=folds,
+            time_limit=time_limit,
+            test_size=test_size,
+            seed=seed,
+            name=name,
+            positive=positive,
+            plots=plots,
+            progress=progress,
+        )
         result.warnings[:0] = list(dict.fromkeys(notes))
         return result
 
@@ -225,7 +318,9 @@ class FeatureStore:
         assert proba is not None
         return ids, labels, proba, classes
 
-    def _predict(self, dataset: str, name: str, proba: bool):
+    def _predict(
+        self, dataset: str, name: str, proba: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
         clf, manifest = training.load_classifier(self.store, name)
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap)
@@ -248,8 +343,12 @@ class FeatureStore:
         return training.evaluate(y[keep], pred, manifest, dataset, positive)
 
     def frame(
-        self, dataset: str, model: str = DEFAULT_MODEL, clean: str | None = None, dtype: str | None = None,
-    ) -> "pd.DataFrame":
+        self,
+        dataset: str,
+        model: str = DEFAULT_MODEL,
+        clean: str | None = None,
+        dtype: str | None = None,
+    ) -> pd.DataFrame:
         """Every row of ``dataset`` as a pandas DataFrame: ``id``, ``label`` ("" = none), ``text`` (raw) and
         ``vector`` (a float32 array of the ``model`` space), in insertion order."""
         import pandas as pd
@@ -265,8 +364,13 @@ class FeatureStore:
         return out
 
     def export(
-        self, dataset: str, out: str | os.PathLike, fmt: str = "parquet", model: str = DEFAULT_MODEL,
-        clean: str | None = None, dtype: str | None = None,
+        self,
+        dataset: str,
+        out: str | os.PathLike,
+        fmt: str = "parquet",
+        model: str = DEFAULT_MODEL,
+        clean: str | None = None,
+        dtype: str | None = None,
     ) -> list[Path]:
         """Write a dataset for use outside featurestore: ``parquet`` (one file: id, label, text, vector as a
         list of floats) or ``npy`` (a folder: vectors.npy, ids.npy, labels.npy, texts.npy; no pickles)."""
@@ -283,12 +387,16 @@ class FeatureStore:
             import pyarrow.parquet as pq
 
             vectors = np.stack(df["vector"].to_list()) if len(df) else np.zeros((0, df.attrs["dim"]), np.float32)
-            table = pa.table({
-                "id": pa.array(df["id"].tolist(), pa.string()), "label": pa.array(df["label"].tolist(), pa.string()),
-                "text": pa.array(df["text"].tolist(), pa.string()),
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
-                                                            df.attrs["dim"]),
-            }).replace_schema_metadata({k: str(v) for k, v in df.attrs.items()})
+            table = pa.table(
+                {
+                    "id": pa.array(df["id"].tolist(), pa.string()),
+                    "label": pa.array(df["label"].tolist(), pa.string()),
+                    "text": pa.array(df["text"].tolist(), pa.string()),
+                    "vector": pa.FixedSizeListArray.from_arrays(
+                        pa.array(vectors.reshape(-1), pa.float32()), df.attrs["dim"]
+                    ),
+                }
+            ).replace_schema_metadata({k: str(v) for k, v in df.attrs.items()})
             buf = io.BytesIO()
             pq.write_table(table, buf)
             out.resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +408,8 @@ class FeatureStore:
         written = []
         arrays = {
             "vectors": np.stack(df["vector"].to_list()) if len(df) else np.zeros((0, df.attrs["dim"]), np.float32),
-            "ids": np.array(df["id"].tolist(), dtype=str), "labels": np.array(df["label"].tolist(), dtype=str),
+            "ids": np.array(df["id"].tolist(), dtype=str),
+            "labels": np.array(df["label"].tolist(), dtype=str),
             "texts": np.array(df["text"].tolist(), dtype=str),
         }
         for key, arr in arrays.items():
@@ -311,6 +420,44 @@ class FeatureStore:
             atomic_write_bytes(out / f"{key}.npy", buf.getvalue())
             written.append(out / f"{key}.npy")
         return written
+
+    @overload
+    def similar(
+        self,
+        text: str | None = None,
+        *,
+        id: str | None = None,
+        k: int = 10,
+        dataset: str | None = None,
+        model: str = DEFAULT_MODEL,
+        clean: str | None = None,
+        dtype: str | None = None,
+        progress: ProgressFn | None = None,
+        exact: bool = False,
+        nprobe: int | None = None,
+        ef: int | None = None,
+        texts: None = None,
+        snapshot: Snapshot | None = None,
+    ) -> SimilarResult: ...
+
+    @overload
+    def similar(
+        self,
+        text: None = None,
+        *,
+        id: None = None,
+        k: int = 10,
+        dataset: str | None = None,
+        model: str = DEFAULT_MODEL,
+        clean: str | None = None,
+        dtype: str | None = None,
+        progress: ProgressFn | None = None,
+        exact: bool = False,
+        nprobe: int | None = None,
+        ef: int | None = None,
+        texts: Sequence[str],
+        snapshot: Snapshot | None = None,
+    ) -> list[SimilarResult]: ...
 
     def similar(
         self,
@@ -328,25 +475,27 @@ class FeatureStore:
         ef: int | None = None,
         texts: Sequence[str] | None = None,
         snapshot: Snapshot | None = None,
-    ) -> tuple[Any, dict[str, Any]]:
+    ) -> SimilarResult | list[SimilarResult]:
         """Nearest stored tweets by cosine similarity, through the space's index (``fs index build``).
 
-        ``exact`` forces brute force; ``nprobe`` (IVF) and ``ef`` (HNSW) trade speed for recall.
-        With ``texts`` (many queries, one search) the hits are a list per query, in order. ``snapshot``:
-        answer from this committed state (a server's, read once per request) instead of the latest."""
+        Returns a ``SimilarResult``: the hits (``rank``, ``score``, ``ids``, ``text``, ``label``) and how they
+        were found (``query``, ``space``, ``index``, ``index_kind``, timings, ``note``). With ``texts`` (many
+        queries, one search): a list of them, one a query, in order. ``exact`` forces brute force; ``nprobe``
+        (IVF) and ``ef`` (HNSW) trade speed for recall. ``snapshot``: answer from this committed state (a
+        server's, read once per request) instead of the latest."""
         snap = snapshot if snapshot is not None else self._snapshot()
         ds = self.store.dataset(dataset, snap) if dataset else None
         space, note = spaces.choose_space(self.store, snap, model, clean, dtype, ds)
-        opts = dict(k=k, dataset=dataset, progress=progress, exact=exact, nprobe=nprobe, ef=ef)
+        opts: dict[str, Any] = dict(k=k, dataset=dataset, progress=progress, exact=exact, nprobe=nprobe, ef=ef)
         if texts is not None:
             if text is not None or id is not None:
                 raise UsageError("give a query text, an {param} or a list of texts, only one of them", "id")
-            hits, info = search.similar_batch(self.store, self._search, snap, space, texts=list(texts), **opts)
+            results = search.similar_batch(self.store, self._search, snap, space, texts=list(texts), **opts)
         else:
-            hits, info = search.similar(self.store, self._search, snap, space, text=text, id=id, **opts)
+            results = [search.similar(self.store, self._search, snap, space, text=text, id=id, **opts)]
         if note:
-            info["note"] = note
-        return hits, info
+            results = [replace(r, note=note) for r in results]
+        return results if texts is not None else results[0]
 
     def hold(self) -> None:
         """Keep segment files open and ids, labels and texts of the rows queries touch in memory, and
@@ -356,8 +505,9 @@ class FeatureStore:
         self._search.packed = True
         self._search.batcher = self._search.batcher or search.SearchBatcher()
 
-    def warm(self, model: str = DEFAULT_MODEL, clean: str | None = None, dtype: str | None = None,
-             hold: bool = True) -> None:
+    def warm(
+        self, model: str = DEFAULT_MODEL, clean: str | None = None, dtype: str | None = None, hold: bool = True
+    ) -> None:
         """Open the space's index and build the lookups queries read, ahead of the first query; with
         ``hold``, segment files stay open and ids, labels and texts are kept in memory (about their
         UTF-8 size plus 24 bytes a row) so that naming a query's hits reads no file (``fs serve``)."""
@@ -367,8 +517,9 @@ class FeatureStore:
         space, _ = spaces.choose_space(self.store, snap, model, clean, dtype)
         self._search.warm(self.store, snap, space)
 
-    def vector(self, dataset: str, id: str, *, model: str = DEFAULT_MODEL, clean: str | None = None,
-               dtype: str | None = None) -> tuple[Space, np.ndarray]:
+    def vector(
+        self, dataset: str, id: str, *, model: str = DEFAULT_MODEL, clean: str | None = None, dtype: str | None = None
+    ) -> tuple[Space, np.ndarray]:
         """The stored vector of row ``id`` of ``dataset`` and the space it is in (read, never embedded)."""
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap)
@@ -395,12 +546,88 @@ class FeatureStore:
         t = time.perf_counter()
         opened = faiss_index.build_index(self.store, space, kind, nlist=nlist, m=m, progress=progress)
         path = faiss_index.index_paths(self.store, space)[0]
-        out = {"space": space.id, "kind": opened.kind, "factory": opened.factory, "vectors": opened.rows,
-               "seconds": time.perf_counter() - t, "path": path,
-               "bytes": os.path.getsize(path) if os.path.exists(path) else 0}
+        out = {
+            "space": space.id,
+            "kind": opened.kind,
+            "factory": opened.factory,
+            "vectors": opened.rows,
+            "seconds": time.perf_counter() - t,
+            "path": path,
+            "bytes": os.path.getsize(path) if os.path.exists(path) else 0,
+        }
         if note:
             out["note"] = note
         return out
+
+    def map(
+        self,
+        dataset: str,
+        out: str | os.PathLike,
+        model: str = DEFAULT_MODEL,
+        clean: str | None = None,
+        dtype: str | None = None,
+        *,
+        method: str = "auto",
+        max_points: int = 5000,
+        seed: int = 42,
+    ) -> MapResult:
+        """Draw ``dataset``'s vectors in 2-D, coloured by label, to ``out``: a .png picture, or a .html page (one
+        self-contained file; hover a point for its id, label and text). At most ``max_points`` rows, a random
+        sample by ``seed``; ``method`` auto (UMAP when umap-learn is installed, else PCA), umap or pca."""
+        try:
+            from featurestore import plots  # matplotlib: the plots extra
+        except ImportError:
+            raise FeatureStoreError("a map needs matplotlib; fix: pip install 'featurestore[plots]'") from None
+        path = Path(out)
+        suffix = path.suffix.lower()
+        if suffix not in (".png", ".html", ".htm"):
+            raise UsageError(f"{{param}} {path} must end in .png or .html", "out")
+        if max_points < 1:
+            raise UsageError(f"{{param}} {max_points} must be at least 1", "max_points")
+        df = self.frame(dataset, model, clean, dtype)
+        if len(df) == 0:
+            raise DatasetError(f"dataset {dataset!r} has no rows to draw")
+        if len(df) > max_points:
+            df = df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), max_points, replace=False))]
+        xy, how = plots.project(np.stack(df["vector"].to_list()), method, seed)
+        labels = df["label"].to_numpy(dtype=object)
+        title = f"{dataset}: {len(df):,} rows, {df.attrs['model']} ({df.attrs['recipe']}), {how}"
+        if suffix == ".png":
+            plots.map_png(path, xy, labels, title)
+        else:
+            hover = [f"{i} [{lab or 'no label'}] {t[:280]}" for i, lab, t in zip(df["id"], labels, df["text"])]
+            plots.map_html(path, xy, labels, hover, title)
+        return MapResult(path, len(df), how)
+
+    # ---- maintenance
+
+    def check(self) -> Report:
+        """Verify the store end to end: schema, counts, unique keys, finite vectors, dims, keys that resolve to
+        vectors, index files, orphans. ``errors`` lists problems (``ok`` is then False; ``repair`` mends what
+        can be mended), ``warnings`` what needs no repair, ``stats`` what was counted."""
+        from featurestore.check import check as verify  # FAISS and h5py: imported for maintenance only
+
+        return verify(self.store.require_existing())
+
+    def repair(self) -> Report:
+        """Roll a corrupt manifest back, re-adopt the complete segments written after it, drop references to
+        unreadable segments, remove orphans and stale indexes; a committed vector that can still be read is
+        never dropped. ``actions`` says what was done (nothing on a healthy store, which is left as it was),
+        ``errors`` what a check of the result still finds."""
+        from featurestore.check import repair as mend
+
+        return mend(self.store)
+
+    def gc(self, keep: int = 1) -> GcResult:
+        """Free disk: delete the manifest generations older than the newest ``keep`` and every segment none of the
+        kept ones names (what compaction superseded).
+
+        Ingests keep 3 generations so that a query reading an older one can finish; a reader still on a deleted
+        generation fails, so run this when none is."""
+        store = self.store.require_existing()
+        with store.writer() as w:
+            removed, freed = w.collect_garbage(keep)
+        return GcResult(removed, freed, store.manifest_generations())
 
     # ---- overview
 
@@ -417,22 +644,39 @@ class FeatureStore:
             for d in snap.datasets.values():
                 kid, _ = self.store.dataset_keys(d, s.recipe)
                 cover[d.name] = int((spaces.key_rows(self.store, d, s, kid) >= 0).sum())
-            out_spaces.append({
-                "id": s.id, "model": s.model, "recipe": s.recipe, "dim": s.dim, "dtype": s.dtype,
-                "vectors": s.rows, "segments": len(s.segments),
-                "bytes": sum(seg_bytes.get(g.file, 0) for g in s.segments), "coverage": cover,
-            })
+            out_spaces.append(
+                {
+                    "id": s.id,
+                    "model": s.model,
+                    "recipe": s.recipe,
+                    "dim": s.dim,
+                    "dtype": s.dtype,
+                    "vectors": s.rows,
+                    "segments": len(s.segments),
+                    "bytes": sum(seg_bytes.get(g.file, 0) for g in s.segments),
+                    "coverage": cover,
+                    "cache_entries": spaces.cache_entries(self.store, snap, s),
+                }
+            )
         datasets = []
         for d in snap.datasets.values():
             labels = self.store.dataset_labels(d)
-            datasets.append({
-                "name": d.name, "rows": d.count, "labelled": int((labels != NO_LABEL).sum()),
-                "classes": sorted(set(labels.tolist()) - {NO_LABEL})[:20], "segments": len(d.rows),
-                "recipes": {r: d.keyed(r) for r in d.keys},
-                "bytes": sum(seg_bytes.get(g.file, 0) for g in d.segments()),
-            })
+            datasets.append(
+                {
+                    "name": d.name,
+                    "rows": d.count,
+                    "labelled": int((labels != NO_LABEL).sum()),
+                    "classes": sorted(set(labels.tolist()) - {NO_LABEL})[:20],
+                    "segments": len(d.rows),
+                    "recipes": {r: d.keyed(r) for r in d.keys},
+                    "bytes": sum(seg_bytes.get(g.file, 0) for g in d.segments()),
+                }
+            )
         return {
-            "path": str(self.path), "generation": snap.generation, "datasets": datasets, "spaces": out_spaces,
+            "path": str(self.path),
+            "generation": snap.generation,
+            "datasets": datasets,
+            "spaces": out_spaces,
             "bytes": sum(seg_bytes.values()),
         }
 
@@ -441,4 +685,4 @@ def open_store(path: str | os.PathLike | None = None) -> FeatureStore:
     return FeatureStore(path)
 
 
-__all__: Sequence[str] = ["FeatureStore", "Hit", "open_store"]
+__all__: Sequence[str] = ["FeatureStore", "GcResult", "Hit", "MapResult", "SimilarResult", "open_store"]

@@ -5,13 +5,14 @@ downloaded weights, caches) goes through here, so a process killed at any instan
 old file or the new one, never a torn one, and a file is readable by whoever the user's umask
 allows (``mkstemp`` alone would create it 0600, so a team could not share a store read-only).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def _umask() -> int:

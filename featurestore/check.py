@@ -1,5 +1,6 @@
 """``fs check`` and ``fs repair``: verify a store end to end, and mend what can be mended
 without ever dropping a committed vector that is still readable."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,7 +59,9 @@ def check(store: Store) -> Report:
     r.stats = {"generation": snap.generation, "spaces": len(snap.spaces), "datasets": len(snap.datasets)}
     keys_by_recipe: dict[str, set[bytes]] = {}
     for sp in snap.spaces.values():
-        bad = [p for s in sp.segments if (p := _segment_problem(store, s, "vectors", {"keys": (), "vectors": (sp.dim,)}))]
+        bad = [
+            p for s in sp.segments if (p := _segment_problem(store, s, "vectors", {"keys": (), "vectors": (sp.dim,)}))
+        ]
         r.errors.extend(bad)
         if bad:
             continue
@@ -101,8 +104,10 @@ def check(store: Store) -> Report:
     if store.segment_dir.is_dir():
         extra = [n for n in os.listdir(store.segment_dir) if n not in live]
         if extra:
-            r.warnings.append(f"{len(extra)} segment file(s) that no kept manifest names (superseded by compaction "
-                              "or left by an interrupted writer; removed by the next ingest or by 'fs repair')")
+            r.warnings.append(
+                f"{len(extra)} segment file(s) that no kept manifest names (superseded by compaction "
+                "or left by an interrupted writer; removed by the next ingest or by 'fs repair')"
+            )
     return r
 
 
@@ -112,8 +117,9 @@ def _check_index(store: Store, sp: Space, keys: np.ndarray, r: Report) -> None:
     if index is None and status != "built":
         r.warnings.append(f"index of space {sp.id}: {status.split(': ', 1)[1]}; it is rebuilt before the next query")
     elif index is not None and index.ntotal < len(keys):
-        r.warnings.append(f"index of space {sp.id} covers {index.ntotal} of {len(keys)} vectors; "
-                          "updated before the next query")
+        r.warnings.append(
+            f"index of space {sp.id} covers {index.ntotal} of {len(keys)} vectors; updated before the next query"
+        )
 
 
 def repair(store: Store) -> Report:
@@ -154,6 +160,7 @@ def repair(store: Store) -> Report:
                     continue
                 seg = Segment(name, info.rows)
                 if info.kind == "vectors":
+                    assert info.space is not None  # read_segment_info gives every vectors segment its space
                     sp = spaces.get(info.space.id) or info.space
                     spaces[sp.id] = dataclasses.replace(sp, segments=sp.segments + (seg,))
                 else:
@@ -161,7 +168,9 @@ def repair(store: Store) -> Report:
                     if info.kind == "rows":
                         ds = dataclasses.replace(ds, rows=ds.rows + (seg,))
                     elif info.kind == "keys":
-                        ds = dataclasses.replace(ds, keys={**ds.keys, info.recipe: ds.keys.get(info.recipe, ()) + (seg,)})
+                        ds = dataclasses.replace(
+                            ds, keys={**ds.keys, info.recipe: ds.keys.get(info.recipe, ()) + (seg,)}
+                        )
                     else:
                         ds = dataclasses.replace(ds, labels=ds.labels + (seg,))
                     datasets[ds.name] = ds

@@ -4,16 +4,22 @@ A recipe turns raw tweets into the text that gets embedded. Its name and version
 are part of every key, so changing what a recipe does means bumping its version,
 which gives new keys and a new vector space rather than silently mixed vectors.
 """
+
 from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import metadata
-from typing import Callable, Iterable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from featurestore.errors import FeatureStoreError
+
+if TYPE_CHECKING:  # spaCy is imported on first use
+    from spacy.language import Language
 
 # The tutorial's punctuation set: note that the apostrophe and '?' are kept.
 TUTORIAL_PUNCTUATION = '!"#$%&()*+,-./:;<=>@[\\]^_`{|}~'
@@ -38,7 +44,7 @@ _SPACY_LOCK = threading.RLock()  # one load (seconds) for all threads, one pipe 
 SPACY_WITHOUT_TORCH = False
 
 
-def _import_spacy():  # noqa: ANN202 -- the spacy module
+def _import_spacy() -> ModuleType:
     """spaCy, imported in the ``fs`` process without torch: thinc imports torch (1.3 s of CPU here, most of
     a ``tweet-v1`` ingest's or query's start-up) only to offer torch layers, which the lookup lemmatizer
     never uses. Elsewhere (a library user's process) spaCy is imported as usual: the user's own pipelines
@@ -53,7 +59,7 @@ def _import_spacy():  # noqa: ANN202 -- the spacy module
 
 
 @lru_cache(maxsize=1)
-def _load_lemmatizer():
+def _load_lemmatizer() -> Language:
     """spaCy's English tokenizer plus the offline lookup lemmatizer (spacy-lookups-data)."""
     spacy = _import_spacy()
 
@@ -63,13 +69,12 @@ def _load_lemmatizer():
         nlp.initialize()
     except (OSError, ValueError) as exc:  # lookup tables missing
         raise FeatureStoreError(
-            f"spaCy's lookup lemmatizer could not load its tables ({exc}); "
-            "fix: pip install spacy-lookups-data"
+            f"spaCy's lookup lemmatizer could not load its tables ({exc}); fix: pip install spacy-lookups-data"
         ) from exc
     return nlp
 
 
-def _lemmatizer():
+def _lemmatizer() -> Language:
     with _SPACY_LOCK:
         return _load_lemmatizer()
 
@@ -83,7 +88,7 @@ def _lemmas(texts: Sequence[str]) -> list[str]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _package_version(name: str) -> str:
     """The installed version (once a process: ``metadata.version`` scans site-packages, and a server's every
     embedded query checks its space's fingerprint)."""

@@ -23,6 +23,7 @@ a killed run wrote but never published are swept by the next writer, as after a 
 Ray retries a task whose actor died (``max_restarts``/``max_task_retries``); a segment's name is
 derived from its content, so a retried batch rewrites the same file rather than adding one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,43 +34,61 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from featurestore.clean import Recipe, get_recipe
 from featurestore.embedders import load_embedder
 from featurestore.embedders.base import Embedder
-from featurestore.errors import DatasetError, FeatureStoreError, InputFileError, IngestInterrupted, UsageError
-from featurestore.ingest import CANARY_MAX_CHARS, DEFAULT_COMMIT_ROWS, DEFAULT_MAX_CHARS, N_CANARIES, IngestSummary, check_drift, make_space
+from featurestore.errors import DatasetError, FeatureStoreError, IngestInterrupted, InputFileError, UsageError
+from featurestore.ingest import DEFAULT_COMMIT_ROWS, IngestSummary
 from featurestore.keys import KEY_DTYPE, raw_digest, text_keys
 from featurestore.manifest import Space
 from featurestore.progress import ProgressFn
 from featurestore.sources import ID_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, pick_column
+from featurestore.spaces import SpaceWriter, cut_length, key_texts, make_space, pick_canaries, require_same_space
 from featurestore.store import Store, segment_attrs, write_segment
 
 log = logging.getLogger(__name__)
 
 # Where a row of the id shuffle came from.
 INPUT, STORED_ROW, STORED_KEY, STORED_LABEL = 0, 1, 2, 3
-SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-            ".parquet": "parquet", ".pq": "parquet"}
+SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
 PUBLISH_EVERY_S = 5.0  # the driver publishes adopted vector segments at least this often
 DATASET_SEGMENT_ROWS = 65536
 MAX_BLOCK_BYTES = 1 << 30
 
 
-def _schema():
+def _schema() -> Any:  # a pyarrow schema (pyarrow is imported on use)
     import pyarrow as pa
 
-    return pa.schema([
-        ("id", pa.string()), ("src", pa.int8()), ("order", pa.int64()), ("label", pa.string()),
-        ("text", pa.string()), ("digest", pa.binary()), ("key", pa.binary()), ("cleaned", pa.string()),
-        ("truncated", pa.bool_()), ("empty", pa.bool_()),
-    ])
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("src", pa.int8()),
+            ("order", pa.int64()),
+            ("label", pa.string()),
+            ("text", pa.string()),
+            ("digest", pa.binary()),
+            ("key", pa.binary()),
+            ("cleaned", pa.string()),
+            ("truncated", pa.bool_()),
+            ("empty", pa.bool_()),
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -82,10 +101,12 @@ def expand_inputs(paths: Sequence[str]) -> list[str]:
         if any(ch in p for ch in "*?["):
             found = sorted(glob.glob(p, recursive=True))
             if not found:
-                raise InputFileError(f"no file matches {p!r}; fix: check the pattern (quote it so the shell does not expand it)")
+                raise InputFileError(
+                    f"no file matches {p!r}; fix: check the pattern (quote it so the shell does not expand it)"
+                )
             files += [f for f in found if os.path.isfile(f)]
         elif os.path.isdir(p):
-            files += sorted(str(f) for f in Path(p).rglob("*") if f.is_file() and _format_of(str(f), quiet=True))
+            files += sorted(str(f) for f in Path(p).rglob("*") if f.is_file() and _format_by_suffix(str(f)))
         elif os.path.isfile(p):
             files.append(p)
         else:
@@ -96,14 +117,21 @@ def expand_inputs(paths: Sequence[str]) -> list[str]:
     return files
 
 
-def _format_of(path: str, quiet: bool = False) -> str | None:
+def _format_by_suffix(path: str) -> str | None:
+    """The input format a file's name says (compression suffixes aside), or None."""
     name = path.lower()
     for c in COMPRESSED:
         name = name.removesuffix(c)
-    fmt = SUFFIXES.get(os.path.splitext(name)[1])
-    if fmt is None and not quiet:
-        raise InputFileError(f"{path}: the Ray engine reads .csv, .tsv, .jsonl/.json (JSON Lines) and .parquet files, "
-                             "plain or compressed; fix: rename the file, or use [[engine]] local")
+    return SUFFIXES.get(os.path.splitext(name)[1])
+
+
+def _format_of(path: str) -> str:
+    fmt = _format_by_suffix(path)
+    if fmt is None:
+        raise InputFileError(
+            f"{path}: the Ray engine reads .csv, .tsv, .jsonl/.json (JSON Lines) and .parquet files, "
+            "plain or compressed; fix: rename the file, or use [[engine]] local"
+        )
     return fmt
 
 
@@ -128,12 +156,22 @@ def _columns(path: str, fmt: str, sep: str | None) -> list[str]:
             reader = pacsv.open_csv(f, parse_options=opts, read_options=pacsv.ReadOptions(block_size=1 << 16))
             return list(reader.schema.names)
     except (pa.ArrowException, OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-        raise InputFileError(f"{path} cannot be read as {fmt} ({' '.join(str(exc).split())[:200]}); "
-                             "fix: check the file, or ingest it with the local engine, which reads more formats") from None
+        raise InputFileError(
+            f"{path} cannot be read as {fmt} ({' '.join(str(exc).split())[:200]}); "
+            "fix: check the file, or ingest it with the local engine, which reads more formats"
+        ) from None
 
 
-def _read(files: list[str], fmt: str, sep: str | None, columns: list[str], text_col: str, id_col: str,
-          label_col: str | None, ray_data: Any) -> Any:
+def _read(
+    files: list[str],
+    fmt: str,
+    sep: str | None,
+    columns: list[str],
+    text_col: str,
+    id_col: str,
+    label_col: str | None,
+    ray_data: Any,
+) -> Any:
     """A Ray Dataset of the input with columns text, id, label (all text), read by Ray Data itself."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -147,8 +185,9 @@ def _read(files: list[str], fmt: str, sep: str | None, columns: list[str], text_
         ds = ray_data.read_csv(
             files,
             parse_options=pacsv.ParseOptions(delimiter=sep or ("\t" if fmt == "tsv" else ","), newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
-                                                 include_columns=wanted, strings_can_be_null=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in columns}, include_columns=wanted, strings_can_be_null=False
+            ),
         )
     roles = {"text": text_col, "id": id_col, "label": label_col}
     return ds.map_batches(_select, fn_kwargs={"roles": roles}, batch_format="pyarrow")
@@ -180,8 +219,10 @@ def _as_text(column: Any, role: str) -> list[str]:
         elif isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
             out.append(str(int(v)))  # a JSON integer column with nulls arrives as float
         elif isinstance(v, (bool, float)):
-            raise InputFileError(f"a {role} value {v!r} is not text or an exact whole number; fix: write the "
-                                 f"{role}s as text (quoted) so they are kept as given")
+            raise InputFileError(
+                f"a {role} value {v!r} is not text or an exact whole number; fix: write the "
+                f"{role}s as text (quoted) so they are kept as given"
+            )
         else:
             out.append(str(v))
     return out
@@ -201,23 +242,30 @@ def _select(batch: Any, roles: dict[str, str | None]) -> Any:
 def _key_rows(batch: Any, recipe: str, max_chars: int) -> Any:
     import pyarrow as pa
 
-    r = get_recipe(recipe)
     ids = batch.column("id").to_pylist()
     texts = batch.column("text").to_pylist()
     if any(i == "" for i in ids):
-        raise InputFileError("a row has an empty id; the Ray engine needs an id on every row; "
-                             "fix: fill the ids, or use [[engine]] local (which numbers rows)")
-    cleaned = r.clean(texts)
-    truncated = [len(c) > max_chars for c in cleaned]
-    cleaned = [c[:max_chars] for c in cleaned]
+        raise InputFileError(
+            "a row has an empty id; the Ray engine needs an id on every row; "
+            "fix: fill the ids, or use [[engine]] local (which numbers rows)"
+        )
+    keyed = key_texts(get_recipe(recipe), texts, max_chars)
     n = len(ids)
-    return pa.table({
-        "id": ids, "src": pa.array([INPUT] * n, pa.int8()), "order": pa.array([0] * n, pa.int64()),
-        "label": batch.column("label"), "text": texts,
-        "digest": pa.array([raw_digest(t) for t in texts], pa.binary()),
-        "key": pa.array(text_keys(r.name, cleaned), pa.binary()), "cleaned": cleaned,
-        "truncated": truncated, "empty": [not c.strip() for c in cleaned],
-    }, schema=_schema())
+    return pa.table(
+        {
+            "id": ids,
+            "src": pa.array([INPUT] * n, pa.int8()),
+            "order": pa.array([0] * n, pa.int64()),
+            "label": batch.column("label"),
+            "text": texts,
+            "digest": pa.array([raw_digest(t) for t in texts], pa.binary()),
+            "key": pa.array(keyed.keys, pa.binary()),
+            "cleaned": keyed.cleaned,
+            "truncated": keyed.truncated.tolist(),
+            "empty": keyed.empty.tolist(),
+        },
+        schema=_schema(),
+    )
 
 
 # ----------------------------------------------------------------------------- stored segments as datasets
@@ -227,8 +275,15 @@ def _segment_parts(store: Store, segs: Sequence[Any], kind: int, chunk: int = 26
     parts = []
     for i, seg in enumerate(segs):
         for start in range(0, seg.rows, chunk):
-            parts.append({"path": str(store.segment_path(seg.file)), "kind": kind, "seg": i,
-                          "start": start, "stop": min(start + chunk, seg.rows)})
+            parts.append(
+                {
+                    "path": str(store.segment_path(seg.file)),
+                    "kind": kind,
+                    "seg": i,
+                    "start": start,
+                    "stop": min(start + chunk, seg.rows),
+                }
+            )
     return parts
 
 
@@ -248,17 +303,30 @@ def _read_parts(batch: dict[str, np.ndarray]) -> Any:
             else:
                 ids = as_text_column(f["ids"][start:stop], "ids").tolist()
                 keys = [b""] * len(ids)
-            labels = (as_text_column(f["labels"][start:stop], "labels").tolist() if "labels" in f and kind != STORED_KEY
-                      else [""] * len(ids))
+            labels = (
+                as_text_column(f["labels"][start:stop], "labels").tolist()
+                if "labels" in f and kind != STORED_KEY
+                else [""] * len(ids)
+            )
             digests = f["digests"][start:stop].tolist() if kind == STORED_ROW else [b""] * len(ids)
         n = len(ids)
-        tables.append(pa.table({
-            "id": ids, "src": pa.array([kind] * n, pa.int8()),
-            "order": pa.array((int(seg) + 1) * (1 << 32) + np.arange(start, stop), pa.int64()),
-            "label": labels, "text": [""] * n, "digest": pa.array(digests, pa.binary()),
-            "key": pa.array(keys, pa.binary()), "cleaned": [""] * n,
-            "truncated": [False] * n, "empty": [False] * n,
-        }, schema=_schema()))
+        tables.append(
+            pa.table(
+                {
+                    "id": ids,
+                    "src": pa.array([kind] * n, pa.int8()),
+                    "order": pa.array((int(seg) + 1) * (1 << 32) + np.arange(start, stop), pa.int64()),
+                    "label": labels,
+                    "text": [""] * n,
+                    "digest": pa.array(digests, pa.binary()),
+                    "key": pa.array(keys, pa.binary()),
+                    "cleaned": [""] * n,
+                    "truncated": [False] * n,
+                    "empty": [False] * n,
+                },
+                schema=_schema(),
+            )
+        )
     return pa.concat_tables(tables)
 
 
@@ -266,7 +334,8 @@ def _stored(ray_data: Any, parts: list[dict[str, Any]]) -> Any | None:
     if not parts:
         return None
     return ray_data.from_items(parts, override_num_blocks=len(parts)).map_batches(
-        _read_parts, batch_size=1, batch_format="numpy")
+        _read_parts, batch_size=1, batch_format="numpy"
+    )
 
 
 # ----------------------------------------------------------------------------- stage 2: plan by id
@@ -316,7 +385,10 @@ def _plan_ids(df: Any) -> Any:
     if len(out):
         ids_seen = df["id"]
         out.iloc[0, out.columns.get_indexer(["repeated", "range_first", "range_last"])] = [
-            repeated, ids_seen.min(), ids_seen.max()]
+            repeated,
+            ids_seen.min(),
+            ids_seen.max(),
+        ]
     return pd.DataFrame(out).reset_index(drop=True)
 
 
@@ -328,11 +400,18 @@ def _tally(df: Any) -> Any:
     import pandas as pd
 
     bad = df[df["error"] != ""]
-    return pd.DataFrame([{
-        "rows": len(df), **{c: int(df[c].sum()) for c in COUNTED},
-        "error": bad["error"].iloc[0] if len(bad) else "", "error_id": bad["id"].iloc[0] if len(bad) else "",
-        "first": df["range_first"].iloc[0] if len(df) else "", "last": df["range_last"].iloc[0] if len(df) else "",
-    }])
+    return pd.DataFrame(
+        [
+            {
+                "rows": len(df),
+                **{c: int(df[c].sum()) for c in COUNTED},
+                "error": bad["error"].iloc[0] if len(bad) else "",
+                "error_id": bad["id"].iloc[0] if len(bad) else "",
+                "first": df["range_first"].iloc[0] if len(df) else "",
+                "last": df["range_last"].iloc[0] if len(df) else "",
+            }
+        ]
+    )
 
 
 def _check_ranges(tally: Any) -> None:
@@ -342,7 +421,8 @@ def _check_ranges(tally: Any) -> None:
     if shared:
         raise FeatureStoreError(
             f"Ray Data split the rows of id {sorted(shared)[0]!r} over two blocks, so the plan cannot be trusted; "
-            "nothing was written; fix: split the input into smaller files (each well under 1 GiB)")
+            "nothing was written; fix: split the input into smaller files (each well under 1 GiB)"
+        )
 
 
 # ----------------------------------------------------------------------------- stage 3: plan by key
@@ -369,11 +449,10 @@ class _EmbedSegments:
     def __init__(self, model: str, store_path: str, space_json: dict[str, Any], space_id: str, run: str) -> None:
         self.embedder = load_embedder(model)
         self.space = Space.from_json(space_id, space_json)
-        probe = make_space(self.embedder, self.space.model, get_recipe(self.space.recipe), self.space.dtype)
-        if probe.id != space_id:  # another model version on this node would write another space
-            raise FeatureStoreError(
-                f"model {model!r} on this Ray worker ({os.uname().nodename}) gives space {probe.id}, the driver's "
-                f"gives {space_id}; fix: install the same model and library versions on every node")
+        # another model version on this node would write another space
+        require_same_space(
+            self.embedder, self.space, get_recipe(self.space.recipe), where=f" on Ray worker {os.uname().nodename}"
+        )
         self.store = Store(store_path)
         self.run = run
 
@@ -384,11 +463,19 @@ class _EmbedSegments:
         vectors = self.embedder.embed(texts)
         seconds = time.perf_counter() - t
         name = _content_name(self.run, "v", keys[0].tobytes())
-        write_segment(self.store.segment_path(name), segment_attrs("vectors", space=self.space),
-                      {"keys": keys, "vectors": vectors.astype(self.space.dtype)})
-        canaries = [c for c in texts if c.strip() and len(c) <= CANARY_MAX_CHARS][:N_CANARIES]
-        return {"file": np.array([name]), "rows": np.array([len(keys)]), "seconds": np.array([seconds]),
-                "device": np.array([self.embedder.device]), "canaries": np.array(["\x1f".join(canaries)], dtype=object)}
+        write_segment(
+            self.store.segment_path(name),
+            segment_attrs("vectors", space=self.space),
+            {"keys": keys, "vectors": vectors.astype(self.space.dtype)},
+        )
+        canaries = pick_canaries(dict(zip(keys.tolist(), texts)))
+        return {
+            "file": np.array([name]),
+            "rows": np.array([len(keys)]),
+            "seconds": np.array([seconds]),
+            "device": np.array([self.embedder.device]),
+            "canaries": np.array(["\x1f".join(canaries)], dtype=object),
+        }
 
 
 # ----------------------------------------------------------------------------- stage 5: dataset segments
@@ -404,19 +491,32 @@ def _dataset_segments(df: Any, store_path: str, dataset: str, recipe: str, run: 
     new, keyed, moved = (df[df[c].to_numpy() > 0] for c in ("new", "needs_key", "label_update"))
     if len(new):
         name = _content_name(run, "r", first)
-        write_segment(store.segment_path(name), segment_attrs("rows", dataset=dataset), {
-            "ids": new["id"].to_numpy(object), "labels": new["label"].to_numpy(object),
-            "digests": np.asarray(new["digest"].tolist(), dtype=KEY_DTYPE), "texts": new["text"].tolist()})
+        write_segment(
+            store.segment_path(name),
+            segment_attrs("rows", dataset=dataset),
+            {
+                "ids": new["id"].to_numpy(object),
+                "labels": new["label"].to_numpy(object),
+                "digests": np.asarray(new["digest"].tolist(), dtype=KEY_DTYPE),
+                "texts": new["text"].tolist(),
+            },
+        )
         out.append(("rows", name))
     if len(keyed):
         name = _content_name(run, "k", first)
-        write_segment(store.segment_path(name), segment_attrs("keys", dataset=dataset, recipe=recipe), {
-            "ids": keyed["id"].to_numpy(object), "keys": np.asarray(keyed["key"].tolist(), dtype=KEY_DTYPE)})
+        write_segment(
+            store.segment_path(name),
+            segment_attrs("keys", dataset=dataset, recipe=recipe),
+            {"ids": keyed["id"].to_numpy(object), "keys": np.asarray(keyed["key"].tolist(), dtype=KEY_DTYPE)},
+        )
         out.append(("keys", name))
     if len(moved):
         name = _content_name(run, "l", first)
-        write_segment(store.segment_path(name), segment_attrs("labels", dataset=dataset), {
-            "ids": moved["id"].to_numpy(object), "labels": moved["label"].to_numpy(object)})
+        write_segment(
+            store.segment_path(name),
+            segment_attrs("labels", dataset=dataset),
+            {"ids": moved["id"].to_numpy(object), "labels": moved["label"].to_numpy(object)},
+        )
         out.append(("labels", name))
     return pd.DataFrame(out, columns=["kind", "file"])
 
@@ -432,12 +532,19 @@ def _connect(address: str | None) -> bool:
         return False
     pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})  # py: plugins load from the working directory
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        )  # py: plugins load from the working directory
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"cannot connect to the Ray cluster at {address!r} ({' '.join(str(exc).split())[:200]}); "
-                         "fix: check {param} (ray start --head prints it), or leave it out to run a local cluster",
-                         "address") from None
+        raise UsageError(
+            f"cannot connect to the Ray cluster at {address!r} ({' '.join(str(exc).split())[:200]}); "
+            "fix: check {param} (ray start --head prints it), or leave it out to run a local cluster",
+            "address",
+        ) from None
     return True
 
 
@@ -477,6 +584,31 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def check_options(
+    *, fmt: str | None = None, encoding: str | None = None, header: bool = True, duplicates: str = "error"
+) -> None:
+    """Refuse the local engine's reading options, before anything is read: Ray Data's readers take none of them
+    (they read UTF-8 files with a header, the format by extension, and a repeated id with other content is an
+    error), and ignoring one would ingest something other than what was asked."""
+    unsupported = [
+        p
+        for p, given in (
+            ("fmt", fmt),
+            ("encoding", encoding),
+            ("header", not header),
+            ("duplicates", duplicates != "error"),
+        )
+        if given
+    ]
+    if unsupported:
+        raise UsageError(
+            f"{', '.join(f'[[{p}]]' for p in unsupported)} apply to the local engine only; "
+            "Ray Data reads UTF-8 files with a header, by extension; fix: drop them, or use "
+            "[[engine]] local",
+            unsupported[0],
+        )
+
+
 def ingest_ray(
     store: Store,
     paths: Sequence[str],
@@ -511,12 +643,15 @@ def ingest_ray(
         import ray
         import ray.data as ray_data
     except ImportError:
-        raise UsageError("{param} ray needs Ray Data; fix: pip install 'featurestore[ray]' "
-                         "(or pip install 'ray[data]')", "engine") from None
+        raise UsageError(
+            "{param} ray needs Ray Data; fix: pip install 'featurestore[ray]' (or pip install 'ray[data]')", "engine"
+        ) from None
     files = expand_inputs(paths)
     formats = {_format_of(f) for f in files}
     if len(formats) > 1:
-        raise InputFileError(f"the inputs mix formats ({', '.join(sorted(formats))}); fix: ingest each format separately")
+        raise InputFileError(
+            f"the inputs mix formats ({', '.join(sorted(formats))}); fix: ingest each format separately"
+        )
     fmt = formats.pop()
     columns = _columns(files[0], fmt, sep)
     source = files[0] if len(files) == 1 else f"{len(files)} files"
@@ -525,28 +660,52 @@ def ingest_ray(
         raise InputFileError(f"{files[0]} has no known text column among {', '.join(columns)}; fix: [[text_col]] NAME")
     icol = pick_column(columns, id_col, ID_COLUMNS, {tcol}, "id", "[[id_col]]", files[0])
     if icol is None:
-        raise InputFileError(f"{files[0]} has no id column among {', '.join(columns)}; the Ray engine needs ids (rows of "
-                             "many files have no global number); fix: [[id_col]] NAME, or [[engine]] local")
+        raise InputFileError(
+            f"{files[0]} has no id column among {', '.join(columns)}; the Ray engine needs ids (rows of "
+            "many files have no global number); fix: [[id_col]] NAME, or [[engine]] local"
+        )
     lcol = pick_column(columns, label_col, LABEL_COLUMNS, {tcol, icol}, "label", "[[label_col]]", files[0])
     embedder = embedder or load_embedder(model)
-    max_chars = max_chars if max_chars is not None else getattr(embedder, "max_chars", DEFAULT_MAX_CHARS)
+    max_chars = cut_length(max_chars)
     space = make_space(embedder, model, recipe, dtype)
-    summary = IngestSummary(dataset, space.id, model, recipe.name, columns={"id": icol, "label": lcol, "text": tcol},
-                            source_format=f"{fmt} (Ray Data, {len(files)} file{'s' * (len(files) > 1)})")
+    summary = IngestSummary(
+        dataset,
+        space.id,
+        model,
+        recipe.name,
+        columns={"id": icol, "label": lcol, "text": tcol},
+        source_format=f"{fmt} (Ray Data, {len(files)} file{'s' * (len(files) > 1)})",
+    )
     started = _connect(address)
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if gpus_per_worker > gpus:
-            raise UsageError(f"{{param}} {gpus_per_worker:g}, but the Ray cluster has {gpus} GPU(s); fix: drop "
-                             "{param} to embed on CPUs, or join a cluster with GPUs ([[address]])", "gpus_per_worker")
+            raise UsageError(
+                f"{{param}} {gpus_per_worker:g}, but the Ray cluster has {gpus} GPU(s); fix: drop "
+                "{param} to embed on CPUs, or join a cluster with GPUs ([[address]])",
+                "gpus_per_worker",
+            )
         if workers is None:
             workers = max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else cpus
         with _data_context(ray_data), store.writer(wait=wait) as w:
             try:
-                _run(w, ray_data, _Inputs(files, fmt, sep, columns, tcol, icol, lcol), dataset, model, recipe, space,
-                     embedder, summary, commit_rows=commit_rows, max_chars=max_chars, workers=workers,
-                     gpus_per_worker=gpus_per_worker, progress=progress)
+                _run(
+                    w,
+                    ray_data,
+                    _Inputs(files, fmt, sep, columns, tcol, icol, lcol),
+                    dataset,
+                    model,
+                    recipe,
+                    space,
+                    embedder,
+                    summary,
+                    commit_rows=commit_rows,
+                    max_chars=max_chars,
+                    workers=workers,
+                    gpus_per_worker=gpus_per_worker,
+                    progress=progress,
+                )
             except KeyboardInterrupt:
                 summary.interrupted = True
                 summary.seconds = time.perf_counter() - t0
@@ -554,9 +713,11 @@ def ingest_ray(
             except ray.exceptions.RayError as exc:
                 unwrapped = _unwrap(exc)
                 if unwrapped is exc:
-                    raise FeatureStoreError(f"the Ray ingest failed ({' '.join(str(exc).split())[:300]}); what was "
-                                            "published stays; fix: see the Ray logs, then run the same command again "
-                                            "(only what was not published is embedded)") from None
+                    raise FeatureStoreError(
+                        f"the Ray ingest failed ({' '.join(str(exc).split())[:300]}); what was "
+                        "published stays; fix: see the Ray logs, then run the same command again "
+                        "(only what was not published is embedded)"
+                    ) from None
                 raise unwrapped from None
     finally:
         if started:
@@ -566,9 +727,23 @@ def ingest_ray(
     return summary
 
 
-def _run(w: Any, ray_data: Any, inputs: _Inputs, dataset: str, model: str, recipe: Recipe, space: Space,
-         embedder: Embedder, summary: IngestSummary, *, commit_rows: int, max_chars: int, workers: int,
-         gpus_per_worker: float, progress: ProgressFn | None) -> None:
+def _run(
+    w: Any,
+    ray_data: Any,
+    inputs: _Inputs,
+    dataset: str,
+    model: str,
+    recipe: Recipe,
+    space: Space,
+    embedder: Embedder,
+    summary: IngestSummary,
+    *,
+    commit_rows: int,
+    max_chars: int,
+    workers: int,
+    gpus_per_worker: float,
+    progress: ProgressFn | None,
+) -> None:
     """The five stages (module docstring), under the writer ``w``; counts and timings go to ``summary``."""
     store = w.store
     snap = w.snap
@@ -580,11 +755,15 @@ def _run(w: Any, ray_data: Any, inputs: _Inputs, dataset: str, model: str, recip
     # 1-2: read, clean, key; meet the dataset's stored rows by id.
     t = time.perf_counter()
     keyed = inputs.read(ray_data).map_batches(
-        _key_rows, fn_kwargs={"recipe": recipe.name, "max_chars": max_chars}, batch_format="pyarrow", batch_size=4096)
+        _key_rows, fn_kwargs={"recipe": recipe.name, "max_chars": max_chars}, batch_format="pyarrow", batch_size=4096
+    )
     parts = []
     if ds is not None:
-        parts = (_segment_parts(store, ds.rows, STORED_ROW) + _segment_parts(store, ds.labels, STORED_LABEL)
-                 + _segment_parts(store, ds.keys.get(recipe.name, ()), STORED_KEY))
+        parts = (
+            _segment_parts(store, ds.rows, STORED_ROW)
+            + _segment_parts(store, ds.labels, STORED_LABEL)
+            + _segment_parts(store, ds.keys.get(recipe.name, ()), STORED_KEY)
+        )
     stored_rows = _stored(ray_data, parts)
     by_id = keyed.union(stored_rows) if stored_rows is not None else keyed
     planned = by_id.sort("id").map_batches(_plan_ids, batch_size=None, batch_format="pandas").materialize()
@@ -596,10 +775,14 @@ def _run(w: Any, ray_data: Any, inputs: _Inputs, dataset: str, model: str, recip
     if len(errors):
         bad = errors.iloc[0]
         if bad["error"] == "input":
-            raise InputFileError(f"the input has rows sharing id {bad['error_id']!r} with different texts or labels; "
-                                 "an id names one tweet: fix the ids ([[duplicates]] first|last needs file order: local engine only)")
-        raise DatasetError(f"id {bad['error_id']!r} is already in dataset {dataset!r} with a different text; an id "
-                           "names one tweet: give new ids, or ingest into another dataset")
+            raise InputFileError(
+                f"the input has rows sharing id {bad['error_id']!r} with different texts or labels; "
+                "an id names one tweet: fix the ids ([[duplicates]] first|last needs file order: local engine only)"
+            )
+        raise DatasetError(
+            f"id {bad['error_id']!r} is already in dataset {dataset!r} with a different text; an id "
+            "names one tweet: give new ids, or ingest into another dataset"
+        )
     summary.rows_read = n_kept + totals.get("repeated", 0)
     summary.duplicates = totals.get("repeated", 0) + n_kept - totals.get("new", 0)
     summary.rows_keyed = n_kept
@@ -613,22 +796,26 @@ def _run(w: Any, ray_data: Any, inputs: _Inputs, dataset: str, model: str, recip
     by_key = planned.select_columns(["key", "cleaned"]).map_batches(_as_input_keys, batch_format="pyarrow")
     if space_keys is not None:
         by_key = by_key.union(space_keys.select_columns(["key", "cleaned", "src"]))
-    missing = by_key.sort("key").map_batches(
-        _missing_keys, batch_size=None, batch_format="pandas").materialize()
+    missing = by_key.sort("key").map_batches(_missing_keys, batch_size=None, batch_format="pandas").materialize()
     todo = missing.count()
     summary.cache_hits = n_kept - todo
     timings["plan keys"] = time.perf_counter() - t
 
     # 4: embed on the actors; adopt their segments as they finish.
     t = time.perf_counter()
-    target = stored_space or space
-    if todo and stored_space is not None:
-        check_drift(store, stored_space, embedder, recipe)
+    writer = SpaceWriter(w, space, embedder, recipe)
+    if todo:
+        writer.check()
     if stored_space is None:
         w.adopt(space=space)  # registered even when nothing needs embedding, like a local ingest
     if todo:
-        settings = {"model": model, "store_path": str(store.path), "space_json": space.to_json(),
-                    "space_id": space.id, "run": run}
+        settings: dict[str, Any] = {
+            "model": model,
+            "store_path": str(store.path),
+            "space_json": space.to_json(),
+            "space_id": space.id,
+            "run": run,
+        }
 
         class EmbedSegments(_EmbedSegments):  # settings travel with the class, not as object-store arguments
             def __init__(self) -> None:
@@ -639,36 +826,47 @@ def _run(w: Any, ray_data: Any, inputs: _Inputs, dataset: str, model: str, recip
         # Split before the actors start: they may take every CPU, and the split would wait for one.
         batches = missing.repartition(-(-todo // commit_rows)).materialize()
         embedded = batches.map_batches(
-            EmbedSegments, batch_size=commit_rows, batch_format="numpy",
-            compute=ray_data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus_per_worker or None,
+            EmbedSegments,
+            batch_size=commit_rows,
+            batch_format="numpy",
+            compute=ray_data.ActorPoolStrategy(size=workers),
+            num_cpus=1,
+            num_gpus=gpus_per_worker or None,
         )
         pending: list[str] = []
+        candidates: dict[bytes, str] = {}  # canary candidates of the pending segments (SpaceWriter.adopt)
         last = time.monotonic()
         for rec in embedded.iter_rows():
             pending.append(rec["file"])
             summary.embedded += int(rec["rows"])
             timings["embed"] = timings.get("embed", 0.0) + float(rec["seconds"])
             summary.device = str(rec["device"])
-            if not w.snap.spaces[space.id].canaries and rec["canaries"]:
-                target = replace(target, canaries=tuple(str(rec["canaries"]).split("\x1f")))
+            found = [c for c in str(rec["canaries"]).split("\x1f") if c]
+            candidates.update(zip(text_keys(recipe.name, found), found))
             if progress:
                 progress(int(rec["rows"]), todo)
             if time.monotonic() - last >= PUBLISH_EVERY_S:
-                w.adopt(space=target, vectors=pending)
+                writer.adopt(pending, candidates)
                 summary.batches_committed += 1
-                pending, last = [], time.monotonic()
+                pending, candidates, last = [], {}, time.monotonic()
         if pending:
-            w.adopt(space=target, vectors=pending)
+            writer.adopt(pending, candidates)
             summary.batches_committed += 1
     timings["embed stage"] = time.perf_counter() - t
 
     # 5: dataset rows, keys and labels: every key they name has its vector published now.
     t = time.perf_counter()
-    written = planned.map_batches(
-        _dataset_segments, batch_size=DATASET_SEGMENT_ROWS, batch_format="pandas",
-        fn_kwargs={"store_path": str(store.path), "dataset": dataset, "recipe": recipe.name, "run": run},
-    ).to_pandas() if n_kept else None
-    names = {k: [] for k in ("rows", "keys", "labels")}
+    written = (
+        planned.map_batches(
+            _dataset_segments,
+            batch_size=DATASET_SEGMENT_ROWS,
+            batch_format="pandas",
+            fn_kwargs={"store_path": str(store.path), "dataset": dataset, "recipe": recipe.name, "run": run},
+        ).to_pandas()
+        if n_kept
+        else None
+    )
+    names: dict[str, list[str]] = {k: [] for k in ("rows", "keys", "labels")}
     if written is not None and len(written):
         for kind, name in zip(written["kind"], written["file"]):
             names[kind].append(name)

@@ -5,13 +5,19 @@ Every message names the bad value and says how to fix it. Messages speak of para
 (``str(exc)``) and as its flag (``--name``) by the CLI (``exc.render(flag_of)``). The CLI
 prints ``Error: <message>`` and exits non-zero, without a traceback.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _PARAM = re.compile(r"\[\[(\w+)\]\]")
-_PYTHON_FORM = {"header": "header=False", "classifier_name": "name", "store": "the store path"}  # parameters whose Python spelling is not their name
+_PYTHON_FORM = {
+    "header": "header=False",
+    "classifier_name": "name",
+    "store": "the store path",
+}  # parameters whose Python spelling is not their name
 
 
 class FeatureStoreError(Exception):
@@ -33,7 +39,7 @@ class FeatureStoreError(Exception):
         return _restore, (type(self), self.template, self.__dict__)
 
 
-def _restore(cls: type, template: str, state: dict) -> "FeatureStoreError":
+def _restore(cls: type[FeatureStoreError], template: str, state: dict) -> FeatureStoreError:
     err = cls.__new__(cls)
     FeatureStoreError.__init__(err, template)
     err.__dict__.update(state)

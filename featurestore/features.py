@@ -17,12 +17,14 @@ Only scikit-learn classes are in the fitted pipeline, so skops loads it without 
 anything else. Model selection (``select``) is stratified K-fold cross-validation on the rows
 it is given: the caller gives it the training split only.
 """
+
 from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -72,14 +74,16 @@ def parse_spec(spec: str, clean: str | None = None) -> list[tuple[Part, ...]]:
         parts: list[Part] = []
         for token in (t.strip() for t in alt.split("+")):
             if not token:
-                raise UsageError(f"empty part in {{param}} {spec!r}; join parts with '+', e.g. minilm+tfidf-char",
-                                 "features")
+                raise UsageError(
+                    f"empty part in {{param}} {spec!r}; join parts with '+', e.g. minilm+tfidf-char", "features"
+                )
             name, recipe = _split_recipe(token)
             if name in TEXT_KINDS:
                 parts.append(Part(name, "", recipe or TEXT_RECIPE))
             elif name.startswith("tfidf"):
-                raise UsageError(f"unknown text feature {name!r} in {{param}}; use one of: {', '.join(TEXT_KINDS)}",
-                                 "features")
+                raise UsageError(
+                    f"unknown text feature {name!r} in {{param}}; use one of: {', '.join(TEXT_KINDS)}", "features"
+                )
             else:
                 model = canonical_model(name)
                 parts.append(Part("space", model, recipe or clean or default_recipe(model)))
@@ -118,15 +122,23 @@ class Inputs:
         return sum(s.dim for s in self.spaces if s is not None)
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"kind": p.kind, "model": p.model, "recipe": p.recipe,
-                 **({"space": s.id, "dim": s.dim, "dtype": s.dtype} if s is not None else {})}
-                for p, s in zip(self.parts, self.spaces)]
+        return [
+            {
+                "kind": p.kind,
+                "model": p.model,
+                "recipe": p.recipe,
+                **({"space": s.id, "dim": s.dim, "dtype": s.dtype} if s is not None else {}),
+            }
+            for p, s in zip(self.parts, self.spaces)
+        ]
 
 
-def resolve(store: Store, snap: Snapshot, ds: Dataset, parts: Sequence[Part], dtype: str | None = None
-            ) -> tuple[Inputs, list[str]]:
+def resolve(
+    store: Store, snap: Snapshot, ds: Dataset, parts: Sequence[Part], dtype: str | None = None
+) -> tuple[Inputs, list[str]]:
     """The stored space of every space part (``choose_space``), and the notes of choices made."""
-    spaces, notes = [], []
+    spaces: list[Space | None] = []
+    notes: list[str] = []
     for p in parts:
         if p.kind == "space":
             space, note = choose_space(store, snap, p.model, p.recipe, dtype, ds)
@@ -143,27 +155,29 @@ def inputs_from_manifest(snap: Snapshot, described: list[dict[str, Any]]) -> Inp
     """The inputs a saved pipeline was trained on; every space must still be in the store."""
     from featurestore.errors import ClassifierError
 
-    parts, spaces = [], []
+    parts: list[Part] = []
+    spaces: list[Space | None] = []
     for d in described:
         parts.append(Part(d["kind"], d.get("model", ""), d["recipe"]))
         if d["kind"] == "space":
             space = snap.spaces.get(d["space"])
             if space is None:
-                raise ClassifierError(f"the classifier reads space {d['space']} ({d['model']}, {d['recipe']}), which "
-                                      "is not in the store; retrain it with 'fs train'")
+                raise ClassifierError(
+                    f"the classifier reads space {d['space']} ({d['model']}, {d['recipe']}), which "
+                    "is not in the store; retrain it with 'fs train'"
+                )
             spaces.append(space)
         else:
             spaces.append(None)
     return Inputs(tuple(parts), tuple(spaces))
 
 
-def frame(store: Store, ds: Dataset, inputs: Inputs, ids: np.ndarray, texts: np.ndarray | None = None
-          ) -> pd.DataFrame:
+def frame(store: Store, ds: Dataset, inputs: Inputs, ids: np.ndarray, texts: np.ndarray | None = None) -> pd.DataFrame:
     """The pipeline input for the rows ``ids`` of ``ds``: every vector must be stored (else refused).
 
     ``texts`` are the raw texts of ``ids`` when the caller has them already."""
     blocks: dict[str, Any] = {}
-    for k, (p, space) in enumerate(zip(inputs.parts, inputs.spaces)):
+    for k, space in enumerate(inputs.spaces):
         if space is not None:
             rows = require_rows(store, ds, space, ids)
             X = store.read_vectors(space, rows).astype(np.float32, copy=False)
@@ -199,18 +213,31 @@ def make_features(inputs: Inputs, fp: FeatureParams) -> Any:
     from sklearn.compose import ColumnTransformer
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    steps, weights = [], {}
+    steps: list[tuple[str, Any, str | list[str]]] = []  # (name, transformer, its column or columns)
+    weights: dict[str, float] = {}
     for k, p in enumerate(inputs.parts):
         name = f"p{k}_{p.kind.replace('-', '_')}"
         if p.kind == "space":
             steps.append((name, "passthrough", inputs.columns(k)))
             weights[name] = fp.space_weight
         elif p.kind == "tfidf-word":
-            steps.append((name, TfidfVectorizer(ngram_range=fp.word_ngram, sublinear_tf=True, min_df=1,
-                                                dtype=np.float32), p.text_column))
+            steps.append(
+                (
+                    name,
+                    TfidfVectorizer(ngram_range=fp.word_ngram, sublinear_tf=True, min_df=1, dtype=np.float32),
+                    p.text_column,
+                )
+            )
         else:
-            steps.append((name, TfidfVectorizer(analyzer="char_wb", ngram_range=fp.char_ngram, sublinear_tf=True,
-                                                min_df=2, dtype=np.float32), p.text_column))
+            steps.append(
+                (
+                    name,
+                    TfidfVectorizer(
+                        analyzer="char_wb", ngram_range=fp.char_ngram, sublinear_tf=True, min_df=2, dtype=np.float32
+                    ),
+                    p.text_column,
+                )
+            )
     # Vectors and TF-IDF rows are both about unit length; the weight scales the vectors against the n-grams.
     return ColumnTransformer(steps, transformer_weights=weights or None, sparse_threshold=0.3)
 
@@ -269,10 +296,17 @@ class Scored:
         return float(np.std(self.scores, ddof=1)) if len(self.scores) > 1 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"features": spec_of(self.parts), "word_ngram": list(self.features.word_ngram),
-                "char_ngram": list(self.features.char_ngram), "space_weight": self.features.space_weight,
-                "C": self.classifier.C, "class_weight": self.classifier.class_weight,
-                "cv_mean": self.mean, "cv_sd": self.sd, "cv_scores": self.scores}
+        return {
+            "features": spec_of(self.parts),
+            "word_ngram": list(self.features.word_ngram),
+            "char_ngram": list(self.features.char_ngram),
+            "space_weight": self.features.space_weight,
+            "C": self.classifier.C,
+            "class_weight": self.classifier.class_weight,
+            "cv_mean": self.mean,
+            "cv_sd": self.sd,
+            "cv_scores": self.scores,
+        }
 
 
 @dataclass
@@ -297,14 +331,24 @@ def _relevant(fp: FeatureParams, parts: Sequence[Part]) -> FeatureParams:
     """Settings of absent parts collapse to the defaults, so they are not tried twice."""
     kinds = {p.kind for p in parts}
     d = FeatureParams()
-    return FeatureParams(fp.word_ngram if "tfidf-word" in kinds else d.word_ngram,
-                         fp.char_ngram if "tfidf-char" in kinds else d.char_ngram,
-                         fp.space_weight if "space" in kinds and len(parts) > 1 else d.space_weight)
+    return FeatureParams(
+        fp.word_ngram if "tfidf-word" in kinds else d.word_ngram,
+        fp.char_ngram if "tfidf-char" in kinds else d.char_ngram,
+        fp.space_weight if "space" in kinds and len(parts) > 1 else d.space_weight,
+    )
 
 
 def select(
-    inputs_of: dict[tuple[Part, ...], Inputs], X: pd.DataFrame, y: np.ndarray, classes: list[str],
-    positive: str | None, search: str, *, folds: int = 5, seed: int = 42, time_limit: float | None = None,
+    inputs_of: dict[tuple[Part, ...], Inputs],
+    X: pd.DataFrame,
+    y: np.ndarray,
+    classes: list[str],
+    positive: str | None,
+    search: str,
+    *,
+    folds: int = 5,
+    seed: int = 42,
+    time_limit: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Selection:
     """Score every candidate by stratified K-fold CV on (X, y) and return the best (highest mean).
@@ -319,8 +363,11 @@ def select(
     smallest = int(pd.Series(y).value_counts().min())
     k = max(2, min(folds, smallest))
     if smallest < 2:
-        raise UsageError(f"a class has {smallest} training row(s): cross-validation needs at least 2 a class; "
-                         "add labelled rows or use {param} none", "search")
+        raise UsageError(
+            f"a class has {smallest} training row(s): cross-validation needs at least 2 a class; "
+            "add labelled rows or use {param} none",
+            "search",
+        )
     splits = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     per_spec: list[list[tuple[tuple[Part, ...], FeatureParams, list[ClassifierParams]]]] = []
     for parts in inputs_of:
@@ -349,8 +396,7 @@ def select(
             best = max(cands, key=lambda c: c.mean)
             progress(f"{spec_of(parts)} {fp}: best {best.classifier} CV {best.mean:.4f} ± {best.sd:.4f}")
     done.sort(key=lambda c: -c.mean)
-    return Selection(done[0], done, k, "f1" if positive is not None else "macro-f1", time.perf_counter() - t0,
-                     skipped)
+    return Selection(done[0], done, k, "f1" if positive is not None else "macro-f1", time.perf_counter() - t0, skipped)
 
 
 def feature_names(pipeline: Any) -> list[str]:

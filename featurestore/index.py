@@ -19,6 +19,7 @@ first and last 64 KiB). A query trusts the file by that identity and opens it me
 the manifest is refreshed. A grown store is added to (flat, HNSW always; IVF while the store
 is at most twice what the centroids were trained on); anything else is rebuilt.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,9 +29,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import faiss
 import numpy as np
@@ -122,7 +124,7 @@ class OpenedIndex:
     factory: str = "Flat"
     mmap: bool = False  # served from a memory-mapped file (a cold process did not read it all)
     meta: dict[str, Any] = field(default_factory=dict)
-    vectors: "VectorFile | VectorArray | None" = None  # where exact scans read a flat index's vectors
+    vectors: VectorFile | VectorArray | None = None  # where exact scans read a flat index's vectors
 
     @property
     def kind(self) -> str:
@@ -145,7 +147,7 @@ class VectorFile:
     offset: int  # of the first vector: a flat index file ends with its vectors
 
     @classmethod
-    def of(cls, path: str, index: faiss.Index) -> "VectorFile | None":
+    def of(cls, path: str, index: faiss.Index) -> VectorFile | None:
         index = faiss.downcast_index(index)
         if not isinstance(index, faiss.IndexFlat) or index.ntotal == 0:
             return None
@@ -159,7 +161,8 @@ class VectorFile:
         try:
             same = offset >= 0 and all(
                 np.array_equal(np.frombuffer(os.pread(f.fileno(), d * 4, offset + row * d * 4), np.float32), xb[row])
-                for row in (0, n - 1))
+                for row in (0, n - 1)
+            )
         except (OSError, ValueError):
             same = False
         if not same:
@@ -169,7 +172,7 @@ class VectorFile:
 
     def blocks(self, n: int, d: int, block: int) -> Iterator[tuple[int, np.ndarray]]:
         buf = np.empty((min(block, n), d), np.float32)
-        raw = memoryview(buf.reshape(-1).view(np.uint8))
+        raw = buf.reshape(-1).view(np.uint8).data  # a writable memoryview of bytes, for preadv
         for start in range(0, n, block):
             m = min(block, n - start)
             if os.preadv(self.file.fileno(), [raw[: m * d * 4]], self.offset + start * d * 4) != m * d * 4:
@@ -187,7 +190,7 @@ class VectorArray:
     array: np.ndarray
     bf16: Any = None  # torch.Tensor [n, d] bfloat16, or None
 
-    def with_bf16(self) -> "VectorArray":
+    def with_bf16(self) -> VectorArray:
         """Add the bfloat16 copy when torch is installed, half the copy fits in the free memory, and this CPU
         multiplies bfloat16 fast: it has AVX-512 BF16 or AMX (Zen 4 here: a 16-query scan of a million 384-d rows
         in 84 ms against float32's 179), or else a timed trial of one block says so (at most ``BF16_MIN_GAIN`` of
@@ -216,15 +219,20 @@ class VectorArray:
                 t = time.perf_counter()
                 block @ q.T
                 fp32 = min(fp32, time.perf_counter() - t)
-            log.info("exact scans: %d rows in bfloat16 %.1f ms, float32 %.1f ms (%d threads)", len(block), bf16 * 1e3,
-                     fp32 * 1e3, torch.get_num_threads())
+            log.info(
+                "exact scans: %d rows in bfloat16 %.1f ms, float32 %.1f ms (%d threads)",
+                len(block),
+                bf16 * 1e3,
+                fp32 * 1e3,
+                torch.get_num_threads(),
+            )
             if bf16 > BF16_MIN_GAIN * fp32:
                 return self
         log.info("exact scans read a bfloat16 copy of the %d vectors first", n)
         return VectorArray(self.array, torch.from_numpy(self.array).to(torch.bfloat16))
 
     @classmethod
-    def of(cls, opened: "OpenedIndex") -> "VectorArray | None":
+    def of(cls, opened: OpenedIndex) -> VectorArray | None:
         index = faiss.downcast_index(opened.index)
         if not isinstance(index, faiss.IndexFlat) or index.ntotal == 0:
             return None
@@ -286,8 +294,12 @@ def _identity(path: str) -> dict[str, Any]:
         head = f.read(_EDGE)
         f.seek(max(0, st.st_size - _EDGE))
         tail = f.read(_EDGE)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
-            "edges_sha256": hashlib.sha256(head + tail).hexdigest()}
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "inode": st.st_ino,
+        "edges_sha256": hashlib.sha256(head + tail).hexdigest(),
+    }
 
 
 def _segments_json(space: Space) -> list[list[Any]]:
@@ -314,8 +326,16 @@ def _write_meta(meta_path: str, meta: dict[str, Any]) -> None:
     atomic_write_bytes(Path(meta_path), json.dumps(meta, indent=1).encode())
 
 
-def _save(store: Store, space: Space, index: faiss.Index, factory: str, *, auto: bool, trained_rows: int,
-          keys: np.ndarray | None = None) -> dict[str, Any]:
+def _save(
+    store: Store,
+    space: Space,
+    index: faiss.Index,
+    factory: str,
+    *,
+    auto: bool,
+    trained_rows: int,
+    keys: np.ndarray | None = None,
+) -> dict[str, Any]:
     faiss_path, meta_path = index_paths(store, space)
     os.makedirs(store.index_dir, exist_ok=True)
     with atomic_path(faiss_path, suffix=".faiss") as tmp:
@@ -353,8 +373,9 @@ class _Verdict:
     refreshed: dict[str, Any] | None = None  # a manifest to write back: the slow checks passed
 
 
-def _verify(store: Store, space: Space, keys: np.ndarray | None, full: bool,
-            hashed: dict[str, Any] | None = None) -> _Verdict:
+def _verify(
+    store: Store, space: Space, keys: np.ndarray | None, full: bool, hashed: dict[str, Any] | None = None
+) -> _Verdict:
     """Check the index files against the space; ``full`` hashes the whole file and the keys whatever
     the cheap evidence says (``fs check``); ``hashed`` is an identity whose file this process just hashed."""
     faiss_path, meta_path = index_paths(store, space)
@@ -371,8 +392,9 @@ def _verify(store: Store, space: Space, keys: np.ndarray | None, full: bool,
         return _Verdict(None, "rebuilt: index manifest names no factory string")
     refreshed = None
     if full or ident != meta.get("identity"):
-        if ident != hashed and (ident["size"] != meta.get("file_bytes")
-                                or _file_sha256(faiss_path) != meta.get("file_sha256")):
+        if ident != hashed and (
+            ident["size"] != meta.get("file_bytes") or _file_sha256(faiss_path) != meta.get("file_sha256")
+        ):
             return _Verdict(None, "rebuilt: index file is truncated or corrupt")
         refreshed = {**meta, "identity": ident}
     rows = meta.get("rows", -1)
@@ -512,8 +534,15 @@ def _stale_auto(meta: dict[str, Any], space: Space) -> bool:
     return bool(meta.get("auto", True)) and kind_of(meta["factory"]) != choose_kind(space.rows)
 
 
-def build_index(store: Store, space: Space, kind: str = "auto", *, nlist: int | None = None, m: int | None = None,
-                progress: ProgressFn | None = None) -> OpenedIndex:
+def build_index(
+    store: Store,
+    space: Space,
+    kind: str = "auto",
+    *,
+    nlist: int | None = None,
+    m: int | None = None,
+    progress: ProgressFn | None = None,
+) -> OpenedIndex:
     """Build (or rebuild) the index of ``space`` as ``kind``; later queries and ingests keep that kind."""
     factory = factory_string(kind, space.rows, space.dim, nlist, m)
     with _update_lock(store, space) as locked:
@@ -530,8 +559,15 @@ def open_index(store: Store, space: Space, progress: ProgressFn | None = None) -
     if v.meta is not None and v.meta["rows"] == space.rows and not _stale_auto(v.meta, space):
         index = _read(store, space, v.meta, mmap=True)
         if index is not None and v.refreshed is None and _identity(index_paths(store, space)[0]) == v.meta["identity"]:
-            return OpenedIndex(index, space.rows, "loaded", v.meta["factory"], True, v.meta,
-                               VectorFile.of(index_paths(store, space)[0], index))
+            return OpenedIndex(
+                index,
+                space.rows,
+                "loaded",
+                v.meta["factory"],
+                True,
+                v.meta,
+                VectorFile.of(index_paths(store, space)[0], index),
+            )
     with _update_lock(store, space) as locked:
         keys = store.space_keys(space)
         v = _verify(store, space, keys, full=False, hashed=v.refreshed and v.refreshed["identity"])
@@ -544,8 +580,15 @@ def open_index(store: Store, space: Space, progress: ProgressFn | None = None) -
                 if v.refreshed is not None and locked:
                     with contextlib.suppress(OSError):
                         _write_meta(index_paths(store, space)[1], v.refreshed)
-                return OpenedIndex(index, space.rows, "loaded", meta["factory"], True, v.refreshed or meta,
-                                   VectorFile.of(index_paths(store, space)[0], index))
+                return OpenedIndex(
+                    index,
+                    space.rows,
+                    "loaded",
+                    meta["factory"],
+                    True,
+                    v.refreshed or meta,
+                    VectorFile.of(index_paths(store, space)[0], index),
+                )
             meta, status = None, "rebuilt: FAISS could not read the index, or its size does not match its manifest"
         index = None
         if meta is not None and _extendable(meta, space.rows):
@@ -581,7 +624,8 @@ def _params(opened: OpenedIndex, sel: Any, nprobe: int | None, ef: int | None) -
         p = faiss.SearchParametersIVF(sel=sel, nprobe=min(ivf.nlist, nprobe or defaults.get("nprobe", DEFAULT_NPROBE)))
         if kind == "ivfpq":
             return faiss.IndexRefineSearchParameters(
-                base_index_params=p, k_factor=float(defaults.get("k_factor", REFINE_K_FACTOR)), sel=sel)
+                base_index_params=p, k_factor=float(defaults.get("k_factor", REFINE_K_FACTOR)), sel=sel
+            )
         return p
     if kind == "hnsw":
         return faiss.SearchParametersHNSW(sel=sel, efSearch=ef or defaults.get("ef", DEFAULT_EF))
@@ -629,9 +673,11 @@ def top_k(blocks: Iterable[tuple[np.ndarray, np.ndarray]], n_queries: int, k: in
     return best_s, best_r
 
 
-def _exact_from_store(store: Store, space: Space, q: np.ndarray, k: int, allowed: np.ndarray | None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _exact_from_store(
+    store: Store, space: Space, q: np.ndarray, k: int, allowed: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Brute force over the stored vectors, block by block (for indexes that keep only codes)."""
+
     def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for first, block in store.iter_vectors(space):
             s = q @ normalize(block).T
@@ -645,9 +691,16 @@ def _exact_from_store(store: Store, space: Space, q: np.ndarray, k: int, allowed
 
 
 def search(
-    opened: OpenedIndex, queries: np.ndarray, k: int, allowed_rows: np.ndarray | list[np.ndarray | None] | None = None,
-    *, exact: bool = False, nprobe: int | None = None, ef: int | None = None,
-    store: Store | None = None, space: Space | None = None,
+    opened: OpenedIndex,
+    queries: np.ndarray,
+    k: int,
+    allowed_rows: np.ndarray | list[np.ndarray | None] | None = None,
+    *,
+    exact: bool = False,
+    nprobe: int | None = None,
+    ef: int | None = None,
+    store: Store | None = None,
+    space: Space | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` cosine scores and store rows per query; ``allowed_rows`` (sorted, unique) restricts the candidates,
     for every query, or per query as a list (None: any row).
@@ -665,8 +718,9 @@ def search(
                 return _flat_blas(blas, q, k, groups, opened.vectors)  # one scan for every group
             scores, rows = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
             for a, qi in groups:
-                scores[qi], rows[qi] = search(opened, q[qi], k, a, exact=exact, nprobe=nprobe, ef=ef,
-                                              store=store, space=space)
+                scores[qi], rows[qi] = search(
+                    opened, q[qi], k, a, exact=exact, nprobe=nprobe, ef=ef, store=store, space=space
+                )
             return scores, rows
         allowed_rows = allowed_rows[0]
     if blas is not None:
@@ -682,8 +736,13 @@ def search(
             raise ValueError("exact search of a PQ index needs the store and space")
         return _exact_from_store(store, space, q, k, allowed_rows)
     index, lists = flat
-    params = (faiss.SearchParametersIVF(sel=sel, nprobe=lists) if lists
-              else faiss.SearchParameters(sel=sel) if sel is not None else None)
+    params = (
+        faiss.SearchParametersIVF(sel=sel, nprobe=lists)
+        if lists
+        else faiss.SearchParameters(sel=sel)
+        if sel is not None
+        else None
+    )
     return index.search(q, k, params=params)
 
 
@@ -713,7 +772,7 @@ def mask_disallowed(scores: np.ndarray, rows: np.ndarray, groups: list[tuple[np.
         if restriction is not None:
             out = ~member(rows, restriction)
             if out.any():
-                scores[np.ix_(qi, np.flatnonzero(out))] = -np.inf
+                scores[np.ix_(np.asarray(qi), np.flatnonzero(out))] = -np.inf
 
 
 def member(rows: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -758,9 +817,13 @@ BF16_MIN_VALUES = 1 << 22  # a bfloat16 copy is considered from 4M values on (11
 BF16_MIN_GAIN = 0.7  # use the bfloat16 pass where a block takes at most this share of float32's time
 
 
-def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int,
-               allowed: np.ndarray | list[tuple[np.ndarray | None, list[int]]] | None,
-               vectors: VectorFile | VectorArray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _flat_blas(
+    index: faiss.IndexFlat,
+    q: np.ndarray,
+    k: int,
+    allowed: np.ndarray | list[tuple[np.ndarray | None, list[int]]] | None,
+    vectors: VectorFile | VectorArray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k over a flat index's own vectors (a view, mapped or in memory, or read
     from its file) with numpy's matrix product: measured faster than FAISS's flat scan on these CPUs
     (bench/index.py). ``allowed`` restricts every query, or is a list of (restriction, query numbers):
@@ -768,8 +831,11 @@ def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int,
     queries share it)."""
     n = index.ntotal
     source = vectors if vectors is not None else VectorArray(flat_vectors(index))  # the view itself, not a copy
-    if isinstance(source, VectorArray) and source.bf16 is not None and (
-            not isinstance(allowed, np.ndarray) or 2 * len(allowed) > n):  # a few allowed rows: read only them
+    if (
+        isinstance(source, VectorArray)
+        and source.bf16 is not None
+        and (not isinstance(allowed, np.ndarray) or 2 * len(allowed) > n)
+    ):  # a few allowed rows: read only them
         return _flat_bf16(index, source, q, k, allowed)
     per_query = allowed if isinstance(allowed, list) else None
     # each group's restriction as a mask over all rows, once a scan (``_allowed_mask``)
@@ -778,7 +844,7 @@ def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int,
     def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start, block in source.blocks(n, index.d, FLAT_BLOCK):
             rows = np.arange(start, start + len(block))
-            if allowed is not None and per_query is None:
+            if isinstance(allowed, np.ndarray):  # one restriction for every query
                 keep = member(rows, allowed)
                 block, rows = block[keep], rows[keep]
             if not len(rows):
@@ -789,7 +855,7 @@ def _flat_blas(index: faiss.IndexFlat, q: np.ndarray, k: int,
             for mask, qi in masks:
                 out = np.flatnonzero(~mask[start : start + len(rows)])
                 if len(out):
-                    s[np.ix_(qi, out)] = -np.inf
+                    s[np.ix_(np.asarray(qi), out)] = -np.inf
             yield s, rows
 
     scores, rows = top_k(blocks(), len(q), k)
@@ -807,8 +873,13 @@ def _allowed_mask(allowed: np.ndarray, n: int) -> np.ndarray:
     return mask
 
 
-def _flat_bf16(index: faiss.IndexFlat, source: VectorArray, q: np.ndarray, k: int,
-               allowed: np.ndarray | list[tuple[np.ndarray | None, list[int]]] | None) -> tuple[np.ndarray, np.ndarray]:
+def _flat_bf16(
+    index: faiss.IndexFlat,
+    source: VectorArray,
+    q: np.ndarray,
+    k: int,
+    allowed: np.ndarray | list[tuple[np.ndarray | None, list[int]]] | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """``_flat_blas``'s answer (the exact float32 top-k) from a scan of the bfloat16 copy, half the bytes: each
     query keeps its best ``k + BF16_CANDIDATES`` rows by bfloat16 score; every row whose float32 score could
     be in the top k scores within twice the error bound of the k-th best bfloat16 score, so when the kept rows
@@ -823,7 +894,13 @@ def _flat_bf16(index: faiss.IndexFlat, source: VectorArray, q: np.ndarray, k: in
     qb = torch.from_numpy(np.ascontiguousarray(q)).to(torch.bfloat16)
 
     # each restriction as a mask over all rows, once a scan (``_allowed_mask``)
-    groups = per_query if per_query is not None else [(allowed, list(range(len(q))))] if allowed is not None else []
+    groups = (
+        per_query
+        if per_query is not None
+        else [(allowed, list(range(len(q))))]
+        if isinstance(allowed, np.ndarray)
+        else []
+    )
     masks = [(_allowed_mask(a, n), torch.tensor(qi)) for a, qi in groups if a is not None]
     low_parts, cand_parts = [], []
     for start in range(0, n, BF16_BLOCK):

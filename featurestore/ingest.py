@@ -7,6 +7,7 @@ the space lacks, and publishes every batch's vectors together with the dataset r
 keys that need them, so a row's key always resolves to a stored vector, and an ingest
 stopped at any point resumes by embedding only what was never committed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,29 +15,26 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from typing import Iterator
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from featurestore.clean import Recipe
 from featurestore.embedders.base import Embedder
-from featurestore.errors import DatasetError, DriftError, IngestInterrupted, ModelError, UsageError
-from featurestore.keys import KEY_DTYPE, space_fields, space_id, text_keys
+from featurestore.errors import DatasetError, IngestInterrupted, UsageError
 from featurestore.manifest import Snapshot, Space
 from featurestore.progress import ProgressFn
 from featurestore.sources import Table
-from featurestore.store import KeyBatch, LabelBatch, RowBatch, Store, VectorBatch, Writer, empty_text, lookup
+from featurestore.spaces import KeyedTexts, SpaceWriter, cut_length, key_texts, make_space
+from featurestore.store import KeyBatch, LabelBatch, RowBatch, Store, Writer, empty_text, lookup
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("float32", "float16")
-N_CANARIES = 3
-CANARY_MAX_CHARS = 280  # canaries are re-embedded at every later ingest: short texts only
-DEFAULT_MAX_CHARS = 2000  # cleaned text beyond this is cut before embedding (a tweet is <= 280)
-DEFAULT_COMMIT_ROWS = 1024  # rows a commit, unless a GPU wants more (execute)
-# float16 storage rounds to ~1e-3 relative; float32 embedders are deterministic to ~1e-5.
-DRIFT_ATOL = {"float32": 1e-4, "float16": 2e-3}
+DEFAULT_COMMIT_ROWS = 1024  # rows a commit, unless a GPU wants more (_Run.chunk_rows)
+LOOKAHEAD = 2  # chunks prepared beyond the one being committed: one embedding, one queued
 
 
 @dataclass
@@ -67,34 +65,6 @@ class IngestSummary:
     @property
     def texts_per_second(self) -> float:
         return self.rows_read / self.seconds if self.seconds else float("inf")
-
-
-def make_space(embedder: Embedder, model: str, recipe: Recipe, dtype: str = "float32") -> Space:
-    """The space an embedder + recipe + dtype write into (not yet stored)."""
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown {{param}} {dtype!r}; use one of: {', '.join(DTYPES)}", "dtype")
-    fields = space_fields(embedder.fingerprint, recipe.fingerprint(), dtype)
-    return Space(space_id(fields), fields, model, recipe.name, embedder.dim, dtype)
-
-
-def check_drift(store: Store, space: Space, embedder: Embedder, recipe: Recipe) -> None:
-    """Re-embed the space's canary texts; refuse to mix spaces if the model's output moved."""
-    canaries = [c for c in space.canaries if len(c) <= CANARY_MAX_CHARS]  # older stores kept any length
-    if not canaries:
-        return
-    keys = np.array(text_keys(recipe.name, canaries), dtype=KEY_DTYPE)
-    pos = lookup(store.space_keys(space)).get_indexer(keys)
-    if (pos < 0).any():
-        return  # canaries of a space written by an older version; nothing to compare
-    stored = store.read_vectors(space, pos)
-    fresh = embedder.embed(canaries)
-    diff = float(np.max(np.abs(fresh.astype(space.dtype).astype(np.float32) - stored)))
-    if diff > DRIFT_ATOL[space.dtype]:
-        raise DriftError(
-            f"model {space.model!r} no longer reproduces the vectors of space {space.id} (max abs diff {diff:.2e} "
-            f"on its canary texts, tolerance {DRIFT_ATOL[space.dtype]:.0e}); the weights or library changed under "
-            "the same name; fix: restore the original model/library versions, or ingest into a new store"
-        )
 
 
 # ----------------------------------------------------------------------------- plan
@@ -128,8 +98,6 @@ class WorkList:
 def plan(store: Store, snap: Snapshot, table: Table, dataset: str, space: Space) -> WorkList:
     """Which rows, keys and labels an ingest of ``table`` into ``dataset`` and ``space`` must write."""
     stored = snap.spaces.get(space.id)
-    if stored is not None and stored.dim != space.dim:
-        raise ModelError(f"model {space.model!r} now gives {space.dim}-d vectors, space {space.id} holds {stored.dim}-d")
     have = set(store.space_keys(stored).tolist()) if stored is not None else set()
     ds = snap.datasets.get(dataset)
     found = np.zeros(len(table.ids), dtype=bool)
@@ -206,6 +174,136 @@ def _interrupt_after() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+@dataclass
+class _Chunk:
+    """Rows ``sl`` of the work list, keyed; ``todo`` the keys among them the space lacks (once each)."""
+
+    sl: slice
+    keyed: KeyedTexts
+    todo: dict[bytes, str]
+    advanced: float = 0.0  # rows reported for this chunk; topped up to the exact count at its commit
+    future: Future | None = None  # (vectors, seconds) from the model thread
+
+
+class _Stopped(Exception):
+    """Raised inside the model thread, between batches, once the ingest has given up."""
+
+
+class _Run:
+    """The steps of one ``execute``: key a chunk (this thread), embed it (the model thread), commit it
+    (this thread, in input order) with the dataset rows, keys and label updates that need its vectors."""
+
+    def __init__(
+        self,
+        w: Writer,
+        work: WorkList,
+        space: SpaceWriter,
+        summary: IngestSummary,
+        commit_rows: int | None,
+        max_chars: int,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.w, self.work, self.space, self.summary = w, work, space, summary
+        self.commit_rows, self.max_chars, self.progress = commit_rows, max_chars, progress
+        self.labels = work.label_updates if len(work.label_updates) else None  # they go with the first commit
+        self.stop = threading.Event()
+        self.loaded = threading.Event()  # the model has been loaded (by the drift check or the model thread)
+
+    def _time(self, name: str, since: float) -> None:
+        self.summary.timings[name] = self.summary.timings.get(name, 0.0) + time.perf_counter() - since
+
+    def load(self) -> None:
+        """Load the model (models load on first use), timed apart from embedding."""
+        if not self.loaded.is_set():
+            t = time.perf_counter()
+            _ = self.space.embedder.device  # loads it
+            self._time("load model", t)
+            self.loaded.set()
+
+    def check(self) -> None:
+        """Before the first embedding: load the model, and check a stored space's canaries."""
+        if self.space.stored:
+            self.load()
+        self.space.check()
+
+    def chunk_rows(self) -> int:
+        """1,024 rows a commit; once the model is on a GPU, its whole batch (4,096 texts for MiniLM), so
+        each call keeps the GPU's pipeline full (1,024 texts there ran at 0.77x the embedder's rate, 4,096
+        at 0.97x; bench/gpu.sh)."""
+        if self.commit_rows is not None:
+            return self.commit_rows
+        embedder = self.space.embedder
+        if self.loaded.is_set() and not embedder.device.startswith("cpu"):
+            return max(DEFAULT_COMMIT_ROWS, embedder.batch_limits()[1])
+        return DEFAULT_COMMIT_ROWS
+
+    def prepare(self, start: int) -> _Chunk:
+        sl = slice(start, min(start + self.chunk_rows(), self.work.total))
+        t = time.perf_counter()
+        keyed = key_texts(self.space.recipe, self.work.texts[sl], self.max_chars)
+        self._time("clean", t)
+        return _Chunk(sl, keyed, self.space.lacking(keyed))
+
+    def advance(self, chunk: _Chunk, n: float) -> None:
+        chunk.advanced += n
+        if self.progress:
+            self.progress(n, self.work.total)
+
+    def embed(self, chunk: _Chunk) -> tuple[np.ndarray, float]:
+        """In the model thread: the chunk's missing vectors, and the seconds they took."""
+        per_text = (chunk.sl.stop - chunk.sl.start) / len(chunk.todo)
+
+        def report(n: int) -> None:
+            if self.stop.is_set():
+                raise _Stopped
+            self.advance(chunk, n * per_text)
+
+        if self.stop.is_set():
+            raise _Stopped
+        self.load()
+        t = time.perf_counter()
+        vectors = self.space.embed(chunk.todo, progress=report)
+        return vectors, time.perf_counter() - t
+
+    def commit(self, chunk: _Chunk) -> None:
+        sl, todo, keyed, s, work = chunk.sl, chunk.todo, chunk.keyed, self.summary, self.work
+        s.rows_keyed += len(keyed)
+        s.cache_hits += len(keyed) - len(todo)
+        s.empty_after_cleaning += int(keyed.empty.sum())
+        s.truncated += int(keyed.truncated.sum())
+        vectors = np.zeros((0, self.space.space.dim), np.float32)
+        if chunk.future is not None:
+            vectors, seconds = chunk.future.result()
+            s.timings["embed"] = s.timings.get("embed", 0.0) + seconds
+        n_new = len(work.new_rows)
+        rows = _slice_rows(work.new_rows, slice(sl.start, min(sl.stop, n_new))) if sl.start < n_new else None
+        needs_key = work.needs_key[sl]
+        keys = KeyBatch(self.space.recipe.name, work.ids[sl][needs_key], keyed.key_array()[needs_key])
+        t = time.perf_counter()
+        with _interrupt_after():  # a Ctrl-C here waits until the summary counts what was committed
+            self.space.commit(todo, vectors, work.dataset, rows=rows, keys=keys, labels=self.labels)
+            if self.labels is not None:
+                s.labels_added, s.labels_changed = work.labels_added, work.labels_changed
+                self.labels = None
+            s.batches_committed += 1
+            s.new_ids += max(0, min(sl.stop, n_new) - sl.start)
+            s.embedded += len(todo)
+        self._time("commit", t)
+        self.advance(chunk, (sl.stop - sl.start) - chunk.advanced)
+        if todo:
+            s.device = self.space.embedder.device
+        log.debug("committed batch %d: %d rows, %d embedded", s.batches_committed, sl.stop - sl.start, len(todo))
+
+    def commit_labels(self) -> None:
+        """A work list with no rows to key: only label updates (if any) to publish."""
+        if self.labels is not None:
+            with _interrupt_after():
+                self.w.commit(self.work.dataset, labels=self.labels)
+                self.summary.batches_committed += 1
+                self.summary.labels_added = self.work.labels_added
+                self.summary.labels_changed = self.work.labels_changed
+
+
 def execute(
     w: Writer,
     work: WorkList,
@@ -214,14 +312,10 @@ def execute(
     summary: IngestSummary,
     *,
     commit_rows: int | None = None,
-    max_chars: int = DEFAULT_MAX_CHARS,
+    max_chars: int | None = None,
     progress: ProgressFn | None = None,
 ) -> None:
     """Embed what ``work`` lacks and commit it in batches of ``commit_rows`` rows through ``w``.
-
-    Without ``commit_rows``, a batch is 1,024 rows; once the model is loaded on a GPU, the embedder's
-    whole batch (4,096 texts for MiniLM), so each call keeps the GPU's pipeline full (one call of 1,024
-    texts there ran at 0.77x the embedder's rate, 4,096 at 0.97x; bench/gpu.sh).
 
     The model runs in one background thread, a chunk or two ahead: while it embeds chunk k+1,
     this thread cleans and keys chunk k+2 and commits chunk k, so the model does not wait for
@@ -229,158 +323,43 @@ def execute(
     drift check and canaries of a chunk-by-chunk loop; an error or Ctrl-C commits nothing after
     the chunk it hit, and the background thread stops at its next batch before this returns.
     """
-    from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    space = work.space
-    stored = space if space.segments or space.id in w.snap.spaces else None
-    have = set(work.have)  # keys in the space, or in the todo of an earlier chunk (committed before this one)
-    total = work.total
-    labels = work.label_updates if len(work.label_updates) else None
-    if total == 0:
-        if labels is not None:
-            with _interrupt_after():
-                w.commit(work.dataset, labels=labels)
-                summary.batches_committed += 1
-                summary.labels_added, summary.labels_changed = work.labels_added, work.labels_changed
+    run = _Run(
+        w,
+        work,
+        SpaceWriter(w, work.space, embedder, recipe, have=set(work.have)),
+        summary,
+        commit_rows,
+        cut_length(max_chars),
+        progress,
+    )
+    if work.total == 0:
+        run.commit_labels()
         return
-    n_new = len(work.new_rows)
-    lookahead = 2  # chunks prepared beyond the one being committed: one embedding, one queued
-    stop = threading.Event()
-    loaded = threading.Event()  # the model has been loaded (by the drift check or the model thread)
-
-    def load() -> None:
-        if not loaded.is_set():  # models load on first use: timed apart from embedding
-            t = time.perf_counter()
-            embedder.device
-            summary.timings["load model"] = time.perf_counter() - t
-            loaded.set()
-
-    def chunk_rows() -> int:
-        if commit_rows is not None:
-            return commit_rows
-        if loaded.is_set() and not embedder.device.startswith("cpu"):
-            return max(DEFAULT_COMMIT_ROWS, embedder.batch_limits()[1])
-        return DEFAULT_COMMIT_ROWS
-
-    class Stopped(Exception):
-        """Raised inside the model thread, between batches, once this thread has given up."""
-
-    @dataclass
-    class Chunk:
-        sl: slice
-        keys: list[bytes]
-        todo: dict[bytes, str]
-        counts: tuple[int, int, int, int]  # rows keyed, cache hits, empty after cleaning, truncated
-        advanced: float = 0.0  # rows reported for this chunk; topped up to the exact count at its commit
-        future: Future | None = None
-
-    def advance(chunk: Chunk, n: float) -> None:
-        chunk.advanced += n
-        if progress:
-            progress(n, total)
-
-    def prepare(start: int) -> Chunk:
-        sl = slice(start, min(start + chunk_rows(), total))
-        t = time.perf_counter()
-        cleaned = recipe.clean(work.texts[sl])
-        summary.timings["clean"] = summary.timings.get("clean", 0.0) + time.perf_counter() - t
-        long = [i for i, c in enumerate(cleaned) if len(c) > max_chars]
-        for i in long:
-            cleaned[i] = cleaned[i][:max_chars]
-        keys = text_keys(recipe.name, cleaned)
-        todo: dict[bytes, str] = {}
-        for k, c in zip(keys, cleaned):
-            if k not in have and k not in todo:
-                todo[k] = c
-        have.update(todo)
-        empty = sum(1 for c in cleaned if not c.strip())
-        return Chunk(sl, keys, todo, (len(keys), len(keys) - len(todo), empty, len(long)))
-
-    def embed(chunk: Chunk) -> tuple[np.ndarray, float]:
-        per_text = (chunk.sl.stop - chunk.sl.start) / len(chunk.todo)
-
-        def report(n: int) -> None:
-            if stop.is_set():
-                raise Stopped
-            advance(chunk, n * per_text)
-
-        if stop.is_set():
-            raise Stopped
-        load()
-        t = time.perf_counter()
-        vectors = embedder.embed(list(chunk.todo.values()), progress=report)
-        return vectors, time.perf_counter() - t
-
-    def commit(chunk: Chunk) -> None:
-        nonlocal stored, labels
-        sl, todo = chunk.sl, chunk.todo
-        keyed, hits, empty, truncated = chunk.counts
-        summary.rows_keyed += keyed
-        summary.cache_hits += hits
-        summary.empty_after_cleaning += empty
-        summary.truncated += truncated
-        vectors = np.zeros((0, space.dim), np.float32)
-        if chunk.future is not None:
-            vectors, seconds = chunk.future.result()
-            summary.timings["embed"] = summary.timings.get("embed", 0.0) + seconds
-        if stored is None:
-            canaries = tuple(c for c in todo.values() if c.strip() and len(c) <= CANARY_MAX_CHARS)[:N_CANARIES]
-            target = replace(space, canaries=canaries)
-        else:
-            target = stored
-        needs_key = work.needs_key[sl]
-        t = time.perf_counter()
-        with _interrupt_after():  # a Ctrl-C here waits until the summary counts what was committed
-            w.commit(
-                work.dataset,
-                vectors=VectorBatch(target, np.array(list(todo), dtype=KEY_DTYPE), vectors),
-                rows=_slice_rows(work.new_rows, slice(sl.start, min(sl.stop, n_new))) if sl.start < n_new else None,
-                keys=KeyBatch(recipe.name, work.ids[sl][needs_key], np.array(chunk.keys, dtype=KEY_DTYPE)[needs_key]),
-                labels=labels,
-            )
-            if labels is not None:  # label updates go with the first batch
-                summary.labels_added, summary.labels_changed = work.labels_added, work.labels_changed
-                labels = None
-            stored = w.snap.spaces[space.id]
-            summary.batches_committed += 1
-            summary.new_ids += max(0, min(sl.stop, n_new) - sl.start)
-            summary.embedded += len(todo)
-        summary.timings["commit"] = summary.timings.get("commit", 0.0) + time.perf_counter() - t
-        advance(chunk, (sl.stop - sl.start) - chunk.advanced)
-        if todo:
-            summary.device = embedder.device
-        log.debug("committed batch %d: %d rows, %d embedded", summary.batches_committed, sl.stop - sl.start, len(todo))
-
-    pending: deque[Chunk] = deque()
-    drift_checked = False
+    pending: deque[_Chunk] = deque()
     pool = ThreadPoolExecutor(1, thread_name_prefix="fs-embed")
     try:
         start = 0
-        while start < total:
+        while start < work.total:
             try:
-                chunk = prepare(start)
+                chunk = run.prepare(start)
                 start = chunk.sl.stop
-                if chunk.todo and not drift_checked:
+                if chunk.todo and not run.space.checked:
                     while pending:  # the canaries are checked against the space as committed so far
-                        commit(pending.popleft())
-                    if stored is not None:
-                        load()
-                        check_drift(w.store, stored, embedder, recipe)
-                    drift_checked = True
+                        run.commit(pending.popleft())
+                    run.check()
             except Exception:
                 while pending:  # a chunk-by-chunk loop would have committed these before failing here
-                    commit(pending.popleft())
+                    run.commit(pending.popleft())
                 raise
             if chunk.todo:
-                chunk.future = pool.submit(embed, chunk)
+                chunk.future = pool.submit(run.embed, chunk)
             pending.append(chunk)
-            while len(pending) > lookahead:
-                commit(pending.popleft())
+            while len(pending) > LOOKAHEAD:
+                run.commit(pending.popleft())
         while pending:
-            commit(pending.popleft())
+            run.commit(pending.popleft())
     except BaseException:
-        stop.set()
+        run.stop.set()
         for chunk in pending:
             if chunk.future is not None:
                 chunk.future.cancel()
@@ -407,12 +386,15 @@ def ingest(
     t0 = time.perf_counter()
     if commit_rows is not None and commit_rows < 1:  # 0 would never advance through the rows, a negative size go back
         raise UsageError(f"{{param}} must be at least 1, got {commit_rows}", "commit_rows")
-    max_chars = max_chars if max_chars is not None else getattr(embedder, "max_chars", DEFAULT_MAX_CHARS)
-    if max_chars < 1:
-        raise UsageError(f"{{param}} must be at least 1, got {max_chars}", "max_chars")
+    max_chars = cut_length(max_chars)
     space = make_space(embedder, model, recipe, dtype)
     summary = IngestSummary(
-        dataset, space.id, model, recipe.name, rows_read=table.rows_read, replaced_chars=table.replaced_chars,
+        dataset,
+        space.id,
+        model,
+        recipe.name,
+        rows_read=table.rows_read,
+        replaced_chars=table.replaced_chars,
         columns={"id": table.id_column, "label": table.label_column, "text": table.text_column},
         source_format=table.format,
     )

@@ -4,11 +4,13 @@ Following the datasets-library idea of a fingerprint: a hash over a canonical,
 sorted JSON encoding of every field that changes the output. Equal inputs hash
 equal across processes and machines; any changed field changes the hash.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 KEY_DTYPE = "S32"  # hex digest of 16 bytes; hex avoids NUL bytes that numpy 'S' strips
 

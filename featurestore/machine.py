@@ -1,11 +1,12 @@
 """What this process may use of the machine and load: the one place that counts its cores, and the
 one way to import a library while a heavy module it would pull in needlessly stays out."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def usable_cores() -> int:

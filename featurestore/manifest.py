@@ -9,12 +9,14 @@ Schema history:
   dataset may carry label updates (later segments override earlier labels of the same id).
   Segments written under schema 1 stay readable: ``store`` converts their columns on read.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from featurestore.errors import StoreError
 from featurestore.keys import canonical_json
@@ -70,7 +72,7 @@ class Space:
         }
 
     @classmethod
-    def from_json(cls, sid: str, d: Mapping[str, Any]) -> "Space":
+    def from_json(cls, sid: str, d: Mapping[str, Any]) -> Space:
         return cls(
             id=sid,
             fields=d["fields"],
@@ -112,7 +114,7 @@ class Dataset:
         return out
 
     @classmethod
-    def from_json(cls, name: str, d: Mapping[str, Any]) -> "Dataset":
+    def from_json(cls, name: str, d: Mapping[str, Any]) -> Dataset:
         return cls(
             name=name,
             rows=_segs(d["rows"]),
@@ -155,12 +157,13 @@ class Snapshot:
         return body
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], where: Path) -> "Snapshot":
+    def from_json(cls, d: Mapping[str, Any], where: Path) -> Snapshot:
         schema = d.get("schema")
         if not isinstance(schema, int) or schema not in READABLE_SCHEMAS:
             raise StoreError(
                 f"store {where} was written by a newer featurestore (schema {schema}); this version reads "
-                f"schemas {', '.join(map(str, READABLE_SCHEMAS))}; fix: upgrade featurestore (pip install -U featurestore)"
+                f"schemas {', '.join(map(str, READABLE_SCHEMAS))}; "
+                "fix: upgrade featurestore (pip install -U featurestore)"
             )
         body = {k: v for k, v in d.items() if k != "checksum"}
         if hashlib.sha256(canonical_json(body).encode()).hexdigest() != d.get("checksum"):

@@ -6,11 +6,13 @@ switch), and is imported by this module only; importing it fails with ImportErro
 hand: one self-contained file (inline SVG, a ``<title>`` per point for the hover text), no
 JavaScript library.
 """
+
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -18,8 +20,7 @@ from matplotlib.figure import Figure
 
 from featurestore.atomic import atomic_write_bytes
 
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf")
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -45,8 +46,15 @@ def confusion_png(path: Path, y: np.ndarray, pred: np.ndarray, classes: Sequence
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{cm[i, j]:,}\n{share[i, j]:.0%}", ha="center", va="center",
-                    color="white" if share[i, j] > 0.5 else "black", fontsize=10)
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]:,}\n{share[i, j]:.0%}",
+                ha="center",
+                va="center",
+                color="white" if share[i, j] > 0.5 else "black",
+                fontsize=10,
+            )
     ax.set_xticks(range(n), [str(c)[:16] for c in classes])
     ax.set_yticks(range(n), [str(c)[:16] for c in classes])
     ax.set_xlabel("predicted")
@@ -56,8 +64,9 @@ def confusion_png(path: Path, y: np.ndarray, pred: np.ndarray, classes: Sequence
     return _save(fig, path)
 
 
-def precision_recall_png(path: Path, y: np.ndarray, proba: np.ndarray, classes: Sequence[str],
-                         positive: str | None, title: str) -> Path:
+def precision_recall_png(
+    path: Path, y: np.ndarray, proba: np.ndarray, classes: Sequence[str], positive: str | None, title: str
+) -> Path:
     """Precision against recall as the threshold moves: the positive class for two classes, one curve
     per class (one against the rest) for more; average precision in the legend."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
@@ -78,8 +87,10 @@ def precision_recall_png(path: Path, y: np.ndarray, proba: np.ndarray, classes: 
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
-    ax.set_title(f"precision-recall ({'positive ' + repr(positive) if positive is not None else 'one vs rest'})"
-                 f"\n{title}", fontsize=9)
+    ax.set_title(
+        f"precision-recall ({'positive ' + repr(positive) if positive is not None else 'one vs rest'})\n{title}",
+        fontsize=9,
+    )
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -92,9 +103,12 @@ def precision_recall_png(path: Path, y: np.ndarray, proba: np.ndarray, classes: 
 # the machine code instead: UMAP's part of a map in a new process 18.9 -> 3.3 s, the TensorFlow import left out
 # below included. The layout function is the n_jobs=1 variant only: its parallel twin has the same source and
 # line, which numba's cache index does not tell apart.
-_UMAP_UNCACHED_JIT = (("umap.utils", "fast_knn_indices"), ("umap.umap_", "smooth_knn_dist"),
-                      ("umap.umap_", "compute_membership_strengths"),
-                      ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"))
+_UMAP_UNCACHED_JIT = (
+    ("umap.utils", "fast_knn_indices"),
+    ("umap.umap_", "smooth_knn_dist"),
+    ("umap.umap_", "compute_membership_strengths"),
+    ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"),
+)
 
 
 def _parametric_umap(name: str):  # noqa: ANN202 - umap's module __getattr__ (PEP 562)
@@ -128,13 +142,17 @@ def _import_umap():  # noqa: ANN202 - the umap module
     with hidden_module("tensorflow", hide="umap" not in sys.modules) as hide, warnings.catch_warnings():
         warnings.simplefilter("ignore", ImportWarning)  # "Tensorflow not installed; ParametricUMAP ..."
         import umap  # (optional: the plots extra)
-    if hide and getattr(umap, "ParametricUMAP", None) is not None and umap.ParametricUMAP.__module__ == "umap" \
-            and importlib.util.find_spec("tensorflow") is not None:
+    if (
+        hide
+        and getattr(umap, "ParametricUMAP", None) is not None
+        and umap.ParametricUMAP.__module__ == "umap"
+        and importlib.util.find_spec("tensorflow") is not None
+    ):
         # umap put a stand-in that says TensorFlow is missing; the process's own code gets the real one on use.
         del umap.ParametricUMAP
         umap.__getattr__ = _parametric_umap
     for module, name in _UMAP_UNCACHED_JIT:
-        fn = getattr(importlib.import_module(module), name, None)
+        fn: Any = getattr(importlib.import_module(module), name, None)  # a numba dispatcher, or None
         if getattr(fn, "_cache", None) is not None and type(fn._cache).__name__ == "NullCache":
             try:
                 fn.enable_caching()
@@ -156,8 +174,9 @@ def project(X: np.ndarray, method: str = "auto", seed: int = 42) -> tuple[np.nda
             if method == "umap":
                 from featurestore.errors import UsageError
 
-                raise UsageError("{param} umap needs umap-learn; fix: pip install 'featurestore[plots]'",
-                                 "method") from None
+                raise UsageError(
+                    "{param} umap needs umap-learn; fix: pip install 'featurestore[plots]'", "method"
+                ) from None
         else:
             reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_jobs=1)
             return np.asarray(reducer.fit_transform(X), dtype=np.float64), "UMAP"
@@ -183,8 +202,14 @@ def map_png(path: Path, xy: np.ndarray, labels: np.ndarray, title: str) -> Path:
     ax = fig.add_subplot()
     for k, c in enumerate(sorted(set(labels.tolist()))):
         m = labels == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=5, alpha=0.6, color=PALETTE[k % len(PALETTE)],
-                   label=f"{c or '(no label)'} ({int(m.sum()):,})")
+        ax.scatter(
+            xy[m, 0],
+            xy[m, 1],
+            s=5,
+            alpha=0.6,
+            color=PALETTE[k % len(PALETTE)],
+            label=f"{c or '(no label)'} ({int(m.sum()):,})",
+        )
     ax.legend(markerscale=3, fontsize=9)
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
@@ -209,15 +234,17 @@ def map_html(path: Path, xy: np.ndarray, labels: np.ndarray, hover: Sequence[str
     ]
     legend = "".join(
         f'<span style="margin-right:1em"><span style="color:{colour[c]}">&#9679;</span> '
-        f"{html.escape(c or '(no label)')} ({int((labels == c).sum()):,})</span>" for c in classes
+        f"{html.escape(c or '(no label)')} ({int((labels == c).sum()):,})</span>"
+        for c in classes
     )
     page = (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + html.escape(title) + "</title>"
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>' + html.escape(title) + "</title>"
         "<style>body{font-family:sans-serif;margin:1em}svg{border:1px solid #ccc}"
         "circle:hover{r:6;fill-opacity:1}</style></head><body>"
         f"<h3>{html.escape(title)}</h3><p>{legend}</p><p>Hover a point for its id, label and text.</p>"
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
-        + "".join(circles) + "</svg></body></html>\n"
+        + "".join(circles)
+        + "</svg></body></html>\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, page.encode("utf-8"))

@@ -3,8 +3,9 @@
 ``progress(advanced, total)``: ``advanced`` units (rows, vectors) were done since the last call,
 out of ``total``. The CLI turns these calls into a progress bar with rate and ETA.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 ProgressFn = Callable[[float, int], None]

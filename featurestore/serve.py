@@ -13,6 +13,7 @@ as the HTTP parameters (``k``, ``q``, ``dataset``), status 400 for a user mistak
 unknown dataset or id, 401 for a missing or wrong token, 413/422 for the request limits, 503 when
 the store itself cannot be read (a corrupt manifest: ``fs repair``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,10 +27,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -65,13 +67,13 @@ def param_of(name: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    store: Optional[str] = None
+    store: str | None = None
     model: str = DEFAULT_MODEL
-    clean: Optional[str] = None
-    dtype: Optional[str] = None
-    token: Optional[str] = None
-    threads: Optional[int] = None  # queries answered at once (default: the cores; see Service.call)
-    search_threads: Optional[int] = None  # threads for one search's native code (see search_threads)
+    clean: str | None = None
+    dtype: str | None = None
+    token: str | None = None
+    threads: int | None = None  # queries answered at once (default: the cores; see Service.call)
+    search_threads: int | None = None  # threads for one search's native code (see search_threads)
 
 
 class HTTPError(Exception):
@@ -122,8 +124,10 @@ class Service:
         """
         if self._pools is None:
             n = self.settings.threads or usable_cores()
-            self._pools = (ThreadPoolExecutor(n, thread_name_prefix="fs-query"),
-                           ThreadPoolExecutor(max(n, 32), thread_name_prefix="fs-scan"))
+            self._pools = (
+                ThreadPoolExecutor(n, thread_name_prefix="fs-query"),
+                ThreadPoolExecutor(max(n, 32), thread_name_prefix="fs-scan"),
+            )
         # asyncio's own hand-off to a thread pool, not anyio's to_thread: anyio's limiter and cancel scopes were
         # a sixth of the event loop's time, and the event loop is the one thread every request passes through
         pool = self._pools[1] if self.scans else self._pools[0]
@@ -175,21 +179,22 @@ class Service:
         if dataset is not None:
             self._dataset(snap, dataset)
         try:
-            hits, info = self.fs.similar(q, id=id, k=k, dataset=dataset, model=s.model, clean=s.clean, dtype=s.dtype,
-                                         snapshot=snap)
+            r = self.fs.similar(
+                q, id=id, k=k, dataset=dataset, model=s.model, clean=s.clean, dtype=s.dtype, snapshot=snap
+            )
         except UnknownIdError as exc:
             raise HTTPError(404, " ".join(exc.render(param_of).split())) from None
-        self.scans = info.get("index_kind") == "Flat"
+        self.scans = r.index_kind == "Flat"
         # the answer is this generation's, read once for the request
         out = {
             "generation": snap.generation,
-            "space": info.get("space"),
-            "query": info.get("query"),
-            "index": info.get("index"),
-            "hits": [self._hit(h) for h in hits],
+            "space": r.space,
+            "query": r.query,
+            "index": r.index,
+            "hits": [self._hit(h) for h in r.hits],
         }
-        if "note" in info:
-            out["note"] = info["note"]
+        if r.note:
+            out["note"] = r.note
         return out
 
     @staticmethod
@@ -211,13 +216,20 @@ class Service:
         snap = self.snapshot()
         ds = self._dataset(snap, dataset)
         try:
-            space, vec = self.fs.vector(dataset, id, model=self.settings.model, clean=self.settings.clean,
-                                        dtype=self.settings.dtype)
+            space, vec = self.fs.vector(
+                dataset, id, model=self.settings.model, clean=self.settings.clean, dtype=self.settings.dtype
+            )
         except UnknownIdError as exc:
             raise HTTPError(404, " ".join(exc.render(param_of).split())) from None
         return {
-            "dataset": ds.name, "id": id, "space": space.id, "model": space.model, "recipe": space.recipe,
-            "dtype": space.dtype, "dim": space.dim, "generation": snap.generation,
+            "dataset": ds.name,
+            "id": id,
+            "space": space.id,
+            "model": space.model,
+            "recipe": space.recipe,
+            "dtype": space.dtype,
+            "dim": space.dim,
+            "generation": snap.generation,
             "vector": [float(x) for x in vec.tolist()],
         }
 
@@ -238,8 +250,17 @@ class Service:
             "status": "ok",
             "generation": snap.generation,
             "warmed": self.warmed.is_set(),  # the background warm-up at start has finished
-            "spaces": [{"id": sp.id, "model": sp.model, "recipe": sp.recipe, "dim": sp.dim, "dtype": sp.dtype,
-                        "vectors": sp.rows} for sp in snap.spaces.values()],
+            "spaces": [
+                {
+                    "id": sp.id,
+                    "model": sp.model,
+                    "recipe": sp.recipe,
+                    "dim": sp.dim,
+                    "dtype": sp.dtype,
+                    "vectors": sp.rows,
+                }
+                for sp in snap.spaces.values()
+            ],
         }
 
 
@@ -250,16 +271,18 @@ def check_k(k: int) -> None:
 
 def check_text(text: str, name: str) -> None:
     if len(text) > MAX_TEXT_CHARS:
-        raise HTTPError(413, f"{name} is {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}; "
-                        "fix: send a shorter text")
+        raise HTTPError(
+            413, f"{name} is {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}; fix: send a shorter text"
+        )
 
 
 # ---- request and response bodies (they also document the API at /docs)
 
+
 class QueryItem(BaseModel):
-    q: Optional[str] = Field(None, description=f"query text (at most {MAX_TEXT_CHARS:,} characters)")
-    id: Optional[str] = Field(None, description="or: the id of a stored row, used as the query")
-    dataset: Optional[str] = Field(None, description="only hits of this dataset; with id: the dataset holding it")
+    q: str | None = Field(None, description=f"query text (at most {MAX_TEXT_CHARS:,} characters)")
+    id: str | None = Field(None, description="or: the id of a stored row, used as the query")
+    dataset: str | None = Field(None, description="only hits of this dataset; with id: the dataset holding it")
 
 
 class BatchRequest(BaseModel):
@@ -321,19 +344,21 @@ def create_app(settings: Settings) -> FastAPI:
         title="featurestore",
         description="Nearest stored tweets by cosine similarity, stored vectors and datasets, read-only. "
         f"Limits: k <= {MAX_K}, batch <= {MAX_BATCH} queries, text <= {MAX_TEXT_CHARS:,} characters. "
-        "Errors are JSON {\"error\": \"...\"}.",
+        'Errors are JSON {"error": "..."}.',
         version=_version(),
     )
     app.state.service = service
     bearer = HTTPBearer(auto_error=False, description="the server's --token")
 
-    async def authorize(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
+    async def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         assert settings.token is not None  # a dependency of the routes only when the server has a token
         given = credentials.credentials if credentials is not None else ""
         if credentials is None or not hmac.compare_digest(given.encode(), settings.token.encode()):
             what = "missing" if credentials is None else "wrong"
-            raise HTTPError(401, f"bearer token {what}; fix: send the header 'Authorization: Bearer <token>' "
-                            "with the server's --token")
+            raise HTTPError(
+                401,
+                f"bearer token {what}; fix: send the header 'Authorization: Bearer <token>' with the server's --token",
+            )
 
     auth = [Depends(authorize)] if settings.token is not None else []  # no per-request dependency to solve
 
@@ -354,32 +379,44 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     def _starlette(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": f"{exc.detail}: {request.method} {request.url.path}"},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); this is a featurestore bug: "
-                             "please report it with the request"}, status_code=500)
+        return JSONResponse(
+            {
+                "error": f"internal error ({type(exc).__name__}); this is a featurestore bug: "
+                "please report it with the request"
+            },
+            status_code=500,
+        )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
         return HTMLResponse(resources.files("featurestore").joinpath("static/index.html").read_text("utf-8"))
 
     @app.get("/similar", dependencies=auth, summary="Nearest stored tweets to a text or a stored row")
-    async def similar_get(q: Optional[str] = None, id: Optional[str] = None, dataset: Optional[str] = None,
-                          k: int = 10) -> dict[str, Any]:
+    async def similar_get(
+        q: str | None = None, id: str | None = None, dataset: str | None = None, k: int = 10
+    ) -> dict[str, Any]:
         """``q``: a text; or ``id`` (+ ``dataset`` when the id is in several) of a stored row. With ``q``,
         ``dataset`` keeps only that dataset's rows. ``k`` <= 100."""
         return await service.call(service.similar_json, q, id, k, dataset or None)  # an empty form field means "any"
 
     def similar_batch(body: BatchRequest) -> dict[str, Any]:
         if len(body.queries) > MAX_BATCH:
-            raise HTTPError(413, f"batch has {len(body.queries):,} queries; the limit is {MAX_BATCH}; "
-                            "fix: split it into several requests")
+            raise HTTPError(
+                413,
+                f"batch has {len(body.queries):,} queries; the limit is {MAX_BATCH}; "
+                "fix: split it into several requests",
+            )
         if not body.queries:
-            raise HTTPError(400, "queries is empty; give at least one {\"q\": ...} or {\"id\": ...}")
+            raise HTTPError(400, 'queries is empty; give at least one {"q": ...} or {"id": ...}')
         check_k(body.k)
         for n, item in enumerate(body.queries):
             if item.q is not None:
@@ -477,8 +514,14 @@ def app_from_env() -> FastAPI:
     return create_app(settings)
 
 
-def run(settings: Settings, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info",
-        ready: Callable[[str], None] | None = None, workers: int = 1) -> None:
+def run(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    log_level: str = "info",
+    ready: Callable[[str], None] | None = None,
+    workers: int = 1,
+) -> None:
     """Serve until interrupted. ``ready`` gets the URL once the store has been opened.
 
     ``workers`` > 1: that many server processes share the port (uvicorn's supervisor starts and restarts them),

@@ -12,11 +12,12 @@ by the model and written back into the space (one atomic commit a call) unless `
 The estimator contract: nothing happens in ``__init__``; ``fit`` finds the space (and checks
 the input); ``transform`` maps; ``get_feature_names_out`` names the dimensions.
 """
+
 from __future__ import annotations
 
 import os
-from dataclasses import replace
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -25,8 +26,8 @@ from sklearn.utils.validation import check_is_fitted
 from featurestore.clean import get_recipe
 from featurestore.embedders import DEFAULT_MODEL, canonical_model, default_recipe, load_embedder
 from featurestore.errors import SpaceError
-from featurestore.keys import KEY_DTYPE, text_keys
-from featurestore.store import Store, VectorBatch, lookup
+from featurestore.spaces import DEFAULT_MAX_CHARS, KeyedTexts, SpaceWriter, key_texts, make_space, require_same_space
+from featurestore.store import Store, lookup
 
 
 class StoreEmbedder(TransformerMixin, BaseEstimator):
@@ -38,8 +39,16 @@ class StoreEmbedder(TransformerMixin, BaseEstimator):
     to this before keying and embedding, as ``fs ingest`` does).
     """
 
-    def __init__(self, store: Any = None, model: str = DEFAULT_MODEL, recipe: str | None = None,
-                 dtype: str | None = None, write: bool = True, embedder: Any = None, max_chars: int = 2000) -> None:
+    def __init__(
+        self,
+        store: Any = None,
+        model: str = DEFAULT_MODEL,
+        recipe: str | None = None,
+        dtype: str | None = None,
+        write: bool = True,
+        embedder: Any = None,
+        max_chars: int = DEFAULT_MAX_CHARS,
+    ) -> None:
         self.store = store
         self.model = model
         self.recipe = recipe
@@ -59,7 +68,7 @@ class StoreEmbedder(TransformerMixin, BaseEstimator):
         """A 1-D sequence of texts (a list, a 1-D array, a Series, or one column of a frame)."""
         if isinstance(X, str):
             raise ValueError("StoreEmbedder takes an iterable of texts, not one string; wrap it in a list")
-        if hasattr(X, "shape") and len(getattr(X, "shape")) == 2:
+        if hasattr(X, "shape") and len(X.shape) == 2:
             if X.shape[1] != 1:
                 raise ValueError(f"StoreEmbedder takes one column of texts; got an array of shape {X.shape}")
             X = X.iloc[:, 0] if hasattr(X, "iloc") else np.asarray(X)[:, 0]
@@ -80,13 +89,12 @@ class StoreEmbedder(TransformerMixin, BaseEstimator):
         except SpaceError:
             return None
 
-    def _keys(self, texts: list[str], recipe: str) -> tuple[list[str], np.ndarray]:
-        cleaned = [c[: self.max_chars] for c in get_recipe(recipe).clean(texts)]
-        return cleaned, np.array(text_keys(recipe, cleaned), dtype=KEY_DTYPE)
+    def _keys(self, texts: list[str]) -> KeyedTexts:
+        return key_texts(get_recipe(self.recipe_), texts, self.max_chars)
 
     # ---- the estimator
 
-    def fit(self, X: Any, y: Any = None) -> "StoreEmbedder":
+    def fit(self, X: Any, y: Any = None) -> StoreEmbedder:
         """Find the space (embedding nothing yet); the texts are only checked."""
         self._texts(X)
         store = self._store()
@@ -112,40 +120,36 @@ class StoreEmbedder(TransformerMixin, BaseEstimator):
             return out
         store = self._store()
         space = self._space(store)
-        cleaned, keys = self._keys(texts, self.recipe_)
-        pos = lookup(store.space_keys(space)).get_indexer(keys) if space is not None else np.full(len(keys), -1)
+        keyed = self._keys(texts)
+        pos = (
+            lookup(store.space_keys(space)).get_indexer(keyed.key_array())
+            if space is not None
+            else np.full(len(texts), -1)
+        )
         found = pos >= 0
         if found.any():
             out[found] = store.read_vectors(space, pos[found])
         if not found.all():
-            out[~found] = self._embed_missing(store, space, [cleaned[i] for i in np.flatnonzero(~found)],
-                                              keys[~found])
+            out[~found] = self._embed_missing(store, space, keyed.take(np.flatnonzero(~found)))
         return out
 
-    def _embed_missing(self, store: Store, space: Any, cleaned: list[str], keys: np.ndarray) -> np.ndarray:
-        from featurestore.ingest import CANARY_MAX_CHARS, N_CANARIES, check_drift, make_space
-
+    def _embed_missing(self, store: Store, space: Any, keyed: KeyedTexts) -> np.ndarray:
+        """Vectors of texts the space lacked: embedded, and (``write``) added to it as cache entries."""
         embedder = self.embedder or load_embedder(self.model)
         recipe = get_recipe(self.recipe_)
-        target = make_space(embedder, self.model_, recipe, space.dtype if space is not None else self.dtype or "float32")
-        if space is not None and target.id != space.id:
-            raise SpaceError(f"model {self.model_!r} now writes space {target.id}, not the stored {space.id}; "
-                             "fix: ingest into a new store, or restore the original model")
-        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        vectors = np.asarray(embedder.embed([cleaned[i] for i in first]), np.float32)
-        vectors = vectors.astype(target.dtype).astype(np.float32)  # what a later read of the store returns
+        target = make_space(
+            embedder, self.model_, recipe, space.dtype if space is not None else self.dtype or "float32"
+        )
+        if space is not None:
+            require_same_space(embedder, space, recipe)
         if self.write:
             with store.writer(wait=True) as w:
-                stored = w.snap.spaces.get(target.id)
-                if stored is not None:
-                    check_drift(store, stored, embedder, recipe)
-                    have = lookup(store.space_keys(stored)).get_indexer(uniq) >= 0  # written meanwhile
-                else:
-                    canaries = tuple(c for c in (cleaned[i] for i in first) if c.strip() and len(c) <= CANARY_MAX_CHARS)
-                    target = replace(target, canaries=canaries[:N_CANARIES])
-                    have = np.zeros(len(uniq), bool)
-                w.commit(vectors=VectorBatch(stored or target, uniq[~have], vectors[~have]))
-        return vectors[inverse.reshape(-1)]
+                return SpaceWriter(w, target, embedder, recipe).add(keyed)
+        todo = dict(zip(keyed.keys, keyed.cleaned))  # each text once
+        vectors = np.asarray(embedder.embed(list(todo.values())), np.float32)
+        vectors = vectors.astype(target.dtype).astype(np.float32)  # what a read of the store would return
+        at = {k: i for i, k in enumerate(todo)}
+        return vectors[[at[k] for k in keyed.keys]]
 
     def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
         check_is_fitted(self, "dim_")

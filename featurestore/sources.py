@@ -7,6 +7,7 @@ written, duplicate rows, and one-line ``InputFileError`` messages naming the row
 Nothing else escapes for any input bytes, and nothing here touches the store: a bad file
 stops the ingest before anything is written.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -20,10 +21,11 @@ import re
 import shlex
 import sys
 from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,16 +39,49 @@ NO_LABEL = ""  # the label of a row that has none
 # Default column names, compared after _norm(); the first match wins.
 ID_COLUMNS = ("id", "tweet_id", "tweetid", "status_id", "ids", "uid", "doc_id", "row_id")
 LABEL_COLUMNS = (
-    "label", "labels", "sentiment", "airline_sentiment", "target", "class", "category", "polarity", "y",
+    "label",
+    "labels",
+    "sentiment",
+    "airline_sentiment",
+    "target",
+    "class",
+    "category",
+    "polarity",
+    "y",
 )
 TEXT_COLUMNS = (
-    "tweet", "text", "tweet_text", "content", "body", "message", "sentence", "full_text", "comment", "review",
-    "tweets", "texts", "messages", "sentences", "comments", "reviews", "post", "posts", "status", "document",
+    "tweet",
+    "text",
+    "tweet_text",
+    "content",
+    "body",
+    "message",
+    "sentence",
+    "full_text",
+    "comment",
+    "review",
+    "tweets",
+    "texts",
+    "messages",
+    "sentences",
+    "comments",
+    "reviews",
+    "post",
+    "posts",
+    "status",
+    "document",
 )
 
 _EXTENSIONS = {
-    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-    ".parquet": "parquet", ".pq": "parquet", ".txt": "txt",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "txt",
 }
 _COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst", ".zstd")
 _SEPARATORS = (",", "\t", ";", "|")  # tie-break order for the sniffer
@@ -136,6 +171,7 @@ def _read_bytes(path: str) -> bytes:
 
 def _decompress(data: bytes, source: str) -> tuple[bytes, str | None]:
     """Undo gzip, bz2, xz or zstd, recognised by magic bytes whatever the file is called."""
+    unpack: Callable[[bytes], bytes]
     if data.startswith(b"\x1f\x8b"):
         kind, unpack = "gzip", gzip.decompress
     elif data.startswith(b"BZh") and data[3:4].isdigit():
@@ -161,8 +197,9 @@ def _decompress(data: bytes, source: str) -> tuple[bytes, str | None]:
     try:
         return unpack(data), kind
     except MemoryError:
-        raise InputFileError(f"{source} is {kind}-compressed and too large to decompress in memory; "
-                             "decompress it first and split it") from None
+        raise InputFileError(
+            f"{source} is {kind}-compressed and too large to decompress in memory; decompress it first and split it"
+        ) from None
     except Exception as exc:  # each codec raises its own types (OSError, EOFError, LZMAError, ZstdError...)
         raise InputFileError(
             f"{source} looks {kind}-compressed but cannot be decompressed ({_short(exc)}); check the file"
@@ -215,15 +252,20 @@ def _decode(data: bytes, source: str, encoding: str | None) -> tuple[str, str]:
                 "fix: pass the encoding the file was saved in with [[encoding]], or leave [[encoding]] out to detect it"
             ) from None
         except Exception as exc:  # some codecs (e.g. rot13, idna) raise other types
-            raise InputFileError(f"{source} cannot be decoded as {encoding} ({_short(exc)}); "
-                                 "fix: [[encoding]] utf-8 or the file's real encoding") from None
+            raise InputFileError(
+                f"{source} cannot be decoded as {encoding} ({_short(exc)}); "
+                "fix: [[encoding]] utf-8 or the file's real encoding"
+            ) from None
         return text.removeprefix("\ufeff"), encoding  # a byte-order mark is not part of the header
     for bom, name in (
-        (b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
-        (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"),
+        (b"\xef\xbb\xbf", "utf-8"),
+        (b"\xff\xfe\x00\x00", "utf-32-le"),
+        (b"\x00\x00\xfe\xff", "utf-32-be"),
+        (b"\xff\xfe", "utf-16-le"),
+        (b"\xfe\xff", "utf-16-be"),
     ):
         if data.startswith(bom):
-            return _decode_auto(data[len(bom):], source, name), name
+            return _decode_auto(data[len(bom) :], source, name), name
     name = _utf16_order(data[:8192]) or "utf-8"
     return _decode_auto(data, source, name), name
 
@@ -246,8 +288,10 @@ def _decode_auto(data: bytes, source: str, name: str) -> str:
     elif not bad & {0x81, 0x8D, 0x8F, 0x90, 0x9D}:
         # 0x80-0x9f are printable in Windows-1252 (0x85 '…', 0x92 '’', 0x93/0x94 '“”') but
         # control characters in Latin-1, so latin-1 would silently corrupt them.
-        hint = ("it looks like Windows-1252 (cp1252), as Excel saves it; "
-                "fix: [[encoding]] cp1252 (or re-save the file as UTF-8)")
+        hint = (
+            "it looks like Windows-1252 (cp1252), as Excel saves it; "
+            "fix: [[encoding]] cp1252 (or re-save the file as UTF-8)"
+        )
     else:
         hint = "fix: re-save the file as UTF-8, or pass the encoding it was saved in with [[encoding]]"
     raise InputFileError(f"{where}; {hint}")
@@ -349,7 +393,8 @@ def _read_json(text: str, source: str, guessed: bool) -> _Frame:
     """JSON Lines (one object a line), or one JSON document: an array of objects, or an object holding one."""
     if text.lstrip().startswith("["):
         return _document_frame(_json_doc(text, source, guessed), source)
-    records, numbers = [], []
+    records: list[dict[str, Any]] = []
+    numbers: list[int] = []
     for i, line in enumerate(_split_lines(text), start=1):
         if not line.strip():
             continue
@@ -367,7 +412,7 @@ def _read_json(text: str, source: str, guessed: bool) -> _Frame:
                 + ("; if the file is not JSON, pass [[fmt]] csv or [[fmt]] txt" if guessed else "")
             ) from None
         if not isinstance(rec, dict):
-            raise InputFileError(f"{source} line {i} is not a JSON object; each line must be {{\"text\": ...}}")
+            raise InputFileError(f'{source} line {i} is not a JSON object; each line must be {{"text": ...}}')
         records.append(rec)
         numbers.append(i)
     if len(records) == 1 and (inner := _inner_records(records[0])) is not None:
@@ -405,13 +450,11 @@ def _document_frame(doc: Any, source: str) -> _Frame:
     elif isinstance(doc, list):
         records = doc
     else:
-        raise InputFileError(
-            f"{source} is a single JSON value, not objects; give [{{\"text\": ...}}, ...] or JSON Lines"
-        )
+        raise InputFileError(f'{source} is a single JSON value, not objects; give [{{"text": ...}}, ...] or JSON Lines')
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise InputFileError(
-                f"{source} item {i + 1} of the JSON array is not an object; each must be {{\"text\": ...}}"
+                f'{source} item {i + 1} of the JSON array is not an object; each must be {{"text": ...}}'
             )
     return _json_frame(records, np.arange(1, len(records) + 1), "row", "json array")
 
@@ -501,7 +544,7 @@ def _sniff_sep(text: str, header: bool) -> str | None:
 def _read_csv(text: str, source: str, sep: str | None, header: bool, guessed: bool) -> _Frame:
     detail = []
     if excel := re.match(r"sep=([^\r\n])(?:\r\n|\r|\n)", text):  # Excel's "sep=;" first line names the separator
-        text, sep = text[excel.end():], sep or excel.group(1)
+        text, sep = text[excel.end() :], sep or excel.group(1)
     if sep is None:
         sep = _sniff_sep(text, header)
     if sep is None:
@@ -568,8 +611,14 @@ def _csv_pandas(text: str, sep: str, source: str, guessed: bool) -> _Cells:
         # header=None even with a header: pandas then refuses a row with more fields than the
         # first one, where header=0 would silently drop the extra field or make it the index.
         df = pd.read_csv(
-            io.StringIO(body), sep=sep, header=None, dtype=str, keep_default_na=False, na_filter=False,
-            index_col=False, engine="c" if nul or "\x00" not in text else "python",
+            io.StringIO(body),
+            sep=sep,
+            header=None,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            index_col=False,
+            engine="c" if nul or "\x00" not in text else "python",
         )
     except pd.errors.EmptyDataError:
         raise InputFileError(f"{source} is empty; give a file with a header row and at least one tweet") from None
@@ -578,10 +627,13 @@ def _csv_pandas(text: str, sep: str, source: str, guessed: bool) -> _Cells:
         shown = _SEP_NAMES.get(sep, "none")
         raise InputFileError(
             f"{source} is not valid CSV ({_short(msg)}); fix the quoting on that line, or give the separator "
-            f"with [[sep]] (read with: {shown})" + ("; for plain tweets, one a line, pass [[fmt]] txt" if guessed else "")
+            f"with [[sep]] (read with: {shown})"
+            + ("; for plain tweets, one a line, pass [[fmt]] txt" if guessed else "")
         ) from None
     except Exception as exc:  # pandas also raises ValueError, UnicodeError, OverflowError... on odd input
-        raise InputFileError(f"{source} cannot be read as CSV ({_short(exc)}); check the file, or pass [[fmt]]") from None
+        raise InputFileError(
+            f"{source} cannot be read as CSV ({_short(exc)}); check the file, or pass [[fmt]]"
+        ) from None
 
     def column(i: int) -> np.ndarray:
         values = df.iloc[:, i].fillna("").to_numpy(dtype=object)
@@ -628,8 +680,15 @@ def _printable(s: str) -> str:
     return s if s and s.isprintable() and s.strip() == s else repr(s)  # lone surrogates are not printable
 
 
-def pick_column(columns: list[str], wanted: str | None, defaults: Sequence[str], taken: set[str],
-          what: str, flag: str, source: str) -> str | None:
+def pick_column(
+    columns: list[str],
+    wanted: str | None,
+    defaults: Sequence[str],
+    taken: Collection[str | None],
+    what: str,
+    flag: str,
+    source: str,
+) -> str | None:
     """The column for one role: the name given (exact, else case-insensitive), else the first default found."""
     if wanted == "":
         return None
@@ -642,7 +701,7 @@ def pick_column(columns: list[str], wanted: str | None, defaults: Sequence[str],
         raise InputFileError(
             f"{source} has no {what} column {wanted!r}; columns found: {_show(columns)}; fix: {flag} NAME"
         )
-    normed = {}
+    normed: dict[str, str] = {}
     for c in columns:
         normed.setdefault(_norm(c), c)
     for d in defaults:
@@ -659,7 +718,9 @@ def _looks_like_data(columns: list[str]) -> bool:
 def _name_like(name: str) -> bool:
     name = name.strip()
     return (
-        0 < len(name) <= 40 and len(name.split()) <= 3 and not re.fullmatch(r"[+-]?[\d.,]+", name)
+        0 < len(name) <= 40
+        and len(name.split()) <= 3
+        and not re.fullmatch(r"[+-]?[\d.,]+", name)
         and re.fullmatch(r"[\w .()/#-]+", name) is not None
     )
 
@@ -671,11 +732,15 @@ def _no_text_column(frame: _Frame, header: bool, path: str, source: str) -> Inpu
             f"{source} has {len(cols)} columns and no header; fix: [[text_col]] N (the text column's number, from 1; "
             "likewise [[id_col]] N and [[label_col]] N)"
         )
-    msg = (f"{source} has no text column (looked for {', '.join(TEXT_COLUMNS)}); columns found: {_show(cols)}; "
-           "fix: [[text_col]] NAME")
+    msg = (
+        f"{source} has no text column (looked for {', '.join(TEXT_COLUMNS)}); columns found: {_show(cols)}; "
+        "fix: [[text_col]] NAME"
+    )
     if frame.kind == "csv" and _looks_like_data(cols):
-        msg += ("; the first row looks like data, not a header: if the file has none, pass [[header]] "
-                "(and [[text_col]] N, N from 1, if it has several columns)")
+        msg += (
+            "; the first row looks like data, not a header: if the file has none, pass [[header]] "
+            "(and [[text_col]] N, N from 1, if it has several columns)"
+        )
     if frame.kind == "csv" and (path == "-" or frame.guessed):
         msg += "; if these are plain tweets, one a line, pass [[fmt]] txt"
     return InputFileError(msg)
@@ -753,8 +818,9 @@ def _scrub(values: np.ndarray) -> tuple[np.ndarray, int]:
     return out, count
 
 
-def _dedupe(ids: np.ndarray, texts: np.ndarray, labels: np.ndarray, frame: _Frame, mode: str,
-            source: str) -> np.ndarray:
+def _dedupe(
+    ids: np.ndarray, texts: np.ndarray, labels: np.ndarray, frame: _Frame, mode: str, source: str
+) -> np.ndarray:
     """Positions of the rows to keep, in file order.
 
     A row repeating another's id, text and label is dropped. Rows sharing an id with a
@@ -799,7 +865,8 @@ def _check_sep(sep: str | None) -> str | None:
         return "\t"
     if len(sep) != 1 or sep in '"\r\n\x00':
         raise InputFileError(
-            f"[[sep]] must be one character other than a quote or newline (e.g. [[sep]] ';' or [[sep]] tab), not {sep!r}"
+            "[[sep]] must be one character other than a quote or newline (e.g. [[sep]] ';' or [[sep]] tab), "
+            f"not {sep!r}"
         )
     return sep
 
@@ -872,10 +939,14 @@ def read_table(
     else:
         cols = frame.columns
         named = header or frame.kind != "csv"  # without a header, columns are only numbers
-        tcol = pick_column(cols, text_col, TEXT_COLUMNS if named else (), set(), "text", "[[text_col]]", source)
-        icol = pick_column(cols, id_col, ID_COLUMNS if named else (), {tcol}, "id", "[[id_col]]", source)
-        lcol = pick_column(cols, label_col, LABEL_COLUMNS if named else (), {tcol, icol}, "label", "[[label_col]]", source)
-        if tcol is None:
+        picked = pick_column(cols, text_col, TEXT_COLUMNS if named else (), set(), "text", "[[text_col]]", source)
+        icol = pick_column(cols, id_col, ID_COLUMNS if named else (), {picked}, "id", "[[id_col]]", source)
+        lcol = pick_column(
+            cols, label_col, LABEL_COLUMNS if named else (), {picked, icol}, "label", "[[label_col]]", source
+        )
+        if picked is not None:
+            tcol = picked
+        else:
             taken = {icol, lcol}
             rest = [c for c in cols if c not in taken]
             if text_col is None and len(cols) == 1 and frame.kind != "csv":

@@ -21,6 +21,7 @@ segments that no manifest names are orphans that the next writer removes. Reader
 take one manifest as a snapshot and read only files it names, so they never see a
 half-written batch and need no lock.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,9 +33,10 @@ import mmap
 import os
 import re
 import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -135,8 +137,9 @@ class Lookup:
         """True for each repeat of an earlier value (``keep="first"``) or of a later one (``keep="last"``)."""
         n = len(self._values)
         # A dict keeps the last position written for a value: write back to front to keep the first.
-        kept = dict(zip(self._values, range(n)) if keep == "last"
-                    else zip(reversed(self._values), range(n - 1, -1, -1)))
+        kept = dict(
+            zip(self._values, range(n)) if keep == "last" else zip(reversed(self._values), range(n - 1, -1, -1))
+        )
         out = np.ones(n, bool)
         out[np.fromiter(kept.values(), np.intp, len(kept))] = False
         return out
@@ -298,8 +301,13 @@ class _RowMap:
 
     def __init__(self, f: h5py.File) -> None:
         dset = f["vectors"]
-        if (dset.chunks is None or dset.id.get_create_plist().get_nfilters() or dset.dtype.kind != "f"
-                or dset.dtype.byteorder == ">" or len(dset.shape) != 2):
+        if (
+            dset.chunks is None
+            or dset.id.get_create_plist().get_nfilters()
+            or dset.dtype.kind != "f"
+            or dset.dtype.byteorder == ">"
+            or len(dset.shape) != 2
+        ):
             raise ValueError("not plainly stored")
         self.per_chunk, self.dim = dset.chunks[0], dset.shape[1]
         if dset.chunks[1] != self.dim:
@@ -322,8 +330,13 @@ class _RowMap:
             raise IndexError(f"rows outside 0..{self._rows - 1}")
         row_bytes = self.dim * self.dtype.itemsize
         starts = self.offsets[local // self.per_chunk] + (local % self.per_chunk) * row_bytes
-        return np.stack([np.frombuffer(self._map, self.dtype, self.dim, int(o)) for o in starts]).astype(
-            np.float32, copy=False) if len(local) else np.empty((0, self.dim), np.float32)
+        return (
+            np.stack([np.frombuffer(self._map, self.dtype, self.dim, int(o)) for o in starts]).astype(
+                np.float32, copy=False
+            )
+            if len(local)
+            else np.empty((0, self.dim), np.float32)
+        )
 
 
 @dataclass
@@ -348,8 +361,9 @@ MERGE_FANOUT = 4  # this many trailing segments of one size tier are merged into
 FULL_ROWS = 1 << 15  # a segment this large merges only to stay under MAX_SEGMENTS (a bulk load's commits)
 
 
-def merge_plan(rows: Sequence[int], max_segments: int = MAX_SEGMENTS, fanout: int = MERGE_FANOUT,
-               full_rows: int = FULL_ROWS) -> list[tuple[int, int]]:
+def merge_plan(
+    rows: Sequence[int], max_segments: int = MAX_SEGMENTS, fanout: int = MERGE_FANOUT, full_rows: int = FULL_ROWS
+) -> list[tuple[int, int]]:
     """The merges, in order, that compaction makes of segments of ``rows`` rows: ``(start, end)`` merges
     segments ``start:end`` of the list as it stands after the merges before it.
 
@@ -360,6 +374,7 @@ def merge_plan(rows: Sequence[int], max_segments: int = MAX_SEGMENTS, fanout: in
     Merging everything whenever a kind passed 16 segments rewrote a million-row store (1.5 GB of vectors)
     every 16th commit: a 2,000-row ``fs ingest`` beside ``fs serve`` took 16 s instead of 3.4-4.4 s.
     """
+
     def tier(n: int) -> int:
         t = 0
         while n >= fanout:
@@ -380,8 +395,10 @@ def merge_plan(rows: Sequence[int], max_segments: int = MAX_SEGMENTS, fanout: in
         elif len(sizes) > max_segments:  # the newest run of one tier, full ones too; else the fewest rows
             width = max(2, min(fanout, len(sizes)))
             starts = range(len(sizes) - width, -1, -1)
-            start = next((i for i in starts if len({tier(n) for n in sizes[i:i + width]}) == 1),
-                         min(starts, key=lambda i: sum(sizes[i:i + width])))
+            start = next(
+                (i for i in starts if len({tier(n) for n in sizes[i : i + width]}) == 1),
+                min(starts, key=lambda i: sum(sizes[i : i + width])),
+            )
             merge(start, start + width)
         else:
             break
@@ -404,7 +421,7 @@ class Store:
         self._held_lock = threading.Lock()
         self._manifest_held: tuple[tuple[int, int, int, int], Snapshot] | None = None  # see read_manifest
 
-    def hold_segments(self, limit: int = 256) -> "Store":
+    def hold_segments(self, limit: int = 256) -> Store:
         """Keep up to ``limit`` segment files open between reads (a long-lived reader: ``fs serve``, a
         notebook's repeated queries). Segments are immutable, so a held handle stays valid; it is
         checked against the file's inode, size and mtime at each use, and dropped when the file changed
@@ -420,7 +437,7 @@ class Store:
             if self._held:
                 self._held = {name: entry for name, entry in self._held.items() if name in keep}
 
-    def require_existing(self) -> "Store":
+    def require_existing(self) -> Store:
         """For reading commands: a path that holds no store is a mistake, not an empty store."""
         if not self.manifest_dir.is_dir():
             what = "does not exist" if not self.path.exists() else "is not a featurestore store (no manifest/)"
@@ -459,7 +476,9 @@ class Store:
         except StoreError:
             raise
         except PermissionError:
-            raise StoreError(f"store manifest {path} is not readable (permission denied); fix its permissions") from None
+            raise StoreError(
+                f"store manifest {path} is not readable (permission denied); fix its permissions"
+            ) from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StoreError(
                 f"store manifest {path} is corrupt ({exc}); fix: run 'fs repair --store {self.path}'"
@@ -686,7 +705,7 @@ class Store:
 
     # ---- writing
 
-    def writer(self, wait: bool = False, timeout: float | None = None) -> "Writer":
+    def writer(self, wait: bool = False, timeout: float | None = None) -> Writer:
         """The write path: holds the store's lock while open."""
         return Writer(self, wait=wait, timeout=timeout)
 
@@ -702,11 +721,13 @@ class Writer:
         self._recovering = False
         self.snap: Snapshot = EMPTY
 
-    def __enter__(self) -> "Writer":
+    def __enter__(self) -> Writer:
         self._acquire()
         try:
             store = self.store
-            if not store.manifest_generations() and not any(n.startswith("seg-") for n in os.listdir(store.segment_dir)):
+            if not store.manifest_generations() and not any(
+                n.startswith("seg-") for n in os.listdir(store.segment_dir)
+            ):
                 # A new store gets an empty generation 0 first, so a kill during its first commit
                 # leaves orphans beside a manifest (swept as usual), not segments without one.
                 self._publish(EMPTY)
@@ -719,7 +740,7 @@ class Writer:
 
     @classmethod
     @contextlib.contextmanager
-    def recovering(cls, store: Store) -> Iterator["Writer"]:
+    def recovering(cls, store: Store) -> Iterator[Writer]:
         """The write path for repair: the lock without trusting (or even reading) the current manifest.
         The caller decides the snapshot to continue from and calls ``recover(snap)``."""
         w = cls(store)
@@ -735,8 +756,11 @@ class Writer:
         then remove what no kept manifest names."""
         assert self._recovering, "recover() is for Writer.recovering()"
         if publish:
-            new = dataclasses.replace(snap, generation=self.snap_generation() + 1,
-                                      next_segment=max(snap.next_segment, self._next_free_segment()))
+            new = dataclasses.replace(
+                snap,
+                generation=self.snap_generation() + 1,
+                next_segment=max(snap.next_segment, self._next_free_segment()),
+            )
             self._publish(new)
             snap = new
         self.snap = snap
@@ -823,26 +847,42 @@ class Writer:
             return (seg,)
 
         try:
-            vector_segs = row_segs = label_segs = ()
+            vector_segs: tuple[Segment, ...] = ()
+            row_segs: tuple[Segment, ...] = ()
+            label_segs: tuple[Segment, ...] = ()
             key_segs: dict[str, tuple[Segment, ...]] = {}
             if vectors is not None and len(vectors.keys):
                 space = vectors.space
                 assert vectors.vectors.shape == (len(vectors.keys), space.dim)
                 # Self-describing, so that repair can re-adopt it without any manifest.
-                vector_segs = add(segment_attrs("vectors", space=space),
-                                  {"keys": vectors.keys, "vectors": vectors.vectors.astype(space.dtype)})
+                vector_segs = add(
+                    segment_attrs("vectors", space=space),
+                    {"keys": vectors.keys, "vectors": vectors.vectors.astype(space.dtype)},
+                )
             if dataset is not None:
                 check_dataset_name(dataset)
                 if rows is not None and len(rows):
-                    row_segs = add(segment_attrs("rows", dataset=dataset),
-                                   {"ids": rows.ids, "labels": rows.labels, "digests": rows.digests, "texts": rows.texts})
+                    row_segs = add(
+                        segment_attrs("rows", dataset=dataset),
+                        {"ids": rows.ids, "labels": rows.labels, "digests": rows.digests, "texts": rows.texts},
+                    )
                 if keys is not None and len(keys):
-                    key_segs[keys.recipe] = add(segment_attrs("keys", dataset=dataset, recipe=keys.recipe),
-                                                {"ids": keys.ids, "keys": keys.keys})
+                    key_segs[keys.recipe] = add(
+                        segment_attrs("keys", dataset=dataset, recipe=keys.recipe), {"ids": keys.ids, "keys": keys.keys}
+                    )
                 if labels is not None and len(labels):
-                    label_segs = add(segment_attrs("labels", dataset=dataset), {"ids": labels.ids, "labels": labels.labels})
-            new = self._extended(vectors.space if vectors is not None else None, vector_segs,
-                                 dataset, row_segs, key_segs, label_segs, next_segment=seq)
+                    label_segs = add(
+                        segment_attrs("labels", dataset=dataset), {"ids": labels.ids, "labels": labels.labels}
+                    )
+            new = self._extended(
+                vectors.space if vectors is not None else None,
+                vector_segs,
+                dataset,
+                row_segs,
+                key_segs,
+                label_segs,
+                next_segment=seq,
+            )
             fsync_dir(self.store.segment_dir)
             self._publish(new)
         except (OSError, RuntimeError) as exc:  # h5py reports a failed write at close as RuntimeError
@@ -869,23 +909,37 @@ class Writer:
         """Publish, in one generation, segment files that other processes wrote into the segment
         directory with ``write_segment`` (distributed ingest): many writers of segments, one writer
         of the manifest. Each file is checked to say what it is adopted as."""
+
         def segs(names: Sequence[str], kind: str, recipe: str = "") -> tuple[Segment, ...]:
             out = []
             for name in names:
                 info = read_segment_info(self.store.segment_path(name))
-                ok = info is not None and info.kind == kind and (
-                    info.space.id == space.id if kind == "vectors" else info.dataset == dataset and info.recipe == recipe)
-                if not ok:
-                    raise StoreError(f"segment {name} in {self.store.segment_dir} is not a complete {kind} segment "
-                                     "of this ingest; nothing was adopted")
+                ok = (
+                    info is not None
+                    and info.kind == kind
+                    and (
+                        info.space is not None and space is not None and info.space.id == space.id
+                        if kind == "vectors"
+                        else info.dataset == dataset and info.recipe == recipe
+                    )
+                )
+                if info is None or not ok:
+                    raise StoreError(
+                        f"segment {name} in {self.store.segment_dir} is not a complete {kind} segment "
+                        "of this ingest; nothing was adopted"
+                    )
                 out.append(Segment(name, info.rows))
             return tuple(out)
 
         if dataset is not None:
             check_dataset_name(dataset)
         new = self._extended(
-            space, segs(vectors, "vectors"), dataset, segs(rows, "rows"),
-            {r: segs(names, "keys", r) for r, names in (keys or {}).items()}, segs(labels, "labels"),
+            space,
+            segs(vectors, "vectors"),
+            dataset,
+            segs(rows, "rows"),
+            {r: segs(names, "keys", r) for r, names in (keys or {}).items()},
+            segs(labels, "labels"),
             next_segment=self.snap.next_segment,
         )
         fsync_dir(self.store.segment_dir)
@@ -893,9 +947,16 @@ class Writer:
         self.snap = new
         return new
 
-    def _extended(self, space: Space | None, vector_segs: tuple[Segment, ...], dataset: str | None,
-                  row_segs: tuple[Segment, ...], key_segs: Mapping[str, tuple[Segment, ...]],
-                  label_segs: tuple[Segment, ...], next_segment: int) -> Snapshot:
+    def _extended(
+        self,
+        space: Space | None,
+        vector_segs: tuple[Segment, ...],
+        dataset: str | None,
+        row_segs: tuple[Segment, ...],
+        key_segs: Mapping[str, tuple[Segment, ...]],
+        label_segs: tuple[Segment, ...],
+        next_segment: int,
+    ) -> Snapshot:
         """The next generation: this one plus new segments of a space (registered even with none) and
         of a dataset (created even with none)."""
         snap = self.snap
@@ -903,8 +964,9 @@ class Writer:
         datasets = dict(snap.datasets)
         if space is not None:
             current = spaces.get(space.id, space)
-            spaces[space.id] = dataclasses.replace(space, canaries=current.canaries or space.canaries,
-                                                   segments=current.segments + vector_segs)
+            spaces[space.id] = dataclasses.replace(
+                space, canaries=current.canaries or space.canaries, segments=current.segments + vector_segs
+            )
         if dataset is not None:
             ds = datasets.get(dataset, Dataset(dataset))
             new_keys = dict(ds.keys)
@@ -982,8 +1044,10 @@ class Writer:
                 self._publish(new)
                 self.snap = new
         except (OSError, RuntimeError) as exc:
-            raise StoreError(f"could not compact store {self.store.path} ({_reason(exc)}); "
-                             "the store is unchanged; fix: free disk space") from None
+            raise StoreError(
+                f"could not compact store {self.store.path} ({_reason(exc)}); "
+                "the store is unchanged; fix: free disk space"
+            ) from None
         return changed
 
     def collect_garbage(self, keep: int = 1) -> tuple[int, int]:
@@ -1017,6 +1081,17 @@ class Writer:
 
 
 __all__ = [
-    "Dataset", "KeyBatch", "LabelBatch", "RowBatch", "Segment", "SegmentInfo", "Snapshot", "Space", "Store",
-    "VectorBatch", "Writer", "check_dataset_name", "default_store_path",
+    "Dataset",
+    "KeyBatch",
+    "LabelBatch",
+    "RowBatch",
+    "Segment",
+    "SegmentInfo",
+    "Snapshot",
+    "Space",
+    "Store",
+    "VectorBatch",
+    "Writer",
+    "check_dataset_name",
+    "default_store_path",
 ]

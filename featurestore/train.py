@@ -7,6 +7,7 @@ with skops (a format that loads only allow-listed types, never arbitrary code) b
 JSON manifest recording the space, the dataset, a hash of the row ids used, the classes,
 the parameters and the metrics.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,8 +80,9 @@ def classes_of(labels: np.ndarray, dataset: str, positive: str | None = None) ->
     if len(classes) < 2:
         raise LabelError(f"dataset {dataset!r} has only label {classes[0]!r}; training needs at least two classes")
     if positive is not None and positive not in classes:
-        raise UsageError(f"{{param}} {positive!r} is not a label of dataset {dataset!r}; labels: {', '.join(classes)}",
-                         "positive")
+        raise UsageError(
+            f"{{param}} {positive!r} is not a label of dataset {dataset!r}; labels: {', '.join(classes)}", "positive"
+        )
     if len(classes) > 2:
         return classes, None
     if positive is None:
@@ -101,10 +103,17 @@ def _metrics(yv: np.ndarray, pred: np.ndarray, classes: list[str], positive: str
     else:
         p, r, f, _ = precision_recall_fscore_support(yv, pred, labels=classes, average="macro", zero_division=0)
     pc = precision_recall_fscore_support(yv, pred, labels=classes, average=None, zero_division=0)
-    per_class = {c: {"precision": float(pc[0][i]), "recall": float(pc[1][i]), "f1": float(pc[2][i]),
-                     "support": int(pc[3][i])} for i, c in enumerate(classes)}
-    return {"f1": float(f), "precision": float(p), "recall": float(r), "accuracy": float(accuracy_score(yv, pred)),
-            "per_class": per_class}
+    per_class = {
+        c: {"precision": float(pc[0][i]), "recall": float(pc[1][i]), "f1": float(pc[2][i]), "support": int(pc[3][i])}
+        for i, c in enumerate(classes)
+    }
+    return {
+        "f1": float(f),
+        "precision": float(p),
+        "recall": float(r),
+        "accuracy": float(accuracy_score(yv, pred)),
+        "per_class": per_class,
+    }
 
 
 @dataclass(frozen=True)
@@ -152,12 +161,22 @@ def check_memory(kind: str, n: int, dim: int) -> str:
     if kind == "logreg" and free and need > 0.8 * free:
         raise UsageError(
             f"{note}, more than the {free / 2**20:,.0f} MiB available; fix: {{param}} sgd trains out of core",
-            "classifier")
+            "classifier",
+        )
     return note
 
 
-def _fit_sgd(clf: Any, vectors: Vectors, tr: np.ndarray, y: np.ndarray, classes: list[str], seed: int,
-             block_rows: int, batch_rows: int, max_epochs: int) -> tuple[int, float, float]:
+def _fit_sgd(
+    clf: Any,
+    vectors: Vectors,
+    tr: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    seed: int,
+    block_rows: int,
+    batch_rows: int,
+    max_epochs: int,
+) -> tuple[int, float, float]:
     """Epochs of partial_fit over storage-contiguous blocks in a new random order each epoch (rows
     shuffled within each block), stopping early when a held-out slice of the training split stops
     improving. Returns (epochs, read seconds, fit seconds)."""
@@ -170,7 +189,7 @@ def _fit_sgd(clf: Any, vectors: Vectors, tr: np.ndarray, y: np.ndarray, classes:
     groups = vectors.blocks(fit_pos, block_rows)
     labels = np.array(classes, dtype=object)
     best, stale, t_read, t_fit, epoch = -1.0, 0, 0.0, 0.0, 0
-    for epoch in range(1, max_epochs + 1):
+    for epoch in range(1, max_epochs + 1):  # noqa: B007 -- returned after the loop: the epochs run
         for g in rng.permutation(len(groups)):
             t = time.perf_counter()
             X = vectors.read_block(groups[g])
@@ -241,9 +260,17 @@ def _proba(clf: Any, X: Any, classes: list[str]) -> np.ndarray | None:
 
 
 def fit_and_evaluate(
-    kind: str, vectors: Vectors, y: np.ndarray, classes: list[str], positive: str | None, test_size: float,
-    seed: int, block_rows: int = 65536, batch_rows: int = 4096, max_epochs: int = 20,
-) -> tuple[Any, dict[str, Any], int, int, float, float, list[str], list[str]]:
+    kind: str,
+    vectors: Vectors,
+    y: np.ndarray,
+    classes: list[str],
+    positive: str | None,
+    test_size: float,
+    seed: int,
+    block_rows: int = 65536,
+    batch_rows: int = 4096,
+    max_epochs: int = 20,
+) -> tuple[Any, dict[str, Any], int, int, float, float, list[str], list[str], Validation]:
     """Split positions like the tutorial (``train_test_split(..., random_state=seed)``), fit, score."""
     tr, va, warnings = split(y, classes, test_size, seed)
     n = len(y)
@@ -261,8 +288,10 @@ def fit_and_evaluate(
         pred = np.array([pred_of[int(p)] for p in va], dtype=object)
         proba_of = {int(p): v for g, _, pp in preds if pp is not None for p, v in zip(g, pp)}
         proba = np.array([proba_of[int(p)] for p in va]) if proba_of else None
-        notes.append(f"sgd ran {epochs} epoch(s) over storage-contiguous blocks (early stopping on a held-out "
-                     "slice of the training split)")
+        notes.append(
+            f"sgd ran {epochs} epoch(s) over storage-contiguous blocks (early stopping on a held-out "
+            "slice of the training split)"
+        )
     else:  # in memory, like the tutorial: one read of every row, then the split
         t = time.perf_counter()
         X = vectors.read(np.arange(n))
@@ -272,8 +301,17 @@ def fit_and_evaluate(
         t_fit = time.perf_counter() - t
         pred = clf.predict(X[va])
         proba = _proba(clf, X[va], classes)
-    return (clf, _metrics(y[va], pred, classes, positive), len(tr), len(va), t_read, t_fit, warnings, notes,
-            Validation(y[va], pred, proba))
+    return (
+        clf,
+        _metrics(y[va], pred, classes, positive),
+        len(tr),
+        len(va),
+        t_read,
+        t_fit,
+        warnings,
+        notes,
+        Validation(y[va], pred, proba),
+    )
 
 
 def train(
@@ -304,17 +342,46 @@ def train(
     if memory_note:
         notes.insert(0, memory_note)
     manifest = {
-        "name": name, "classifier": classifier, "dataset": dataset, "space": space.id, "model": space.model,
-        "recipe": space.recipe, "dtype": space.dtype, "row_ids_sha256": ids_hash(ids), "classes": classes,
-        "positive": positive, "params": {"test_size": test_size, "seed": seed}, "metrics": metrics,
-        "n_train": n_tr, "n_valid": n_va, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "name": name,
+        "classifier": classifier,
+        "dataset": dataset,
+        "space": space.id,
+        "model": space.model,
+        "recipe": space.recipe,
+        "dtype": space.dtype,
+        "row_ids_sha256": ids_hash(ids),
+        "classes": classes,
+        "positive": positive,
+        "params": {"test_size": test_size, "seed": seed},
+        "metrics": metrics,
+        "n_train": n_tr,
+        "n_valid": n_va,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     path = save_classifier(store, name, clf, manifest, paths)
     pictures = draw_plots(store, name, valid, classes, positive, notes) if plots else []
     return TrainResult(
-        name, str(path), classifier, dataset, space.id, space.model, space.recipe, n_tr, n_va, metrics["f1"],
-        metrics["precision"], metrics["recall"], metrics["accuracy"], t_read, t_fit, classes, positive,
-        metrics["per_class"], warnings, notes, plots=pictures,
+        name,
+        str(path),
+        classifier,
+        dataset,
+        space.id,
+        space.model,
+        space.recipe,
+        n_tr,
+        n_va,
+        metrics["f1"],
+        metrics["precision"],
+        metrics["recall"],
+        metrics["accuracy"],
+        t_read,
+        t_fit,
+        classes,
+        positive,
+        metrics["per_class"],
+        warnings,
+        notes,
+        plots=pictures,
     )
 
 
@@ -326,8 +393,9 @@ def _require_writable(store: Store) -> None:
         )
 
 
-def draw_plots(store: Store, name: str, valid: Validation, classes: list[str], positive: str | None,
-               notes: list[str]) -> list[str]:
+def draw_plots(
+    store: Store, name: str, valid: Validation, classes: list[str], positive: str | None, notes: list[str]
+) -> list[str]:
     """A confusion matrix and a precision-recall curve of the validation rows, beside the classifier."""
     try:
         from featurestore import plots
@@ -337,8 +405,11 @@ def draw_plots(store: Store, name: str, valid: Validation, classes: list[str], p
     title = f"{name}: {len(valid.y):,} validation rows"
     out = [plots.confusion_png(store.classifier_dir / f"{name}.confusion.png", valid.y, valid.pred, classes, title)]
     if valid.proba is not None:
-        out.append(plots.precision_recall_png(store.classifier_dir / f"{name}.pr.png", valid.y, valid.proba, classes,
-                                              positive, title))
+        out.append(
+            plots.precision_recall_png(
+                store.classifier_dir / f"{name}.pr.png", valid.y, valid.proba, classes, positive, title
+            )
+        )
     return [str(p) for p in out]
 
 
@@ -349,7 +420,7 @@ def _safe_name(text: str) -> str:
 def train_features(
     store: Store,
     dataset: str,
-    inputs_of: "dict[tuple[Any, ...], Any]",
+    inputs_of: dict[tuple[Any, ...], Any],
     X: Any,
     ids: np.ndarray,
     y: np.ndarray,
@@ -381,8 +452,18 @@ def train_features(
     notes = [check_memory("logreg", len(y), dense)] if dense else []
     tr, va, warnings = split(y, classes, test_size, seed)
     t = time.perf_counter()
-    sel = feats.select(inputs_of, X.iloc[tr], y[tr], classes, positive, search, folds=folds, seed=seed,
-                       time_limit=time_limit, progress=progress)
+    sel = feats.select(
+        inputs_of,
+        X.iloc[tr],
+        y[tr],
+        classes,
+        positive,
+        search,
+        folds=folds,
+        seed=seed,
+        time_limit=time_limit,
+        progress=progress,
+    )
     best = sel.best
     inputs = inputs_of[best.parts]
     pipe = feats.make_pipeline(inputs, best.features, best.classifier, seed)
@@ -396,27 +477,70 @@ def train_features(
     metrics = _metrics(y[va], pred, classes, positive)
     if sel.skipped:
         notes.append(f"the time limit left {sel.skipped} candidate setting(s) untried; raise --time-limit to try them")
-    cv = {"folds": sel.folds, "metric": sel.metric, "search": search, "mean": best.mean, "sd": best.sd,
-          "seconds": sel.seconds, "tried": len(sel.tried), "skipped": sel.skipped,
-          "chosen": best.as_dict(), "top": [c.as_dict() for c in sel.tried[:10]]}
+    cv = {
+        "folds": sel.folds,
+        "metric": sel.metric,
+        "search": search,
+        "mean": best.mean,
+        "sd": best.sd,
+        "seconds": sel.seconds,
+        "tried": len(sel.tried),
+        "skipped": sel.skipped,
+        "chosen": best.as_dict(),
+        "top": [c.as_dict() for c in sel.tried[:10]],
+    }
     spec = feats.spec_of(best.parts)
     space_ids = ",".join(s.id for s in inputs.spaces if s is not None)
     models = "+".join(p.model for p in best.parts if p.kind == "space")
-    manifest = {
-        "name": name, "classifier": "logreg", "dataset": dataset, "space": space_ids or None, "model": models,
-        "recipe": "+".join(sorted({p.recipe for p in best.parts})), "row_ids_sha256": ids_hash(ids),
-        "classes": classes, "positive": positive, "metrics": metrics, "n_train": len(tr), "n_valid": len(va),
+    manifest: dict[str, Any] = {
+        "name": name,
+        "classifier": "logreg",
+        "dataset": dataset,
+        "space": space_ids or None,
+        "model": models,
+        "recipe": "+".join(sorted({p.recipe for p in best.parts})),
+        "row_ids_sha256": ids_hash(ids),
+        "classes": classes,
+        "positive": positive,
+        "metrics": metrics,
+        "n_train": len(tr),
+        "n_valid": len(va),
         "params": {"test_size": test_size, "seed": seed, "search": search, "folds": folds},
-        "features": {"spec": spec, "inputs": inputs.describe(), "chosen": best.as_dict(),
-                     "n_features": len(feats.feature_names(pipe))},
-        "cv": cv, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "features": {
+            "spec": spec,
+            "inputs": inputs.describe(),
+            "chosen": best.as_dict(),
+            "n_features": len(feats.feature_names(pipe)),
+        },
+        "cv": cv,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     path = save_classifier(store, name, pipe, manifest, paths)
     pictures = draw_plots(store, name, valid, classes, positive, notes) if plots else []
     return TrainResult(
-        name, str(path), "logreg", dataset, space_ids, models, manifest["recipe"], len(tr), len(va), metrics["f1"],
-        metrics["precision"], metrics["recall"], metrics["accuracy"], 0.0, t_fit, classes, positive,
-        metrics["per_class"], warnings, notes, features=spec, cv=cv, plots=pictures,
+        name,
+        str(path),
+        "logreg",
+        dataset,
+        space_ids,
+        models,
+        manifest["recipe"],
+        len(tr),
+        len(va),
+        metrics["f1"],
+        metrics["precision"],
+        metrics["recall"],
+        metrics["accuracy"],
+        0.0,
+        t_fit,
+        classes,
+        positive,
+        metrics["per_class"],
+        warnings,
+        notes,
+        features=spec,
+        cv=cv,
+        plots=pictures,
     )
 
 
@@ -428,7 +552,8 @@ def classifier_paths(store: Store, name: str) -> tuple[Path, Path]:
     if not _CLASSIFIER_NAME.match(name) or ".." in name:
         raise UsageError(
             f"invalid classifier {{param}} {name!r}; use 1-128 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit, without '/' or '..'", "name"
+            "starting with a letter or digit, without '/' or '..'",
+            "name",
         )
     return store.classifier_dir / f"{name}.skops", store.classifier_dir / f"{name}.json"
 
@@ -459,7 +584,9 @@ def load_classifier(store: Store, name: str) -> tuple[Any, dict[str, Any]]:
     try:
         manifest = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
-        raise ClassifierError(f"classifier manifest {meta_path} is unreadable ({exc}); retrain with 'fs train'") from None
+        raise ClassifierError(
+            f"classifier manifest {meta_path} is unreadable ({exc}); retrain with 'fs train'"
+        ) from None
     data = model_path.read_bytes()
     if hashlib.sha256(data).hexdigest() != manifest.get("file_sha256"):
         raise ClassifierError(f"classifier file {model_path} does not match its manifest; retrain with 'fs train'")
@@ -487,8 +614,9 @@ def result_dict(r: TrainResult) -> dict[str, Any]:
 PREDICT_ROWS = 16384  # rows read, featurized and predicted at a time
 
 
-def predict_rows(store: Store, snap: Any, ds: Any, clf: Any, manifest: dict[str, Any], ids: np.ndarray,
-                 proba: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_rows(
+    store: Store, snap: Any, ds: Any, clf: Any, manifest: dict[str, Any], ids: np.ndarray, proba: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (as text) and, when asked, class probabilities (columns in ``manifest['classes']`` order) of
     the rows ``ids`` of ``ds``, read from the store exactly as the classifier was trained: the same space,
     or the same spaces and cleaned texts of a feature pipeline."""
@@ -525,8 +653,10 @@ def predict_rows(store: Store, snap: Any, ds: Any, clf: Any, manifest: dict[str,
         if proba:
             p = _proba(clf, X, classes)
             if p is None:
-                raise ClassifierError(f"classifier {manifest['name']!r} gives no probabilities; retrain with "
-                                      "'fs train' (logreg, or sgd with log loss)")
+                raise ClassifierError(
+                    f"classifier {manifest['name']!r} gives no probabilities; retrain with "
+                    "'fs train' (logreg, or sgd with log loss)"
+                )
             probs.append(p)
     out = np.concatenate(labels) if labels else np.zeros(0, dtype=object)
     if not proba:
@@ -534,21 +664,33 @@ def predict_rows(store: Store, snap: Any, ds: Any, clf: Any, manifest: dict[str,
     return out, np.concatenate(probs) if probs else np.zeros((0, len(classes)))
 
 
-def evaluate(y: np.ndarray, pred: np.ndarray, manifest: dict[str, Any], dataset: str,
-             positive: str | None = None) -> dict[str, Any]:
+def evaluate(
+    y: np.ndarray, pred: np.ndarray, manifest: dict[str, Any], dataset: str, positive: str | None = None
+) -> dict[str, Any]:
     """Scores of saved-classifier predictions against a dataset's labels, with the classifier's classes."""
     classes = [str(c) for c in manifest["classes"]]
     if len(y) == 0:
         raise LabelError(f"dataset {dataset!r} has no labelled rows to score against; ingest it with its labels")
     positive = positive if positive is not None else manifest.get("positive")
     if positive is not None and positive not in classes:
-        raise UsageError(f"{{param}} {positive!r} is not a class of the classifier; classes: {', '.join(classes)}",
-                         "positive")
+        raise UsageError(
+            f"{{param}} {positive!r} is not a class of the classifier; classes: {', '.join(classes)}", "positive"
+        )
     unknown = sorted(set(y.tolist()) - set(classes))
     m = _metrics(y, pred, classes, positive)
-    m.update({"n": int(len(y)), "classes": classes, "positive": positive, "dataset": dataset,
-              "classifier": manifest["name"], "warnings": []})
+    m.update(
+        {
+            "n": int(len(y)),
+            "classes": classes,
+            "positive": positive,
+            "dataset": dataset,
+            "classifier": manifest["name"],
+            "warnings": [],
+        }
+    )
     if unknown:
-        m["warnings"].append(f"labels {', '.join(map(repr, unknown[:5]))} of dataset {dataset!r} are not classes "
-                             "of the classifier: those rows always count as errors")
+        m["warnings"].append(
+            f"labels {', '.join(map(repr, unknown[:5]))} of dataset {dataset!r} are not classes "
+            "of the classifier: those rows always count as errors"
+        )
     return m

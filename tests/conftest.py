@@ -1,4 +1,5 @@
 """Shared fixtures: a store on tmp_path, the counting fake embedder, real tweets."""
+
 from __future__ import annotations
 
 import os
@@ -26,12 +27,16 @@ def _share_cores_between_workers() -> None:
 
 _share_cores_between_workers()
 
-import contextlib  # noqa: E402 -- below the thread settings, which must precede numpy
-import csv  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
+# The imports below the thread settings, which must precede numpy's (E402 is off for this file).
+import ast
+import contextlib
+import csv
+import functools
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import pytest
 
@@ -45,10 +50,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
     """``python -c code`` in a new process at the repository root (what a fresh process imports or sets);
     its stdout, once it has exited 0 (else the test fails with the tail of its stderr)."""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
+
+
 TRAIN_CSV = ROOT / "data" / "av-twitter-sentiment" / "train_2kmZucJ.csv"
 TEST_CSV = ROOT / "data" / "av-twitter-sentiment" / "test_oJQbWVvk.csv"
 FAKE = "py:tests.fakes:CountingEmbedder"
@@ -69,68 +77,102 @@ def write_csv(path: Path, rows: list[dict[str, str]], fields: tuple[str, ...] = 
     return path
 
 
-# Modules that load real models (MiniLM through sentence-transformers, the tiny real ELMo,
-# TF Hub modules) are ``slow``. They are marked here, by file name, rather than with
-# ``pytestmark`` in each module, because those files belong to the embedder work and change
-# with it; one list here keeps ``make test-fast`` (``-m "not slow"``) skipping all of them.
-REAL_MODEL_MODULES = frozenset({"test_minilm.py", "test_hub.py", "test_elmo.py", "test_elmo_export.py", "test_elmo_store.py"})
+# -- Slow tests and the pytest-xdist schedule, from what each test file declares ----------------------------------
+#
+# A test file that loads a heavy model framework says so in its module-level ``pytestmark``:
+#
+#     pytestmark = [pytest.mark.slow, pytest.mark.framework("minilm")]
+#
+# ``slow``: ``make test-fast`` (``-m "not slow"``) skips it. ``framework``: under ``make test`` (pytest-xdist,
+# ``--dist=loadfile``) the files naming one framework run on one worker, which imports it once (MiniLM's files also
+# share one embedding of the tweets, the session fixture ``minilm_store``), and on that worker's share of the cores
+# (``this_workers_cores``) unless they declare ``pin_cores=False``. Nothing here names a test file: a new one needs
+# no registration.
 
 
-# Spreading the files over the pytest-xdist workers of ``make test`` (``--dist=loadfile``). A file
-# stays on one worker, so its module fixtures are built once; files that load the same heavy
-# framework go together, so one worker imports it once (MiniLM's two files also share one
-# embedding of the tweets, the session fixture ``minilm_store``). test_distributed.py runs MiniLM
-# in-process too (its real-model test's local ingest: 4-5 s of CPU importing torch and transformers
-# on a worker of its own).
-SHARED_GROUPS = {
-    "test_minilm.py": "minilm", "test_minilm_int8.py": "minilm",  # torch, transformers, sentence-transformers
-    "test_minilm_tokenize.py": "minilm", "test_distributed.py": "minilm",
-    "test_elmo.py": "tensorflow", "test_elmo_export.py": "tensorflow", "test_elmo_store.py": "tensorflow",
-    "test_hub.py": "tensorflow",
-}
-# The files that run on their worker's share of the cores (_model_frameworks_on_this_workers_cores): not
-# test_distributed.py, whose Ray cluster (started in the module) must have every core it was given.
-PINNED = frozenset(SHARED_GROUPS) - {"test_distributed.py"}
-# The groups handed out first, the longest first (measured on the 2-core machine: from ~100 s for the
-# minilm group down to ~3 s); the other files, each under ~2 s, follow in file order. xdist's own order
-# sends the files with the most tests first, which leaves one-test files such as test_concurrency.py for
-# the end, where one of them alone keeps a worker busy while the other idles.
-LONGEST_FIRST = ("minilm", "tensorflow", "test_concurrency.py", "test_crash.py", "test_features.py", "test_cli.py",
-                 "test_bad_input.py", "test_train.py", "test_real_files.py", "test_index_scale.py", "test_fuzz_cli.py",
-                 "test_startup.py", "test_plots.py", "test_search_lookup.py", "test_serve.py")
+@functools.cache
+def declared_framework(path: Path) -> str | None:
+    """The name in ``pytest.mark.framework("name")`` of a test file's module-level ``pytestmark``, read from its source.
+
+    The xdist controller, which hands files to workers, never imports a test module (its workers collect them), so
+    the scheduler reads the declaration here; ``pytest_collection_modifyitems`` checks that it is the marker pytest
+    sees, so a name it cannot read (not a literal) fails the run instead of splitting a framework's files.
+    """
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None  # pytest reports it when it collects the file
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
+            for call in ast.walk(node.value):
+                if (
+                    isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Attribute)
+                    and call.func.attr == "framework"
+                    and call.args
+                    and isinstance(call.args[0], ast.Constant)
+                    and isinstance(call.args[0].value, str)
+                ):
+                    return call.args[0].value
+    return None
 
 
-def _group(path: str | Path) -> str:
-    name = Path(path).name
-    return SHARED_GROUPS.get(name, name)
+def _scope(path: Path) -> str:
+    """What xdist hands to one worker: a framework's files together, any other file alone."""
+    framework = declared_framework(path)
+    return f"framework {framework}" if framework else str(path)
+
+
+def _heaviest_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The tests regrouped by scope, the scopes in the order the workers should take them.
+
+    The longest go first, so that what is left at the end is short files that fill in while the other worker
+    finishes (xdist's own order, most tests first, left one-test soaks such as test_concurrency.py for the end,
+    one of them alone keeping a worker busy while the other idled). The weight is read from the marks: framework
+    groups first (the minilm group, test_distributed.py's Ray cluster included, is the longest scope at ~100 s),
+    then files by their number of slow tests (process kills, soaks), then by their number of tests. Ties keep the
+    file order, and a scope's tests keep theirs.
+    """
+    scopes: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        scopes.setdefault(_scope(item.path), []).append(item)
+
+    def weight(scope: str) -> tuple[bool, int, int]:
+        tests = scopes[scope]
+        slow = sum(1 for item in tests if item.get_closest_marker("slow"))
+        return not scope.startswith("framework "), -slow, -len(tests)
+
+    return [item for scope in sorted(scopes, key=weight) for item in scopes[scope]]
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own loadfile scheduler; a hook only with xdist
-def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - xdist's types
-    """``--dist=loadfile``, with SHARED_GROUPS kept together and the groups handed out in collection order."""
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:  # xdist's Producer and scheduler
+    """``--dist=loadfile``, with a framework's files kept together and the scopes handed out in collection order."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
-    class GroupedFiles(LoadFileScheduling):
+    class FrameworkFiles(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _group(super()._split_scope(nodeid))
+            return _scope(config.rootpath / super()._split_scope(nodeid))
 
-    config.option.loadscopereorder = False  # collection order: LONGEST_FIRST (pytest_collection_modifyitems)
-    return GroupedFiles(config, log)
+    config.option.loadscopereorder = False  # collection order: _heaviest_first (pytest_collection_modifyitems)
+    return FrameworkFiles(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in REAL_MODEL_MODULES:
-            item.add_marker(pytest.mark.slow)
+    for module in dict.fromkeys(item.getparent(pytest.Module) for item in items):
+        if module is None:
+            continue
+        mark = module.get_closest_marker("framework")
+        if (mark.args[0] if mark and mark.args else None) != declared_framework(module.path):
+            raise pytest.UsageError(
+                f"{module.path.name}: declare pytest.mark.framework with its name as a string literal in the module's "
+                'own pytestmark (pytestmark = [pytest.mark.slow, pytest.mark.framework("minilm")]): the xdist '
+                "scheduler reads it from the source"
+            )
     if os.environ.get("PYTEST_XDIST_WORKER"):  # a plain run keeps the file order
-        first: dict[str, int] = {}
-        for i, item in enumerate(items):
-            first.setdefault(_group(item.path), i)
-        rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
-        # stable: a group's tests keep their order
-        items.sort(key=lambda item: (rank.get(_group(item.path), len(rank)), first[_group(item.path)]))
+        items[:] = _heaviest_first(items)
 
 
 @contextlib.contextmanager
@@ -157,8 +199,9 @@ def this_workers_cores() -> Iterator[None]:
 
 @pytest.fixture(scope="module", autouse=True)
 def _model_frameworks_on_this_workers_cores(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The files that load a model framework (PINNED) run on this worker's share of the cores."""
-    if request.path.name not in PINNED:
+    """The files that declare a framework run on this worker's share of the cores (unless ``pin_cores=False``)."""
+    mark = request.node.get_closest_marker("framework")
+    if mark is None or not mark.kwargs.get("pin_cores", True):
         yield
         return
     with this_workers_cores():
@@ -200,7 +243,7 @@ def minilm_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[d
 
     tests/test_minilm.py checks this store; tests/test_minilm_int8.py compares its int8 vectors
     with the fp32 ones stored here, so the model is loaded and the tweets embedded once for both
-    (they share a worker under ``make test``: SHARED_GROUPS).
+    (they share a worker under ``make test``: both declare ``pytest.mark.framework("minilm")``).
     """
     from typer.testing import CliRunner
 

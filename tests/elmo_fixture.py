@@ -4,6 +4,7 @@ Fetched once with ``pip download`` (allennlp is not installed; only the fixture 
 unzipped) into ``<repo>/.cache/allennlp-0.9.0-elmo/``. A lock file serialises concurrent
 pytest processes, and the folder appears by an atomic rename, so a reader never sees half.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,17 @@ def elmo_fixture_dir() -> Path:
             return CACHE
         with tempfile.TemporaryDirectory(dir=CACHE.parent) as tmp:
             tmp_path = Path(tmp)
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                   "allennlp==0.9.0", "-d", str(tmp_path)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "allennlp==0.9.0",
+                "-d",
+                str(tmp_path),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             wheels = list(tmp_path.glob("allennlp-0.9.0-*.whl"))
             if proc.returncode != 0 or not wheels:

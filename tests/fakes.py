@@ -3,6 +3,7 @@
 Their fingerprints are typed like any embedder's; the space id of ``CountingEmbedder()`` is a
 golden value in tests/test_models.py, so stores written by tests keep their keys.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,7 +32,9 @@ class CountingEmbedder(Embedder):
     name = "counting"
     log: list[list[str]] = []  # every batch of every instance, in call order
 
-    def __init__(self, dim: int = DIM, max_batch_tokens: int = 8192, max_batch_size: int = 512, **fingerprint: Any) -> None:
+    def __init__(
+        self, dim: int = DIM, max_batch_tokens: int = 8192, max_batch_size: int = 512, **fingerprint: Any
+    ) -> None:
         """``fingerprint`` overrides ``model``, ``weights_sha256``, ``output`` or ``pooling``, or adds extra fields."""
         self._dim = dim
         self.max_batch_tokens = max_batch_tokens
@@ -52,8 +55,9 @@ class CountingEmbedder(Embedder):
     @property
     def fingerprint(self) -> Fingerprint:
         fp = self._fingerprint
-        return Fingerprint(**{k: fp[k] for k in REQUIRED_FIELDS},
-                           extra={k: v for k, v in fp.items() if k not in REQUIRED_FIELDS})
+        return Fingerprint(
+            **{k: fp[k] for k in REQUIRED_FIELDS}, extra={k: v for k, v in fp.items() if k not in REQUIRED_FIELDS}
+        )
 
     @property
     def calls(self) -> int:

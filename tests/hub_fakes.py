@@ -1,5 +1,6 @@
 """Small real TF Hub-style modules for tests/test_hub.py, built with TensorFlow: imported by its fixtures,
 not when pytest collects the tests (importing TensorFlow cost every pytest-xdist worker 5 s)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,14 @@ class FakeElmo(tf.Module):
         lstm2 = tf.tanh(tf.einsum("btd,de->bte", lstm1, self.w2))
         elmo = 0.2 * tf.concat([word, word], -1)[:, :, :LSTM] + 0.5 * lstm1 + 0.3 * lstm2
         pooled = tf.reduce_sum(elmo * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
-        return {"word_emb": word, "lstm_outputs1": lstm1, "lstm_outputs2": lstm2, "elmo": elmo,
-                "default": pooled, "sequence_len": lengths}
+        return {
+            "word_emb": word,
+            "lstm_outputs1": lstm1,
+            "lstm_outputs2": lstm2,
+            "elmo": elmo,
+            "default": pooled,
+            "sequence_len": lengths,
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def default(self, text: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -12,6 +12,7 @@ environment variables make a subprocess observable and killable:
 ``FS_FAKE_TWEAK=<delta>`` adds ``delta`` to one weight while its fingerprint stays the
 same, which is exactly the silent drift that the canary check must catch.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -6,6 +6,7 @@ user relies on: the store opens, ``check`` passes, every row seen committed befo
 kill is still there, and the next ingest embeds nothing that was already committed.
 When an ingest runs to completion the store is compared with a clean single-run store.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -83,7 +84,11 @@ class ForkServer:
         self._numbers = itertools.count()
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "from tests.integrity_harness import _fork_parent; _fork_parent()"],
-            cwd=ROOT, env=fs_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env=fs_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self._send = threading.Lock()  # one request and its pid answer at a time
         self._started: queue.Queue[int] = queue.Queue()
@@ -114,8 +119,13 @@ class ForkServer:
         """Start ``fs ARGS`` in a forked child; the environment is ``run_fs``'s for ``env``."""
         n = next(self._numbers)
         out, err = self._dir / f"{n}.out", self._dir / f"{n}.err"
-        req = {"args": [str(a) for a in args], "env": fs_env(**env), "cwd": str(ROOT),
-               "stdout": str(out), "stderr": str(err)}
+        req = {
+            "args": [str(a) for a in args],
+            "env": fs_env(**env),
+            "cwd": str(ROOT),
+            "stdout": str(out),
+            "stderr": str(err),
+        }
         assert self._proc.stdin is not None
         with self._send:
             self._proc.stdin.write(json.dumps(req) + "\n")
@@ -180,8 +190,10 @@ class Forked:
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         self.wait(timeout)
-        return (self._out.read_text(encoding="utf-8", errors="replace"),
-                self._err.read_text(encoding="utf-8", errors="replace"))
+        return (
+            self._out.read_text(encoding="utf-8", errors="replace"),
+            self._err.read_text(encoding="utf-8", errors="replace"),
+        )
 
 
 def _fork_parent() -> None:
@@ -293,8 +305,21 @@ def run_cli(*args: str, input: str | None = None, **env: str) -> Ran:
 
 
 def ingest_args(src: Path, store: Path, batch_rows: int, dataset: str = "train", *more: str) -> list[str]:
-    return ["ingest", str(src), "--store", str(store), "--dataset", dataset, "--model", MODEL, "--clean", RECIPE,
-            "--batch-rows", str(batch_rows), *more]
+    return [
+        "ingest",
+        str(src),
+        "--store",
+        str(store),
+        "--dataset",
+        dataset,
+        "--model",
+        MODEL,
+        "--clean",
+        RECIPE,
+        "--batch-rows",
+        str(batch_rows),
+        *more,
+    ]
 
 
 @dataclass
@@ -435,8 +460,9 @@ def crash_harness(
     time, since a kill during the interpreter's own start-up cannot touch the store.
     """
     with ForkServer(workdir / "forks") if warm_start else contextlib.nullcontext() as server:
-        return _crash_harness(workdir, kills, seed, rows, batch_rows, sleep, cli_check_every, kills_per_cycle,
-                              reader, log, server)
+        return _crash_harness(
+            workdir, kills, seed, rows, batch_rows, sleep, cli_check_every, kills_per_cycle, reader, log, server
+        )
 
 
 def _crash_harness(
@@ -453,8 +479,8 @@ def _crash_harness(
     server: ForkServer | None,
 ) -> Figures:
     from featurestore.check import check
-    from featurestore.ingest import N_CANARIES
     from featurestore.keys import text_key
+    from featurestore.spaces import N_CANARIES
     from featurestore.store import Store
 
     t_start = time.perf_counter()
@@ -488,18 +514,22 @@ def _crash_harness(
         t0 = time.monotonic()
         proc: subprocess.Popen | Forked
         if server is not None:
-            proc = server.popen(ingest_args(src, store, batch_rows),
-                                FS_FAKE_SLEEP=str(sleep), FS_FAKE_LOG=str(embed_log))
+            proc = server.popen(
+                ingest_args(src, store, batch_rows), FS_FAKE_SLEEP=str(sleep), FS_FAKE_LOG=str(embed_log)
+            )
         else:
             proc = subprocess.Popen(
-                fs_cmd(*ingest_args(src, store, batch_rows)), cwd=ROOT,
+                fs_cmd(*ingest_args(src, store, batch_rows)),
+                cwd=ROOT,
                 env=fs_env(FS_FAKE_SLEEP=str(sleep), FS_FAKE_LOG=str(embed_log)),
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
             )
         stop = threading.Event()
         reads = [0, 0]
 
-        def read_loop() -> None:
+        def read_loop(stop: threading.Event = stop, reads: list[int] = reads) -> None:
             while not stop.is_set():
                 reads[1] += 1
                 try:
@@ -573,7 +603,9 @@ def _crash_harness(
         if killed and cli_check_every and report is not None and fig.kills_tried % cli_check_every == 0:
             c = run_fs("check", "--store", str(store))  # (no store yet: the CLI says so, rightly; nothing to check)
             if c.returncode != 0:
-                fig.failures.append(f"after kill {fig.kills_tried}: fs check exited {c.returncode}: {c.stdout}{c.stderr}")
+                fig.failures.append(
+                    f"after kill {fig.kills_tried}: fs check exited {c.returncode}: {c.stdout}{c.stderr}"
+                )
                 ok = False
         if killed and _uncommitted_files(store):
             fig.kills_mid_write += 1
@@ -596,8 +628,11 @@ def _crash_harness(
         if killed and ok:
             fig.kills_survived += 1
         last_survived = killed and ok
-        log(f"{'kill' if killed else 'done'} at {'startup' if in_startup else f'commit +{after_commits}'} +{delay:.2f}s: rows {len(state.ids)} gen {state.generation}"
-            f"{' FAIL' if not ok else ''}")
+        log(
+            f"{'kill' if killed else 'done'} at {'startup' if in_startup else f'commit +{after_commits}'} "
+            f"+{delay:.2f}s: rows {len(state.ids)} gen {state.generation}"
+            f"{' FAIL' if not ok else ''}"
+        )
         prev = state
         if not killed:
             # 4. Complete: the same content as a clean single run. Start the next cycle afresh.

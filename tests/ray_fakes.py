@@ -10,6 +10,7 @@ named by ``FS_TEST_SCRIPT`` (set before the cluster starts; workers inherit it):
 - ``kill_once``: a marker path; the first batch that creates it SIGKILLs its own process, unless that
   process is ``spare_pid`` (the test's own: a driver embeds canaries for its drift check).
 """
+
 from __future__ import annotations
 
 import json

@@ -8,6 +8,7 @@ Commands run in-process (CliRunner: an exception escaping a command is the in-pr
 traceback); a real ``fs`` process is started only where a signal or a resource limit
 needs one. ``tests/test_cli.py`` runs the installed ``fs`` console script once.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -20,9 +21,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -68,7 +69,8 @@ def files(store: Path) -> dict[str, str]:
     """Every file of the store with its hash (LOCK aside: it is the lock, not data)."""
     return {
         str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(store.rglob("*")) if p.is_file() and p.name != "LOCK"
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and p.name != "LOCK"
     }
 
 
@@ -112,6 +114,7 @@ def write(tmp: Path, name: str, content: str | bytes) -> Path:
 
 # ----------------------------------------------------------------------------- the catalogue
 
+
 @dataclass
 class Case:
     """``make(tmp, store)`` writes inputs and returns the ``fs`` arguments."""
@@ -137,8 +140,12 @@ def _round_trip(expected: dict[int, tuple[int, str]]) -> Callable[[Path, Ran], N
 
 
 BIG = " ".join(f"w{i % 9973}" for i in range(170_000))[:1_000_000]
-UNICODE = {1: (0, "emoji 😀🔥👍🏽 family 👨‍👩‍👧"), 2: (1, "עברית מימין לשמאל مرحبا بالعالم"), 3: (0, "中文 日本語 한국어 テスト"),
-           4: (1, "mixed \u200f RTL mark and e\u0301 combining")}
+UNICODE = {
+    1: (0, "emoji 😀🔥👍🏽 family 👨‍👩‍👧"),
+    2: (1, "עברית מימין לשמאל مرحبا بالعالم"),
+    3: (0, "中文 日本語 한국어 テスト"),
+    4: (1, "mixed \u200f RTL mark and e\u0301 combining"),
+}
 
 
 def _csv(rows: dict[int, tuple[int, str]]) -> str:
@@ -191,8 +198,10 @@ def _relabelled(store: Path) -> str:
     """The base store's first rows again, one label changed and the others as stored."""
     rows = rows_of(store, "train")
     first = list(rows.items())[:3]
-    lines = [f"{i},{'1' if n == 0 and lab == '0' else '0' if n == 0 else lab},\"{t.replace(chr(34), chr(34) * 2)}\""
-             for n, (i, (lab, t)) in enumerate(first)]
+    lines = [
+        f'{i},{"1" if n == 0 and lab == "0" else "0" if n == 0 else lab},"{t.replace(chr(34), chr(34) * 2)}"'
+        for n, (i, (lab, t)) in enumerate(first)
+    ]
     return HEADER + "\n".join(lines) + "\n"
 
 
@@ -205,8 +214,9 @@ def _labels_changed(store: Path, r: Ran) -> None:
 def _truncated_one(store: Path, r: Ran) -> None:
     assert "truncated 1" in r.stdout
     assert len(rows_of(store, "extra")["1"][1]) == 10_000_000  # the raw text is stored whole
-    assert_error(run_cli("similar", "--id", "1", "--k", "1", *M, "--store", str(store)), "in datasets extra, train",
-                 "--dataset")
+    assert_error(
+        run_cli("similar", "--id", "1", "--k", "1", *M, "--store", str(store)), "in datasets extra, train", "--dataset"
+    )
     s = assert_ok(run_cli("similar", "--id", "1", "--dataset", "extra", "--k", "1", *M, "--store", str(store)))
     assert len(s.stdout) < 400  # shown cut, not 10 MB on the terminal
 
@@ -224,133 +234,368 @@ CASES = [
     Case("whitespace-only", lambda t, s: ingest(write(t, "w.csv", "\n  \n"), s), ("is empty",)),
     Case("empty-stdin", lambda t, s: ingest("-", s), ("standard input is empty",), stdin=""),
     Case("header-only", lambda t, s: ingest(write(t, "h.csv", HEADER), s), ("header but no rows",)),
-    Case("missing-columns", lambda t, s: ingest(write(t, "c.csv", "id,label,note\n1,0,hi\n"), s),
-         ("no text column", "columns found: id, label, note", "--text-col")),
-    Case("named-label-column-missing", lambda t, s: ingest(write(t, "l.csv", HEADER + "1,0,hi\n"), s, "--label-col", "y"),
-         ("no label column 'y'", "columns found: id, label, tweet", "--label-col")),
-    Case("bom", lambda t, s: ingest(write(t, "b.csv", "\ufeff" + HEADER + "1,0,hello bom\n"), s),
-         verify=_round_trip({1: (0, "hello bom")})),
-    Case("quoted-newlines", lambda t, s: ingest(write(t, "q.csv", HEADER + '1,0,"line one\nline two, ""quoted"""\n2,1,x\n'), s),
-         verify=_round_trip({1: (0, 'line one\nline two, "quoted"'), 2: (1, "x")})),
-    Case("crlf-line-ends", lambda t, s: ingest(write(t, "r.csv", "id,label,tweet\r\n1,0,windows\r\n"), s),
-         verify=_round_trip({1: (0, "windows")})),
-    Case("nul-bytes", lambda t, s: ingest(write(t, "n.csv", HEADER + "1,0,a\x00b\n2,1,c\n"), s),
-         verify=_round_trip({1: (0, "a\x00b"), 2: (1, "c")})),
-    Case("undecodable-bytes", lambda t, s: ingest(write(t, "u.csv", b"id,label,tweet\n1,0,ok\n2,0,bad \xff\xfe\n"), s),
-         ("line 3", "not valid UTF-8", "--encoding")),
-    Case("latin-1-with-encoding", lambda t, s: ingest(write(t, "u.csv", "id,label,tweet\n1,0,caf\xe9\n".encode("latin-1")), s,
-                                                       "--encoding", "latin-1"), verify=_round_trip({1: (0, "café")})),
-    Case("unknown-encoding", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, "--encoding", "klingon"),
-         ("unknown --encoding 'klingon'",)),
-    Case("one-mb-text", lambda t, s: ingest(write(t, "big.csv", HEADER + f"1,0,{BIG}\n2,1,small\n"), s),
-         verify=_round_trip({1: (0, BIG), 2: (1, "small")})),
+    Case(
+        "missing-columns",
+        lambda t, s: ingest(write(t, "c.csv", "id,label,note\n1,0,hi\n"), s),
+        ("no text column", "columns found: id, label, note", "--text-col"),
+    ),
+    Case(
+        "named-label-column-missing",
+        lambda t, s: ingest(write(t, "l.csv", HEADER + "1,0,hi\n"), s, "--label-col", "y"),
+        ("no label column 'y'", "columns found: id, label, tweet", "--label-col"),
+    ),
+    Case(
+        "bom",
+        lambda t, s: ingest(write(t, "b.csv", "\ufeff" + HEADER + "1,0,hello bom\n"), s),
+        verify=_round_trip({1: (0, "hello bom")}),
+    ),
+    Case(
+        "quoted-newlines",
+        lambda t, s: ingest(write(t, "q.csv", HEADER + '1,0,"line one\nline two, ""quoted"""\n2,1,x\n'), s),
+        verify=_round_trip({1: (0, 'line one\nline two, "quoted"'), 2: (1, "x")}),
+    ),
+    Case(
+        "crlf-line-ends",
+        lambda t, s: ingest(write(t, "r.csv", "id,label,tweet\r\n1,0,windows\r\n"), s),
+        verify=_round_trip({1: (0, "windows")}),
+    ),
+    Case(
+        "nul-bytes",
+        lambda t, s: ingest(write(t, "n.csv", HEADER + "1,0,a\x00b\n2,1,c\n"), s),
+        verify=_round_trip({1: (0, "a\x00b"), 2: (1, "c")}),
+    ),
+    Case(
+        "undecodable-bytes",
+        lambda t, s: ingest(write(t, "u.csv", b"id,label,tweet\n1,0,ok\n2,0,bad \xff\xfe\n"), s),
+        ("line 3", "not valid UTF-8", "--encoding"),
+    ),
+    Case(
+        "latin-1-with-encoding",
+        lambda t, s: ingest(
+            write(t, "u.csv", "id,label,tweet\n1,0,caf\xe9\n".encode("latin-1")), s, "--encoding", "latin-1"
+        ),
+        verify=_round_trip({1: (0, "café")}),
+    ),
+    Case(
+        "unknown-encoding",
+        lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, "--encoding", "klingon"),
+        ("unknown --encoding 'klingon'",),
+    ),
+    Case(
+        "one-mb-text",
+        lambda t, s: ingest(write(t, "big.csv", HEADER + f"1,0,{BIG}\n2,1,small\n"), s),
+        verify=_round_trip({1: (0, BIG), 2: (1, "small")}),
+    ),
     Case("emoji-rtl-cjk", lambda t, s: ingest(write(t, "uni.csv", _csv(UNICODE)), s), verify=_similar_finds_unicode),
     Case("empty-text", lambda t, s: ingest(write(t, "et.csv", HEADER + '1,0,""\n2,1,text\n'), s), verify=_empty_texts),
-    Case("duplicate-id-same-text", lambda t, s: ingest(write(t, "d.csv", HEADER + "7,0,same text\n8,1,other\n7,0,same text\n"), s),
-         verify=_dup_kept_once),
-    Case("duplicate-id-different-text", lambda t, s: ingest(write(t, "d.csv", HEADER + "7,0,one\n8,1,x\n7,0,two\n"), s),
-         ("rows 1 and 3 share id '7' with different texts", "--duplicates first|last")),
-    Case("id-conflicts-with-stored-row", lambda t, s: ingest(write(t, "c.csv", HEADER + "1,0,not the stored text\n"), s,
-                                                              dataset="train"),
-         ("id '1' is already in dataset 'train' with a different text",)),
-    Case("three-classes", lambda t, s: ingest(write(t, "l.csv", HEADER + "1,0,one\n2,1,two\n3,2,three\n4,0,four\n"), s),
-         verify=_three_classes),
-    Case("label-text-kept-as-given", lambda t, s: ingest(write(t, "n.csv", HEADER + "1,pos,a\n2,NaN,b\n3,-3,c\n4,,d\n"), s),
-         verify=_round_trip({1: ("pos", "a"), 2: ("NaN", "b"), 3: ("-3", "c"), 4: (None, "d")})),
-    Case("ids-as-text", lambda t, s: ingest(write(t, "i.csv", HEADER + "000123,0,a\n123,1,b\na1b2,0,c\n1.5,1,d\n"
-                                                  "12345678901234567890123,0,e\n99999999999999999999,1,f\n"), s),
-         verify=_round_trip({"000123": (0, "a"), 123: (1, "b"), "a1b2": (0, "c"), "1.5": (1, "d"),
-                             "12345678901234567890123": (0, "e"), "99999999999999999999": (1, "f")})),
-    Case("spreadsheet-rounded-id", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n1.23457E+18,1,b\n"), s),
-         ("row 2", "scientific notation", "format the id column as Text")),
-    Case("columns-any-case-and-usual-names", lambda t, s: ingest(write(t, "c.csv", "Tweet_ID,Sentiment,TEXT\n5,pos,hi\n"), s),
-         verify=_columns_reported("'Tweet_ID'", "'Sentiment'", "'TEXT'", {5: ("pos", "hi")})),
-    Case("text-col-given-others-found", lambda t, s: ingest(write(t, "c.csv", "ID,Label,body\n5,1,hi\n"), s, "--text-col",
-                                                            "body"),
-         verify=_columns_reported("'ID'", "'Label'", "'body'", {5: (1, "hi")})),
-    Case("semicolon-separated", lambda t, s: ingest(write(t, "s.csv", "id;label;tweet\n1;0;a, b\n2;1;c\n"), s),
-         verify=_round_trip({1: (0, "a, b"), 2: (1, "c")})),
-    Case("tab-separated-csv", lambda t, s: ingest(write(t, "s.csv", "id\tlabel\ttweet\n1\t0\ta\n"), s),
-         verify=_round_trip({1: (0, "a")})),
-    Case("pipe-separated", lambda t, s: ingest(write(t, "s.txt", "id|label|tweet\n1|0|a\n"), s, "--format", "csv"),
-         verify=_round_trip({1: (0, "a")})),
-    Case("gzip-named-csv", lambda t, s: ingest(write(t, "g.csv", gzip.compress((HEADER + "1,0,zipped\n").encode())), s),
-         verify=_round_trip({1: (0, "zipped")})),
-    Case("jsonl-gz", lambda t, s: ingest(write(t, "g.jsonl.gz", gzip.compress(b'{"id": 1, "label": 0, "text": "z"}\n')), s),
-         verify=_round_trip({1: (0, "z")})),
-    Case("json-array", lambda t, s: ingest(write(t, "a.json", '[{"id": "7", "text": "x"}, {"id": 8, "text": "y"}]'), s),
-         verify=_round_trip({7: (None, "x"), 8: (None, "y")})),
-    Case("header-less-csv", lambda t, s: ingest(write(t, "n.csv", "1,0,first tweet\n2,1,second\n"), s),
-         ("looks like data, not a header", "--no-header")),
-    Case("header-less-with-no-header", lambda t, s: ingest(write(t, "n.csv", "1,0,first tweet\n2,1,second\n"), s,
-                                                           "--no-header", "--id-col", "1", "--label-col", "2",
-                                                           "--text-col", "3"),
-         verify=_round_trip({1: (0, "first tweet"), 2: (1, "second")})),
-    Case("utf-16", lambda t, s: ingest(write(t, "u.csv", (HEADER + "1,0,caf\u00e9 \U0001F600\n").encode("utf-16")), s),
-         verify=_round_trip({1: (0, "caf\u00e9 \U0001F600")})),
-    Case("cp1252-suggested", lambda t, s: ingest(write(t, "w.csv", (HEADER + "1,0,wait\u2026 \u201cok\u201d\n").encode("cp1252")), s),
-         ("looks like Windows-1252", "--encoding cp1252")),
-    Case("cp1252-with-encoding", lambda t, s: ingest(write(t, "w.csv", (HEADER + "1,0,wait\u2026\n").encode("cp1252")), s,
-                                                     "--encoding", "cp1252"),
-         verify=_round_trip({1: (0, "wait\u2026")})),
-    Case("binary-file", lambda t, s: ingest(write(t, "p.csv", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), s),
-         ("looks like a binary file", "PNG")),
-    Case("plain-text-on-stdin", lambda t, s: ingest("-", s), ("--format txt",), stdin="just a tweet\nand another one\n"),
-    Case("plain-text-on-stdin-as-txt", lambda t, s: ingest("-", s, "--format", "txt"),
-         verify=_round_trip({1: (None, "just a tweet"), 2: (None, "and another one")}), stdin="just a tweet\nand another one\n"),
-    Case("unicode-line-separators-in-a-tweet", lambda t, s: ingest(write(t, "l.txt", "a\u2028b\x85c\x0bd\x0ce\nnext\n"), s),
-         verify=_round_trip({1: (None, "a\u2028b\x85c\x0bd\x0ce"), 2: (None, "next")})),
-    Case("jsonl-with-raw-u2028", lambda t, s: ingest(write(t, "l.jsonl", '{"id": 1, "text": "a\u2028b"}\n{"id": 2, "text": "c"}\n'), s),
-         verify=_round_trip({1: (None, "a\u2028b"), 2: (None, "c")})),
-    Case("lone-surrogate-in-json", lambda t, s: ingest(write(t, "l.jsonl", '{"id": 1, "text": "bad \\ud83d here"}\n'), s),
-         verify=_replaced_one),
-    Case("duplicate-id-different-label", lambda t, s: ingest(write(t, "d.csv", HEADER + "7,neg,late\n8,pos,ok\n7,neutral,late\n"), s),
-         ("rows 1 and 3 share id '7' with different labels", "--duplicates first|last")),
-    Case("duplicate-id-keep-last", lambda t, s: ingest(write(t, "d.csv", HEADER + "7,neg,late\n8,pos,ok\n7,neutral,late\n"), s,
-                                                       "--duplicates", "last"),
-         verify=_round_trip({7: ("neutral", "late"), 8: ("pos", "ok")})),
-    Case("labels-change-on-re-ingest", lambda t, s: ingest(write(t, "r.csv", _relabelled(s)), s, dataset="train"),
-         verify=_labels_changed),
-    Case("ten-mb-tweet", lambda t, s: ingest(write(t, "big.csv", HEADER + "1,0," + "word " * 2_000_000 + "\n2,1,small\n"), s),
-         verify=_truncated_one),
+    Case(
+        "duplicate-id-same-text",
+        lambda t, s: ingest(write(t, "d.csv", HEADER + "7,0,same text\n8,1,other\n7,0,same text\n"), s),
+        verify=_dup_kept_once,
+    ),
+    Case(
+        "duplicate-id-different-text",
+        lambda t, s: ingest(write(t, "d.csv", HEADER + "7,0,one\n8,1,x\n7,0,two\n"), s),
+        ("rows 1 and 3 share id '7' with different texts", "--duplicates first|last"),
+    ),
+    Case(
+        "id-conflicts-with-stored-row",
+        lambda t, s: ingest(write(t, "c.csv", HEADER + "1,0,not the stored text\n"), s, dataset="train"),
+        ("id '1' is already in dataset 'train' with a different text",),
+    ),
+    Case(
+        "three-classes",
+        lambda t, s: ingest(write(t, "l.csv", HEADER + "1,0,one\n2,1,two\n3,2,three\n4,0,four\n"), s),
+        verify=_three_classes,
+    ),
+    Case(
+        "label-text-kept-as-given",
+        lambda t, s: ingest(write(t, "n.csv", HEADER + "1,pos,a\n2,NaN,b\n3,-3,c\n4,,d\n"), s),
+        verify=_round_trip({1: ("pos", "a"), 2: ("NaN", "b"), 3: ("-3", "c"), 4: (None, "d")}),
+    ),
+    Case(
+        "ids-as-text",
+        lambda t, s: ingest(
+            write(
+                t,
+                "i.csv",
+                HEADER + "000123,0,a\n123,1,b\na1b2,0,c\n1.5,1,d\n"
+                "12345678901234567890123,0,e\n99999999999999999999,1,f\n",
+            ),
+            s,
+        ),
+        verify=_round_trip(
+            {
+                "000123": (0, "a"),
+                123: (1, "b"),
+                "a1b2": (0, "c"),
+                "1.5": (1, "d"),
+                "12345678901234567890123": (0, "e"),
+                "99999999999999999999": (1, "f"),
+            }
+        ),
+    ),
+    Case(
+        "spreadsheet-rounded-id",
+        lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n1.23457E+18,1,b\n"), s),
+        ("row 2", "scientific notation", "format the id column as Text"),
+    ),
+    Case(
+        "columns-any-case-and-usual-names",
+        lambda t, s: ingest(write(t, "c.csv", "Tweet_ID,Sentiment,TEXT\n5,pos,hi\n"), s),
+        verify=_columns_reported("'Tweet_ID'", "'Sentiment'", "'TEXT'", {5: ("pos", "hi")}),
+    ),
+    Case(
+        "text-col-given-others-found",
+        lambda t, s: ingest(write(t, "c.csv", "ID,Label,body\n5,1,hi\n"), s, "--text-col", "body"),
+        verify=_columns_reported("'ID'", "'Label'", "'body'", {5: (1, "hi")}),
+    ),
+    Case(
+        "semicolon-separated",
+        lambda t, s: ingest(write(t, "s.csv", "id;label;tweet\n1;0;a, b\n2;1;c\n"), s),
+        verify=_round_trip({1: (0, "a, b"), 2: (1, "c")}),
+    ),
+    Case(
+        "tab-separated-csv",
+        lambda t, s: ingest(write(t, "s.csv", "id\tlabel\ttweet\n1\t0\ta\n"), s),
+        verify=_round_trip({1: (0, "a")}),
+    ),
+    Case(
+        "pipe-separated",
+        lambda t, s: ingest(write(t, "s.txt", "id|label|tweet\n1|0|a\n"), s, "--format", "csv"),
+        verify=_round_trip({1: (0, "a")}),
+    ),
+    Case(
+        "gzip-named-csv",
+        lambda t, s: ingest(write(t, "g.csv", gzip.compress((HEADER + "1,0,zipped\n").encode())), s),
+        verify=_round_trip({1: (0, "zipped")}),
+    ),
+    Case(
+        "jsonl-gz",
+        lambda t, s: ingest(write(t, "g.jsonl.gz", gzip.compress(b'{"id": 1, "label": 0, "text": "z"}\n')), s),
+        verify=_round_trip({1: (0, "z")}),
+    ),
+    Case(
+        "json-array",
+        lambda t, s: ingest(write(t, "a.json", '[{"id": "7", "text": "x"}, {"id": 8, "text": "y"}]'), s),
+        verify=_round_trip({7: (None, "x"), 8: (None, "y")}),
+    ),
+    Case(
+        "header-less-csv",
+        lambda t, s: ingest(write(t, "n.csv", "1,0,first tweet\n2,1,second\n"), s),
+        ("looks like data, not a header", "--no-header"),
+    ),
+    Case(
+        "header-less-with-no-header",
+        lambda t, s: ingest(
+            write(t, "n.csv", "1,0,first tweet\n2,1,second\n"),
+            s,
+            "--no-header",
+            "--id-col",
+            "1",
+            "--label-col",
+            "2",
+            "--text-col",
+            "3",
+        ),
+        verify=_round_trip({1: (0, "first tweet"), 2: (1, "second")}),
+    ),
+    Case(
+        "utf-16",
+        lambda t, s: ingest(write(t, "u.csv", (HEADER + "1,0,caf\u00e9 \U0001f600\n").encode("utf-16")), s),
+        verify=_round_trip({1: (0, "caf\u00e9 \U0001f600")}),
+    ),
+    Case(
+        "cp1252-suggested",
+        lambda t, s: ingest(write(t, "w.csv", (HEADER + "1,0,wait\u2026 \u201cok\u201d\n").encode("cp1252")), s),
+        ("looks like Windows-1252", "--encoding cp1252"),
+    ),
+    Case(
+        "cp1252-with-encoding",
+        lambda t, s: ingest(
+            write(t, "w.csv", (HEADER + "1,0,wait\u2026\n").encode("cp1252")), s, "--encoding", "cp1252"
+        ),
+        verify=_round_trip({1: (0, "wait\u2026")}),
+    ),
+    Case(
+        "binary-file",
+        lambda t, s: ingest(write(t, "p.csv", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), s),
+        ("looks like a binary file", "PNG"),
+    ),
+    Case(
+        "plain-text-on-stdin", lambda t, s: ingest("-", s), ("--format txt",), stdin="just a tweet\nand another one\n"
+    ),
+    Case(
+        "plain-text-on-stdin-as-txt",
+        lambda t, s: ingest("-", s, "--format", "txt"),
+        verify=_round_trip({1: (None, "just a tweet"), 2: (None, "and another one")}),
+        stdin="just a tweet\nand another one\n",
+    ),
+    Case(
+        "unicode-line-separators-in-a-tweet",
+        lambda t, s: ingest(write(t, "l.txt", "a\u2028b\x85c\x0bd\x0ce\nnext\n"), s),
+        verify=_round_trip({1: (None, "a\u2028b\x85c\x0bd\x0ce"), 2: (None, "next")}),
+    ),
+    Case(
+        "jsonl-with-raw-u2028",
+        lambda t, s: ingest(write(t, "l.jsonl", '{"id": 1, "text": "a\u2028b"}\n{"id": 2, "text": "c"}\n'), s),
+        verify=_round_trip({1: (None, "a\u2028b"), 2: (None, "c")}),
+    ),
+    Case(
+        "lone-surrogate-in-json",
+        lambda t, s: ingest(write(t, "l.jsonl", '{"id": 1, "text": "bad \\ud83d here"}\n'), s),
+        verify=_replaced_one,
+    ),
+    Case(
+        "duplicate-id-different-label",
+        lambda t, s: ingest(write(t, "d.csv", HEADER + "7,neg,late\n8,pos,ok\n7,neutral,late\n"), s),
+        ("rows 1 and 3 share id '7' with different labels", "--duplicates first|last"),
+    ),
+    Case(
+        "duplicate-id-keep-last",
+        lambda t, s: ingest(
+            write(t, "d.csv", HEADER + "7,neg,late\n8,pos,ok\n7,neutral,late\n"), s, "--duplicates", "last"
+        ),
+        verify=_round_trip({7: ("neutral", "late"), 8: ("pos", "ok")}),
+    ),
+    Case(
+        "labels-change-on-re-ingest",
+        lambda t, s: ingest(write(t, "r.csv", _relabelled(s)), s, dataset="train"),
+        verify=_labels_changed,
+    ),
+    Case(
+        "ten-mb-tweet",
+        lambda t, s: ingest(write(t, "big.csv", HEADER + "1,0," + "word " * 2_000_000 + "\n2,1,small\n"), s),
+        verify=_truncated_one,
+    ),
     Case("mistyped-store-path", lambda t, s: ["info", "--store", str(s) + "-typo"], ("does not exist", "--store")),
     Case("check-on-mistyped-store-path", lambda t, s: ["check", "--store", str(s) + "-typo"], ("does not exist",)),
-    Case("mistyped-option", lambda t, s: ["ingest", "x.csv", "--datset", "y", "--store", str(s)],
-         ("No such option: --datset", "--help")),
-    Case("bad-option-value", lambda t, s: ["similar", "x", "--k", "many", "--store", str(s)], ("Invalid value for '--k'",)),
-    Case("plugin-that-is-not-an-embedder", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s)[:4]
-         + ["--model", "py:os:path", "--clean", RECIPE], ("cannot load embedder 'py:os:path'", "fix:")),
-    Case("bad-jsonl-line", lambda t, s: ingest(write(t, "j.jsonl", '{"text": "ok"}\n{"text": oops}\n'), s),
-         ("line 2 is not valid JSON",)),
-    Case("unknown-format", lambda t, s: ingest(write(t, "x.csv", HEADER), s, "--format", "xml"), ("unknown input format 'xml'",)),
-    Case("unknown-dataset", lambda t, s: ["train", "--dataset", "nope", *M, "--store", str(s)],
-         ("dataset 'nope' does not exist", "datasets: train")),
-    Case("unknown-model", lambda t, s: ["ingest", str(write(t, "x.csv", HEADER + "1,0,a\n")), "--store", str(s), "--model", "bogus"],
-         ("unknown model 'bogus'", "known models: minilm, minilm-int8, elmo")),
-    Case("unimportable-plugin-model", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s)[:4]
-         + ["--model", "py:no_such_module:X", "--clean", RECIPE], ("cannot load embedder", "fix:")),
-    Case("unknown-recipe", lambda t, s: ["ingest", str(write(t, "x.csv", HEADER + "1,0,a\n")), "--store", str(s),
-                                         "--model", MODEL, "--clean", "nope"], ("unknown cleaning recipe 'nope'", "raw-v1")),
-    Case("no-space-for-model", lambda t, s: ["similar", "hi", "--store", str(s), "--model", MODEL, "--clean", "basic-v1"],
-         ("has no vectors for model", "ingest with that model first")),
-    Case("dataset-with-slash", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, dataset="a/b"),
-         ("invalid dataset name 'a/b'", "without '/' or '..'")),
-    Case("dataset-dotdot", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, dataset=".."), ("invalid dataset name '..'",)),
-    Case("dataset-traversal", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, dataset="../../etc"),
-         ("invalid dataset name",)),
-    Case("k-zero", lambda t, s: ["similar", "hi", "--k", "0", *M, "--store", str(s)], ("--k must be at least 1, got 0",)),
-    Case("similar-neither-text-nor-id", lambda t, s: ["similar", *M, "--store", str(s)], ("give either a query text or an --id",)),
-    Case("similar-unknown-id", lambda t, s: ["similar", "--id", "999999", *M, "--store", str(s)], ("id '999999' is not in",)),
-    Case("unknown-classifier-kind", lambda t, s: ["train", "--classifier", "xgb", *M, "--store", str(s)],
-         ("unknown --classifier 'xgb'", "logreg")),
-    Case("test-size-out-of-range", lambda t, s: ["train", "--test-size", "1.5", *M, "--store", str(s)], ("--test-size 1.5",)),
-    Case("predict-unknown-classifier", lambda t, s: ["predict", "--dataset", "train", "--classifier-name", "nope",
-                                                     "--out", str(t / "o.csv"), "--store", str(s)],
-         ("no trained classifier 'nope'", "trained: clf")),
-    Case("store-parent-is-a-file", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), write(t, "afile", "x") / "store"),
-         ("is not writable", "--store")),
-    Case("store-is-a-file", lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), write(t, "afile", "x")),
-         ("is a file, not a directory", "--store")),
+    Case(
+        "mistyped-option",
+        lambda t, s: ["ingest", "x.csv", "--datset", "y", "--store", str(s)],
+        ("No such option: --datset", "--help"),
+    ),
+    Case(
+        "bad-option-value",
+        lambda t, s: ["similar", "x", "--k", "many", "--store", str(s)],
+        ("Invalid value for '--k'",),
+    ),
+    Case(
+        "plugin-that-is-not-an-embedder",
+        lambda t, s: (
+            ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s)[:4] + ["--model", "py:os:path", "--clean", RECIPE]
+        ),
+        ("cannot load embedder 'py:os:path'", "fix:"),
+    ),
+    Case(
+        "bad-jsonl-line",
+        lambda t, s: ingest(write(t, "j.jsonl", '{"text": "ok"}\n{"text": oops}\n'), s),
+        ("line 2 is not valid JSON",),
+    ),
+    Case(
+        "unknown-format",
+        lambda t, s: ingest(write(t, "x.csv", HEADER), s, "--format", "xml"),
+        ("unknown input format 'xml'",),
+    ),
+    Case(
+        "unknown-dataset",
+        lambda t, s: ["train", "--dataset", "nope", *M, "--store", str(s)],
+        ("dataset 'nope' does not exist", "datasets: train"),
+    ),
+    Case(
+        "unknown-model",
+        lambda t, s: ["ingest", str(write(t, "x.csv", HEADER + "1,0,a\n")), "--store", str(s), "--model", "bogus"],
+        ("unknown model 'bogus'", "known models: minilm, minilm-int8, elmo"),
+    ),
+    Case(
+        "unimportable-plugin-model",
+        lambda t, s: (
+            ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s)[:4] + ["--model", "py:no_such_module:X", "--clean", RECIPE]
+        ),
+        ("cannot load embedder", "fix:"),
+    ),
+    Case(
+        "unknown-recipe",
+        lambda t, s: [
+            "ingest",
+            str(write(t, "x.csv", HEADER + "1,0,a\n")),
+            "--store",
+            str(s),
+            "--model",
+            MODEL,
+            "--clean",
+            "nope",
+        ],
+        ("unknown cleaning recipe 'nope'", "raw-v1"),
+    ),
+    Case(
+        "no-space-for-model",
+        lambda t, s: ["similar", "hi", "--store", str(s), "--model", MODEL, "--clean", "basic-v1"],
+        ("has no vectors for model", "ingest with that model first"),
+    ),
+    Case(
+        "dataset-with-slash",
+        lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, dataset="a/b"),
+        ("invalid dataset name 'a/b'", "without '/' or '..'"),
+    ),
+    Case(
+        "dataset-dotdot",
+        lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, dataset=".."),
+        ("invalid dataset name '..'",),
+    ),
+    Case(
+        "dataset-traversal",
+        lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), s, dataset="../../etc"),
+        ("invalid dataset name",),
+    ),
+    Case(
+        "k-zero", lambda t, s: ["similar", "hi", "--k", "0", *M, "--store", str(s)], ("--k must be at least 1, got 0",)
+    ),
+    Case(
+        "similar-neither-text-nor-id",
+        lambda t, s: ["similar", *M, "--store", str(s)],
+        ("give either a query text or an --id",),
+    ),
+    Case(
+        "similar-unknown-id",
+        lambda t, s: ["similar", "--id", "999999", *M, "--store", str(s)],
+        ("id '999999' is not in",),
+    ),
+    Case(
+        "unknown-classifier-kind",
+        lambda t, s: ["train", "--classifier", "xgb", *M, "--store", str(s)],
+        ("unknown --classifier 'xgb'", "logreg"),
+    ),
+    Case(
+        "test-size-out-of-range",
+        lambda t, s: ["train", "--test-size", "1.5", *M, "--store", str(s)],
+        ("--test-size 1.5",),
+    ),
+    Case(
+        "predict-unknown-classifier",
+        lambda t, s: [
+            "predict",
+            "--dataset",
+            "train",
+            "--classifier-name",
+            "nope",
+            "--out",
+            str(t / "o.csv"),
+            "--store",
+            str(s),
+        ],
+        ("no trained classifier 'nope'", "trained: clf"),
+    ),
+    Case(
+        "store-parent-is-a-file",
+        lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), write(t, "afile", "x") / "store"),
+        ("is not writable", "--store"),
+    ),
+    Case(
+        "store-is-a-file",
+        lambda t, s: ingest(write(t, "x.csv", HEADER + "1,0,a\n"), write(t, "afile", "x")),
+        ("is a file, not a directory", "--store"),
+    ),
 ]
 
 
@@ -373,6 +618,7 @@ def test_catalogue(case: Case, store: Path, tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- faults during a run
 
+
 def _no_big_writes(limit: int) -> Callable[[], None]:
     def pre() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing
@@ -387,8 +633,15 @@ def test_disk_full_during_a_commit(store: Path, tmp_path: Path) -> None:
     src = write(tmp_path, "full.csv", _csv(rows))
     gen = committed_generation(store)
     args = ingest(src, store, "--batch-rows", "100")
-    r = subprocess.run(fs_cmd(*args), cwd=ROOT, env=fs_env(), capture_output=True, text=True,
-                       preexec_fn=_no_big_writes(300_000), timeout=120)
+    r = subprocess.run(
+        fs_cmd(*args),
+        cwd=ROOT,
+        env=fs_env(),
+        capture_output=True,
+        text=True,
+        preexec_fn=_no_big_writes(300_000),
+        timeout=120,
+    )
     assert r.returncode != 0
     assert committed_generation(store) == gen + 2  # the two batches before it are committed
     assert len(rows_of(store, "extra")) == 200
@@ -406,8 +659,14 @@ def test_ctrl_c_during_ingest(store: Path, tmp_path: Path) -> None:
     args = ingest(src, store, "--batch-rows", "100")
     # 0.15 s a model call: ~2.4 s of work left after the second commit, so on a loaded machine
     # the interrupt still lands mid-run (0.05 left ~0.8 s, and the run sometimes finished first).
-    p = subprocess.Popen(fs_cmd(*args), cwd=ROOT, env=fs_env(FS_FAKE_SLEEP="0.15"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        fs_cmd(*args),
+        cwd=ROOT,
+        env=fs_env(FS_FAKE_SLEEP="0.15"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     gen = committed_generation(store)
     while committed_generation(store) < gen + 2:
         assert p.poll() is None, p.communicate()
@@ -417,7 +676,11 @@ def test_ctrl_c_during_ingest(store: Path, tmp_path: Path) -> None:
     assert p.returncode == 130, err
     assert "Traceback" not in err
     error_lines = [line for line in err.splitlines() if line.startswith("Error: ")]
-    assert len(error_lines) == 1 and "batch(es) committed" in error_lines[0] and "run the same command again" in error_lines[0]
+    assert (
+        len(error_lines) == 1
+        and "batch(es) committed" in error_lines[0]
+        and "run the same command again" in error_lines[0]
+    )
     n = int(error_lines[0].split("interrupted: ")[1].split()[0])
     assert n >= 2 and committed_generation(store) == gen + n
     assert_ok(run_cli("check", "--store", str(store)))
@@ -427,6 +690,7 @@ def test_ctrl_c_during_ingest(store: Path, tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- damaged stores
+
 
 def _latest_manifest(store: Path) -> Path:
     return max((store / "manifest").glob("*.json"))
@@ -469,15 +733,27 @@ def test_truncated_index_is_rebuilt(store: Path) -> None:
     second = assert_ok(run_cli(*args))
     a, b = json.loads(first.stdout), json.loads(second.stdout)
     assert b["info"]["index"].startswith("rebuilt"), b["info"]
-    assert [(h["ids"], round(h["score"], 5)) for h in a["hits"]] == [(h["ids"], round(h["score"], 5)) for h in b["hits"]]
+    assert [(h["ids"], round(h["score"], 5)) for h in a["hits"]] == [
+        (h["ids"], round(h["score"], 5)) for h in b["hits"]
+    ]
     assert_ok(run_cli("check", "--store", str(store)))
 
 
 # ----------------------------------------------------------------------------- no code from data files
 
+
 def _predict(store: Path, tmp_path: Path) -> Ran:
-    return run_cli("predict", "--dataset", "train", "--classifier-name", "clf", "--out", str(tmp_path / "o.csv"),
-                   "--store", str(store))
+    return run_cli(
+        "predict",
+        "--dataset",
+        "train",
+        "--classifier-name",
+        "clf",
+        "--out",
+        str(tmp_path / "o.csv"),
+        "--store",
+        str(store),
+    )
 
 
 def _swap_classifier(store: Path, payload: bytes, fix_manifest: bool) -> None:

@@ -4,7 +4,10 @@ Each expected string was produced once and checked by hand against the tutorial'
 drop ``http\\S+``; drop ``!"#$%&()*+,-./:;<=>@[\\]^_`{|}~`` (apostrophe and '?' stay);
 lowercase; digits to spaces; collapse whitespace; then (tweet-v1 only) spaCy lookup lemmas.
 """
+
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -21,9 +24,9 @@ BASIC = {
     # ';)' dropped, apostrophes kept, URL dropped
     "4": "i'm wired i know i'm george i was made that way iphone cute daventry home",
     # '$19.95' -> '1995' -> spaces -> collapsed; '!' dropped
-    "5": "what amazing service apple won't even talk to me about a question i have unless i pay them for their stupid support",
+    "5": "what amazing service apple won't even talk to me about a question i have unless i pay them for their stupid support",  # noqa: E501 -- a golden string reads best whole
     # '5C' -> ' c'; '?!?' -> '??' ('?' is kept); '!!!' dropped
-    "20": "how is the apple store gunna be out of c screens ?? it's monday and ur the fucking apple store fuckingpissed",
+    "20": "how is the apple store gunna be out of c screens ?? it's monday and ur the fucking apple store fuckingpissed",  # noqa: E501 -- a golden string reads best whole
     # the '$&@*#' masks vanish entirely, '!' dropped
     "27": "my ipod is all messed up and i haven't done nothing to it myloss apple",
     # '@', '_', ':' dropped, digits split words, double space collapsed
@@ -33,8 +36,8 @@ BASIC = {
 TWEET = {
     "1": "fingerprint pregnancy test android app beautiful cute health igers iphoneonly iphonesia iphone",
     "4": "i be wire i know i be george i be make that way iphone cute daventry home",
-    "5": "what amaze service apple wo not even talk to me about a question i have unless i pay them for their stupid support",
-    "20": "how be the apple store gunna be out of c screen ? ? it have monday and ur the fuck apple store fuckingpissed",
+    "5": "what amaze service apple wo not even talk to me about a question i have unless i pay them for their stupid support",  # noqa: E501 -- a golden string reads best whole
+    "20": "how be the apple store gunna be out of c screen ? ? it have monday and ur the fuck apple store fuckingpissed",  # noqa: E501 -- a golden string reads best whole
     "27": "my ipod be all mess up and i have not do nothing to it myloss apple",
     "2612": "ericcan ona sk be haha i think s be for hahahahahah",
 }
@@ -64,9 +67,8 @@ def test_tweet_v1_golden(tweets: dict[str, str]) -> None:
 
 def test_tweet_v1_is_basic_then_lemmas(tweets: dict[str, str]) -> None:
     """Lemmatizing the basic output gives the tweet-v1 output: the steps compose."""
-    from featurestore.clean import _lemmas
-
-    assert _lemmas(list(BASIC.values())) == list(TWEET.values())
+    lemmas_only = dataclasses.replace(get_recipe("tweet-v1"), steps=None)
+    assert lemmas_only.clean(list(BASIC.values())) == list(TWEET.values())
 
 
 @pytest.mark.parametrize("recipe", ["basic-v1", "tweet-v1"])

@@ -1,4 +1,5 @@
 """The ``fs`` commands through CliRunner: outputs, exit codes, help texts, one-line errors."""
+
 from __future__ import annotations
 
 import csv
@@ -80,8 +81,26 @@ def test_ingest_prints_a_summary_and_reingest_embeds_nothing(st: Path, train_csv
 def test_ingest_options(st: Path, tmp_path: Path) -> None:
     p = tmp_path / "x.tsv"
     p.write_text("key\tbody\n10\tHello World\n11\thello world!\n", encoding="utf-8")
-    r = fs("ingest", p, "-d", "x", "--text-col", "body", "--id-col", "key", "--model", FAKE, "--clean", "basic-v1",
-           "--dtype", "float16", "--batch-rows", "1", "--store", st)
+    r = fs(
+        "ingest",
+        p,
+        "-d",
+        "x",
+        "--text-col",
+        "body",
+        "--id-col",
+        "key",
+        "--model",
+        FAKE,
+        "--clean",
+        "basic-v1",
+        "--dtype",
+        "float16",
+        "--batch-rows",
+        "1",
+        "--store",
+        st,
+    )
     assert r.exit_code == 0, r.output
     assert "recipe basic-v1" in r.output and "cache hits 1  texts embedded 1" in r.output
     assert "batches committed 2" in r.output
@@ -161,12 +180,22 @@ def test_installed_fs_console_script(tmp_path: Path) -> None:
     assert exe, f"no fs console script next to {sys.executable}: pip install -e ."
     src = write_csv(tmp_path / "t.csv", train_rows(20))
     st = tmp_path / "store"
-    ok = subprocess.run([exe, "ingest", str(src), "--model", FAKE, "--store", str(st)], cwd=ROOT,
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [exe, "ingest", str(src), "--model", FAKE, "--store", str(st)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "rows read 20  new ids 20" in ok.stdout
-    bad = subprocess.run([exe, "train", "--dataset", "nope", "--model", FAKE, "--store", str(st)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [exe, "train", "--dataset", "nope", "--model", FAKE, "--store", str(st)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
     err = bad.stderr.strip()
     assert len(err.splitlines()) == 1 and err.startswith("Error: ") and "'nope' does not exist" in err, err
@@ -223,8 +252,9 @@ def test_missing_column(st: Path, tmp_path: Path) -> None:
     p = tmp_path / "c.csv"
     p.write_text("id,note\n1,x\n")
     assert_error(fs("ingest", p, "--model", FAKE, "--store", st), "columns found: id, note", "--text-col NAME")
-    assert_error(fs("ingest", p, "--text-col", "note", "--id-col", "tid", "--model", FAKE, "--store", st),
-                 "no id column 'tid'")
+    assert_error(
+        fs("ingest", p, "--text-col", "note", "--id-col", "tid", "--model", FAKE, "--store", st), "no id column 'tid'"
+    )
 
 
 def test_undecodable_bytes(st: Path, tmp_path: Path) -> None:
@@ -252,11 +282,15 @@ def test_tiny_split_with_one_class_is_an_error_not_a_traceback(st: Path, tmp_pat
 
 
 def test_unknown_dataset(loaded: Path) -> None:
-    assert_error(fs("train", "--dataset", "nope", "--model", FAKE, "--store", loaded), "'nope' does not exist",
-                 "datasets: test, train")
+    assert_error(
+        fs("train", "--dataset", "nope", "--model", FAKE, "--store", loaded),
+        "'nope' does not exist",
+        "datasets: test, train",
+    )
     assert_error(fs("similar", "x", "--dataset", "nope", "--model", FAKE, "--store", loaded), "'nope' does not exist")
-    assert_error(fs("ingest", TEST_CSV, "--dataset", "../evil", "--model", FAKE, "--store", loaded),
-                 "invalid dataset name")
+    assert_error(
+        fs("ingest", TEST_CSV, "--dataset", "../evil", "--model", FAKE, "--store", loaded), "invalid dataset name"
+    )
 
 
 def test_unknown_id_and_bad_query(loaded: Path) -> None:
@@ -266,19 +300,26 @@ def test_unknown_id_and_bad_query(loaded: Path) -> None:
 
 
 def test_unknown_model_lists_known_models(st: Path, train_csv: Path) -> None:
-    assert_error(fs("ingest", train_csv, "--model", "nope", "--store", st), "unknown model 'nope'", "minilm",
-                 "py:MODULE:ATTR")
+    assert_error(
+        fs("ingest", train_csv, "--model", "nope", "--store", st), "unknown model 'nope'", "minilm", "py:MODULE:ATTR"
+    )
     assert_error(fs("ingest", train_csv, "--model", "py:tests.fakes:Missing", "--store", st), "cannot load embedder")
 
 
 def test_model_without_vectors_in_the_store(loaded: Path) -> None:
-    assert_error(fs("train", "--model", "minilm", "--store", loaded), "no vectors for model 'minilm'",
-                 f"({FAKE}, tweet-v1, float32, 150 vectors)")
+    assert_error(
+        fs("train", "--model", "minilm", "--store", loaded),
+        "no vectors for model 'minilm'",
+        f"({FAKE}, tweet-v1, float32, 150 vectors)",
+    )
 
 
 def test_unknown_recipe(st: Path, train_csv: Path) -> None:
-    assert_error(fs("ingest", train_csv, "--clean", "tweet-v9", "--model", FAKE, "--store", st),
-                 "unknown cleaning recipe 'tweet-v9'", "raw-v1")
+    assert_error(
+        fs("ingest", train_csv, "--clean", "tweet-v9", "--model", FAKE, "--store", st),
+        "unknown cleaning recipe 'tweet-v9'",
+        "raw-v1",
+    )
 
 
 def test_unknown_dtype(st: Path, train_csv: Path) -> None:
@@ -305,13 +346,17 @@ def test_conflicting_text_for_a_stored_id(loaded: Path, tmp_path: Path) -> None:
     rows = train_rows(2)
     rows[1] = {**rows[1], "tweet": "a different text"}
     p = write_csv(tmp_path / "conflict.csv", rows)
-    assert_error(fs("ingest", p, "--dataset", "train", "--model", FAKE, "--store", loaded),
-                 "id '2' is already in dataset 'train'")
+    assert_error(
+        fs("ingest", p, "--dataset", "train", "--model", FAKE, "--store", loaded),
+        "id '2' is already in dataset 'train'",
+    )
 
 
 def test_predict_with_unknown_classifier(loaded: Path, tmp_path: Path) -> None:
-    assert_error(fs("predict", "--classifier-name", "nope", "--out", tmp_path / "o.csv", "--store", loaded),
-                 "no trained classifier 'nope'")
+    assert_error(
+        fs("predict", "--classifier-name", "nope", "--out", tmp_path / "o.csv", "--store", loaded),
+        "no trained classifier 'nope'",
+    )
 
 
 def test_predict_creates_a_missing_folder_and_refuses_a_directory(loaded: Path, tmp_path: Path) -> None:
@@ -325,12 +370,15 @@ def test_predict_creates_a_missing_folder_and_refuses_a_directory(loaded: Path, 
 @pytest.mark.parametrize("rows", ["0", "-5"])
 def test_batch_rows_below_one_is_refused(st: Path, train_csv: Path, rows: str) -> None:
     """Regression: 0 crashed with a traceback; a negative value reported new ids but committed nothing."""
-    assert_error(fs("ingest", train_csv, "--batch-rows", rows, "--model", FAKE, "--store", st),
-                 f"--batch-rows must be at least 1, got {rows}")
+    assert_error(
+        fs("ingest", train_csv, "--batch-rows", rows, "--model", FAKE, "--store", st),
+        f"--batch-rows must be at least 1, got {rows}",
+    )
     assert not (st / "manifest").exists() or not list((st / "manifest").iterdir())
 
 
 def test_query_empty_after_cleaning_is_refused(loaded: Path) -> None:
     """Regression: '!!!' cleaned to '' and returned arbitrary neighbours, all scoring 0."""
-    assert_error(fs("similar", "!!! http://x.com", "--model", FAKE, "--store", loaded), "empty after cleaning",
-                 "tweet-v1")
+    assert_error(
+        fs("similar", "!!! http://x.com", "--model", FAKE, "--store", loaded), "empty after cleaning", "tweet-v1"
+    )

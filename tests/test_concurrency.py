@@ -4,6 +4,7 @@ threads plus the CLI - always see one consistent committed generation.
 
 Real processes throughout (the lock is between processes; CliRunner swaps ``sys.stdout``
 and cannot run in reader threads), so the test is marked ``slow``."""
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,17 @@ import numpy as np
 import pytest
 
 from tests.integrity_fakes import hash_vector
-from tests.integrity_harness import MODEL, RECIPE, ROOT, committed_generation, fs_cmd, fs_env, ingest_args, run_fs, write_slice
+from tests.integrity_harness import (
+    MODEL,
+    RECIPE,
+    ROOT,
+    committed_generation,
+    fs_cmd,
+    fs_env,
+    ingest_args,
+    run_fs,
+    write_slice,
+)
 
 BATCH = 100
 FIRST = 300  # committed before the background ingest starts
@@ -47,8 +58,12 @@ def _one_writer_many_readers(tmp_path: Path) -> None:
     other = write_slice(tmp_path / "other.csv", 50, start=5000)
 
     bg = subprocess.Popen(
-        fs_cmd(*ingest_args(src, store, BATCH)), cwd=ROOT, env=fs_env(FS_FAKE_SLEEP="0.2"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        fs_cmd(*ingest_args(src, store, BATCH)),
+        cwd=ROOT,
+        env=fs_env(FS_FAKE_SLEEP="0.2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     gen0 = committed_generation(store)
     while committed_generation(store) == gen0:  # the writer holds the lock and is committing
@@ -100,9 +115,10 @@ def _one_writer_many_readers(tmp_path: Path) -> None:
             i = probe[j % len(probe)]
             j += 1
 
-            def sim() -> None:
-                hits, info = fs.similar(rows[i][1], k=5, model=MODEL, clean=RECIPE)
-                assert hits and hits[0].score > 0.999, (hits[:1], info)
+            def sim(i: int = i) -> None:  # called at once, by query()
+                res = fs.similar(rows[i][1], k=5, model=MODEL, clean=RECIPE)
+                hits = res.hits
+                assert hits and hits[0].score > 0.999, (hits[:1], res.index, res.query)
                 assert any(rows[dsid][1] == rows[i][1] for _, dsid in hits[0].ids), hits[0]
 
             def inf() -> None:
@@ -128,7 +144,7 @@ def _one_writer_many_readers(tmp_path: Path) -> None:
             args = calls[j % len(calls)]
             j += 1
 
-            def one() -> None:
+            def one(args: tuple[str, ...] = args) -> None:  # called at once
                 c = run_fs(*args)
                 assert c.returncode == 0, f"fs {args[0]} exited {c.returncode}: {c.stderr.strip()[-300:]}"
                 json.loads(c.stdout)
@@ -149,8 +165,12 @@ def _one_writer_many_readers(tmp_path: Path) -> None:
     assert "Traceback" not in second.stderr
     # With --wait it queues behind the writer and then succeeds.
     waiter = subprocess.Popen(
-        fs_cmd(*ingest_args(other, store, BATCH, "other", "--wait")), cwd=ROOT, env=fs_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        fs_cmd(*ingest_args(other, store, BATCH, "other", "--wait")),
+        cwd=ROOT,
+        env=fs_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     t_bg = time.monotonic()
     out, err = bg.communicate(timeout=120)
@@ -169,8 +189,10 @@ def _one_writer_many_readers(tmp_path: Path) -> None:
     assert {d["name"]: d["rows"] for d in snap["datasets"]} == {"train": TOTAL, "other": 50}
     c = run_fs("check", "--store", str(store))
     assert c.returncode == 0, c.stdout
-    print(f"reader queries succeeded / tried during ingest: {counts['tried'] - len(failures)} / {counts['tried']} "
-          f"({counts})")
+    print(
+        f"reader queries succeeded / tried during ingest: {counts['tried'] - len(failures)} / {counts['tried']} "
+        f"({counts})"
+    )
     assert not failures, failures[:5]
     assert counts["tried"] >= 100
     assert counts["cli"] >= 3

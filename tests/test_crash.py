@@ -11,6 +11,7 @@ without a Python start-up each; the checks between kills and the last resume run
 a plain new process. The two simulated crashes (a monkeypatched publish) resume through the
 CLI in-process.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,18 @@ KILLS = 20
 
 @pytest.mark.slow  # ~20 real processes killed with SIGKILL
 def test_sigkill_at_random_moments_loses_nothing_and_resumes(tmp_path: Path) -> None:
-    fig = crash_harness(tmp_path, kills=KILLS, seed=20240531, rows=1000, batch_rows=100, sleep=0.01, kills_per_cycle=6,
-                        cli_check_every=10, log=print, warm_start=True)
+    fig = crash_harness(
+        tmp_path,
+        kills=KILLS,
+        seed=20240531,
+        rows=1000,
+        batch_rows=100,
+        sleep=0.01,
+        kills_per_cycle=6,
+        cli_check_every=10,
+        log=print,
+        warm_start=True,
+    )
     report = "\n".join(fig.lines())
     print(report)
     (tmp_path / "crash_figures.txt").write_text(report + "\n")
@@ -48,8 +59,14 @@ def _crash_before_publish(tmp_path: Path, monkeypatch, generations_before: int) 
     store = tmp_path / "store"
     fs = FeatureStore(store)
     if generations_before:
-        fs.ingest(str(write_slice(tmp_path / "first.csv", 100 * generations_before)), "train", "py:x:y", "raw-v1",
-                  embedder=SlowHashEmbedder(), commit_rows=100)
+        fs.ingest(
+            str(write_slice(tmp_path / "first.csv", 100 * generations_before)),
+            "train",
+            "py:x:y",
+            "raw-v1",
+            embedder=SlowHashEmbedder(),
+            commit_rows=100,
+        )
 
     class Killed(BaseException):
         pass
@@ -78,8 +95,9 @@ def test_crash_before_the_first_manifest_then_resume(tmp_path: Path, monkeypatch
     c = run_cli("check", "--store", str(tmp_path / "store"))
     assert c.returncode == 0 and c.exception is None, c.stdout + c.stderr + c.traceback
     r = run_cli(*ingest_args(src, tmp_path / "store", 100))
-    assert r.returncode == 0 and r.exception is None, \
+    assert r.returncode == 0 and r.exception is None, (
         f"resume after a crash in the first commit failed: {r.stderr.strip()}{r.traceback}"
+    )
     assert len(read_state(tmp_path / "store").ids) == 300
 
 

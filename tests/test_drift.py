@@ -3,6 +3,7 @@ silently mix its vectors into the space; the ingest stops before writing anythin
 
 ``fs`` runs in-process (CliRunner); ``FS_FAKE_TWEAK`` is set for that one command, and
 the CLI builds a fresh ``LinearEmbedder`` per command, which reads it."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,7 +13,7 @@ import pytest
 
 from featurestore.api import FeatureStore
 from featurestore.errors import DriftError
-from featurestore.ingest import N_CANARIES
+from featurestore.spaces import N_CANARIES
 from tests.integrity_fakes import LinearEmbedder
 from tests.integrity_harness import read_state, run_cli, write_slice
 
@@ -20,7 +21,9 @@ LINEAR = "py:tests.integrity_fakes:LinearEmbedder"
 
 
 def _files(store: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file() and p.name != "LOCK"}
+    return {
+        str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file() and p.name != "LOCK"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,9 @@ def seeded_once(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     store = d / "store"
     first = write_slice(d / "first.csv", 200)
     more = write_slice(d / "more.csv", 100, start=200)
-    r = run_cli("ingest", str(first), "--store", str(store), "--model", LINEAR, "--clean", "raw-v1", "--batch-rows", "50")
+    r = run_cli(
+        "ingest", str(first), "--store", str(store), "--model", LINEAR, "--clean", "raw-v1", "--batch-rows", "50"
+    )
     assert r.returncode == 0 and r.exception is None, r.stderr + r.traceback
     return store, first, more
 
@@ -52,7 +57,9 @@ def test_cli_one_changed_weight_stops_ingest(seeded) -> None:
     store, _, more = seeded
     assert LinearEmbedder().fingerprint == LinearEmbedder(tweak=0.01).fingerprint
     before, gen = _files(store), read_state(store).generation
-    r = run_cli("ingest", str(more), "--store", str(store), "--model", LINEAR, "--clean", "raw-v1", FS_FAKE_TWEAK="0.01")
+    r = run_cli(
+        "ingest", str(more), "--store", str(store), "--model", LINEAR, "--clean", "raw-v1", FS_FAKE_TWEAK="0.01"
+    )
     assert r.returncode != 0 and r.exception is None, r.traceback
     err = r.stderr.strip()
     assert err.startswith("Error: ") and len(err.splitlines()) == 1 and "Traceback" not in r.stderr, err

@@ -6,6 +6,7 @@ for batch i of 3 sentences (sentence k of batch i is ``sentences[k][i]``), the t
 [direction, token, dim], computed by a stateful biLM that carries each row's LSTM state from
 one batch to the next.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,22 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from elmo_fixture import elmo_fixture_dir
+
 from featurestore.embedders import ELMO_OUTPUTS, load_embedder
 from featurestore.embedders.elmo import (
-    ElmoBiLM, ElmoEmbedder, StatefulBiLM, char_ids, resolve_model_files, tokenize,
+    ElmoBiLM,
+    ElmoEmbedder,
+    StatefulBiLM,
+    char_ids,
+    resolve_model_files,
+    tokenize,
 )
 from featurestore.errors import ModelError
 from featurestore.keys import space_fields, space_id
 from tests.conftest import run_python
+
+pytestmark = [pytest.mark.slow, pytest.mark.framework("tensorflow")]  # the real tiny ELMo on TensorFlow
 
 ATOL = 1e-5
 #: against bilm-tf's own outputs, and between our fast path and our reference path
@@ -199,7 +207,8 @@ def test_fast_path_matches_reference_path(embedder: ElmoEmbedder, fixture_dir: P
 
 
 def test_a_batch_with_too_many_distinct_words_runs_in_parts_with_the_same_vectors(
-        embedder: ElmoEmbedder, model_dir: Path, fixture_dir: Path) -> None:
+    embedder: ElmoEmbedder, model_dir: Path, fixture_dir: Path
+) -> None:
     texts = _tweets(fixture_dir)
     small = ElmoEmbedder.from_path(str(model_dir), max_distinct_words=8)
     runs: list[tuple[int, int]] = []  # (texts, distinct words) of each graph run
@@ -274,15 +283,28 @@ def test_space_ids_are_unchanged(model_dir: Path, output: str) -> None:
     emb = ElmoEmbedder.from_path(str(model_dir), output=output)
     fields = space_fields(dict(emb.fingerprint), {"name": "raw-v1"}, "float32")
     assert space_id(fields) == GOLDEN_SPACE_IDS[output]
-    assert set(emb.fingerprint) == {"embedder", "implementation", "options_sha256", "weights_sha256", "output", "mix",
-                                    "pooling", "tokenizer", "max_characters_per_token", "state", "dtype"}
+    assert set(emb.fingerprint) == {
+        "embedder",
+        "implementation",
+        "options_sha256",
+        "weights_sha256",
+        "output",
+        "mix",
+        "pooling",
+        "tokenizer",
+        "max_characters_per_token",
+        "state",
+        "dtype",
+    }
 
 
 def test_embedder_without_checksums_cannot_be_keyed(bilm: ElmoBiLM) -> None:
     emb = ElmoEmbedder(bilm)  # fine for embedding (the export tests do), not for a store
     assert emb.embed(["a b"]).shape == (1, 32)
-    with pytest.raises(ModelError, match="without the checksums of its files.*fix: build it with ElmoEmbedder.from_path"):
-        emb.fingerprint
+    with pytest.raises(
+        ModelError, match="without the checksums of its files.*fix: build it with ElmoEmbedder.from_path"
+    ):
+        _ = emb.fingerprint
 
 
 def test_tensorflow_env_is_set_for_its_import_only() -> None:

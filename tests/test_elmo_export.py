@@ -1,4 +1,5 @@
 """The native ELMo exported as a TF Hub-style SavedModel, loaded back by tensorflow_hub."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,14 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from elmo_fixture import elmo_fixture_dir
+
 from featurestore.embedders import elmo_export
 from featurestore.embedders.elmo import ElmoEmbedder, char_ids
 from featurestore.embedders.elmo_export import export_savedmodel
 from featurestore.embedders.hub import HubEmbedder
 from featurestore.errors import ModelError
 from tests.conftest import run_python
+
+pytestmark = [pytest.mark.slow, pytest.mark.framework("tensorflow")]  # the tiny ELMo saved, then loaded by TF Hub
 
 ATOL = 1e-5
 HANDLE = "https://tfhub.dev/google/elmo/3"

@@ -1,5 +1,6 @@
 """The real tiny ELMo through the whole product: fs ingest / train / similar, and the TF Hub
 export read back through --model hub:DIR giving the same stored vectors."""
+
 from __future__ import annotations
 
 import csv
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from elmo_fixture import elmo_fixture_dir
 from typer.testing import CliRunner
 
 from cli.main import app
-from elmo_fixture import elmo_fixture_dir
 from featurestore.api import FeatureStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.framework("tensorflow")]  # the real tiny ELMo through the CLI
 
 TRAIN = Path(__file__).resolve().parents[1] / "data" / "av-twitter-sentiment" / "train_2kmZucJ.csv"
 runner = CliRunner()

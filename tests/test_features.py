@@ -1,5 +1,6 @@
 """Feature sets (stored spaces + TF-IDF of the stored text), honest CV selection, multiclass, predict --proba,
 eval, frame and export."""
+
 from __future__ import annotations
 
 import json
@@ -28,12 +29,31 @@ def three_class_rows(n: int, seed: int = 0, start: int = 0) -> list[dict[str, st
     tweets built from phrases people write, with shared filler words so no single word gives the label away."""
     rng = np.random.default_rng(seed)
     phrases = {
-        "negative": ["flight delayed again", "lost my bag", "worst customer service", "cancelled my flight",
-                     "stuck on the tarmac for hours", "rude gate agent", "never flying with you again"],
-        "neutral": ["what time does boarding start", "is there wifi on the flight", "flying to boston tomorrow",
-                    "can i change my seat", "how many bags can i check", "which terminal for departures"],
-        "positive": ["thanks for the upgrade", "great crew today", "landed early love it", "best flight ever",
-                     "amazing service thank you", "smooth flight and friendly staff"],
+        "negative": [
+            "flight delayed again",
+            "lost my bag",
+            "worst customer service",
+            "cancelled my flight",
+            "stuck on the tarmac for hours",
+            "rude gate agent",
+            "never flying with you again",
+        ],
+        "neutral": [
+            "what time does boarding start",
+            "is there wifi on the flight",
+            "flying to boston tomorrow",
+            "can i change my seat",
+            "how many bags can i check",
+            "which terminal for departures",
+        ],
+        "positive": [
+            "thanks for the upgrade",
+            "great crew today",
+            "landed early love it",
+            "best flight ever",
+            "amazing service thank you",
+            "smooth flight and friendly staff",
+        ],
     }
     filler = ["@airline", "today", "#travel", "just now", "again", "the", "my", "on", "lol", "http://t.co/x"]
     rows = []
@@ -49,24 +69,41 @@ def three_class_rows(n: int, seed: int = 0, start: int = 0) -> list[dict[str, st
 
 @pytest.fixture
 def av(fs: FeatureStore, tmp_path: Path) -> FeatureStore:
-    fs.ingest(str(write_csv(tmp_path / "train.csv", train_rows(400))), "train", "fake", "raw-v1",
-              embedder=BagOfWordsEmbedder())
+    fs.ingest(
+        str(write_csv(tmp_path / "train.csv", train_rows(400))),
+        "train",
+        "fake",
+        "raw-v1",
+        embedder=BagOfWordsEmbedder(),
+    )
     return fs
 
 
 @pytest.fixture
 def three(fs: FeatureStore, tmp_path: Path) -> FeatureStore:
-    fs.ingest(str(write_csv(tmp_path / "a.csv", three_class_rows(150))), "air", "fake", "raw-v1",
-              embedder=BagOfWordsEmbedder())
-    fs.ingest(str(write_csv(tmp_path / "b.csv", three_class_rows(60, seed=1, start=1000))), "air2", "fake",
-              "raw-v1", embedder=BagOfWordsEmbedder())
+    fs.ingest(
+        str(write_csv(tmp_path / "a.csv", three_class_rows(150))),
+        "air",
+        "fake",
+        "raw-v1",
+        embedder=BagOfWordsEmbedder(),
+    )
+    fs.ingest(
+        str(write_csv(tmp_path / "b.csv", three_class_rows(60, seed=1, start=1000))),
+        "air2",
+        "fake",
+        "raw-v1",
+        embedder=BagOfWordsEmbedder(),
+    )
     return fs
 
 
 def test_parse_spec() -> None:
     alts = feats.parse_spec("minilm+tfidf-char,minilm+tfidf-word@raw-v1")
-    assert alts == [(Part("space", "minilm", "raw-v1"), Part("tfidf-char", "", "basic-v1")),
-                    (Part("space", "minilm", "raw-v1"), Part("tfidf-word", "", "raw-v1"))]
+    assert alts == [
+        (Part("space", "minilm", "raw-v1"), Part("tfidf-char", "", "basic-v1")),
+        (Part("space", "minilm", "raw-v1"), Part("tfidf-word", "", "raw-v1")),
+    ]
     assert feats.parse_spec("minilm@basic-v1")[0][0].recipe == "basic-v1"
     assert feats.parse_spec("tfidf-word", clean="basic-v1")[0] == (Part("tfidf-word", "", "basic-v1"),)
     assert feats.spec_of(alts[0]) == "minilm@raw-v1+tfidf-char@basic-v1"
@@ -128,15 +165,24 @@ def test_selection_sees_the_training_split_only(av: FeatureStore, monkeypatch) -
 
 
 def test_search_chooses_by_cv_and_respects_the_time_limit(av: FeatureStore) -> None:
-    r = av.train("train", "fake", "raw-v1", features="fake+tfidf-word,tfidf-char", search="quick", folds=2,
-                 time_limit=3600, name="q1")
+    r = av.train(
+        "train",
+        "fake",
+        "raw-v1",
+        features="fake+tfidf-word,tfidf-char",
+        search="quick",
+        folds=2,
+        time_limit=3600,
+        name="q1",
+    )
     tried = r.cv["top"]
     assert r.cv["tried"] == 16 and r.cv["skipped"] == 0 and r.cv["folds"] == 2
     assert r.cv["mean"] == max(c["cv_mean"] for c in tried) and r.cv["chosen"] == tried[0]
     assert {c["features"] for c in tried} <= {"fake@raw-v1+tfidf-word@basic-v1", "tfidf-char@basic-v1"}
     # A limit already past: the first setting of the first alternative is scored, the rest skipped.
-    r = av.train("train", "fake", "raw-v1", features="fake+tfidf-word", search="full", folds=2, time_limit=1e-9,
-                 name="q2")
+    r = av.train(
+        "train", "fake", "raw-v1", features="fake+tfidf-word", search="full", folds=2, time_limit=1e-9, name="q2"
+    )
     assert r.cv["tried"] == 12 and r.cv["skipped"] > 0 and any("time limit" in n for n in r.notes)
 
 
@@ -167,14 +213,32 @@ def test_three_classes_train_eval_predict_proba(three: FeatureStore) -> None:
 
 def test_cli_train_features_predict_proba_and_eval(three: FeatureStore, tmp_path: Path) -> None:
     store = str(three.path)
-    res = runner.invoke(app, ["train", "-d", "air", "-m", "fake", "--clean", "raw-v1", "--features",
-                              "fake+tfidf-char", "--name", "air", "--no-plots", "--store", store])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "-d",
+            "air",
+            "-m",
+            "fake",
+            "--clean",
+            "raw-v1",
+            "--features",
+            "fake+tfidf-char",
+            "--name",
+            "air",
+            "--no-plots",
+            "--store",
+            store,
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "chosen by 5-fold CV on the training split" in res.stdout and "CV macro-f1" in res.stdout
     assert "'negative'" in res.stdout and "support" in res.stdout
     out = tmp_path / "p.csv"
-    res = runner.invoke(app, ["predict", "-d", "air2", "--classifier-name", "air", "--proba", "--out", str(out),
-                              "--store", store])
+    res = runner.invoke(
+        app, ["predict", "-d", "air2", "--classifier-name", "air", "--proba", "--out", str(out), "--store", store]
+    )
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out, dtype=str)
     assert list(df.columns) == ["id", "label", "proba_negative", "proba_neutral", "proba_positive"]
@@ -184,15 +248,21 @@ def test_cli_train_features_predict_proba_and_eval(three: FeatureStore, tmp_path
     assert json.loads(res.stdout)["n"] == 60
     res = runner.invoke(app, ["eval", "-d", "air2", "--classifier-name", "nope", "--store", store])
     assert res.exit_code == 1 and "trained: air" in res.output
-    res = runner.invoke(app, ["train", "-d", "air", "-m", "fake", "--clean", "raw-v1", "--features", "tfidf-x",
-                              "--store", store])
+    res = runner.invoke(
+        app, ["train", "-d", "air", "-m", "fake", "--clean", "raw-v1", "--features", "tfidf-x", "--store", store]
+    )
     assert res.exit_code != 0 and "Error: unknown text feature 'tfidf-x' in --features" in res.output
 
 
 def test_predict_refuses_rows_without_vectors(three: FeatureStore, tmp_path: Path) -> None:
     three.train("air", "fake", "raw-v1", features="fake+tfidf-word", name="air", plots=False)
-    three.ingest(str(write_csv(tmp_path / "c.csv", three_class_rows(10, seed=3, start=5000))), "other", "fake",
-                 "basic-v1", embedder=BagOfWordsEmbedder())
+    three.ingest(
+        str(write_csv(tmp_path / "c.csv", three_class_rows(10, seed=3, start=5000))),
+        "other",
+        "fake",
+        "basic-v1",
+        embedder=BagOfWordsEmbedder(),
+    )
     with pytest.raises(FeatureStoreError, match="have no vector in space"):
         three.predict("other", "air")
 
@@ -212,19 +282,67 @@ def test_frame_and_export(av: FeatureStore, tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.stack(df["vector"].to_list()), X)
     assert df["text"].tolist()[0] == train_rows(1)[0]["tweet"]
     store = str(av.path)
-    res = runner.invoke(app, ["export", "-d", "train", "-m", "fake", "--clean", "raw-v1", "--format", "parquet",
-                              "--out", str(tmp_path / "t.parquet"), "--store", store])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "-d",
+            "train",
+            "-m",
+            "fake",
+            "--clean",
+            "raw-v1",
+            "--format",
+            "parquet",
+            "--out",
+            str(tmp_path / "t.parquet"),
+            "--store",
+            store,
+        ],
+    )
     assert res.exit_code == 0, res.output
     back = pd.read_parquet(tmp_path / "t.parquet")
     assert back["id"].tolist() == ids.tolist()
     np.testing.assert_array_equal(np.stack(back["vector"].to_list()), X)
-    res = runner.invoke(app, ["export", "-d", "train", "-m", "fake", "--clean", "raw-v1", "--format", "npy",
-                              "--out", str(tmp_path / "npy"), "--store", store])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "-d",
+            "train",
+            "-m",
+            "fake",
+            "--clean",
+            "raw-v1",
+            "--format",
+            "npy",
+            "--out",
+            str(tmp_path / "npy"),
+            "--store",
+            store,
+        ],
+    )
     assert res.exit_code == 0, res.output
     np.testing.assert_array_equal(np.load(tmp_path / "npy" / "vectors.npy", allow_pickle=False), X)
     assert np.load(tmp_path / "npy" / "ids.npy", allow_pickle=False).tolist() == ids.tolist()
-    res = runner.invoke(app, ["export", "-d", "train", "-m", "fake", "--clean", "raw-v1", "--format", "csv",
-                              "--out", str(tmp_path / "x"), "--store", store])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "-d",
+            "train",
+            "-m",
+            "fake",
+            "--clean",
+            "raw-v1",
+            "--format",
+            "csv",
+            "--out",
+            str(tmp_path / "x"),
+            "--store",
+            store,
+        ],
+    )
     assert res.exit_code == 1 and "unknown --format 'csv'" in res.output
 
 

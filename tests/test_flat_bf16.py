@@ -1,6 +1,7 @@
-"""Exact scans from a bfloat16 copy (a server's held flat index, ``index._flat_bf16``): the same top k as the
-float32 scan, with and without restrictions, when near-ties outnumber the kept candidates, and when fewer rows
+"""Exact scans from a bfloat16 copy (a server's held flat index, searched with ``index.search``): the same top k
+as the float32 scan, with and without restrictions, when near-ties outnumber the kept candidates, and when fewer rows
 than k are allowed; the copy is made only where this CPU multiplies bfloat16 faster (``with_bf16``)."""
+
 from __future__ import annotations
 
 import faiss
@@ -25,9 +26,35 @@ def _held(n: int = 30_000, d: int = 384, seed: int = 0) -> tuple[faiss.IndexFlat
 def _queries(held: faiss_index.VectorArray, seed: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = held.array
-    q = np.concatenate([x[rng.integers(0, len(x), 6)] + 0.3 * rng.standard_normal((6, x.shape[1]), dtype=np.float32),
-                        rng.standard_normal((8, x.shape[1]), dtype=np.float32), x[[7, 3]]])
+    q = np.concatenate(
+        [
+            x[rng.integers(0, len(x), 6)] + 0.3 * rng.standard_normal((6, x.shape[1]), dtype=np.float32),
+            rng.standard_normal((8, x.shape[1]), dtype=np.float32),
+            x[[7, 3]],
+        ]
+    )
     return faiss_index.normalize(q)
+
+
+def _scan(
+    index: faiss.IndexFlat,
+    vectors: faiss_index.VectorArray,
+    q: np.ndarray,
+    allowed: np.ndarray | list[np.ndarray | None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top 10 of ``index.search`` over a flat index held as ``vectors``: from their bfloat16 copy when they have
+    one, else by the float32 scan."""
+    opened = faiss_index.OpenedIndex(index, index.ntotal, "loaded", vectors=vectors)
+    return faiss_index.search(opened, q, 10, allowed)
+
+
+def _per_query(groups: list[tuple[np.ndarray | None, list[int]]], n_queries: int) -> list[np.ndarray | None]:
+    """(restriction, query numbers) groups as ``search``'s one restriction a query (the same object for a group)."""
+    allowed: list[np.ndarray | None] = [None] * n_queries
+    for restriction, queries in groups:
+        for i in queries:
+            allowed[i] = restriction
+    return allowed
 
 
 def _same(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], x: np.ndarray, q: np.ndarray) -> None:
@@ -50,12 +77,17 @@ def test_a_bfloat16_scan_gives_the_float32_top_k(restriction: str) -> None:
     allowed: object = {
         "none": None,
         "half": np.sort(rng.choice(n, n // 2 + 100, replace=False)),
-        "groups": [(np.sort(rng.choice(n, 3000, replace=False)), [0, 1, 2, 14]), (None, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15])],
+        "groups": [
+            (np.sort(rng.choice(n, 3000, replace=False)), [0, 1, 2, 14]),
+            (None, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15]),
+        ],
         "few": [(np.array([3, 7, 11]), list(range(8))), (None, list(range(8, 16)))],
     }[restriction]
+    if isinstance(allowed, list):
+        allowed = _per_query(allowed, len(q))
     plain = faiss_index.VectorArray(held.array)
-    want = faiss_index._flat_blas(index, q, 10, allowed, plain)
-    got = faiss_index._flat_bf16(index, held, q, 10, allowed)
+    want = _scan(index, plain, q, allowed)
+    got = _scan(index, held, q, allowed)
     _same(want, got, held.array, q)
     if restriction != "half":  # the query at stored row 3, which the other restrictions allow it
         assert (got[1][15] >= 0).all() and got[0][15][0] == pytest.approx(1.0, abs=1e-5)
@@ -63,8 +95,9 @@ def test_a_bfloat16_scan_gives_the_float32_top_k(restriction: str) -> None:
         assert sorted(got[1][0][:3].tolist()) == [3, 7, 11] and (got[1][0][3:] == -1).all()
 
 
-def _planted(scores: list[float], n_queries: int, first: int, seed: int
-             ) -> tuple[np.ndarray, faiss.IndexFlat, faiss_index.VectorArray, faiss_index.VectorArray]:
+def _planted(
+    scores: list[float], n_queries: int, first: int, seed: int
+) -> tuple[np.ndarray, faiss.IndexFlat, faiss_index.VectorArray, faiss_index.VectorArray]:
     """Random queries, and for query i rows ``first + len(scores) * i + j`` whose score against it is
     ``scores[j]``, among ``_held``'s rows: (queries, the index, its float32 and its bfloat16 held vectors)."""
     _, held = _held()
@@ -89,13 +122,13 @@ def test_the_margin_is_what_makes_it_exact(monkeypatch: pytest.MonkeyPatch) -> N
     mid = 1 - 2.0**-9  # halfway between bfloat16 values 1 - 2^-8 and 1
     q, index, plain, held = _planted([mid + 5e-6 * (20 - j) for j in range(40)], 16, 1000, seed=5)
     x = plain.array
-    want = faiss_index._flat_blas(index, q, 10, None, plain)
+    want = _scan(index, plain, q)
     assert [sorted(r) for r in want[1].tolist()] == [list(range(1000 + 40 * i, 1010 + 40 * i)) for i in range(16)]
-    got = faiss_index._flat_bf16(index, held, q, 10, None)
+    got = _scan(index, held, q)
     _same(want, got, x, q)
     assert got[1].tolist() == want[1].tolist()
     monkeypatch.setattr(faiss_index, "BF16_ERROR", 0.0)
-    lossy = faiss_index._flat_bf16(index, held, q, 10, None)
+    lossy = _scan(index, held, q)
     assert [sorted(r) for r in lossy[1].tolist()] != [sorted(r) for r in want[1].tolist()]
 
 
@@ -120,7 +153,9 @@ def test_the_cpu_flags_are_read() -> None:
     from pathlib import Path
 
     info = Path("/proc/cpuinfo")
-    flags = next((line for line in info.read_text().splitlines() if line.startswith("flags")), "") if info.exists() else ""
+    flags = (
+        next((line for line in info.read_text().splitlines() if line.startswith("flags")), "") if info.exists() else ""
+    )
     assert faiss_index._cpu_multiplies_bf16() == ("avx512_bf16" in flags.split() or "amx_bf16" in flags.split())
 
 
@@ -130,7 +165,7 @@ def test_more_near_ties_than_kept_candidates_are_scanned_again_in_float32(monkey
     in float32, and the answer is still the exact one."""
     assert 10 + faiss_index.BF16_CANDIDATES < 1500
     q, index, plain, held = _planted([0.9 + 5e-6 * j for j in range(1500)], 3, 2000, seed=9)
-    want = faiss_index._flat_blas(index, q, 10, None, plain)
+    want = _scan(index, plain, q)
     assert [sorted(r) for r in want[1].tolist()] == [list(range(3490 + 1500 * i, 3500 + 1500 * i)) for i in range(3)]
     scanned = []
     real = faiss_index._flat_blas

@@ -4,6 +4,7 @@ and random option values go to ``fs ingest`` and the read commands, in process.
 Every run must end in success or one line ``Error: ...`` that is not an internal error, and a failed
 command must leave the store byte for byte as it was (and ``fs check`` passing).
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,8 +37,11 @@ def base(tmp_path_factory) -> Path:
 
 
 def files(store: Path) -> dict[str, str]:
-    return {str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(store.rglob("*")) if p.is_file() and p.name != "LOCK" and p.parent.name != "index"}
+    return {
+        str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and p.name != "LOCK" and p.parent.name != "index"
+    }
 
 
 def run(store: Path, args: list[str], input: bytes | None = None) -> None:
@@ -67,8 +71,9 @@ cells = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 @st.composite
 def csv_files(draw) -> bytes:
     delim = draw(st.sampled_from([",", ";", "\t", "|"]))
-    header = draw(st.lists(st.sampled_from(["id", "ID", "label", "Sentiment", "tweet", "text", "x", ""]), min_size=1,
-                           max_size=4))
+    header = draw(
+        st.lists(st.sampled_from(["id", "ID", "label", "Sentiment", "tweet", "text", "x", ""]), min_size=1, max_size=4)
+    )
     rows = draw(st.lists(st.lists(cells, min_size=len(header), max_size=len(header)), max_size=6))
     buf = io.StringIO()
     csv.writer(buf, delimiter=delim).writerows([header, *rows])
@@ -82,9 +87,12 @@ def csv_files(draw) -> bytes:
 
 
 @FUZZ
-@given(data=st.one_of(st.binary(max_size=300), csv_files(),
-                      st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass"))),
-       name=st.sampled_from(["in.csv", "in.jsonl", "in.json", "in.txt", "in.tsv", "in.parquet", "in.csv.gz", "in"]))
+@given(
+    data=st.one_of(
+        st.binary(max_size=300), csv_files(), st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass"))
+    ),
+    name=st.sampled_from(["in.csv", "in.jsonl", "in.json", "in.txt", "in.tsv", "in.parquet", "in.csv.gz", "in"]),
+)
 def test_ingest_of_random_bytes(base: Path, tmp_path_factory, data: bytes, name: str) -> None:
     tmp = tmp_path_factory.mktemp("f")
     store = _fresh(base, tmp)
@@ -93,17 +101,22 @@ def test_ingest_of_random_bytes(base: Path, tmp_path_factory, data: bytes, name:
     run(store, ["ingest", str(src), "--store", str(store), "--dataset", "train", *M])
 
 
-options = st.fixed_dictionaries({}, optional={
-    "--sep": st.sampled_from([",", ";", "", "ab", "\t", "\x00"]),
-    "--encoding": st.sampled_from(["utf-8", "latin-1", "klingon", "utf-16", "cp1252", ""]),
-    "--format": st.sampled_from(["csv", "jsonl", "txt", "parquet", "xml", ""]),
-    "--duplicates": st.sampled_from(["error", "first", "last", "sometimes"]),
-    "--id-col": cells, "--label-col": cells, "--text-col": cells,
-    "--dtype": st.sampled_from(["float32", "float16", "int8"]),
-    "--batch-rows": st.sampled_from(["0", "-1", "1", "7", "x"]),
-    "--max-chars": st.sampled_from(["0", "5", "-3", "100000"]),
-    "--dataset": st.sampled_from(["train", "new", "../x", "", "a" * 70]),
-})
+options = st.fixed_dictionaries(
+    {},
+    optional={
+        "--sep": st.sampled_from([",", ";", "", "ab", "\t", "\x00"]),
+        "--encoding": st.sampled_from(["utf-8", "latin-1", "klingon", "utf-16", "cp1252", ""]),
+        "--format": st.sampled_from(["csv", "jsonl", "txt", "parquet", "xml", ""]),
+        "--duplicates": st.sampled_from(["error", "first", "last", "sometimes"]),
+        "--id-col": cells,
+        "--label-col": cells,
+        "--text-col": cells,
+        "--dtype": st.sampled_from(["float32", "float16", "int8"]),
+        "--batch-rows": st.sampled_from(["0", "-1", "1", "7", "x"]),
+        "--max-chars": st.sampled_from(["0", "5", "-3", "100000"]),
+        "--dataset": st.sampled_from(["train", "new", "../x", "", "a" * 70]),
+    },
+)
 
 
 @FUZZ
@@ -119,18 +132,36 @@ def test_ingest_with_random_options(base: Path, tmp_path_factory, opts: dict[str
 
 
 @FUZZ
-@given(cmd=st.sampled_from(["similar", "train", "predict", "info", "check"]), text=cells,
-       k=st.sampled_from(["0", "1", "-2", "100000", "x"]), dataset=st.sampled_from(["train", "nope", "", "../x"]),
-       extra=st.sampled_from([[], ["--dtype", "float16"], ["--id", "1"], ["--id", "nope"], ["--test-size", "2"],
-                              ["--classifier", "svm"], ["--positive", "x"], ["--classifier-name", "../x"]]))
-def test_read_commands_with_random_values(base: Path, tmp_path_factory, cmd: str, text: str, k: str, dataset: str,
-                                          extra: list[str]) -> None:
+@given(
+    cmd=st.sampled_from(["similar", "train", "predict", "info", "check"]),
+    text=cells,
+    k=st.sampled_from(["0", "1", "-2", "100000", "x"]),
+    dataset=st.sampled_from(["train", "nope", "", "../x"]),
+    extra=st.sampled_from(
+        [
+            [],
+            ["--dtype", "float16"],
+            ["--id", "1"],
+            ["--id", "nope"],
+            ["--test-size", "2"],
+            ["--classifier", "svm"],
+            ["--positive", "x"],
+            ["--classifier-name", "../x"],
+        ]
+    ),
+)
+def test_read_commands_with_random_values(
+    base: Path, tmp_path_factory, cmd: str, text: str, k: str, dataset: str, extra: list[str]
+) -> None:
     tmp = tmp_path_factory.mktemp("r")
     store = _fresh(base, tmp)
-    args = {"similar": ["similar", text, "--k", k, "--dataset", dataset, *M],
-            "train": ["train", "--dataset", dataset, *M],
-            "predict": ["predict", "--dataset", dataset, "--out", str(tmp / "p.csv")],
-            "info": ["info"], "check": ["check"]}[cmd]
+    args = {
+        "similar": ["similar", text, "--k", k, "--dataset", dataset, *M],
+        "train": ["train", "--dataset", dataset, *M],
+        "predict": ["predict", "--dataset", dataset, "--out", str(tmp / "p.csv")],
+        "info": ["info"],
+        "check": ["check"],
+    }[cmd]
     if cmd in ("similar", "train", "predict"):
         args += [e for e in extra if cmd != "similar" or e[0] in ("--dtype", "--id")]
     run(store, [*args, "--store", str(store)])

@@ -6,6 +6,7 @@ The fake ELMo mirrors google/elmo/3's interface: ``default`` (string[B] sentence
 positions get non-zero vectors (the padding token "" is hashed like any other), so a
 missing mask would show.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,10 @@ from featurestore.embedders.hub import HubEmbedder, hub_module_cache_path
 from featurestore.embedders.tf_runtime import tensorflow as tf  # called: imported on first use (see hub_fakes)
 from featurestore.errors import ModelError
 
+pytestmark = [pytest.mark.slow, pytest.mark.framework("tensorflow")]  # real SavedModels loaded by real tensorflow_hub
+
 WORD, LSTM = 4, 6  # tests/hub_fakes.py's FakeElmo layer widths
+
 
 @pytest.fixture(scope="session")
 def modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -30,8 +34,9 @@ def modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("hub_modules")
     elmo = FakeElmo()
-    tf().saved_model.save(elmo, str(root / "elmo"),
-                        signatures={"default": elmo.default, "tokens": elmo.tokens.get_concrete_function()})
+    tf().saved_model.save(
+        elmo, str(root / "elmo"), signatures={"default": elmo.default, "tokens": elmo.tokens.get_concrete_function()}
+    )
     s2s = StringsToStrings()
     tf().saved_model.save(s2s, str(root / "s2s"), signatures={"default": s2s.default})
     enc = SentenceEncoder()
@@ -82,19 +87,32 @@ def test_seeded_tfhub_cache_loads_elmo_handle_without_network(
     assert (fp["signature"], fp["output"], fp["pooling"], fp["dtype"]) == ("default", "elmo", "mean", "float32")
     # the first release's keys, which space ids hash (golden ids: test_models.py)
     assert isinstance(fp, Fingerprint) and fp.weights_sha256 == fp["module_sha256"] and fp.model == ELMO_HUB_HANDLE
-    assert set(fp) == {"embedder", "handle", "module_path", "module_sha256", "signature", "outputs", "output",
-                       "pooling", "dtype"}
+    assert set(fp) == {
+        "embedder",
+        "handle",
+        "module_path",
+        "module_sha256",
+        "signature",
+        "outputs",
+        "output",
+        "pooling",
+        "dtype",
+    }
 
 
 def test_outputs_top_and_all(modules: dict[str, Path]) -> None:
     top = HubEmbedder(str(modules["elmo"]), output="top")
-    np.testing.assert_allclose(top.embed_batch([SHORT, LONG]),
-                               masked_mean_reference(modules["elmo"], [SHORT, LONG], "lstm_outputs2"), atol=1e-5)
+    np.testing.assert_allclose(
+        top.embed_batch([SHORT, LONG]),
+        masked_mean_reference(modules["elmo"], [SHORT, LONG], "lstm_outputs2"),
+        atol=1e-5,
+    )
     every = HubEmbedder(str(modules["elmo"]), output="all")
     assert every.dim == WORD + 2 * LSTM
     vecs = every.embed_batch([SHORT, LONG])
-    np.testing.assert_allclose(vecs[:, :WORD], masked_mean_reference(modules["elmo"], [SHORT, LONG], "word_emb"),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        vecs[:, :WORD], masked_mean_reference(modules["elmo"], [SHORT, LONG], "word_emb"), atol=1e-5
+    )
     assert top.fingerprint["module_sha256"] == every.fingerprint["module_sha256"]
     assert top.fingerprint != every.fingerprint
 
@@ -135,10 +153,13 @@ def test_not_a_module(tmp_path: Path) -> None:
         HubEmbedder(str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("handle", [
-    "https://tfhub.dev/google/made-up-module/1",
-    "https://no-such-host.featurestore.invalid/modules/elmo.tar.gz",
-])
+@pytest.mark.parametrize(
+    "handle",
+    [
+        "https://tfhub.dev/google/made-up-module/1",
+        "https://no-such-host.featurestore.invalid/modules/elmo.tar.gz",
+    ],
+)
 def test_unreachable_handle_fails_fast(handle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
     start = time.monotonic()

@@ -1,4 +1,5 @@
 """The FAISS index against an exact numpy brute-force cosine search on the same seeded vectors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from featurestore import index as faiss_index
-from featurestore.api import FeatureStore
+from featurestore.api import FeatureStore, SimilarResult
 from tests.conftest import FAKE
 from tests.fakes import CountingEmbedder, fake_vector
 
@@ -35,24 +36,25 @@ def _brute(query: str, ids: list[int], k: int = 10) -> tuple[list[int], np.ndarr
     return [str(ids[j]) for j in top], s[top]
 
 
-def _assert_matches_brute(fs: FeatureStore, ids: list[int], dataset: str | None = None) -> dict:
-    info = {}
+def _assert_matches_brute(fs: FeatureStore, ids: list[int], dataset: str | None = None) -> SimilarResult:
+    """The last query's result, once every query's hits equal brute force's."""
     for q in QUERIES:
-        hits, info = fs.similar(q, k=10, model=FAKE, clean="raw-v1", dataset=dataset)
+        res = fs.similar(q, k=10, model=FAKE, clean="raw-v1", dataset=dataset)
+        hits = res.hits
         want_ids, want_scores = _brute(q, ids)
         assert [h.ids[0][1] for h in hits] == want_ids
         np.testing.assert_allclose([h.score for h in hits], want_scores, atol=1e-5)
         assert [h.rank for h in hits] == list(range(1, 11))
         assert all(h.text == f"seeded tweet number {h.ids[0][1]}" for h in hits)
-        assert info["query"] == "embedded"
-    return info
+        assert res.query == "embedded"
+    return res
 
 
 def test_exact_search_equals_brute_force(fs: FeatureStore, tmp_path: Path) -> None:
     _ingest(fs, tmp_path, "d", 0, 400)
-    info = _assert_matches_brute(fs, list(range(400)))
-    assert info["index"] == "in memory"  # built on the first query, reused (files unchanged) by the later ones
-    assert (fs.path / "index" / f"{info['space']}.faiss").is_file()
+    res = _assert_matches_brute(fs, list(range(400)))
+    assert res.index == "in memory"  # built on the first query, reused (files unchanged) by the later ones
+    assert (fs.path / "index" / f"{res.space}.faiss").is_file()
 
 
 def test_index_module_directly(fs: FeatureStore, tmp_path: Path) -> None:
@@ -80,25 +82,22 @@ def test_normalize_keeps_zero_rows_zero() -> None:
 
 def test_incremental_update_after_the_store_grows(fs: FeatureStore, tmp_path: Path) -> None:
     _ingest(fs, tmp_path, "d", 0, 300)
-    _, info = fs.similar("query one", model=FAKE, clean="raw-v1")
-    assert info["index"] == "built"
+    assert fs.similar("query one", model=FAKE, clean="raw-v1").index == "built"
     _ingest(fs, tmp_path, "d", 300, 450)
-    _, info = fs.similar("query one", model=FAKE, clean="raw-v1")  # this process holds the index: brute-force tail
-    assert info["index"] == "in memory, 150 newer rows searched by brute force"
-    info = _assert_matches_brute(fs, list(range(450)))
+    res = fs.similar("query one", model=FAKE, clean="raw-v1")  # this process holds the index: brute-force tail
+    assert res.index == "in memory, 150 newer rows searched by brute force"
+    _assert_matches_brute(fs, list(range(450)))
     fresh = FeatureStore(fs.path)  # a new process extends the file on disk
-    _, info = fresh.similar("query one", model=FAKE, clean="raw-v1")
-    assert info["index"].startswith("extended") and "150 rows" in info["index"]
-    info = _assert_matches_brute(fresh, list(range(450)))
-    assert info["index"] == "in memory"
-    assert FeatureStore(fs.path).similar("query one", model=FAKE, clean="raw-v1")[1]["index"] == "loaded"
+    res = fresh.similar("query one", model=FAKE, clean="raw-v1")
+    assert res.index.startswith("extended") and "150 rows" in res.index
+    assert _assert_matches_brute(fresh, list(range(450))).index == "in memory"
+    assert FeatureStore(fs.path).similar("query one", model=FAKE, clean="raw-v1").index == "loaded"
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncate", "manifest"])
 def test_damaged_index_is_rebuilt(fs: FeatureStore, tmp_path: Path, damage: str) -> None:
     _ingest(fs, tmp_path, "d", 0, 300)
-    _, info = fs.similar("query one", model=FAKE, clean="raw-v1")
-    path = fs.path / "index" / f"{info['space']}.faiss"
+    path = fs.path / "index" / f"{fs.similar('query one', model=FAKE, clean='raw-v1').space}.faiss"
     data = bytearray(path.read_bytes())
     if damage == "corrupt":
         data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
@@ -107,11 +106,9 @@ def test_damaged_index_is_rebuilt(fs: FeatureStore, tmp_path: Path, damage: str)
         path.write_bytes(bytes(data[: len(data) // 3]))
     else:
         path.with_suffix(".json").write_bytes(b"{not json")
-    _, info = fs.similar("query one", model=FAKE, clean="raw-v1")
-    assert info["index"].startswith("rebuilt")
-    info = _assert_matches_brute(fs, list(range(300)))
-    assert info["index"] == "in memory"
-    assert FeatureStore(fs.path).similar("query one", model=FAKE, clean="raw-v1")[1]["index"] == "loaded"  # saved
+    assert fs.similar("query one", model=FAKE, clean="raw-v1").index.startswith("rebuilt")
+    assert _assert_matches_brute(fs, list(range(300))).index == "in memory"
+    assert FeatureStore(fs.path).similar("query one", model=FAKE, clean="raw-v1").index == "loaded"  # saved
 
 
 def test_dataset_restriction(fs: FeatureStore, tmp_path: Path) -> None:
@@ -119,19 +116,21 @@ def test_dataset_restriction(fs: FeatureStore, tmp_path: Path) -> None:
     _ingest(fs, tmp_path, "b", 200, 500)
     _assert_matches_brute(fs, list(range(200, 500)), dataset="b")
     _assert_matches_brute(fs, list(range(0, 200)), dataset="a")
-    hits, _ = fs.similar("query one", k=500, model=FAKE, clean="raw-v1", dataset="a")
+    hits = fs.similar("query one", k=500, model=FAKE, clean="raw-v1", dataset="a").hits
     assert len(hits) == 200 and {h.ids[0][0] for h in hits} == {"a"}
     _assert_matches_brute(fs, list(range(0, 500)))  # no restriction: both
 
 
 def test_similar_by_id_and_by_stored_text(fs: FeatureStore, tmp_path: Path) -> None:
     _ingest(fs, tmp_path, "d", 0, 100)
-    hits, info = fs.similar(id="42", k=3, model=FAKE, clean="raw-v1")
-    assert info["query"] == "stored vector"
+    res = fs.similar(id="42", k=3, model=FAKE, clean="raw-v1")
+    hits = res.hits
+    assert res.query == "stored vector"
     assert hits[0].ids == [("d", "42")] and hits[0].score == pytest.approx(1.0, abs=1e-5)
     CountingEmbedder.log.clear()
-    hits, info = fs.similar("seeded tweet number 7", k=3, model=FAKE, clean="raw-v1")
-    assert info["query"] == "stored vector (model not loaded)" and CountingEmbedder.log == []
+    res = fs.similar("seeded tweet number 7", k=3, model=FAKE, clean="raw-v1")
+    hits = res.hits
+    assert res.query == "stored vector (model not loaded)" and CountingEmbedder.log == []
     assert hits[0].ids == [("d", "7")] and hits[0].text == "seeded tweet number 7"
     want, _ = _brute("seeded tweet number 7", list(range(100)), 3)
     assert [h.ids[0][1] for h in hits] == want
@@ -145,8 +144,8 @@ def test_new_query_texts_load_the_model_once_per_process(fs: FeatureStore, tmp_p
     real = search.load_embedder
     monkeypatch.setattr(search, "load_embedder", lambda spec: loads.append(spec) or real(spec))
     for q in ("first unseen query", "second unseen query", "third one"):
-        hits, info = fs.similar(q, k=2, model=FAKE, clean="raw-v1")
-        assert info["query"] == "embedded" and len(hits) == 2
+        res = fs.similar(q, k=2, model=FAKE, clean="raw-v1")
+        assert res.query == "embedded" and len(res.hits) == 2
     assert loads == [FAKE]
 
 
@@ -155,11 +154,10 @@ def test_a_mapped_flat_index_is_scanned_from_its_file_only_while_it_is_the_mappe
     _ingest(fs, tmp_path, "a", 0, 300)
     fs.similar("warm up", model=FAKE, clean="raw-v1")  # builds and saves the flat index
     cold = FeatureStore(tmp_path / "s")  # a new process: the index is mapped, its vectors read by blocks
-    _, info = cold.similar("x", model=FAKE, clean="raw-v1")
-    opened = cold._search.indexes[info["space"]][1]
+    opened = cold._search.indexes[cold.similar("x", model=FAKE, clean="raw-v1").space][1]
     assert opened.mmap and opened.vectors is not None
     _assert_matches_brute(cold, list(range(300)))
-    filtered = {h.ids[0][1] for h in cold.similar("battery died", k=300, dataset="a", model=FAKE, clean="raw-v1")[0]}
+    filtered = {h.ids[0][1] for h in cold.similar("battery died", k=300, dataset="a", model=FAKE, clean="raw-v1").hits}
     assert filtered == {str(i) for i in range(300)}  # the restricted scan reads the same blocks
 
     path = faiss_index.index_paths(cold.store, cold.space(FAKE, "raw-v1"))[0]
@@ -193,4 +191,4 @@ def test_top_k_equals_a_full_sort_over_blocks() -> None:
             np.testing.assert_array_equal(got_s[i, : len(order)], scores[i, order])
             real = np.isfinite(got_s[i])
             np.testing.assert_array_equal(scores[i, got_r[i, real]], got_s[i, real])  # each row has its score
-            assert (got_r[i, len(order):] == -1).all()
+            assert (got_r[i, len(order) :] == -1).all()

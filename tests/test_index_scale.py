@@ -2,6 +2,7 @@
 
 Small n (a few thousand 32-d vectors) keeps this fast; bench/index.py measures the same kinds at 1M.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -125,12 +126,12 @@ def test_built_index_is_extended_by_an_ingest_never_served_stale(tmp_path: Path,
     _ingest(fs, tmp_path, 0, 2000)
     fs.index_build(kind, model=MODEL, clean="raw-v1")
     _ingest(fs, tmp_path, 2000, 2100)
-    hits, info = fs.similar("clustered tweet 2050", k=3, model=MODEL, clean="raw-v1")
-    assert info["index"] == "extended by 100 rows" and faiss_index.kind_of(info["index_kind"]) == kind
-    assert hits[0].ids == [("d", "2050")] and hits[0].text == "clustered tweet 2050"
-    hits, info = FeatureStore(fs.path).similar("clustered tweet 2099", k=3, model=MODEL, clean="raw-v1")
-    assert info["index"] == "loaded" and info["index_mmap"] and hits[0].ids == [("d", "2099")]
-    assert faiss_index.kind_of(info["index_kind"]) == kind  # the kind the user built is kept
+    res = fs.similar("clustered tweet 2050", k=3, model=MODEL, clean="raw-v1")
+    assert res.index == "extended by 100 rows" and faiss_index.kind_of(res.index_kind) == kind
+    assert res.hits[0].ids == [("d", "2050")] and res.hits[0].text == "clustered tweet 2050"
+    res = FeatureStore(fs.path).similar("clustered tweet 2099", k=3, model=MODEL, clean="raw-v1")
+    assert res.index == "loaded" and res.index_mmap and res.hits[0].ids == [("d", "2099")]
+    assert faiss_index.kind_of(res.index_kind) == kind  # the kind the user built is kept
 
 
 def test_ivf_rebuilt_when_the_store_outgrows_its_lists(tmp_path: Path) -> None:
@@ -138,9 +139,9 @@ def test_ivf_rebuilt_when_the_store_outgrows_its_lists(tmp_path: Path) -> None:
     _ingest(fs, tmp_path, 0, 1000)
     fs.index_build("ivf", model=MODEL, clean="raw-v1")
     _ingest(fs, tmp_path, 1000, 2500)
-    hits, info = fs.similar("clustered tweet 2400", k=3, model=MODEL, clean="raw-v1")
-    assert info["index"].startswith("rebuilt") and info["index_kind"].startswith("IVF")
-    assert hits[0].ids == [("d", "2400")]
+    res = fs.similar("clustered tweet 2400", k=3, model=MODEL, clean="raw-v1")
+    assert res.index.startswith("rebuilt") and res.index_kind.startswith("IVF")
+    assert res.hits[0].ids == [("d", "2400")]
 
 
 def test_tampered_index_is_not_served(tmp_path: Path) -> None:
@@ -151,9 +152,9 @@ def test_tampered_index_is_not_served(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 256] = b"\x7f" * 256
     path.write_bytes(bytes(data))  # same size, new mtime: the cheap identity no longer matches
-    hits, info = FeatureStore(fs.path).similar("clustered tweet 7", k=3, model=MODEL, clean="raw-v1")
-    assert info["index"] == "rebuilt: index file is truncated or corrupt"
-    assert hits[0].ids == [("d", "7")] and info["index_kind"].startswith("IVF")  # rebuilt as the kind built
+    res = FeatureStore(fs.path).similar("clustered tweet 7", k=3, model=MODEL, clean="raw-v1")
+    assert res.index == "rebuilt: index file is truncated or corrupt"
+    assert res.hits[0].ids == [("d", "7")] and res.index_kind.startswith("IVF")  # rebuilt as the kind built
 
     # A tamper that also restores the size and mtime passes the cheap check; `fs check` hashes it all.
     st = path.stat()
@@ -172,16 +173,16 @@ def test_cold_open_is_memory_mapped_and_trusts_the_identity(tmp_path: Path, monk
     hashed: list[str] = []
     real = faiss_index._file_sha256
     monkeypatch.setattr(faiss_index, "_file_sha256", lambda p: hashed.append(p) or real(p))
-    hits, info = FeatureStore(fs.path).similar(id="12", k=5, model=MODEL, clean="raw-v1")
-    assert info["index"] == "loaded" and info["index_mmap"] is True and hashed == []  # no whole-file hash
-    assert hits[0].ids == [("d", "12")] and hits[0].text == "clustered tweet 12"
+    res = FeatureStore(fs.path).similar(id="12", k=5, model=MODEL, clean="raw-v1")
+    assert res.index == "loaded" and res.index_mmap is True and hashed == []  # no whole-file hash
+    assert res.hits[0].ids == [("d", "12")] and res.hits[0].text == "clustered tweet 12"
     # A copied store (new inode and mtime) is hashed once, then trusted cheaply again.
     (tmp_path / "copy").mkdir()
     os.system(f"cp -r {fs.path} {tmp_path / 'copy' / 'store'}")
     FeatureStore(tmp_path / "copy" / "store").similar(id="12", k=5, model=MODEL, clean="raw-v1")
     assert len(hashed) == 1
-    _, info = FeatureStore(tmp_path / "copy" / "store").similar(id="12", k=5, model=MODEL, clean="raw-v1")
-    assert len(hashed) == 1 and info["index"] == "loaded" and info["index_mmap"]
+    res = FeatureStore(tmp_path / "copy" / "store").similar(id="12", k=5, model=MODEL, clean="raw-v1")
+    assert len(hashed) == 1 and res.index == "loaded" and res.index_mmap
 
 
 def test_compaction_keeps_the_index_valid(tmp_path: Path) -> None:
@@ -191,8 +192,8 @@ def test_compaction_keeps_the_index_valid(tmp_path: Path) -> None:
     fs.index_build("flat", model=MODEL, clean="raw-v1")
     with fs.store.writer() as w:
         assert w.compact(max_segments=1)
-    hits, info = FeatureStore(fs.path).similar(id="1777", k=3, model=MODEL, clean="raw-v1")
-    assert info["index"] == "loaded" and hits[0].ids == [("d", "1777")]  # same rows, merged segment names
+    res = FeatureStore(fs.path).similar(id="1777", k=3, model=MODEL, clean="raw-v1")
+    assert res.index == "loaded" and res.hits[0].ids == [("d", "1777")]  # same rows, merged segment names
 
 
 def test_cli_index_build_exact_and_batch_file(tmp_path: Path) -> None:
@@ -200,15 +201,18 @@ def test_cli_index_build_exact_and_batch_file(tmp_path: Path) -> None:
     _ingest(fs, tmp_path, 0, 2000)
     runner = CliRunner()
     env = {"FS_STORE": str(fs.path)}
-    r = runner.invoke(app, ["index", "build", "--kind", "hnsw", "--m", "16", "--model", MODEL, "--clean", "raw-v1"], env=env)
+    r = runner.invoke(
+        app, ["index", "build", "--kind", "hnsw", "--m", "16", "--model", MODEL, "--clean", "raw-v1"], env=env
+    )
     assert r.exit_code == 0, r.output
     assert "built hnsw index 'HNSW16'" in r.output and "2,000 vectors" in r.output
 
     queries = ["clustered tweet 5", "something new", "", "clustered tweet 1999"]
     qfile = tmp_path / "queries.txt"
     qfile.write_text("\n".join(queries) + "\n")
-    r = runner.invoke(app, ["similar", "--file", str(qfile), "--json", "-k", "4", "--model", MODEL, "--clean", "raw-v1"],
-                      env=env)
+    r = runner.invoke(
+        app, ["similar", "--file", str(qfile), "--json", "-k", "4", "--model", MODEL, "--clean", "raw-v1"], env=env
+    )
     assert r.exit_code == 0, r.output
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert [line["query"] for line in lines] == [q for q in queries if q]  # one JSON object a line, in order
@@ -220,7 +224,9 @@ def test_cli_index_build_exact_and_batch_file(tmp_path: Path) -> None:
     stored = np.concatenate([b for _, b in fs.store.iter_vectors(space)])
     q = ClusteredEmbedder().vector("something new")[None]
     want, want_scores = _brute(q, stored)
-    r = runner.invoke(app, ["similar", "something new", "--exact", "--json", "--model", MODEL, "--clean", "raw-v1"], env=env)
+    r = runner.invoke(
+        app, ["similar", "something new", "--exact", "--json", "--model", MODEL, "--clean", "raw-v1"], env=env
+    )
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
     assert [int(h["ids"][0][1]) for h in got["hits"]] == want[0].tolist()

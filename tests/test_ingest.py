@@ -1,4 +1,5 @@
 """Ingest with the counting fake: embed only what is missing, in planned batches, atomically."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -103,13 +104,19 @@ def test_text_empty_after_cleaning_gets_a_zero_vector(fs: FeatureStore, tmp_path
 
 
 def test_conflicting_text_for_a_stored_id_changes_nothing(fs: FeatureStore, tmp_path: Path) -> None:
-    fs.ingest(str(_csv(tmp_path / "a.csv", [(1, 0, "first"), (2, 0, "second")])), "d", "fake", "raw-v1",
-              embedder=CountingEmbedder())
+    fs.ingest(
+        str(_csv(tmp_path / "a.csv", [(1, 0, "first"), (2, 0, "second")])),
+        "d",
+        "fake",
+        "raw-v1",
+        embedder=CountingEmbedder(),
+    )
     before = fs.store.snapshot()
     emb = CountingEmbedder()
     with pytest.raises(DatasetError, match="id '2' is already in dataset 'd' with a different text"):
-        fs.ingest(str(_csv(tmp_path / "b.csv", [(3, 0, "third"), (2, 0, "changed")])), "d", "fake", "raw-v1",
-                  embedder=emb)
+        fs.ingest(
+            str(_csv(tmp_path / "b.csv", [(3, 0, "third"), (2, 0, "changed")])), "d", "fake", "raw-v1", embedder=emb
+        )
     assert emb.calls == 0
     assert fs.store.snapshot() == before
 
@@ -160,8 +167,15 @@ def test_second_dtype_of_the_same_model_gets_its_own_vectors(fs: FeatureStore, t
 
 def test_progress_reaches_the_total(fs: FeatureStore, tweets_csv: Path) -> None:
     seen: list[tuple[float, int]] = []
-    fs.ingest(str(tweets_csv), "train", "fake", "raw-v1", embedder=CountingEmbedder(), commit_rows=64,
-              progress=lambda n, total: seen.append((n, total)))
+    fs.ingest(
+        str(tweets_csv),
+        "train",
+        "fake",
+        "raw-v1",
+        embedder=CountingEmbedder(),
+        commit_rows=64,
+        progress=lambda n, total: seen.append((n, total)),
+    )
     assert {t for _, t in seen} == {200}
     assert sum(n for n, _ in seen) == pytest.approx(200)
 
@@ -196,8 +210,13 @@ class _Drifted(CountingEmbedder):
 
 
 def test_drifted_model_is_refused(fs: FeatureStore, tmp_path: Path) -> None:
-    fs.ingest(str(_csv(tmp_path / "a.csv", [(1, 0, "one"), (2, 0, "two")])), "d", "fake", "raw-v1",
-              embedder=CountingEmbedder())
+    fs.ingest(
+        str(_csv(tmp_path / "a.csv", [(1, 0, "one"), (2, 0, "two")])),
+        "d",
+        "fake",
+        "raw-v1",
+        embedder=CountingEmbedder(),
+    )
     before = fs.store.snapshot()
     with pytest.raises(DriftError, match="no longer reproduces"):
         fs.ingest(str(_csv(tmp_path / "b.csv", [(3, 0, "three")])), "d", "fake", "raw-v1", embedder=_Drifted())
@@ -208,8 +227,18 @@ def _table(ids: list[str], labels: list[str], texts: list[str]):
     from featurestore.keys import raw_digest
     from featurestore.sources import Table
 
-    return Table("t.csv", np.array(ids, dtype=object), texts, np.array(labels, dtype=object),
-                 np.array([raw_digest(t) for t in texts], dtype="S32"), len(ids), 0, "id", "label", "tweet")
+    return Table(
+        "t.csv",
+        np.array(ids, dtype=object),
+        texts,
+        np.array(labels, dtype=object),
+        np.array([raw_digest(t) for t in texts], dtype="S32"),
+        len(ids),
+        0,
+        "id",
+        "label",
+        "tweet",
+    )
 
 
 def test_plan_is_pure_bookkeeping_without_a_model(fs: FeatureStore, tmp_path: Path) -> None:
@@ -218,8 +247,13 @@ def test_plan_is_pure_bookkeeping_without_a_model(fs: FeatureStore, tmp_path: Pa
     from featurestore.ingest import plan
     from featurestore.manifest import Space
 
-    fs.ingest(str(_csv(tmp_path / "a.csv", [(1, 0, "one"), (2, 1, "two")])), "d", "fake", "raw-v1",
-              embedder=CountingEmbedder())
+    fs.ingest(
+        str(_csv(tmp_path / "a.csv", [(1, 0, "one"), (2, 1, "two")])),
+        "d",
+        "fake",
+        "raw-v1",
+        embedder=CountingEmbedder(),
+    )
     snap = fs.store.snapshot()
     stored = fs.space("fake", "raw-v1")
     table = _table(["2", "3", "02", "1"], ["0", "1", "", ""], ["two", "three", "zero two", "one"])

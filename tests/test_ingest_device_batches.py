@@ -1,4 +1,5 @@
 """Commit batches follow the device: 1,024 rows on a CPU, the embedder's whole batch once the model is on a GPU."""
+
 from __future__ import annotations
 
 import csv
@@ -34,7 +35,6 @@ def test_cpu_commits_1024_rows(tmp_path: Path) -> None:
     s = fs.ingest(str(_csv(tmp_path / "in.csv", 5000)), "d", "fake", "raw-v1", embedder=emb)
     assert s.batches_committed == 5 and [len(b) for b in emb.batches] == [1024] * 4 + [904]
     assert list(s.timings)[:2] == ["clean", "load model"]
-
 
 
 class SlowLoadingEmbedder(CountingEmbedder):

@@ -1,4 +1,5 @@
 """Text keys and vector-space ids: equal inputs hash equal, any changed field changes the hash."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +8,10 @@ import numpy as np
 import pytest
 
 from featurestore.clean import get_recipe
-from featurestore.ingest import ingest, make_space
+from featurestore.ingest import ingest
 from featurestore.keys import canonical_json, fingerprint_hash, raw_digest, space_id, text_key
 from featurestore.sources import read_table
+from featurestore.spaces import make_space
 from featurestore.store import Store
 from tests.fakes import CountingEmbedder, fake_vector
 

@@ -1,4 +1,5 @@
 """The real default model end to end through the CLI: 300 real tweets, MiniLM on CPU."""
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,8 @@ from featurestore.embedders.minilm import MiniLMEmbedder
 from featurestore.keys import space_fields, space_id
 from tests.conftest import MINILM_TWEETS as N
 from tests.conftest import run_python, write_csv
+
+pytestmark = [pytest.mark.slow, pytest.mark.framework("minilm")]  # torch, transformers, sentence-transformers
 
 runner = CliRunner()
 # minilm_store (tests/conftest.py): N tweets ingested through the CLI with MiniLM, shared with test_minilm_int8.py
@@ -49,7 +52,7 @@ def test_similar_stored_text_uses_the_stored_vector(minilm_store) -> None:
     tweet = rows[41]["tweet"]
     r = runner.invoke(app, ["similar", tweet, "--k", "5", "--json", "--store", str(st)])
     assert r.exit_code == 0, r.output
-    data = json.loads(r.output[r.output.index("{"):])
+    data = json.loads(r.output[r.output.index("{") :])
     assert data["info"]["query"] == "stored vector (model not loaded)"
     top = data["hits"][0]
     assert top["ids"] == [["train", rows[41]["id"]]] and top["text"] == tweet
@@ -63,7 +66,7 @@ def test_new_query_is_embedded_by_the_model(minilm_store) -> None:
     # MiniLM's tokenizer is uncased: the upper-cased tweet is a new key but the same tokens.
     r = runner.invoke(app, ["similar", tweet.upper(), "--k", "3", "--json", "--store", str(st)])
     assert r.exit_code == 0, r.output
-    data = json.loads(r.output[r.output.index("{"):])
+    data = json.loads(r.output[r.output.index("{") :])
     assert data["info"]["query"] == "embedded"
     assert data["hits"][0]["ids"] == [["train", rows[7]["id"]]]
     assert data["hits"][0]["score"] == pytest.approx(1.0, abs=1e-3)
@@ -84,7 +87,10 @@ def test_space_id_is_unchanged() -> None:
     assert dict(fp) == {
         "model": "sentence-transformers/all-MiniLM-L6-v2",
         "weights_sha256": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-        "output": "sentence_embedding", "pooling": "mean", "normalize": True, "max_seq_length": 256,
+        "output": "sentence_embedding",
+        "pooling": "mean",
+        "normalize": True,
+        "max_seq_length": 256,
         "dtype": "float32",
     }
     assert space_id(space_fields(dict(fp), {"name": "raw-v1"}, "float32")) == "7ac04d0814275fa2"
@@ -172,29 +178,37 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 def test_without_onnxruntime_minilm_is_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     real = onnx.importlib.util.find_spec
     monkeypatch.delenv("FS_MINILM_BACKEND", raising=False)
-    monkeypatch.setattr(onnx.importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    monkeypatch.setattr(
+        onnx.importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a)
+    )
     assert onnx.minilm_backend() == "torch"
 
 
-def test_a_store_made_with_torch_takes_onnx_rows_after_the_drift_check(minilm_store, tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_store_made_with_torch_takes_onnx_rows_after_the_drift_check(
+    minilm_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The other way round from minilm_store: torch first; then the CPU default adds rows to the same space,
     # after re-embedding the stored canaries (the drift check, 1e-4) passes.
     _, rows = minilm_store
     st = tmp_path / "store"
     monkeypatch.setenv("FS_MINILM_BACKEND", "torch")
-    r = runner.invoke(app, ["ingest", str(write_csv(tmp_path / "a.csv", rows[:20])), "--dataset", "d", "--store", str(st)])
+    r = runner.invoke(
+        app, ["ingest", str(write_csv(tmp_path / "a.csv", rows[:20])), "--dataset", "d", "--store", str(st)]
+    )
     assert r.exit_code == 0, r.output
     monkeypatch.setenv("FS_MINILM_BACKEND", "onnx")
-    r = runner.invoke(app, ["ingest", str(write_csv(tmp_path / "b.csv", rows[:40])), "--dataset", "d", "--store", str(st)])
+    r = runner.invoke(
+        app, ["ingest", str(write_csv(tmp_path / "b.csv", rows[:40])), "--dataset", "d", "--store", str(st)]
+    )
     assert r.exit_code == 0, r.output
     assert "new ids 20  duplicates 20" in r.output and "texts embedded 20" in r.output
     info = FeatureStore(st).info()
     assert len(info["spaces"]) == 1 and info["spaces"][0]["vectors"] == 40
 
 
-def test_a_damaged_cached_export_is_made_again_once_then_a_one_line_error(monkeypatch: pytest.MonkeyPatch,
-                                                                          tmp_path: Path) -> None:
+def test_a_damaged_cached_export_is_made_again_once_then_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import shutil
 
     from featurestore.errors import ModelError
@@ -212,6 +226,8 @@ def test_a_damaged_cached_export_is_made_again_once_then_a_one_line_error(monkey
     broken = onnx.MiniLMOnnxEmbedder()
     broken.onnx_path.write_bytes(b"garbage")
     monkeypatch.setattr(onnx.MiniLMOnnxEmbedder, "_export", lambda self: self.onnx_path.write_bytes(b"garbage"))
-    with pytest.raises(ModelError, match=r"cannot be made or loaded .*fix: delete .* or FS_MINILM_BACKEND=torch") as err:
+    with pytest.raises(
+        ModelError, match=r"cannot be made or loaded .*fix: delete .* or FS_MINILM_BACKEND=torch"
+    ) as err:
         broken.embed(texts)
     assert "\n" not in str(err.value)

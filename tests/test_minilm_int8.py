@@ -1,9 +1,10 @@
 """``minilm-int8``: the ONNX export is the model, int8 stays close to fp32, the export is cached, its own space."""
+
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from featurestore.errors import ModelError
 from featurestore.keys import space_fields, space_id
 from tests.conftest import train_rows, write_csv
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.framework("minilm")]  # torch, transformers, ONNX Runtime
 pytest.importorskip("onnxruntime")
 
 runner = CliRunner()
@@ -37,8 +38,8 @@ def exported(cache: Path):
     from featurestore.embedders import onnx_minilm
 
     emb = onnx_minilm.MiniLMInt8Embedder()
-    emb._session  # export + quantise into the module's cache
-    fp32 = onnx_minilm.export_path(emb._weights_sha256, "fp32")
+    assert emb.device == "cpu"  # asking loads the model: export + quantise into the module's cache
+    fp32 = onnx_minilm.MiniLMOnnxEmbedder().onnx_path  # minilm's CPU graph, the int8 one's source
     assert emb.exports == 1 and emb.onnx_path.is_file() and emb.onnx_path.is_relative_to(cache)
     assert fp32.is_file() and fp32.is_relative_to(cache)
     return emb, fp32
@@ -107,7 +108,7 @@ def test_second_load_reuses_the_cached_export(int8) -> None:
 
     before = int8.onnx_path.stat().st_mtime_ns
     again = MiniLMInt8Embedder()
-    again._session
+    assert again.device == "cpu"  # asking loads the model
     assert again.exports == 0 and again.onnx_path == int8.onnx_path
     assert int8.onnx_path.stat().st_mtime_ns == before
 

@@ -1,4 +1,6 @@
-"""MiniLM's own tokenizing (the Rust backend called directly) gives the ids and mask the transformers tokenizer call gives."""
+"""MiniLM's own tokenizing (the Rust backend called directly) gives the ids and mask the transformers tokenizer
+call gives."""
+
 from __future__ import annotations
 
 import csv
@@ -9,7 +11,7 @@ import pytest
 
 from featurestore.embedders.minilm import MAX_SEQ_LENGTH, MiniLMEmbedder
 
-pytestmark = pytest.mark.slow  # loads the real model
+pytestmark = [pytest.mark.slow, pytest.mark.framework("minilm")]  # loads the real model
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "av-twitter-sentiment" / "train_2kmZucJ.csv"
 ODD = [
@@ -29,8 +31,9 @@ def embedder() -> MiniLMEmbedder:
 
 
 def reference(embedder: MiniLMEmbedder, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    enc = embedder._model[0](texts, padding=True, truncation="longest_first", max_length=MAX_SEQ_LENGTH,
-                             return_tensors="np")
+    enc = embedder._model[0](
+        texts, padding=True, truncation="longest_first", max_length=MAX_SEQ_LENGTH, return_tensors="np"
+    )
     return enc["input_ids"], enc["attention_mask"]
 
 

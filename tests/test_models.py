@@ -4,6 +4,7 @@ and the typed embedder fingerprint, with the golden space ids that users' stores
 Downloads are served by a local HTTP server on 127.0.0.1; the real hosts are unreachable here,
 which is exactly what the offline tests rely on.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,8 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import typer
@@ -85,9 +86,13 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 
 def local_release(monkeypatch: pytest.MonkeyPatch, base: str, **published: str | None) -> releases.Release:
-    release = dataclasses.replace(releases.RELEASES["elmo-small"], name="elmo-test",
-                                  options_url=f"{base}/options.json", weights_url=f"{base}/weights.hdf5",
-                                  **published)
+    release = dataclasses.replace(
+        releases.RELEASES["elmo-small"],
+        name="elmo-test",
+        options_url=f"{base}/options.json",
+        weights_url=f"{base}/weights.hdf5",
+        **published,
+    )
     monkeypatch.setitem(releases.RELEASES, "elmo-test", release)
     return release
 
@@ -98,8 +103,9 @@ def fake_pulled(folder: Path, name: str = "elmo-small") -> Path:
     d.mkdir(parents=True)
     (d / "options.json").write_bytes(OPTIONS)
     (d / "weights.hdf5").write_bytes(WEIGHTS)
-    (d / "sha256.json").write_text(json.dumps({"options.json": {"sha256": sha(OPTIONS)},
-                                               "weights.hdf5": {"sha256": sha(WEIGHTS)}}))
+    (d / "sha256.json").write_text(
+        json.dumps({"options.json": {"sha256": sha(OPTIONS)}, "weights.hdf5": {"sha256": sha(WEIGHTS)}})
+    )
     return d
 
 
@@ -112,7 +118,8 @@ def test_catalogue_matches_allennlp_table() -> None:
         "elmo_2x4096_512_2048cnn_2xhighway_weights.hdf5"
     )
     assert releases.RELEASES["elmo-original-5.5b"].options_url.endswith(
-        "2x4096_512_2048cnn_2xhighway_5.5B/elmo_2x4096_512_2048cnn_2xhighway_5.5B_options.json")
+        "2x4096_512_2048cnn_2xhighway_5.5B/elmo_2x4096_512_2048cnn_2xhighway_5.5B_options.json"
+    )
     assert all(r.weights_sha256 is None for r in releases.RELEASES.values())  # AllenNLP publishes none
     assert set(releases.RELEASES) <= set(known_models())
 
@@ -126,8 +133,10 @@ def test_models_dir_default_and_env(monkeypatch: pytest.MonkeyPatch, models_dir:
 def test_release_path(models_dir: Path) -> None:
     with pytest.raises(ModelError) as err:
         releases.release_path("elmo-small")
-    assert str(err.value) == ("model elmo-small is not downloaded; run: fs models pull elmo-small "
-                              "(or --model elmo:PATH for a local options+weights pair)")
+    assert str(err.value) == (
+        "model elmo-small is not downloaded; run: fs models pull elmo-small "
+        "(or --model elmo:PATH for a local options+weights pair)"
+    )
     with pytest.raises(ModelError, match="unknown model release 'elmo-huge'; known releases: elmo-small"):
         releases.release_path("elmo-huge")
     folder = fake_pulled(models_dir)
@@ -194,12 +203,15 @@ def test_cli_pull_offline(runner: CliRunner, fs: typer.Typer, models_dir: Path) 
 def test_cli_pull_unknown_name(runner: CliRunner, fs: typer.Typer) -> None:
     result = runner.invoke(fs, ["models", "pull", "elmo-huge"])
     assert result.exit_code == 1
-    assert result.output.strip() == ("Error: unknown model release 'elmo-huge'; known releases: "
-                                     "elmo-small, elmo-medium, elmo-original, elmo-original-5.5b")
+    assert result.output.strip() == (
+        "Error: unknown model release 'elmo-huge'; known releases: "
+        "elmo-small, elmo-medium, elmo-original, elmo-original-5.5b"
+    )
 
 
-def test_cli_pull_local_server(runner: CliRunner, fs: typer.Typer, monkeypatch: pytest.MonkeyPatch,
-                               server: str, models_dir: Path) -> None:
+def test_cli_pull_local_server(
+    runner: CliRunner, fs: typer.Typer, monkeypatch: pytest.MonkeyPatch, server: str, models_dir: Path
+) -> None:
     local_release(monkeypatch, server)
     result = runner.invoke(fs, ["models", "pull", "elmo-test"])
     assert result.exit_code == 0, result.output
@@ -312,25 +324,29 @@ def test_plugin_loads_from_the_current_directory_and_leaves_sys_path_alone(plugi
     assert sys.path == before
 
 
-@pytest.mark.parametrize("attr, module, expected", [
-    ("needs_an_argument", "", "calling fs_plugin_*.needs_an_argument() raised TypeError"),
-    ("raises", "", "calling fs_plugin_*.raises() raised RuntimeError: no GPU second line"),
-    ("returns_text", "", "returned str, not a featurestore Embedder"),
-    ("NOT_CALLABLE", "", "NOT_CALLABLE is not callable (type int)"),
-    ("Missing", "", "has no attribute 'Missing'"),
-    ("X", "_broken", "importing 'fs_plugin_*_broken' failed (ValueError: broken at import)"),
-    ("X", "_syntax", "importing 'fs_plugin_*_syntax' failed (SyntaxError"),
-    ("DictFingerprint", "", "fingerprint as a plain dict that lacks 'weights_sha256'"),
-])
-def test_every_plugin_failure_is_one_model_error_line(plugin: Callable[..., str], attr: str, module: str,
-                                                      expected: str) -> None:
+@pytest.mark.parametrize(
+    "attr, module, expected",
+    [
+        ("needs_an_argument", "", "calling fs_plugin_*.needs_an_argument() raised TypeError"),
+        ("raises", "", "calling fs_plugin_*.raises() raised RuntimeError: no GPU second line"),
+        ("returns_text", "", "returned str, not a featurestore Embedder"),
+        ("NOT_CALLABLE", "", "NOT_CALLABLE is not callable (type int)"),
+        ("Missing", "", "has no attribute 'Missing'"),
+        ("X", "_broken", "importing 'fs_plugin_*_broken' failed (ValueError: broken at import)"),
+        ("X", "_syntax", "importing 'fs_plugin_*_syntax' failed (SyntaxError"),
+        ("DictFingerprint", "", "fingerprint as a plain dict that lacks 'weights_sha256'"),
+    ],
+)
+def test_every_plugin_failure_is_one_model_error_line(
+    plugin: Callable[..., str], attr: str, module: str, expected: str
+) -> None:
     before = list(sys.path)
     with pytest.raises(ModelError) as err:
         load_embedder(plugin(attr, module))
     msg = str(err.value)
     assert "\n" not in msg and "fix:" in msg and msg.startswith("cannot load embedder 'py:fs_plugin_")
     head, tail = expected.split("*", 1) if "*" in expected else (expected, "")
-    assert head in msg and tail in msg[msg.index(head):]
+    assert head in msg and tail in msg[msg.index(head) :]
     assert sys.path == before
 
 
@@ -362,18 +378,21 @@ def test_fingerprint_reads_as_the_dict_it_hashes() -> None:
     assert dict(renamed) == {"handle": "m", "module_sha256": "ab" * 32, "output": "default", "pooling": "mean"}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"model": ""}, "field 'model' is missing or empty"),
-    ({"output": "  "}, "field 'output' is missing or empty"),
-    ({"pooling": None}, "field 'pooling' is missing or empty"),
-    ({"weights_sha256": "unknown"}, "'weights_sha256' must be 64 lowercase hex"),
-    ({"weights_sha256": "AB" * 32}, "'weights_sha256' must be 64 lowercase hex"),
-    ({"extra": {"model": "again"}}, "key 'model' is given twice"),
-    ({"extra": {"when": object()}}, "not JSON-able"),
-    ({"extra": {"x": float("nan")}}, "not JSON-able"),
-    ({"key_names": {"dtype": "d"}}, "renames dtype"),
-    ({"key_names": {"model": "output"}}, "key 'output' is given twice"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model": ""}, "field 'model' is missing or empty"),
+        ({"output": "  "}, "field 'output' is missing or empty"),
+        ({"pooling": None}, "field 'pooling' is missing or empty"),
+        ({"weights_sha256": "unknown"}, "'weights_sha256' must be 64 lowercase hex"),
+        ({"weights_sha256": "AB" * 32}, "'weights_sha256' must be 64 lowercase hex"),
+        ({"extra": {"model": "again"}}, "key 'model' is given twice"),
+        ({"extra": {"when": object()}}, "not JSON-able"),
+        ({"extra": {"x": float("nan")}}, "not JSON-able"),
+        ({"key_names": {"dtype": "d"}}, "renames dtype"),
+        ({"key_names": {"model": "output"}}, "key 'output' is given twice"),
+    ],
+)
 def test_fingerprint_refuses_missing_and_malformed_fields(change: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         Fingerprint(**{**FP, **change})
@@ -393,7 +412,7 @@ def test_an_embedder_handing_out_a_dict_is_refused() -> None:
             return {"model": "free", "output": "default", "pooling": "mean"}
 
     with pytest.raises(ModelError, match="plain dict that lacks 'weights_sha256'.*fix:"):
-        Free().fingerprint
+        _ = Free().fingerprint
 
 
 # Space ids of the first release, computed before Fingerprint existed: users' stores are keyed by
@@ -412,10 +431,16 @@ def raw_space_id(embedder: Embedder) -> str:
     return space_id(space_fields(dict(embedder.fingerprint), {"name": "raw-v1"}, "float32"))
 
 
-@pytest.mark.parametrize("name, make", [
-    ("counting", CountingEmbedder), ("other", other_embedder), ("bag-of-words", BagOfWordsEmbedder),
-    ("slow-hash", SlowHashEmbedder), ("linear", LinearEmbedder),
-])
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("counting", CountingEmbedder),
+        ("other", other_embedder),
+        ("bag-of-words", BagOfWordsEmbedder),
+        ("slow-hash", SlowHashEmbedder),
+        ("linear", LinearEmbedder),
+    ],
+)
 def test_fake_embedders_keep_their_space_ids(name: str, make: Callable[[], Embedder]) -> None:
     assert isinstance(make().fingerprint, Fingerprint)
     assert raw_space_id(make()) == GOLDEN_SPACE_IDS[name]
@@ -429,23 +454,32 @@ def _hub_without_tf(mode: str, output: str, keys: tuple[str, ...]) -> HubEmbedde
     return emb
 
 
-@pytest.mark.parametrize("mode, output, keys, golden", [
-    ("tokens", "elmo", ("elmo",), "de28da9b2fa29833"),
-    ("tokens", "all", ("word_emb", "lstm_outputs1", "lstm_outputs2"), "4605a3b848826264"),
-    ("vector", "elmo", ("default",), "69e9f2ba9fdd92b5"),
-])
+@pytest.mark.parametrize(
+    "mode, output, keys, golden",
+    [
+        ("tokens", "elmo", ("elmo",), "de28da9b2fa29833"),
+        ("tokens", "all", ("word_emb", "lstm_outputs1", "lstm_outputs2"), "4605a3b848826264"),
+        ("vector", "elmo", ("default",), "69e9f2ba9fdd92b5"),
+    ],
+)
 def test_hub_embedder_keeps_its_space_ids(mode: str, output: str, keys: tuple[str, ...], golden: str) -> None:
     emb = _hub_without_tf(mode, output, keys)
     assert dict(emb.fingerprint) == {
-        "embedder": "tfhub", "handle": "https://tfhub.dev/google/elmo/3", "module_path": "/models/elmo3",
-        "module_sha256": "ab" * 32, "signature": "default", "outputs": list(keys),
-        "output": output if mode == "tokens" else "module", "pooling": "mean" if mode == "tokens" else "module",
+        "embedder": "tfhub",
+        "handle": "https://tfhub.dev/google/elmo/3",
+        "module_path": "/models/elmo3",
+        "module_sha256": "ab" * 32,
+        "signature": "default",
+        "outputs": list(keys),
+        "output": output if mode == "tokens" else "module",
+        "pooling": "mean" if mode == "tokens" else "module",
         "dtype": "float32",
     }
     assert raw_space_id(emb) == golden
 
 
 # -- the import graph ---------------------------------------------------------------------------
+
 
 def test_registry_and_release_catalogue_import_without_heavy_frameworks() -> None:
     code = textwrap.dedent("""

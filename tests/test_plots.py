@@ -1,4 +1,5 @@
 """Pictures: the training plots beside the classifier, and fs map (PNG and self-contained HTML)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -38,8 +39,13 @@ def png_size(path: Path) -> tuple[int, int]:
 
 @pytest.fixture
 def av(fs: FeatureStore, tmp_path: Path) -> FeatureStore:
-    fs.ingest(str(write_csv(tmp_path / "train.csv", train_rows(300))), "train", "fake", "raw-v1",
-              embedder=BagOfWordsEmbedder())
+    fs.ingest(
+        str(write_csv(tmp_path / "train.csv", train_rows(300))),
+        "train",
+        "fake",
+        "raw-v1",
+        embedder=BagOfWordsEmbedder(),
+    )
     return fs
 
 
@@ -57,12 +63,18 @@ def test_train_writes_a_confusion_matrix_and_a_pr_curve_beside_the_classifier(av
 
 
 def test_multiclass_plots(fs: FeatureStore, tmp_path: Path) -> None:
-    fs.ingest(str(write_csv(tmp_path / "a.csv", three_class_rows(150))), "air", "fake", "raw-v1",
-              embedder=BagOfWordsEmbedder())
+    fs.ingest(
+        str(write_csv(tmp_path / "a.csv", three_class_rows(150))),
+        "air",
+        "fake",
+        "raw-v1",
+        embedder=BagOfWordsEmbedder(),
+    )
     r = fs.train("air", "fake", "raw-v1", name="air")
     w3, h3 = png_size(Path(r.plots[0]))
-    w2, _ = png_size(Path(plots.confusion_png(tmp_path / "c2.png", np.array(["a", "b"]), np.array(["a", "a"]),
-                                              ["a", "b"], "two")))
+    w2, _ = png_size(
+        Path(plots.confusion_png(tmp_path / "c2.png", np.array(["a", "b"]), np.array(["a", "a"]), ["a", "b"], "two"))
+    )
     assert w3 > w2  # the matrix grows with the classes
     png_size(Path(r.plots[1]))
 
@@ -70,14 +82,48 @@ def test_multiclass_plots(fs: FeatureStore, tmp_path: Path) -> None:
 def test_fs_map_png_and_html(av: FeatureStore, tmp_path: Path) -> None:
     store = str(av.path)
     out = tmp_path / "map.png"
-    res = runner.invoke(app, ["map", "-d", "train", "-m", "fake", "--clean", "raw-v1", "--method", "pca", "--out",
-                              str(out), "--store", store])
+    res = runner.invoke(
+        app,
+        [
+            "map",
+            "-d",
+            "train",
+            "-m",
+            "fake",
+            "--clean",
+            "raw-v1",
+            "--method",
+            "pca",
+            "--out",
+            str(out),
+            "--store",
+            store,
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "300 points, PCA" in res.stdout
     assert png_size(out) == (800, 700)
     html_out = tmp_path / "map.html"
-    res = runner.invoke(app, ["map", "-d", "train", "-m", "fake", "--clean", "raw-v1", "--method", "pca",
-                              "--max-points", "120", "--out", str(html_out), "--store", store])
+    res = runner.invoke(
+        app,
+        [
+            "map",
+            "-d",
+            "train",
+            "-m",
+            "fake",
+            "--clean",
+            "raw-v1",
+            "--method",
+            "pca",
+            "--max-points",
+            "120",
+            "--out",
+            str(html_out),
+            "--store",
+            store,
+        ],
+    )
     assert res.exit_code == 0, res.output
     page = html_out.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http://" not in page.split("<svg")[0]
@@ -89,9 +135,11 @@ def test_fs_map_png_and_html(av: FeatureStore, tmp_path: Path) -> None:
     assert any(h.unescape(t).startswith(f"{first['id']} [{first['label']}]") for t in titles) or len(titles) == 120
     import xml.dom.minidom
 
-    xml.dom.minidom.parseString(page[page.index("<svg"): page.index("</svg>") + 6])  # well-formed SVG
-    res = runner.invoke(app, ["map", "-d", "train", "-m", "fake", "--clean", "raw-v1", "--out",
-                              str(tmp_path / "map.jpg"), "--store", store])
+    xml.dom.minidom.parseString(page[page.index("<svg") : page.index("</svg>") + 6])  # well-formed SVG
+    res = runner.invoke(
+        app,
+        ["map", "-d", "train", "-m", "fake", "--clean", "raw-v1", "--out", str(tmp_path / "map.jpg"), "--store", store],
+    )
     assert res.exit_code == 1 and "must end in .png or .html" in res.output
 
 

@@ -1,5 +1,6 @@
 """Real files as users bring them, end to end through ``fs``: ids kept exactly, labels that change,
 spaces chosen explicitly, long texts, shared and read-only stores, mistyped paths."""
+
 from __future__ import annotations
 
 import csv
@@ -81,8 +82,11 @@ def test_ids_without_an_id_column_are_row_numbers_and_the_summary_says_so(tmp_pa
 
 
 def test_in_file_duplicate_ids_follow_the_duplicates_option(tmp_path: Path) -> None:
-    src = write(tmp_path / "a.csv", ["tweet_id", "airline_sentiment", "text"],
-                [["1", "negative", "late again"], ["2", "positive", "great crew"], ["1", "neutral", "late again"]])
+    src = write(
+        tmp_path / "a.csv",
+        ["tweet_id", "airline_sentiment", "text"],
+        [["1", "negative", "late again"], ["2", "positive", "great crew"], ["1", "neutral", "late again"]],
+    )
     store = str(tmp_path / "s")
     err = error_of(fs("ingest", str(src), "--store", store, "--dataset", "d", *M))
     assert "--duplicates" in err and not (tmp_path / "s" / "segments").exists() or check(FeatureStore(store).store).ok
@@ -94,7 +98,9 @@ def test_in_file_duplicate_ids_follow_the_duplicates_option(tmp_path: Path) -> N
 
 def test_a_second_dtype_never_shadows_the_first(tmp_path: Path) -> None:
     store = str(tmp_path / "s")
-    a = write(tmp_path / "a.csv", ["id", "label", "tweet"], [[str(i), str(i % 2), f"tweet a{i} w{i % 3}"] for i in range(40)])
+    a = write(
+        tmp_path / "a.csv", ["id", "label", "tweet"], [[str(i), str(i % 2), f"tweet a{i} w{i % 3}"] for i in range(40)]
+    )
     b = write(tmp_path / "b.csv", ["id", "label", "tweet"], [[str(i), str(i % 2), f"tweet b{i}"] for i in range(30)])
     assert fs("ingest", str(a), "--store", store, "--dataset", "a", *M).exit_code == 0
     assert fs("ingest", str(b), "--store", store, "--dataset", "b", "--dtype", "float16", *M).exit_code == 0
@@ -193,7 +199,18 @@ def test_read_only_store_answers_reads_and_refuses_writes_clearly(tmp_path: Path
 
 def test_plain_text_on_stdin(tmp_path: Path) -> None:
     store = str(tmp_path / "s")
-    r = fs("ingest", "-", "--format", "txt", "--store", store, "--dataset", "d", *M, input="first tweet\nsecond\u2028same\n")
+    r = fs(
+        "ingest",
+        "-",
+        "--format",
+        "txt",
+        "--store",
+        store,
+        "--dataset",
+        "d",
+        *M,
+        input="first tweet\nsecond\u2028same\n",
+    )
     assert r.exit_code == 0, r.output
     assert FeatureStore(store).rows("d")["texts"].tolist() == ["first tweet", "second\u2028same"]
 
@@ -216,5 +233,6 @@ def test_messages_name_flags_on_the_command_line_and_parameters_in_python(tmp_pa
     with pytest.raises(InputFileError) as exc:
         FeatureStore(tmp_path / "s").ingest(str(src), "d", FAKE, "raw-v1")
     assert "fix: encoding cp1252" in str(exc.value) and "--" not in str(exc.value)
-    assert "--batch-rows must be at least 1" in error_of(fs("ingest", str(src), "--batch-rows", "0", "--encoding",
-                                                            "cp1252", "--store", str(tmp_path / "s"), *M))
+    assert "--batch-rows must be at least 1" in error_of(
+        fs("ingest", str(src), "--batch-rows", "0", "--encoding", "cp1252", "--store", str(tmp_path / "s"), *M)
+    )

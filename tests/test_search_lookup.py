@@ -1,6 +1,7 @@
 """Naming a query's hits from per-segment lookups: a long-lived process that holds segments open and
 packs ids/labels/texts in memory answers exactly as a cold process reading HDF5, across new
 generations, label changes and ids stored in two datasets; id tables grow by parts and are saved."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from featurestore import search
+from featurestore import lookups, search
 from featurestore.api import FeatureStore
 from featurestore.keys import KEY_DTYPE
 from featurestore.store import Store
@@ -22,12 +23,9 @@ RECIPE = "basic-v1"
 
 def named(fs: FeatureStore, texts: list[str], ids: list[str]) -> list:
     """Every hit of some text and id queries, as plain tuples (owners, text, label, score)."""
-    hits, _ = fs.similar(texts=texts, k=4, model=FAKE, clean=RECIPE)
-    out = [[(h.ids, h.text, h.label, h.score) for h in per] for per in hits]
-    for i in ids:
-        per, _ = fs.similar(id=i, dataset="train", k=4, model=FAKE, clean=RECIPE)
-        out.append([(h.ids, h.text, h.label, h.score) for h in per])
-    return out
+    results = fs.similar(texts=texts, k=4, model=FAKE, clean=RECIPE)
+    results += [fs.similar(id=i, dataset="train", k=4, model=FAKE, clean=RECIPE) for i in ids]
+    return [[(h.ids, h.text, h.label, h.score) for h in r.hits] for r in results]
 
 
 def same_hits(a: list, b: list) -> None:
@@ -37,7 +35,9 @@ def same_hits(a: list, b: list) -> None:
     assert np.allclose([h[3] for per in a for h in per], [h[3] for per in b for h in per], atol=1e-5)
 
 
-def _written_then_held(tmp_path: Path, rows: list[dict[str, str]], commit_rows: int) -> tuple[FeatureStore, FeatureStore]:
+def _written_then_held(
+    tmp_path: Path, rows: list[dict[str, str]], commit_rows: int
+) -> tuple[FeatureStore, FeatureStore]:
     """(a writer that ingested ``rows`` into dataset train of store ``tmp_path/s``, a reader of that store warmed
     as ``fs serve`` warms it: segments held open, columns packed, lookups built before any query)."""
     writer = FeatureStore(tmp_path / "s")
@@ -59,8 +59,7 @@ def test_a_held_process_names_hits_like_a_cold_one_across_generations(tmp_path: 
 
     # new rows, changed labels, and the same texts under other ids in a second dataset
     relabelled = [dict(r, label=str(1 - int(r["label"]))) for r in rows[:300:7]]
-    writer.ingest(str(write_csv(tmp_path / "b.csv", relabelled + rows[300:])), "train", FAKE, RECIPE,
-                  commit_rows=64)
+    writer.ingest(str(write_csv(tmp_path / "b.csv", relabelled + rows[300:])), "train", FAKE, RECIPE, commit_rows=64)
     other = [dict(r, id=f"o{r['id']}") for r in rows[:50]]
     writer.ingest(str(write_csv(tmp_path / "c.csv", other)), "other", FAKE, RECIPE)
     again = named(held, texts, ids)
@@ -75,28 +74,28 @@ def test_a_held_process_names_hits_like_a_cold_one_across_generations(tmp_path: 
 
 
 def test_id_tables_grow_by_parts_and_are_saved_when_merged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(search, "MAX_ID_PARTS", 3)
-    monkeypatch.setattr(search, "SAVE_ID_ROWS", 10**9)  # only the part count triggers a merge here
+    monkeypatch.setattr(lookups, "MAX_ID_PARTS", 3)
+    monkeypatch.setattr(lookups, "SAVE_ID_ROWS", 10**9)  # only the part count triggers a merge here
     rows = train_rows(240)
     path = tmp_path / "s"
     fs = FeatureStore(path)
     fs.ingest(str(write_csv(tmp_path / "a.csv", rows[:40])), "train", FAKE, RECIPE)
     cache, store = search.SearchCache(packed=True), Store(path)  # a server's: saves only merged tables
 
-    def check(n: int) -> search.IdTable:
+    def check(n: int) -> lookups.IdTable:
         ds = store.snapshot().datasets["train"]
         got = cache.find_ids(store, ds.rows, "train-rows", [r["id"] for r in rows[:n]] + ["missing"])
         all_ids = store.dataset_ids(ds).tolist()
         assert got.tolist() == [all_ids.index(r["id"]) for r in rows[:n]] + [-1]
-        search.save_tables(cache.pending)
-        return cache.id_tables["train-rows"]
+        lookups.save_tables(cache.pending)
+        return cache.ids_table(store, ds.rows, "train-rows")  # the table find_ids used: held, not rebuilt
 
     assert len(check(40).parts) == 1  # built from nothing: one sorted part, saved
     saved = Path(path) / "index" / "ids-train-rows.npy"
     assert saved.exists()
     stamp = os.stat(saved).st_mtime_ns
     for n in (80, 120):  # each ingest appends one segment: one more part, nothing written
-        fs.ingest(str(write_csv(tmp_path / f"{n}.csv", rows[n - 40:n])), "train", FAKE, RECIPE)
+        fs.ingest(str(write_csv(tmp_path / f"{n}.csv", rows[n - 40 : n])), "train", FAKE, RECIPE)
         assert len(check(n).parts) == n // 40
     assert os.stat(saved).st_mtime_ns == stamp
     fs.ingest(str(write_csv(tmp_path / "160.csv", rows[120:160])), "train", FAKE, RECIPE)
@@ -107,7 +106,7 @@ def test_id_tables_grow_by_parts_and_are_saved_when_merged(tmp_path: Path, monke
     fs.ingest(str(write_csv(tmp_path / "200.csv", rows[160:200])), "train", FAKE, RECIPE)
     ds = store.snapshot().datasets["train"]
     assert len(cold.ids_table(store, ds.rows, "train-rows").parts) == 1 and cold.pending  # a CLI process: saved
-    search.save_tables(cold.pending)
+    lookups.save_tables(cold.pending)
     assert len(search.SearchCache().ids_table(store, ds.rows, "train-rows").parts) == 1
 
 
@@ -132,8 +131,10 @@ def test_held_segment_handles_are_reused_and_reopened_when_the_file_changes(tmp_
     assert list(store._held) == names[1:3]  # least recently used dropped at the limit
     store.release_segments({names[2]})  # a compaction superseded the others: closed, their space freed
     assert list(store._held) == names[2:3]
-    np.testing.assert_array_equal(Store(tmp_path / "s").space_keys(next(iter(store.snapshot().spaces.values()))),
-                                  store.space_keys(next(iter(store.snapshot().spaces.values()))))
+    np.testing.assert_array_equal(
+        Store(tmp_path / "s").space_keys(next(iter(store.snapshot().spaces.values()))),
+        store.space_keys(next(iter(store.snapshot().spaces.values()))),
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -150,7 +151,7 @@ def test_a_held_store_reads_vectors_in_place_as_h5py_does(tmp_path: Path, dtype:
     assert len(space.segments) >= 3
     by_row = cold.read_vectors(space, np.arange(space.rows))
     rows = np.random.default_rng(7).permutation(space.rows)
-    got = np.concatenate([held.read_vectors(space, rows[i:i + 5]) for i in range(0, len(rows), 5)])
+    got = np.concatenate([held.read_vectors(space, rows[i : i + 5]) for i in range(0, len(rows), 5)])
     np.testing.assert_array_equal(got, by_row[rows])
     maps = [held._held[seg.file]._map for seg in space.segments]
     assert all(isinstance(m, _RowMap) for m in maps)
@@ -177,10 +178,11 @@ def _coarse_prefix(keys: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("coarse", [False, True], ids=["prefixes", "shared-prefixes"])
-def test_restricted_queries_follow_the_dataset_and_the_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             coarse: bool) -> None:
+def test_restricted_queries_follow_the_dataset_and_the_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, coarse: bool
+) -> None:
     if coarse:
-        monkeypatch.setattr(search, "_prefix", _coarse_prefix)
+        monkeypatch.setattr(lookups, "key_prefixes", _coarse_prefix)
     rows = train_rows(400)
     path = tmp_path / "s"
     writer = FeatureStore(path)
@@ -196,37 +198,26 @@ def test_restricted_queries_follow_the_dataset_and_the_space(tmp_path: Path, mon
             want = sorted({space_keys.index(k) for k in keys.tolist()})
             assert held._search.restriction(store, space, ds).tolist() == want
             assert search.SearchCache().restriction(store, space, ds).tolist() == want
-            hits, _ = held.similar(rows[150]["tweet"], k=50, dataset=ds.name, model=FAKE, clean=RECIPE)
+            hits = held.similar(rows[150]["tweet"], k=50, dataset=ds.name, model=FAKE, clean=RECIPE).hits
             assert {h.ids[0][0] for h in hits} == {ds.name} and all(h.ids for h in hits)
 
     writer.ingest(str(write_csv(tmp_path / "a.csv", rows[:200])), "a", FAKE, RECIPE)
-    writer.ingest(str(write_csv(tmp_path / "b.csv", [dict(r, id=f"b{r['id']}") for r in rows[100:300]])), "b",
-                  FAKE, RECIPE)  # half its texts are a's: rows of b are not contiguous in the space
+    writer.ingest(
+        str(write_csv(tmp_path / "b.csv", [dict(r, id=f"b{r['id']}") for r in rows[100:300]])), "b", FAKE, RECIPE
+    )  # half its texts are a's: rows of b are not contiguous in the space
     check()
     writer.ingest(str(write_csv(tmp_path / "a2.csv", rows[300:])), "a", FAKE, RECIPE)  # both grow
     check()
-    writer.ingest(str(write_csv(tmp_path / "b2.csv", [dict(r, id=f"c{r['id']}") for r in rows[:50]])), "b",
-                  FAKE, RECIPE)  # texts stored long ago, new to b
+    writer.ingest(
+        str(write_csv(tmp_path / "b2.csv", [dict(r, id=f"c{r['id']}") for r in rows[:50]])), "b", FAKE, RECIPE
+    )  # texts stored long ago, new to b
     check()
-
-
-def test_few_ids_are_hashed_as_pandas_hashes_them() -> None:
-    import pandas as pd
-
-    rng = np.random.default_rng(7)
-    alphabet = [chr(c) for c in [*range(32, 127), *range(160, 800), *range(0x3040, 0x30FF), 0x1F600]]
-    ids = ["", "0", "000123", "é", "x" * 7, "x" * 8, "x" * 9, "x" * 200] + [
-        "".join(rng.choice(alphabet, size=int(rng.integers(0, 40)))) for _ in range(500)]
-    want = pd.util.hash_array(np.array(ids, dtype=object))
-    got = np.concatenate([search._few_id_hashes(np.array(ids[i:i + 50], dtype=object)) for i in range(0, len(ids), 50)])
-    assert got.tolist() == want.tolist()
-    # with pandas loaded (a server), a few ids are hashed by pandas: the same hashes
-    assert search._id_hash(np.array(ids[:50], dtype=object)).tolist() == want[:50].tolist()
 
 
 @pytest.mark.parametrize("kind", ["exact", "ivf"])
 def test_concurrent_queries_share_one_search_and_get_their_own_answers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
     import threading
     import time
 
@@ -240,8 +231,10 @@ def test_concurrent_queries_share_one_search_and_get_their_own_answers(
         FeatureStore(path).index_build(kind, model=FAKE, clean=RECIPE, nlist=8)
     queries = [(r["tweet"], k) for r, k in zip(rows[::20], [1, 3, 5, 10] * 5)]
     alone = FeatureStore(path)
-    want = [[(h.ids, round(h.score, 5)) for h in alone.similar(q, k=k, exact=exact, model=FAKE, clean=RECIPE)[0]]
-            for q, k in queries]
+    want = [
+        [(h.ids, round(h.score, 5)) for h in alone.similar(q, k=k, exact=exact, model=FAKE, clean=RECIPE).hits]
+        for q, k in queries
+    ]
     served = FeatureStore(path)
     served.warm(FAKE, RECIPE)
     real = faiss_index.search
@@ -256,9 +249,9 @@ def test_concurrent_queries_share_one_search_and_get_their_own_answers(
 
     def ask(n: int, q: str, k: int) -> None:
         start.wait()
-        hits, info = served.similar(q, k=k, exact=exact, model=FAKE, clean=RECIPE)
-        assert info["index_kind"].startswith("exact" if exact else "IVF")
-        got[n] = [(h.ids, round(h.score, 5)) for h in hits]
+        res = served.similar(q, k=k, exact=exact, model=FAKE, clean=RECIPE)
+        assert res.index_kind.startswith("exact" if exact else "IVF")
+        got[n] = [(h.ids, round(h.score, 5)) for h in res.hits]
 
     threads = [threading.Thread(target=ask, args=(n, q, k)) for n, (q, k) in enumerate(queries)]
     for t in threads:
@@ -284,8 +277,10 @@ def test_one_scan_serves_queries_of_every_restriction(tmp_path: Path, monkeypatc
     fs.ingest(str(write_csv(tmp_path / "b.csv", rows[300:303])), "b", FAKE, RECIPE)  # 3 rows: fewer than k
     asks = [(r["tweet"], d, k) for r, d, k in zip(rows[::25], [None, "a", "b"] * 6, [2, 5, 10] * 6)]
     alone = FeatureStore(path)
-    want = [[(h.ids, round(h.score, 5)) for h in alone.similar(q, k=k, dataset=d, model=FAKE, clean=RECIPE)[0]]
-            for q, d, k in asks]
+    want = [
+        [(h.ids, round(h.score, 5)) for h in alone.similar(q, k=k, dataset=d, model=FAKE, clean=RECIPE).hits]
+        for q, d, k in asks
+    ]
     assert any(len(w) < k for w, (_, _, k) in zip(want, asks))  # the 3-row dataset runs out of hits
     served = FeatureStore(path)
     served.warm(FAKE, RECIPE)
@@ -303,7 +298,7 @@ def test_one_scan_serves_queries_of_every_restriction(tmp_path: Path, monkeypatc
 
     def ask(n: int, q: str, d: str | None, k: int) -> None:
         start.wait()
-        hits, _ = served.similar(q, k=k, dataset=d, model=FAKE, clean=RECIPE)
+        hits = served.similar(q, k=k, dataset=d, model=FAKE, clean=RECIPE).hits
         got[n] = [(h.ids, round(h.score, 5)) for h in hits]
 
     threads = [threading.Thread(target=ask, args=(n, *a)) for n, a in enumerate(asks)]
@@ -329,7 +324,7 @@ def test_per_query_restrictions_equal_one_search_each(tmp_path: Path) -> None:
         for exact in (False, True):
             s, r = faiss_index.search(opened, q, 5, each, exact=exact, store=store, space=space)
             for i, a in enumerate(each):
-                s1, r1 = faiss_index.search(opened, q[i:i + 1], 5, a, exact=exact, store=store, space=space)
+                s1, r1 = faiss_index.search(opened, q[i : i + 1], 5, a, exact=exact, store=store, space=space)
                 np.testing.assert_array_equal(r[i], r1[0])
                 np.testing.assert_allclose(s[i], s1[0], rtol=1e-5)
             assert (r[1] == -1).sum() == 2 and set(r[1][r[1] >= 0]) <= set(few.tolist())
@@ -349,8 +344,9 @@ def test_a_servers_merged_key_tables_find_what_per_segment_lookups_find(tmp_path
     cold = search.SearchCache()  # a short-lived process's per-segment lookups
     stored = np.concatenate([cold.segment_keys(store, s).keys for s in segs])
     rng = np.random.default_rng(0)
-    wanted = np.concatenate([stored[rng.choice(len(stored), 60, replace=False)],
-                             np.array([b"0" * 32, b"f" * 32], dtype=KEY_DTYPE)])  # two absent keys
+    wanted = np.concatenate(
+        [stored[rng.choice(len(stored), 60, replace=False)], np.array([b"0" * 32, b"f" * 32], dtype=KEY_DTYPE)]
+    )  # two absent keys
     want = cold.find_keys(store, segs, wanted)
     assert sum(len(w) > 1 for w in want) >= 5  # texts stored twice: positions in two segments, ascending
     warmed = cache.merged[segs[0].file][1]
@@ -376,9 +372,9 @@ def test_a_query_answers_from_the_snapshot_it_is_given(tmp_path: Path) -> None:
     before = held.store.snapshot()
     writer.ingest(str(write_csv(tmp_path / "b.csv", rows[100:])), "train", FAKE, RECIPE)
     text = rows[110]["tweet"]
-    old, info_old = held.similar(text, k=1, model=FAKE, clean=RECIPE, snapshot=before)
-    new, info_new = held.similar(text, k=1, model=FAKE, clean=RECIPE)
-    assert new[0].ids == [("train", rows[110]["id"])] and new[0].score == pytest.approx(1.0, abs=1e-5)
-    assert info_new["query"] == "stored vector (model not loaded)"
-    assert ("train", rows[110]["id"]) not in old[0].ids and old[0].score < 0.999
-    assert info_old["query"] == "embedded"  # the text is not in the older snapshot's keys
+    old = held.similar(text, k=1, model=FAKE, clean=RECIPE, snapshot=before)
+    new = held.similar(text, k=1, model=FAKE, clean=RECIPE)
+    assert new.hits[0].ids == [("train", rows[110]["id"])] and new.hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert new.query == "stored vector (model not loaded)"
+    assert ("train", rows[110]["id"]) not in old.hits[0].ids and old.hits[0].score < 0.999
+    assert old.query == "embedded"  # the text is not in the older snapshot's keys

@@ -1,5 +1,6 @@
 """A long-lived process (``fs serve``) following ingests: rows committed after its index was opened are
 searched by brute force beside it, with answers equal to a fresh process's, until the tail is large."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,8 @@ RECIPE = "basic-v1"
 
 
 def answers(fs: FeatureStore, texts: list[str], **kw) -> tuple[list[list[str]], np.ndarray]:
-    hits, _ = fs.similar(texts=texts, k=5, model=FAKE, clean=RECIPE, **kw)
-    return [[h.ids[0][1] for h in per] for per in hits], np.array([[h.score for h in per] for per in hits])
+    results = fs.similar(texts=texts, k=5, model=FAKE, clean=RECIPE, **kw)
+    return [[h.ids[0][1] for h in r.hits] for r in results], np.array([[h.score for h in r.hits] for r in results])
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
@@ -26,16 +27,16 @@ def test_newer_rows_are_found_beside_the_held_index(tmp_path: Path, kind: str) -
     served.ingest(str(write_csv(tmp_path / "a.csv", rows[:400])), "train", FAKE, RECIPE)
     served.index_build(kind, nlist=8 if kind == "ivf" else None, model=FAKE, clean=RECIPE)
     queries = [r["tweet"] for r in rows[390:410]]  # ten stored before the index, ten after it
-    _, info = served.similar(queries[0], k=5, model=FAKE, clean=RECIPE)
-    held = served._search.indexes[info["space"]][1]
+    res = served.similar(queries[0], k=5, model=FAKE, clean=RECIPE)
+    held = served._search.indexes[res.space][1]
 
     FeatureStore(tmp_path / "s").ingest(str(write_csv(tmp_path / "b.csv", rows[400:])), "train", FAKE, RECIPE)
     got = answers(served, queries, nprobe=8 if kind == "ivf" else None)
-    _, info = served.similar(queries[-1], k=5, model=FAKE, clean=RECIPE)
+    res = served.similar(queries[-1], k=5, model=FAKE, clean=RECIPE)
     newer = served.space(FAKE, RECIPE).rows - held.rows
     assert 190 <= newer <= 200  # texts equal after cleaning share a vector
-    assert info["index"] == f"in memory, {newer} newer rows searched by brute force"
-    assert served._search.indexes[info["space"]][1] is held  # not reopened, not extended on disk
+    assert res.index == f"in memory, {newer} newer rows searched by brute force"
+    assert served._search.indexes[res.space][1] is held  # not reopened, not extended on disk
     assert [per[0] for per in got[0]] == [q["id"] for q in rows[390:410]]  # its own row first, old or new
     assert np.allclose(got[1][:, 0], 1.0, atol=1e-5)
     fresh = FeatureStore(tmp_path / "s")  # a new process: the index is extended, then searched
@@ -50,9 +51,9 @@ def test_a_large_tail_brings_the_index_up_to_date(tmp_path: Path, monkeypatch: p
     served.ingest(str(write_csv(tmp_path / "a.csv", rows[:200])), "train", FAKE, RECIPE)
     served.similar(rows[0]["tweet"], k=3, model=FAKE, clean=RECIPE)
     FeatureStore(tmp_path / "s").ingest(str(write_csv(tmp_path / "b.csv", rows[200:])), "train", FAKE, RECIPE)
-    hits, info = served.similar(rows[250]["tweet"], k=3, model=FAKE, clean=RECIPE)
-    assert info["index"].startswith("extended by")
-    assert hits[0].ids[0][1] == rows[250]["id"]
+    res = served.similar(rows[250]["tweet"], k=3, model=FAKE, clean=RECIPE)
+    assert res.index.startswith("extended by")
+    assert res.hits[0].ids[0][1] == rows[250]["id"]
 
 
 def _same_ranking(got: list[tuple], want: list[tuple], atol: float = 1e-5) -> None:
@@ -84,9 +85,9 @@ def test_a_server_scores_the_tail_in_its_shared_search_for_every_restriction(tmp
 
     def ask(a: tuple) -> list[tuple]:
         text, ds, k = a
-        hits, info = served.similar(text, k=k, dataset=ds, model=FAKE, clean=RECIPE, **opts)
-        assert "newer rows searched by brute force" in info["index"]
-        return [(h.ids, h.score) for h in hits]
+        res = served.similar(text, k=k, dataset=ds, model=FAKE, clean=RECIPE, **opts)
+        assert "newer rows searched by brute force" in res.index
+        return [(h.ids, h.score) for h in res.hits]
 
     before = served._search.batcher.scans
     with ThreadPoolExecutor(12) as pool:
@@ -94,7 +95,7 @@ def test_a_server_scores_the_tail_in_its_shared_search_for_every_restriction(tmp
     assert served._search.batcher.scans - before < len(asks)  # some searches were shared
     fresh = FeatureStore(path)
     for (text, ds, k), mine in zip(asks, got):
-        hits, _ = fresh.similar(text, k=k, dataset=ds, model=FAKE, clean=RECIPE, **opts)
+        hits = fresh.similar(text, k=k, dataset=ds, model=FAKE, clean=RECIPE, **opts).hits
         _same_ranking(mine, [(h.ids, h.score) for h in hits])
         if ds is not None:
             assert all(any(d == ds for d, _ in ids) for ids, _ in mine)  # no other dataset's row, however few

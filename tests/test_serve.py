@@ -1,6 +1,7 @@
 """fs serve: every endpoint through FastAPI's TestClient against the real app on a real store of
 tweets (counting fake embedder), new generations without restart, a corrupt index never served,
 tokens, limits and JSON errors; a real uvicorn under concurrent clients while an ingest writes."""
+
 from __future__ import annotations
 
 import json
@@ -69,6 +70,7 @@ def error_of(resp: httpx.Response, status: int) -> str:
 
 # ---- endpoints
 
+
 def test_similar_by_stored_text_finds_it_with_score_one_and_its_label(client: TestClient) -> None:
     row = train_rows(N)[7]
     r = client.get("/similar", params={"q": row["tweet"], "k": 3})
@@ -94,7 +96,7 @@ def test_similar_by_id_and_by_new_text(client: TestClient) -> None:
 
 def test_similar_agrees_with_the_library(client: TestClient, base_store: Path) -> None:
     text = train_rows(N)[20]["tweet"]
-    hits, _ = FeatureStore(base_store).similar(text, k=10, model=FAKE, clean="raw-v1")
+    hits = FeatureStore(base_store).similar(text, k=10, model=FAKE, clean="raw-v1").hits
     got = client.get("/similar", params={"q": text, "k": 10}).json()["hits"]
     assert [(h["dataset"], h["id"]) for h in got] == [h.ids[0] for h in hits]
     assert [h["score"] for h in got] == pytest.approx([h.score for h in hits], abs=1e-6)
@@ -102,8 +104,15 @@ def test_similar_agrees_with_the_library(client: TestClient, base_store: Path) -
 
 def test_batch_answers_each_query_in_order_with_per_query_errors(client: TestClient) -> None:
     rows = train_rows(N)
-    body = {"k": 2, "queries": [{"q": rows[1]["tweet"]}, {"id": rows[2]["id"], "dataset": "train"},
-                                {"id": "no-such-id"}, {"q": "x", "id": rows[2]["id"]}]}
+    body = {
+        "k": 2,
+        "queries": [
+            {"q": rows[1]["tweet"]},
+            {"id": rows[2]["id"], "dataset": "train"},
+            {"id": "no-such-id"},
+            {"q": "x", "id": rows[2]["id"]},
+        ],
+    }
     r = client.post("/similar", json=body)
     assert r.status_code == 200, r.text
     res = r.json()["results"]
@@ -148,8 +157,17 @@ def test_search_page_is_plain_html_calling_similar(client: TestClient) -> None:
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     page = r.text
-    for needle in ('id="q"', 'id="k"', 'id="results"', 'id="error"', 'api("similar?', "body.error",
-                   "textContent", "location.search", "Authorization"):
+    for needle in (
+        'id="q"',
+        'id="k"',
+        'id="results"',
+        'id="error"',
+        'api("similar?',
+        "body.error",
+        "textContent",
+        "location.search",
+        "Authorization",
+    ):
         assert needle in page, needle
     assert "innerHTML" not in page  # stored tweets are text, never markup
     assert "<script src" not in page  # no build step, nothing fetched from elsewhere
@@ -157,17 +175,21 @@ def test_search_page_is_plain_html_calling_similar(client: TestClient) -> None:
 
 # ---- errors and limits
 
-@pytest.mark.parametrize("params,status,needle", [
-    ({"q": "x", "k": 101}, 422, "k must be at most 100, got 101"),
-    ({"q": "x" * 2001}, 413, "the limit is 2,000"),
-    ({"q": "x", "k": 0}, 400, "k must be at least 1, got 0"),
-    ({"q": "x", "k": "ten"}, 422, "k: "),
-    ({}, 400, "give either a query text or an id"),
-    ({"q": "   "}, 400, "empty after cleaning"),
-    ({"id": "no-such-id"}, 404, "'no-such-id' is not in any dataset"),
-    ({"id": "1", "dataset": "nope"}, 404, "dataset 'nope' does not exist"),
-    ({"q": "x", "dataset": "../etc"}, 400, "invalid dataset name"),
-])
+
+@pytest.mark.parametrize(
+    "params,status,needle",
+    [
+        ({"q": "x", "k": 101}, 422, "k must be at most 100, got 101"),
+        ({"q": "x" * 2001}, 413, "the limit is 2,000"),
+        ({"q": "x", "k": 0}, 400, "k must be at least 1, got 0"),
+        ({"q": "x", "k": "ten"}, 422, "k: "),
+        ({}, 400, "give either a query text or an id"),
+        ({"q": "   "}, 400, "empty after cleaning"),
+        ({"id": "no-such-id"}, 404, "'no-such-id' is not in any dataset"),
+        ({"id": "1", "dataset": "nope"}, 404, "dataset 'nope' does not exist"),
+        ({"q": "x", "dataset": "../etc"}, 400, "invalid dataset name"),
+    ],
+)
 def test_errors_are_one_line_json(client: TestClient, params: dict, status: int, needle: str) -> None:
     assert needle in error_of(client.get("/similar", params=params), status)
 
@@ -175,12 +197,14 @@ def test_errors_are_one_line_json(client: TestClient, params: dict, status: int,
 def test_batch_limits(client: TestClient) -> None:
     assert "limit is 256" in error_of(client.post("/similar", json={"queries": [{"q": "a"}] * 257}), 413)
     assert "queries[1].q is 2,001 characters" in error_of(
-        client.post("/similar", json={"queries": [{"q": "a"}, {"q": "b" * 2001}]}), 413)
+        client.post("/similar", json={"queries": [{"q": "a"}, {"q": "b" * 2001}]}), 413
+    )
     assert "at most 100" in error_of(client.post("/similar", json={"queries": [{"q": "a"}], "k": 500}), 422)
     assert "queries is empty" in error_of(client.post("/similar", json={"queries": []}), 400)
     assert "queries" in error_of(client.post("/similar", json={"k": 3}), 422)
-    assert "over 4,194,304 bytes" in error_of(client.post("/similar", content=b"x" * (5 << 20),
-                                                          headers={"content-type": "application/json"}), 413)
+    assert "over 4,194,304 bytes" in error_of(
+        client.post("/similar", content=b"x" * (5 << 20), headers={"content-type": "application/json"}), 413
+    )
     assert "Not Found" in error_of(client.get("/nope"), 404)
 
 
@@ -197,7 +221,8 @@ def test_token_is_required_when_set(base_store: Path) -> None:
 
 @pytest.mark.parametrize("threads", [None, 3])
 def test_queries_run_in_as_many_threads_as_cores_or_as_asked_more_for_brute_force(
-        base_store: Path, tmp_path: Path, threads: int | None) -> None:
+    base_store: Path, tmp_path: Path, threads: int | None
+) -> None:
     from featurestore.machine import usable_cores
 
     n = threads or usable_cores()
@@ -230,6 +255,7 @@ def test_a_path_without_a_store_is_refused(tmp_path: Path) -> None:
 
 
 # ---- generations and damaged files
+
 
 def test_new_generation_appears_without_restart(store: Path, tmp_path: Path) -> None:
     c = client_for(store)
@@ -268,8 +294,10 @@ def test_a_corrupt_manifest_is_a_503_naming_fs_repair(store: Path) -> None:
 
 # ---- the command
 
+
 def test_serve_command_binds_loopback_by_default_and_warns_without_token_elsewhere(
-        base_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = []
 
     def fake_run(settings: serve.Settings, host: str, port: int, **kw: object) -> None:  # all but uvicorn.run
@@ -325,6 +353,7 @@ def test_native_threads_are_limited_for_faiss_and_every_blas() -> None:
 
 # ---- a real server
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -338,7 +367,7 @@ def _wait_up(url: str, proc: subprocess.Popen | None = None) -> None:
                 return
         except httpx.HTTPError:
             if proc is not None and proc.poll() is not None:
-                raise AssertionError(proc.stderr.read() if proc.stderr else "server exited")
+                raise AssertionError(proc.stderr.read() if proc.stderr else "server exited") from None
             time.sleep(0.1)
     raise AssertionError("server did not start")
 
@@ -348,9 +377,14 @@ def test_real_server_under_concurrent_clients_while_an_ingest_writes(store: Path
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(
-        serve.create_app(serve.Settings(store=str(store), model=FAKE, clean="raw-v1", token="tok")),
-        host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            serve.create_app(serve.Settings(store=str(store), model=FAKE, clean="raw-v1", token="tok")),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}/"
@@ -375,7 +409,7 @@ def test_real_server_under_concurrent_clients_while_an_ingest_writes(store: Path
         w.start()
     new = [{"id": f"w{i}", "label": "0", "tweet": f"written while serving {i}"} for i in range(40)]
     for part in range(4):
-        _ingest(store, new[part * 10:(part + 1) * 10], "live", tmp_path)
+        _ingest(store, new[part * 10 : (part + 1) * 10], "live", tmp_path)
     time.sleep(0.5)
     done.set()
     for w in workers:
@@ -397,7 +431,10 @@ def _children(pid: int) -> list[int]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and "spawn_main" in Path(f"/proc/{entry}/cmdline").read_text():
+            if (
+                int(stat.rsplit(")", 1)[1].split()[1]) == pid
+                and "spawn_main" in Path(f"/proc/{entry}/cmdline").read_text()
+            ):
                 found.append(int(entry))
     return found
 
@@ -406,9 +443,29 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="counts worker processes in /proc")
 def test_fs_serve_with_two_worker_processes_answers_and_follows_new_generations(store: Path, tmp_path: Path) -> None:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--store", str(store), "--port", str(port),
-                             "--model", FAKE, "--clean", "raw-v1", "--token", "tok", "--workers", "2"],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "serve",
+            "--store",
+            str(store),
+            "--port",
+            str(port),
+            "--model",
+            FAKE,
+            "--clean",
+            "raw-v1",
+            "--token",
+            "tok",
+            "--workers",
+            "2",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}/"
         _wait_up(url, proc)
@@ -453,9 +510,29 @@ def test_fs_serve_as_another_user_on_a_read_only_store_writes_nothing(base_store
         before = sorted((str(p), p.stat().st_mtime_ns) for p in store.rglob("*"))
         port = _free_port()
         proc = subprocess.Popen(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "cli.main",
-             "serve", "--store", str(store), "--port", str(port), "--model", FAKE, "--clean", "raw-v1"],
-            cwd=ROOT, env={**os.environ, "HOME": str(top)}, stderr=subprocess.PIPE, text=True)
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-m",
+                "cli.main",
+                "serve",
+                "--store",
+                str(store),
+                "--port",
+                str(port),
+                "--model",
+                FAKE,
+                "--clean",
+                "raw-v1",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "HOME": str(top)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         url = f"http://127.0.0.1:{port}/"
         _wait_up(url, proc)
         text = train_rows(N)[9]["tweet"]

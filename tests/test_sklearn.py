@@ -1,4 +1,5 @@
 """featurestore.sklearn.StoreEmbedder: texts -> stored vectors inside scikit-learn."""
+
 from __future__ import annotations
 
 import pickle
@@ -71,8 +72,9 @@ def test_a_new_space_is_created_in_an_empty_store(tmp_path: Path) -> None:
 def test_pipeline_grid_search_and_cross_val_score(stored) -> None:
     fs, texts, y = stored
     before = len(CountingEmbedder.log)
-    pipe = Pipeline([("embed", StoreEmbedder(fs.path, model=BOW, recipe="raw-v1")),
-                     ("clf", LogisticRegression(max_iter=2000))])
+    pipe = Pipeline(
+        [("embed", StoreEmbedder(fs.path, model=BOW, recipe="raw-v1")), ("clf", LogisticRegression(max_iter=2000))]
+    )
     scores = cross_val_score(pipe, texts, y, cv=3, scoring="accuracy")
     assert scores.shape == (3,) and (scores > 0.5).all()
     grid = GridSearchCV(pipe, {"clf__C": [0.1, 1.0, 10.0]}, cv=3, scoring="f1_macro").fit(texts, y)
@@ -93,10 +95,17 @@ def test_estimator_contract(stored) -> None:
         ec.check_estimator(est)
     assert any(issubclass(w.category, SkipTestWarning) for w in caught)
     name = type(est).__name__
-    for check in (ec.check_no_attributes_set_in_init, ec.check_parameters_default_constructible,
-                  ec.check_get_params_invariance, ec.check_set_params, ec.check_estimator_cloneable,
-                  ec.check_estimator_repr, ec.check_valid_tag_types, ec.check_estimator_tags_renamed,
-                  ec.check_estimators_unfitted):
+    for check in (
+        ec.check_no_attributes_set_in_init,
+        ec.check_parameters_default_constructible,
+        ec.check_get_params_invariance,
+        ec.check_set_params,
+        ec.check_estimator_cloneable,
+        ec.check_estimator_repr,
+        ec.check_valid_tag_types,
+        ec.check_estimator_tags_renamed,
+        ec.check_estimators_unfitted,
+    ):
         check(name, clone(est))
     # The text versions of the data checks.
     with pytest.raises(NotFittedError):

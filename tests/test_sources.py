@@ -1,5 +1,6 @@
 """Input files as users bring them: every format, ids and labels kept as text, and one clear
 ``InputFileError`` for every bad input (never a traceback), before the store is touched."""
+
 from __future__ import annotations
 
 import bz2
@@ -19,7 +20,7 @@ from featurestore.errors import InputFileError
 from featurestore.keys import raw_digest
 from featurestore.sources import NO_LABEL, Table, read_table
 
-EXPECTED_TEXTS = ["I love my #iphone", "battery died, again", "ok \U0001F600"]
+EXPECTED_TEXTS = ["I love my #iphone", "battery died, again", "ok \U0001f600"]
 # Characters str.splitlines() breaks on but a tweet may contain: U+2028, U+2029, NEL, VT, FF.
 ODD_BREAKS = "a\u2028b\u2029c\x85d\x0be\x0cf"
 
@@ -54,7 +55,7 @@ def _stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
 
 
-CSV = "id,label,tweet\n1,0,I love my #iphone\n2,1,\"battery died, again\"\n3,0,ok \U0001F600\n"
+CSV = 'id,label,tweet\n1,0,I love my #iphone\n2,1,"battery died, again"\n3,0,ok \U0001f600\n'
 
 
 # ---------------------------------------------------------------- formats
@@ -79,7 +80,12 @@ def test_tsv(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sep, name", [(";", "';'"), ("\t", "tab"), ("|", "'|'")])
 def test_separator_is_sniffed(tmp_path: Path, sep: str, name: str) -> None:
     p = tmp_path / "in.csv"  # the extension says csv; the content says otherwise
-    rows = [["id", "label", "tweet"], ["1", "0", EXPECTED_TEXTS[0]], ["2", "1", EXPECTED_TEXTS[1]], ["3", "0", EXPECTED_TEXTS[2]]]
+    rows = [
+        ["id", "label", "tweet"],
+        ["1", "0", EXPECTED_TEXTS[0]],
+        ["2", "1", EXPECTED_TEXTS[1]],
+        ["3", "0", EXPECTED_TEXTS[2]],
+    ]
     _write(p, "".join(sep.join(r) + "\n" for r in rows))
     t = read_table(str(p))
     _check(t)
@@ -87,7 +93,7 @@ def test_separator_is_sniffed(tmp_path: Path, sep: str, name: str) -> None:
 
 
 def test_semicolons_inside_a_comma_file_and_explicit_sep(tmp_path: Path) -> None:
-    p = _write(tmp_path / "in.csv", "id;label;tweet\n1;0;hello, world\n2;1;\"a;b\"\n")
+    p = _write(tmp_path / "in.csv", 'id;label;tweet\n1;0;hello, world\n2;1;"a;b"\n')
     t = read_table(str(p))
     assert t.texts == ["hello, world", "a;b"] and t.labels.tolist() == ["0", "1"]
     q = _write(tmp_path / "c.csv", "id,label,tweet\n1,0,hello; world\n")
@@ -160,11 +166,11 @@ def test_stdin_read_table(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_stdin_plain_tweets_suggest_format_txt(monkeypatch: pytest.MonkeyPatch) -> None:
-    _stdin(monkeypatch, "I love my #iphone, really\nbattery died again\nok \U0001F600\n".encode())
+    _stdin(monkeypatch, "I love my #iphone, really\nbattery died again\nok \U0001f600\n".encode())
     with pytest.raises(InputFileError) as err:
         read_table("-")
     assert "fmt txt" in str(err.value)
-    _stdin(monkeypatch, "I love my #iphone, really\nbattery died again\n".encode())
+    _stdin(monkeypatch, b"I love my #iphone, really\nbattery died again\n")
     assert read_table("-", fmt="txt").texts == ["I love my #iphone, really", "battery died again"]
 
 
@@ -182,7 +188,9 @@ def test_compressed_csv_found_by_magic_bytes(tmp_path: Path, pack, kind: str) ->
 
 
 def test_gzipped_jsonl_by_inner_extension(tmp_path: Path) -> None:
-    lines = "\n".join(json.dumps({"id": i, "label": lab, "text": t}) for i, lab, t in zip([1, 2, 3], [0, 1, 0], EXPECTED_TEXTS))
+    lines = "\n".join(
+        json.dumps({"id": i, "label": lab, "text": t}) for i, lab, t in zip([1, 2, 3], [0, 1, 0], EXPECTED_TEXTS)
+    )
     t = read_table(str(_write(tmp_path / "in.jsonl.gz", gzip.compress(lines.encode()))))
     _check(t)
     assert t.format == "jsonl (gzip)"
@@ -208,16 +216,21 @@ def test_zstd(tmp_path: Path) -> None:
 
 
 def test_ids_are_kept_exactly_as_text(tmp_path: Path) -> None:
-    p = _write(tmp_path / "in.csv", "id,tweet\n000123,a\n123,b\na1b2,c\n12345678901234567890123,d\n99999999999999999999,e\n")
+    p = _write(
+        tmp_path / "in.csv", "id,tweet\n000123,a\n123,b\na1b2,c\n12345678901234567890123,d\n99999999999999999999,e\n"
+    )
     t = read_table(str(p))
     assert t.ids.tolist() == ["000123", "123", "a1b2", "12345678901234567890123", "99999999999999999999"]
     assert t.duplicate_rows == 0  # 000123 and 123 are two ids
 
 
 def test_json_numbers_keep_their_literal_text(tmp_path: Path) -> None:
-    p = _write(tmp_path / "in.jsonl", '{"id": 1234567890123459999.0, "label": 1, "text": "a"}\n'
-                                      '{"id": 99999999999999999999, "label": true, "text": "b"}\n'
-                                      '{"id": "000123", "label": null, "text": "c"}\n')
+    p = _write(
+        tmp_path / "in.jsonl",
+        '{"id": 1234567890123459999.0, "label": 1, "text": "a"}\n'
+        '{"id": 99999999999999999999, "label": true, "text": "b"}\n'
+        '{"id": "000123", "label": null, "text": "c"}\n',
+    )
     t = read_table(str(p))
     assert t.ids.tolist() == ["1234567890123459999.0", "99999999999999999999", "000123"]
     assert t.labels.tolist() == ["1", "true", ""]
@@ -306,7 +319,7 @@ def test_single_unknown_column_is_never_guessed(tmp_path: Path) -> None:
 
 
 def test_no_header(tmp_path: Path) -> None:
-    p = _write(tmp_path / "in.csv", "1,0,I love my #iphone\n2,1,\"battery died, again\"\n3,0,ok \U0001F600\n")
+    p = _write(tmp_path / "in.csv", '1,0,I love my #iphone\n2,1,"battery died, again"\n3,0,ok \U0001f600\n')
     msg = _err(p)  # the first row is not dropped as a header: it is refused
     assert "header=False" in msg and "looks like data" in msg
     assert "has 3 columns and no header" in _err(p, header=False)
@@ -351,10 +364,14 @@ def test_duplicate_ids_with_different_texts_or_labels(tmp_path: Path) -> None:
 def test_duplicates_first_and_last(tmp_path: Path) -> None:
     p = _write(tmp_path / "c.csv", "id,label,tweet\n4,pos,a\n5,neg,b\n4,neg,c\n4,pos,a\n6,pos,d\n")
     t = read_table(str(p), duplicates="first")
-    assert t.ids.tolist() == ["4", "5", "6"] and t.texts == ["a", "b", "d"] and t.labels.tolist() == ["pos", "neg", "pos"]
+    assert (
+        t.ids.tolist() == ["4", "5", "6"] and t.texts == ["a", "b", "d"] and t.labels.tolist() == ["pos", "neg", "pos"]
+    )
     assert t.duplicate_rows == 2 and t.rows_read == 5
     t = read_table(str(p), duplicates="last")  # the last row wins, at its own position
-    assert t.ids.tolist() == ["5", "4", "6"] and t.texts == ["b", "a", "d"] and t.labels.tolist() == ["neg", "pos", "pos"]
+    assert (
+        t.ids.tolist() == ["5", "4", "6"] and t.texts == ["b", "a", "d"] and t.labels.tolist() == ["neg", "pos", "pos"]
+    )
     assert t.duplicate_rows == 2
     assert "unknown duplicates 'keep'; use one of: error, first, last" in _err(p, duplicates="keep")
 
@@ -441,10 +458,13 @@ def test_nul_bytes_are_preserved(tmp_path: Path) -> None:
 
 
 def test_lone_surrogates_are_replaced_and_counted(tmp_path: Path) -> None:
-    p = _write(tmp_path / "in.jsonl", '{"id": "a\\udc00", "label": "\\ud83d", "text": "half \\ud83d emoji"}\n'
-                                      '{"id": "b", "text": "whole \\ud83d\\ude00 emoji"}\n')
+    p = _write(
+        tmp_path / "in.jsonl",
+        '{"id": "a\\udc00", "label": "\\ud83d", "text": "half \\ud83d emoji"}\n'
+        '{"id": "b", "text": "whole \\ud83d\\ude00 emoji"}\n',
+    )
     t = read_table(str(p))
-    assert t.texts == ["half \ufffd emoji", "whole \U0001F600 emoji"]
+    assert t.texts == ["half \ufffd emoji", "whole \U0001f600 emoji"]
     assert t.ids.tolist() == ["a\ufffd", "b"] and t.labels.tolist() == ["\ufffd", ""]
     assert t.replaced_chars == 3
     for s in [*t.texts, *t.ids, *t.labels]:

@@ -3,6 +3,7 @@ path (the standard library's CSV reader for small files, dict joins, dict dedupe
 
 Behaviour, not timing: bench/startup.py measures the time.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,7 +108,9 @@ def test_lookup_answers_as_a_pandas_index(values: list[str], target: list[str], 
     assert index.isin(target).tolist() == reference.isin(target).tolist()
     keys = np.array([v.encode() for v in repeats], dtype="S32")
     for keep in ("first", "last"):
-        assert lookup(keys).duplicated(keep=keep).tolist() == pd.Index(keys, dtype=object).duplicated(keep=keep).tolist()
+        assert (
+            lookup(keys).duplicated(keep=keep).tolist() == pd.Index(keys, dtype=object).duplicated(keep=keep).tolist()
+        )
 
 
 def test_lookup_refuses_repeated_values_as_pandas_does() -> None:
@@ -115,7 +118,9 @@ def test_lookup_refuses_repeated_values_as_pandas_does() -> None:
         lookup(np.array(["a", "a"], dtype=object)).get_indexer(["a"])
 
 
-def _dedupe_with_pandas(ids: np.ndarray, texts: np.ndarray, labels: np.ndarray, mode: str) -> list[int] | tuple[int, int, str]:
+def _dedupe_with_pandas(
+    ids: np.ndarray, texts: np.ndarray, labels: np.ndarray, mode: str
+) -> list[int] | tuple[int, int, str]:
     """The pandas implementation this module used to have: kept positions, or the (a, b, differs) it reports."""
     df = pd.DataFrame({"id": ids, "text": texts, "label": labels})
     rest = df[~df.duplicated(keep="last" if mode == "last" else "first")]
@@ -124,20 +129,28 @@ def _dedupe_with_pandas(ids: np.ndarray, texts: np.ndarray, labels: np.ndarray, 
         return rest.index.tolist()
     if mode == "error":
         same = rest[rest["id"] == rest.iloc[int(np.flatnonzero(clash)[0])]["id"]]
-        return int(same.index[0]), int(same.index[1]), "texts" if same["text"].iloc[0] != same["text"].iloc[1] else "labels"
+        return (
+            int(same.index[0]),
+            int(same.index[1]),
+            "texts" if same["text"].iloc[0] != same["text"].iloc[1] else "labels",
+        )
     return rest[~rest.duplicated("id", keep=mode)].index.tolist()
 
 
 @PROPERTY
-@given(st.lists(st.tuples(*[st.sampled_from("ab")] * 3), min_size=1, max_size=10),
-       st.sampled_from(["error", "first", "last"]))
+@given(
+    st.lists(st.tuples(*[st.sampled_from("ab")] * 3), min_size=1, max_size=10),
+    st.sampled_from(["error", "first", "last"]),
+)
 def test_dedupe_keeps_what_pandas_kept(rows: list[tuple[str, str, str]], mode: str) -> None:
     ids, texts, labels = (np.array(c, dtype=object) for c in zip(*rows))
     frame = sources._Frame(["id"], lambda name, role: ids, np.arange(1, len(rows) + 1), "row", "csv", [], False)
     expected = _dedupe_with_pandas(ids, texts, labels, mode)
     if isinstance(expected, tuple):
         a, b, differs = expected
-        with pytest.raises(InputFileError, match=f"rows {a + 1} and {b + 1} share id '{ids[a]}' with different {differs}"):
+        with pytest.raises(
+            InputFileError, match=f"rows {a + 1} and {b + 1} share id '{ids[a]}' with different {differs}"
+        ):
             sources._dedupe(ids, texts, labels, frame, mode, "t.csv")
     else:
         assert sources._dedupe(ids, texts, labels, frame, mode, "t.csv").tolist() == expected

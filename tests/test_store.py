@@ -1,4 +1,5 @@
 """The segment store: atomic commits, snapshots, chunked reads, dtype, names."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,12 @@ def _keys(n: int, start: int = 0) -> np.ndarray:
 
 def _rows(ids: list[str]) -> RowBatch:
     texts = [f"text {i}" for i in ids]
-    return RowBatch(np.array(ids, dtype=object), np.array([str(len(i) % 2) for i in ids], dtype=object),
-                    np.array([raw_digest(t) for t in texts], dtype="S32"), texts)
+    return RowBatch(
+        np.array(ids, dtype=object),
+        np.array([str(len(i) % 2) for i in ids], dtype=object),
+        np.array([raw_digest(t) for t in texts], dtype="S32"),
+        texts,
+    )
 
 
 def test_empty_store_snapshot(store: Store) -> None:
@@ -42,8 +47,9 @@ def test_commit_and_snapshot_round_trip(store: Store) -> None:
     keys = _keys(5)
     with store.writer() as w:
         ids = np.array(["10", "011", "012", "abc", "99999999999999999999"], dtype=object)
-        snap = w.commit("d", vectors=VectorBatch(_space(), keys, vecs), rows=_rows(ids.tolist()),
-                        keys=KeyBatch("raw-v1", ids, keys))
+        snap = w.commit(
+            "d", vectors=VectorBatch(_space(), keys, vecs), rows=_rows(ids.tolist()), keys=KeyBatch("raw-v1", ids, keys)
+        )
     assert snap.generation == 1
     again = Store(store.path).snapshot()  # a fresh reader
     assert again == snap
@@ -237,8 +243,13 @@ def test_schema_1_store_reads_as_text_and_takes_new_rows(tmp_path: Path) -> None
     assert X.shape == (3, 16) and y.tolist() == ["0", "1", "0"]
     from tests.conftest import write_csv
 
-    src = write_csv(tmp_path / "new.csv", [{"id": "000123", "label": "pos", "tweet": "a new tweet"},
-                                           {"id": "42", "label": "1", "tweet": "another tweet about sony"}])
+    src = write_csv(
+        tmp_path / "new.csv",
+        [
+            {"id": "000123", "label": "pos", "tweet": "a new tweet"},
+            {"id": "42", "label": "1", "tweet": "another tweet about sony"},
+        ],
+    )
     s = fs.ingest(str(src), "train", "py:tests.fakes:CountingEmbedder", "raw-v1", embedder=CountingEmbedder())
     assert (s.new_ids, s.duplicates, s.labels_changed) == (1, 1, 1)
     assert json.loads(fs.store.manifest_path(fs.store.manifest_generations()[-1]).read_text())["schema"] == 2

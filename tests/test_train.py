@@ -1,4 +1,5 @@
 """Training from the store: the tutorial's split, label checks, skops round trip, sgd."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -93,8 +94,10 @@ def test_bad_classifier_and_test_size(trained_store: FeatureStore) -> None:
 
 
 def _labelled(fs: FeatureStore, tmp_path: Path, labels: list[int | str | None]) -> None:
-    rows = [{"id": i, "label": "" if lab is None else lab, "tweet": f"tweet {i} " + "word " * (i % 3)}
-            for i, lab in enumerate(labels)]
+    rows = [
+        {"id": i, "label": "" if lab is None else lab, "tweet": f"tweet {i} " + "word " * (i % 3)}
+        for i, lab in enumerate(labels)
+    ]
     fields = ("id", "label", "tweet") if labels[0] is not None else ("id", "tweet")
     fs.ingest(str(write_csv(tmp_path / "l.csv", rows, fields)), "d", "fake", "raw-v1", embedder=CountingEmbedder())
 
@@ -150,8 +153,9 @@ def test_labels_added_by_a_later_ingest_make_a_dataset_trainable(fs: FeatureStor
     """Labels are data that can change: the same file ingested again with labels adds them, a third time
     with one label changed changes it; the previous generation keeps the old labels; nothing is embedded."""
     rows = [{"id": f"{i:03d}", "tweet": f"tweet {i} " + "word " * (i % 3)} for i in range(40)]
-    fs.ingest(str(write_csv(tmp_path / "u.csv", rows, ("id", "tweet"))), "d", "fake", "raw-v1",
-              embedder=CountingEmbedder())
+    fs.ingest(
+        str(write_csv(tmp_path / "u.csv", rows, ("id", "tweet"))), "d", "fake", "raw-v1", embedder=CountingEmbedder()
+    )
     with pytest.raises(LabelError, match="no labelled rows"):
         fs.train("d", "fake", "raw-v1")
     labelled = [{**r, "label": "pos" if i % 2 else "neg"} for i, r in enumerate(rows)]
@@ -172,7 +176,6 @@ def test_labels_added_by_a_later_ingest_make_a_dataset_trainable(fs: FeatureStor
     assert (s.labels_added, s.labels_changed) == (0, 0) and fs.rows("d")["labels"].tolist()[0] == "pos"
 
 
-
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".."])
 def test_classifier_name_cannot_leave_the_store(trained_store: FeatureStore, name: str) -> None:
     with pytest.raises(FeatureStoreError, match="classifier name"):
@@ -190,8 +193,9 @@ def test_sgd_reads_contiguous_blocks_and_stops_early(trained_store: FeatureStore
     ranges: list[tuple[int, int]] = []
     real = Store.read_range
     monkeypatch.setattr(Store, "read_range", lambda self, sp, a, b: ranges.append((a, b)) or real(self, sp, a, b))
-    monkeypatch.setattr(training, "fit_and_evaluate",
-                        lambda *a, **k: _fit_and_evaluate(*a, **{**k, "block_rows": 64, "max_epochs": 30}))
+    monkeypatch.setattr(
+        training, "fit_and_evaluate", lambda *a, **k: _fit_and_evaluate(*a, **{**k, "block_rows": 64, "max_epochs": 30})
+    )
     r = trained_store.train("train", "fake", "raw-v1", classifier="sgd", name="s2")
     assert len(ranges) >= 6 and all(b - a <= 4 * 64 + 1 for a, b in ranges)
     epochs = int(r.notes[0].split("sgd ran ")[1].split()[0])
@@ -209,6 +213,8 @@ def test_logreg_that_would_not_fit_in_memory_is_refused_naming_sgd(trained_store
     r = trained_store.train("train", "fake", "raw-v1", name="l3")
     assert r.notes and "logreg holds 400 x 64 vectors in memory" in r.notes[0]
     monkeypatch.setattr(training, "memory_available", lambda: 50_000)
-    with pytest.raises(FeatureStoreError, match="more than the 0 MiB available; fix: classifier sgd trains out of core"):
+    with pytest.raises(
+        FeatureStoreError, match="more than the 0 MiB available; fix: classifier sgd trains out of core"
+    ):
         trained_store.train("train", "fake", "raw-v1", name="l4")
     assert trained_store.train("train", "fake", "raw-v1", classifier="sgd", name="s4").n_train == 320

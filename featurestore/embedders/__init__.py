@@ -20,13 +20,14 @@ Names:
 ELMo specs take an optional layer mix: ``#elmo`` (default, the mean of the three layers, as TF
 Hub's ``elmo`` output), ``#top`` (LSTM layer 2) or ``#all`` (the three concatenated).
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 from featurestore.embedders.base import BatchProgressFn, Embedder, Fingerprint, check_fingerprint, plan_batches
 from featurestore.embedders.elmo_spec import DEFAULT_ELMO_OUTPUT, ELMO_HUB_HANDLE, ELMO_OUTPUTS
@@ -97,35 +98,47 @@ def _plugin(spec: str) -> Embedder:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # ImportError, SyntaxError, or anything the module's top level raises
-            raise ModelError(f"cannot load embedder {spec!r}: importing {module_name!r} failed ({_why(exc)}); "
-                             "fix: check MODULE is importable from the current directory or installed") from None
+            raise ModelError(
+                f"cannot load embedder {spec!r}: importing {module_name!r} failed ({_why(exc)}); "
+                "fix: check MODULE is importable from the current directory or installed"
+            ) from None
         try:
             factory = getattr(module, attr)
         except AttributeError:
-            raise ModelError(f"cannot load embedder {spec!r}: module {module_name!r} has no attribute {attr!r}; "
-                             "fix: check MODULE defines ATTR") from None
+            raise ModelError(
+                f"cannot load embedder {spec!r}: module {module_name!r} has no attribute {attr!r}; "
+                "fix: check MODULE defines ATTR"
+            ) from None
         if not callable(factory):
-            raise ModelError(f"cannot load embedder {spec!r}: {module_name}.{attr} is not callable "
-                             f"(type {type(factory).__name__}); "
-                             "fix: point at an Embedder subclass or a function returning an Embedder")
+            raise ModelError(
+                f"cannot load embedder {spec!r}: {module_name}.{attr} is not callable "
+                f"(type {type(factory).__name__}); "
+                "fix: point at an Embedder subclass or a function returning an Embedder"
+            )
         try:
             embedder = factory()
         except ModelError as exc:  # already says what to fix; say where it came from
             raise ModelError(f"cannot load embedder {spec!r}: {exc}") from None
         except Exception as exc:
-            raise ModelError(f"cannot load embedder {spec!r}: calling {module_name}.{attr}() raised {_why(exc)}; "
-                             "fix: ATTR must be callable with no arguments and return an Embedder") from None
+            raise ModelError(
+                f"cannot load embedder {spec!r}: calling {module_name}.{attr}() raised {_why(exc)}; "
+                "fix: ATTR must be callable with no arguments and return an Embedder"
+            ) from None
     if not isinstance(embedder, Embedder):
-        raise ModelError(f"cannot load embedder {spec!r}: {module_name}.{attr}() returned "
-                         f"{type(embedder).__name__}, not a featurestore Embedder; "
-                         "fix: subclass featurestore.embedders.Embedder")
+        raise ModelError(
+            f"cannot load embedder {spec!r}: {module_name}.{attr}() returned "
+            f"{type(embedder).__name__}, not a featurestore Embedder; "
+            "fix: subclass featurestore.embedders.Embedder"
+        )
     try:
         check_fingerprint(embedder.fingerprint, f"{embedder.name!r} ({type(embedder).__qualname__})")
     except ModelError as exc:
         raise ModelError(f"cannot load embedder {spec!r}: {exc}") from None
     except Exception as exc:
-        raise ModelError(f"cannot load embedder {spec!r}: reading its fingerprint raised {_why(exc)}; "
-                         "fix: the fingerprint property must return a featurestore.embedders.Fingerprint") from None
+        raise ModelError(
+            f"cannot load embedder {spec!r}: reading its fingerprint raised {_why(exc)}; "
+            "fix: the fingerprint property must return a featurestore.embedders.Fingerprint"
+        ) from None
     return embedder
 
 
@@ -174,6 +187,16 @@ def load_embedder(spec: str, output: str = DEFAULT_ELMO_OUTPUT) -> Embedder:
 
 
 __all__ = [
-    "DEFAULT_MODEL", "ELMO_HUB_HANDLE", "ELMO_OUTPUTS", "BatchProgressFn", "Embedder", "Fingerprint",
-    "canonical_model", "check_fingerprint", "default_recipe", "known_models", "load_embedder", "plan_batches",
+    "DEFAULT_MODEL",
+    "ELMO_HUB_HANDLE",
+    "ELMO_OUTPUTS",
+    "BatchProgressFn",
+    "Embedder",
+    "Fingerprint",
+    "canonical_model",
+    "check_fingerprint",
+    "default_recipe",
+    "known_models",
+    "load_embedder",
+    "plan_batches",
 ]

@@ -9,14 +9,16 @@ the batch size may depend on where the model runs (``batch_limits``): CPUs are f
 small batches, GPUs with large ones.
 Empty texts never reach the model: their vector is all zeros (documented; never NaN).
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,14 +36,14 @@ def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list
     Indices are sorted by length (stable), then cut greedily; a single text longer
     than the budget gets a batch of its own.
     """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
+    lens = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(lens, kind="stable")
     batches: list[np.ndarray] = []
     start = 0
     n = len(order)
     while start < n:
         end = start + 1
-        while end < n and end - start < max_size and (end - start + 1) * lengths[order[end]] <= max_tokens:
+        while end < n and end - start < max_size and (end - start + 1) * lens[order[end]] <= max_tokens:
             end += 1
         batches.append(order[start:end])
         start = end
@@ -51,8 +53,10 @@ def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list
 #: the fields every fingerprint must carry, in the order ``Fingerprint.as_dict`` lists them
 REQUIRED_FIELDS: tuple[str, ...] = ("model", "weights_sha256", "output", "pooling")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_FIX = ("fix: return featurestore.embedders.Fingerprint(model=..., weights_sha256=<sha256 of the weights>, "
-        "output=..., pooling=..., extra={...}) from the embedder's fingerprint property")
+_FIX = (
+    "fix: return featurestore.embedders.Fingerprint(model=..., weights_sha256=<sha256 of the weights>, "
+    "output=..., pooling=..., extra={...}) from the embedder's fingerprint property"
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,27 +99,35 @@ class Fingerprint(Mapping[str, Any]):
         object.__setattr__(self, "key_names", dict(self.key_names))
         unknown = sorted(set(self.key_names) - set(REQUIRED_FIELDS))
         if unknown:
-            raise ModelError(f"Fingerprint key_names renames {', '.join(unknown)}, which are not required fields; "
-                             f"fix: rename only {', '.join(REQUIRED_FIELDS)}")
+            raise ModelError(
+                f"Fingerprint key_names renames {', '.join(unknown)}, which are not required fields; "
+                f"fix: rename only {', '.join(REQUIRED_FIELDS)}"
+            )
         stored = [self.key_names.get(n, n) for n in REQUIRED_FIELDS]
         clash = sorted(set(stored) & set(self.extra)) or sorted({k for k in stored if stored.count(k) > 1})
         if clash:
-            raise ModelError(f"embedder fingerprint key {clash[0]!r} is given twice (a required field and "
-                             "in extra, or renamed onto another); fix: drop it from extra")
+            raise ModelError(
+                f"embedder fingerprint key {clash[0]!r} is given twice (a required field and "
+                "in extra, or renamed onto another); fix: drop it from extra"
+            )
         try:
             json.dumps(self.as_dict(), sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise ModelError(f"embedder fingerprint is not JSON-able ({exc}); fix: use str, int, float, bool, "
-                             "lists and dicts in extra") from None
+            raise ModelError(
+                f"embedder fingerprint is not JSON-able ({exc}); fix: use str, int, float, bool, "
+                "lists and dicts in extra"
+            ) from None
 
     @classmethod
-    def from_dict(cls, fields: Mapping[str, Any]) -> "Fingerprint":
+    def from_dict(cls, fields: Mapping[str, Any]) -> Fingerprint:
         """The required fields taken from ``fields`` by name, everything else as ``extra``."""
         missing = [n for n in REQUIRED_FIELDS if n not in fields]
         if missing:
             raise ModelError(f"embedder fingerprint lacks {', '.join(map(repr, missing))}; {_FIX}")
-        return cls(**{n: fields[n] for n in REQUIRED_FIELDS},
-                   extra={k: v for k, v in fields.items() if k not in REQUIRED_FIELDS})
+        return cls(
+            **{n: fields[n] for n in REQUIRED_FIELDS},
+            extra={k: v for k, v in fields.items() if k not in REQUIRED_FIELDS},
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-able fields hashed into space ids: required ones (under ``key_names``), then ``extra``."""
@@ -140,9 +152,12 @@ def check_fingerprint(value: object, embedder: str) -> Fingerprint:
     if isinstance(value, Mapping):
         missing = [n for n in REQUIRED_FIELDS if not value.get(n)]
         lacks = f" that lacks {', '.join(map(repr, missing))}" if missing else ""
-        raise ModelError(f"embedder {embedder} returned its fingerprint as a plain {type(value).__name__}{lacks}; "
-                         f"{_FIX} (Fingerprint.from_dict(d) converts a dict)")
+        raise ModelError(
+            f"embedder {embedder} returned its fingerprint as a plain {type(value).__name__}{lacks}; "
+            f"{_FIX} (Fingerprint.from_dict(d) converts a dict)"
+        )
     raise ModelError(f"embedder {embedder} returned a fingerprint of type {type(value).__name__}; {_FIX}")
+
 
 class Embedder(ABC):
     """Maps a batch of texts to float32 vectors of a fixed dimension."""
@@ -178,7 +193,7 @@ class Embedder(ABC):
                 return check_fingerprint(getter(self), f"{self.name!r} ({type(self).__qualname__})")
 
             checked._checked = True  # type: ignore[attr-defined]
-            cls.fingerprint = property(checked, doc=prop.__doc__)  # type: ignore[method-assign]
+            cls.fingerprint = property(checked, doc=prop.__doc__)  # type: ignore[assignment]  # the property, wrapped
 
     @abstractmethod
     def embed_batch(self, texts: list[str]) -> np.ndarray:

@@ -3,6 +3,7 @@
 Embedders put these in their fingerprints (so two sets of weights never share a vector
 space); ``fs models verify`` recomputes them. Standard library and ``featurestore.atomic`` only.
 """
+
 from __future__ import annotations
 
 import hashlib

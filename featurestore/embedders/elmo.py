@@ -21,22 +21,25 @@ zero state, so a vector does not depend on the batch it was computed in.
 :class:`StatefulBiLM` reproduces bilm-tf's stateful inference (state carried from one batch
 to the next, per batch row); it exists to check this code against bilm-tf's reference outputs.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from featurestore.embedders.base import Embedder, Fingerprint
 from featurestore.embedders.checksums import cached_file_sha256
 from featurestore.embedders.elmo_spec import DEFAULT_ELMO_OUTPUT, ELMO_OUTPUTS, OUTPUT_ALL, OUTPUT_ELMO, OUTPUT_TOP
-from featurestore.embedders.tf_runtime import tensorflow
+from featurestore.embedders.tf_runtime import Tensor, tensorflow
 from featurestore.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -87,14 +90,16 @@ class ElmoOptions:
         return 2 * self.projection_dim
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "options.json") -> "ElmoOptions":
+    def from_dict(cls, raw: dict[str, Any], source: str = "options.json") -> ElmoOptions:
         def get(section: str, key: str, default: Any = ...) -> Any:
             part = raw.get(section)
             if not isinstance(part, dict):
                 raise ModelError(f"{source} has no {section!r} section; use the options.json released with the weights")
             if key not in part:
                 if default is ...:
-                    raise ModelError(f"{source} lacks key {section}.{key}; use the options.json released with the weights")
+                    raise ModelError(
+                        f"{source} lacks key {section}.{key}; use the options.json released with the weights"
+                    )
                 return default
             return part[key]
 
@@ -102,7 +107,9 @@ class ElmoOptions:
             filters = tuple((int(w), int(n)) for w, n in get("char_cnn", "filters"))
             emb = get("char_cnn", "embedding")
             if not isinstance(emb, dict) or "dim" not in emb:
-                raise ModelError(f"{source} lacks key char_cnn.embedding.dim; use the options.json released with the weights")
+                raise ModelError(
+                    f"{source} lacks key char_cnn.embedding.dim; use the options.json released with the weights"
+                )
             activation = str(get("char_cnn", "activation", "relu"))
             cell_clip = get("lstm", "cell_clip", None)
             proj_clip = get("lstm", "proj_clip", None)
@@ -122,7 +129,9 @@ class ElmoOptions:
                 use_skip_connections=bool(get("lstm", "use_skip_connections")),
             )
         except (TypeError, ValueError) as exc:
-            raise ModelError(f"{source} has a malformed value ({exc}); use the options.json released with the weights") from None
+            raise ModelError(
+                f"{source} has a malformed value ({exc}); use the options.json released with the weights"
+            ) from None
         if opts.activation not in ("relu", "tanh"):
             raise ModelError(f"{source}: char_cnn.activation {opts.activation!r} is not relu or tanh")
         if not opts.filters or opts.n_layers < 1 or opts.max_chars < 3:
@@ -130,16 +139,22 @@ class ElmoOptions:
         return opts
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "ElmoOptions":
+    def from_file(cls, path: str | os.PathLike) -> ElmoOptions:
         path = Path(path)
         if not path.is_file():
-            raise ModelError(f"ELMo options file {path} does not exist; give the options.json released with the weights")
+            raise ModelError(
+                f"ELMo options file {path} does not exist; give the options.json released with the weights"
+            )
         try:
             raw = json.loads(path.read_text(encoding="utf8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"ELMo options file {path} is not valid JSON ({exc}); give the options.json released with the weights") from None
+            raise ModelError(
+                f"ELMo options file {path} is not valid JSON ({exc}); give the options.json released with the weights"
+            ) from None
         if not isinstance(raw, dict):
-            raise ModelError(f"ELMo options file {path} is not a JSON object; give the options.json released with the weights")
+            raise ModelError(
+                f"ELMo options file {path} is not a JSON object; give the options.json released with the weights"
+            )
         return cls.from_dict(raw, source=str(path))
 
 
@@ -155,7 +170,12 @@ def _expected_shapes(o: ElmoOptions) -> dict[str, tuple[int, ...]]:
         shapes[f"CNN/b_cnn_{i}"] = (num,)
     nf = o.n_filters
     for i in range(o.n_highway):
-        for name, shape in (("W_carry", (nf, nf)), ("W_transform", (nf, nf)), ("b_carry", (nf,)), ("b_transform", (nf,))):
+        for name, shape in (
+            ("W_carry", (nf, nf)),
+            ("W_transform", (nf, nf)),
+            ("b_carry", (nf,)),
+            ("b_transform", (nf,)),
+        ):
             shapes[f"CNN_high_{i}/{name}"] = shape
     if nf != o.projection_dim:
         shapes["CNN_proj/W_proj"] = (nf, o.projection_dim)
@@ -221,19 +241,23 @@ def resolve_model_files(spec: str | os.PathLike) -> tuple[Path, Path]:
         return options, weights
     folder = Path(text).expanduser()
     if not folder.is_dir():
-        raise ModelError(f"ELMo path {folder} is not a directory; give a folder with options.json and one weights .hdf5")
+        raise ModelError(
+            f"ELMo path {folder} is not a directory; give a folder with options.json and one weights .hdf5"
+        )
     options = folder / "options.json"
     if not options.is_file():
         jsons = sorted(folder.glob("*options*.json"))
         if len(jsons) != 1:
             raise ModelError(f"{folder} has no options.json; put the release's options file there as options.json")
         options = jsons[0]
-    weights = sorted(p for p in folder.glob("*.hdf5") if p.is_file())
-    if len(weights) != 1:
-        found = ", ".join(p.name for p in weights) or "none"
-        raise ModelError(f"{folder} must hold exactly one weights .hdf5 file (found: {found}); "
-                         "give 'OPTIONS.json,WEIGHTS.hdf5' to choose one")
-    return options, weights[0]
+    found_weights = sorted(p for p in folder.glob("*.hdf5") if p.is_file())
+    if len(found_weights) != 1:
+        found = ", ".join(p.name for p in found_weights) or "none"
+        raise ModelError(
+            f"{folder} must hold exactly one weights .hdf5 file (found: {found}); "
+            "give 'OPTIONS.json,WEIGHTS.hdf5' to choose one"
+        )
+    return options, found_weights[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,7 +302,7 @@ def _round_up(n: int, step: int) -> int:
 # the network
 
 
-def _tf():
+def _tf() -> ModuleType:
     return tensorflow()
 
 
@@ -295,7 +319,7 @@ class ElmoBiLM:
         self.options = o = options
         self.n_parameters = int(sum(w.size for w in weights.values()))
 
-        def var(value: np.ndarray, name: str):
+        def var(value: np.ndarray, name: str) -> Tensor:
             return tf.Variable(np.ascontiguousarray(value, dtype=np.float32), trainable=False, name=name)
 
         table = weights["char_embed"][: PAD_CHAR + 1]
@@ -308,7 +332,9 @@ class ElmoBiLM:
         self.highway = []
         for i in range(o.n_highway):
             p = f"CNN_high_{i}/"
-            self.highway.append(tuple(var(weights[p + n], f"high{i}_{n}") for n in ("W_carry", "b_carry", "W_transform", "b_transform")))
+            self.highway.append(
+                tuple(var(weights[p + n], f"high{i}_{n}") for n in ("W_carry", "b_carry", "W_transform", "b_transform"))
+            )
         self.proj = None
         if o.n_filters != o.projection_dim:
             self.proj = (var(weights["CNN_proj/W_proj"], "W_proj"), var(weights["CNN_proj/b_proj"], "b_proj"))
@@ -319,11 +345,15 @@ class ElmoBiLM:
         for k in range(o.n_layers):
             cells = [f"RNN_{d}/RNN/MultiRNNCell/Cell{k}/LSTMCell/" for d in range(2)]
             name = f"lstm{k}"
-            self.lstm.append((
-                var(np.stack([weights[c + "W_0"] for c in cells]), f"{name}_W"),
-                var(np.stack([weights[c + "B"][None, :] for c in cells]), f"{name}_B"),
-                var(np.stack([weights[c + "W_P_0"] for c in cells]), f"{name}_W_proj") if o.projection_dim < o.lstm_dim else None,
-            ))
+            self.lstm.append(
+                (
+                    var(np.stack([weights[c + "W_0"] for c in cells]), f"{name}_W"),
+                    var(np.stack([weights[c + "B"][None, :] for c in cells]), f"{name}_B"),
+                    var(np.stack([weights[c + "W_P_0"] for c in cells]), f"{name}_W_proj")
+                    if o.projection_dim < o.lstm_dim
+                    else None,
+                )
+            )
         P = o.projection_dim
         C = o.max_chars
         # One trace each: batch and length are dynamic in the input signatures, so new shapes
@@ -348,13 +378,13 @@ class ElmoBiLM:
         return found
 
     @classmethod
-    def from_files(cls, options_path: str | os.PathLike, weights_path: str | os.PathLike) -> "ElmoBiLM":
+    def from_files(cls, options_path: str | os.PathLike, weights_path: str | os.PathLike) -> ElmoBiLM:
         options = ElmoOptions.from_file(options_path)
         return cls(options, load_weights(weights_path, options))
 
     # -- graph pieces (traceable) -------------------------------------------------------
 
-    def char_cnn(self, ids):
+    def char_cnn(self, ids: Tensor) -> Tensor:
         """Token embeddings float32[N, projection_dim] from shifted character ids int32[N, C]."""
         tf = _tf()
         o = self.options
@@ -374,7 +404,16 @@ class ElmoBiLM:
             h = tf.matmul(h, self.proj[0]) + self.proj[1]
         return h
 
-    def _lstm_layer(self, x, steps, cell, c, m, packed: bool, tokens=None):
+    def _lstm_layer(
+        self,
+        x: Tensor,
+        steps: Tensor,
+        cell: tuple[Tensor, Tensor, Tensor | None],
+        c: Tensor,
+        m: Tensor,
+        packed: bool,
+        tokens: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Both directions of one layer over time-major x [T, 2, B, P] (backward already reversed).
 
         ``steps`` int32[B]: positions each row runs, rows sorted longest first; ``cell``: the
@@ -403,7 +442,7 @@ class ElmoBiLM:
             rows = tf.fill([T], B)
         outputs = tf.TensorArray(tf.float32, size=T, element_shape=tf.TensorShape([2, None, o.projection_dim]))
 
-        def step(t, c, m, outputs):
+        def step(t: Tensor, c: Tensor, m: Tensor, outputs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             n = rows[t]
             c_prev, m_prev = c[:, :n], m[:, :n]
             # TF1 LSTMCell's one product of [input, m_prev], both directions in one batched
@@ -430,7 +469,11 @@ class ElmoBiLM:
                 # Past a sentence's end its state is kept, as dynamic_rnn does, so the final
                 # state (used by the stateful reference mode) is that of its last token.
                 live = (t < steps)[None, :, None]
-                c_new, m_new, out = tf.where(live, c_new, c_prev), tf.where(live, m_new, m_prev), tf.where(live, m_new, 0.0)
+                c_new, m_new, out = (
+                    tf.where(live, c_new, c_prev),
+                    tf.where(live, m_new, m_prev),
+                    tf.where(live, m_new, 0.0),
+                )
             # Rows that have finished keep their state.
             c_next = tf.concat([c_new, c[:, n:]], axis=1)
             m_next = tf.concat([m_new, m[:, n:]], axis=1)
@@ -441,7 +484,17 @@ class ElmoBiLM:
         _, c, m, outputs = tf.while_loop(lambda t, *_: t < T, step, (tf.constant(0), c, m, outputs))
         return outputs.stack(), c, m
 
-    def layers(self, emb, lengths, c0, m0, *, packed: bool = True, drop_markers: bool = False, ids=None):
+    def layers(
+        self,
+        emb: Tensor,
+        lengths: Tensor,
+        c0: Tensor,
+        m0: Tensor,
+        *,
+        packed: bool = True,
+        drop_markers: bool = False,
+        ids: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """All layers for token embeddings float32[B, T, P] of sentences with markers.
 
         ``lengths`` counts positions including ``<S>``/``</S>``. Returns
@@ -494,13 +547,18 @@ class ElmoBiLM:
 
     def zero_state(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         o = self.options
-        return (np.zeros((o.n_layers, 2, batch, o.lstm_dim), np.float32),
-                np.zeros((o.n_layers, 2, batch, o.projection_dim), np.float32))
+        return (
+            np.zeros((o.n_layers, 2, batch, o.lstm_dim), np.float32),
+            np.zeros((o.n_layers, 2, batch, o.projection_dim), np.float32),
+        )
 
     def embed_tokens(self, tokens: Sequence[str]) -> np.ndarray:
         """Character-CNN token embeddings float32[len(tokens), projection_dim]."""
-        ids = np.stack([char_ids(t, self.options.max_chars) for t in tokens]) if tokens else \
-            np.zeros((0, self.options.max_chars), np.int32)
+        ids = (
+            np.stack([char_ids(t, self.options.max_chars) for t in tokens])
+            if tokens
+            else np.zeros((0, self.options.max_chars), np.int32)
+        )
         return self.token_embeddings(ids).numpy()
 
     def sentence_layers(
@@ -601,7 +659,7 @@ class ElmoEmbedder(Embedder):
         self.traces = 0
         P = o.projection_dim
 
-        def pooled(table, ids, lengths):
+        def pooled(table: Tensor, ids: Tensor, lengths: Tensor) -> Tensor:
             self.traces += 1  # Python side effect: runs only when TF traces a new graph
             B = tf.shape(ids)[0]
             # Every sentence's forward LSTMs start with <S> and its backward ones with </S>, from
@@ -615,12 +673,15 @@ class ElmoEmbedder(Embedder):
 
         self._pooled = tf.function(
             pooled,
-            input_signature=[tf.TensorSpec([None, P], tf.float32), tf.TensorSpec([None, None], tf.int32),
-                             tf.TensorSpec([None], tf.int32)],
+            input_signature=[
+                tf.TensorSpec([None, P], tf.float32),
+                tf.TensorSpec([None, None], tf.int32),
+                tf.TensorSpec([None], tf.int32),
+            ],
         )
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, output: str = DEFAULT_ELMO_OUTPUT, **kwargs: Any) -> "ElmoEmbedder":
+    def from_path(cls, path: str | os.PathLike, output: str = DEFAULT_ELMO_OUTPUT, **kwargs: Any) -> ElmoEmbedder:
         """Load from a folder with ``options.json`` + one weights ``.hdf5``, or ``"OPTIONS,WEIGHTS"``."""
         options_path, weights_path = resolve_model_files(path)
         bilm = ElmoBiLM.from_files(options_path, weights_path)
@@ -725,7 +786,9 @@ class ElmoEmbedder(Embedder):
             return np.concatenate([self.embed_batch(texts[:half]), self.embed_batch(texts[half:])])
         pos = {t: i + 1 for i, t in enumerate(distinct)}
         P = self.bilm.options.projection_dim
-        table = np.concatenate([np.zeros((1, P), np.float32), *([np.stack(self._token_table(distinct))] if distinct else [])])
+        table = np.concatenate(
+            [np.zeros((1, P), np.float32), *([np.stack(self._token_table(distinct))] if distinct else [])]
+        )
         # Words only (the marker steps are in the initial state). Exact shapes: the graph's
         # input_signature leaves batch and length dynamic, so it is traced once and never
         # retraced; rounding shapes up to buckets would only add padding.
@@ -740,7 +803,7 @@ class ElmoEmbedder(Embedder):
         return out[: len(texts)]
 
 
-def pool_layers(layers, lengths, output: str, *, markers: bool = True):
+def pool_layers(layers: Tensor, lengths: Tensor, output: str, *, markers: bool = True) -> Tensor:
     """Mean over real tokens (markers and padding excluded) of the ``output`` mix; TF ops.
 
     ``layers`` float32[L+1, B, T, 2P] with markers; ``lengths`` count the markers.

@@ -18,6 +18,7 @@ the module needs nothing but TensorFlow. Load it with ``hub.load(dir)``.
 TensorFlow is imported on first use (``tf_runtime``), not when this module is imported: the
 module class is built then, by :func:`hub_module_class`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,17 +29,27 @@ from typing import Any
 
 import numpy as np
 
+from featurestore.embedders.base import Embedder
 from featurestore.embedders.elmo import (
-    BOS_CHAR, BOS_TOKEN, BOW_CHAR, EOS_CHAR, EOS_TOKEN, EOW_CHAR, PAD_CHAR, ElmoBiLM, ElmoEmbedder, pool_layers,
+    BOS_CHAR,
+    BOS_TOKEN,
+    BOW_CHAR,
+    EOS_CHAR,
+    EOS_TOKEN,
+    EOW_CHAR,
+    PAD_CHAR,
+    ElmoBiLM,
+    ElmoEmbedder,
+    pool_layers,
 )
 from featurestore.embedders.elmo_spec import OUTPUT_ELMO
-from featurestore.embedders.tf_runtime import tensorflow
+from featurestore.embedders.tf_runtime import Tensor, tensorflow
 from featurestore.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 
-def tf_char_ids(tokens, max_chars: int = 50):
+def tf_char_ids(tokens: Tensor, max_chars: int = 50) -> Tensor:
     """Shifted ELMo character ids int32[N, max_chars] of string[N] tokens, as TF ops."""
     tf = tensorflow()
     room = max_chars - 2
@@ -53,7 +64,7 @@ def tf_char_ids(tokens, max_chars: int = 50):
     ends = tf.cast(chars.row_lengths(), tf.int32)[:, None] + 1
     ids = tf.where(pos == ends, EOW_CHAR, ids)
 
-    def marker(char: int):
+    def marker(char: int) -> Tensor:
         row = np.full(max_chars, PAD_CHAR, np.int32)
         row[:3] = (BOW_CHAR, char, EOW_CHAR)
         return tf.constant(row)[None, :]
@@ -67,8 +78,9 @@ def tf_char_ids(tokens, max_chars: int = 50):
 def hub_module_class() -> type:
     """``ElmoHubModule``, a ``tf.Module`` subclass; built on first call because it needs TensorFlow."""
     tf = tensorflow()
+    base: Any = tf.Module  # a class known only once TensorFlow is imported
 
-    class ElmoHubModule(tf.Module):
+    class ElmoHubModule(base):
         """The saved module: google/elmo/3's two signatures over the native network's variables."""
 
         def __init__(self, bilm: ElmoBiLM) -> None:
@@ -76,7 +88,7 @@ def hub_module_class() -> type:
             self._bilm = bilm
             self.weights = list(bilm.variables)  # tracked, so the SavedModel stores them
 
-        def _outputs(self, tokens, sequence_len):
+        def _outputs(self, tokens: Tensor, sequence_len: Tensor) -> dict[str, Tensor]:
             bilm, o = self._bilm, self._bilm.options
             B, T = tf.shape(tokens)[0], tf.shape(tokens)[1]
             uniq, where = tf.unique(tf.reshape(tokens, [-1]))
@@ -105,25 +117,29 @@ def hub_module_class() -> type:
             return out
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="tokens")])
-        def default(self, tokens):
+        def default(self, tokens: Tensor) -> dict[str, Tensor]:
             """Sentences split on single spaces, empty pieces dropped (as google/elmo/3)."""
             ragged = tf.strings.split(tokens, sep=" ")
             ragged = tf.ragged.boolean_mask(ragged, tf.strings.length(ragged) > 0)
             return self._outputs(ragged.to_tensor(default_value=""), tf.cast(ragged.row_lengths(), tf.int32))
 
-        @tf.function(input_signature=[
-            tf.TensorSpec([None, None], tf.string, name="tokens"),
-            tf.TensorSpec([None], tf.int32, name="sequence_len"),
-        ])
-        def tokens(self, tokens, sequence_len):
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None], tf.string, name="tokens"),
+                tf.TensorSpec([None], tf.int32, name="sequence_len"),
+            ]
+        )
+        def tokens(self, tokens: Tensor, sequence_len: Tensor) -> dict[str, Tensor]:
             """Pre-split tokens; positions at or past ``sequence_len`` are padding."""
             return self._outputs(tokens, tf.minimum(sequence_len, tf.shape(tokens)[1]))
 
     return ElmoHubModule
 
 
-def export_savedmodel(embedder_or_model: ElmoEmbedder | ElmoBiLM, out_dir: str | os.PathLike) -> Path:
-    """Write the network as a TF2 SavedModel with google/elmo/3's signatures; return the folder."""
+def export_savedmodel(embedder_or_model: Embedder | ElmoBiLM, out_dir: str | os.PathLike) -> Path:
+    """Write the network as a TF2 SavedModel with google/elmo/3's signatures; return the folder.
+
+    Any embedder may be given (``fs models export`` loads whichever ``--model`` names); only a native ELMo exports."""
     bilm = embedder_or_model.bilm if isinstance(embedder_or_model, ElmoEmbedder) else embedder_or_model
     if not isinstance(bilm, ElmoBiLM):
         raise ModelError(f"cannot export {type(embedder_or_model).__name__}: give an ElmoEmbedder or ElmoBiLM")
@@ -145,4 +161,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ElmoHubModule", "export_savedmodel", "hub_module_class", "tf_char_ids"]
+__all__ = [  # noqa: F822 -- ElmoHubModule comes from the module __getattr__ above
+    "ElmoHubModule",
+    "export_savedmodel",
+    "hub_module_class",
+    "tf_char_ids",
+]

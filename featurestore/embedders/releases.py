@@ -8,15 +8,16 @@ both into ``<models_dir>/<name>/`` (temp file, checksum, atomic rename) and reco
 sha256 in ``sha256.json`` so ``verify`` can later detect a corrupted or swapped file.
 AllenNLP publishes no checksums for these files, so the recorded ones are the reference.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from featurestore.atomic import atomic_path, atomic_write_bytes
 from featurestore.embedders.checksums import file_sha256
@@ -75,14 +76,26 @@ def _release(name: str, stem: str, dim: int, params_m: float, lstm: str, highway
 RELEASES: dict[str, Release] = {
     r.name: r
     for r in (
-        _release("elmo-small", "2x1024_128_2048cnn_1xhighway", 256, 13.6, "1024/128", 1,
-                 "Small, 1B Word Benchmark"),
-        _release("elmo-medium", "2x2048_256_2048cnn_1xhighway", 512, 28.0, "2048/256", 1,
-                 "Medium, 1B Word Benchmark"),
-        _release("elmo-original", "2x4096_512_2048cnn_2xhighway", 1024, 93.6, "4096/512", 2,
-                 "Original, 1B Word Benchmark (as TF Hub google/elmo)"),
-        _release("elmo-original-5.5b", "2x4096_512_2048cnn_2xhighway_5.5B", 1024, 93.6, "4096/512", 2,
-                 "Original, 5.5B tokens of Wikipedia + WMT news"),
+        _release("elmo-small", "2x1024_128_2048cnn_1xhighway", 256, 13.6, "1024/128", 1, "Small, 1B Word Benchmark"),
+        _release("elmo-medium", "2x2048_256_2048cnn_1xhighway", 512, 28.0, "2048/256", 1, "Medium, 1B Word Benchmark"),
+        _release(
+            "elmo-original",
+            "2x4096_512_2048cnn_2xhighway",
+            1024,
+            93.6,
+            "4096/512",
+            2,
+            "Original, 1B Word Benchmark (as TF Hub google/elmo)",
+        ),
+        _release(
+            "elmo-original-5.5b",
+            "2x4096_512_2048cnn_2xhighway_5.5B",
+            1024,
+            93.6,
+            "4096/512",
+            2,
+            "Original, 5.5B tokens of Wikipedia + WMT news",
+        ),
     )
 }
 
@@ -172,8 +185,11 @@ def _download(url: str, dest: Path, expected: str | None, progress: PullProgress
     digest = hashlib.sha256()
     try:
         # atomic_path renames only if the block ends cleanly: a short or corrupt download leaves nothing
-        with atomic_path(dest, suffix=".part") as tmp, open(tmp, "wb") as out, \
-                urllib.request.urlopen(url, timeout=READ_TIMEOUT_S) as resp:
+        with (
+            atomic_path(dest, suffix=".part") as tmp,
+            open(tmp, "wb") as out,
+            urllib.request.urlopen(url, timeout=READ_TIMEOUT_S) as resp,
+        ):
             total = resp.headers.get("Content-Length")
             total_n = int(total) if total and total.isdigit() else None
             done = 0
@@ -187,7 +203,9 @@ def _download(url: str, dest: Path, expected: str | None, progress: PullProgress
                 raise ModelError(f"download of {url} stopped at {done} of {total_n} bytes; run the pull again")
             sha = digest.hexdigest()
             if expected and sha != expected:
-                raise ModelError(f"{url} has sha256 {sha}, expected {expected}; the download is corrupt or was replaced")
+                raise ModelError(
+                    f"{url} has sha256 {sha}, expected {expected}; the download is corrupt or was replaced"
+                )
         return sha
     except (urllib.error.URLError, OSError) as exc:
         raise ModelError(f"cannot download {url}: {exc}; run the pull again or copy the file by hand") from None
@@ -246,6 +264,16 @@ def verify(name: str) -> VerifyReport:
 
 
 __all__ = [
-    "RELEASES", "FileCheck", "PullProgress", "Release", "VerifyReport", "downloaded", "get_release",
-    "is_downloaded", "models_dir", "pull", "release_path", "verify",
+    "RELEASES",
+    "FileCheck",
+    "PullProgress",
+    "Release",
+    "VerifyReport",
+    "downloaded",
+    "get_release",
+    "is_downloaded",
+    "models_dir",
+    "pull",
+    "release_path",
+    "verify",
 ]

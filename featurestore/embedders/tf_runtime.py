@@ -13,13 +13,19 @@ has not set them; they are removed again once the import is done, so the rest of
 
 If the user's code imported TensorFlow first, nothing is set: its import already happened.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Iterator
+from typing import Any
+
+#: a TensorFlow tensor (or a value TF converts to one) in annotations: TensorFlow is imported on use, so
+#: its own types cannot be named where it is not yet loaded
+Tensor = Any
 
 #: set for TensorFlow's import unless the user chose otherwise (see the module docstring)
 TF_IMPORT_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -42,9 +48,9 @@ def tensorflow() -> ModuleType:
     """The ``tensorflow`` module, imported on first use with :data:`TF_IMPORT_ENV`."""
     # Fast path without the context manager: this is called inside traced tf.functions,
     # where autograph would try to convert anything more.
-    tf = sys.modules.get("tensorflow")
-    if tf is not None:
-        return tf
+    imported = sys.modules.get("tensorflow")
+    if imported is not None:
+        return imported
     with _env_defaults(TF_IMPORT_ENV):
         import tensorflow as tf
     return tf
