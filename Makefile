@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,serve,int8,plots,ray]'
-	$(PY) -c 'from featurestore.plots import compile_umap; compile_umap()'  # numba's caches, as pip's .pyc (~30 s)
+	$(PY) -c 'from featurestore.learning.plots import compile_umap; compile_umap()'  # numba's caches, as pip's .pyc (~30 s)
 	$(PY) -c 'from featurestore.embedders.onnx_minilm import prepare; prepare()'  # minilm's ONNX export, once (~10 s)
 	touch $@
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.store_scale import machine  # noqa: E402
-from featurestore import lookups  # noqa: E402
+from featurestore.storage import lookups  # noqa: E402
 
 
 def make_ids(n: int, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,7 @@
 Vectors: ``ClusterEmbedder`` of bench/store_scale.py (a mixture of 4,096 gaussian clusters of
 varying spread, 384-d, unit norm: neighbours are close together, as in real sentence embeddings,
 unlike i.i.d. gaussian points). Queries are 200 new texts of the same mixture. Each index is
-built exactly as ``fs index build`` builds it (``featurestore.index``: same factory strings and
+built exactly as ``fs index build`` builds it (``featurestore.query.index``: same factory strings and
 training), searched with one batch of queries. Exact = FAISS ``Flat`` (the same search as
 ``fs similar --exact``); numpy brute force is timed beside it at 100k.
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import faiss  # noqa: E402
 
 from bench.store_scale import ClusterEmbedder, machine  # noqa: E402
-from featurestore import index as fi  # noqa: E402
+from featurestore.query import index as fi  # noqa: E402
 
 
 def vectors(n: int, queries: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +93,7 @@ def main() -> None:
     print(f"{args.n:,} clustered 384-d unit vectors made in {time.perf_counter() - t:.0f} s; {len(q)} queries, k={k}")
     rows_out: list[dict] = []
 
-    # exact: our exact search (fs similar --exact: featurestore.index.search over a Flat index), FAISS's
+    # exact: our exact search (fs similar --exact: featurestore.query.index.search over a Flat index), FAISS's
     # own Flat scan, and numpy brute force at 100k (the bar exact search must clear)
     flat = faiss.IndexFlatIP(x.shape[1])
     flat.add(x)

@@ -44,7 +44,7 @@ def same_store(a: Path, b: Path) -> float:
     import numpy as np
 
     from featurestore.api import FeatureStore
-    from featurestore.store import Store
+    from featurestore.storage.store import Store
 
     out = []
     for path in (a, b):

@@ -123,7 +123,7 @@ class Committed:
     """Which generation first published each live row, learnt by reading each new manifest."""
 
     def __init__(self, store: Path, dataset: str) -> None:
-        from featurestore.store import Store
+        from featurestore.storage.store import Store
 
         self.store = Store(store)
         self.dataset = dataset

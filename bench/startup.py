@@ -103,8 +103,8 @@ def joins(n: int) -> None:
     """``store.Lookup`` against a pandas Index, and the stdlib CSV reader against pandas', at ``n`` rows."""
     import pandas as pd
 
-    from featurestore import sources
-    from featurestore.store import lookup
+    from featurestore.inputs import sources
+    from featurestore.storage.store import lookup
 
     rng = np.random.default_rng(0)
     ids = np.array([str(i * 7 + 13) for i in range(n)], dtype=object)

@@ -182,8 +182,8 @@ def main() -> None:
     res["store_bytes"] = dir_bytes(store / "segments")
     print(f"disk (segments) after the ingests: {res['store_bytes'] / 1e9:.2f} GB")
 
-    from featurestore import index as faiss_index
     from featurestore.api import FeatureStore
+    from featurestore.query import index as faiss_index
 
     fs = FeatureStore(store)
     q_ids = [str(i) for i in np.random.default_rng(7).integers(0, args.n, args.queries + args.cold + 1)]

@@ -22,9 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from featurestore.keys import KEY_DTYPE, raw_digest, space_fields, space_id  # noqa: E402
-from featurestore.manifest import Space  # noqa: E402
-from featurestore.store import KeyBatch, RowBatch, Store, VectorBatch  # noqa: E402
+from featurestore.storage.keys import KEY_DTYPE, raw_digest, space_fields, space_id  # noqa: E402
+from featurestore.storage.manifest import Space  # noqa: E402
+from featurestore.storage.store import KeyBatch, RowBatch, Store, VectorBatch  # noqa: E402
 
 MODEL = "py:bench.train_scale:Synthetic"  # never loaded: training reads the store only
 DIM = 384

@@ -13,14 +13,14 @@ import typer
 
 from cli import models as models_cli
 from cli.common import OneLineErrors, handle_errors
-from featurestore import clean
 from featurestore.embedders import DEFAULT_MODEL
 from featurestore.errors import FeatureStoreError
+from featurestore.inputs import clean
 
 if TYPE_CHECKING:  # the CLI imports the library on use: `fs --help` stays fast
     from featurestore.api import FeatureStore
 
-clean.SPACY_WITHOUT_TORCH = True  # this process's spaCy needs no torch (featurestore.clean._import_spacy)
+clean.SPACY_WITHOUT_TORCH = True  # this process's spaCy needs no torch (featurestore.inputs.clean._import_spacy)
 
 app = typer.Typer(
     help="featurestore: embed each tweet once, keep the vectors in HDF5, train and search from the store.",
@@ -269,7 +269,7 @@ def train(
 ) -> None:
     """Fit a classifier on stored vectors (and text features) and report F1, precision, recall and accuracy
     (macro for 3+ classes); with --features/--search, also the cross-validated score of the chosen setting."""
-    from featurestore.train import result_dict
+    from featurestore.learning.train import result_dict
 
     def say(line: str) -> None:
         if not as_json:
@@ -335,7 +335,7 @@ def _per_class(per_class: dict[str, dict[str, float]]) -> None:
 
 
 def _write_out(out: Path, data: bytes, example: str) -> None:
-    from featurestore.atomic import atomic_write_bytes
+    from featurestore.storage.atomic import atomic_write_bytes
 
     if out.is_dir():
         raise FeatureStoreError(f"--out {out} is a directory; give a file name such as {out / example}")
@@ -672,7 +672,7 @@ def serve(
 ) -> None:
     """Serve the store read-only over HTTP: /similar, /vectors, /datasets, /health, a search page, /docs."""
     try:
-        from featurestore import serve as serving
+        from featurestore.serving import serve as serving
     except ImportError as exc:
         raise FeatureStoreError(
             f"fs serve needs FastAPI and uvicorn ({exc}); fix: pip install 'featurestore[serve]'"

@@ -22,19 +22,20 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
-from featurestore import search, spaces
-from featurestore import train as training
-from featurestore.clean import get_recipe
+from featurestore import spaces
 from featurestore.embedders import DEFAULT_MODEL, canonical_model, default_recipe, load_embedder
 from featurestore.embedders.base import Embedder
 from featurestore.errors import DatasetError, FeatureStoreError, UsageError
-from featurestore.ingest import IngestSummary, ingest
-from featurestore.manifest import Snapshot, Space
+from featurestore.ingestion.ingest import IngestSummary, ingest
+from featurestore.inputs.clean import get_recipe
+from featurestore.inputs.sources import NO_LABEL, read_table
+from featurestore.learning import train as training
+from featurestore.learning.train import TrainResult
 from featurestore.progress import ProgressFn
-from featurestore.search import Hit, SimilarResult
-from featurestore.sources import NO_LABEL, read_table
-from featurestore.store import Store, check_dataset_name
-from featurestore.train import TrainResult
+from featurestore.query import search
+from featurestore.query.search import Hit, SimilarResult
+from featurestore.storage.manifest import Snapshot, Space
+from featurestore.storage.store import Store, check_dataset_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -119,7 +120,7 @@ class FeatureStore:
         ``engine="ray"`` runs the ingest on a Ray cluster (``address``; a local one if None) with
         ``workers`` embedding actors of ``gpus_per_worker`` GPUs each; ``file`` may then be a list of
         files, globs or directories (CSV/TSV, JSON Lines, Parquet), read by Ray Data. See
-        ``featurestore.distributed``.
+        ``featurestore.ingestion.distributed``.
         """
         t0 = time.perf_counter()
         model = canonical_model(model)
@@ -128,7 +129,7 @@ class FeatureStore:
         if engine not in ("local", "ray"):
             raise UsageError(f"unknown {{param}} {engine!r}; use local or ray", "engine")
         if engine == "ray":
-            from featurestore.distributed import check_options, ingest_ray  # Ray itself is imported on use
+            from featurestore.ingestion.distributed import check_options, ingest_ray  # Ray itself is imported on use
 
             check_options(fmt=fmt, encoding=encoding, header=header, duplicates=duplicates)
             return ingest_ray(
@@ -239,7 +240,7 @@ class FeatureStore:
         """Fit on the dataset's labelled rows, report validation metrics, save classifier + manifest.
 
         Without ``features`` and ``search``: logistic regression (or sgd) on the vectors of ``model``.
-        With either: a pipeline over the feature spec (``featurestore.features``; default: ``model``),
+        With either: a pipeline over the feature spec (``featurestore.learning.features``; default: ``model``),
         its settings chosen by stratified ``folds``-fold CV on the training split only (``search``
         none, quick or full, bounded by ``time_limit`` seconds), then scored once on the validation split."""
         if features is None and search is None:
@@ -267,7 +268,7 @@ class FeatureStore:
                 "pipeline fits TF-IDF in memory); fix: use logreg",
                 "classifier",
             )
-        from featurestore import features as feats  # imports pandas: only the feature pipeline needs it
+        from featurestore.learning import features as feats  # imports pandas: only the feature pipeline needs it
 
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap)
@@ -374,7 +375,7 @@ class FeatureStore:
     ) -> list[Path]:
         """Write a dataset for use outside featurestore: ``parquet`` (one file: id, label, text, vector as a
         list of floats) or ``npy`` (a folder: vectors.npy, ids.npy, labels.npy, texts.npy; no pickles)."""
-        from featurestore.atomic import atomic_write_bytes
+        from featurestore.storage.atomic import atomic_write_bytes
 
         if fmt not in ("parquet", "npy"):
             raise UsageError(f"unknown {{param}} {fmt!r}; use parquet or npy", "fmt")
@@ -539,7 +540,7 @@ class FeatureStore:
         progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
         """Build the space's search index as ``kind`` (auto, flat, ivf, hnsw, ivfpq); queries use it from then on."""
-        from featurestore import index as faiss_index
+        from featurestore.query import index as faiss_index
 
         snap = self._snapshot()
         space, note = spaces.choose_space(self.store, snap, model, clean, dtype)
@@ -575,7 +576,7 @@ class FeatureStore:
         self-contained file; hover a point for its id, label and text). At most ``max_points`` rows, a random
         sample by ``seed``; ``method`` auto (UMAP when umap-learn is installed, else PCA), umap or pca."""
         try:
-            from featurestore import plots  # matplotlib: the plots extra
+            from featurestore.learning import plots  # matplotlib: the plots extra
         except ImportError:
             raise FeatureStoreError("a map needs matplotlib; fix: pip install 'featurestore[plots]'") from None
         path = Path(out)

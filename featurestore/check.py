@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from featurestore import index as faiss_index
 from featurestore.errors import StoreError
-from featurestore.manifest import EMPTY, Dataset, Segment, Snapshot, Space
-from featurestore.store import Store, Writer
+from featurestore.query import index as faiss_index
+from featurestore.storage.manifest import EMPTY, Dataset, Segment, Snapshot, Space
+from featurestore.storage.store import Store, Writer
 
 
 @dataclass

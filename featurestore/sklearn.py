@@ -23,11 +23,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from featurestore.clean import get_recipe
 from featurestore.embedders import DEFAULT_MODEL, canonical_model, default_recipe, load_embedder
 from featurestore.errors import SpaceError
+from featurestore.inputs.clean import get_recipe
 from featurestore.spaces import DEFAULT_MAX_CHARS, KeyedTexts, SpaceWriter, key_texts, make_space, require_same_space
-from featurestore.store import Store, lookup
+from featurestore.storage.store import Store, lookup
 
 
 class StoreEmbedder(TransformerMixin, BaseEstimator):

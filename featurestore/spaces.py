@@ -22,13 +22,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from featurestore.clean import Recipe
 from featurestore.embedders import canonical_model, default_recipe
 from featurestore.embedders.base import BatchProgressFn, Embedder
 from featurestore.errors import DatasetError, DriftError, ModelError, SpaceError, UsageError
-from featurestore.keys import KEY_DTYPE, space_fields, space_id, text_keys
-from featurestore.manifest import Dataset, Snapshot, Space
-from featurestore.store import KeyBatch, LabelBatch, RowBatch, Store, VectorBatch, Writer, lookup
+from featurestore.inputs.clean import Recipe
+from featurestore.storage.keys import KEY_DTYPE, space_fields, space_id, text_keys
+from featurestore.storage.manifest import Dataset, Snapshot, Space
+from featurestore.storage.store import KeyBatch, LabelBatch, RowBatch, Store, VectorBatch, Writer, lookup
 
 DTYPES = ("float32", "float16")
 DEFAULT_MAX_CHARS = 2000  # cleaned text beyond this is cut before keying and embedding (a tweet is <= 280)

@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 
 from featurestore.api import FeatureStore
-from featurestore.store import Store
+from featurestore.storage.store import Store
 from tests.fakes import CountingEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]

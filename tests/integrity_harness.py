@@ -202,7 +202,7 @@ def _fork_parent() -> None:
 
     import cli.main
     import featurestore.api  # noqa: F401 - what an ingest or a query imports on first use
-    import featurestore.ingest  # noqa: F401
+    import featurestore.ingestion.ingest  # noqa: F401
     import tests.integrity_fakes  # noqa: F401 - the py: models the tests name
 
     answers = os.dup(1)  # the children get other files as their fd 1
@@ -333,7 +333,7 @@ class StoreState:
 
 
 def read_state(store_path: Path, dataset: str = "train") -> StoreState:
-    from featurestore.store import Store
+    from featurestore.storage.store import Store
 
     store = Store(store_path)
     snap = store.snapshot()
@@ -360,7 +360,7 @@ def committed_generation(store_path: Path) -> int:
 def committed_rows_fast(store_path: Path, dataset: str = "train") -> int:
     """Rows of ``dataset`` in the latest manifest (JSON only: cheap enough to poll)."""
     from featurestore.errors import StoreError
-    from featurestore.store import Store
+    from featurestore.storage.store import Store
 
     try:
         ds = Store(store_path).snapshot().datasets.get(dataset)
@@ -370,7 +370,7 @@ def committed_rows_fast(store_path: Path, dataset: str = "train") -> int:
 
 
 def store_vectors(store_path: Path) -> dict[bytes, np.ndarray]:
-    from featurestore.store import Store
+    from featurestore.storage.store import Store
 
     store = Store(store_path)
     out: dict[bytes, np.ndarray] = {}
@@ -383,7 +383,7 @@ def store_vectors(store_path: Path) -> dict[bytes, np.ndarray]:
 
 def same_store(a: Path, b: Path, dataset: str = "train") -> list[str]:
     """Differences between two stores' rows and vectors (empty list: identical content)."""
-    from featurestore.store import Store
+    from featurestore.storage.store import Store
 
     problems = []
     rows = []
@@ -430,7 +430,7 @@ class Figures:
 
 
 def _uncommitted_files(store_path: Path) -> int:
-    from featurestore.store import Store
+    from featurestore.storage.store import Store
 
     seg = store_path / "segments"
     if not seg.is_dir():
@@ -479,9 +479,9 @@ def _crash_harness(
     server: ForkServer | None,
 ) -> Figures:
     from featurestore.check import check
-    from featurestore.keys import text_key
     from featurestore.spaces import N_CANARIES
-    from featurestore.store import Store
+    from featurestore.storage.keys import text_key
+    from featurestore.storage.store import Store
 
     t_start = time.perf_counter()
     rng = random.Random(seed)

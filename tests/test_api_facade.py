@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from featurestore.api import FeatureStore, GcResult, MapResult, SimilarResult
-from featurestore.distributed import check_options
 from featurestore.errors import StoreError, UsageError
+from featurestore.ingestion.distributed import check_options
 from tests.conftest import FAKE, train_rows
 
 RECIPE = "raw-v1"

@@ -30,7 +30,7 @@ import pytest
 
 from featurestore.api import FeatureStore
 from featurestore.check import check
-from featurestore.store import Store
+from featurestore.storage.store import Store
 from tests.integrity_fakes import Payload, SlowHashEmbedder
 from tests.integrity_harness import (
     MODEL,

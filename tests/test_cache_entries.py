@@ -80,7 +80,7 @@ def test_http_similar_returns_only_owned_rows(cached: FeatureStore) -> None:
     pytest.importorskip("fastapi", reason="the serve extra is installed by 'make setup'")
     from fastapi.testclient import TestClient
 
-    from featurestore import serve
+    from featurestore.serving import serve
 
     client = TestClient(serve.create_app(serve.Settings(store=str(cached.path), model=FAKE, clean="raw-v1")))
     resp = client.get("/similar", params={"q": NEW[1], "k": ROWS + len(NEW)})

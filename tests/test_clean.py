@@ -11,9 +11,9 @@ import dataclasses
 
 import pytest
 
-from featurestore.clean import RECIPES, TUTORIAL_PUNCTUATION, get_recipe
 from featurestore.embedders import default_recipe
 from featurestore.errors import FeatureStoreError
+from featurestore.inputs.clean import RECIPES, TUTORIAL_PUNCTUATION, get_recipe
 from tests.conftest import run_python, train_rows
 
 IDS = ["1", "4", "5", "20", "27", "2612"]
@@ -128,7 +128,7 @@ def test_the_fs_process_lemmatizes_without_importing_torch() -> None:
     code = (
         "import json, sys\n"
         "import cli.main\n"
-        "from featurestore.clean import get_recipe\n"
+        "from featurestore.inputs.clean import get_recipe\n"
         f"out = get_recipe('tweet-v1').clean({texts!r})\n"
         "had_torch = 'torch' in sys.modules\n"
         "import torch\n"

@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from cli.main import app
-from featurestore.store import Store
+from featurestore.storage.store import Store
 from tests.conftest import FAKE, ROOT, TEST_CSV, train_rows, write_csv
 from tests.fakes import CountingEmbedder
 

@@ -51,7 +51,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes(tmp_path: Path) -> 
 def _crash_before_publish(tmp_path: Path, monkeypatch, generations_before: int) -> Path:
     """Simulate SIGKILL between a commit's segment renames and its manifest publish."""
     from featurestore.api import FeatureStore
-    from featurestore.store import Writer
+    from featurestore.storage.store import Writer
     from tests.integrity_fakes import SlowHashEmbedder
     from tests.integrity_harness import write_slice
 

@@ -20,7 +20,7 @@ import pytest
 from featurestore.api import FeatureStore
 from featurestore.check import check
 from featurestore.errors import DatasetError, InputFileError, UsageError
-from featurestore.store import Store
+from featurestore.storage.store import Store
 from tests.conftest import FAKE, ROOT, train_rows, write_csv
 from tests.ray_fakes import embedded_count
 
@@ -313,7 +313,7 @@ def test_ray_data_reads_jsonl_and_parquet_with_ids_as_text(cluster, tmp_path: Pa
     import pandas as pd
     import ray.data
 
-    from featurestore import distributed
+    from featurestore.ingestion import distributed
 
     frame = pd.DataFrame(
         {
@@ -360,7 +360,7 @@ EDGE_TEXTS = [
 
 def _expected(texts: list[str]) -> tuple[str, tuple[str, ...], dict[str, bytes]]:
     """What the one owner (featurestore.spaces) says: the space id, the canaries, the key of each text."""
-    from featurestore.clean import get_recipe
+    from featurestore.inputs.clean import get_recipe
     from featurestore.spaces import key_texts, make_space, pick_canaries
     from tests.fakes import CountingEmbedder
 

@@ -32,7 +32,7 @@ from featurestore.embedders.elmo import (
     tokenize,
 )
 from featurestore.errors import ModelError
-from featurestore.keys import space_fields, space_id
+from featurestore.storage.keys import space_fields, space_id
 from tests.conftest import run_python
 
 pytestmark = [pytest.mark.slow, pytest.mark.framework("tensorflow")]  # the real tiny ELMo on TensorFlow

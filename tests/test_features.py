@@ -13,11 +13,11 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from typer.testing import CliRunner
 
 from cli.main import app
-from featurestore import features as feats
 from featurestore.api import FeatureStore
 from featurestore.errors import FeatureStoreError, UsageError
-from featurestore.features import Part
-from featurestore.train import classifier_paths, load_classifier
+from featurestore.learning import features as feats
+from featurestore.learning.features import Part
+from featurestore.learning.train import classifier_paths, load_classifier
 from tests.conftest import train_rows, write_csv
 from tests.fakes import BagOfWordsEmbedder
 

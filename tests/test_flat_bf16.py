@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from featurestore import index as faiss_index
+from featurestore.query import index as faiss_index
 
 torch = pytest.importorskip("torch")  # the default install has it (sentence-transformers' torch)
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from featurestore.api import FeatureStore
 from featurestore.check import check
-from featurestore.store import Store
+from featurestore.storage.store import Store
 from tests.conftest import FAKE, train_rows, write_csv
 
 M = ["--model", FAKE, "--clean", "raw-v1"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featurestore import index as faiss_index
 from featurestore.api import FeatureStore, SimilarResult
+from featurestore.query import index as faiss_index
 from tests.conftest import FAKE
 from tests.fakes import CountingEmbedder, fake_vector
 
@@ -137,7 +137,7 @@ def test_similar_by_id_and_by_stored_text(fs: FeatureStore, tmp_path: Path) -> N
 
 
 def test_new_query_texts_load_the_model_once_per_process(fs: FeatureStore, tmp_path: Path, monkeypatch) -> None:
-    from featurestore import search
+    from featurestore.query import search
 
     _ingest(fs, tmp_path, "d", 0, 50)
     loads = []
@@ -171,7 +171,7 @@ def test_a_mapped_flat_index_is_scanned_from_its_file_only_while_it_is_the_mappe
 
 def test_top_k_equals_a_full_sort_over_blocks() -> None:
     """The merge skips rows that beat no query's k-th best so far; what it returns is still the full sort's top k."""
-    from featurestore.index import top_k
+    from featurestore.query.index import top_k
 
     rng = np.random.default_rng(0)
     for _ in range(300):

@@ -15,10 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from featurestore import index as faiss_index
 from featurestore.api import FeatureStore
 from featurestore.check import check
 from featurestore.embedders.base import Embedder, Fingerprint
+from featurestore.query import index as faiss_index
 
 MODEL = "py:tests.test_index_scale:ClusteredEmbedder"
 N = 3000

@@ -224,8 +224,8 @@ def test_drifted_model_is_refused(fs: FeatureStore, tmp_path: Path) -> None:
 
 
 def _table(ids: list[str], labels: list[str], texts: list[str]):
-    from featurestore.keys import raw_digest
-    from featurestore.sources import Table
+    from featurestore.inputs.sources import Table
+    from featurestore.storage.keys import raw_digest
 
     return Table(
         "t.csv",
@@ -243,9 +243,9 @@ def _table(ids: list[str], labels: list[str], texts: list[str]):
 
 def test_plan_is_pure_bookkeeping_without_a_model(fs: FeatureStore, tmp_path: Path) -> None:
     """plan() decides new rows, label changes and rows lacking a key from one snapshot; no embedder is involved."""
-    from featurestore.clean import get_recipe
-    from featurestore.ingest import plan
-    from featurestore.manifest import Space
+    from featurestore.ingestion.ingest import plan
+    from featurestore.inputs.clean import get_recipe
+    from featurestore.storage.manifest import Space
 
     fs.ingest(
         str(_csv(tmp_path / "a.csv", [(1, 0, "one"), (2, 1, "two")])),
@@ -276,7 +276,7 @@ def test_ctrl_c_during_a_commit_is_held_until_the_summary_counts_it() -> None:
     import os
     import signal
 
-    from featurestore.ingest import _interrupt_after
+    from featurestore.ingestion.ingest import _interrupt_after
 
     done = []
     with pytest.raises(KeyboardInterrupt):

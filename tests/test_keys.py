@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featurestore.clean import get_recipe
-from featurestore.ingest import ingest
-from featurestore.keys import canonical_json, fingerprint_hash, raw_digest, space_id, text_key
-from featurestore.sources import read_table
+from featurestore.ingestion.ingest import ingest
+from featurestore.inputs.clean import get_recipe
+from featurestore.inputs.sources import read_table
 from featurestore.spaces import make_space
-from featurestore.store import Store
+from featurestore.storage.keys import canonical_json, fingerprint_hash, raw_digest, space_id, text_key
+from featurestore.storage.store import Store
 from tests.fakes import CountingEmbedder, fake_vector
 
 

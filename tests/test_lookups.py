@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featurestore import lookups, search
-from featurestore.store import Store
+from featurestore.query import search
+from featurestore.storage import lookups
+from featurestore.storage.store import Store
 from tests.conftest import run_python
 
 # id -> ID_HASH ("fnv1a64-splitmix64"). A change of any of these values changes every saved id table: it needs a
@@ -86,7 +87,7 @@ def test_id_hashes_of_many_random_ids_match_the_reference() -> None:
 
 def test_id_hashes_are_the_same_in_another_process() -> None:
     """No per-process seed (Python's ``hash`` of str has one): a table saved by one process serves the next."""
-    code = "from featurestore.lookups import id_hashes; print(id_hashes({ids!r}).tolist())"
+    code = "from featurestore.storage.lookups import id_hashes; print(id_hashes({ids!r}).tolist())"
     env = dict(os.environ, PYTHONHASHSEED="12345")
     assert json.loads(run_python(code.format(ids=list(GOLDEN)), env=env)) == list(GOLDEN.values())
 

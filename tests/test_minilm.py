@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from featurestore.api import FeatureStore
 from featurestore.embedders.minilm import MiniLMEmbedder
-from featurestore.keys import space_fields, space_id
+from featurestore.storage.keys import space_fields, space_id
 from tests.conftest import MINILM_TWEETS as N
 from tests.conftest import run_python, write_csv
 

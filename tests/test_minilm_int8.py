@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from featurestore.embedders import load_embedder
 from featurestore.errors import ModelError
-from featurestore.keys import space_fields, space_id
+from featurestore.storage.keys import space_fields, space_id
 from tests.conftest import train_rows, write_csv
 
 pytestmark = [pytest.mark.slow, pytest.mark.framework("minilm")]  # torch, transformers, ONNX Runtime

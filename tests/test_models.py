@@ -28,7 +28,7 @@ from cli.models import app
 from featurestore.embedders import Embedder, Fingerprint, known_models, load_embedder, releases
 from featurestore.embedders.hub import HubEmbedder
 from featurestore.errors import ModelError
-from featurestore.keys import space_fields, space_id
+from featurestore.storage.keys import space_fields, space_id
 from tests.conftest import run_python
 from tests.fakes import BagOfWordsEmbedder, CountingEmbedder, other_embedder
 from tests.integrity_fakes import LinearEmbedder, SlowHashEmbedder

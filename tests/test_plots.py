@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 pytest.importorskip("matplotlib")
 
 from cli.main import app  # noqa: E402
-from featurestore import plots  # noqa: E402
 from featurestore.api import FeatureStore  # noqa: E402
+from featurestore.learning import plots  # noqa: E402
 from tests.conftest import train_rows, write_csv  # noqa: E402
 from tests.fakes import BagOfWordsEmbedder  # noqa: E402
 from tests.test_features import three_class_rows  # noqa: E402

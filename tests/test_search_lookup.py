@@ -12,10 +12,11 @@ import h5py
 import numpy as np
 import pytest
 
-from featurestore import lookups, search
 from featurestore.api import FeatureStore
-from featurestore.keys import KEY_DTYPE
-from featurestore.store import Store
+from featurestore.query import search
+from featurestore.storage import lookups
+from featurestore.storage.keys import KEY_DTYPE
+from featurestore.storage.store import Store
 from tests.conftest import FAKE, train_rows, write_csv
 
 RECIPE = "basic-v1"
@@ -141,7 +142,7 @@ def test_held_segment_handles_are_reused_and_reopened_when_the_file_changes(tmp_
 def test_a_held_store_reads_vectors_in_place_as_h5py_does(tmp_path: Path, dtype: str) -> None:
     """A few rows from a held segment come from its memory map (chunk offsets): the same values as h5py
     gives, rows from every chunk and segment, and from the new file once one is replaced."""
-    from featurestore.store import _RowMap
+    from featurestore.storage.store import _RowMap
 
     fs = FeatureStore(tmp_path / "s")
     fs.ingest(str(write_csv(tmp_path / "a.csv", train_rows(700))), "train", FAKE, RECIPE, dtype=dtype, commit_rows=300)
@@ -221,7 +222,7 @@ def test_concurrent_queries_share_one_search_and_get_their_own_answers(
     import threading
     import time
 
-    from featurestore import index as faiss_index
+    from featurestore.query import index as faiss_index
 
     rows = train_rows(400)
     path = tmp_path / "s"
@@ -268,7 +269,7 @@ def test_one_scan_serves_queries_of_every_restriction(tmp_path: Path, monkeypatc
     import threading
     import time
 
-    from featurestore import index as faiss_index
+    from featurestore.query import index as faiss_index
 
     rows = train_rows(400)
     path = tmp_path / "s"
@@ -311,7 +312,7 @@ def test_one_scan_serves_queries_of_every_restriction(tmp_path: Path, monkeypatc
 
 
 def test_per_query_restrictions_equal_one_search_each(tmp_path: Path) -> None:
-    from featurestore import index as faiss_index
+    from featurestore.query import index as faiss_index
 
     FeatureStore(tmp_path / "s").ingest(str(write_csv(tmp_path / "a.csv", train_rows(300))), "train", FAKE, RECIPE)
     store = Store(tmp_path / "s")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featurestore import search
 from featurestore.api import FeatureStore
+from featurestore.query import search
 from tests.conftest import FAKE, train_rows, write_csv
 
 RECIPE = "basic-v1"

@@ -25,8 +25,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from cli.main import app as cli_app  # noqa: E402
-from featurestore import serve  # noqa: E402
 from featurestore.api import FeatureStore  # noqa: E402
+from featurestore.serving import serve  # noqa: E402
 from tests.conftest import FAKE, ROOT, run_python, train_rows, write_csv  # noqa: E402
 from tests.fakes import CountingEmbedder  # noqa: E402
 
@@ -338,7 +338,7 @@ def test_native_threads_are_limited_for_faiss_and_every_blas() -> None:
     # process-wide settings: in a process of its own
     code = (
         "import faiss, json, threadpoolctl\n"
-        "from featurestore.serve import limit_native_threads\n"
+        "from featurestore.serving.serve import limit_native_threads\n"
         "before = faiss.omp_get_max_threads()\n"
         "limit_native_threads(1)\n"
         "info = threadpoolctl.threadpool_info()\n"

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from featurestore.errors import InputFileError
-from featurestore.keys import raw_digest
-from featurestore.sources import NO_LABEL, Table, read_table
+from featurestore.inputs.sources import NO_LABEL, Table, read_table
+from featurestore.storage.keys import raw_digest
 
 EXPECTED_TEXTS = ["I love my #iphone", "battery died, again", "ok \U0001f600"]
 # Characters str.splitlines() breaks on but a tweet may contain: U+2028, U+2029, NEL, VT, FF.

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featurestore import sources
 from featurestore.api import FeatureStore
 from featurestore.errors import InputFileError
-from featurestore.store import lookup
+from featurestore.inputs import sources
+from featurestore.storage.store import lookup
 from tests.conftest import FAKE, train_rows, write_csv
 from tests.fakes import CountingEmbedder
 

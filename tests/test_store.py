@@ -11,8 +11,8 @@ import pytest
 
 from featurestore.api import FeatureStore
 from featurestore.errors import DatasetError, StoreError, StoreLockedError
-from featurestore.keys import raw_digest, text_key
-from featurestore.store import KeyBatch, RowBatch, Space, Store, VectorBatch, check_dataset_name
+from featurestore.storage.keys import raw_digest, text_key
+from featurestore.storage.store import KeyBatch, RowBatch, Space, Store, VectorBatch, check_dataset_name
 from tests.conftest import TRAIN_CSV
 from tests.fakes import CountingEmbedder
 
@@ -94,7 +94,7 @@ def test_failed_publish_leaves_readers_on_the_last_generation(store: Store, monk
         w.commit(vectors=VectorBatch(_space(), _keys(2), np.zeros((2, 4), np.float32)))
     files_before = set(os.listdir(store.segment_dir))
 
-    from featurestore import store as store_mod
+    from featurestore.storage import store as store_mod
 
     def boom(self, new):  # the process dies after writing segments, before the manifest
         raise OSError(28, "No space left on device")
@@ -310,7 +310,7 @@ def test_a_reader_reuses_the_latest_manifest_while_its_file_is_the_same(tmp_path
 
 
 def test_compaction_merges_by_size_tiers_not_the_whole_store() -> None:
-    from featurestore.store import MAX_SEGMENTS, merge_plan
+    from featurestore.storage.store import MAX_SEGMENTS, merge_plan
 
     assert merge_plan([500] * 3) == []  # too few of one tier
     assert merge_plan([500] * 4) == [(0, 4)]

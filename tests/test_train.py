@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 
 from featurestore.api import FeatureStore
 from featurestore.errors import FeatureStoreError, LabelError
-from featurestore.train import classifier_paths, load_classifier
+from featurestore.learning.train import classifier_paths, load_classifier
 from tests.conftest import train_rows, write_csv
 from tests.fakes import BagOfWordsEmbedder, CountingEmbedder
 
@@ -187,8 +187,8 @@ def test_classifier_name_cannot_leave_the_store(trained_store: FeatureStore, nam
 def test_sgd_reads_contiguous_blocks_and_stops_early(trained_store: FeatureStore, monkeypatch) -> None:
     """Out of core: the fit reads storage-contiguous ranges (never scattered point reads per row), in
     blocks, and stops when a held-out slice of the training split stops improving."""
-    from featurestore import train as training
-    from featurestore.store import Store
+    from featurestore.learning import train as training
+    from featurestore.storage.store import Store
 
     ranges: list[tuple[int, int]] = []
     real = Store.read_range
@@ -204,11 +204,11 @@ def test_sgd_reads_contiguous_blocks_and_stops_early(trained_store: FeatureStore
     assert r.accuracy >= lr.accuracy - 0.1  # learns about as well as the in-memory fit
 
 
-_fit_and_evaluate = __import__("featurestore.train", fromlist=["fit_and_evaluate"]).fit_and_evaluate
+_fit_and_evaluate = __import__("featurestore.learning.train", fromlist=["fit_and_evaluate"]).fit_and_evaluate
 
 
 def test_logreg_that_would_not_fit_in_memory_is_refused_naming_sgd(trained_store: FeatureStore, monkeypatch) -> None:
-    from featurestore import train as training
+    from featurestore.learning import train as training
 
     r = trained_store.train("train", "fake", "raw-v1", name="l3")
     assert r.notes and "logreg holds 400 x 64 vectors in memory" in r.notes[0]

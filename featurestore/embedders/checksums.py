@@ -1,7 +1,7 @@
 """sha256 checksums of model files: one file, a cached file, a whole module folder.
 
 Embedders put these in their fingerprints (so two sets of weights never share a vector
-space); ``fs models verify`` recomputes them. Standard library and ``featurestore.atomic`` only.
+space); ``fs models verify`` recomputes them. Standard library and ``featurestore.storage.atomic`` only.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from featurestore.atomic import atomic_write_bytes
+from featurestore.storage.atomic import atomic_write_bytes
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

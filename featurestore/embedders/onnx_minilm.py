@@ -40,12 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.atomic import atomic_path
 from featurestore.embedders.base import Embedder, Fingerprint
 from featurestore.embedders.checksums import cached_file_sha256
 from featurestore.embedders.minilm import MAX_SEQ_LENGTH, MiniLMEmbedder, _model_dir, minilm_fingerprint
 from featurestore.errors import ModelError
 from featurestore.machine import usable_cores
+from featurestore.storage.atomic import atomic_path
 
 #: bump when anything about the export or quantisation changes: it names the cache files and the int8 space
 EXPORT_VERSION = "v1"

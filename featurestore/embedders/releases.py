@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from featurestore.atomic import atomic_path, atomic_write_bytes
 from featurestore.embedders.checksums import file_sha256
 from featurestore.embedders.network import unreachable_reason
 from featurestore.errors import ModelError
+from featurestore.storage.atomic import atomic_path, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

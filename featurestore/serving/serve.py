@@ -44,9 +44,9 @@ from featurestore.api import FeatureStore
 from featurestore.embedders import DEFAULT_MODEL
 from featurestore.errors import DatasetError, FeatureStoreError, StoreError, UnknownIdError
 from featurestore.machine import usable_cores
-from featurestore.manifest import Dataset, Snapshot
-from featurestore.search import Hit
-from featurestore.store import check_dataset_name
+from featurestore.query.search import Hit
+from featurestore.storage.manifest import Dataset, Snapshot
+from featurestore.storage.store import check_dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +398,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("featurestore").joinpath("static/index.html").read_text("utf-8"))
+        return HTMLResponse(resources.files("featurestore.serving").joinpath("static/index.html").read_text("utf-8"))
 
     @app.get("/similar", dependencies=auth, summary="Nearest stored tweets to a text or a stored row")
     async def similar_get(
@@ -475,7 +475,7 @@ def search_threads(settings: Settings) -> int:
     try:
         fs = FeatureStore(settings.store)
         space = fs.space(settings.model, settings.clean, settings.dtype)
-        from featurestore import index as faiss_index
+        from featurestore.query import index as faiss_index
 
         return usable_cores() if faiss_index.served_kind(fs.store, space) == "flat" else 1
     except FeatureStoreError:  # no store or no such space yet: the server says so to each query
@@ -506,7 +506,7 @@ SETTINGS_ENV = "FS_SERVE_SETTINGS"
 def app_from_env() -> FastAPI:
     """The app of one worker process of ``fs serve --workers N``: uvicorn imports it by name in each worker,
     with the settings ``run`` put in ``FS_SERVE_SETTINGS``."""
-    from featurestore import clean
+    from featurestore.inputs import clean
 
     clean.SPACY_WITHOUT_TORCH = True  # as in the fs process that started it
     settings = Settings(**json.loads(os.environ[SETTINGS_ENV]))

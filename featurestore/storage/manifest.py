@@ -1,6 +1,6 @@
 """The manifest model: what one committed generation of a store names, and its JSON form.
 
-Plain frozen dataclasses, no I/O: ``featurestore.store`` reads and publishes them. A
+Plain frozen dataclasses, no I/O: ``featurestore.storage.store`` reads and publishes them. A
 generation names segment files; each segment is immutable once published.
 
 Schema history:
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from featurestore.errors import StoreError
-from featurestore.keys import canonical_json
+from featurestore.storage.keys import canonical_json
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from featurestore import __version__
-from featurestore.atomic import atomic_write_bytes
 from featurestore.errors import ClassifierError, LabelError, StoreError, UsageError
-from featurestore.manifest import Space
-from featurestore.store import Store
+from featurestore.storage.atomic import atomic_write_bytes
+from featurestore.storage.manifest import Space
+from featurestore.storage.store import Store
 
 CLASSIFIERS = ("logreg", "sgd")
 POSITIVE_NAMES = ("1", "pos", "positive", "true", "yes")  # the default positive class, in this order
@@ -398,7 +398,7 @@ def draw_plots(
 ) -> list[str]:
     """A confusion matrix and a precision-recall curve of the validation rows, beside the classifier."""
     try:
-        from featurestore import plots
+        from featurestore.learning import plots
     except ImportError:
         notes.append("no pictures: matplotlib is not installed; fix: pip install 'featurestore[plots]'")
         return []
@@ -441,7 +441,7 @@ def train_features(
     ``inputs_of`` maps each alternative (a tuple of ``features.Part``) to its resolved inputs; ``X`` is the
     pipeline input (``features.frame``) of the labelled rows ``ids`` with labels ``y``, holding the columns
     of every alternative."""
-    from featurestore import features as feats
+    from featurestore.learning import features as feats
 
     classes, positive = classes_of(y, dataset, positive)
     first = next(iter(inputs_of))
@@ -620,7 +620,7 @@ def predict_rows(
     """Labels (as text) and, when asked, class probabilities (columns in ``manifest['classes']`` order) of
     the rows ``ids`` of ``ds``, read from the store exactly as the classifier was trained: the same space,
     or the same spaces and cleaned texts of a feature pipeline."""
-    from featurestore import features as feats
+    from featurestore.learning import features as feats
     from featurestore.spaces import require_rows
 
     classes = [str(c) for c in manifest["classes"]]
@@ -628,7 +628,7 @@ def predict_rows(
         inputs = feats.inputs_from_manifest(snap, manifest["features"]["inputs"])
         texts = None
         if inputs.recipes:
-            from featurestore.store import lookup
+            from featurestore.storage.store import lookup
 
             texts = store.dataset_texts(ds)[lookup(store.dataset_ids(ds)).get_indexer(ids)]
 

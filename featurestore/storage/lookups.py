@@ -51,10 +51,10 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.atomic import atomic_write_bytes
-from featurestore.keys import KEY_DTYPE
-from featurestore.manifest import Segment
-from featurestore.store import Store, as_text_column
+from featurestore.storage.atomic import atomic_write_bytes
+from featurestore.storage.keys import KEY_DTYPE
+from featurestore.storage.manifest import Segment
+from featurestore.storage.store import Store, as_text_column
 
 log = logging.getLogger(__name__)
 

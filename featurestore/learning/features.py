@@ -9,7 +9,7 @@ choose among are separated by ``,``::
     tfidf-word@raw-v1               word n-gram TF-IDF of the raw text (default recipe basic-v1)
     minilm+tfidf-char,minilm+tfidf-word   two alternatives; cross-validation picks one
 
-Text features are computed from the stored raw text cleaned by a recipe of ``featurestore.clean``
+Text features are computed from the stored raw text cleaned by a recipe of ``featurestore.inputs.clean``
 (deterministic), and fitted on the rows they are trained on only. The input of the pipeline is
 a DataFrame: one float column per dimension of each space, one text column per recipe; a
 ``ColumnTransformer`` passes the vectors through and turns the texts into sparse TF-IDF columns.
@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from featurestore.clean import RECIPES, get_recipe
 from featurestore.embedders import canonical_model, default_recipe
 from featurestore.errors import UsageError
-from featurestore.manifest import Dataset, Snapshot, Space
+from featurestore.inputs.clean import RECIPES, get_recipe
 from featurestore.spaces import choose_space, require_rows
-from featurestore.store import Store, lookup
+from featurestore.storage.manifest import Dataset, Snapshot, Space
+from featurestore.storage.store import Store, lookup
 
 TEXT_KINDS = ("tfidf-word", "tfidf-char")
 TEXT_RECIPE = "basic-v1"  # URLs, punctuation, case and digits removed; no lemmas (spaCy is slow)

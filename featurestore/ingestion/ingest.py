@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featurestore.clean import Recipe
 from featurestore.embedders.base import Embedder
 from featurestore.errors import DatasetError, IngestInterrupted, UsageError
-from featurestore.manifest import Snapshot, Space
+from featurestore.inputs.clean import Recipe
+from featurestore.inputs.sources import Table
 from featurestore.progress import ProgressFn
-from featurestore.sources import Table
 from featurestore.spaces import KeyedTexts, SpaceWriter, cut_length, key_texts, make_space
-from featurestore.store import KeyBatch, LabelBatch, RowBatch, Store, Writer, empty_text, lookup
+from featurestore.storage.manifest import Snapshot, Space
+from featurestore.storage.store import KeyBatch, LabelBatch, RowBatch, Store, Writer, empty_text, lookup
 
 log = logging.getLogger(__name__)
 

@@ -2,15 +2,15 @@
 
 This module owns the on-disk format: segment files (their columns and attributes), how
 they are read, and the one write path (``Writer``). The manifest dataclasses live in
-``featurestore.manifest``.
+``featurestore.storage.manifest``.
 
 Layout of a store directory::
 
     manifest/00000042.json   committed state, one file per generation (the highest wins)
     segments/seg-000123.h5   immutable HDF5 files: vectors of a space, rows of a dataset,
                              the keys of a dataset's rows under a cleaning recipe, or label updates
-    index/<space>.faiss      derived FAISS index + its manifest (see featurestore.index)
-    classifiers/             trained classifiers (see featurestore.train)
+    index/<space>.faiss      derived FAISS index + its manifest (see featurestore.query.index)
+    classifiers/             trained classifiers (see featurestore.learning.train)
     LOCK                     held by the one writer
 
 Why segments: HDF5's own metadata is not crash-safe, so a file is never modified
@@ -42,10 +42,10 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from featurestore.atomic import atomic_path, atomic_write_bytes, fsync_dir
 from featurestore.errors import DatasetError, StoreError, StoreLockedError, UsageError
-from featurestore.keys import KEY_DTYPE
-from featurestore.manifest import EMPTY, Dataset, Segment, Snapshot, Space
+from featurestore.storage.atomic import atomic_path, atomic_write_bytes, fsync_dir
+from featurestore.storage.keys import KEY_DTYPE
+from featurestore.storage.manifest import EMPTY, Dataset, Segment, Snapshot, Space
 
 log = logging.getLogger(__name__)
 

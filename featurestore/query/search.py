@@ -29,11 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featurestore.clean import get_recipe
 from featurestore.embedders import load_embedder
 from featurestore.errors import DatasetError, UnknownIdError, UsageError
-from featurestore.keys import KEY_DTYPE
-from featurestore.lookups import (
+from featurestore.inputs.clean import get_recipe
+from featurestore.inputs.sources import NO_LABEL
+from featurestore.progress import ProgressFn
+from featurestore.spaces import key_texts, require_same_space
+from featurestore.storage.keys import KEY_DTYPE
+from featurestore.storage.lookups import (
     NO_POSITIONS,
     IdTable,
     PackedColumn,
@@ -46,14 +49,11 @@ from featurestore.lookups import (
     save_tables,
     segment_bounds,
 )
-from featurestore.manifest import Dataset, Segment, Snapshot, Space
-from featurestore.progress import ProgressFn
-from featurestore.sources import NO_LABEL
-from featurestore.spaces import key_texts, require_same_space
-from featurestore.store import Store
+from featurestore.storage.manifest import Dataset, Segment, Snapshot, Space
+from featurestore.storage.store import Store
 
 if TYPE_CHECKING:
-    from featurestore import index as faiss_index
+    from featurestore.query import index as faiss_index
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +441,7 @@ class SearchCache:
         brute force beside it (``tail``) up to TAIL_MAX_ROWS, rather than extending and rewriting a
         large index file at every generation; beyond that the index is brought up to date on disk.
         """
-        from featurestore import index as faiss_index  # FAISS is loaded only when a query needs the index
+        from featurestore.query import index as faiss_index  # FAISS is loaded only when a query needs the index
 
         signature = (space.segments, faiss_index.files_signature(store, space))
         with self.lock:
@@ -473,7 +473,7 @@ class SearchCache:
 
     def tail(self, store: Store, space: Space, start: int) -> np.ndarray:
         """Unit vectors of storage rows ``start:`` of ``space`` (rows newer than the held index)."""
-        from featurestore import index as faiss_index
+        from featurestore.query import index as faiss_index
 
         held = self.tails.get((space.id, start))
         if held is None or len(held) > space.rows - start:
@@ -527,7 +527,7 @@ def _with_tail(
     every query, or (a list) each query its own, as in ``index.search``."""
     import faiss
 
-    from featurestore import index as faiss_index
+    from featurestore.query import index as faiss_index
 
     q = faiss_index.normalize(np.atleast_2d(queries))
     scores = np.where(rows >= 0, scores, -np.inf)  # FAISS pads missing results with row -1
@@ -712,7 +712,7 @@ def similar_batch(
     t = time.perf_counter()
     opened, index_status = cache.index(store, space, progress)
     index_seconds = time.perf_counter() - t
-    from featurestore import index as faiss_index  # loaded by cache.index above; not at the top (see there)
+    from featurestore.query import index as faiss_index  # loaded by cache.index above; not at the top (see there)
 
     t = time.perf_counter()
     # rows committed after the held index was opened, scored exactly beside it

@@ -1,6 +1,6 @@
 """Distributed ingest on Ray Data: many files, many workers, one store.
 
-The same contract as a local ingest (``featurestore.ingest``), run as Ray Data stages:
+The same contract as a local ingest (``featurestore.ingestion.ingest``), run as Ray Data stages:
 
 1. **read + key** (tasks): Ray Data reads the files (CSV/TSV, JSON Lines, Parquet; the driver
    never holds the input); workers clean and hash every row.
@@ -41,17 +41,17 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.clean import Recipe, get_recipe
 from featurestore.embedders import load_embedder
 from featurestore.embedders.base import Embedder
 from featurestore.errors import DatasetError, FeatureStoreError, IngestInterrupted, InputFileError, UsageError
-from featurestore.ingest import DEFAULT_COMMIT_ROWS, IngestSummary
-from featurestore.keys import KEY_DTYPE, raw_digest, text_keys
-from featurestore.manifest import Space
+from featurestore.ingestion.ingest import DEFAULT_COMMIT_ROWS, IngestSummary
+from featurestore.inputs.clean import Recipe, get_recipe
+from featurestore.inputs.sources import ID_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, pick_column
 from featurestore.progress import ProgressFn
-from featurestore.sources import ID_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, pick_column
 from featurestore.spaces import SpaceWriter, cut_length, key_texts, make_space, pick_canaries, require_same_space
-from featurestore.store import Store, segment_attrs, write_segment
+from featurestore.storage.keys import KEY_DTYPE, raw_digest, text_keys
+from featurestore.storage.manifest import Space
+from featurestore.storage.store import Store, segment_attrs, write_segment
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def _read_parts(batch: dict[str, np.ndarray]) -> Any:
     import h5py
     import pyarrow as pa
 
-    from featurestore.store import as_text_column
+    from featurestore.storage.store import as_text_column
 
     tables = []
     for path, kind, seg, start, stop in zip(batch["path"], batch["kind"], batch["seg"], batch["start"], batch["stop"]):

@@ -38,12 +38,12 @@ import faiss
 import numpy as np
 from filelock import FileLock
 
-from featurestore.atomic import atomic_path, atomic_write_bytes
 from featurestore.errors import UsageError
-from featurestore.keys import fingerprint_hash
-from featurestore.manifest import Space
 from featurestore.progress import ProgressFn
-from featurestore.store import Store
+from featurestore.storage.atomic import atomic_path, atomic_write_bytes
+from featurestore.storage.keys import fingerprint_hash
+from featurestore.storage.manifest import Space
+from featurestore.storage.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from featurestore.errors import InputFileError
-from featurestore.keys import raw_digest
+from featurestore.storage.keys import raw_digest
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "txt")
 DUPLICATES = ("error", "first", "last")

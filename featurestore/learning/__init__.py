@@ -1,0 +1,1 @@
+"""Learning from stored vectors: feature pipelines, training and evaluation, and the pictures of both."""

@@ -1,0 +1,1 @@
+"""``fs serve``: the HTTP server (FastAPI) and its search page."""
