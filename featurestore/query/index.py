@@ -64,6 +64,18 @@ _EDGE = 1 << 16  # bytes hashed at each end of the file for the cheap identity
 # ----------------------------------------------------------------------------- naming an index
 
 
+def set_threads(n: int) -> None:
+    """Run FAISS's native code (OpenMP) in ``n`` threads, process-wide."""
+    faiss.omp_set_num_threads(n)
+
+
+def knn(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products of ``queries`` against ``vectors`` (FAISS's own scan, no index): for a
+    few queries its kernels beat numpy's small matrix product 2-6x (9,000 rows, 2 queries: 0.49 vs 1.06 ms
+    as ``(vectors @ q.T).T``, 2.96 ms as ``q @ vectors.T``). Rows are positions in ``vectors``, -1 past the end."""
+    return faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
 def normalize(vectors: np.ndarray) -> np.ndarray:
     """Unit rows for cosine similarity; all-zero rows (empty texts) stay zero."""
     v = np.ascontiguousarray(vectors, dtype=np.float32).copy()

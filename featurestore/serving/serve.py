@@ -484,11 +484,12 @@ def search_threads(settings: Settings) -> int:
 
 def limit_native_threads(n: int) -> None:
     """Run the native code of FAISS (OpenMP) and of numpy's and FAISS's OpenBLAS in ``n`` threads (process-wide)."""
-    import faiss
     import numpy  # noqa: F401 -- its OpenBLAS is loaded, so that the limit reaches it
     from threadpoolctl import threadpool_limits
 
-    faiss.omp_set_num_threads(n)
+    from featurestore.query import index as faiss_index
+
+    faiss_index.set_threads(n)
     threadpool_limits(limits=n)
 
 
