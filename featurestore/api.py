@@ -503,8 +503,7 @@ class FeatureStore:
         answer concurrent brute-force searches with one scan: for a long-lived process that answers many
         queries from several threads (``fs serve``)."""
         self.store.hold_segments()
-        self._search.packed = True
-        self._search.batcher = self._search.batcher or search.SearchBatcher()
+        self._search.hold()
 
     def warm(
         self, model: str = DEFAULT_MODEL, clean: str | None = None, dtype: str | None = None, hold: bool = True

@@ -154,7 +154,7 @@ def test_a_mapped_flat_index_is_scanned_from_its_file_only_while_it_is_the_mappe
     _ingest(fs, tmp_path, "a", 0, 300)
     fs.similar("warm up", model=FAKE, clean="raw-v1")  # builds and saves the flat index
     cold = FeatureStore(tmp_path / "s")  # a new process: the index is mapped, its vectors read by blocks
-    opened = cold._search.indexes[cold.similar("x", model=FAKE, clean="raw-v1").space][1]
+    opened = cold._search.indexes.held(cold.similar("x", model=FAKE, clean="raw-v1").space)
     assert opened.mmap and opened.vectors is not None
     _assert_matches_brute(cold, list(range(300)))
     filtered = {h.ids[0][1] for h in cold.similar("battery died", k=300, dataset="a", model=FAKE, clean="raw-v1").hits}

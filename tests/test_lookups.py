@@ -120,7 +120,7 @@ def test_id_tables_of_the_previous_format_are_rebuilt(tmp_path: Path, packed: bo
     assert found.tolist() == [*range(len(ids)), -1]
     found = cache.find_ids(store, ds.keys["raw-v1"], "train-keys-raw-v1", key_ids.tolist())
     assert found.tolist() == list(range(len(key_ids)))
-    lookups.save_tables(cache.pending)
+    cache.save_tables()
     for t in tables:
         meta = json.loads((index / f"ids-{t}.json").read_text())
         assert meta == {"format": 2, "hash": "fnv1a64-splitmix64", "segments": meta["segments"]}
@@ -129,5 +129,5 @@ def test_id_tables_of_the_previous_format_are_rebuilt(tmp_path: Path, packed: bo
         assert saved.dtype == np.uint64 and saved.shape == (200, 2) and np.all(np.diff(saved[:, 0]) >= 0)
 
     cold = search.SearchCache()  # the next process takes the rebuilt tables as they are: nothing to hash or save
-    assert len(cold.ids_table(store, ds.rows, "train-rows").parts) == 1 and not cold.pending
+    assert len(cold.ids_table(store, ds.rows, "train-rows").parts) == 1 and not cold.id_tables.pending
     assert cold.find_ids(store, ds.rows, "train-rows", ids[::-1]).tolist() == list(range(len(ids)))[::-1]

@@ -88,7 +88,7 @@ def test_id_tables_grow_by_parts_and_are_saved_when_merged(tmp_path: Path, monke
         got = cache.find_ids(store, ds.rows, "train-rows", [r["id"] for r in rows[:n]] + ["missing"])
         all_ids = store.dataset_ids(ds).tolist()
         assert got.tolist() == [all_ids.index(r["id"]) for r in rows[:n]] + [-1]
-        lookups.save_tables(cache.pending)
+        cache.save_tables()
         return cache.ids_table(store, ds.rows, "train-rows")  # the table find_ids used: held, not rebuilt
 
     assert len(check(40).parts) == 1  # built from nothing: one sorted part, saved
@@ -103,11 +103,12 @@ def test_id_tables_grow_by_parts_and_are_saved_when_merged(tmp_path: Path, monke
     assert len(check(160).parts) == 1 and os.stat(saved).st_mtime_ns != stamp  # 4 parts > 3: merged, saved
     cold = search.SearchCache()  # a new process starts from the saved table
     ds = store.snapshot().datasets["train"]
-    assert len(cold.ids_table(store, ds.rows, "train-rows").parts) == 1 and not cold.pending
+    assert len(cold.ids_table(store, ds.rows, "train-rows").parts) == 1 and not cold.id_tables.pending
     fs.ingest(str(write_csv(tmp_path / "200.csv", rows[160:200])), "train", FAKE, RECIPE)
     ds = store.snapshot().datasets["train"]
-    assert len(cold.ids_table(store, ds.rows, "train-rows").parts) == 1 and cold.pending  # a CLI process: saved
-    lookups.save_tables(cold.pending)
+    table = cold.ids_table(store, ds.rows, "train-rows")
+    assert len(table.parts) == 1 and cold.id_tables.pending  # a CLI process: saved
+    cold.save_tables()
     assert len(search.SearchCache().ids_table(store, ds.rows, "train-rows").parts) == 1
 
 
@@ -336,30 +337,30 @@ def test_a_servers_merged_key_tables_find_what_per_segment_lookups_find(tmp_path
     writer, held = _written_then_held(tmp_path, rows[:200], commit_rows=32)
     store, cache = held.store, held._search
     segs = store.snapshot().datasets["train"].keys[RECIPE]
-    assert len(segs) > 2 and cache.merged[segs[0].file][0] == tuple(s.file for s in segs)  # warm merged them
+    assert len(segs) > 2 and cache.lookups.merged(segs[0].file)[0] == tuple(s.file for s in segs)  # warm merged them
     # Later segments, holding the same texts under other ids too: a tail past the merged table.
     again = [dict(r, id=f"again-{r['id']}") for r in rows[:100]]
     writer.ingest(str(write_csv(tmp_path / "b.csv", again + rows[200:])), "train", FAKE, RECIPE, commit_rows=40)
     segs = store.snapshot().datasets["train"].keys[RECIPE]
     assert len(segs) > 7 + search.MERGE_TAIL  # a's 7 (merged by warm), b's 8 of which compaction merged the newest 4
     cold = search.SearchCache()  # a short-lived process's per-segment lookups
-    stored = np.concatenate([cold.segment_keys(store, s).keys for s in segs])
+    stored = np.concatenate([cold.lookups.segment_keys(store, s).keys for s in segs])
     rng = np.random.default_rng(0)
     wanted = np.concatenate(
         [stored[rng.choice(len(stored), 60, replace=False)], np.array([b"0" * 32, b"f" * 32], dtype=KEY_DTYPE)]
     )  # two absent keys
     want = cold.find_keys(store, segs, wanted)
     assert sum(len(w) > 1 for w in want) >= 5  # texts stored twice: positions in two segments, ascending
-    warmed = cache.merged[segs[0].file][1]
-    parts = cache._key_parts(store, segs)  # starts a background merge (the tail is long), which may end at once
+    warmed = cache.lookups.merged(segs[0].file)[1]
+    parts = cache.lookups.key_parts(store, segs)  # starts a background merge (the tail is long), which may end at once
     assert parts[0][1] == 0 and len(parts) > 1 + search.MERGE_TAIL and parts[0][0] is warmed
     got = cache.find_keys(store, segs, wanted)
     assert all(np.array_equal(g, w) for g, w in zip(got, want)) and len(got) == len(want)
     for _ in range(500):
-        if cache.merged[segs[0].file][0] == tuple(s.file for s in segs):
+        if cache.lookups.merged(segs[0].file)[0] == tuple(s.file for s in segs):
             break
         time.sleep(0.01)
-    assert len(cache._key_parts(store, segs)) == 1  # one table for every segment now
+    assert len(cache.lookups.key_parts(store, segs)) == 1  # one table for every segment now
     got = cache.find_keys(store, segs, wanted)
     assert all(np.array_equal(g, w) for g, w in zip(got, want))
     assert [int(p[0]) if len(p) else -1 for p in want[-2:]] == [-1, -1]

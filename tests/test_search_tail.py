@@ -28,7 +28,7 @@ def test_newer_rows_are_found_beside_the_held_index(tmp_path: Path, kind: str) -
     served.index_build(kind, nlist=8 if kind == "ivf" else None, model=FAKE, clean=RECIPE)
     queries = [r["tweet"] for r in rows[390:410]]  # ten stored before the index, ten after it
     res = served.similar(queries[0], k=5, model=FAKE, clean=RECIPE)
-    held = served._search.indexes[res.space][1]
+    held = served._search.indexes.held(res.space)
 
     FeatureStore(tmp_path / "s").ingest(str(write_csv(tmp_path / "b.csv", rows[400:])), "train", FAKE, RECIPE)
     got = answers(served, queries, nprobe=8 if kind == "ivf" else None)
@@ -36,7 +36,7 @@ def test_newer_rows_are_found_beside_the_held_index(tmp_path: Path, kind: str) -
     newer = served.space(FAKE, RECIPE).rows - held.rows
     assert 190 <= newer <= 200  # texts equal after cleaning share a vector
     assert res.index == f"in memory, {newer} newer rows searched by brute force"
-    assert served._search.indexes[res.space][1] is held  # not reopened, not extended on disk
+    assert served._search.indexes.held(res.space) is held  # not reopened, not extended on disk
     assert [per[0] for per in got[0]] == [q["id"] for q in rows[390:410]]  # its own row first, old or new
     assert np.allclose(got[1][:, 0], 1.0, atol=1e-5)
     fresh = FeatureStore(tmp_path / "s")  # a new process: the index is extended, then searched

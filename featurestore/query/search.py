@@ -23,8 +23,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -170,69 +170,69 @@ MERGE_TAIL = 4  # segments looked up one by one past a server's merged key table
 MERGED_TABLES = 8  # merged key tables a server holds (a space's, each dataset's)
 
 
-@dataclass
-class SearchCache:
-    """The opened index and per-segment lookups of the latest snapshot, reused while files are unchanged.
+class _Builds:
+    """A lock for each thing being built, so that one thread builds it while the others needing it wait."""
 
-    Safe to share between threads (``fs serve`` answers requests in parallel): each lookup is built
-    from immutable segments by one thread while others needing it wait (``_once``); opening or building
-    an index, and loading a model, happen under ``lock``.
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, threading.Lock] = {}
+        self._guard = threading.Lock()  # the dict of locks
+
+    def lock(self, key: Hashable) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, key: Hashable) -> None:
+        with self._guard:
+            self._locks.pop(key, None)
+
+
+class SegmentLookups:
+    """What queries look up in immutable segment files (key tables, ids/labels/texts held in memory, label
+    updates), built once a segment, and a server's merged key tables; forgotten when a compaction merges
+    the segments away (``retain``).
+
+    ``packed`` (a server): key tables are sorted as they are built and merged across segments, and ids,
+    labels and texts are held in memory (``PackedColumn``) instead of read per query.
     """
 
-    restrictions: dict[tuple[str, str], Restriction] = field(default_factory=dict)  # (space id, dataset)
-    indexes: dict[str, tuple[tuple[Any, ...], faiss_index.OpenedIndex]] = field(default_factory=dict)
-    segments: dict[tuple[str, str], Any] = field(default_factory=dict)  # (what, segment file) -> its lookup
-    id_tables: dict[str, IdTable] = field(default_factory=dict)  # table name -> the latest built
-    pending: list[PendingTable] = field(default_factory=list)  # id tables to save once a query succeeds
-    embedders: dict[str, Any] = field(default_factory=dict)  # loaded once per process (a server's new texts)
-    last_keys: dict[str, bytes] = field(default_factory=dict)  # space id -> key of the held index's last row
-    tails: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict)  # the newest rows' unit vectors
-    generation: int = -2  # of the snapshot the per-segment lookups were last pruned to
-    packed: bool = False  # hold ids, labels and texts in memory (a server), instead of reading them per query
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    batcher: SearchBatcher | None = None  # concurrent searches answered together (a server)
-    merged: dict[str, tuple[tuple[str, ...], SegmentKeys]] = field(default_factory=dict)  # see _key_parts
-    _building: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)  # see _once
-    _building_lock: threading.Lock = field(default_factory=threading.Lock)
-    _merging: bool = False
-
-    def embedder(self, model: str) -> Any:
-        with self.lock:
-            if model not in self.embedders:
-                self.embedders[model] = load_embedder(model)
-            return self.embedders[model]
+    def __init__(self, packed: bool = False) -> None:
+        self.packed = packed
+        self._built: dict[tuple[str, str], Any] = {}  # (what, segment file) -> its lookup
+        self._builds = _Builds()  # see _once
+        self._merged: dict[str, tuple[tuple[str, ...], SegmentKeys]] = {}  # first file -> (files, table): key_parts
+        self._merge_lock = threading.Lock()  # _merged and _merging
+        self._merging = False  # a background merge is running (one at a time)
+        self._generation = -2  # of the snapshot the lookups were last pruned to
 
     def retain(self, store: Store, snap: Snapshot) -> None:
         """Forget the lookups, and close the held files, of segments the snapshot no longer names (merged
         by a compaction)."""
-        if snap.generation == self.generation:
+        if snap.generation == self._generation:
             return
         files = snap.files()
-        self.segments = {k: v for k, v in list(self.segments.items()) if k[1] in files}
-        with self._building_lock:
-            self.merged = {k: v for k, v in self.merged.items() if files.issuperset(v[0])}
+        self._built = {k: v for k, v in list(self._built.items()) if k[1] in files}
+        with self._merge_lock:
+            self._merged = {k: v for k, v in self._merged.items() if files.issuperset(v[0])}
         store.release_segments(files)
-        self.generation = snap.generation
+        self._generation = snap.generation
 
     def _once(self, key: tuple[str, str], make: Callable[[], Any], wait: bool = True) -> Any:
         """The per-segment lookup ``key``, built by one thread while others needing it wait (at a million
         rows a build takes seconds: sixteen requests building it at once would take a minute); without
         ``wait``, None while another thread builds it."""
-        found = self.segments.get(key)
+        found = self._built.get(key)
         if found is not None:
             return found
-        with self._building_lock:
-            building = self._building.setdefault(key, threading.Lock())
+        building = self._builds.lock(key)
         if not building.acquire(blocking=wait):
             return None
         try:
-            found = self.segments.get(key)
+            found = self._built.get(key)
             if found is None:
-                found = self.segments[key] = make()
+                found = self._built[key] = make()
         finally:
             building.release()
-        with self._building_lock:
-            self._building.pop(key, None)
+        self._builds.forget(key)
         return found
 
     def segment_keys(self, store: Store, seg: Segment) -> SegmentKeys:
@@ -244,9 +244,9 @@ class SearchCache:
 
     def find_keys(self, store: Store, segs: Sequence[Segment], wanted: np.ndarray) -> list[np.ndarray]:
         """Global positions in ``segs`` of each wanted key, ascending."""
-        return find_keys(self._key_parts(store, segs), wanted)
+        return find_keys(self.key_parts(store, segs), wanted)
 
-    def _key_parts(self, store: Store, segs: Sequence[Segment]) -> list[tuple[SegmentKeys, int]]:
+    def key_parts(self, store: Store, segs: Sequence[Segment]) -> list[tuple[SegmentKeys, int]]:
         """(key lookup, global offset of its first row) covering ``segs``: in a server, one merged table for
         as many leading segments as one holds, then the newer segments one by one.
 
@@ -254,7 +254,7 @@ class SearchCache:
         fifth of a server's CPU (bench/serve.py); ingests append segments, so a merged table is rebuilt in a
         background thread once more than ``MERGE_TAIL`` segments trail it, and queries never wait for it."""
         files = tuple(seg.file for seg in segs)
-        held = self.merged.get(files[0]) if self.packed and len(files) > 1 else None
+        held = self._merged.get(files[0]) if self.packed and len(files) > 1 else None
         done = len(held[0]) if held is not None and files[: len(held[0])] == held[0] else 0
         parts = [(held[1], 0)] if done and held is not None else []
         offset = sum(seg.rows for seg in segs[:done])
@@ -267,7 +267,7 @@ class SearchCache:
 
     def _merge_later(self, store: Store, segs: tuple[Segment, ...]) -> None:
         """Build the merged key table of ``segs`` in a background thread (one build at a time)."""
-        with self._building_lock:
+        with self._merge_lock:
             if self._merging:
                 return
             self._merging = True
@@ -283,14 +283,18 @@ class SearchCache:
         threading.Thread(target=build, name="fs-merge-keys", daemon=True).start()
 
     def merge_keys(self, store: Store, segs: Sequence[Segment]) -> None:
-        """Hold one sorted key table for all of ``segs`` (a server's lookups across them: ``_key_parts``)."""
+        """Hold one sorted key table for all of ``segs`` (a server's lookups across them: ``key_parts``)."""
         keys = SegmentKeys(np.concatenate([self.segment_keys(store, seg).keys for seg in segs]), sort=True)
         files = tuple(seg.file for seg in segs)
-        with self._building_lock:
-            self.merged.pop(files[0], None)
-            self.merged[files[0]] = (files, keys)
-            while len(self.merged) > MERGED_TABLES:  # the oldest first: superseded by compactions
-                del self.merged[next(iter(self.merged))]
+        with self._merge_lock:
+            self._merged.pop(files[0], None)
+            self._merged[files[0]] = (files, keys)
+            while len(self._merged) > MERGED_TABLES:  # the oldest first: superseded by compactions
+                del self._merged[next(iter(self._merged))]
+
+    def merged(self, first: str) -> tuple[tuple[str, ...], SegmentKeys] | None:
+        """The merged key table held for the segments that start with file ``first``: (their files, the table)."""
+        return self._merged.get(first)
 
     def keys_at(self, store: Store, segs: Sequence[Segment], positions: Sequence[int]) -> np.ndarray:
         """Keys at global positions of ``segs``."""
@@ -302,18 +306,12 @@ class SearchCache:
             out[n] = self.segment_keys(store, segs[si]).keys[pos - bounds[si]]
         return out
 
-    def ids_table(self, store: Store, segs: Sequence[Segment], name: str) -> IdTable:
-        segs = tuple(segs)
-        held = self.id_tables.get(name)
-        if held is not None and held.segments == segs:
-            return held
-        with self._building_lock:
-            building = self._building.setdefault(("ids", name), threading.Lock())
-        with building:  # one thread extends a table; the others wait and take its result
-            held = self.id_tables.get(name)
-            if held is None or held.segments != segs:
-                held = self.id_tables[name] = id_table(store, segs, name, self.pending, held, save_any=not self.packed)
-        return held
+    def rows_of_keys(self, store: Store, space: Space, keys: np.ndarray) -> np.ndarray:
+        """Storage row of each key in ``space`` (-1 where absent), for many keys at once."""
+        return rows_of_keys([self.segment_keys(store, seg) for seg in space.segments], keys)
+
+    def column(self, store: Store, seg: Segment, column: str, wait: bool = True) -> PackedColumn | None:
+        return self._once((column, seg.file), lambda: PackedColumn.read(store, seg, column), wait)
 
     def read_at(self, store: Store, segs: Sequence[Segment], column: str, positions: np.ndarray) -> np.ndarray:
         """``read_at``, from columns held in memory (``PackedColumn``) when ``packed`` is set."""
@@ -346,51 +344,6 @@ class SearchCache:
             )
         return out
 
-    def column(self, store: Store, seg: Segment, column: str, wait: bool = True) -> PackedColumn | None:
-        return self._once((column, seg.file), lambda: PackedColumn.read(store, seg, column), wait)
-
-    def find_ids(self, store: Store, segs: Sequence[Segment], name: str, ids: Sequence[str]) -> np.ndarray:
-        """Global position in ``segs`` of each id (the first, confirmed by reading it), or -1;
-        ``name`` names the segments' id table."""
-        cands = self.ids_table(store, segs, name).candidates(ids)
-        out = np.full(len(cands), -1, dtype=np.int64)
-        flat = np.concatenate(cands) if cands else NO_POSITIONS
-        if not len(flat):
-            return out
-        found = self.read_at(store, segs, "ids", flat).tolist()
-        i = 0
-        for n, (want, cand) in enumerate(zip(ids, cands)):
-            match = [int(p) for p, v in zip(cand.tolist(), found[i : i + len(cand)]) if v == want]
-            out[n] = min(match) if match else -1
-            i += len(cand)
-        return out
-
-    def warm(self, store: Store, snap: Snapshot, space: Space) -> None:
-        """Open the space's index and build every lookup a query over ``snap`` reads, ahead of the first query."""
-        self.retain(store, snap)
-        get_recipe(space.recipe).clean(["warm"])  # tweet-v1 loads spaCy's tables: seconds, once
-        self.index(store, space, None)
-        for seg in space.segments:
-            self.segment_keys(store, seg)
-        if self.packed and len(space.segments) > 1:
-            self.merge_keys(store, space.segments)
-        for d in snap.datasets.values():
-            segs = d.keys.get(space.recipe, ())
-            self.ids_table(store, segs, f"{d.name}-keys-{space.recipe}")
-            self.ids_table(store, d.rows, f"{d.name}-rows")
-            for seg in segs:
-                self.segment_keys(store, seg)
-                if self.packed:
-                    self.column(store, seg, "ids")
-            if self.packed and len(segs) > 1:
-                self.merge_keys(store, segs)
-            for seg in d.rows if self.packed else ():
-                for column in ("ids", "texts", "labels"):
-                    self.column(store, seg, column)
-            self.label_updates(store, d)
-            self.restriction(store, space, d)  # queries with dataset=
-        save_tables(self.pending)
-
     def label_updates(self, store: Store, ds: Dataset) -> dict[str, str]:
         """id -> latest label of the dataset's label updates."""
         if not ds.labels:
@@ -403,38 +356,103 @@ class SearchCache:
         # keyed by the last segment: updates are appended, and a compaction that merges them keeps their order
         return self._once(("label-updates", ds.labels[-1].file), make)
 
-    def rows_of_keys(self, store: Store, space: Space, keys: np.ndarray) -> np.ndarray:
-        """Storage row of each key in ``space`` (-1 where absent), for many keys at once."""
-        return rows_of_keys([self.segment_keys(store, seg) for seg in space.segments], keys)
 
-    def restriction(self, store: Store, space: Space, ds: Dataset) -> np.ndarray:
+class IdTables:
+    """Id tables (``lookups.IdTable``) by name: the latest built of each, extended as its segments are
+    appended, and those to save once the query that built them succeeded (``save``)."""
+
+    def __init__(self, lookups: SegmentLookups) -> None:
+        self._lookups = lookups  # reads the ids of candidate rows; packed: a server saves only merged tables
+        self._latest: dict[str, IdTable] = {}  # table name -> the latest built
+        self.pending: list[PendingTable] = []  # id tables to save once a query succeeds
+        self._builds = _Builds()
+
+    def table(self, store: Store, segs: Sequence[Segment], name: str) -> IdTable:
+        segs = tuple(segs)
+        held = self._latest.get(name)
+        if held is not None and held.segments == segs:
+            return held
+        with self._builds.lock(name):  # one thread extends a table; the others wait and take its result
+            held = self._latest.get(name)
+            if held is None or held.segments != segs:
+                held = self._latest[name] = id_table(
+                    store, segs, name, self.pending, held, save_any=not self._lookups.packed
+                )
+        return held
+
+    def find(self, store: Store, segs: Sequence[Segment], name: str, ids: Sequence[str]) -> np.ndarray:
+        """Global position in ``segs`` of each id (the first, confirmed by reading it), or -1;
+        ``name`` names the segments' id table."""
+        cands = self.table(store, segs, name).candidates(ids)
+        out = np.full(len(cands), -1, dtype=np.int64)
+        flat = np.concatenate(cands) if cands else NO_POSITIONS
+        if not len(flat):
+            return out
+        found = self._lookups.read_at(store, segs, "ids", flat).tolist()
+        i = 0
+        for n, (want, cand) in enumerate(zip(ids, cands)):
+            match = [int(p) for p, v in zip(cand.tolist(), found[i : i + len(cand)]) if v == want]
+            out[n] = min(match) if match else -1
+            i += len(cand)
+        return out
+
+    def save(self) -> None:
+        """Write the tables built so far (``lookups.save_tables``): call once a query succeeded."""
+        save_tables(self.pending)
+
+
+class Restrictions:
+    """Per (space, dataset), the space's storage rows holding the dataset's texts (``Restriction``)."""
+
+    def __init__(self, lookups: SegmentLookups) -> None:
+        self._lookups = lookups
+        self._held: dict[tuple[str, str], Restriction] = {}  # (space id, dataset)
+        self._builds = _Builds()
+
+    def rows(self, store: Store, space: Space, ds: Dataset) -> np.ndarray:
         """Sorted storage rows of ``space`` holding the texts of dataset ``ds``, extended as both grow."""
+        lookups = self._lookups
         segs = tuple(ds.keys.get(space.recipe, ()))
         key = (space.id, ds.name)
-        held = self.restrictions.get(key)
+        held = self._held.get(key)
         if held is not None and held.key_segments == segs and held.space_rows == space.rows:
             return held.rows
-        with self._building_lock:
-            building = self._building.setdefault(("restriction", f"{space.id}/{ds.name}"), threading.Lock())
-        with building:
-            held = self.restrictions.get(key)
+        with self._builds.lock(key):
+            held = self._held.get(key)
             still = (
                 held is not None
                 and 0 < held.space_rows <= space.rows
                 and segs[: len(held.key_segments)] == held.key_segments
-                and bytes(self.keys_at(store, space.segments, [held.space_rows - 1])[0]) == held.last_key
+                and bytes(lookups.keys_at(store, space.segments, [held.space_rows - 1])[0]) == held.last_key
             )
             done, rows = (len(held.key_segments), held.rows) if still and held is not None else (0, NO_POSITIONS)
             parts = [rows]
             for seg in segs[done:]:
-                found = self.rows_of_keys(store, space, self.segment_keys(store, seg).keys)
+                found = lookups.rows_of_keys(store, space, lookups.segment_keys(store, seg).keys)
                 parts.append(found[found >= 0])
             rows = np.unique(np.concatenate(parts)).astype(np.int64) if len(parts) > 1 else rows
-            last = bytes(self.keys_at(store, space.segments, [space.rows - 1])[0]) if space.rows else b""
-            self.restrictions[key] = Restriction(segs, space.rows, last, rows)
+            last = bytes(lookups.keys_at(store, space.segments, [space.rows - 1])[0]) if space.rows else b""
+            self._held[key] = Restriction(segs, space.rows, last, rows)
             return rows
 
-    def index(self, store: Store, space: Space, progress: ProgressFn | None) -> tuple[faiss_index.OpenedIndex, str]:
+
+class HeldIndexes:
+    """Each space's opened index, reused while its files are unchanged, and the unit vectors of the rows
+    committed since it was opened (its tail)."""
+
+    def __init__(self, lookups: SegmentLookups, lock: threading.RLock) -> None:
+        self._lookups = lookups  # the keys of indexed rows; packed: a server holds a flat index in memory
+        self._lock = lock  # opening or building an index (``SearchCache.lock``)
+        self._held: dict[str, tuple[tuple[Any, ...], faiss_index.OpenedIndex]] = {}  # space id -> (files, index)
+        self._last_keys: dict[str, bytes] = {}  # space id -> key of the held index's last row
+        self._tails: dict[tuple[str, int], np.ndarray] = {}  # the newest rows' unit vectors
+
+    def held(self, space_id: str) -> faiss_index.OpenedIndex | None:
+        """The index held for a space, if one is."""
+        cached = self._held.get(space_id)
+        return cached[1] if cached is not None else None
+
+    def open(self, store: Store, space: Space, progress: ProgressFn | None) -> tuple[faiss_index.OpenedIndex, str]:
         """The space's index: from memory while its files on disk are untouched, else opened and checked.
 
         Rows committed after the held index was opened (a server following an ingest) are searched by
@@ -444,8 +462,8 @@ class SearchCache:
         from featurestore.query import index as faiss_index  # FAISS is loaded only when a query needs the index
 
         signature = (space.segments, faiss_index.files_signature(store, space))
-        with self.lock:
-            cached = self.indexes.get(space.id)
+        with self._lock:
+            cached = self._held.get(space.id)
             if cached is not None and cached[0] == signature:
                 return cached[1], "in memory"
             # The index files unchanged (a held index may be memory-mapped from them), only the space grown:
@@ -456,32 +474,150 @@ class SearchCache:
                         1
                     ], f"in memory, {newer:,} newer rows searched by brute force" if newer else "in memory"
             opened = faiss_index.open_index(store, space, progress)
-            if self.packed and opened.kind == "flat":  # a server scans it again and again: from memory
+            if self._lookups.packed and opened.kind == "flat":  # a server scans it again and again: from memory
                 held = faiss_index.VectorArray.of(opened)
                 opened.vectors = held.with_bf16() if held is not None else opened.vectors
-            self.indexes[space.id] = ((space.segments, faiss_index.files_signature(store, space)), opened)
+            self._held[space.id] = ((space.segments, faiss_index.files_signature(store, space)), opened)
             if opened.rows:
-                self.last_keys[space.id] = bytes(self.keys_at(store, space.segments, [opened.rows - 1])[0])
+                self._last_keys[space.id] = bytes(self._lookups.keys_at(store, space.segments, [opened.rows - 1])[0])
             return opened, opened.status
 
     def _still_prefix(self, store: Store, space: Space, opened: faiss_index.OpenedIndex) -> bool:
         """Rows 0..opened.rows-1 of ``space`` are still the indexed ones: a space only grows (appends, and
         compactions that keep order), and the key of the last indexed row is where it was."""
-        if not 0 < opened.rows <= space.rows or space.id not in self.last_keys:
+        if not 0 < opened.rows <= space.rows or space.id not in self._last_keys:
             return False
-        return bytes(self.keys_at(store, space.segments, [opened.rows - 1])[0]) == self.last_keys[space.id]
+        return bytes(self._lookups.keys_at(store, space.segments, [opened.rows - 1])[0]) == self._last_keys[space.id]
 
     def tail(self, store: Store, space: Space, start: int) -> np.ndarray:
         """Unit vectors of storage rows ``start:`` of ``space`` (rows newer than the held index)."""
         from featurestore.query import index as faiss_index
 
-        held = self.tails.get((space.id, start))
+        held = self._tails.get((space.id, start))
         if held is None or len(held) > space.rows - start:
             held = np.zeros((0, space.dim), np.float32)
         if len(held) < space.rows - start:  # extended by the rows published since (a space only grows)
             held = np.concatenate([held, faiss_index.normalize(store.read_range(space, start + len(held), space.rows))])
-            self.tails = {(space.id, start): held}
+            self._tails = {(space.id, start): held}
         return held
+
+
+class Models:
+    """Embedders, loaded once per process (a server's new texts), under ``SearchCache.lock``."""
+
+    def __init__(self, lock: threading.RLock) -> None:
+        self._lock = lock
+        self._loaded: dict[str, Any] = {}  # model -> its embedder
+
+    def get(self, model: str) -> Any:
+        with self._lock:
+            if model not in self._loaded:
+                self._loaded[model] = load_embedder(model)
+            return self._loaded[model]
+
+
+class SearchCache:
+    """The opened indexes and per-segment lookups of the latest snapshot, reused while files are unchanged:
+    what queries call. Its state is in parts, each owning its fields: ``lookups`` (per segment, and the
+    ``packed`` setting), ``indexes``, ``id_tables``, ``restrictions`` and ``models``.
+
+    Safe to share between threads (``fs serve`` answers requests in parallel): each lookup, id table and
+    restriction is built from immutable segments by one thread while others needing it wait (``_Builds``);
+    opening or building an index, and loading a model, happen under ``lock``.
+    """
+
+    def __init__(self, packed: bool = False) -> None:
+        self.lock = threading.RLock()  # opening or building an index, loading a model
+        self.batcher: SearchBatcher | None = None  # concurrent searches answered together (a server)
+        self.lookups = SegmentLookups(packed)
+        self.indexes = HeldIndexes(self.lookups, self.lock)
+        self.id_tables = IdTables(self.lookups)
+        self.restrictions = Restrictions(self.lookups)
+        self.models = Models(self.lock)
+
+    @property
+    def packed(self) -> bool:
+        """Ids, labels and texts held in memory (a server), instead of read per query."""
+        return self.lookups.packed
+
+    def hold(self) -> None:
+        """Hold ids, labels and texts in memory, and answer concurrent searches together (a server)."""
+        self.lookups.packed = True
+        self.batcher = self.batcher or SearchBatcher()
+
+    def retain(self, store: Store, snap: Snapshot) -> None:
+        """Forget what was built from segments the snapshot no longer names (``SegmentLookups.retain``)."""
+        self.lookups.retain(store, snap)
+
+    def embedder(self, model: str) -> Any:
+        return self.models.get(model)
+
+    def index(self, store: Store, space: Space, progress: ProgressFn | None) -> tuple[faiss_index.OpenedIndex, str]:
+        """The space's index and how it was opened (``HeldIndexes.open``)."""
+        return self.indexes.open(store, space, progress)
+
+    def tail(self, store: Store, space: Space, start: int) -> np.ndarray:
+        """Unit vectors of storage rows ``start:`` of ``space`` (rows newer than the held index)."""
+        return self.indexes.tail(store, space, start)
+
+    def find_keys(self, store: Store, segs: Sequence[Segment], wanted: np.ndarray) -> list[np.ndarray]:
+        """Global positions in ``segs`` of each wanted key, ascending."""
+        return self.lookups.find_keys(store, segs, wanted)
+
+    def keys_at(self, store: Store, segs: Sequence[Segment], positions: Sequence[int]) -> np.ndarray:
+        """Keys at global positions of ``segs``."""
+        return self.lookups.keys_at(store, segs, positions)
+
+    def read_at(self, store: Store, segs: Sequence[Segment], column: str, positions: np.ndarray) -> np.ndarray:
+        """Values of ``column`` at global positions of ``segs`` (``SegmentLookups.read_at``)."""
+        return self.lookups.read_at(store, segs, column, positions)
+
+    def label_updates(self, store: Store, ds: Dataset) -> dict[str, str]:
+        """id -> latest label of the dataset's label updates."""
+        return self.lookups.label_updates(store, ds)
+
+    def ids_table(self, store: Store, segs: Sequence[Segment], name: str) -> IdTable:
+        return self.id_tables.table(store, segs, name)
+
+    def find_ids(self, store: Store, segs: Sequence[Segment], name: str, ids: Sequence[str]) -> np.ndarray:
+        """Global position in ``segs`` of each id (the first, confirmed by reading it), or -1;
+        ``name`` names the segments' id table."""
+        return self.id_tables.find(store, segs, name, ids)
+
+    def save_tables(self) -> None:
+        """Save the id tables queries built: call once a query succeeded (a failed one leaves the store as it was)."""
+        self.id_tables.save()
+
+    def restriction(self, store: Store, space: Space, ds: Dataset) -> np.ndarray:
+        """Sorted storage rows of ``space`` holding the texts of dataset ``ds``, extended as both grow."""
+        return self.restrictions.rows(store, space, ds)
+
+    def warm(self, store: Store, snap: Snapshot, space: Space) -> None:
+        """Open the space's index and build every lookup a query over ``snap`` reads, ahead of the first query."""
+        lookups = self.lookups
+        self.retain(store, snap)
+        get_recipe(space.recipe).clean(["warm"])  # tweet-v1 loads spaCy's tables: seconds, once
+        self.index(store, space, None)
+        for seg in space.segments:
+            lookups.segment_keys(store, seg)
+        if self.packed and len(space.segments) > 1:
+            lookups.merge_keys(store, space.segments)
+        for d in snap.datasets.values():
+            segs = d.keys.get(space.recipe, ())
+            self.ids_table(store, segs, f"{d.name}-keys-{space.recipe}")
+            self.ids_table(store, d.rows, f"{d.name}-rows")
+            for seg in segs:
+                lookups.segment_keys(store, seg)
+                if self.packed:
+                    lookups.column(store, seg, "ids")
+            if self.packed and len(segs) > 1:
+                lookups.merge_keys(store, segs)
+            for seg in d.rows if self.packed else ():
+                for column in ("ids", "texts", "labels"):
+                    lookups.column(store, seg, column)
+            self.label_updates(store, d)
+            self.restriction(store, space, d)  # queries with dataset=
+        self.save_tables()
 
 
 # ----------------------------------------------------------------------------- queries
@@ -741,7 +877,7 @@ def similar_batch(
             more_scores, more_rows = run(queries[i : i + 1], kk)
             qs, qr = more_scores[0], more_rows[0]
         out.append(hits[:k])
-    save_tables(cache.pending)
+    cache.save_tables()
     return [
         SimilarResult(
             hits,
