@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -806,6 +807,41 @@ def similar(
     )[0]
 
 
+def _check_query(texts: Sequence[str] | None, id: str | None, k: int, nprobe: int | None, ef: int | None) -> None:
+    if (texts is None) == (id is None):
+        raise UsageError("give either a query text or an {param}, not both (and not neither)", "id")
+    if k < 1:
+        raise UsageError(f"{{param}} must be at least 1, got {k}", "k")
+    for name, value in (("nprobe", nprobe), ("ef", ef)):
+        if value is not None and value < 1:
+            raise UsageError(f"{{param}} must be at least 1, got {value}", name)
+
+
+def _owned_hits(
+    cache: SearchCache,
+    store: Store,
+    snap: Snapshot,
+    space: Space,
+    datasets: list[Dataset],
+    k: int,
+    scores: np.ndarray,
+    rows: np.ndarray,
+    again: Callable[[int], tuple[np.ndarray, np.ndarray]],
+) -> list[Hit]:
+    """One query's top ``k`` hits that some dataset row owns. Cache entries (vectors no row owns) that took
+    places among the ``k`` are skipped, and ``again(kk)`` searches further, doubling ``kk``, until ``k`` owned
+    rows are found or the space has no more rows."""
+    kk = k
+    while True:
+        found = [(float(s), int(r)) for s, r in zip(scores, rows) if r >= 0]
+        hits = _name_hits(cache, store, snap, space, datasets, found)
+        if len(hits) >= k or len(found) < kk or kk >= space.rows:
+            return hits[:k]
+        kk = min(2 * kk, space.rows)
+        more_scores, more_rows = again(kk)
+        scores, rows = more_scores[0], more_rows[0]
+
+
 def similar_batch(
     store: Store,
     cache: SearchCache,
@@ -823,13 +859,7 @@ def similar_batch(
 ) -> list[SimilarResult]:
     """Like ``similar`` for many query texts at once (one FAISS search): one result a query, in order, each
     saying how its query was resolved; the index and the timings are the shared search's."""
-    if (texts is None) == (id is None):
-        raise UsageError("give either a query text or an {param}, not both (and not neither)", "id")
-    if k < 1:
-        raise UsageError(f"{{param}} must be at least 1, got {k}", "k")
-    for name, value in (("nprobe", nprobe), ("ef", ef)):
-        if value is not None and value < 1:
-            raise UsageError(f"{{param}} must be at least 1, got {value}", name)
+    _check_query(texts, id, k, nprobe, ef)
     datasets = [store.dataset(dataset, snap)] if dataset else list(snap.datasets.values())
     cache.retain(store, snap)
     where = f"dataset {dataset!r}" if dataset else "any dataset"
@@ -864,19 +894,10 @@ def similar_batch(
     else:
         scores, rows = run(queries, k)
     search_seconds = time.perf_counter() - t
-    out = []
-    for i, (qs, qr) in enumerate(zip(scores, rows)):
-        kk = k
-        while True:
-            found = [(float(s), int(r)) for s, r in zip(qs, qr) if r >= 0]
-            hits = _name_hits(cache, store, snap, space, datasets, found)
-            # cache entries took places among the k: look further, doubling, until k owned rows or no more rows
-            if len(hits) >= k or len(found) < kk or kk >= space.rows:
-                break
-            kk = min(2 * kk, space.rows)
-            more_scores, more_rows = run(queries[i : i + 1], kk)
-            qs, qr = more_scores[0], more_rows[0]
-        out.append(hits[:k])
+    out = [
+        _owned_hits(cache, store, snap, space, datasets, k, qs, qr, partial(run, queries[i : i + 1]))
+        for i, (qs, qr) in enumerate(zip(scores, rows))
+    ]
     cache.save_tables()
     return [
         SimilarResult(
