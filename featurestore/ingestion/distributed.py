@@ -51,7 +51,7 @@ from featurestore.progress import ProgressFn
 from featurestore.spaces import SpaceWriter, cut_length, key_texts, make_space, pick_canaries, require_same_space
 from featurestore.storage.keys import KEY_DTYPE, raw_digest, text_keys
 from featurestore.storage.manifest import Space
-from featurestore.storage.store import Store, segment_attrs, write_segment
+from featurestore.storage.store import Store, Writer, segment_attrs, write_segment
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,39 @@ class _Inputs:
     id: str
     label: str | None
 
+    @property
+    def source(self) -> str:
+        """The input as the log names it: its one file, or how many files."""
+        return self.files[0] if len(self.files) == 1 else f"{len(self.files)} files"
+
     def read(self, ray_data: Any) -> Any:
         return _read(self.files, self.fmt, self.sep, self.columns, self.text, self.id, self.label, ray_data)
+
+
+def _find_inputs(
+    paths: Sequence[str], sep: str | None, text_col: str | None, id_col: str | None, label_col: str | None
+) -> _Inputs:
+    """What the inputs are: the files ``paths`` name, their one format, and the columns of text, ids and
+    labels (from the first file's header or schema); nothing else is read."""
+    files = expand_inputs(paths)
+    formats = {_format_of(f) for f in files}
+    if len(formats) > 1:
+        raise InputFileError(
+            f"the inputs mix formats ({', '.join(sorted(formats))}); fix: ingest each format separately"
+        )
+    fmt = formats.pop()
+    columns = _columns(files[0], fmt, sep)
+    tcol = pick_column(columns, text_col, TEXT_COLUMNS, set(), "text", "[[text_col]]", files[0])
+    if tcol is None:
+        raise InputFileError(f"{files[0]} has no known text column among {', '.join(columns)}; fix: [[text_col]] NAME")
+    icol = pick_column(columns, id_col, ID_COLUMNS, {tcol}, "id", "[[id_col]]", files[0])
+    if icol is None:
+        raise InputFileError(
+            f"{files[0]} has no id column among {', '.join(columns)}; the Ray engine needs ids (rows of "
+            "many files have no global number); fix: [[id_col]] NAME, or [[engine]] local"
+        )
+    lcol = pick_column(columns, label_col, LABEL_COLUMNS, {tcol, icol}, "label", "[[label_col]]", files[0])
+    return _Inputs(files, fmt, sep, columns, tcol, icol, lcol)
 
 
 def _as_text(column: Any, role: str) -> list[str]:
@@ -234,6 +265,25 @@ def _select(batch: Any, roles: dict[str, str | None]) -> Any:
     n = batch.num_rows
     cols = {role: (_as_text(batch.column(name), role) if name else [""] * n) for role, name in roles.items()}
     return pa.table(cols)
+
+
+# ----------------------------------------------------------------------------- one ingest
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one ingest writes and how, fixed before the cluster is joined (the pool size is not: it may
+    depend on the cluster's CPUs)."""
+
+    dataset: str
+    model: str
+    recipe: Recipe
+    space: Space
+    embedder: Embedder
+    commit_rows: int
+    max_chars: int
+    gpus_per_worker: float
+    progress: ProgressFn | None
 
 
 # ----------------------------------------------------------------------------- stage 1: clean and key
@@ -265,6 +315,16 @@ def _key_rows(batch: Any, recipe: str, max_chars: int) -> Any:
             "empty": keyed.empty.tolist(),
         },
         schema=_schema(),
+    )
+
+
+def _read_and_key(ray_data: Any, inputs: _Inputs, job: _Job) -> Any:
+    """Stage 1: the input rows in the shuffle schema, read, cleaned and keyed by the workers."""
+    return inputs.read(ray_data).map_batches(
+        _key_rows,
+        fn_kwargs={"recipe": job.recipe.name, "max_chars": job.max_chars},
+        batch_format="pyarrow",
+        batch_size=4096,
     )
 
 
@@ -425,7 +485,58 @@ def _check_ranges(tally: Any) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Tally:
+    """The id plan's counts summed over its partitions: the input rows kept (one per id) and ``COUNTED``."""
+
+    rows: int
+    new: int
+    label_update: int
+    label_added: int
+    repeated: int
+    truncated: int
+    empty: int
+
+
+def _plan_by_id(ray_data: Any, w: Writer, keyed: Any, job: _Job) -> tuple[Any, _Tally]:
+    """Stage 2: the keyed input rows meet the dataset's stored rows, keys and label updates by id; the planned
+    rows (materialized) and their tally. An id given two contents is refused here, before anything is written."""
+    ds = w.snap.datasets.get(job.dataset)
+    parts = []
+    if ds is not None:
+        parts = (
+            _segment_parts(w.store, ds.rows, STORED_ROW)
+            + _segment_parts(w.store, ds.labels, STORED_LABEL)
+            + _segment_parts(w.store, ds.keys.get(job.recipe.name, ()), STORED_KEY)
+        )
+    stored_rows = _stored(ray_data, parts)
+    by_id = keyed.union(stored_rows) if stored_rows is not None else keyed
+    planned = by_id.sort("id").map_batches(_plan_ids, batch_size=None, batch_format="pandas").materialize()
+    tally = planned.map_batches(_tally, batch_size=None, batch_format="pandas").to_pandas()
+    _check_ranges(tally)
+    totals = _Tally(rows=int(tally["rows"].sum()), **{c: int(tally[c].sum()) for c in COUNTED})
+    errors = tally[tally["error"] != ""]
+    if len(errors):
+        bad = errors.iloc[0]
+        if bad["error"] == "input":
+            raise InputFileError(
+                f"the input has rows sharing id {bad['error_id']!r} with different texts or labels; "
+                "an id names one tweet: fix the ids ([[duplicates]] first|last needs file order: local engine only)"
+            )
+        raise DatasetError(
+            f"id {bad['error_id']!r} is already in dataset {job.dataset!r} with a different text; an id "
+            "names one tweet: give new ids, or ingest into another dataset"
+        )
+    return planned, totals
+
+
 # ----------------------------------------------------------------------------- stage 3: plan by key
+
+
+def _as_input_keys(batch: Any) -> Any:
+    import pyarrow as pa
+
+    return batch.append_column("src", pa.array([INPUT] * batch.num_rows, pa.int8()))
 
 
 def _missing_keys(df: Any) -> Any:
@@ -434,6 +545,17 @@ def _missing_keys(df: Any) -> Any:
     inp = df[df["src"] == INPUT]
     missing = inp[~inp["key"].isin(stored)].drop_duplicates("key")
     return missing[["key", "cleaned"]].reset_index(drop=True)
+
+
+def _plan_by_key(ray_data: Any, store: Store, stored_space: Space | None, planned: Any) -> tuple[Any, int]:
+    """Stage 3: the planned rows' keys meet the space's stored keys by key; what the space lacks, once per key
+    with its cleaned text (materialized), and how many keys that is."""
+    space_keys = _stored(ray_data, _segment_parts(store, stored_space.segments, STORED_KEY) if stored_space else [])
+    by_key = planned.select_columns(["key", "cleaned"]).map_batches(_as_input_keys, batch_format="pyarrow")
+    if space_keys is not None:
+        by_key = by_key.union(space_keys.select_columns(["key", "cleaned", "src"]))
+    missing = by_key.sort("key").map_batches(_missing_keys, batch_size=None, batch_format="pandas").materialize()
+    return missing, missing.count()
 
 
 # ----------------------------------------------------------------------------- stage 4: embed
@@ -478,6 +600,80 @@ class _EmbedSegments:
         }
 
 
+def _vector_segments(ray_data: Any, missing: Any, todo: int, job: _Job, store: Store, run: str, workers: int) -> Any:
+    """The actor pool over the ``todo`` missing keys: a Ray Dataset with one row per vector segment written,
+    streamed as the actors finish them."""
+    settings: dict[str, Any] = {
+        "model": job.model,
+        "store_path": str(store.path),
+        "space_json": job.space.to_json(),
+        "space_id": job.space.id,
+        "run": run,
+    }
+
+    class EmbedSegments(_EmbedSegments):  # settings travel with the class, not as object-store arguments
+        def __init__(self) -> None:
+            super().__init__(**settings)
+
+    # Ray Data restarts a dead actor and retries its batch (max_restarts/max_task_retries default to -1).
+    # One block per batch: the actors share the work, and each segment streams back as it is written.
+    # Split before the actors start: they may take every CPU, and the split would wait for one.
+    batches = missing.repartition(-(-todo // job.commit_rows)).materialize()
+    return batches.map_batches(
+        EmbedSegments,
+        batch_size=job.commit_rows,
+        batch_format="numpy",
+        compute=ray_data.ActorPoolStrategy(size=workers),
+        num_cpus=1,
+        num_gpus=job.gpus_per_worker or None,
+    )
+
+
+def _embed(
+    w: Writer,
+    ray_data: Any,
+    missing: Any,
+    todo: int,
+    job: _Job,
+    *,
+    stored_space: Space | None,
+    workers: int,
+    run: str,
+    summary: IngestSummary,
+) -> None:
+    """Stage 4: embed the ``todo`` missing keys on the actors and adopt their segments as they finish
+    (``SpaceWriter.adopt``): a generation once ``PUBLISH_EVERY_S`` have passed since the last, and one at the end.
+    Counts and embed timings go to ``summary`` segment by segment, so an interrupted ingest reports them."""
+    writer = SpaceWriter(w, job.space, job.embedder, job.recipe)
+    if todo:
+        writer.check()
+    if stored_space is None:
+        w.adopt(space=job.space)  # registered even when nothing needs embedding, like a local ingest
+    if not todo:
+        return
+    embedded = _vector_segments(ray_data, missing, todo, job, w.store, run, workers)
+    timings = summary.timings
+    pending: list[str] = []
+    candidates: dict[bytes, str] = {}  # canary candidates of the pending segments (SpaceWriter.adopt)
+    last = time.monotonic()
+    for rec in embedded.iter_rows():
+        pending.append(rec["file"])
+        summary.embedded += int(rec["rows"])
+        timings["embed"] = timings.get("embed", 0.0) + float(rec["seconds"])
+        summary.device = str(rec["device"])
+        found = [c for c in str(rec["canaries"]).split("\x1f") if c]
+        candidates.update(zip(text_keys(job.recipe.name, found), found))
+        if job.progress:
+            job.progress(int(rec["rows"]), todo)
+        if time.monotonic() - last >= PUBLISH_EVERY_S:
+            writer.adopt(pending, candidates)
+            summary.batches_committed += 1
+            pending, candidates, last = [], {}, time.monotonic()
+    if pending:
+        writer.adopt(pending, candidates)
+        summary.batches_committed += 1
+
+
 # ----------------------------------------------------------------------------- stage 5: dataset segments
 
 
@@ -519,6 +715,26 @@ def _dataset_segments(df: Any, store_path: str, dataset: str, recipe: str, run: 
         )
         out.append(("labels", name))
     return pd.DataFrame(out, columns=["kind", "file"])
+
+
+def _write_dataset_segments(w: Writer, planned: Any, kept: int, job: _Job, run: str) -> None:
+    """Stage 5: the workers write the planned rows' new rows, keys and label updates as dataset segments (none
+    when no input row was ``kept``); the driver adopts them in one generation."""
+    written = (
+        planned.map_batches(
+            _dataset_segments,
+            batch_size=DATASET_SEGMENT_ROWS,
+            batch_format="pandas",
+            fn_kwargs={"store_path": str(w.store.path), "dataset": job.dataset, "recipe": job.recipe.name, "run": run},
+        ).to_pandas()
+        if kept
+        else None
+    )
+    names: dict[str, list[str]] = {k: [] for k in ("rows", "keys", "labels")}
+    if written is not None and len(written):
+        for kind, name in zip(written["kind"], written["file"]):
+            names[kind].append(name)
+    w.adopt(dataset=job.dataset, rows=names["rows"], keys={job.recipe.name: names["keys"]}, labels=names["labels"])
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -639,73 +855,69 @@ def ingest_ray(
         raise UsageError(f"{{param}} must be at least 1, got {workers}", "workers")
     if gpus_per_worker < 0:
         raise UsageError(f"{{param}} must be 0 or more, got {gpus_per_worker}", "gpus_per_worker")
-    try:
-        import ray
-        import ray.data as ray_data
-    except ImportError:
-        raise UsageError(
-            "{param} ray needs Ray Data; fix: pip install 'featurestore[ray]' (or pip install 'ray[data]')", "engine"
-        ) from None
-    files = expand_inputs(paths)
-    formats = {_format_of(f) for f in files}
-    if len(formats) > 1:
-        raise InputFileError(
-            f"the inputs mix formats ({', '.join(sorted(formats))}); fix: ingest each format separately"
-        )
-    fmt = formats.pop()
-    columns = _columns(files[0], fmt, sep)
-    source = files[0] if len(files) == 1 else f"{len(files)} files"
-    tcol = pick_column(columns, text_col, TEXT_COLUMNS, set(), "text", "[[text_col]]", files[0])
-    if tcol is None:
-        raise InputFileError(f"{files[0]} has no known text column among {', '.join(columns)}; fix: [[text_col]] NAME")
-    icol = pick_column(columns, id_col, ID_COLUMNS, {tcol}, "id", "[[id_col]]", files[0])
-    if icol is None:
-        raise InputFileError(
-            f"{files[0]} has no id column among {', '.join(columns)}; the Ray engine needs ids (rows of "
-            "many files have no global number); fix: [[id_col]] NAME, or [[engine]] local"
-        )
-    lcol = pick_column(columns, label_col, LABEL_COLUMNS, {tcol, icol}, "label", "[[label_col]]", files[0])
+    _require_ray()
+    inputs = _find_inputs(paths, sep, text_col, id_col, label_col)
     embedder = embedder or load_embedder(model)
     max_chars = cut_length(max_chars)
     space = make_space(embedder, model, recipe, dtype)
+    job = _Job(dataset, model, recipe, space, embedder, commit_rows, max_chars, gpus_per_worker, progress)
+    n_files = len(inputs.files)
     summary = IngestSummary(
         dataset,
         space.id,
         model,
         recipe.name,
-        columns={"id": icol, "label": lcol, "text": tcol},
-        source_format=f"{fmt} (Ray Data, {len(files)} file{'s' * (len(files) > 1)})",
+        columns={"id": inputs.id, "label": inputs.label, "text": inputs.text},
+        source_format=f"{inputs.fmt} (Ray Data, {n_files} file{'s' * (n_files > 1)})",
     )
+    _run_on_cluster(store, inputs, job, summary, workers=workers, address=address, wait=wait, t0=t0)
+    summary.seconds = time.perf_counter() - t0
+    log.info("ray ingest of %s: %s", inputs.source, summary)
+    return summary
+
+
+def _require_ray() -> None:
+    """Refuse the Ray engine without Ray Data installed, before any input is read."""
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "{param} ray needs Ray Data; fix: pip install 'featurestore[ray]' (or pip install 'ray[data]')", "engine"
+        ) from None
+
+
+def _run_on_cluster(
+    store: Store,
+    inputs: _Inputs,
+    job: _Job,
+    summary: IngestSummary,
+    *,
+    workers: int | None,
+    address: str | None,
+    wait: bool,
+    t0: float,
+) -> None:
+    """Join the cluster at ``address`` (or start a local one, shut down afterwards), size the actor pool, and
+    run the stages under the store's writer lock; a Ray error becomes the featurestore error it wraps."""
+    import ray
+    import ray.data as ray_data
+
     started = _connect(address)
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        if gpus_per_worker > gpus:
+        if job.gpus_per_worker > gpus:
             raise UsageError(
-                f"{{param}} {gpus_per_worker:g}, but the Ray cluster has {gpus} GPU(s); fix: drop "
+                f"{{param}} {job.gpus_per_worker:g}, but the Ray cluster has {gpus} GPU(s); fix: drop "
                 "{param} to embed on CPUs, or join a cluster with GPUs ([[address]])",
                 "gpus_per_worker",
             )
         if workers is None:
-            workers = max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else cpus
+            workers = max(1, int(gpus // job.gpus_per_worker)) if job.gpus_per_worker else cpus
         with _data_context(ray_data), store.writer(wait=wait) as w:
             try:
-                _run(
-                    w,
-                    ray_data,
-                    _Inputs(files, fmt, sep, columns, tcol, icol, lcol),
-                    dataset,
-                    model,
-                    recipe,
-                    space,
-                    embedder,
-                    summary,
-                    commit_rows=commit_rows,
-                    max_chars=max_chars,
-                    workers=workers,
-                    gpus_per_worker=gpus_per_worker,
-                    progress=progress,
-                )
+                _run(w, ray_data, inputs, job, summary, workers=workers)
             except KeyboardInterrupt:
                 summary.interrupted = True
                 summary.seconds = time.perf_counter() - t0
@@ -722,164 +934,41 @@ def ingest_ray(
     finally:
         if started:
             ray.shutdown()
-    summary.seconds = time.perf_counter() - t0
-    log.info("ray ingest of %s: %s", source, summary)
-    return summary
 
 
-def _run(
-    w: Any,
-    ray_data: Any,
-    inputs: _Inputs,
-    dataset: str,
-    model: str,
-    recipe: Recipe,
-    space: Space,
-    embedder: Embedder,
-    summary: IngestSummary,
-    *,
-    commit_rows: int,
-    max_chars: int,
-    workers: int,
-    gpus_per_worker: float,
-    progress: ProgressFn | None,
-) -> None:
+def _run(w: Writer, ray_data: Any, inputs: _Inputs, job: _Job, summary: IngestSummary, *, workers: int) -> None:
     """The five stages (module docstring), under the writer ``w``; counts and timings go to ``summary``."""
-    store = w.store
-    snap = w.snap
-    stored_space = snap.spaces.get(space.id)
-    ds = snap.datasets.get(dataset)
+    stored_space = w.snap.spaces.get(job.space.id)
     run = uuid.uuid4().hex[:8]
     timings = summary.timings
 
     # 1-2: read, clean, key; meet the dataset's stored rows by id.
     t = time.perf_counter()
-    keyed = inputs.read(ray_data).map_batches(
-        _key_rows, fn_kwargs={"recipe": recipe.name, "max_chars": max_chars}, batch_format="pyarrow", batch_size=4096
-    )
-    parts = []
-    if ds is not None:
-        parts = (
-            _segment_parts(store, ds.rows, STORED_ROW)
-            + _segment_parts(store, ds.labels, STORED_LABEL)
-            + _segment_parts(store, ds.keys.get(recipe.name, ()), STORED_KEY)
-        )
-    stored_rows = _stored(ray_data, parts)
-    by_id = keyed.union(stored_rows) if stored_rows is not None else keyed
-    planned = by_id.sort("id").map_batches(_plan_ids, batch_size=None, batch_format="pandas").materialize()
-    tally = planned.map_batches(_tally, batch_size=None, batch_format="pandas").to_pandas()
-    _check_ranges(tally)
-    n_kept = int(tally["rows"].sum())
-    totals = {c: int(tally[c].sum()) for c in COUNTED}
-    errors = tally[tally["error"] != ""]
-    if len(errors):
-        bad = errors.iloc[0]
-        if bad["error"] == "input":
-            raise InputFileError(
-                f"the input has rows sharing id {bad['error_id']!r} with different texts or labels; "
-                "an id names one tweet: fix the ids ([[duplicates]] first|last needs file order: local engine only)"
-            )
-        raise DatasetError(
-            f"id {bad['error_id']!r} is already in dataset {dataset!r} with a different text; an id "
-            "names one tweet: give new ids, or ingest into another dataset"
-        )
-    summary.rows_read = n_kept + totals.get("repeated", 0)
-    summary.duplicates = totals.get("repeated", 0) + n_kept - totals.get("new", 0)
-    summary.rows_keyed = n_kept
-    summary.truncated = totals.get("truncated", 0)
-    summary.empty_after_cleaning = totals.get("empty", 0)
+    planned, tally = _plan_by_id(ray_data, w, _read_and_key(ray_data, inputs, job), job)
+    summary.rows_read = tally.rows + tally.repeated
+    summary.duplicates = tally.repeated + tally.rows - tally.new
+    summary.rows_keyed = tally.rows
+    summary.truncated = tally.truncated
+    summary.empty_after_cleaning = tally.empty
     timings["plan ids"] = time.perf_counter() - t
 
     # 3: meet the space's stored keys by key; what is left is embedded once per key.
     t = time.perf_counter()
-    space_keys = _stored(ray_data, _segment_parts(store, stored_space.segments, STORED_KEY) if stored_space else [])
-    by_key = planned.select_columns(["key", "cleaned"]).map_batches(_as_input_keys, batch_format="pyarrow")
-    if space_keys is not None:
-        by_key = by_key.union(space_keys.select_columns(["key", "cleaned", "src"]))
-    missing = by_key.sort("key").map_batches(_missing_keys, batch_size=None, batch_format="pandas").materialize()
-    todo = missing.count()
-    summary.cache_hits = n_kept - todo
+    missing, todo = _plan_by_key(ray_data, w.store, stored_space, planned)
+    summary.cache_hits = tally.rows - todo
     timings["plan keys"] = time.perf_counter() - t
 
     # 4: embed on the actors; adopt their segments as they finish.
     t = time.perf_counter()
-    writer = SpaceWriter(w, space, embedder, recipe)
-    if todo:
-        writer.check()
-    if stored_space is None:
-        w.adopt(space=space)  # registered even when nothing needs embedding, like a local ingest
-    if todo:
-        settings: dict[str, Any] = {
-            "model": model,
-            "store_path": str(store.path),
-            "space_json": space.to_json(),
-            "space_id": space.id,
-            "run": run,
-        }
-
-        class EmbedSegments(_EmbedSegments):  # settings travel with the class, not as object-store arguments
-            def __init__(self) -> None:
-                super().__init__(**settings)
-
-        # Ray Data restarts a dead actor and retries its batch (max_restarts/max_task_retries default to -1).
-        # One block per batch: the actors share the work, and each segment streams back as it is written.
-        # Split before the actors start: they may take every CPU, and the split would wait for one.
-        batches = missing.repartition(-(-todo // commit_rows)).materialize()
-        embedded = batches.map_batches(
-            EmbedSegments,
-            batch_size=commit_rows,
-            batch_format="numpy",
-            compute=ray_data.ActorPoolStrategy(size=workers),
-            num_cpus=1,
-            num_gpus=gpus_per_worker or None,
-        )
-        pending: list[str] = []
-        candidates: dict[bytes, str] = {}  # canary candidates of the pending segments (SpaceWriter.adopt)
-        last = time.monotonic()
-        for rec in embedded.iter_rows():
-            pending.append(rec["file"])
-            summary.embedded += int(rec["rows"])
-            timings["embed"] = timings.get("embed", 0.0) + float(rec["seconds"])
-            summary.device = str(rec["device"])
-            found = [c for c in str(rec["canaries"]).split("\x1f") if c]
-            candidates.update(zip(text_keys(recipe.name, found), found))
-            if progress:
-                progress(int(rec["rows"]), todo)
-            if time.monotonic() - last >= PUBLISH_EVERY_S:
-                writer.adopt(pending, candidates)
-                summary.batches_committed += 1
-                pending, candidates, last = [], {}, time.monotonic()
-        if pending:
-            writer.adopt(pending, candidates)
-            summary.batches_committed += 1
+    _embed(w, ray_data, missing, todo, job, stored_space=stored_space, workers=workers, run=run, summary=summary)
     timings["embed stage"] = time.perf_counter() - t
 
     # 5: dataset rows, keys and labels: every key they name has its vector published now.
     t = time.perf_counter()
-    written = (
-        planned.map_batches(
-            _dataset_segments,
-            batch_size=DATASET_SEGMENT_ROWS,
-            batch_format="pandas",
-            fn_kwargs={"store_path": str(store.path), "dataset": dataset, "recipe": recipe.name, "run": run},
-        ).to_pandas()
-        if n_kept
-        else None
-    )
-    names: dict[str, list[str]] = {k: [] for k in ("rows", "keys", "labels")}
-    if written is not None and len(written):
-        for kind, name in zip(written["kind"], written["file"]):
-            names[kind].append(name)
-    w.adopt(dataset=dataset, rows=names["rows"], keys={recipe.name: names["keys"]}, labels=names["labels"])
+    _write_dataset_segments(w, planned, tally.rows, job, run)
     summary.batches_committed += 1
-    summary.new_ids = totals.get("new", 0)
-    summary.labels_added = totals.get("label_added", 0)
-    summary.labels_changed = totals.get("label_update", 0) - summary.labels_added
+    summary.new_ids = tally.new
+    summary.labels_added = tally.label_added
+    summary.labels_changed = tally.label_update - tally.label_added
     timings["dataset segments"] = time.perf_counter() - t
     w.compact()
-
-
-def _as_input_keys(batch: Any) -> Any:
-    import pyarrow as pa
-
-    return batch.append_column("src", pa.array([INPUT] * batch.num_rows, pa.int8()))
