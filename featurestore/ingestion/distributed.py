@@ -32,6 +32,8 @@ import hashlib
 import json
 import logging
 import os
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -746,15 +748,22 @@ def _connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    quiet = os.environ.get("FS_DEBUG") != "1" and "RAY_BACKEND_LOG_LEVEL" not in os.environ
+    if quiet:
+        # Ray's C++ core worker logs to this process's stderr: an E line for every actor pool ("constructor arguments
+        # in the object store and max_restarts > 0": Ray Data's own arguments), which is no error of the ingest.
+        # Ours are raised as exceptions. FS_DEBUG=1, or the variable set by the user, shows Ray's log again.
+        os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
     pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
     try:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-        )  # py: plugins load from the working directory
+        with _stderr_without(RAY_LEVEL_NOTE if quiet else None):
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+            )  # py: plugins load from the working directory
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(
             f"cannot connect to the Ray cluster at {address!r} ({' '.join(str(exc).split())[:200]}); "
@@ -762,6 +771,32 @@ def _connect(address: str | None) -> bool:
             "address",
         ) from None
     return True
+
+
+RAY_LEVEL_NOTE = "Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL"  # Ray's C++ says it set the level
+
+
+@contextlib.contextmanager
+def _stderr_without(note: str | None) -> Iterator[None]:
+    """Inside the block, this process's stderr (file descriptor 2, where C++ libraries write) goes to a temporary
+    file; afterwards every line of it but those containing ``note`` is written to stderr as it came."""
+    if note is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True) if note.encode() not in line]
+            if kept:
+                sys.stderr.buffer.write(b"".join(kept))
+                sys.stderr.flush()
 
 
 @contextlib.contextmanager
