@@ -226,6 +226,10 @@ class SegmentInfo:
     space: Space | None = None  # vectors: the space (without segments)
     dataset: str = ""
     recipe: str = ""
+    merged_from: tuple[str, ...] = ()  # a compaction's segment: the segments it holds, in order; () if unknown
+
+
+MERGED_FROM = "merged_from"  # attribute of a compaction's segment: JSON list of the segments it holds
 
 
 def segment_attrs(kind: str, *, space: Space | None = None, dataset: str = "", recipe: str = "") -> dict[str, str]:
@@ -249,6 +253,7 @@ def read_segment_info(path: Path) -> SegmentInfo | None:
             space = Space.from_json(a["space"], json.loads(a["space_json"])) if "space_json" in a else None
     except (OSError, KeyError, ValueError, TypeError):
         return None
+    merged_from = _merged_from(a.get(MERGED_FROM))
     kind = a.get("kind", "")
     if (kind == "vectors" and space is None) or (kind in ("rows", "keys", "labels") and not a.get("dataset")):
         return None
@@ -256,7 +261,18 @@ def read_segment_info(path: Path) -> SegmentInfo | None:
         return None
     if kind not in ("vectors", "rows", "keys", "labels"):
         return None
-    return SegmentInfo(kind, rows, space, a.get("dataset", ""), a.get("recipe", ""))
+    return SegmentInfo(kind, rows, space, a.get("dataset", ""), a.get("recipe", ""), merged_from)
+
+
+def _merged_from(value: str | None) -> tuple[str, ...]:
+    """The sources a compaction recorded; () when absent (a commit's segment, or a merge written before
+    merges recorded them) or unreadable: repair then compares the segments' contents instead."""
+    try:
+        names = json.loads(value) if value else []
+    except ValueError:
+        return ()
+    ok = isinstance(names, list) and all(isinstance(n, str) and n for n in names)
+    return tuple(names) if ok else ()
 
 
 @contextlib.contextmanager
@@ -983,6 +999,8 @@ class Writer:
         slice of them when every text in the slice has the same length."""
         total = sum(s.rows for s in segs)
         texts: list[np.ndarray] = []
+        # Its sources recorded: a repair that falls back to a generation naming them adopts one or the other.
+        attrs = {**attrs, MERGED_FROM: json.dumps([s.file for s in segs])}
         with _segment_file(self.store.segment_path(segment_name(seq)), attrs) as out:
             offset = 0
             for seg in segs:
