@@ -208,6 +208,90 @@ def test_batch_limits(client: TestClient) -> None:
     assert "Not Found" in error_of(client.get("/nope"), 404)
 
 
+@pytest.mark.parametrize(
+    "k,status,needle",
+    [(-1, 400, "k must be at least 1, got -1"), (0, 400, "k must be at least 1, got 0"), (101, 422, "at most 100")],
+)
+def test_a_bad_k_is_the_requests_error_for_get_and_post_alike(
+    client: TestClient, k: int, status: int, needle: str
+) -> None:
+    # k applies to every query of a batch: the whole request is refused, not each query answered with the error
+    got = error_of(client.get("/similar", params={"q": "x", "k": k}), status)
+    posted = error_of(client.post("/similar", json={"queries": [{"q": "x"}, {"id": "no-such-id"}], "k": k}), status)
+    assert needle in got and posted == got
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"queries": [{"q": x}]}',
+        '{"queries": [\n  {"q": "a"},\n  {"q": "b"}\n  {"q": "c"}\n]}',
+        '{"queries": [{"q": "a"}], "k": 3',
+        "queries=a",
+    ],
+)
+def test_a_body_that_is_not_json_is_told_where_as_line_and_column(client: TestClient, body: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as parsed:
+        json.loads(body)
+    e = parsed.value
+    r = client.post("/similar", content=body.encode(), headers={"content-type": "application/json"})
+    assert error_of(r, 422) == f"invalid request: body is not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}"
+
+
+def test_no_answer_shows_a_path_of_the_servers_filesystem(store: Path, tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(store)  # messages may name the store as given, or as its real path
+    c = client_for(link)
+    answers = [
+        c.get("/similar", params={"q": "x", "dataset": "nope"}),
+        c.get("/similar", params={"id": "1", "dataset": "nope"}),
+        c.get("/vectors/nope/1"),
+        c.post("/similar", json={"queries": [{"q": "x", "dataset": "nope"}]}),
+    ]
+    for r in answers[:3]:
+        assert error_of(r, 404) == "dataset 'nope' does not exist in the store; datasets: train"
+    assert answers[3].json()["results"][0] == {
+        "error": "dataset 'nope' does not exist in the store; datasets: train",
+        "status": 404,
+    }
+    latest = max((store / "manifest").glob("*.json"))
+    latest.write_text("{not json")
+    answers.append(c.post("/similar", json={"queries": [{"q": "hello"}, {"q": "again"}]}))  # the request's error
+    answers.append(c.get("/similar", params={"q": "hello"}))
+    assert error_of(answers[-2], 503) == error_of(answers[-1], 503)
+    message = error_of(answers[-1], 503)
+    assert f"store manifest manifest/{latest.name} is corrupt" in message
+    assert message.endswith("fix: run 'fs repair --store STORE'")
+    for r in answers:
+        assert str(tmp_path) not in r.text and str(store.resolve()) not in r.text, r.text
+
+
+def test_public_message_names_the_store_and_hides_every_other_server_path() -> None:
+    stores = ("/srv/fs/store", "/data/store/")
+    for message, public in [
+        ("store /srv/fs/store does not exist; fix: ...", "the store does not exist; fix: ..."),
+        (
+            "store manifest /data/store/manifest/3.json is corrupt (x); fix: run 'fs repair --store /data/store'",
+            "store manifest manifest/3.json is corrupt (x); fix: run 'fs repair --store STORE'",
+        ),
+        (
+            "dataset 'x' does not exist in /srv/fs/store; datasets: a",
+            "dataset 'x' does not exist in the store; datasets: a",
+        ),
+        (
+            "rebuilt: unreadable index manifest ([Errno 13] Permission denied: '/srv/fs/store/index/a.json')",
+            "rebuilt: unreadable index manifest ([Errno 13] Permission denied: 'index/a.json')",
+        ),
+        ("weights file /root/.cache/elmo/weights.hdf5 does not exist", "weights file <server path> does not exist"),
+        ("/srv/fs/store2/x is\n another store", "<server path> is another store"),
+        (
+            "k must be at least 1, got -1; and/or 1/2 of http://host/a/b",
+            "k must be at least 1, got -1; and/or 1/2 of http://host/a/b",
+        ),
+    ]:
+        assert serve.public_message(message, stores) == public
+
+
 def test_token_is_required_when_set(base_store: Path) -> None:
     c = client_for(base_store, token="s3cret")
     for path in ("/similar?q=hello", "/datasets", "/health", "/vectors/train/1"):
@@ -217,6 +301,7 @@ def test_token_is_required_when_set(base_store: Path) -> None:
     assert "bearer token" in error_of(c.post("/similar", json={"queries": [{"q": "a"}]}), 401)
     assert c.get("/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert c.get("/").status_code == 200 and c.get("/docs").status_code == 200  # no data in either
+    assert c.get(serve.DOCS_ASSETS + "/swagger-ui-bundle.js").status_code == 200  # nor in Swagger UI's files
 
 
 @pytest.mark.parametrize("threads", [None, 3])
@@ -504,7 +589,7 @@ def test_fs_serve_as_another_user_on_a_read_only_store_writes_nothing(base_store
         os.chmod(top, 0o755)
         store = top / "store"
         shutil.copytree(base_store, store)
-        shutil.rmtree(store / "index")  # the index must be built, in memory
+        shutil.rmtree(store / "index", ignore_errors=True)  # the index must be built, in memory
         for p in [store, *store.rglob("*")]:
             os.chmod(p, 0o555 if p.is_dir() else 0o444)
         before = sorted((str(p), p.stat().st_mtime_ns) for p in store.rglob("*"))

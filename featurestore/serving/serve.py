@@ -9,9 +9,16 @@ segments that generation added. Nothing here writes to the store: no
 store, as ``fs similar`` does; a read-only store is answered from an index built in memory.)
 
 Errors are JSON ``{"error": "<one line>"}``: the library's own message with parameters named
-as the HTTP parameters (``k``, ``q``, ``dataset``), status 400 for a user mistake, 404 for an
-unknown dataset or id, 401 for a missing or wrong token, 413/422 for the request limits, 503 when
-the store itself cannot be read (a corrupt manifest: ``fs repair``).
+as the HTTP parameters (``k``, ``q``, ``dataset``) and no path of the server's filesystem in it
+(``public_message``), status 400 for a user mistake, 404 for an unknown dataset or id, 401 for a
+missing or wrong token, 413/422 for the request limits, 503 when the store itself cannot be read
+(a corrupt manifest: ``fs repair``). A parameter of the whole request (``k``), or a store that
+cannot be read, is the request's error for ``GET`` and ``POST /similar`` alike; only a batch's
+per-query errors (a query's text, id or dataset) are answered per query.
+
+Every page loads only what the server itself serves, so that ``/docs`` works without internet:
+Swagger UI's script and style come from the ``fastapi-swagger`` package, not from a CDN, and
+ReDoc (another CDN bundle) is not served.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,9 +41,11 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
+import fastapi_swagger.resources as swagger_ui_files  # type: ignore[import-untyped]  # no py.typed; files only
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -60,9 +70,34 @@ MAX_HIT_IDS = 100  # a text stored under thousands of ids lists the first ones a
 # Library parameter -> the HTTP parameter a client sends (the rest keep their names).
 _PARAMS = {"text": "q"}
 
+# Swagger UI's files as /docs loads them from this server (fastapi-swagger ships a current swagger-ui-dist build):
+# FastAPI's default page takes them from a CDN, a blank page without internet.
+DOCS_ASSETS = "/docs/static"
+DOCS_FILES = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+}
+
+# An absolute path left in a library message once the store's own path is replaced (a model file, a cache)
+_ABSOLUTE_PATH = re.compile(r"""(?<![\w.~/:-])/[^\s'"/;,()]+(?:/[^\s'"/;,()]*)+""")
+
 
 def param_of(name: str) -> str:
     return _PARAMS.get(name, name)
+
+
+def public_message(message: str, store_paths: tuple[str, ...]) -> str:
+    """``message`` in one line, without a path of the server's filesystem: the store is "the store" (a file in
+    it is named from the store, as ``manifest/00000003.json``, and a command's ``--store`` shows ``STORE``), any
+    other absolute path is ``<server path>``. A client has no business with the server's directories."""
+    message = " ".join(message.split())
+    for path in sorted(store_paths, key=len, reverse=True):  # a path before the shorter ones inside it
+        p = re.escape(path.rstrip("/"))
+        message = re.sub(rf"--store {p}(?![^\s'\"])", "--store STORE", message)
+        message = re.sub(rf"{p}/", "", message)
+        message = re.sub(rf"(?:\bstore )?{p}(?![^\s'\";,)])", "the store", message)
+    return _ABSOLUTE_PATH.sub("<server path>", message)
 
 
 @dataclass(frozen=True)
@@ -106,6 +141,9 @@ class Service:
         self.settings = settings
         self.fs = FeatureStore(settings.store)
         self.fs.store.require_existing()
+        path = self.fs.store.path
+        # every spelling of the store's path a message may hold (as given, absolute, through symlinks)
+        self.store_paths = tuple({str(path), os.path.abspath(path), os.path.realpath(path)})
         self.fs.hold()  # segments open, ids/labels/texts packed in memory as queries (or warm) touch them
         self._lock = threading.Lock()  # the cached summary
         self._info: tuple[int, dict[str, Any]] | None = None
@@ -148,6 +186,10 @@ class Service:
         finally:
             self.warmed.set()
 
+    def message(self, exc: FeatureStoreError) -> str:
+        """A library error as a client reads it: parameters named as HTTP parameters, no server path."""
+        return public_message(exc.render(param_of), self.store_paths)
+
     def snapshot(self) -> Snapshot:
         """The latest snapshot: the store reuses the last one parsed while its manifest file is the same one
         (a manifest repaired in place is read again), so a request costs three system calls: a stat of the
@@ -160,7 +202,7 @@ class Service:
             try:
                 self.fs.store.dataset(name, snap)
             except DatasetError as exc:
-                raise HTTPError(404, exc.render(param_of)) from None
+                raise HTTPError(404, self.message(exc)) from None
         return snap.datasets[name]
 
     # ---- queries
@@ -183,18 +225,18 @@ class Service:
                 q, id=id, k=k, dataset=dataset, model=s.model, clean=s.clean, dtype=s.dtype, snapshot=snap
             )
         except UnknownIdError as exc:
-            raise HTTPError(404, " ".join(exc.render(param_of).split())) from None
+            raise HTTPError(404, self.message(exc)) from None
         self.scans = r.index_kind == "Flat"
         # the answer is this generation's, read once for the request
         out = {
             "generation": snap.generation,
             "space": r.space,
             "query": r.query,
-            "index": r.index,
+            "index": public_message(r.index, self.store_paths),  # "rebuilt: <why>" may quote an OSError's path
             "hits": [self._hit(h) for h in r.hits],
         }
         if r.note:
-            out["note"] = r.note
+            out["note"] = public_message(r.note, self.store_paths)
         return out
 
     @staticmethod
@@ -220,7 +262,7 @@ class Service:
                 dataset, id, model=self.settings.model, clean=self.settings.clean, dtype=self.settings.dtype
             )
         except UnknownIdError as exc:
-            raise HTTPError(404, " ".join(exc.render(param_of).split())) from None
+            raise HTTPError(404, self.message(exc)) from None
         return {
             "dataset": ds.name,
             "id": id,
@@ -265,6 +307,9 @@ class Service:
 
 
 def check_k(k: int) -> None:
+    """``k`` applies to every query of a request: a bad one is the request's error, before any query runs."""
+    if k < 1:
+        raise HTTPError(400, f"k must be at least 1, got {k}")
     if k > MAX_K:
         raise HTTPError(422, f"k must be at most {MAX_K}, got {k}; fix: ask for {MAX_K} neighbours or fewer")
 
@@ -321,9 +366,24 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+def _json_error(exc: RequestValidationError, error: dict[str, Any]) -> str:
+    """Where a body that is not JSON went wrong, as Python's json module says it: line and column of the body."""
+    loc = error.get("loc", ())
+    pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    doc = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else exc.body
+    why = error.get("ctx", {}).get("error") or error.get("msg", "JSON decode error")
+    if pos is None or not isinstance(doc, str):
+        return f"invalid request: body is not valid JSON: {why}"
+    line = doc.count("\n", 0, pos) + 1
+    column = pos - doc.rfind("\n", 0, pos)  # 1-based; rfind is -1 on the first line
+    return f"invalid request: body is not valid JSON: line {line}, column {column}: {why}"
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for e in exc.errors()[:3]:
+        if e.get("type") == "json_invalid":
+            return _json_error(exc, e)
         where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "body", "path"))
         got = f" (got {e['input']!r:.60})" if "input" in e and not isinstance(e["input"], (dict, list)) else ""
         parts.append(f"{where or 'request'}: {e.get('msg', 'invalid')}{got}")
@@ -341,6 +401,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(
         lifespan=lifespan,
+        docs_url=None,  # served below, from this server's own copy of Swagger UI
+        redoc_url=None,  # ReDoc's page loads its script from a CDN and Google's fonts: one API page is enough
         title="featurestore",
         description="Nearest stored tweets by cosine similarity, stored vectors and datasets, read-only. "
         f"Limits: k <= {MAX_K}, batch <= {MAX_BATCH} queries, text <= {MAX_TEXT_CHARS:,} characters. "
@@ -371,7 +433,7 @@ def create_app(settings: Settings) -> FastAPI:
     def _library_error(request: Request, exc: FeatureStoreError) -> JSONResponse:
         # a store that cannot be read (corrupt manifest, permissions) is the server's problem, not the request's
         status = 503 if isinstance(exc, StoreError) else 400
-        return JSONResponse({"error": " ".join(exc.render(param_of).split())}, status_code=status)
+        return JSONResponse({"error": service.message(exc)}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -400,6 +462,24 @@ def create_app(settings: Settings) -> FastAPI:
     def page() -> HTMLResponse:
         return HTMLResponse(resources.files("featurestore.serving").joinpath("static/index.html").read_text("utf-8"))
 
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")  # behind a proxy that mounts the server on a path
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+    @app.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
+    def docs_file(name: str) -> Response:
+        if name not in DOCS_FILES:
+            raise HTTPError(404, f"no such file of the API page: {name!r}; files: {', '.join(DOCS_FILES)}")
+        # the same bytes until fastapi-swagger is upgraded; a day's cache spares a browser 1.7 MB a visit
+        return Response(_docs_file(name), media_type=DOCS_FILES[name], headers={"Cache-Control": "max-age=86400"})
+
     @app.get("/similar", dependencies=auth, summary="Nearest stored tweets to a text or a stored row")
     async def similar_get(
         q: str | None = None, id: str | None = None, dataset: str | None = None, k: int = 10
@@ -427,9 +507,10 @@ def create_app(settings: Settings) -> FastAPI:
                 results.append(service.similar(item.q, item.id, body.k, item.dataset))
             except HTTPError as exc:
                 results.append({"error": exc.message, "status": exc.status})
+            except StoreError:
+                raise  # a store the server cannot read fails the whole request (503), as it does a GET
             except FeatureStoreError as exc:
-                status = 503 if isinstance(exc, StoreError) else 400
-                results.append({"error": " ".join(exc.render(param_of).split()), "status": status})
+                results.append({"error": service.message(exc), "status": 400})
         return {"k": body.k, "results": results}
 
     @app.post("/similar", dependencies=auth, summary="Several similarity queries in one request")
@@ -451,6 +532,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     return app
+
+
+@functools.cache
+def _docs_file(name: str) -> bytes:
+    return resources.files(swagger_ui_files).joinpath(name).read_bytes()
 
 
 def _version() -> str:
