@@ -1,4 +1,5 @@
-"""What every command shares: turning library errors into one-line messages that name the flags."""
+"""What every command shares: turning library errors into one-line messages that name the flags, and help
+text shown as written."""
 
 from __future__ import annotations
 
@@ -74,9 +75,27 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def literal_help(command: Any) -> None:
+    """Show the help of ``command`` and of every command under it as written, in click's plain layout.
+
+    Typer's default reads help text as rich markup, where ``[...]`` is a style tag: ``pip install
+    'featurestore[ray]'`` lost its ``[ray]`` and ``[default 32]`` vanished. Help texts here are plain text.
+    Typer gives every command of an app the root's mode; this sets it on the built commands instead, so
+    that one group class (below) covers the whole tree.
+    """
+    command.rich_markup_mode = None
+    for sub in getattr(command, "commands", {}).values():  # a group (typer vendors its own click: duck-typed)
+        literal_help(sub)
+
+
 class OneLineErrors(TyperGroup):
     """The ``fs`` group: a mistyped option or value is one line ``Error: ...`` with where to look, like
-    every other user mistake, instead of click's boxed usage message."""
+    every other user mistake, instead of click's boxed usage message; help text is shown as written
+    (:func:`literal_help`)."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        literal_help(self)
 
     def main(
         self,

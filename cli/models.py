@@ -22,7 +22,7 @@ app = typer.Typer(
 @app.command("list")
 @handle_errors
 def list_models() -> None:
-    """Show the known ELMo releases and whether each is downloaded."""
+    """Show the known ELMo releases and whether each is downloaded (elmo-tiny ships with featurestore)."""
     rows = [("NAME", "DIMS", "PARAMS", "DOWNLOADED", "PATH")]
     for name, release in releases.RELEASES.items():
         present = releases.is_downloaded(name)
@@ -31,8 +31,8 @@ def list_models() -> None:
                 name,
                 str(release.dim),
                 f"{release.params_m:g}M",
-                "yes" if present else "no",
-                str(releases.models_dir() / name) if present else "-",
+                ("shipped" if release.shipped else "yes") if present else "no",
+                str(releases.release_path(name)) if present else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -63,7 +63,8 @@ def pull(
             seen[fname] = done
 
         folder = releases.pull(name, progress=progress, force=force)
-    typer.echo(f"{name} is in {folder}")
+    shipped = " (it ships with featurestore: nothing to download)" if releases.get_release(name).shipped else ""
+    typer.echo(f"{name} is in {folder}{shipped}")
 
 
 @app.command()

@@ -95,3 +95,40 @@ def test_export_read_back_through_hub_gives_the_same_stored_vectors(
     np.testing.assert_array_equal(ids_a, ids_b)
     assert np.abs(native - hub).max() <= 1e-5
     assert {s["model"] for s in api.info()["spaces"]} == {f"elmo:{model_dir}", f"hub:{exported}"}
+
+
+def test_elmo_tiny_ships_with_the_package_and_works_offline(
+    model_dir: Path, tweets: Path, native_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--model elmo-tiny needs nothing but the package: a few tweets ingested and searched, by id and by a new
+    text. Its files are the fixture's, so its vectors and its space are the native ELMo's on those files."""
+    monkeypatch.setenv("FS_MODELS_DIR", str(tmp_path / "models"))  # nothing pulled: the model is not looked up there
+    few = tmp_path / "few.csv"
+    with tweets.open(encoding="utf-8") as f:
+        few.write_text("".join(f.readlines()[:25]), encoding="utf-8")  # header + 24 tweets
+    store = tmp_path / "store"
+    r = fs("ingest", few, "--model", "elmo-tiny", "--store", store)
+    assert r.exit_code == 0 and "texts embedded 24" in r.output, r.output
+    s = fs("similar", "--id", 5, "--k", 3, "--model", "elmo-tiny", "--store", store)
+    assert s.exit_code == 0, s.output
+    first = s.output.splitlines()[0].split()
+    assert first[0] == "1" and abs(float(first[1]) - 1.0) < 1e-5 and "train:5" in first[2]
+    q = fs("similar", "what a lovely day", "--k", 2, "--model", "elmo-tiny#elmo", "--store", store)
+    hits = [line.split() for line in q.output.splitlines() if line.startswith("  ")]
+    assert q.exit_code == 0 and [h[0] for h in hits] == ["1", "2"] and "(embedded" in q.output, q.output
+    assert not (tmp_path / "models").exists()
+
+    tiny = FeatureStore(store)
+    X, _, ids = tiny.xy("train", "elmo-tiny")
+    native = FeatureStore(native_store)
+    X_native, _, ids_native = native.xy("train", f"elmo:{model_dir}")
+    assert list(ids) == list(ids_native[:24]) and X.shape == (24, 32)
+    np.testing.assert_allclose(X, X_native[:24], rtol=0, atol=1e-6)  # batches of 24 and 240: float noise at most
+    [space] = tiny.info()["spaces"]
+    [native_space] = native.info()["spaces"]
+    assert space["id"] == native_space["id"] and space["model"] == "elmo-tiny"
+
+    # the other mixes are other spaces, as for any native ELMo
+    top = fs("ingest", few, "--model", "elmo-tiny#top", "--store", store)
+    assert top.exit_code == 0 and "texts embedded 24" in top.output, top.output
+    assert len(tiny.info()["spaces"]) == 2

@@ -110,8 +110,11 @@ def fake_pulled(folder: Path, name: str = "elmo-small") -> Path:
 
 
 def test_catalogue_matches_allennlp_table() -> None:
-    assert list(releases.RELEASES) == ["elmo-small", "elmo-medium", "elmo-original", "elmo-original-5.5b"]
-    assert [r.dim for r in releases.RELEASES.values()] == [256, 512, 1024, 1024]
+    names = ["elmo-tiny", "elmo-small", "elmo-medium", "elmo-original", "elmo-original-5.5b"]
+    assert list(releases.RELEASES) == names
+    assert [r.dim for r in releases.RELEASES.values()] == [32, 256, 512, 1024, 1024]
+    published = [r for r in releases.RELEASES.values() if not r.shipped]
+    assert [r.name for r in published] == names[1:]
     original = releases.RELEASES["elmo-original"]
     assert original.weights_url == (
         "https://s3-us-west-2.amazonaws.com/allennlp/models/elmo/2x4096_512_2048cnn_2xhighway/"
@@ -120,7 +123,7 @@ def test_catalogue_matches_allennlp_table() -> None:
     assert releases.RELEASES["elmo-original-5.5b"].options_url.endswith(
         "2x4096_512_2048cnn_2xhighway_5.5B/elmo_2x4096_512_2048cnn_2xhighway_5.5B_options.json"
     )
-    assert all(r.weights_sha256 is None for r in releases.RELEASES.values())  # AllenNLP publishes none
+    assert all(r.weights_sha256 is None for r in published)  # AllenNLP publishes none
     assert set(releases.RELEASES) <= set(known_models())
 
 
@@ -137,7 +140,7 @@ def test_release_path(models_dir: Path) -> None:
         "model elmo-small is not downloaded; run: fs models pull elmo-small "
         "(or --model elmo:PATH for a local options+weights pair)"
     )
-    with pytest.raises(ModelError, match="unknown model release 'elmo-huge'; known releases: elmo-small"):
+    with pytest.raises(ModelError, match="unknown model release 'elmo-huge'; known releases: elmo-tiny, elmo-small"):
         releases.release_path("elmo-huge")
     folder = fake_pulled(models_dir)
     assert releases.release_path("elmo-small") == folder
@@ -185,8 +188,9 @@ def test_cli_list(runner: CliRunner, fs: typer.Typer, models_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split() == ["NAME", "DIMS", "PARAMS", "DOWNLOADED", "PATH"]
-    assert lines[1].split() == ["elmo-small", "256", "13.6M", "no", "-"]
-    assert lines[2].split() == ["elmo-medium", "512", "28M", "yes", str(models_dir / "elmo-medium")]
+    assert lines[1].split() == ["elmo-tiny", "32", "0.105M", "shipped", str(TINY)]
+    assert lines[2].split() == ["elmo-small", "256", "13.6M", "no", "-"]
+    assert lines[3].split() == ["elmo-medium", "512", "28M", "yes", str(models_dir / "elmo-medium")]
     assert len(lines) == 1 + len(releases.RELEASES)
 
 
@@ -205,7 +209,7 @@ def test_cli_pull_unknown_name(runner: CliRunner, fs: typer.Typer) -> None:
     assert result.exit_code == 1
     assert result.output.strip() == (
         "Error: unknown model release 'elmo-huge'; known releases: "
-        "elmo-small, elmo-medium, elmo-original, elmo-original-5.5b"
+        "elmo-tiny, elmo-small, elmo-medium, elmo-original, elmo-original-5.5b"
     )
 
 
@@ -235,13 +239,68 @@ def test_cli_verify_ok_then_corrupt(runner: CliRunner, fs: typer.Typer, models_d
 
 
 def test_cli_verify_unrecorded_and_missing(runner: CliRunner, fs: typer.Typer, models_dir: Path) -> None:
-    result = runner.invoke(fs, ["models", "verify"])
-    assert result.exit_code == 0 and "No releases downloaded" in result.output
+    result = runner.invoke(fs, ["models", "verify"])  # nothing pulled: the shipped model is checked
+    assert result.exit_code == 0 and result.output.count("OK (shipped)") == 2, result.output
+    assert result.output.startswith(f"elmo-tiny/options.json  {releases.ELMO_TINY.options_sha256}  OK (shipped)")
     result = runner.invoke(fs, ["models", "verify", "elmo-small"])
     assert result.exit_code == 1 and "Error: model elmo-small is not downloaded" in result.output
     (fake_pulled(models_dir) / "sha256.json").unlink()  # copied by hand: nothing to compare with
     result = runner.invoke(fs, ["models", "verify", "elmo-small"])
     assert result.exit_code == 0 and "UNKNOWN" in result.output
+
+
+# -- elmo-tiny: the model that ships with the package (its TensorFlow run: tests/test_elmo_store.py) ---------------
+
+TINY = Path(releases.__file__).resolve().parent / "data" / "elmo-tiny"
+
+
+def test_elmo_tiny_ships_with_the_package(models_dir: Path) -> None:
+    tiny = releases.RELEASES["elmo-tiny"]
+    assert releases.is_downloaded("elmo-tiny") and releases.release_path("elmo-tiny") == TINY == tiny.shipped
+    assert sorted(p.name for p in TINY.iterdir()) == ["LICENSE", "README.md", "options.json", "weights.hdf5"]
+    assert "elmo-tiny" in known_models() and "elmo-tiny" in releases.downloaded()
+    # the pinned checksums are the files' (and the allennlp 0.9.0 wheel's fixture's, tests/elmo_fixture.py)
+    report = releases.verify("elmo-tiny")
+    assert report.ok and [(c.file, c.source) for c in report.files] == [
+        ("options.json", "shipped"),
+        ("weights.hdf5", "shipped"),
+    ]
+    assert releases.pull("elmo-tiny") == releases.pull("elmo-tiny", force=True) == TINY  # nothing to download
+    assert not models_dir.exists()  # and nothing written to the models folder
+    readme = (TINY / "README.md").read_text()
+    for fact in ("not for quality", "allennlp 0.9.0", "bilm-tf", "Apache License, Version 2.0", "NOTICE"):
+        assert fact.lower() in readme.lower(), fact
+    assert tiny.options_sha256 in readme and tiny.weights_sha256 in readme
+    assert (TINY / "LICENSE").read_text().split()[:3] == ["Apache", "License", "Version"]
+
+
+def test_elmo_tiny_is_package_data() -> None:
+    """A non-editable install carries the folder: every file in it matches the package-data globs."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["featurestore.embedders"]
+    package = TINY.parents[1]
+    for f in TINY.iterdir():
+        assert any(fnmatch.fnmatch(f.relative_to(package).as_posix(), g) for g in globs), f
+
+
+def test_shipped_release_without_its_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(
+        releases.RELEASES, "elmo-tiny", dataclasses.replace(releases.ELMO_TINY, shipped=tmp_path / "gone")
+    )
+    assert not releases.is_downloaded("elmo-tiny") and "elmo-tiny" not in releases.downloaded()
+    with pytest.raises(ModelError, match=r"should ship with featurestore but .*gone lacks options.json.*reinstall"):
+        releases.release_path("elmo-tiny")
+
+
+def test_cli_pull_and_list_elmo_tiny(runner: CliRunner, fs: typer.Typer, models_dir: Path) -> None:
+    result = runner.invoke(fs, ["models", "pull", "elmo-tiny"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"elmo-tiny is in {TINY} (it ships with featurestore: nothing to download)"
+    listed = runner.invoke(fs, ["models", "list"]).output.splitlines()
+    assert listed[1].split() == ["elmo-tiny", "32", "0.105M", "shipped", str(TINY)]
 
 
 def test_cli_export_unknown_model(runner: CliRunner, fs: typer.Typer, tmp_path: Path) -> None:

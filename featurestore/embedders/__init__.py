@@ -14,7 +14,8 @@ Names:
 - ``hub:HANDLE``: any TF Hub handle (URL or directory) whose signature maps strings to vectors.
 - ``elmo:PATH``: native TF2 ELMo from a bilm ``options.json`` + weights ``.hdf5`` pair
   (PATH is a directory holding both, or ``OPTIONS.json,WEIGHTS.hdf5``).
-- a release name from ``fs models list`` (e.g. ``elmo-original``): native ELMo from the models folder.
+- a release name from ``fs models list`` (e.g. ``elmo-original``): native ELMo from the models folder;
+  ``elmo-tiny`` ships inside the package (bilm-tf's test model: for trying the commands offline, not for quality).
 - ``py:MODULE:ATTR``: your own ``Embedder`` subclass (or factory), importable from ``MODULE``.
 
 ELMo specs take an optional layer mix: ``#elmo`` (default, the mean of the three layers, as TF

@@ -7,6 +7,11 @@ A release is an AllenNLP/bilm ``options.json`` + ``weights.hdf5`` pair. ``pull``
 both into ``<models_dir>/<name>/`` (temp file, checksum, atomic rename) and records their
 sha256 in ``sha256.json`` so ``verify`` can later detect a corrupted or swapped file.
 AllenNLP publishes no checksums for these files, so the recorded ones are the reference.
+
+One release ships inside the package instead: ``elmo-tiny``, bilm-tf's test model from the
+allennlp 0.9.0 wheel (``data/elmo-tiny/``, its README says where from and under which licence),
+so that the ELMo commands can be tried offline. Nothing is downloaded for it, and ``verify``
+checks its files against the checksums pinned here.
 """
 
 from __future__ import annotations
@@ -52,14 +57,17 @@ class Release:
     #: LSTM hidden size / projection size
     lstm: str
     highway_layers: int
-    options_url: str
-    weights_url: str
-    #: published sha256 of each file; None where AllenNLP publishes none
+    #: download addresses; None for a release that ships with the package
+    options_url: str | None
+    weights_url: str | None
+    #: published (or, for a shipped release, pinned) sha256 of each file; None where AllenNLP publishes none
     options_sha256: str | None = None
     weights_sha256: str | None = None
+    #: the folder inside this package holding both files, for a release that ships with it (nothing to download)
+    shipped: Path | None = None
 
-    def files(self) -> dict[str, tuple[str, str | None]]:
-        """Local file name -> (download address, published sha256 or None)."""
+    def files(self) -> dict[str, tuple[str | None, str | None]]:
+        """Local file name -> (download address or None, published sha256 or None)."""
         return {
             OPTIONS_FILE: (self.options_url, self.options_sha256),
             WEIGHTS_FILE: (self.weights_url, self.weights_sha256),
@@ -71,11 +79,31 @@ def _release(name: str, stem: str, dim: int, params_m: float, lstm: str, highway
     return Release(name, description, dim, params_m, lstm, highway, f"{base}_options.json", f"{base}_weights.hdf5")
 
 
+#: the package's own model files (package data, see pyproject.toml)
+SHIPPED_DIR = Path(__file__).resolve().parent / "data"
+
+#: for trying the commands offline, not for quality: the allennlp 0.9.0 wheel's copy of bilm-tf's test model
+#: (random-ish weights; data/elmo-tiny/README.md). Its checksums are pinned: the files are ours to ship.
+ELMO_TINY = Release(
+    name="elmo-tiny",
+    description="bilm-tf's test model, shipped for trying the commands offline (not for quality)",
+    dim=32,
+    params_m=0.105,
+    lstm="64/16",
+    highway_layers=2,
+    options_url=None,
+    weights_url=None,
+    options_sha256="117cb6d2fb87b8485aa750ef299fa88cc4881f4bead731ea56aec8e944da580d",
+    weights_sha256="dfdfd3001b5965b4b6ef857ac772b6624984f8248eaae08fb9be6d1b51ad8755",
+    shipped=SHIPPED_DIR / "elmo-tiny",
+)
+
 # From the "Pre-trained ELMo Models" table of https://allennlp.org/elmo and the
 # PRETRAINED addresses used by allennlp.modules.elmo; no sha256 is published for them.
 RELEASES: dict[str, Release] = {
     r.name: r
     for r in (
+        ELMO_TINY,
         _release("elmo-small", "2x1024_128_2048cnn_1xhighway", 256, 13.6, "1024/128", 1, "Small, 1B Word Benchmark"),
         _release("elmo-medium", "2x2048_256_2048cnn_1xhighway", 512, 28.0, "2048/256", 1, "Medium, 1B Word Benchmark"),
         _release(
@@ -108,7 +136,7 @@ class FileCheck:
     sha256: str
     #: the checksum compared against; None when neither published nor recorded
     expected: str | None
-    #: "published", "recorded" or None
+    #: "published", "recorded", "shipped" (pinned for a file shipped with the package) or None
     source: str | None
 
     @property
@@ -151,15 +179,26 @@ def _local_copy_hint(name: str) -> str:
     )
 
 
+def _folder(release: Release) -> Path:
+    return release.shipped or models_dir() / release.name
+
+
 def is_downloaded(name: str) -> bool:
-    """Whether both files of release ``name`` are in the models folder."""
-    folder = models_dir() / get_release(name).name
+    """Whether both files of release ``name`` are in the models folder (or, shipped, in the package)."""
+    folder = _folder(get_release(name))
     return all((folder / f).is_file() for f in (OPTIONS_FILE, WEIGHTS_FILE))
 
 
 def release_path(name: str) -> Path:
     """The folder holding ``options.json`` + ``weights.hdf5`` of release ``name``."""
-    get_release(name)
+    release = get_release(name)
+    if release.shipped is not None:
+        if not is_downloaded(name):  # an install that left out the package data
+            raise ModelError(
+                f"model {name} should ship with featurestore but {release.shipped} lacks {OPTIONS_FILE} or "
+                f"{WEIGHTS_FILE}; fix: reinstall featurestore (pip install --force-reinstall featurestore)"
+            )
+        return release.shipped
     if not is_downloaded(name):
         raise ModelError(
             f"model {name} is not downloaded; run: fs models pull {name} "
@@ -217,11 +256,14 @@ def pull(name: str, progress: PullProgress | None = None, force: bool = False) -
     Skips a release already present unless ``force``. Offline, fails within seconds.
     """
     release = get_release(name)
+    if release.shipped is not None:
+        return release_path(name)  # nothing to download, with or without force
     folder = models_dir() / name
     if not force and is_downloaded(name):
         log.info("%s is already in %s", name, folder)
         return folder
     for url in {release.options_url, release.weights_url}:
+        assert url is not None, name  # only a shipped release has none
         reason = unreachable_reason(url)
         if reason:
             raise ModelError(f"cannot download {name}: {reason}; {_local_copy_hint(name)}")
@@ -230,6 +272,7 @@ def pull(name: str, progress: PullProgress | None = None, force: bool = False) -
     record: dict[str, dict] = {}
     try:
         for fname, (url, published) in release.files().items():
+            assert url is not None, name
             log.info("downloading %s", url)
             sha = _download(url, folder / fname, published, progress)
             record[fname] = {"sha256": sha, "url": url, "bytes": (folder / fname).stat().st_size}
@@ -242,20 +285,21 @@ def pull(name: str, progress: PullProgress | None = None, force: bool = False) -
 
 
 def downloaded() -> list[str]:
-    """Names of the releases present in the models folder."""
+    """Names of the releases present in the models folder, and the shipped one."""
     return [name for name in RELEASES if is_downloaded(name)]
 
 
 def verify(name: str) -> VerifyReport:
     """Recompute the sha256 of each file of ``name`` and compare with the published or recorded one."""
     folder = release_path(name)
+    release = get_release(name)
     record = _read_record(folder)
     checks = []
-    for fname, (_, published) in get_release(name).files().items():
+    for fname, (_, published) in release.files().items():
         sha = file_sha256(folder / fname)
         recorded = record.get(fname, {}).get("sha256")
         if published:
-            checks.append(FileCheck(fname, sha, published, "published"))
+            checks.append(FileCheck(fname, sha, published, "shipped" if release.shipped else "published"))
         elif recorded:
             checks.append(FileCheck(fname, sha, recorded, "recorded"))
         else:
@@ -264,7 +308,9 @@ def verify(name: str) -> VerifyReport:
 
 
 __all__ = [
+    "ELMO_TINY",
     "RELEASES",
+    "SHIPPED_DIR",
     "FileCheck",
     "PullProgress",
     "Release",

@@ -9,16 +9,31 @@ has not set them; they are removed again once the import is done, so the rest of
   EPYC, oneDNN made ELMo's 512-row products 2-3x faster (README, ELMo benchmark). TensorFlow reads
   the switch once, while it is imported, so it must be set before that import and not after
   (``TF_ENABLE_ONEDNN_OPTS=0`` in the user's environment turns it off).
-- ``TF_CPP_MIN_LOG_LEVEL=2``: keeps TensorFlow's start-up chatter off the user's terminal.
+- ``TF_CPP_MIN_LOG_LEVEL=3``: keeps TensorFlow's C++ log lines off the user's terminal, ERROR ones
+  included: on a machine without a GPU, TensorFlow logs ``E0000 ... failed call to cuInit`` when it
+  first looks for devices, and on some CPUs oneDNN's ``E0000 ... Falling back to the default
+  Eigen-based implementation``; neither is an error of the user's. TensorFlow reads the level once,
+  during its import, so it keeps applying after the variable is removed. Real failures still reach the
+  user, as the Python exceptions TensorFlow raises.
 
-If the user's code imported TensorFlow first, nothing is set: its import already happened.
+What the C++ side prints while its libraries load comes before that level applies (absl's ``WARNING: All
+log messages before absl::InitializeLog() ...`` and ``I0000 ... port.cc] oneDNN custom operations are on``):
+file descriptor 2 goes to a temporary file for the import, and everything in it but those log lines (a
+Python warning, say) is written back to stderr afterwards.
+
+``FS_DEBUG=1``, or ``TF_CPP_MIN_LOG_LEVEL`` set by the user, shows TensorFlow's logs as TensorFlow prints
+them: no level is set and nothing is hidden. If the user's code imported TensorFlow first, nothing is set
+either: its import already happened.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -28,7 +43,60 @@ from typing import Any
 Tensor = Any
 
 #: set for TensorFlow's import unless the user chose otherwise (see the module docstring)
-TF_IMPORT_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+TF_IMPORT_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+#: a C++ log line of TensorFlow: absl's ``I0000 00:00:1796674913.025749    9022 port.cc:153] ...``, TensorFlow's
+#: older ``2026-12-07 20:22:12.829331: E tensorflow/core/...cc:52] ...``, absl's notice, and the one known second
+#: line of a message (cpu_feature_guard's). Only these are hidden: a line of any other form is written back.
+_CPP_LOG_LINE = re.compile(
+    rb"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] "  # absl writes 00:00:<epoch seconds> early on
+    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] [^ \]]+:\d+\] "
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags"
+)
+
+#: one import at a time: the environment and file descriptor 2 are the process's, not a thread's
+_import_lock = threading.Lock()
+
+
+def debug() -> bool:
+    """``FS_DEBUG=1``: TensorFlow's logs are shown as TensorFlow prints them."""
+    return os.environ.get("FS_DEBUG") == "1"
+
+
+def without_cpp_logs(text: bytes) -> bytes:
+    """``text`` less TensorFlow's C++ log lines; every other line is kept as it was."""
+    return b"".join(line for line in text.splitlines(keepends=True) if not _CPP_LOG_LINE.match(line))
+
+
+@contextlib.contextmanager
+def _cpp_logs_hidden() -> Iterator[None]:
+    """Inside the block, file descriptor 2 writes to a temporary file; on exit, what was written there is
+    written back to stderr less TensorFlow's C++ log lines. Where fd 2 cannot be duplicated, nothing is hidden."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()  # what Python buffered before the block goes out first
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (a windowed process)
+        saved = -1
+    if saved < 0:
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+                captured.seek(0)
+                rest = memoryview(without_cpp_logs(captured.read()))
+                while rest:
+                    rest = rest[os.write(2, rest) :]
+    finally:
+        os.close(saved)
 
 
 @contextlib.contextmanager
@@ -51,8 +119,14 @@ def tensorflow() -> ModuleType:
     imported = sys.modules.get("tensorflow")
     if imported is not None:
         return imported
-    with _env_defaults(TF_IMPORT_ENV):
-        import tensorflow as tf
+    with _import_lock:
+        imported = sys.modules.get("tensorflow")  # another thread's import, while this one waited
+        if imported is not None:
+            return imported
+        quiet = not debug() and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+        env = TF_IMPORT_ENV if quiet else {k: v for k, v in TF_IMPORT_ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        with _env_defaults(env), _cpp_logs_hidden() if quiet else contextlib.nullcontext():
+            import tensorflow as tf
     return tf
 
 
@@ -68,4 +142,4 @@ def tensorflow_hub() -> ModuleType:
     return hub
 
 
-__all__ = ["TF_IMPORT_ENV", "tensorflow", "tensorflow_hub"]
+__all__ = ["TF_IMPORT_ENV", "debug", "tensorflow", "tensorflow_hub", "without_cpp_logs"]
