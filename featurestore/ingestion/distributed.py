@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -760,10 +760,11 @@ def _connect(address: str | None) -> bool:
             ray.init(
                 address=address,
                 include_dashboard=False,
-                log_to_driver=False,
+                log_to_driver=os.environ.get("FS_DEBUG") == "1",  # the workers' output, when debugging
                 logging_level=logging.ERROR,
-                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-            )  # py: plugins load from the working directory
+                # py: plugins load from the working directory; the user's log choices reach the workers too
+                runtime_env={"env_vars": {"PYTHONPATH": pythonpath, **_passed_on(os.environ)}},
+            )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(
             f"cannot connect to the Ray cluster at {address!r} ({' '.join(str(exc).split())[:200]}); "
@@ -771,6 +772,11 @@ def _connect(address: str | None) -> bool:
             "address",
         ) from None
     return True
+
+
+def _passed_on(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ours (and TensorFlow's) that a Ray worker's process should see as the driver does."""
+    return {k: env[k] for k in ("FS_DEBUG", "TF_CPP_MIN_LOG_LEVEL") if k in env}
 
 
 RAY_LEVEL_NOTE = "Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL"  # Ray's C++ says it set the level
