@@ -19,6 +19,7 @@ from featurestore.inputs import clean
 
 if TYPE_CHECKING:  # the CLI imports the library on use: `fs --help` stays fast
     from featurestore.api import FeatureStore
+    from featurestore.learning.train import ClassifierChoice
 
 clean.SPACY_WITHOUT_TORCH = True  # this process's spaCy needs no torch (featurestore.inputs.clean._import_spacy)
 
@@ -40,6 +41,13 @@ ModelOpt = typer.Option(
     "a release from 'fs models list', or py:MODULE:ATTR (your own Embedder subclass). "
     "ELMo models take a layer mix suffix: #elmo (default), #top or #all.",
 )
+ReadModelOpt = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help="Embedder of the space to read (names as for 'fs ingest'). Default: the store's only space when it has "
+    "one, else minilm.",
+)
 CleanOpt = typer.Option(
     None,
     "--clean",
@@ -55,23 +63,32 @@ def _fs(store: Path | None) -> FeatureStore:
 
 @contextlib.contextmanager
 def _progress(description: str, unit: str) -> Iterator[Callable[[float, int], None]]:
-    """A rich progress bar with rate and ETA; the library calls ``advance(n, total)``."""
+    """A rich progress bar with rate and ETA; the library calls ``advance(n, total)`` (``n`` may be a fraction)."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
-        MofNCompleteColumn,
         Progress,
+        ProgressColumn,
+        Task,
         TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.text import Text
+
+    class Count(ProgressColumn):
+        """``done/total unit``, rounded: fractional advances (a fold of a candidate) add up to whole ones."""
+
+        def render(self, task: Task) -> Text:
+            done = f"{round(task.completed):,}"
+            return Text(f"{done}/{round(task.total):,} {unit}" if task.total is not None else f"{done} {unit}")
 
     console = Console(stderr=True)
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        Count(),
         TaskProgressColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
@@ -271,27 +288,26 @@ def train(
     (macro for 3+ classes); with --features/--search, also the cross-validated score of the chosen setting."""
     from featurestore.learning.train import result_dict
 
-    def say(line: str) -> None:
-        if not as_json:
-            typer.echo(f"cv: {line}", err=True)
-
-    r = _fs(store).train(
-        dataset,
-        model,
-        clean,
-        classifier,
-        test_size,
-        seed,
-        name,
-        dtype=dtype,
-        positive=positive,
-        features=features,
-        search=search,
-        folds=folds,
-        time_limit=time_limit,
-        plots=not no_plots,
-        progress=say,
-    )
+    fs = _fs(store)
+    searching = features is not None or search is not None
+    with _progress("CV search", "settings") if searching else contextlib.nullcontext() as advance:
+        r = fs.train(
+            dataset,
+            model,
+            clean,
+            classifier,
+            test_size,
+            seed,
+            name,
+            dtype=dtype,
+            positive=positive,
+            features=features,
+            search=search,
+            folds=folds,
+            time_limit=time_limit,
+            plots=not no_plots,
+            progress=advance,
+        )
     if as_json:
         typer.echo(json.dumps(result_dict(r), indent=1, ensure_ascii=False))
         return
@@ -305,16 +321,7 @@ def train(
         f"classes {', '.join(map(repr, r.classes))}"
     )
     if r.cv:
-        c = r.cv["chosen"]
-        typer.echo(
-            f"chosen by {r.cv['folds']}-fold CV on the training split ({r.cv['search']} search, "
-            f"{r.cv['tried']} settings, {r.cv['seconds']:.0f} s): C={c['C']:g} class_weight={c['class_weight']} "
-            f"word {tuple(c['word_ngram'])} char {tuple(c['char_ngram'])} space weight {c['space_weight']:g}"
-        )
-        typer.echo(
-            f"CV {r.cv['metric']} {r.cv['mean']:.4f} ± {r.cv['sd']:.4f}   (held-out scores below: validation "
-            "split, used once)"
-        )
+        _print_search(r.cv)
     kind = f"positive {r.positive!r}" if r.positive is not None else "macro average"
     typer.echo(
         f"F1 {r.f1:.4f}  precision {r.precision:.4f}  recall {r.recall:.4f}  accuracy {r.accuracy:.4f}  ({kind})"
@@ -326,12 +333,33 @@ def train(
     typer.echo(f"read {r.seconds_read:.2f} s  fit {r.seconds_fit:.2f} s  saved {r.path}")
 
 
+def _print_search(cv: dict[str, Any]) -> None:
+    """What the CV search ran and found, in words (the untried settings are in the time limit's note)."""
+    total = cv["tried"] + cv["skipped"]
+    limit = f"; the {cv['time_limit']:g} s time limit left {cv['skipped']} untried" if cv["skipped"] else ""
+    typer.echo(
+        f"chosen by {cv['folds']}-fold CV on the training split ({cv['search']} search, {cv['tried']} of {total} "
+        f"settings scored in {cv['seconds']:.0f} s{limit}): {cv['chosen']['words']}"
+    )
+    metric = "F1" if cv["metric"] == "f1" else cv["metric"]
+    typer.echo(f"CV {metric} {cv['mean']:.4f} ± {cv['sd']:.4f}   (held-out scores below: validation split, used once)")
+    for rank, c in enumerate(cv["top"][1:3], 2):
+        typer.echo(f"  {rank}. {c['words']}: CV {metric} {c['cv_mean']:.4f} ± {c['cv_sd']:.4f}")
+
+
 def _per_class(per_class: dict[str, dict[str, float]]) -> None:
     for c, m in per_class.items():
         typer.echo(
             f"  {c!r:<20} precision {m['precision']:.4f}  recall {m['recall']:.4f}  F1 {m['f1']:.4f}  "
             f"support {m['support']:,}"
         )
+
+
+ClassifierNameOpt = typer.Option(
+    None,
+    "--classifier-name",
+    help="Saved classifier (see 'fs train'). Default: the one trained most recently in this store (said in a note).",
+)
 
 
 def _write_out(out: Path, data: bytes, example: str) -> None:
@@ -351,7 +379,7 @@ def _write_out(out: Path, data: bytes, example: str) -> None:
 def predict(
     dataset: str = typer.Option("test", "--dataset", "-d", help="Dataset to label."),
     out: Path = typer.Option(Path("submission.csv"), "--out", "-o", help="CSV to write (id,label)."),
-    name: str = typer.Option("train-minilm-logreg", "--classifier-name", help="Saved classifier (see 'fs train')."),
+    name: str | None = ClassifierNameOpt,
     proba: bool = typer.Option(
         False, "--proba", help="Add one column of predicted probability per class (proba_CLASS)."
     ),
@@ -363,6 +391,9 @@ def predict(
     from collections import Counter
 
     fs = _fs(store)
+    choice = fs.classifier(name)
+    _say_choice(choice)
+    name = choice.name
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     if proba:
@@ -375,27 +406,38 @@ def predict(
         w.writerows(zip(ids.tolist(), labels.tolist()))
     _write_out(out, buf.getvalue().encode("utf-8"), "submission.csv")
     counts = ", ".join(f"{label}: {n:,}" for label, n in sorted(Counter(labels.tolist()).items()))
-    typer.echo(f"wrote {len(ids):,} predictions to {out} ({counts or 'none'})")
+    typer.echo(f"wrote {len(ids):,} predictions of classifier {name!r} to {out} ({counts or 'none'})")
+
+
+def _say_choice(choice: ClassifierChoice) -> None:
+    """The note of a classifier chosen for the user (``FeatureStore.classifier``), with how to pick another."""
+    if choice.note:
+        pick = "; pick another with --classifier-name NAME" if choice.others else ""
+        typer.echo(f"note: {choice.note}{pick}", err=True)
 
 
 @app.command("eval")
 @handle_errors
 def eval_(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Labelled dataset to score the classifier on."),
-    name: str = typer.Option("train-minilm-logreg", "--classifier-name", help="Saved classifier (see 'fs train')."),
+    name: str | None = ClassifierNameOpt,
     positive: str | None = typer.Option(None, help="Positive class for binary F1 (default: the classifier's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
     store: Path | None = StoreOpt,
 ) -> None:
     """Score a saved classifier on any labelled dataset in the store, without retraining."""
-    m = _fs(store).eval(dataset, name, positive)
+    fs = _fs(store)
+    choice = fs.classifier(name)
+    m = fs.eval(dataset, choice.name, positive)
     if as_json:
-        typer.echo(json.dumps(m, indent=1, ensure_ascii=False))
+        typer.echo(json.dumps({**m, "note": choice.note}, indent=1, ensure_ascii=False))
         return
+    _say_choice(choice)
     for w in m["warnings"]:
         typer.echo(f"warning: {w}", err=True)
     kind = f"positive {m['positive']!r}" if m["positive"] is not None else "macro average"
-    typer.echo(f"{name} on {dataset}: {m['n']:,} labelled rows, classes {', '.join(map(repr, m['classes']))}")
+    classes = ", ".join(map(repr, m["classes"]))
+    typer.echo(f"classifier {choice.name!r} on {dataset}: {m['n']:,} labelled rows, classes {classes}")
     typer.echo(
         f"F1 {m['f1']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
         f"accuracy {m['accuracy']:.4f}  ({kind})"
@@ -420,7 +462,8 @@ def export(
     store: Path | None = StoreOpt,
 ) -> None:
     """Write a dataset's ids, labels, texts and vectors for use outside featurestore."""
-    written = _fs(store).export(dataset, out, fmt, model, clean, dtype)
+    with _progress(f"export {dataset}", "rows") as advance:
+        written = _fs(store).export(dataset, out, fmt, model, clean, dtype, progress=advance)
     typer.echo(f"wrote {', '.join(map(str, written))}")
 
 
@@ -443,7 +486,10 @@ def map_(
     store: Path | None = StoreOpt,
 ) -> None:
     """Draw a dataset's vector space in 2-D, coloured by label."""
-    r = _fs(store).map(dataset, out, model, clean, dtype, method=method, max_points=max_points, seed=seed)
+    with _progress(f"map {dataset}", "steps") as advance:  # reading, each UMAP epoch (or the PCA), drawing
+        r = _fs(store).map(
+            dataset, out, model, clean, dtype, method=method, max_points=max_points, seed=seed, progress=advance
+        )
     typer.echo(f"wrote {r.path} ({r.points:,} points, {r.method})")
 
 
@@ -471,7 +517,7 @@ def similar(
         "--ef",
         help="HNSW index: candidates a query (more = better recall, slower) (default: from the index manifest).",
     ),
-    model: str = ModelOpt,
+    model: str | None = ReadModelOpt,
     clean: str | None = CleanOpt,
     dtype: str | None = DtypeOpt,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON (full texts)."),
@@ -497,6 +543,8 @@ def similar(
                 typer.echo(f"# {' '.join(q.split())[:SHOWN_CHARS]}")
                 _print_hits(r.hits)
         index, kind = (results[0].index, results[0].index_kind) if results else ("-", "-")
+        if results and results[0].note:
+            typer.echo(f"note: {results[0].note}", err=True)
         typer.echo(f"({len(queries)} queries; index {index}, {kind})", err=True)
         return
     r = _fs(store).similar(text, id=id, **opts)
@@ -558,7 +606,7 @@ def index_build(
         "--m",
         help="HNSW links a node [default 32]; IVF-PQ sub-quantizers (a divisor of the dimension) [default 48].",
     ),
-    model: str = ModelOpt,
+    model: str | None = ReadModelOpt,
     clean: str | None = CleanOpt,
     dtype: str | None = DtypeOpt,
     store: Path | None = StoreOpt,
@@ -611,7 +659,8 @@ def info(
 @handle_errors
 def check(store: Path | None = StoreOpt) -> None:
     """Verify the store: schema, counts, unique keys, finite vectors, dims, resolvable keys, index."""
-    r = _fs(store).check()
+    with _progress("check", "vectors") as advance:
+        r = _fs(store).check(progress=advance)
     for w in r.warnings:
         typer.echo(f"warning: {w}")
     for e in r.errors:
@@ -665,7 +714,7 @@ def serve(
         "Python lock: 2 on 2 cores answered ~1.6x the requests of 1 at a million vectors, "
         "for ~0.8 GB more memory.",
     ),
-    model: str = ModelOpt,
+    model: str | None = ReadModelOpt,
     clean: str | None = CleanOpt,
     dtype: str | None = DtypeOpt,
     store: Path | None = StoreOpt,
@@ -683,7 +732,7 @@ def serve(
         )
     settings = serving.Settings(
         store=str(store) if store else None,
-        model=model,
+        **({"model": model} if model is not None else {}),  # else the server's default (serving.Settings)
         clean=clean,
         dtype=dtype,
         token=token,

@@ -13,9 +13,10 @@ work. Ids and labels are text, exactly as the input file gave them; label "" = n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -30,7 +31,7 @@ from featurestore.ingestion.ingest import IngestSummary, ingest
 from featurestore.inputs.clean import get_recipe
 from featurestore.inputs.sources import NO_LABEL, read_table
 from featurestore.learning import train as training
-from featurestore.learning.train import TrainResult
+from featurestore.learning.train import ClassifierChoice, TrainResult
 from featurestore.progress import ProgressFn
 from featurestore.query import search
 from featurestore.query.search import Hit, SimilarResult
@@ -61,6 +62,9 @@ class MapResult:
     method: str  # the projection to 2-D: "UMAP" or "PCA"
 
 
+READ_ROWS = 65536  # vectors read at a time when progress is reported
+
+
 class FeatureStore:
     """A store directory plus the operations on it."""
 
@@ -77,12 +81,13 @@ class FeatureStore:
 
     def space(
         self,
-        model: str = DEFAULT_MODEL,
+        model: str | None = None,
         clean: str | None = None,
         dtype: str | None = None,
         dataset: str | None = None,
     ) -> Space:
-        """The stored space of ``model`` + recipe (+ ``dtype``), found without loading the model."""
+        """The stored space of ``model`` + recipe (+ ``dtype``), found without loading the model; ``model`` None:
+        the store's only space, else the default model's (``spaces.choose_space``)."""
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap) if dataset else None
         return spaces.choose_space(self.store, snap, model, clean, dtype, ds)[0]
@@ -235,14 +240,15 @@ class FeatureStore:
         folds: int = 5,
         time_limit: float | None = None,
         plots: bool = True,
-        progress: Callable[[str], None] | None = None,
+        progress: ProgressFn | None = None,
     ) -> TrainResult:
         """Fit on the dataset's labelled rows, report validation metrics, save classifier + manifest.
 
         Without ``features`` and ``search``: logistic regression (or sgd) on the vectors of ``model``.
         With either: a pipeline over the feature spec (``featurestore.learning.features``; default: ``model``),
         its settings chosen by stratified ``folds``-fold CV on the training split only (``search``
-        none, quick or full, bounded by ``time_limit`` seconds), then scored once on the validation split."""
+        none, quick or full; no candidate started after ``time_limit`` seconds), then scored once on the
+        validation split. ``progress(advanced, total)`` counts the candidate settings of the search."""
         if features is None and search is None:
             space, note, ids, y, rows = self._labelled(dataset, canonical_model(model), clean, dtype, True)
             result = training.train(
@@ -308,31 +314,42 @@ class FeatureStore:
         result.warnings[:0] = list(dict.fromkeys(notes))
         return result
 
-    def predict(self, dataset: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted labels (in the training labels' form) for every row of ``dataset``, and the row ids."""
+    def classifier(self, name: str | None = None) -> ClassifierChoice:
+        """The saved classifier ``predict`` and ``eval`` use: ``name``, or when None the one trained most recently
+        in this store (its manifest's ``trained_at``), with a ``note`` saying so and naming the others."""
+        return training.choose_classifier(self.store.require_existing(), name)
+
+    def predict(self, dataset: str, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted labels (in the training labels' form) for every row of ``dataset``, and the row ids;
+        ``name`` None: the classifier trained most recently (``classifier``)."""
         ids, labels, _, _ = self._predict(dataset, name, proba=False)
         return ids, labels
 
-    def predict_proba(self, dataset: str, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    def predict_proba(
+        self, dataset: str, name: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """Row ids, predicted labels, class probabilities (one column a class) and the classes, in order."""
         ids, labels, proba, classes = self._predict(dataset, name, proba=True)
         assert proba is not None
         return ids, labels, proba, classes
 
     def _predict(
-        self, dataset: str, name: str, proba: bool
+        self, dataset: str, name: str | None, proba: bool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
-        clf, manifest = training.load_classifier(self.store, name)
+        clf, manifest = training.load_classifier(self.store, self.classifier(name).name)
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap)
         ids = self.store.dataset_ids(ds)
         labels, p = training.predict_rows(self.store, snap, ds, clf, manifest, ids, proba=proba)
         return ids, labels, p, [str(c) for c in manifest["classes"]]
 
-    def eval(self, dataset: str, name: str, positive: str | None = None) -> dict[str, Any]:
+    def eval(self, dataset: str, name: str | None = None, positive: str | None = None) -> dict[str, Any]:
         """Scores of a saved classifier on the labelled rows of any dataset, without retraining: F1 (binary
-        for the classifier's positive class, else macro), precision, recall, accuracy, per-class table."""
-        clf, manifest = training.load_classifier(self.store, name)
+        for the classifier's positive class, else macro), precision, recall, accuracy, per-class table.
+        ``name`` None: the classifier trained most recently (``classifier``; ``note`` says so). ``warnings``
+        include one when the rows scored include rows the classifier was fitted on."""
+        choice = self.classifier(name)
+        clf, manifest = training.load_classifier(self.store, choice.name)
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap)
         ids = self.store.dataset_ids(ds)
@@ -341,7 +358,9 @@ class FeatureStore:
         if not keep.any():
             return training.evaluate(y[keep], y[keep], manifest, dataset, positive)
         pred, _ = training.predict_rows(self.store, snap, ds, clf, manifest, ids[keep])
-        return training.evaluate(y[keep], pred, manifest, dataset, positive)
+        m = training.evaluate(y[keep], pred, manifest, dataset, positive, ids=ids[keep])
+        m["note"] = choice.note
+        return m
 
     def frame(
         self,
@@ -349,19 +368,34 @@ class FeatureStore:
         model: str = DEFAULT_MODEL,
         clean: str | None = None,
         dtype: str | None = None,
+        *,
+        progress: ProgressFn | None = None,
     ) -> pd.DataFrame:
         """Every row of ``dataset`` as a pandas DataFrame: ``id``, ``label`` ("" = none), ``text`` (raw) and
-        ``vector`` (a float32 array of the ``model`` space), in insertion order."""
+        ``vector`` (a float32 array of the ``model`` space), in insertion order. ``progress`` counts the rows
+        whose vectors were read."""
         import pandas as pd
 
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap)
         space, _ = spaces.choose_space(self.store, snap, canonical_model(model), clean, dtype, ds)
         rows = self.store.dataset_rows(ds)
-        X = self.store.read_vectors(space, spaces.require_rows(self.store, ds, space, rows["ids"]))
+        X = self._read_vectors(space, spaces.require_rows(self.store, ds, space, rows["ids"]), progress)
         out = pd.DataFrame({"id": rows["ids"], "label": rows["labels"], "text": rows["texts"]})
         out["vector"] = list(X)
         out.attrs.update({"space": space.id, "model": space.model, "recipe": space.recipe, "dim": space.dim})
+        return out
+
+    def _read_vectors(self, space: Space, rows: np.ndarray, progress: ProgressFn | None) -> np.ndarray:
+        """``store.read_vectors`` a block of rows at a time, each block reported to ``progress``."""
+        if progress is None:
+            return self.store.read_vectors(space, rows)
+        out = np.empty((len(rows), space.dim), np.float32)
+        progress(0, len(rows))
+        for at in range(0, len(rows), READ_ROWS):
+            part = rows[at : at + READ_ROWS]
+            out[at : at + len(part)] = self.store.read_vectors(space, part)
+            progress(len(part), len(rows))
         return out
 
     def export(
@@ -372,14 +406,17 @@ class FeatureStore:
         model: str = DEFAULT_MODEL,
         clean: str | None = None,
         dtype: str | None = None,
+        *,
+        progress: ProgressFn | None = None,
     ) -> list[Path]:
         """Write a dataset for use outside featurestore: ``parquet`` (one file: id, label, text, vector as a
-        list of floats) or ``npy`` (a folder: vectors.npy, ids.npy, labels.npy, texts.npy; no pickles)."""
+        list of floats) or ``npy`` (a folder: vectors.npy, ids.npy, labels.npy, texts.npy; no pickles).
+        ``progress`` counts the rows whose vectors were read."""
         from featurestore.storage.atomic import atomic_write_bytes
 
         if fmt not in ("parquet", "npy"):
             raise UsageError(f"unknown {{param}} {fmt!r}; use parquet or npy", "fmt")
-        df = self.frame(dataset, model, clean, dtype)
+        df = self.frame(dataset, model, clean, dtype, progress=progress)
         out = Path(out)
         if fmt == "parquet":
             import io
@@ -430,7 +467,7 @@ class FeatureStore:
         id: str | None = None,
         k: int = 10,
         dataset: str | None = None,
-        model: str = DEFAULT_MODEL,
+        model: str | None = None,
         clean: str | None = None,
         dtype: str | None = None,
         progress: ProgressFn | None = None,
@@ -449,7 +486,7 @@ class FeatureStore:
         id: None = None,
         k: int = 10,
         dataset: str | None = None,
-        model: str = DEFAULT_MODEL,
+        model: str | None = None,
         clean: str | None = None,
         dtype: str | None = None,
         progress: ProgressFn | None = None,
@@ -467,7 +504,7 @@ class FeatureStore:
         id: str | None = None,
         k: int = 10,
         dataset: str | None = None,
-        model: str = DEFAULT_MODEL,
+        model: str | None = None,
         clean: str | None = None,
         dtype: str | None = None,
         progress: ProgressFn | None = None,
@@ -482,8 +519,9 @@ class FeatureStore:
         Returns a ``SimilarResult``: the hits (``rank``, ``score``, ``ids``, ``text``, ``label``) and how they
         were found (``query``, ``space``, ``index``, ``index_kind``, timings, ``note``). With ``texts`` (many
         queries, one search): a list of them, one a query, in order. ``exact`` forces brute force; ``nprobe``
-        (IVF) and ``ef`` (HNSW) trade speed for recall. ``snapshot``: answer from this committed state (a
-        server's, read once per request) instead of the latest."""
+        (IVF) and ``ef`` (HNSW) trade speed for recall (a knob the index does not take is refused). ``model``
+        None: the store's only space, else the default model's (``note`` says when that needed saying).
+        ``snapshot``: answer from this committed state (a server's, read once per request) instead of the latest."""
         snap = snapshot if snapshot is not None else self._snapshot()
         ds = self.store.dataset(dataset, snap) if dataset else None
         space, note = spaces.choose_space(self.store, snap, model, clean, dtype, ds)
@@ -506,7 +544,7 @@ class FeatureStore:
         self._search.hold()
 
     def warm(
-        self, model: str = DEFAULT_MODEL, clean: str | None = None, dtype: str | None = None, hold: bool = True
+        self, model: str | None = None, clean: str | None = None, dtype: str | None = None, hold: bool = True
     ) -> None:
         """Open the space's index and build the lookups queries read, ahead of the first query; with
         ``hold``, segment files stay open and ids, labels and texts are kept in memory (about their
@@ -518,7 +556,7 @@ class FeatureStore:
         self._search.warm(self.store, snap, space)
 
     def vector(
-        self, dataset: str, id: str, *, model: str = DEFAULT_MODEL, clean: str | None = None, dtype: str | None = None
+        self, dataset: str, id: str, *, model: str | None = None, clean: str | None = None, dtype: str | None = None
     ) -> tuple[Space, np.ndarray]:
         """The stored vector of row ``id`` of ``dataset`` and the space it is in (read, never embedded)."""
         snap = self._snapshot()
@@ -533,12 +571,13 @@ class FeatureStore:
         *,
         nlist: int | None = None,
         m: int | None = None,
-        model: str = DEFAULT_MODEL,
+        model: str | None = None,
         clean: str | None = None,
         dtype: str | None = None,
         progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
-        """Build the space's search index as ``kind`` (auto, flat, ivf, hnsw, ivfpq); queries use it from then on."""
+        """Build the space's search index as ``kind`` (auto, flat, ivf, hnsw, ivfpq); queries use it from then on.
+        ``model`` None: the store's only space, else the default model's. ``progress`` counts vectors added."""
         from featurestore.query import index as faiss_index
 
         snap = self._snapshot()
@@ -570,10 +609,12 @@ class FeatureStore:
         method: str = "auto",
         max_points: int = 5000,
         seed: int = 42,
+        progress: ProgressFn | None = None,
     ) -> MapResult:
         """Draw ``dataset``'s vectors in 2-D, coloured by label, to ``out``: a .png picture, or a .html page (one
         self-contained file; hover a point for its id, label and text). At most ``max_points`` rows, a random
-        sample by ``seed``; ``method`` auto (UMAP when umap-learn is installed, else PCA), umap or pca."""
+        sample by ``seed``; ``method`` auto (UMAP when umap-learn is installed, else PCA), umap or pca.
+        ``progress`` counts steps: reading the vectors, each UMAP epoch (or the PCA), drawing."""
         try:
             from featurestore.learning import plots  # matplotlib: the plots extra
         except ImportError:
@@ -584,30 +625,61 @@ class FeatureStore:
             raise UsageError(f"{{param}} {path} must end in .png or .html", "out")
         if max_points < 1:
             raise UsageError(f"{{param}} {max_points} must be at least 1", "max_points")
-        df = self.frame(dataset, model, clean, dtype)
-        if len(df) == 0:
+        snap = self._snapshot()
+        ds = self.store.dataset(dataset, snap)
+        space, _ = spaces.choose_space(self.store, snap, canonical_model(model), clean, dtype, ds)
+        rows = self.store.dataset_rows(ds)
+        if len(rows["ids"]) == 0:
             raise DatasetError(f"dataset {dataset!r} has no rows to draw")
-        if len(df) > max_points:
-            df = df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), max_points, replace=False))]
-        xy, how = plots.project(np.stack(df["vector"].to_list()), method, seed)
-        labels = df["label"].to_numpy(dtype=object)
-        title = f"{dataset}: {len(df):,} rows, {df.attrs['model']} ({df.attrs['recipe']}), {how}"
+        storage_rows = spaces.require_rows(self.store, ds, space, rows["ids"])  # every row has a vector, or refused
+        pick = np.arange(len(storage_rows))
+        if len(pick) > max_points:  # only the sample's vectors are read
+            pick = np.sort(np.random.default_rng(seed).choice(len(pick), max_points, replace=False))
+        ids, labels, texts = (rows[c][pick] for c in ("ids", "labels", "texts"))
+        labels = labels.astype(object)
+        X = self.store.read_vectors(space, storage_rows[pick])
+        # steps: 1 (read) + the projection's (UMAP epochs, or 1) + 1 (draw); the epochs' total is learnt as they run
+        steps = 3
+
+        def projected(n: float, total: int) -> None:
+            nonlocal steps
+            steps = total + 2
+            if progress:
+                progress(n, steps)
+
+        if progress:
+            progress(1, steps)
+        xy, how = plots.project(X, method, seed, progress=projected)
+        title = f"{dataset}: {len(pick):,} rows, {space.model} ({space.recipe}), {how}"
         if suffix == ".png":
             plots.map_png(path, xy, labels, title)
         else:
-            hover = [f"{i} [{lab or 'no label'}] {t[:280]}" for i, lab, t in zip(df["id"], labels, df["text"])]
+            hover = [f"{i} [{lab or 'no label'}] {t[:280]}" for i, lab, t in zip(ids, labels, texts)]
             plots.map_html(path, xy, labels, hover, title)
-        return MapResult(path, len(df), how)
+        if progress:
+            progress(1, steps)
+        return MapResult(path, len(pick), how)
 
     # ---- maintenance
 
-    def check(self) -> Report:
+    def check(self, progress: ProgressFn | None = None) -> Report:
         """Verify the store end to end: schema, counts, unique keys, finite vectors, dims, keys that resolve to
         vectors, index files, orphans. ``errors`` lists problems (``ok`` is then False; ``repair`` mends what
-        can be mended), ``warnings`` what needs no repair, ``stats`` what was counted."""
+        can be mended), ``warnings`` what needs no repair, ``stats`` what was counted. ``progress`` counts the
+        store's vectors: all of them when the check starts and when it ends (``check.check`` reports nothing
+        between)."""
         from featurestore.check import check as verify  # FAISS and h5py: imported for maintenance only
 
-        return verify(self.store.require_existing())
+        store = self.store.require_existing()
+        total = 0
+        if progress:
+            with contextlib.suppress(FeatureStoreError):  # an unreadable manifest: the check reports it
+                total = sum(s.rows for s in store.snapshot().spaces.values())
+            progress(0, total)
+        report = verify(store)
+        if progress:
+            progress(total, total)
+        return report
 
     def repair(self) -> Report:
         """Roll a corrupt manifest back, re-adopt the complete segments written after it, drop references to

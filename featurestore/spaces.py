@@ -271,18 +271,36 @@ def covers(store: Store, space: Space, ds: Dataset) -> bool:
 def choose_space(
     store: Store,
     snap: Snapshot,
-    model: str,
+    model: str | None,
     clean: str | None = None,
     dtype: str | None = None,
     dataset: Dataset | None = None,
 ) -> tuple[Space, str | None]:
-    """The space of ``model`` + recipe (+ ``dtype``), and a note when a choice among several was made."""
+    """The space of ``model`` + recipe (+ ``dtype``), and a note when a choice among several was made.
+
+    ``model`` None: the store's only space when it has one (matching ``clean`` and ``dtype`` when given), said
+    in the note unless it is the default model's; otherwise the default model's, as if it had been named."""
+    from featurestore.embedders import DEFAULT_MODEL
+
+    unnamed = model is None
+    if model is None:
+        only = list(snap.spaces.values())
+        if len(only) == 1 and clean in (None, only[0].recipe) and dtype in (None, only[0].dtype):
+            space = only[0]
+            usual = space.model == DEFAULT_MODEL and space.recipe == (clean or default_recipe(DEFAULT_MODEL))
+            return space, None if usual else f"no model given: used the store's only space, {space.describe()}"
+        model = DEFAULT_MODEL
     model = canonical_model(model)
     recipe = clean or default_recipe(model)
     found = snap.find_spaces(model, recipe, dtype)
     if not found:
         have = "; ".join(s.describe() for s in snap.spaces.values()) or "none"
         want = f"model {model!r} with recipe {recipe}" + (f" and dtype {dtype}" if dtype else "")
+        if unnamed and len(snap.spaces) > 1:
+            raise SpaceError(
+                f"no [[model]] given, and store {store.path} has {len(snap.spaces)} spaces, none of them the default "
+                f"{want}; spaces stored: {have}; fix: pick one with [[model]] (and [[clean]] or [[dtype]] if needed)"
+            )
         raise SpaceError(
             f"store {store.path} has no vectors for {want}; spaces stored: {have}; "
             f"fix: ingest with that model first, or pick model/recipe/dtype from that list"

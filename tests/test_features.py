@@ -179,11 +179,18 @@ def test_search_chooses_by_cv_and_respects_the_time_limit(av: FeatureStore) -> N
     assert r.cv["tried"] == 16 and r.cv["skipped"] == 0 and r.cv["folds"] == 2
     assert r.cv["mean"] == max(c["cv_mean"] for c in tried) and r.cv["chosen"] == tried[0]
     assert {c["features"] for c in tried} <= {"fake@raw-v1+tfidf-word@basic-v1", "tfidf-char@basic-v1"}
-    # A limit already past: the first setting of the first alternative is scored, the rest skipped.
+    # A limit already past: the first candidate of the first alternative is scored, every other one skipped
+    # (the limit is looked at before each candidate, not only before each feature setting).
     r = av.train(
         "train", "fake", "raw-v1", features="fake+tfidf-word", search="full", folds=2, time_limit=1e-9, name="q2"
     )
-    assert r.cv["tried"] == 12 and r.cv["skipped"] > 0 and any("time limit" in n for n in r.notes)
+    assert r.cv["tried"] == 1 and r.cv["skipped"] == 9 * 12 - 1 and len(r.cv["untried"]) == r.cv["skipped"]
+    assert r.cv["chosen"]["words"] == "fake vectors (raw-v1) + word 1-2-grams, C=1"  # a recipe not the default
+    (note,) = [n for n in r.notes if "time limit" in n]
+    assert (
+        "left 107 of 108 candidate settings untried (fake vectors (raw-v1) + word 1-2-grams: C=1 balanced, C=3" in note
+    )
+    assert "; and 95 more); raise --time-limit to try them" in note
 
 
 def test_search_without_features_tunes_the_model_space(av: FeatureStore) -> None:

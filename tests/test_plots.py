@@ -148,6 +148,8 @@ def test_map_uses_umap_when_installed(av: FeatureStore, tmp_path: Path) -> None:
     if importlib.util.find_spec("umap") is None:  # not importorskip: project() imports umap its own way (no TF)
         pytest.skip("umap-learn is not installed")
     X = av.frame("train", "fake", "raw-v1")["vector"]
-    xy, how = plots.project(np.stack(X.to_list()[:60]), "auto")
+    epochs: list[tuple[float, int]] = []
+    xy, how = plots.project(np.stack(X.to_list()[:60]), "auto", progress=lambda n, t: epochs.append((n, t)))
     assert how == "UMAP" and xy.shape == (60, 2) and np.isfinite(xy).all()
+    assert epochs and sum(n for n, _ in epochs) == epochs[-1][1] == 500  # UMAP's layout epochs, read from its tqdm
     assert plots.compile_umap() is True  # what make setup runs: compiled above, so now a cache hit

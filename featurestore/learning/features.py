@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ import pandas as pd
 from featurestore.embedders import canonical_model, default_recipe
 from featurestore.errors import UsageError
 from featurestore.inputs.clean import RECIPES, get_recipe
+from featurestore.progress import ProgressFn
 from featurestore.spaces import choose_space, require_rows
 from featurestore.storage.manifest import Dataset, Snapshot, Space
 from featurestore.storage.store import Store, lookup
@@ -41,6 +42,9 @@ TEXT_RECIPE = "basic-v1"  # URLs, punctuation, case and digits removed; no lemma
 SEARCHES = ("none", "quick", "full")
 # Default limits in seconds: the search stops starting new candidates after this.
 TIME_LIMITS = {"none": 0.0, "quick": 90.0, "full": 900.0}
+# Fitted fold features kept for the next candidates of the same feature setting, at most this many bytes
+# unless the caller gives its own budget (train.py: a quarter of the memory available).
+FOLD_CACHE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,46 @@ def grid(search: str, parts: Sequence[Part]) -> tuple[list[FeatureParams], list[
 # ---- honest selection: K-fold cross-validation inside the rows given
 
 
+def _grams(what: str, ngram: tuple[int, int]) -> str:
+    lo, hi = ngram
+    return f"{what} {lo}-grams" if lo == hi else f"{what} {lo}-{hi}-grams"
+
+
+def describe_features(parts: Sequence[Part], fp: FeatureParams) -> str:
+    """A feature setting in words, e.g. ``minilm vectors + char 2-5-grams``."""
+    names = []
+    for p in parts:
+        if p.kind == "space":
+            name = f"{p.model} vectors" + (f" ({p.recipe})" if p.recipe != default_recipe(p.model) else "")
+            if len(parts) > 1 and fp.space_weight != 1.0:
+                name += f" x{fp.space_weight:g}"
+        else:
+            word = p.kind == "tfidf-word"
+            name = _grams("word", fp.word_ngram) if word else _grams("char", fp.char_ngram)
+            if p.recipe != TEXT_RECIPE:
+                name += f" of {p.recipe} text"
+        names.append(name)
+    return " + ".join(names)
+
+
+def describe_classifier(cp: ClassifierParams) -> str:
+    return f"C={cp.C:g}" + (" balanced" if cp.class_weight == "balanced" else "")
+
+
+def describe(parts: Sequence[Part], fp: FeatureParams, cp: ClassifierParams) -> str:
+    """A candidate in words, e.g. ``minilm vectors + char 2-5-grams, C=10 balanced`` (balanced: class weights
+    inversely proportional to the class sizes)."""
+    return f"{describe_features(parts, fp)}, {describe_classifier(cp)}"
+
+
+def describe_many(candidates: Sequence[Scored]) -> str:
+    """Candidates in words, grouped by feature setting: ``minilm vectors: C=1 balanced, C=3; tfidf ...: C=1``."""
+    grouped: dict[str, list[str]] = {}
+    for c in candidates:
+        grouped.setdefault(describe_features(c.parts, c.features), []).append(describe_classifier(c.classifier))
+    return "; ".join(f"{feats}: {', '.join(cls)}" for feats, cls in grouped.items())
+
+
 @dataclass
 class Scored:
     parts: tuple[Part, ...]
@@ -295,9 +339,14 @@ class Scored:
     def sd(self) -> float:
         return float(np.std(self.scores, ddof=1)) if len(self.scores) > 1 else 0.0
 
+    @property
+    def words(self) -> str:
+        return describe(self.parts, self.features, self.classifier)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "features": spec_of(self.parts),
+            "words": self.words,
             "word_ngram": list(self.features.word_ngram),
             "char_ngram": list(self.features.char_ngram),
             "space_weight": self.features.space_weight,
@@ -316,7 +365,12 @@ class Selection:
     folds: int
     metric: str
     seconds: float
-    skipped: int  # candidates the time limit left unscored
+    untried: list[Scored] = field(default_factory=list)  # candidates the time limit left unscored, in search order
+    time_limit: float = 0.0  # seconds after which no candidate was started (0: none)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.untried)
 
 
 def _score(y: np.ndarray, pred: np.ndarray, classes: list[str], positive: str | None) -> float:
@@ -338,6 +392,46 @@ def _relevant(fp: FeatureParams, parts: Sequence[Part]) -> FeatureParams:
     )
 
 
+def _nbytes(m: Any) -> int:
+    if hasattr(m, "nbytes"):
+        return int(m.nbytes)
+    return sum(int(getattr(m, a).nbytes) for a in ("data", "indices", "indptr") if hasattr(m, a))
+
+
+@dataclass
+class _Budget:
+    bytes_left: int  # what fitted fold features may still hold
+
+
+class _FoldFeatures:
+    """One feature setting's fitted features on each CV fold: fitted once and kept for the setting's next
+    candidates while the kept matrices fit the shared byte budget, refitted for each candidate otherwise."""
+
+    def __init__(
+        self, features: Any, X: pd.DataFrame, splits: list[tuple[np.ndarray, np.ndarray]], budget: _Budget
+    ) -> None:
+        self.features, self.X, self.splits, self.budget = features, X, splits, budget
+        self.kept: dict[int, tuple[Any, Any]] = {}
+
+    def fold(self, i: int) -> tuple[Any, Any]:
+        if i in self.kept:
+            return self.kept[i]
+        from sklearn.base import clone
+
+        tr, va = self.splits[i]
+        ft = clone(self.features)
+        out = ft.fit_transform(self.X.iloc[tr]), ft.transform(self.X.iloc[va])
+        size = _nbytes(out[0]) + _nbytes(out[1])
+        if size <= self.budget.bytes_left:
+            self.budget.bytes_left -= size
+            self.kept[i] = out
+        return out
+
+    def release(self) -> None:
+        self.budget.bytes_left += sum(_nbytes(a) + _nbytes(b) for a, b in self.kept.values())
+        self.kept.clear()
+
+
 def select(
     inputs_of: dict[tuple[Part, ...], Inputs],
     X: pd.DataFrame,
@@ -349,13 +443,15 @@ def select(
     folds: int = 5,
     seed: int = 42,
     time_limit: float | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: ProgressFn | None = None,
+    memory_budget: int = FOLD_CACHE_BYTES,
 ) -> Selection:
     """Score every candidate by stratified K-fold CV on (X, y) and return the best (highest mean).
 
-    Features are fitted once per fold and feature setting, then shared by the classifier settings.
-    New candidates stop being started after ``time_limit`` seconds; the first always finishes."""
-    from sklearn.base import clone
+    Features are fitted once per fold and feature setting, then shared by that setting's classifier settings
+    (kept in memory up to ``memory_budget`` bytes). No candidate is started after ``time_limit`` seconds (default:
+    ``TIME_LIMITS`` of the search); the first always finishes, and the rest are listed in ``untried``.
+    ``progress(advanced, total)`` counts candidates: a fold of one is ``1 / folds``."""
     from sklearn.model_selection import StratifiedKFold
 
     t0 = time.perf_counter()
@@ -374,29 +470,46 @@ def select(
         feats, cls = grid(search, parts)
         settings = list(dict.fromkeys(_relevant(fp, parts) for fp in feats))
         per_spec.append([(parts, fp, cls) for fp in settings])
-    # Alternatives interleaved, so that a time limit still compares each spec's first setting.
+    # Feature settings of the alternatives interleaved, and each alternative's first candidate before any
+    # other's second, so that a time limit still compares the alternatives.
+    # (The first round of the interleaving is each alternative's first setting: groups 0 .. alternatives - 1.)
     groups = [g for rnd in itertools.zip_longest(*per_spec) for g in rnd if g is not None]
+    order = [(g, 0) for g in range(len(per_spec))]
+    order += [(g, c) for g in range(len(groups)) for c in range(len(groups[g][2])) if c or g >= len(per_spec)]
+    last = {g: i for i, (g, _) in enumerate(order)}  # where each setting's fold features can be let go
+    budget = _Budget(max(0, memory_budget))
+    fitted: dict[int, _FoldFeatures] = {}
     done: list[Scored] = []
-    skipped = 0
-    for parts, fp, cls in groups:
+    untried: list[Scored] = []
+    if progress:
+        progress(0, len(order))  # the total, before the first features are fitted
+    for i, (g, c) in enumerate(order):
+        parts, fp, cls = groups[g]
+        cand = Scored(parts, fp, cls[c])
         if done and limit and time.perf_counter() - t0 > limit:
-            skipped += len(cls)
+            untried.append(cand)
             continue
-        cands = [Scored(parts, fp, cp) for cp in cls]
-        features = make_features(inputs_of[parts], fp)
-        for tr, va in splits:
-            ft = clone(features)
-            Xtr = ft.fit_transform(X.iloc[tr])
-            Xva = ft.transform(X.iloc[va])
-            for c in cands:
-                clf = make_classifier(c.classifier, seed).fit(Xtr, y[tr])
-                c.scores.append(_score(y[va], clf.predict(Xva), classes, positive))
-        done.extend(cands)
-        if progress:
-            best = max(cands, key=lambda c: c.mean)
-            progress(f"{spec_of(parts)} {fp}: best {best.classifier} CV {best.mean:.4f} ± {best.sd:.4f}")
+        if g not in fitted:
+            fitted[g] = _FoldFeatures(make_features(inputs_of[parts], fp), X, splits, budget)
+        for f, (tr, va) in enumerate(splits):
+            Xtr, Xva = fitted[g].fold(f)
+            clf = make_classifier(cand.classifier, seed).fit(Xtr, y[tr])
+            cand.scores.append(_score(y[va], clf.predict(Xva), classes, positive))
+            if progress:
+                progress(1 / k, len(order))
+        done.append(cand)
+        if last[g] == i:
+            fitted.pop(g).release()
     done.sort(key=lambda c: -c.mean)
-    return Selection(done[0], done, k, "f1" if positive is not None else "macro-f1", time.perf_counter() - t0, skipped)
+    return Selection(
+        done[0],
+        done,
+        k,
+        "f1" if positive is not None else "macro-f1",
+        time.perf_counter() - t0,
+        untried,
+        limit,
+    )
 
 
 def feature_names(pipeline: Any) -> list[str]:

@@ -10,6 +10,8 @@ JavaScript library.
 from __future__ import annotations
 
 import html
+import io
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from featurestore.progress import ProgressFn
 from featurestore.storage.atomic import atomic_write_bytes
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -161,8 +164,42 @@ def _import_umap():  # noqa: ANN202 - the umap module
     return umap
 
 
-def project(X: np.ndarray, method: str = "auto", seed: int = 42) -> tuple[np.ndarray, str]:
-    """2-D coordinates of the rows of ``X``: UMAP (cosine) when installed and asked for, else PCA."""
+class _EpochsDone(io.TextIOBase):
+    """Where umap's epoch bar (tqdm) writes: each refresh, formatted as ``<n/total>`` by ``_epoch_progress``,
+    becomes a ``progress(epochs advanced, total)`` call. Nothing is printed."""
+
+    def __init__(self, progress: ProgressFn) -> None:
+        self.progress = progress
+        self.done = 0
+
+    def write(self, text: str) -> int:
+        for m in re.finditer(r"<(\d+)/(\d+)>", text):
+            n, total = int(m[1]), int(m[2])
+            if n > self.done:
+                self.progress(n - self.done, total)
+                self.done = n
+        return len(text)
+
+
+def _epoch_progress(progress: ProgressFn | None) -> dict[str, Any]:
+    """UMAP arguments that report its layout epochs to ``progress`` through tqdm's documented ``file`` and
+    ``bar_format`` (umap's ``tqdm_kwds``); none in a notebook, where tqdm draws a widget instead of writing."""
+    from umap import layouts  # imported by _import_umap already
+
+    bar = getattr(layouts, "tqdm", None)
+    if progress is None or bar is None or not bar.__module__.startswith(("tqdm.std", "tqdm.asyncio")):
+        return {}
+    kwds = {"disable": False, "file": _EpochsDone(progress), "bar_format": "<{n}/{total}>", "mininterval": 0.25}
+    return {"tqdm_kwds": kwds}
+
+
+def project(
+    X: np.ndarray, method: str = "auto", seed: int = 42, progress: ProgressFn | None = None
+) -> tuple[np.ndarray, str]:
+    """2-D coordinates of the rows of ``X``: UMAP (cosine) when installed and asked for, else PCA.
+
+    ``progress(advanced, total)`` counts UMAP's layout epochs (the neighbour graph before them is not
+    counted), or reports the PCA as one step."""
     if method not in ("auto", "umap", "pca"):
         from featurestore.errors import UsageError
 
@@ -178,11 +215,16 @@ def project(X: np.ndarray, method: str = "auto", seed: int = 42) -> tuple[np.nda
                     "{param} umap needs umap-learn; fix: pip install 'featurestore[plots]'", "method"
                 ) from None
         else:
-            reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_jobs=1)
+            reducer = umap.UMAP(
+                n_components=2, metric="cosine", random_state=seed, n_jobs=1, **_epoch_progress(progress)
+            )
             return np.asarray(reducer.fit_transform(X), dtype=np.float64), "UMAP"
     from sklearn.decomposition import PCA
 
-    return PCA(n_components=2, random_state=seed).fit_transform(X), "PCA"
+    xy = PCA(n_components=2, random_state=seed).fit_transform(X)
+    if progress:
+        progress(1, 1)
+    return xy, "PCA"
 
 
 def compile_umap() -> bool:

@@ -16,6 +16,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from featurestore import __version__
 from featurestore.errors import ClassifierError, LabelError, StoreError, UsageError
+from featurestore.progress import ProgressFn
 from featurestore.storage.atomic import atomic_write_bytes
 from featurestore.storage.manifest import Space
 from featurestore.storage.store import Store
@@ -89,6 +91,11 @@ def classes_of(labels: np.ndarray, dataset: str, positive: str | None = None) ->
         lower = {c.lower(): c for c in classes}
         positive = next((lower[n] for n in POSITIVE_NAMES if n in lower), classes[-1])
     return classes, positive
+
+
+def trained_now() -> str:
+    """The time a manifest records as ``trained_at``: UTC, ISO 8601, to the microsecond."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def ids_hash(ids: np.ndarray) -> str:
@@ -356,7 +363,7 @@ def train(
         "metrics": metrics,
         "n_train": n_tr,
         "n_valid": n_va,
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "trained_at": trained_now(),
     }
     path = save_classifier(store, name, clf, manifest, paths)
     pictures = draw_plots(store, name, valid, classes, positive, notes) if plots else []
@@ -433,10 +440,11 @@ def train_features(
     name: str | None = None,
     positive: str | None = None,
     plots: bool = True,
-    progress: Any = None,
+    progress: ProgressFn | None = None,
 ) -> TrainResult:
     """Choose features and hyper-parameters by stratified K-fold CV on the training split only, fit the
     chosen pipeline on the training split, score it once on the validation split, save it with skops.
+    ``progress(advanced, total)`` counts the candidate settings scored (``features.select``).
 
     ``inputs_of`` maps each alternative (a tuple of ``features.Part``) to its resolved inputs; ``X`` is the
     pipeline input (``features.frame``) of the labelled rows ``ids`` with labels ``y``, holding the columns
@@ -463,6 +471,7 @@ def train_features(
         seed=seed,
         time_limit=time_limit,
         progress=progress,
+        memory_budget=memory_available() // 4 or feats.FOLD_CACHE_BYTES,
     )
     best = sel.best
     inputs = inputs_of[best.parts]
@@ -476,7 +485,11 @@ def train_features(
     valid = Validation(y[va], pred, _proba(pipe, Xva, classes))
     metrics = _metrics(y[va], pred, classes, positive)
     if sel.skipped:
-        notes.append(f"the time limit left {sel.skipped} candidate setting(s) untried; raise --time-limit to try them")
+        shown = feats.describe_many(sel.untried[:12]) + (f"; and {sel.skipped - 12} more" if sel.skipped > 12 else "")
+        notes.append(
+            f"the {sel.time_limit:g} s time limit left {sel.skipped} of {len(sel.tried) + sel.skipped} candidate "
+            f"settings untried ({shown}); raise --time-limit to try them"
+        )
     cv = {
         "folds": sel.folds,
         "metric": sel.metric,
@@ -486,6 +499,8 @@ def train_features(
         "seconds": sel.seconds,
         "tried": len(sel.tried),
         "skipped": sel.skipped,
+        "time_limit": sel.time_limit,
+        "untried": [c.words for c in sel.untried],
         "chosen": best.as_dict(),
         "top": [c.as_dict() for c in sel.tried[:10]],
     }
@@ -513,7 +528,7 @@ def train_features(
             "n_features": len(feats.feature_names(pipe)),
         },
         "cv": cv,
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "trained_at": trained_now(),
     }
     path = save_classifier(store, name, pipe, manifest, paths)
     pictures = draw_plots(store, name, valid, classes, positive, notes) if plots else []
@@ -568,6 +583,71 @@ def save_classifier(store: Store, name: str, clf: Any, manifest: dict[str, Any],
     manifest = {**manifest, "file_sha256": hashlib.sha256(data).hexdigest(), "featurestore": __version__}
     atomic_write_bytes(meta_path, json.dumps(manifest, indent=1, sort_keys=True).encode())
     return model_path
+
+
+@dataclass(frozen=True)
+class ClassifierChoice:
+    """The saved classifier a command uses, and, when the caller named none, why this one."""
+
+    name: str
+    chosen: str | None = None  # None: named by the caller; else "the only one" or "the most recently trained"
+    trained_at: str | None = None  # when it was trained (UTC), from its manifest
+    others: tuple[str, ...] = ()  # the other classifiers of the store
+
+    @property
+    def note(self) -> str | None:
+        if self.chosen is None:
+            return None
+        when = f", trained {self.trained_at}" if self.trained_at else ""
+        more = f" and {len(self.others) - 10} more" if len(self.others) > 10 else ""
+        others = f"; others: {', '.join(self.others[:10])}{more}" if self.others else ""
+        return f"using classifier {self.name!r}, {self.chosen} in this store{when}{others}"
+
+
+def _trained_at(manifest: dict[str, Any]) -> datetime | None:
+    text = manifest.get("trained_at")
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):  # to the microsecond, or (older) the second
+        try:
+            return datetime.strptime(str(text), fmt).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+    return None
+
+
+def choose_classifier(store: Store, name: str | None = None) -> ClassifierChoice:
+    """``name``, or when None the classifier trained most recently in the store (by its manifest's
+    ``trained_at``, then the manifest file's modification time); refused when none, or when two are
+    equally recent."""
+    if name is not None:
+        return ClassifierChoice(name)
+    found: dict[str, tuple[datetime, int, str]] = {}
+    folder = store.classifier_dir
+    for meta_path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if not meta_path.with_suffix(".skops").is_file():
+            continue
+        try:
+            manifest = json.loads(meta_path.read_text())
+            mtime = meta_path.stat().st_mtime_ns
+        except (OSError, ValueError):
+            continue  # unreadable: 'fs predict --classifier-name' on it says why
+        when = _trained_at(manifest) if isinstance(manifest, dict) else None
+        stamp = when.strftime("%Y-%m-%d %H:%M:%S UTC") if when else ""
+        found[meta_path.stem] = (when or datetime.fromtimestamp(mtime / 1e9, timezone.utc), mtime, stamp)
+    if not found:
+        raise ClassifierError(
+            f"no trained classifier in {store.path}; fix: run 'fs train --dataset NAME' first, "
+            "or pass [[classifier_name]]"
+        )
+    order = sorted(found, key=lambda n: found[n][:2], reverse=True)
+    newest = order[0]
+    if len(order) > 1 and found[order[1]][:2] == found[newest][:2]:
+        tied = [n for n in order if found[n][:2] == found[newest][:2]]
+        raise ClassifierError(
+            f"classifiers {', '.join(map(repr, tied))} of {store.path} were trained at the same time, so none is the "
+            f"most recent; fix: pass [[classifier_name]] (trained: {', '.join(sorted(found))})"
+        )
+    why = "the only one" if len(order) == 1 else "the most recently trained"
+    return ClassifierChoice(newest, why, found[newest][2] or None, tuple(order[1:]))
 
 
 def load_classifier(store: Store, name: str) -> tuple[Any, dict[str, Any]]:
@@ -664,10 +744,53 @@ def predict_rows(
     return out, np.concatenate(probs) if probs else np.zeros((0, len(classes)))
 
 
+def fitted_rows(manifest: dict[str, Any], dataset: str, ids: np.ndarray) -> tuple[int, bool] | None:
+    """How many of the labelled rows ``ids`` of ``dataset`` the classifier was fitted on, and whether that
+    count is exact: None for another dataset. The manifest records the hash of the labelled ids it was
+    trained on and the split (test size, seed), so while those rows are still the dataset's first labelled
+    rows (later ingests only appended) the training split is recomputed; otherwise which rows were fitted
+    cannot be told, and every row may have been (``n_train`` of them were)."""
+    if manifest.get("dataset") != dataset:
+        return None
+    params = manifest.get("params", {})
+    n = int(manifest.get("n_train", 0)) + int(manifest.get("n_valid", 0))
+    if 0 < n <= len(ids) and ids_hash(ids[:n]) == manifest.get("row_ids_sha256") and "test_size" in params:
+        from sklearn.model_selection import train_test_split
+
+        tr, _ = train_test_split(np.arange(n), random_state=params.get("seed", 42), test_size=params["test_size"])
+        return len(tr), True
+    return int(manifest.get("n_train", 0)), False
+
+
+def _fitted_warning(manifest: dict[str, Any], dataset: str, ids: np.ndarray) -> str | None:
+    fitted = fitted_rows(manifest, dataset, ids)
+    if fitted is None or not fitted[0]:
+        return None
+    n_fit, exact = fitted
+    name, metric = manifest.get("name"), manifest.get("metrics", {}).get("f1")
+    held = f" (its {manifest.get('n_valid', 0):,} validation rows scored F1 {metric:.4f} at training)" if metric else ""
+    fix = f"fix: score another labelled dataset, or see the validation scores of 'fs train'{held}"
+    if exact:
+        return (
+            f"{n_fit:,} of the {len(ids):,} rows scored were used to fit classifier {name!r} (the training split of "
+            f"dataset {dataset!r}): these scores are optimistic; {fix}"
+        )
+    return (
+        f"classifier {name!r} was fitted on {n_fit:,} rows of dataset {dataset!r}, which has changed since, so which "
+        f"of the {len(ids):,} rows scored were fitted cannot be told: these scores are optimistic; {fix}"
+    )
+
+
 def evaluate(
-    y: np.ndarray, pred: np.ndarray, manifest: dict[str, Any], dataset: str, positive: str | None = None
+    y: np.ndarray,
+    pred: np.ndarray,
+    manifest: dict[str, Any],
+    dataset: str,
+    positive: str | None = None,
+    ids: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Scores of saved-classifier predictions against a dataset's labels, with the classifier's classes."""
+    """Scores of saved-classifier predictions against a dataset's labels, with the classifier's classes;
+    ``ids`` (the rows scored) lets it warn when they include rows the classifier was fitted on."""
     classes = [str(c) for c in manifest["classes"]]
     if len(y) == 0:
         raise LabelError(f"dataset {dataset!r} has no labelled rows to score against; ingest it with its labels")
@@ -688,6 +811,9 @@ def evaluate(
             "warnings": [],
         }
     )
+    fitted = _fitted_warning(manifest, dataset, ids) if ids is not None else None
+    if fitted:
+        m["warnings"].append(fitted)
     if unknown:
         m["warnings"].append(
             f"labels {', '.join(map(repr, unknown[:5]))} of dataset {dataset!r} are not classes "

@@ -57,6 +57,10 @@ DEFAULT_HNSW_M = 32
 DEFAULT_PQ_M = 48  # 384-d -> 48 sub-vectors of 8 dims, 48 bytes a vector before refinement
 REFINE_K_FACTOR = 4  # ivfpq: candidates re-ranked = 4 * k
 TRAIN_PER_LIST = 40  # training vectors per IVF list (FAISS warns below 39)
+ADD_ROWS = 16384  # vectors added to an index per call: a progress report each (HNSW adds ~10k a second)
+# The search knob each kind of index takes (a flat index, exact, takes none).
+KNOBS = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "ef"}
+KIND_NAMES = {"flat": "flat (exact)", "ivf": "IVF", "ivfpq": "IVF-PQ", "hnsw": "HNSW"}
 MMAP_FLAGS = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
 _EDGE = 1 << 16  # bytes hashed at each end of the file for the cheap identity
 
@@ -486,9 +490,11 @@ def _add_rows(store: Store, space: Space, index: faiss.Index, start: int, progre
         if end <= start:
             continue
         block = block[max(0, start - first) :]
-        index.add(normalize(block))
-        if progress:
-            progress(len(block), total)
+        for at in range(0, len(block), ADD_ROWS):
+            part = block[at : at + ADD_ROWS]
+            index.add(normalize(part))
+            if progress:
+                progress(len(part), total)
 
 
 def _new_index(store: Store, space: Space, factory: str) -> tuple[faiss.Index, int]:
@@ -505,6 +511,8 @@ def _new_index(store: Store, space: Space, factory: str) -> tuple[faiss.Index, i
 
 
 def _build(store: Store, space: Space, factory: str, progress: ProgressFn | None) -> tuple[faiss.Index, int]:
+    if progress:
+        progress(0, space.rows)  # the total, before training IVF lists (a while at a million vectors)
     index, trained = _new_index(store, space, factory)
     _add_rows(store, space, index, 0, progress)
     return index, trained
@@ -628,6 +636,33 @@ def open_index(store: Store, space: Space, progress: ProgressFn | None = None) -
 # ----------------------------------------------------------------------------- searching
 
 
+def check_knobs(kind: str, exact: bool, nprobe: int | None, ef: int | None) -> None:
+    """Refuse a search knob the index does not take (it would be ignored), naming the one it does take."""
+    for knob, value in (("nprobe", nprobe), ("ef", ef)):
+        if value is None:
+            continue
+        applies = "an HNSW" if knob == "ef" else "an IVF or IVF-PQ"
+        if exact:
+            raise UsageError(
+                f"{{param}} tunes {applies} index, but [[exact]] scans every vector: {{param}} would be ignored; "
+                "fix: leave out one of them",
+                knob,
+            )
+        takes = KNOBS.get(kind)
+        if takes != knob:
+            fix = (
+                f"tune it with [[{takes}]]"
+                if takes
+                else "leave it out (an exact index has nothing to tune), or build an approximate index with "
+                f"'fs index build --kind {'hnsw' if knob == 'ef' else 'ivf'}'"
+            )
+            raise UsageError(
+                f"{{param}} tunes {applies} index, but the index of this space is {KIND_NAMES.get(kind, kind)}: "
+                f"{{param}} would be ignored; fix: {fix}",
+                knob,
+            )
+
+
 def _params(opened: OpenedIndex, sel: Any, nprobe: int | None, ef: int | None) -> Any:
     defaults = opened.meta.get("search", {})
     kind = opened.kind
@@ -718,8 +753,10 @@ def search(
     for every query, or per query as a list (None: any row).
 
     ``exact`` searches every vector (brute force) whatever the index kind; ``nprobe`` (IVF) and
-    ``ef`` (HNSW) trade speed for recall. Missing results (fewer candidates than k) have row -1.
+    ``ef`` (HNSW) trade speed for recall, and a knob the index does not take is refused (``check_knobs``).
+    Missing results (fewer candidates than k) have row -1.
     """
+    check_knobs(opened.kind, exact, nprobe, ef)
     q = normalize(np.atleast_2d(queries))
     k = max(1, min(k, opened.rows))
     blas = _blas_index(opened, exact)

@@ -876,6 +876,7 @@ def similar_batch(
     index_seconds = time.perf_counter() - t
     from featurestore.query import index as faiss_index  # loaded by cache.index above; not at the top (see there)
 
+    faiss_index.check_knobs(opened.kind, exact, nprobe, ef)  # before a server's batcher shares the search
     t = time.perf_counter()
     # rows committed after the held index was opened, scored exactly beside it
     tail = cache.tail(store, space, opened.rows) if opened.rows < space.rows else None
