@@ -636,3 +636,14 @@ def test_fs_serve_as_another_user_on_a_read_only_store_writes_nothing(base_store
         for p in [top, *top.rglob("*")]:
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         shutil.rmtree(top)
+
+
+def test_a_store_with_one_space_is_served_without_a_model(base_store: Path) -> None:
+    """The store's only space (here a ``py:`` plugin's) answers when the server is given no model, and each
+    answer notes which space was used; it used to answer "no vectors for model 'minilm'"."""
+    plain = TestClient(serve.create_app(serve.Settings(store=str(base_store))))
+    r = plain.get("/similar", params={"q": train_rows(N)[7]["tweet"], "k": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5) and body["model"] == FAKE
+    assert "only space" in body.get("note", ""), body

@@ -51,7 +51,6 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featurestore.api import FeatureStore
-from featurestore.embedders import DEFAULT_MODEL
 from featurestore.errors import DatasetError, FeatureStoreError, StoreError, UnknownIdError
 from featurestore.machine import usable_cores
 from featurestore.query.search import Hit
@@ -103,7 +102,7 @@ def public_message(message: str, store_paths: tuple[str, ...]) -> str:
 @dataclass(frozen=True)
 class Settings:
     store: str | None = None
-    model: str = DEFAULT_MODEL
+    model: str | None = None  # None: the store's only space, else the default model (spaces.choose_space)
     clean: str | None = None
     dtype: str | None = None
     token: str | None = None
@@ -231,6 +230,7 @@ class Service:
         out = {
             "generation": snap.generation,
             "space": r.space,
+            "model": r.model,
             "query": r.query,
             "index": public_message(r.index, self.store_paths),  # "rebuilt: <why>" may quote an OSError's path
             "hits": [self._hit(h) for h in r.hits],
@@ -241,7 +241,7 @@ class Service:
 
     @staticmethod
     def _hit(h: Hit) -> dict[str, Any]:
-        dataset, id = h.ids[0] if h.ids else ("", "")
+        dataset, id = h.ids[0]  # every hit has an owner (cache entries are never hits)
         return {
             "rank": h.rank,
             "score": round(float(h.score), 6),
