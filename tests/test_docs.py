@@ -1,0 +1,140 @@
+"""The documentation's examples run, and its links resolve (as sqlite-utils tests its docs).
+
+Every ```bash and ```python block of README.md and docs/*.md runs, in page order (README first), in one
+folder that holds the first rows of the bundled tweet files at their usual paths, so a later example sees
+the store an earlier one made. Shell blocks run with ``fs`` from the virtual environment, Python blocks with
+its interpreter. A block that must not run (a download, a server, a cluster, the whole test suite) says why
+in a ``<!-- not run: REASON -->`` line just above it: tests/doc_examples.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import doc_examples as docs
+from tests.conftest import ROOT
+
+# MiniLM runs in the examples' processes: they share the MiniLM files' worker, on its share of the cores.
+# Only the test that runs them is slow: the checks of markers and links run in `make test-fast` too.
+pytestmark = [pytest.mark.framework("minilm")]
+
+DATA = Path("data") / "av-twitter-sentiment"
+FILES = ("train_2kmZucJ.csv", "test_oJQbWVvk.csv")
+ROWS = 200  # of each file: both labels among the train rows, and the ids the examples name (12, 42)
+BIN = Path(sys.executable).parent  # the virtual environment's bin: fs and python
+README_MAX_LINES = 250
+RUN = [b for b in docs.examples() if b.runs]
+
+
+def test_readme_is_a_guide_not_a_reference() -> None:
+    n = len((ROOT / "README.md").read_text("utf-8").splitlines())
+    assert n <= README_MAX_LINES, f"README.md has {n} lines (at most {README_MAX_LINES}): move details into docs/"
+
+
+@pytest.mark.parametrize("page", docs.pages(), ids=docs.rel)
+def test_fences_and_markers(page: Path) -> None:
+    assert docs.check_fences(page) == []
+
+
+def test_examples_not_run_say_why() -> None:
+    """The examples left out of the run are listed (pytest -rA shows them), each with its reason."""
+    skipped = [b for b in docs.examples() if not b.runs]
+    for b in skipped:
+        assert b.not_run, b.where
+        print(f"{b.where}: not run: {b.not_run}")
+    assert RUN, "no example runs"
+    assert any(b.path.name == "README.md" for b in RUN), "README.md's tour must run"
+
+
+@pytest.mark.parametrize("page", docs.pages(), ids=docs.rel)
+def test_relative_links_resolve(page: Path) -> None:
+    assert docs.broken_links(page) == []
+
+
+def test_slugs_are_githubs() -> None:
+    assert docs.slug("Scaling out: `--engine ray`") == "scaling-out---engine-ray"
+    assert (
+        docs.slug("`fs serve` at a million vectors (`bench/serve.py`)") == "fs-serve-at-a-million-vectors-benchservepy"
+    )
+    assert docs.slug("Exact scans in bfloat16, still exact") == "exact-scans-in-bfloat16-still-exact"
+
+
+def test_the_checks_catch_mistakes(tmp_path: Path) -> None:
+    (tmp_path / "other.md").write_text("# Other\n\n## A heading\n", "utf-8")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "[ok](other.md#a-heading) [gone](nowhere.md) [bad anchor](other.md#nope) `[code](skipped.md)`\n"
+        "<!-- not run: -->\n```bash\nfs serve\n```\n"
+        "<!-- not run: a marker above output -->\n```\noutput\n```\n"
+        "```sh\nfs info\n```\n```\nfs info\n```\n",
+        "utf-8",
+    )
+    links = docs.broken_links(page)
+    assert len(links) == 2 and "nowhere.md" in links[0] and "#nope" in links[1]
+    fences = "\n".join(docs.check_fences(page))
+    assert "say why" in fences and "must be the line just above" in fences
+    assert "```sh is never run" in fences and "a plain fence holding a command" in fences
+
+
+def test_a_failing_example_says_its_page_line(tmp_path: Path) -> None:
+    block = docs.Block(tmp_path / "page.md", 10, "bash", "true\nfalse\ntrue\n", None)
+    proc = subprocess.run(_command(block), capture_output=True, text=True)
+    assert proc.returncode == 1 and "failed: page line 12" in proc.stderr  # the fence is line 10, `false` line 12
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out like the repository's root for the examples: the first ``ROWS`` rows of each bundled
+    file at data/av-twitter-sentiment/, and no store yet (the README's first example makes ./store)."""
+    root = tmp_path_factory.mktemp("docs")
+    (root / DATA).mkdir(parents=True)
+    for name in FILES:
+        with open(ROOT / DATA / name, newline="", encoding="utf-8") as src:
+            rows = list(csv.reader(src))[: ROWS + 1]
+        with open(root / DATA / name, "w", newline="", encoding="utf-8") as dst:
+            csv.writer(dst, lineterminator="\n").writerows(rows)
+    return root
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FS_STORE", "FS_TOKEN")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["NO_COLOR"] = "1"
+    env["COLUMNS"] = "120"
+    return env
+
+
+def _command(block: docs.Block) -> list[str]:
+    if block.lang == "python":
+        return [str(BIN / "python"), "-c", block.code]
+    # Stop at the first failing command and say which line of the page it was.
+    offset = block.line  # the block's first line is the page's line block.line + 1; the prelude is line 1
+    prelude = f"set -eo pipefail; trap 'echo \"failed: page line $((LINENO + {offset - 1}))\" >&2' ERR\n"
+    return ["bash", "-c", prelude + block.code]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", RUN, ids=lambda b: b.where)
+def test_example_runs(block: docs.Block, workspace: Path) -> None:
+    assert (BIN / "fs").exists(), f"no fs beside {sys.executable}: pip install -e . first"
+    proc = subprocess.run(
+        _command(block),
+        cwd=workspace,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"the example at {block.where} ({block.lang}) exited {proc.returncode}\n"
+            f"--- the example\n{block.code}--- its output\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}",
+            pytrace=False,
+        )
