@@ -20,9 +20,9 @@ import pytest
 from tests import doc_examples as docs
 from tests.conftest import ROOT
 
-# MiniLM runs in the examples' processes: they share the MiniLM files' worker, on its share of the cores.
-# Only the test that runs them is slow: the checks of markers and links run in `make test-fast` too.
-pytestmark = [pytest.mark.framework("minilm")]
+# Only the test that runs the examples is slow: the checks of markers and links run in `make test-fast` too. No
+# framework group: the examples run in processes of their own (MiniLM included), so sharing the MiniLM worker's
+# import buys nothing, and that worker (Ray, MiniLM) is the longest already.
 
 DATA = Path("data") / "av-twitter-sentiment"
 FILES = ("train_2kmZucJ.csv", "test_oJQbWVvk.csv")

@@ -318,8 +318,7 @@ def test_tensorflow_env_is_set_for_its_import_only_and_its_cpp_logs_hidden() -> 
     """An ELMo embed in a fresh process (the shipped elmo-tiny: nothing to fetch): the variables TensorFlow's
     import got are gone afterwards, oneDNN stays on, and no TensorFlow log line reaches stderr, neither while
     TensorFlow loads nor later (cuInit is called when it first looks for devices). With FS_DEBUG=1 the lines are
-    there, where this machine's TensorFlow prints any; where it prints none, the stand-in import of
-    tests/test_tf_runtime.py shows the level is set before the import."""
+    shown again (tests/test_tf_runtime.py, with a stand-in import)."""
     code = textwrap.dedent("""
         import os, platform
         from featurestore.embedders import load_embedder
@@ -332,17 +331,11 @@ def test_tensorflow_env_is_set_for_its_import_only_and_its_cpp_logs_hidden() -> 
         assert _pywrap_util_port.IsMklEnabled() or platform.machine() not in ("x86_64", "AMD64")
     """)
     env = {k: v for k, v in os.environ.items() if k not in (*TF_IMPORT_ENV, "FS_DEBUG")}
-    runs = {}
-    for name, extra in (("quiet", {}), ("debug", {"FS_DEBUG": "1"})):
-        proc = subprocess.run(
-            [sys.executable, "-c", code], cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[name] = proc
-    assert not CPP_LOG.findall(runs["quiet"].stderr), runs["quiet"].stderr[-2000:]
-    assert runs["quiet"].stdout == runs["debug"].stdout  # the same vector either way
-    if not CPP_LOG.search(runs["debug"].stderr):  # nothing to hide here, so the check above proved nothing
-        pytest.skip("this machine's TensorFlow prints no C++ log line; tests/test_tf_runtime.py is the check")
+    # One fresh TensorFlow process (~12 s here): FS_DEBUG=1's run would only show this machine's own lines, which
+    # the stand-in imports of tests/test_tf_runtime.py check without TensorFlow (the level is set before the import).
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not CPP_LOG.findall(proc.stderr), proc.stderr[-2000:]
 
 
 def test_tensorflow_import_leaves_the_users_own_choice(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -218,3 +218,21 @@ def test_logreg_that_would_not_fit_in_memory_is_refused_naming_sgd(trained_store
     ):
         trained_store.train("train", "fake", "raw-v1", name="l4")
     assert trained_store.train("train", "fake", "raw-v1", classifier="sgd", name="s4").n_train == 320
+
+
+def test_loading_a_classifier_imports_no_torch(tmp_path: Path) -> None:
+    """skops' list of trusted types walks every scikit-learn module, and scikit-learn's array-API shim imports
+    torch when it is installed: seconds of every fs train/predict/eval process, for nothing a classifier needs."""
+    from tests.conftest import run_python
+
+    code = (
+        "import sys\n"
+        "from featurestore.errors import ClassifierError\n"
+        "from featurestore.learning.train import load_classifier\n"
+        "from featurestore.storage.store import Store\n"
+        f"try:\n    load_classifier(Store({str(tmp_path / 'store')!r}), 'none')\n"
+        "except ClassifierError:\n    pass\n"
+        "import skops.io\n"
+        "print('torch' in sys.modules, len(skops.io._trusted_types.SKLEARN_ESTIMATOR_TYPE_NAMES) > 100)\n"
+    )
+    assert run_python(code).split() == ["False", "True"]
