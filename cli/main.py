@@ -141,6 +141,12 @@ def ingest(
     sep: str | None = typer.Option(None, "--sep", help="CSV separator (default: sniffed among , ; tab |)."),
     no_header: bool = typer.Option(False, "--no-header", help="The CSV has no header row: columns are 1, 2, 3..."),
     encoding: str | None = typer.Option(None, help="Text encoding (default: UTF-8, UTF-16 by BOM)."),
+    quote: str | None = typer.Option(
+        None, "--quote", help="CSV quote character (default: \"); '' reads quotes as text (a tweet a field, unquoted)."
+    ),
+    escape: str | None = typer.Option(
+        None, "--escape", help="Character that escapes a quote inside a CSV field, e.g. '\\' (default: none)."
+    ),
     duplicates: str = typer.Option(
         "error",
         "--duplicates",
@@ -194,6 +200,8 @@ def ingest(
         fmt=fmt,
         encoding=encoding,
         sep=sep,
+        quote=quote,
+        escape=escape,
         header=not no_header,
         duplicates=duplicates,
         dtype=dtype,
@@ -202,6 +210,8 @@ def ingest(
         wait=wait,
         **ray_options,
     )
+    if engine != "ray":  # Ray reads globs and folders; the local engine reads files, all checked before the first
+        _check_inputs(files)
     # The local engine reads one file per call; Ray Data reads them all in one ingest.
     calls = [files] if engine == "ray" else [[f] for f in files]
     for call in calls:
@@ -215,6 +225,27 @@ def ingest(
         if len(calls) > 1:
             typer.echo(f"== {what}")
         _print_summary(s)
+
+
+def _check_inputs(files: list[str]) -> None:
+    """Every input exists and is readable before anything is written: a mistake in the third file must not
+    leave the first two committed (``fs ingest -- a.csv --dataset t`` read ``--dataset`` as a file)."""
+    import os
+
+    if files.count("-") > 1:
+        raise FeatureStoreError("'-' (stdin) is given more than once; fix: give '-' once")
+    for f in files:
+        if f == "-":
+            continue
+        looks = " (it looks like an option: put options before '--')" if f.startswith("-") else ""
+        if not os.path.exists(f):
+            raise FeatureStoreError(f"input file {f} does not exist{looks}; fix: check the path; nothing was ingested")
+        if os.path.isdir(f):
+            raise FeatureStoreError(
+                f"input {f} is a directory; fix: give its files (or --engine ray reads folders); nothing was ingested"
+            )
+        if not os.access(f, os.R_OK):
+            raise FeatureStoreError(f"input file {f} is not readable; fix: check its permissions; nothing was ingested")
 
 
 def _print_summary(s: Any, err: bool = False) -> None:
@@ -240,6 +271,8 @@ def _print_summary(s: Any, err: bool = False) -> None:
     ]
     for line in lines:
         typer.echo(line, err=err)
+    for note in s.notes:  # what reading the file changed or chose: never silently
+        typer.echo(f"note: {note}", err=True)
 
 
 @app.command()
@@ -362,23 +395,25 @@ ClassifierNameOpt = typer.Option(
 )
 
 
-def _write_out(out: Path, data: bytes, example: str) -> None:
-    from featurestore.storage.atomic import atomic_write_bytes
+def _write_out(out: Path, data: bytes) -> None:
+    """Write an ``--out`` file the one way every command does (``featurestore.storage.atomic.write_output``)."""
+    from featurestore.storage.atomic import write_output
 
-    if out.is_dir():
-        raise FeatureStoreError(f"--out {out} is a directory; give a file name such as {out / example}")
-    try:
-        out.resolve().parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out.resolve(), data)
-    except OSError as exc:
-        raise FeatureStoreError(f"cannot write {out} ({exc.strerror}); fix: choose a writable --out path") from None
+    write_output(out, data)
+
+
+def _said(out: Path) -> bool:
+    """Whether a command's summary goes to stderr: stdout carries the output itself (``--out -``)."""
+    return str(out) == "-"
 
 
 @app.command()
 @handle_errors
 def predict(
     dataset: str = typer.Option("test", "--dataset", "-d", help="Dataset to label."),
-    out: Path = typer.Option(Path("submission.csv"), "--out", "-o", help="CSV to write (id,label)."),
+    out: Path = typer.Option(
+        Path("submission.csv"), "--out", "-o", help="CSV to write (id,label); '-' writes it to stdout."
+    ),
     name: str | None = ClassifierNameOpt,
     proba: bool = typer.Option(
         False, "--proba", help="Add one column of predicted probability per class (proba_CLASS)."
@@ -390,6 +425,9 @@ def predict(
     import io
     from collections import Counter
 
+    from featurestore.storage.atomic import check_output
+
+    check_output(out)  # a read-only or unwritable --out is refused before any work
     fs = _fs(store)
     choice = fs.classifier(name)
     _say_choice(choice)
@@ -404,9 +442,10 @@ def predict(
         ids, labels = fs.predict(dataset, name)
         w.writerow(["id", "label"])
         w.writerows(zip(ids.tolist(), labels.tolist()))
-    _write_out(out, buf.getvalue().encode("utf-8"), "submission.csv")
+    _write_out(out, buf.getvalue().encode("utf-8"))
     counts = ", ".join(f"{label}: {n:,}" for label, n in sorted(Counter(labels.tolist()).items()))
-    typer.echo(f"wrote {len(ids):,} predictions of classifier {name!r} to {out} ({counts or 'none'})")
+    where = "stdout" if _said(out) else out
+    typer.echo(f"wrote {len(ids):,} predictions of classifier {name!r} to {where} ({counts or 'none'})", err=_said(out))
 
 
 def _say_choice(choice: ClassifierChoice) -> None:
@@ -449,7 +488,9 @@ def eval_(
 @handle_errors
 def export(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset to export."),
-    out: Path = typer.Option(..., "--out", "-o", help="Parquet file to write, or the folder for npy files."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Parquet file to write ('-' writes it to stdout), or the folder for npy files."
+    ),
     fmt: str = typer.Option(
         "parquet",
         "--format",
@@ -464,7 +505,7 @@ def export(
     """Write a dataset's ids, labels, texts and vectors for use outside featurestore."""
     with _progress(f"export {dataset}", "rows") as advance:
         written = _fs(store).export(dataset, out, fmt, model, clean, dtype, progress=advance)
-    typer.echo(f"wrote {', '.join(map(str, written))}")
+    typer.echo(f"wrote {', '.join('stdout' if _said(p) else str(p) for p in written)}", err=_said(out))
 
 
 @app.command("map")
@@ -490,7 +531,7 @@ def map_(
         r = _fs(store).map(
             dataset, out, model, clean, dtype, method=method, max_points=max_points, seed=seed, progress=advance
         )
-    typer.echo(f"wrote {r.path} ({r.points:,} points, {r.method})")
+    typer.echo(f"wrote {r.path} ({r.points:,} point{'' if r.points == 1 else 's'}, {r.method})")
 
 
 SHOWN_CHARS = 200  # a stored text can be megabytes: the table shows its start
@@ -678,6 +719,8 @@ def repair(store: Path | None = StoreOpt) -> None:
     r = _fs(store).repair()
     for a in r.actions or ["nothing to repair"]:
         typer.echo(a)
+    for w in r.warnings:
+        typer.echo(f"warning: {w}", err=True)
     for e in r.errors:
         typer.echo(f"error: {e}")
     if r.errors:
@@ -761,6 +804,8 @@ def gc(
     Ingests keep the last 3 generations (and the segments they name) so that a query running during
     an ingest can finish; run this when no query is reading an older generation."""
     r = _fs(store).gc(keep)
+    for name in r.left:
+        typer.echo(f"warning: {name} is not a file featurestore writes: not ours, left in place", err=True)
     typer.echo(
         f"removed {r.removed:,} file(s), freed {r.freed / 1e6:,.1f} MB; kept generation(s) "
         f"{', '.join(map(str, r.generations))}"

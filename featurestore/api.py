@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -25,7 +25,7 @@ import numpy as np
 from featurestore import spaces
 from featurestore.embedders import DEFAULT_MODEL, canonical_model, default_recipe, load_embedder
 from featurestore.embedders.base import Embedder
-from featurestore.errors import DatasetError, FeatureStoreError, UsageError
+from featurestore.errors import DatasetError, FeatureStoreError, StoreError, UsageError
 from featurestore.ingestion.ingest import IngestSummary, ingest
 from featurestore.inputs.clean import get_recipe
 from featurestore.inputs.sources import NO_LABEL, read_table
@@ -50,6 +50,7 @@ class GcResult:
     removed: int  # files: superseded segments and older manifest generations
     freed: int  # bytes
     generations: list[int]  # the manifest generations kept
+    left: list[str] = field(default_factory=list)  # files in the store's folders it never writes: not deleted
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class MapResult:
     method: str  # the projection to 2-D: "UMAP" or "PCA"
 
 
+_NPY_FILES = ("vectors", "ids", "labels", "texts")  # what an npy export writes into its folder
 READ_ROWS = 65536  # vectors read at a time when progress is reported
 
 
@@ -106,6 +108,8 @@ class FeatureStore:
         fmt: str | None = None,
         encoding: str | None = None,
         sep: str | None = None,
+        quote: str | None = None,
+        escape: str | None = None,
         header: bool = True,
         duplicates: str = "error",
         dtype: str = "float32",
@@ -135,7 +139,7 @@ class FeatureStore:
         if engine == "ray":
             from featurestore.ingestion.distributed import check_options, ingest_ray  # Ray itself is imported on use
 
-            check_options(fmt=fmt, encoding=encoding, header=header, duplicates=duplicates)
+            check_options(fmt=fmt, encoding=encoding, header=header, duplicates=duplicates, quote=quote, escape=escape)
             return ingest_ray(
                 self.store,
                 [file] if isinstance(file, (str, os.PathLike)) else list(file),
@@ -172,6 +176,8 @@ class FeatureStore:
             sep=sep,
             header=header,
             duplicates=duplicates,
+            quote=quote,
+            escape=escape,
         )
         embedder = embedder or load_embedder(model)
         summary = ingest(
@@ -411,12 +417,22 @@ class FeatureStore:
         """Write a dataset for use outside featurestore: ``parquet`` (one file: id, label, text, vector as a
         list of floats) or ``npy`` (a folder: vectors.npy, ids.npy, labels.npy, texts.npy; no pickles).
         ``progress`` counts the rows whose vectors were read."""
-        from featurestore.storage.atomic import atomic_write_bytes
+        from featurestore.storage.atomic import STDOUT, check_output, write_output
 
         if fmt not in ("parquet", "npy"):
             raise UsageError(f"unknown {{param}} {fmt!r}; use parquet or npy", "fmt")
-        df = self.frame(dataset, model, clean, dtype, progress=progress)
         out = Path(out)
+        if fmt == "parquet":
+            check_output(out)  # before reading anything
+        elif str(out) == STDOUT:
+            raise UsageError("{param} - (stdout) cannot hold npy files; fix: give a folder, or --format parquet", "out")
+        elif out.exists() and not out.is_dir():
+            raise UsageError(f"{{param}} {out} is a file; npy export writes a folder of .npy files", "out")
+        else:
+            for key in _NPY_FILES:
+                if (out / f"{key}.npy").exists():
+                    check_output(out / f"{key}.npy")
+        df = self.frame(dataset, model, clean, dtype, progress=progress)
         if fmt == "parquet":
             import io
 
@@ -436,11 +452,8 @@ class FeatureStore:
             ).replace_schema_metadata({k: str(v) for k, v in df.attrs.items()})
             buf = io.BytesIO()
             pq.write_table(table, buf)
-            out.resolve().parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(out.resolve(), buf.getvalue())
+            write_output(out, buf.getvalue())
             return [out]
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"{{param}} {out} is a file; npy export writes a folder of .npy files", "out")
         out.mkdir(parents=True, exist_ok=True)
         written = []
         arrays = {
@@ -454,7 +467,7 @@ class FeatureStore:
 
             buf = io.BytesIO()
             np.save(buf, arr, allow_pickle=False)
-            atomic_write_bytes(out / f"{key}.npy", buf.getvalue())
+            write_output(out / f"{key}.npy", buf.getvalue())
             written.append(out / f"{key}.npy")
         return written
 
@@ -581,8 +594,27 @@ class FeatureStore:
 
         snap = self._snapshot()
         space, note = spaces.choose_space(self.store, snap, model, clean, dtype)
+        faiss_index.factory_string(kind, space.rows, space.dim, nlist, m)  # options refused before the work
+        folder = next(p for p in (self.store.index_dir, self.store.path) if p.exists())
+        if not os.access(folder, os.W_OK | os.X_OK):  # was: "built", and nothing saved
+            raise StoreError(
+                f"cannot save an index in {folder} (not writable), so building one would be lost; fix: build it "
+                "where you can write (a copy of the store), or ask its owner to run 'fs index build'"
+            )
+        per_list = faiss_index.TRAIN_MIN_PER_LIST
+        if nlist is not None and nlist > max(1, space.rows // per_list):  # said in words, not FAISS's raw warning
+            few = (
+                f"nlist {nlist} trains each list on fewer than {per_list} of the {space.rows:,} vectors, so recall "
+                f"may drop; at most {max(1, space.rows // per_list):,} lists get {per_list} each"
+            )
+            note = f"{note}; {few}" if note else few
         t = time.perf_counter()
         opened = faiss_index.build_index(self.store, space, kind, nlist=nlist, m=m, progress=progress)
+        if not opened.meta:
+            raise StoreError(
+                f"the index of space {space.id} was built but could not be saved in {self.store.index_dir}; fix: "
+                "check that folder's permissions"
+            )
         path = faiss_index.index_paths(self.store, space)[0]
         out = {
             "space": space.id,
@@ -618,10 +650,17 @@ class FeatureStore:
             from featurestore.learning import plots  # matplotlib: the plots extra
         except ImportError:
             raise FeatureStoreError("a map needs matplotlib; fix: pip install 'featurestore[plots]'") from None
+        from featurestore.storage.atomic import STDOUT, check_output
+
         path = Path(out)
         suffix = path.suffix.lower()
+        if str(path) == STDOUT:
+            raise UsageError(
+                "{param} - (stdout) has no file type; fix: give a file name ending in .png or .html", "out"
+            )
         if suffix not in (".png", ".html", ".htm"):
             raise UsageError(f"{{param}} {path} must end in .png or .html", "out")
+        check_output(path)
         if max_points < 1:
             raise UsageError(f"{{param}} {max_points} must be at least 1", "max_points")
         snap = self._snapshot()
@@ -681,14 +720,15 @@ class FeatureStore:
 
     def gc(self, keep: int = 1) -> GcResult:
         """Free disk: delete the manifest generations older than the newest ``keep`` and every segment none of the
-        kept ones names (what compaction superseded).
+        kept ones names (what compaction superseded). Only files the store writes are deleted: any other file in
+        its folders is left in place and named in ``left``.
 
         Ingests keep 3 generations so that a query reading an older one can finish; a reader still on a deleted
         generation fails, so run this when none is."""
         store = self.store.require_existing()
         with store.writer() as w:
             removed, freed = w.collect_garbage(keep)
-        return GcResult(removed, freed, store.manifest_generations())
+        return GcResult(removed, freed, store.manifest_generations(), w.foreign)
 
     # ---- overview
 

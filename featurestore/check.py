@@ -17,7 +17,7 @@ from featurestore.errors import StoreError
 from featurestore.progress import ProgressFn
 from featurestore.query import index as faiss_index
 from featurestore.storage.manifest import EMPTY, Dataset, Segment, Snapshot, Space
-from featurestore.storage.store import TEXT_COLUMNS, Store, Writer, as_text_column, segment_seq
+from featurestore.storage.store import TEXT_COLUMNS, Store, Writer, as_text_column, not_ours, segment_seq
 
 _SEGMENT_NAME = re.compile(r"^seg-\d+\.h5$")
 # What identifies a segment's rows: keys and ids are unique within a list; label updates are (id, label) pairs.
@@ -118,7 +118,12 @@ def check(store: Store, progress: ProgressFn | None = None) -> Report:
         r.stats[f"rows:{ds.name}"] = ds.count
     live = store.kept_files(snap)
     if store.segment_dir.is_dir():
-        extra = [n for n in os.listdir(store.segment_dir) if n not in live]
+        names = os.listdir(store.segment_dir)
+        extra = [n for n in names if n not in live and not not_ours(store.segment_dir, n)]
+        for d in (store.segment_dir, store.manifest_dir):
+            for n in sorted(os.listdir(d)) if d.is_dir() else ():
+                if not_ours(d, n):
+                    r.warnings.append(f"{d.name}/{n} is not a file featurestore writes: not ours, left in place")
         if extra:
             r.warnings.append(
                 f"{len(extra)} segment file(s) that no kept manifest names (superseded by compaction "
@@ -145,7 +150,11 @@ def _orphans(store: Store, named: set[str]) -> list[str]:
         # seg-NNNNNN by number (the width grows past a million); a distributed ingest's named files first
         return (1, segment_seq(name), name) if _SEGMENT_NAME.match(name) else (0, 0, name)
 
-    names = [n for n in os.listdir(store.segment_dir) if n not in named and not n.startswith(".tmp-")]
+    names = [
+        n
+        for n in os.listdir(store.segment_dir)
+        if n not in named and not n.startswith(".tmp-") and not not_ours(store.segment_dir, n)
+    ]
     return sorted(names, key=order)
 
 
@@ -330,6 +339,7 @@ def repair(store: Store) -> Report:
         fixed = dataclasses.replace(snap, spaces=spaces, datasets=datasets)
         changed = bool(corrupt) or not gens or spaces != snap.spaces or datasets != snap.datasets
         w.recover(fixed, publish=changed)
+        r.warnings += [f"{name} is not a file featurestore writes: not ours, left in place" for name in w.foreign]
     # Derived files that do not match are simply removed; the next query rebuilds them.
     for sp in store.snapshot().spaces.values():
         index, status = faiss_index.load_checked(store, sp, store.space_keys(sp))

@@ -9,7 +9,6 @@ import io
 import json
 import lzma
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +110,8 @@ def test_semicolons_inside_a_comma_file_and_explicit_sep(tmp_path: Path) -> None
 def test_extra_field_is_an_error_not_silently_dropped(tmp_path: Path) -> None:
     p = _write(tmp_path / "in.csv", "id;label;tweet\n1;0;hello; world\n")
     msg = _err(p)
-    assert "is not valid CSV" in msg and "Expected 3 fields" in msg and "sep" in msg
+    assert "line 2 has 4 fields where the header has 3" in msg and "';' occurs in a field that is not quoted" in msg
+    assert read_table(str(_write(p, 'id;label;tweet\n1;0;"hello; world"\n'))).texts == ["hello; world"]
 
 
 def test_jsonl(tmp_path: Path) -> None:
@@ -227,13 +227,16 @@ def test_ids_are_kept_exactly_as_text(tmp_path: Path) -> None:
 def test_json_numbers_keep_their_literal_text(tmp_path: Path) -> None:
     p = _write(
         tmp_path / "in.jsonl",
-        '{"id": 1234567890123459999.0, "label": 1, "text": "a"}\n'
-        '{"id": 99999999999999999999, "label": true, "text": "b"}\n'
+        '{"id": 1234567890123459999.5, "label": 1, "text": "a"}\n'
+        '{"id": 99999999999999999999, "label": 2, "text": "b"}\n'
         '{"id": "000123", "label": null, "text": "c"}\n',
     )
     t = read_table(str(p))
-    assert t.ids.tolist() == ["1234567890123459999.0", "99999999999999999999", "000123"]
-    assert t.labels.tolist() == ["1", "true", ""]
+    assert t.ids.tolist() == ["1234567890123459999.5", "99999999999999999999", "000123"]
+    assert t.labels.tolist() == ["1", "2", ""]
+    # a JSON boolean label is "true"/"false"; beside the number 1 it would be a second spelling of one class
+    q = _write(tmp_path / "b.jsonl", '{"label": true, "text": "a"}\n{"label": false, "text": "b"}\n')
+    assert read_table(str(q)).labels.tolist() == ["true", "false"]
 
 
 @pytest.mark.parametrize("rounded", ["1.23457E+18", "1.2e18", "1,23457E+18"])
@@ -247,7 +250,10 @@ def test_empty_id_names_the_row(tmp_path: Path) -> None:
     msg = _err(_write(tmp_path / "in.csv", "id,tweet\n1,a\n  ,b\n"))
     assert "row 2: the id is empty" in msg and "id_col ''" in msg
     msg = _err(_write(tmp_path / "in.jsonl", '{"id": 1, "text": "a"}\n\n{"text": "b"}\n'))
-    assert "line 3: the id is empty" in msg
+    assert "line 3 has no 'id' key" in msg and "id_col ''" in msg
+    assert "line 2: the id is empty" in _err(
+        _write(tmp_path / "n.jsonl", '{"id": 1, "text": "a"}\n{"id": null, "text": "b"}\n')
+    )
     assert "line 1: the id is a JSON list" in _err(_write(tmp_path / "l.jsonl", '{"id": [1], "text": "a"}\n'))
 
 
@@ -376,17 +382,15 @@ def test_duplicates_first_and_last(tmp_path: Path) -> None:
     assert "unknown duplicates 'keep'; use one of: error, first, last" in _err(p, duplicates="keep")
 
 
-def test_duplicates_are_fast(tmp_path: Path) -> None:
+def test_duplicates_in_a_large_file(tmp_path: Path) -> None:
+    """100k rows, 10k of them repeats (the pandas path of read_table); its speed is bench/startup.py's to show."""
     n = 100_000
     ids = np.arange(n) % 90_000
     texts = [f"tweet number {i}, with #tag" for i in ids]
     p = tmp_path / "big.csv"
     pd.DataFrame({"id": ids, "label": ids % 2, "tweet": texts}).to_csv(p, index=False)
-    t0 = time.perf_counter()
     t = read_table(str(p))
-    took = time.perf_counter() - t0
     assert len(t.ids) == 90_000 and t.duplicate_rows == 10_000
-    assert took < 2.0, f"100k rows took {took:.2f}s"
 
 
 # ---------------------------------------------------------------- encodings

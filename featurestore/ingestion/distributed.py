@@ -842,7 +842,13 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def check_options(
-    *, fmt: str | None = None, encoding: str | None = None, header: bool = True, duplicates: str = "error"
+    *,
+    fmt: str | None = None,
+    encoding: str | None = None,
+    header: bool = True,
+    duplicates: str = "error",
+    quote: str | None = None,
+    escape: str | None = None,
 ) -> None:
     """Refuse the local engine's reading options, before anything is read: Ray Data's readers take none of them
     (they read UTF-8 files with a header, the format by extension, and a repeated id with other content is an
@@ -854,6 +860,8 @@ def check_options(
             ("encoding", encoding),
             ("header", not header),
             ("duplicates", duplicates != "error"),
+            ("quote", quote is not None),
+            ("escape", escape is not None),
         )
         if given
     ]

@@ -56,6 +56,7 @@ class IngestSummary:
     replaced_chars: int = 0  # unencodable characters in the input replaced by U+FFFD
     columns: dict[str, str | None] = field(default_factory=dict)  # id/label/text -> input column (None: none)
     source_format: str = ""
+    notes: list[str] = field(default_factory=list)  # what reading the input changed or chose (Table.notes), in words
     batches_committed: int = 0
     seconds: float = 0.0
     interrupted: bool = False
@@ -397,6 +398,7 @@ def ingest(
         replaced_chars=table.replaced_chars,
         columns={"id": table.id_column, "label": table.label_column, "text": table.text_column},
         source_format=table.format,
+        notes=list(table.notes),
     )
     with store.writer(wait=wait) as w:
         try:

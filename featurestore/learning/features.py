@@ -456,14 +456,27 @@ def select(
 
     t0 = time.perf_counter()
     limit = TIME_LIMITS.get(search, 0.0) if time_limit is None else time_limit
-    smallest = int(pd.Series(y).value_counts().min())
-    k = max(2, min(folds, smallest))
+    counts = pd.Series(y).value_counts()
+    smallest = int(counts.min())
+    if folds < 2:
+        raise UsageError(
+            f"{{param}} must be at least 2, got {folds}; fix: give {{param}} 2 or more (up to the training rows of "
+            f"the smallest class, {smallest})",
+            "folds",
+        )
     if smallest < 2:
         raise UsageError(
             f"a class has {smallest} training row(s): cross-validation needs at least 2 a class; "
             "add labelled rows or use {param} none",
             "search",
         )
+    if folds > smallest:  # was silently lowered to the smallest class's rows
+        raise UsageError(
+            f"{{param}} {folds} needs {folds} training rows of every class, and class {str(counts.idxmin())!r} has "
+            f"{smallest}; fix: give {{param}} between 2 and {smallest}, or add labelled rows",
+            "folds",
+        )
+    k = folds
     splits = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     per_spec: list[list[tuple[tuple[Part, ...], FeatureParams, list[ClassifierParams]]]] = []
     for parts in inputs_of:

@@ -9,34 +9,59 @@ JavaScript library.
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from featurestore.progress import ProgressFn
-from featurestore.storage.atomic import atomic_write_bytes
+from featurestore.storage.atomic import atomic_write_bytes, write_output
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _quiet(func: F) -> F:
+    """Run ``func`` with matplotlib's, scikit-learn's and numpy's warnings silenced: a glyph a font lacks,
+    a zero-variance projection, tight_layout's give-up are about the picture, never the user's data, and
+    would otherwise be printed with their source lines under a command's output."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, user_named: bool = False) -> Path:
+    """Save a PNG: beside a classifier (the store's own file, atomically), or to a path the user named
+    (``--out``: a FIFO or a device is written as a stream, a read-only file refused; ``write_output``)."""
     import io
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
+    if user_named:
+        write_output(path, buf.getvalue())
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
+@_quiet
 def confusion_png(path: Path, y: np.ndarray, pred: np.ndarray, classes: Sequence[str], title: str) -> Path:
     """Counts of true (rows) against predicted (columns) classes, each cell also as a share of its row."""
     from sklearn.metrics import confusion_matrix
@@ -67,6 +92,7 @@ def confusion_png(path: Path, y: np.ndarray, pred: np.ndarray, classes: Sequence
     return _save(fig, path)
 
 
+@_quiet
 def precision_recall_png(
     path: Path, y: np.ndarray, proba: np.ndarray, classes: Sequence[str], positive: str | None, title: str
 ) -> Path:
@@ -193,6 +219,7 @@ def _epoch_progress(progress: ProgressFn | None) -> dict[str, Any]:
     return {"tqdm_kwds": kwds}
 
 
+@_quiet
 def project(
     X: np.ndarray, method: str = "auto", seed: int = 42, progress: ProgressFn | None = None
 ) -> tuple[np.ndarray, str]:
@@ -221,7 +248,10 @@ def project(
             return np.asarray(reducer.fit_transform(X), dtype=np.float64), "UMAP"
     from sklearn.decomposition import PCA
 
-    xy = PCA(n_components=2, random_state=seed).fit_transform(X)
+    xy = np.zeros((len(X), 2))  # one row (or one dimension) has fewer than 2 components: drawn on the axis
+    k = min(2, len(X), X.shape[1] if X.ndim == 2 else 0)
+    if k and len(X) > 1:
+        xy[:, :k] = PCA(n_components=k, random_state=seed).fit_transform(X)
     if progress:
         progress(1, 1)
     return xy, "PCA"
@@ -239,6 +269,7 @@ def compile_umap() -> bool:
     return True
 
 
+@_quiet
 def map_png(path: Path, xy: np.ndarray, labels: np.ndarray, title: str) -> Path:
     fig = Figure(figsize=(8, 7))
     ax = fig.add_subplot()
@@ -257,9 +288,10 @@ def map_png(path: Path, xy: np.ndarray, labels: np.ndarray, title: str) -> Path:
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, user_named=True)
 
 
+@_quiet
 def map_html(path: Path, xy: np.ndarray, labels: np.ndarray, hover: Sequence[str], title: str) -> Path:
     """One self-contained HTML file: an SVG scatter, one circle per row, its hover text in a <title>."""
     w, h, pad = 900, 700, 20
@@ -288,6 +320,5 @@ def map_html(path: Path, xy: np.ndarray, labels: np.ndarray, hover: Sequence[str
         + "".join(circles)
         + "</svg></body></html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, page.encode("utf-8"))
+    write_output(path, page.encode("utf-8"))
     return path

@@ -105,8 +105,9 @@ def ids_hash(ids: np.ndarray) -> str:
 def _metrics(yv: np.ndarray, pred: np.ndarray, classes: list[str], positive: str | None) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-    if positive is not None:
-        p, r, f, _ = precision_recall_fscore_support(yv, pred, pos_label=positive, average="binary", zero_division=0)
+    if positive is not None:  # the positive class's scores; labels outside the classes count as errors
+        ps, rs, fs, _ = precision_recall_fscore_support(yv, pred, labels=[positive], average=None, zero_division=0)
+        p, r, f = ps[0], rs[0], fs[0]
     else:
         p, r, f, _ = precision_recall_fscore_support(yv, pred, labels=classes, average="macro", zero_division=0)
     pc = precision_recall_fscore_support(yv, pred, labels=classes, average=None, zero_division=0)
@@ -812,6 +813,13 @@ def evaluate(
             f"{{param}} {positive!r} is not a class of the classifier; classes: {', '.join(classes)}", "positive"
         )
     unknown = sorted(set(y.tolist()) - set(classes))
+    if len(unknown) == len(set(y.tolist())):
+        shown = ", ".join(map(repr, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        raise LabelError(
+            f"dataset {dataset!r} is labelled {shown}, none of them a class of classifier {manifest['name']!r} "
+            f"({', '.join(map(repr, classes))}); fix: score a dataset labelled like the training data, or train "
+            f"a classifier on {dataset!r}"
+        )
     m = _metrics(y, pred, classes, positive)
     m.update(
         {

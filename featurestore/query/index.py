@@ -88,6 +88,9 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return v
 
 
+TRAIN_MIN_PER_LIST = 39  # FAISS's minimum of training points a list, below which it warns
+
+
 def default_nlist(n: int) -> int:
     """About 4 * sqrt(n) lists, never fewer than 39 training vectors a list."""
     return max(1, min(int(round(4 * math.sqrt(max(n, 1)))), n // 39))
@@ -107,7 +110,16 @@ def factory_string(kind: str, n: int, dim: int, nlist: int | None = None, m: int
         raise UsageError(f"{{param}} must be at least 1, got {nlist}", "nlist")
     if m is not None and m < 1:
         raise UsageError(f"{{param}} must be at least 1, got {m}", "m")
-    lists = max(1, min(nlist or default_nlist(n), max(1, n)))
+    if nlist is not None and kind not in ("ivf", "ivfpq"):  # was silently ignored
+        raise UsageError(f"{{param}} {nlist} applies to an IVF index, not {kind}; fix: --kind ivf or ivfpq", "nlist")
+    if nlist is not None and nlist > max(1, n):  # was silently lowered to the number of vectors
+        raise UsageError(
+            f"{{param}} {nlist} is more lists than the space's {n:,} vectors; fix: give {{param}} between 1 and "
+            f"{max(1, n):,} (at most {max(1, n // TRAIN_MIN_PER_LIST):,} trains each list on "
+            f"{TRAIN_MIN_PER_LIST}+ vectors)",
+            "nlist",
+        )
+    lists = nlist or default_nlist(n)
     if kind == "flat":
         return "Flat"
     if kind == "ivf":
@@ -505,6 +517,9 @@ def _new_index(store: Store, space: Space, factory: str) -> tuple[faiss.Index, i
         sample = _training_sample(store, space, TRAIN_PER_LIST * ivf.nlist if ivf is not None else 65536)
         if ivf is not None:
             ivf.cp.niter = 10  # the lists need not be optimal, only balanced enough; 10 halves the build
+            # FAISS prints its own warning (C++ stderr, not Python's warnings) below 39 points a list; the
+            # CLI says it in words instead (FeatureStore.index_build's note).
+            ivf.cp.min_points_per_centroid = 1
         index.train(sample)
         trained = space.rows
     return index, trained

@@ -53,6 +53,20 @@ DEFAULT_STORE = "store"
 MANIFESTS_KEPT = 3
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MANIFEST_NAME = re.compile(r"^(\d{8})\.json$")
+# The only names garbage collection and repair may delete: what this module, a distributed ingest
+# (``ray-RUN-KIND-HASH.h5``) and ``atomic_path`` (``.tmp-*``) write. Anything else in the store's folders
+# is a user's file: it is left in place and reported.
+_OURS = {
+    "segments": re.compile(r"^(seg-\d{6,}\.h5|ray-[A-Za-z0-9_]+-[A-Za-z0-9_]+-[0-9a-f]+\.h5|\.tmp-.+)$"),
+    "manifest": re.compile(r"^(\d{8}\.json|\d{8}\.corrupt|\.tmp-.+)$"),  # .corrupt: set aside by repair
+}
+
+
+def not_ours(folder: Path, name: str) -> bool:
+    """Whether ``name`` in the store folder ``folder`` (segments/, manifest/) is a file the store never writes."""
+    return _OURS[folder.name].match(name) is None
+
+
 _BYTES_DTYPE = h5py.vlen_dtype(np.uint8)  # raw texts as UTF-8 bytes: keeps NUL bytes and anything else intact
 _STR_DTYPE = h5py.string_dtype("utf-8")  # ids and labels (schema 2)
 TEXT_COLUMNS = ("ids", "labels")  # text in schema 2, int64 in schema 1
@@ -736,6 +750,7 @@ class Writer:
         self._lock: FileLock | None = None
         self._recovering = False
         self.snap: Snapshot = EMPTY
+        self.foreign: list[str] = []  # files in the store's folders it did not write, left in place
 
     def __enter__(self) -> Writer:
         self._acquire()
@@ -820,7 +835,8 @@ class Writer:
             self._lock = None
 
     def _sweep(self) -> None:
-        """Remove what a killed writer left: temporary files and segments no manifest names."""
+        """Remove what a killed writer left: temporary files and segments no manifest names. Only names
+        the store writes are removed; another file is left in place and listed in ``foreign``."""
         if not self.store.manifest_generations() and any(
             n.startswith("seg-") for n in os.listdir(self.store.segment_dir)
         ):
@@ -831,12 +847,25 @@ class Writer:
         live = self.store.kept_files(self.snap)
         removed = 0
         for d in (self.store.segment_dir, self.store.manifest_dir):
-            for name in os.listdir(d):
-                if name.startswith(".tmp-") or (d == self.store.segment_dir and name not in live):
-                    os.unlink(d / name)
-                    removed += 1
+            for name in sorted(os.listdir(d)):
+                if not self._ours(d, name):
+                    continue
+                if not (name.startswith(".tmp-") or (d == self.store.segment_dir and name not in live)):
+                    continue
+                os.unlink(d / name)
+                removed += 1
         if removed:
             log.info("removed %d uncommitted file(s) left by an interrupted writer", removed)
+
+    def _ours(self, folder: Path, name: str) -> bool:
+        """Whether the store may delete ``folder/name``; a file it never writes is noted in ``foreign``."""
+        if not not_ours(folder, name) and (folder / name).is_file():
+            return True
+        where = str((folder / name).relative_to(self.store.path))
+        if where not in self.foreign:
+            self.foreign.append(where)
+            log.info("%s is not a file featurestore writes: not ours, left in place", folder / name)
+        return False
 
     def _new_segment(self, seq: int, attrs: Mapping[str, Any], columns: Mapping[str, Any]) -> Segment:
         return write_segment(self.store.segment_path(segment_name(seq)), attrs, columns)
@@ -1071,7 +1100,8 @@ class Writer:
     def collect_garbage(self, keep: int = 1) -> tuple[int, int]:
         """Prune manifests older than the newest ``keep`` and delete every segment none of those names
         (what compaction superseded). Returns (files removed, bytes freed). A reader still working on a
-        pruned generation would then fail, so this is a separate, explicit step (``fs gc``)."""
+        pruned generation would then fail, so this is a separate, explicit step (``fs gc``). Only names the
+        store writes are deleted; others are left in place and listed in ``foreign``."""
         if keep < 1:
             raise UsageError(f"{{param}} must be at least 1, got {keep}", "keep")
         removed = freed = 0
@@ -1083,7 +1113,7 @@ class Writer:
                 removed += 1
         live = self.store.kept_files(self.snap)
         for name in os.listdir(self.store.segment_dir):
-            if name not in live:
+            if name not in live and self._ours(self.store.segment_dir, name):
                 path = self.store.segment_dir / name
                 freed += path.stat().st_size
                 os.unlink(path)
