@@ -2,21 +2,29 @@
 
 Every ```bash and ```python block of README.md and docs/*.md runs, in page order (README first), in one
 folder that holds the first rows of the bundled tweet files at their usual paths, so a later example sees
-the store an earlier one made. Shell blocks run with ``fs`` from the virtual environment, Python blocks with
-its interpreter. A block that must not run (a download, a server, a cluster, the whole test suite) says why
-in a ``<!-- not run: REASON -->`` line just above it: tests/doc_examples.py.
+the store an earlier one made. Blocks of plain commands run ``fs`` in this process (Typer's CliRunner, as
+sqlite-utils does) and other commands as processes; blocks that need a shell run in bash with ``fs`` from the
+virtual environment; Python blocks run here, by exec. A block that must not run (a download, a server, a
+cluster, the whole test suite) says why in a ``<!-- not run: REASON -->`` line just above it:
+tests/doc_examples.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
+import shlex
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from cli.main import app
 from tests import doc_examples as docs
 from tests.conftest import ROOT
 
@@ -119,9 +127,64 @@ def _command(block: docs.Block) -> list[str]:
     return ["bash", "-c", prelude + block.code]
 
 
+SHELL_SYNTAX = {"|", "||", "&", "&&", ";", ">", ">>", "<", "(", ")"}
+
+
+def _plain_commands(code: str) -> list[list[str]] | None:
+    """A shell block as one argv a line, when every line is a plain command (no pipe, redirection, variable or
+    list); None when the block needs a shell."""
+    commands = []
+    for line in code.splitlines():
+        lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lex.whitespace_split = True
+        tokens = list(lex)  # '#' starts a comment
+        if "$" in line or "`" in line or SHELL_SYNTAX & set(tokens):
+            return None
+        if tokens:
+            commands.append(tokens)
+    return commands
+
+
+def _run_in_process(block: docs.Block) -> str | None:
+    """Run a block in this process (cwd: the workspace): ``fs`` lines through Typer's CliRunner, other plain
+    commands (head, ls) as processes, Python blocks by exec. The failure's account, or None. Starting an ``fs``
+    or ``python`` process for each line cost ~1-3 s of imports apiece: most of this file's time."""
+    if block.lang == "python":
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(compile(block.code, block.where, "exec"), {"__name__": "__main__"})
+        except Exception:  # noqa: BLE001 - any failure of the example is the finding
+            return f"{out.getvalue()[-2000:]}{traceback.format_exc()[-4000:]}"
+        return None
+    commands = _plain_commands(block.code)
+    assert commands is not None
+    runner = CliRunner()
+    for n, argv in enumerate(commands):
+        if argv[0] == "fs":
+            r = runner.invoke(app, argv[1:], env={"NO_COLOR": "1", "COLUMNS": "120", "FS_STORE": None})
+            if r.exit_code != 0:
+                return f"command {n + 1} ({' '.join(argv)}) exited {r.exit_code}\n{r.output[-4000:]}"
+        else:
+            proc = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=60)
+            if proc.returncode != 0:
+                return f"command {n + 1} ({' '.join(argv)}) exited {proc.returncode}\n{proc.stderr[-2000:]}"
+    return None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("block", RUN, ids=lambda b: b.where)
-def test_example_runs(block: docs.Block, workspace: Path) -> None:
+def test_example_runs(block: docs.Block, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(workspace)
+    if block.lang == "python" or _plain_commands(block.code) is not None:
+        failure = _run_in_process(block)
+        if failure is not None:
+            pytest.fail(
+                f"the example at {block.where} ({block.lang}) failed\n--- the example\n{block.code}"
+                f"--- what it said\n{failure}",
+                pytrace=False,
+            )
+        return
     assert (BIN / "fs").exists(), f"no fs beside {sys.executable}: pip install -e . first"
     proc = subprocess.run(
         _command(block),
@@ -138,3 +201,10 @@ def test_example_runs(block: docs.Block, workspace: Path) -> None:
             f"--- the example\n{block.code}--- its output\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}",
             pytrace=False,
         )
+
+
+def test_plain_blocks_are_told_from_shell_ones() -> None:
+    assert _plain_commands("fs info   # a comment\nhead -3 out.csv\n") == [["fs", "info"], ["head", "-3", "out.csv"]]
+    assert _plain_commands('fs similar "a | b" --k 2\n') == [["fs", "similar", "a | b", "--k", "2"]]
+    for shell in ("printf 'a' > q.txt\n", "fs info | head\n", "echo $HOME\n", "fs info && fs check\n"):
+        assert _plain_commands(shell) is None, shell
