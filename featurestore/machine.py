@@ -1,5 +1,6 @@
-"""What this process may use of the machine and load: the one place that counts its cores, and the
-one way to import a library while a heavy module it would pull in needlessly stays out."""
+"""What this process may use of the machine and load: the one place that counts its cores, the one way
+to import a library while a heavy module it would pull in needlessly stays out, and the one way to keep a
+native library's log lines (TensorFlow's, Ray's C++) off the user's terminal unless ``FS_DEBUG=1``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,43 @@ import contextlib
 import importlib.abc
 import os
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
+
+
+def debug() -> bool:
+    """``FS_DEBUG=1``: native libraries' logs are shown as they print them."""
+    return os.environ.get("FS_DEBUG") == "1"
+
+
+@contextlib.contextmanager
+def native_stderr_without(drop: Callable[[bytes], object]) -> Iterator[None]:
+    """Inside the block, file descriptor 2 (where C++ libraries write, below Python's ``sys.stderr``) goes to a
+    temporary file; on exit, every line written there but those ``drop`` is true of is written back to stderr
+    as it came. Where fd 2 cannot be duplicated, nothing is hidden."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()  # what Python buffered before the block goes out first
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (a windowed process)
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+                captured.seek(0)
+                kept = b"".join(line for line in captured.read().splitlines(keepends=True) if not drop(line))
+                rest = memoryview(kept)
+                while rest:
+                    rest = rest[os.write(2, rest) :]
+    finally:
+        os.close(saved)
 
 
 def usable_cores() -> int:

@@ -32,11 +32,12 @@ import contextlib
 import os
 import re
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
+
+from featurestore.machine import debug, native_stderr_without
 
 #: a TensorFlow tensor (or a value TF converts to one) in annotations: TensorFlow is imported on use, so
 #: its own types cannot be named where it is not yet loaded
@@ -59,44 +60,9 @@ _CPP_LOG_LINE = re.compile(
 _import_lock = threading.Lock()
 
 
-def debug() -> bool:
-    """``FS_DEBUG=1``: TensorFlow's logs are shown as TensorFlow prints them."""
-    return os.environ.get("FS_DEBUG") == "1"
-
-
 def without_cpp_logs(text: bytes) -> bytes:
     """``text`` less TensorFlow's C++ log lines; every other line is kept as it was."""
     return b"".join(line for line in text.splitlines(keepends=True) if not _CPP_LOG_LINE.match(line))
-
-
-@contextlib.contextmanager
-def _cpp_logs_hidden() -> Iterator[None]:
-    """Inside the block, file descriptor 2 writes to a temporary file; on exit, what was written there is
-    written back to stderr less TensorFlow's C++ log lines. Where fd 2 cannot be duplicated, nothing is hidden."""
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.flush()  # what Python buffered before the block goes out first
-    try:
-        saved = os.dup(2)
-    except OSError:  # no fd 2 (a windowed process)
-        saved = -1
-    if saved < 0:
-        yield
-        return
-    try:
-        with tempfile.TemporaryFile() as captured:
-            os.dup2(captured.fileno(), 2)
-            try:
-                yield
-            finally:
-                with contextlib.suppress(OSError, ValueError):
-                    sys.stderr.flush()
-                os.dup2(saved, 2)
-                captured.seek(0)
-                rest = memoryview(without_cpp_logs(captured.read()))
-                while rest:
-                    rest = rest[os.write(2, rest) :]
-    finally:
-        os.close(saved)
 
 
 @contextlib.contextmanager
@@ -125,7 +91,8 @@ def tensorflow() -> ModuleType:
             return imported
         quiet = not debug() and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
         env = TF_IMPORT_ENV if quiet else {k: v for k, v in TF_IMPORT_ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-        with _env_defaults(env), _cpp_logs_hidden() if quiet else contextlib.nullcontext():
+        hidden = native_stderr_without(_CPP_LOG_LINE.match) if quiet else contextlib.nullcontext()
+        with _env_defaults(env), hidden:
             import tensorflow as tf
     return tf
 

@@ -32,8 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -49,6 +47,7 @@ from featurestore.errors import DatasetError, FeatureStoreError, IngestInterrupt
 from featurestore.ingestion.ingest import DEFAULT_COMMIT_ROWS, IngestSummary
 from featurestore.inputs.clean import Recipe, get_recipe
 from featurestore.inputs.sources import ID_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, pick_column
+from featurestore.machine import debug, native_stderr_without
 from featurestore.progress import ProgressFn
 from featurestore.spaces import SpaceWriter, cut_length, key_texts, make_space, pick_canaries, require_same_space
 from featurestore.storage.keys import KEY_DTYPE, raw_digest, text_keys
@@ -748,7 +747,7 @@ def _connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    quiet = os.environ.get("FS_DEBUG") != "1" and "RAY_BACKEND_LOG_LEVEL" not in os.environ
+    quiet = not debug() and "RAY_BACKEND_LOG_LEVEL" not in os.environ
     if quiet:
         # Ray's C++ core worker logs to this process's stderr: an E line for every actor pool ("constructor arguments
         # in the object store and max_restarts > 0": Ray Data's own arguments), which is no error of the ingest.
@@ -756,11 +755,11 @@ def _connect(address: str | None) -> bool:
         os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
     pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
     try:
-        with _stderr_without(RAY_LEVEL_NOTE if quiet else None):
+        with native_stderr_without(lambda line: RAY_LEVEL_NOTE in line) if quiet else contextlib.nullcontext():
             ray.init(
                 address=address,
                 include_dashboard=False,
-                log_to_driver=os.environ.get("FS_DEBUG") == "1",  # the workers' output, when debugging
+                log_to_driver=debug(),  # the workers' output, when debugging
                 logging_level=logging.ERROR,
                 # py: plugins load from the working directory; the user's log choices reach the workers too
                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath, **_passed_on(os.environ)}},
@@ -779,30 +778,7 @@ def _passed_on(env: Mapping[str, str]) -> dict[str, str]:
     return {k: env[k] for k in ("FS_DEBUG", "TF_CPP_MIN_LOG_LEVEL") if k in env}
 
 
-RAY_LEVEL_NOTE = "Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL"  # Ray's C++ says it set the level
-
-
-@contextlib.contextmanager
-def _stderr_without(note: str | None) -> Iterator[None]:
-    """Inside the block, this process's stderr (file descriptor 2, where C++ libraries write) goes to a temporary
-    file; afterwards every line of it but those containing ``note`` is written to stderr as it came."""
-    if note is None:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            kept = [line for line in held.read().splitlines(keepends=True) if note.encode() not in line]
-            if kept:
-                sys.stderr.buffer.write(b"".join(kept))
-                sys.stderr.flush()
+RAY_LEVEL_NOTE = b"Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL"  # Ray's C++ says it set the level
 
 
 @contextlib.contextmanager
