@@ -57,6 +57,35 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 30
     return proc.stdout
 
 
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(url: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    """Wait until the ``fs serve`` at ``url`` (ending in /) answers /health (200, or 401 behind a token); fail at
+    once with its stderr if ``proc``, its process, exits first."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "health", timeout=2).status_code in (200, 401):
+                return
+        except httpx.HTTPError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(proc.stderr.read() if proc.stderr else "server exited")
+        assert time.monotonic() < deadline, f"the server at {url} did not answer within {timeout:.0f} s"
+        time.sleep(0.1)
+
+
 TRAIN_CSV = ROOT / "data" / "av-twitter-sentiment" / "train_2kmZucJ.csv"
 TEST_CSV = ROOT / "data" / "av-twitter-sentiment" / "test_oJQbWVvk.csv"
 FAKE = "py:tests.fakes:CountingEmbedder"

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from typer.testing import CliRunner  # noqa: E402
 from cli.main import app as cli_app  # noqa: E402
 from featurestore.api import FeatureStore  # noqa: E402
 from featurestore.serving import serve  # noqa: E402
-from tests.conftest import FAKE, ROOT, run_python, train_rows, write_csv  # noqa: E402
+from tests.conftest import FAKE, ROOT, free_port, run_python, train_rows, wait_up, write_csv  # noqa: E402
 from tests.fakes import CountingEmbedder  # noqa: E402
 
 N = 300
@@ -439,29 +438,11 @@ def test_native_threads_are_limited_for_faiss_and_every_blas() -> None:
 # ---- a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_up(url: str, proc: subprocess.Popen | None = None) -> None:
-    for _ in range(300):
-        try:
-            if httpx.get(url + "health", timeout=2).status_code in (200, 401):
-                return
-        except httpx.HTTPError:
-            if proc is not None and proc.poll() is not None:
-                raise AssertionError(proc.stderr.read() if proc.stderr else "server exited") from None
-            time.sleep(0.1)
-    raise AssertionError("server did not start")
-
-
 @pytest.mark.slow
 def test_real_server_under_concurrent_clients_while_an_ingest_writes(store: Path, tmp_path: Path) -> None:
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             serve.create_app(serve.Settings(store=str(store), model=FAKE, clean="raw-v1", token="tok")),
@@ -473,7 +454,7 @@ def test_real_server_under_concurrent_clients_while_an_ingest_writes(store: Path
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}/"
-    _wait_up(url)
+    wait_up(url)
     rows = train_rows(N)
     problems: list[str] = []
     done = threading.Event()
@@ -527,7 +508,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="counts worker processes in /proc")
 def test_fs_serve_with_two_worker_processes_answers_and_follows_new_generations(store: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -553,7 +534,7 @@ def test_fs_serve_with_two_worker_processes_answers_and_follows_new_generations(
     )
     try:
         url = f"http://127.0.0.1:{port}/"
-        _wait_up(url, proc)
+        wait_up(url, proc)
         deadline = time.monotonic() + 60
         while len(_children(proc.pid)) < 2:
             assert time.monotonic() < deadline, "two worker processes did not start"
@@ -593,7 +574,7 @@ def test_fs_serve_as_another_user_on_a_read_only_store_writes_nothing(base_store
         for p in [store, *store.rglob("*")]:
             os.chmod(p, 0o555 if p.is_dir() else 0o444)
         before = sorted((str(p), p.stat().st_mtime_ns) for p in store.rglob("*"))
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [
                 "setpriv",
@@ -619,7 +600,7 @@ def test_fs_serve_as_another_user_on_a_read_only_store_writes_nothing(base_store
             text=True,
         )
         url = f"http://127.0.0.1:{port}/"
-        _wait_up(url, proc)
+        wait_up(url, proc)
         text = train_rows(N)[9]["tweet"]
         deadline = time.monotonic() + 60
         while not httpx.get(url + "health").json()["warmed"]:  # the index is built in the background at start

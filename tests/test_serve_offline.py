@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -24,7 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from featurestore.api import FeatureStore  # noqa: E402
 from featurestore.serving import serve  # noqa: E402
-from tests.conftest import FAKE, ROOT, train_rows, write_csv  # noqa: E402
+from tests.conftest import FAKE, ROOT, free_port, train_rows, wait_up, write_csv  # noqa: E402
 from tests.fakes import CountingEmbedder  # noqa: E402
 
 N = 40
@@ -124,29 +122,14 @@ def browser() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def real_server(offline_store: Path) -> Iterator[int]:
     """``fs serve`` in a process of its own; its port."""
-    port = _free_port()
+    port = free_port()
     command = ["serve", "--store", str(offline_store), "--port", str(port), "--model", FAKE, "--clean", "raw-v1"]
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", *command], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "fs serve exited"
-            assert time.monotonic() < deadline, "fs serve did not answer within 60 s"
-            time.sleep(0.1)
+        wait_up(f"http://127.0.0.1:{port}/", proc)
         yield port
     finally:
         proc.terminate()
