@@ -741,10 +741,7 @@ class FeatureStore:
             seg_bytes[name] = p.stat().st_size if p.exists() else 0
         out_spaces = []
         for s in snap.spaces.values():
-            cover = {}
-            for d in snap.datasets.values():
-                kid, _ = self.store.dataset_keys(d, s.recipe)
-                cover[d.name] = int((spaces.key_rows(self.store, d, s, kid) >= 0).sum())
+            cover, cached = spaces.usage(self.store, snap, s)
             out_spaces.append(
                 {
                     "id": s.id,
@@ -756,7 +753,7 @@ class FeatureStore:
                     "segments": len(s.segments),
                     "bytes": sum(seg_bytes.get(g.file, 0) for g in s.segments),
                     "coverage": cover,
-                    "cache_entries": spaces.cache_entries(self.store, snap, s),
+                    "cache_entries": cached,
                 }
             )
         datasets = []

@@ -12,7 +12,7 @@ fits, the one that covers the dataset asked for is used (and the caller says whi
 otherwise the choice is refused with the list, never answered from part of the data.
 
 A vector that no dataset row owns (a ``StoreEmbedder`` write-back of texts no ingest named)
-is a *cache entry*: it saves a later embedding, but it is never a search hit (``cache_entries`` counts them).
+is a *cache entry*: it saves a later embedding, but it is never a search hit (``usage`` counts them).
 """
 
 from __future__ import annotations
@@ -323,8 +323,14 @@ def choose_space(
     )
 
 
-def cache_entries(store: Store, snap: Snapshot, space: Space) -> int:
-    """Vectors of ``space`` that no dataset row owns (``StoreEmbedder`` write-backs): kept, never search hits."""
-    owned = [store.dataset_keys(d, space.recipe)[1] for d in snap.datasets.values()]
-    owned_keys = np.concatenate(owned) if owned else np.zeros(0, KEY_DTYPE)
-    return int((~lookup(store.space_keys(space)).isin(owned_keys)).sum())
+def usage(store: Store, snap: Snapshot, space: Space) -> tuple[dict[str, int], int]:
+    """Per dataset, its rows with a vector in ``space`` (keyed under the space's recipe); and the space's cache
+    entries, the vectors no dataset row owns (``StoreEmbedder`` write-backs: kept, never search hits). Each key
+    column is read once."""
+    held = lookup(store.space_keys(space))
+    cover, owned = {}, []
+    for d in snap.datasets.values():
+        keys = store.dataset_keys(d, space.recipe)[1]
+        cover[d.name] = int((held.get_indexer(keys) >= 0).sum())
+        owned.append(keys)
+    return cover, int((~held.isin(np.concatenate(owned) if owned else np.zeros(0, KEY_DTYPE))).sum())
