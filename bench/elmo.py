@@ -1,7 +1,8 @@
 """Native ELMo speed against its peer, AllenNLP 0.9.0's ELMo, in one run on the same tweets and weights.
 
 Run: ``.venv/bin/python bench/elmo.py [--n 2000] [--rounds 2] [--json out.json]``
-or ``.venv/bin/python bench/elmo.py --ceiling-only`` (about 30 s: the ceiling section only).
+or ``.venv/bin/python bench/elmo.py --ceiling-only`` (about 30 s: the ceiling section only),
+or ``.venv/bin/python bench/elmo.py --backends --n 200 --rounds 2`` (TensorFlow against torch, ours only).
 
 - Tweets: the first N rows of the av-twitter-sentiment train file, cleaned as the tutorial (and
   the peer) does; words are whitespace tokens, markers not counted.
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from featurestore.embedders.base import plan_batches  # noqa: E402
-from featurestore.embedders.elmo import ElmoEmbedder, ElmoOptions  # noqa: E402
+from featurestore.embedders.elmo import ElmoEmbedder, ElmoOptions, NativeElmoEmbedder  # noqa: E402
 from featurestore.embedders.tf_runtime import tensorflow  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -378,7 +379,7 @@ def run_peer(n: int, model_dir: Path) -> dict[str, object]:
     }
 
 
-def run_ours(emb: ElmoEmbedder, texts: list[str]) -> dict[str, object]:
+def run_ours(emb: NativeElmoEmbedder, texts: list[str]) -> dict[str, object]:
     emb.clear_token_cache()  # cold: every word's character CNN counts, as in a first ingest
     t = time.perf_counter()
     vecs = emb.embed(texts)
@@ -427,6 +428,57 @@ def sweep(args: argparse.Namespace) -> dict[str, object]:
     return res
 
 
+def backends(args: argparse.Namespace) -> dict[str, object]:
+    """Native ELMo on TensorFlow and on torch (``elmo_torch``): words/s on the same tweets and weights,
+    in interleaved rounds (TF then torch each round, cold word caches), and the vectors' max abs diff.
+
+    Also CPU seconds (this process, all threads) per run: words per CPU-second is what a busy machine
+    shows best, where wall time depends on what else runs. ``elmo_torch.CPU_DEFAULT`` is set from it.
+    """
+    from featurestore.embedders.elmo_torch import ElmoTorchEmbedder
+
+    texts = load_tweets(args.n)
+    words = sum(len(t.split()) for t in texts)
+    model = peer_dir() / "elmo_full_random"
+    with tempfile.TemporaryDirectory() as tmp:
+        if not (model / "weights.hdf5").is_file():
+            model = Path(tmp)
+            write_random_model(model)
+        found: dict[str, NativeElmoEmbedder] = {
+            "tf": ElmoEmbedder.from_path(str(model)),
+            "torch": ElmoTorchEmbedder.from_path(str(model)),
+        }
+    for emb in found.values():
+        emb.embed(["warm up the graph"])
+    res: dict[str, object] = {"machine": machine(), "n": args.n, "words": words, "rounds": []}
+    print(f"machine: {res['machine']}\nbackends: {len(texts)} tweets, {words} words, full-size model", flush=True)
+    for r in range(max(1, args.rounds)):
+        row: dict[str, object] = {"load_avg_before": round(os.getloadavg()[0], 2)}
+        vectors: dict[str, np.ndarray] = {}
+        for name, emb in found.items():
+            cpu = time.process_time()
+            ran = run_ours(emb, texts)
+            cpu = time.process_time() - cpu
+            vectors[name] = np.asarray(ran.pop("vectors"))
+            row[name] = {**ran, "cpu_s": round(cpu, 2), "words_per_cpu_s": round(words / cpu, 1)}
+            print(
+                f"  round {r + 1} {name:5s}: {ran['words_per_s']} words/s, {ran['seconds']}s, CPU {cpu:.1f}s "
+                f"({words / cpu:.1f} words per CPU-second), load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+        row["torch_over_tf"] = round(row["torch"]["words_per_s"] / row["tf"]["words_per_s"], 2)  # type: ignore[index]
+        row["max_abs_diff"] = float(np.abs(vectors["tf"] - vectors["torch"]).max())
+        print(
+            f"  round {r + 1} torch / tf: {row['torch_over_tf']}x words/s; vectors max abs diff "
+            f"{row['max_abs_diff']:.2e} (|v| up to {np.abs(vectors['tf']).max():.1f})",
+            flush=True,
+        )
+        res["rounds"].append(row)  # type: ignore[attr-defined]
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2, default=str))
+    return res
+
+
 def ceiling_only(args: argparse.Namespace) -> dict[str, object]:
     res: dict[str, object] = {"machine": machine(), "n": args.n}
     print(f"machine: {res['machine']}", flush=True)
@@ -455,6 +507,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         help="ours only: max_batch_size values (token budget 64 x size), e.g. 128,256,512,1024, "
         "run in interleaved rounds in this process",
     )
+    parser.add_argument(
+        "--backends",
+        action="store_true",
+        help="ours only: native ELMo on TensorFlow against the same on torch (elmo_torch), interleaved rounds",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument(
         "--ceiling-only",
@@ -471,6 +528,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parser.parse_args(argv)
     if args.sweep:
         return sweep(args)
+    if args.backends:
+        return backends(args)
     if args.ceiling_only:
         return ceiling_only(args)
 

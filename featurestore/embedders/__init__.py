@@ -12,8 +12,9 @@ Names:
   needs the ``int8`` extra); a vector space of its own.
 - ``elmo``: TF Hub ``google/elmo/3`` through ``tensorflow_hub`` (URL, local copy or TFHUB_CACHE_DIR).
 - ``hub:HANDLE``: any TF Hub handle (URL or directory) whose signature maps strings to vectors.
-- ``elmo:PATH``: native TF2 ELMo from a bilm ``options.json`` + weights ``.hdf5`` pair
-  (PATH is a directory holding both, or ``OPTIONS.json,WEIGHTS.hdf5``).
+- ``elmo:PATH``: native ELMo from a bilm ``options.json`` + weights ``.hdf5`` pair
+  (PATH is a directory holding both, or ``OPTIONS.json,WEIGHTS.hdf5``), on TensorFlow or torch (one
+  vector space; ``elmo_torch.elmo_backend`` picks, ``FS_ELMO_BACKEND=tf|torch`` forces).
 - a release name from ``fs models list`` (e.g. ``elmo-original``): native ELMo from the models folder;
   ``elmo-tiny`` ships inside the package (bilm-tf's test model: for trying the commands offline, not for quality).
 - ``py:MODULE:ATTR``: your own ``Embedder`` subclass (or factory), importable from ``MODULE``.
@@ -173,17 +174,17 @@ def load_embedder(spec: str, output: str = DEFAULT_ELMO_OUTPUT) -> Embedder:
 
         return HubEmbedder(spec[4:], output=output)
     if spec.startswith("elmo:") and len(spec) > 5:
-        from featurestore.embedders.elmo import ElmoEmbedder
+        from featurestore.embedders.elmo_torch import load_native_elmo
 
-        return ElmoEmbedder.from_path(spec[5:], output=output)
+        return load_native_elmo(spec[5:], output=output)
     if spec.startswith("py:") and spec.count(":") == 2:
         return _plugin(spec)
     from featurestore.embedders.releases import RELEASES, release_path
 
     if spec in RELEASES:
-        from featurestore.embedders.elmo import ElmoEmbedder
+        from featurestore.embedders.elmo_torch import load_native_elmo
 
-        return ElmoEmbedder.from_path(str(release_path(spec)), output=output)
+        return load_native_elmo(str(release_path(spec)), output=output)
     raise ModelError(f"unknown model {spec!r}; known models: {', '.join(known_models())}")
 
 

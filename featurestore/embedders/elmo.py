@@ -17,7 +17,9 @@ that all layers have one width); 1..n, the LSTM layers, forward and backward con
 Sentence markers are added around every sentence and removed from the outputs.
 
 :class:`ElmoEmbedder` mean-pools a layer mix over real tokens. It starts every sentence from a
-zero state, so a vector does not depend on the batch it was computed in.
+zero state, so a vector does not depend on the batch it was computed in. What does not depend on
+TensorFlow (options, weights, character ids, and :class:`NativeElmoEmbedder`: output, fingerprint,
+batching, word cache) is shared with the PyTorch twin, ``elmo_torch``; TensorFlow is imported on use.
 :class:`StatefulBiLM` reproduces bilm-tf's stateful inference (state carried from one batch
 to the next, per batch row); it exists to check this code against bilm-tf's reference outputs.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -607,12 +610,25 @@ class StatefulBiLM:
 # the embedder
 
 
-class ElmoEmbedder(Embedder):
-    """Tweet vectors from a native ELMo: mean over real tokens of the ``output`` layer mix.
+def model_source(options_path: Path, weights_path: Path) -> dict[str, str]:
+    """The files a native ELMo was loaded from and their checksums (what its fingerprint names)."""
+    return {
+        "options": str(options_path),
+        "weights": str(weights_path),
+        "options_sha256": cached_file_sha256(options_path),
+        "weights_sha256": cached_file_sha256(weights_path),
+    }
 
-    ``output``: ``elmo`` (equal-weight mix of all layers, as the untrained TF Hub scalar mix),
-    ``top`` (last LSTM layer) or ``all`` (layers concatenated). Each sentence starts from a
-    zero LSTM state, so vectors do not depend on batching.
+
+class NativeElmoEmbedder(Embedder):
+    """What a native ELMo embedder is whatever framework runs it: output, fingerprint, batching, word cache.
+
+    Vectors are the mean over real tokens of the ``output`` layer mix, each sentence from a zero
+    LSTM state. A subclass runs the network: :meth:`_word_vectors` (the character CNN) and
+    :meth:`_pooled_vectors` (the biLSTM and the pooling). TensorFlow (:class:`ElmoEmbedder`) and
+    PyTorch (``elmo_torch.ElmoTorchEmbedder``) give the same vectors for the same files, so they
+    share one fingerprint and one vector space: it names what makes vectors differ, not which
+    library computed them.
     """
 
     name = "elmo-native"
@@ -628,7 +644,7 @@ class ElmoEmbedder(Embedder):
 
     def __init__(
         self,
-        bilm: ElmoBiLM,
+        options: ElmoOptions,
         output: str = DEFAULT_ELMO_OUTPUT,
         *,
         source: dict[str, str] | None = None,
@@ -638,8 +654,7 @@ class ElmoEmbedder(Embedder):
     ) -> None:
         if output not in ELMO_OUTPUTS:
             raise ModelError(f"unknown ELMo output {output!r}; use one of: {', '.join(ELMO_OUTPUTS)}")
-        tf = _tf()
-        self.bilm = bilm
+        self.options = options
         self.output = output
         self.source = dict(source or {})
         self.token_cache_size = token_cache_size
@@ -647,52 +662,23 @@ class ElmoEmbedder(Embedder):
             self.max_batch_tokens = max_batch_tokens
         if max_distinct_words is not None:
             self.max_distinct_words = max_distinct_words
-        o = bilm.options
-        n_layers = o.n_layers + 1
-        self._dim = o.layer_dim * (n_layers if output == OUTPUT_ALL else 1)
+        self._dim = options.layer_dim * (options.n_layers + 1 if output == OUTPUT_ALL else 1)
         # Word-embedding cache: the character CNN (+ highway + projection) runs once per distinct
         # word, across batches; least recently used words go first beyond token_cache_size
         # (50,000 words x projection_dim floats: 100 MB for the original model).
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._markers = bilm.embed_tokens([BOS_TOKEN, EOS_TOKEN])
-        self._marker_state = self._state_after_markers()
-        self.traces = 0
-        P = o.projection_dim
 
-        def pooled(table: Tensor, ids: Tensor, lengths: Tensor) -> Tensor:
-            self.traces += 1  # Python side effect: runs only when TF traces a new graph
-            B = tf.shape(ids)[0]
-            # Every sentence's forward LSTMs start with <S> and its backward ones with </S>, from
-            # a zero state: the same step for every sentence, computed once (_state_after_markers).
-            # The word rows start from its result, and the pooled mean never reads the LSTMs at
-            # the markers, so no marker step is computed here: n steps a direction for n words.
-            c0 = tf.broadcast_to(self._marker_state[0], [o.n_layers, 2, B, o.lstm_dim])
-            m0 = tf.broadcast_to(self._marker_state[1], [o.n_layers, 2, B, P])
-            layers, _, _ = bilm.layers(table, lengths, c0, m0, ids=ids)
-            return pool_layers(layers, lengths, output, markers=False)
+    @abstractmethod
+    def _word_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Character-CNN token embeddings float32[N, projection_dim] of shifted character ids int32[N, C]."""
 
-        self._pooled = tf.function(
-            pooled,
-            input_signature=[
-                tf.TensorSpec([None, P], tf.float32),
-                tf.TensorSpec([None, None], tf.int32),
-                tf.TensorSpec([None], tf.int32),
-            ],
-        )
+    @abstractmethod
+    def _pooled_vectors(self, table: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Pooled vectors float32[B, dim] of word rows ``ids`` int32[B, T] into ``table`` float32[D, P] (row 0 zero).
 
-    @classmethod
-    def from_path(cls, path: str | os.PathLike, output: str = DEFAULT_ELMO_OUTPUT, **kwargs: Any) -> ElmoEmbedder:
-        """Load from a folder with ``options.json`` + one weights ``.hdf5``, or ``"OPTIONS,WEIGHTS"``."""
-        options_path, weights_path = resolve_model_files(path)
-        bilm = ElmoBiLM.from_files(options_path, weights_path)
-        source = {
-            "options": str(options_path),
-            "weights": str(weights_path),
-            "options_sha256": cached_file_sha256(options_path),
-            "weights_sha256": cached_file_sha256(weights_path),
-        }
-        log.info("loaded ELMo %s (%d parameters)", weights_path, bilm.n_parameters)
-        return cls(bilm, output, source=source, **kwargs)
+        ``lengths`` int32[B] counts words; markers are not in ``ids``: each sentence starts from the
+        LSTM state after them (forward after ``<S>``, backward after ``</S>``).
+        """
 
     @property
     def dim(self) -> int:
@@ -700,12 +686,13 @@ class ElmoEmbedder(Embedder):
 
     @property
     def fingerprint(self) -> Fingerprint:
-        o = self.bilm.options
+        o = self.options
         if not (self.source.get("options_sha256") and self.source.get("weights_sha256")):
             # "unknown" would let two different networks share one vector space.
+            cls = type(self).__name__
             raise ModelError(
-                "this ElmoEmbedder was built without the checksums of its files, so its vectors cannot be "
-                "keyed; fix: build it with ElmoEmbedder.from_path(PATH) or pass source={'options_sha256': ..., "
+                f"this {cls} was built without the checksums of its files, so its vectors cannot be "
+                f"keyed; fix: build it with {cls}.from_path(PATH) or pass source={{'options_sha256': ..., "
                 "'weights_sha256': ...}"
             )
         return Fingerprint(
@@ -726,30 +713,8 @@ class ElmoEmbedder(Embedder):
             key_names={"model": "embedder"},
         )
 
-    @property
-    def device(self) -> str:
-        tf = _tf()
-        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
-
     def count_tokens(self, text: str) -> int:
-        return len(tokenize(text))  # the markers cost no position (see pooled)
-
-    def _state_after_markers(self) -> tuple[np.ndarray, np.ndarray]:
-        """LSTM states (c, m) [n_layers, 2, 1, H] / [.., P]: forward after ``<S>``, backward after ``</S>``.
-
-        Each is one step of every layer from a zero state on a fixed input, as the packed loop
-        computes it for any sentence (tested: vectors within 1e-6 of computing the markers).
-        """
-        bilm = self.bilm
-        states = []
-        for marker in (0, 1):  # <S> row, then </S> row of self._markers
-            c, m = bilm.zero_state(1)
-            _, c, m = bilm._layers_fn(self._markers[None, marker : marker + 1], np.array([1], np.int32), c, m)
-            states.append((c.numpy(), m.numpy()))
-        (c_bos, m_bos), (c_eos, m_eos) = states
-        c = np.concatenate([c_bos[:, :1], c_eos[:, 1:]], axis=1)
-        m = np.concatenate([m_bos[:, :1], m_eos[:, 1:]], axis=1)
-        return c, m
+        return len(tokenize(text))  # the markers cost no position (see _pooled_vectors)
 
     def clear_token_cache(self) -> None:
         """Forget cached word embeddings (they are recomputed identically on demand)."""
@@ -768,10 +733,10 @@ class ElmoEmbedder(Embedder):
                 found[t] = v
                 cache.move_to_end(t)
         if missing:
-            C = self.bilm.options.max_chars
+            C = self.options.max_chars
             ids = np.full((_round_up(len(missing), 64), C), 0, np.int32)
             ids[: len(missing)] = np.stack([char_ids(t, C) for t in missing])
-            vecs = self.bilm.token_embeddings(ids).numpy()
+            vecs = self._word_vectors(ids)
             for t, v in zip(missing, vecs):
                 found[t] = cache[t] = v
             while len(cache) > self.token_cache_size:
@@ -785,13 +750,12 @@ class ElmoEmbedder(Embedder):
             half = len(texts) // 2  # each sentence starts from the same state: halves give the same vectors
             return np.concatenate([self.embed_batch(texts[:half]), self.embed_batch(texts[half:])])
         pos = {t: i + 1 for i, t in enumerate(distinct)}
-        P = self.bilm.options.projection_dim
+        P = self.options.projection_dim
         table = np.concatenate(
             [np.zeros((1, P), np.float32), *([np.stack(self._token_table(distinct))] if distinct else [])]
         )
-        # Words only (the marker steps are in the initial state). Exact shapes: the graph's
-        # input_signature leaves batch and length dynamic, so it is traced once and never
-        # retraced; rounding shapes up to buckets would only add padding.
+        # Words only (the marker steps are in the initial state), exact shapes: rounding shapes up
+        # to buckets would only add padding.
         B = len(sents)
         T = max(1, max(len(s) for s in sents))
         idx = np.zeros((B, T), np.int32)
@@ -799,8 +763,100 @@ class ElmoEmbedder(Embedder):
         for b, s in enumerate(sents):
             idx[b, : len(s)] = [pos[t] for t in s]
             lengths[b] = len(s)
-        out = self._pooled(table, idx, lengths).numpy()
-        return out[: len(texts)]
+        return self._pooled_vectors(table, idx, lengths)[: len(texts)]
+
+
+class ElmoEmbedder(NativeElmoEmbedder):
+    """Tweet vectors from a native ELMo on TensorFlow: mean over real tokens of the ``output`` layer mix.
+
+    ``output``: ``elmo`` (equal-weight mix of all layers, as the untrained TF Hub scalar mix),
+    ``top`` (last LSTM layer) or ``all`` (layers concatenated). Each sentence starts from a
+    zero LSTM state, so vectors do not depend on batching.
+    """
+
+    def __init__(
+        self,
+        bilm: ElmoBiLM,
+        output: str = DEFAULT_ELMO_OUTPUT,
+        *,
+        source: dict[str, str] | None = None,
+        token_cache_size: int = 50_000,
+        max_batch_tokens: int | None = None,
+        max_distinct_words: int | None = None,
+    ) -> None:
+        super().__init__(
+            bilm.options,
+            output,
+            source=source,
+            token_cache_size=token_cache_size,
+            max_batch_tokens=max_batch_tokens,
+            max_distinct_words=max_distinct_words,
+        )
+        tf = _tf()
+        self.bilm = bilm
+        o = bilm.options
+        self._markers = bilm.embed_tokens([BOS_TOKEN, EOS_TOKEN])
+        self._marker_state = self._state_after_markers()
+        self.traces = 0
+        P = o.projection_dim
+
+        def pooled(table: Tensor, ids: Tensor, lengths: Tensor) -> Tensor:
+            self.traces += 1  # Python side effect: runs only when TF traces a new graph
+            B = tf.shape(ids)[0]
+            # Every sentence's forward LSTMs start with <S> and its backward ones with </S>, from
+            # a zero state: the same step for every sentence, computed once (_state_after_markers).
+            # The word rows start from its result, and the pooled mean never reads the LSTMs at
+            # the markers, so no marker step is computed here: n steps a direction for n words.
+            c0 = tf.broadcast_to(self._marker_state[0], [o.n_layers, 2, B, o.lstm_dim])
+            m0 = tf.broadcast_to(self._marker_state[1], [o.n_layers, 2, B, P])
+            layers, _, _ = bilm.layers(table, lengths, c0, m0, ids=ids)
+            return pool_layers(layers, lengths, output, markers=False)
+
+        # The input_signature leaves batch and length dynamic: traced once, never retraced.
+        self._pooled = tf.function(
+            pooled,
+            input_signature=[
+                tf.TensorSpec([None, P], tf.float32),
+                tf.TensorSpec([None, None], tf.int32),
+                tf.TensorSpec([None], tf.int32),
+            ],
+        )
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, output: str = DEFAULT_ELMO_OUTPUT, **kwargs: Any) -> ElmoEmbedder:
+        """Load from a folder with ``options.json`` + one weights ``.hdf5``, or ``"OPTIONS,WEIGHTS"``."""
+        options_path, weights_path = resolve_model_files(path)
+        bilm = ElmoBiLM.from_files(options_path, weights_path)
+        log.info("loaded ELMo %s (%d parameters) on TensorFlow", weights_path, bilm.n_parameters)
+        return cls(bilm, output, source=model_source(options_path, weights_path), **kwargs)
+
+    @property
+    def device(self) -> str:
+        tf = _tf()
+        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+    def _state_after_markers(self) -> tuple[np.ndarray, np.ndarray]:
+        """LSTM states (c, m) [n_layers, 2, 1, H] / [.., P]: forward after ``<S>``, backward after ``</S>``.
+
+        Each is one step of every layer from a zero state on a fixed input, as the packed loop
+        computes it for any sentence (tested: vectors within 1e-6 of computing the markers).
+        """
+        bilm = self.bilm
+        states = []
+        for marker in (0, 1):  # <S> row, then </S> row of self._markers
+            c, m = bilm.zero_state(1)
+            _, c, m = bilm._layers_fn(self._markers[None, marker : marker + 1], np.array([1], np.int32), c, m)
+            states.append((c.numpy(), m.numpy()))
+        (c_bos, m_bos), (c_eos, m_eos) = states
+        c = np.concatenate([c_bos[:, :1], c_eos[:, 1:]], axis=1)
+        m = np.concatenate([m_bos[:, :1], m_eos[:, 1:]], axis=1)
+        return c, m
+
+    def _word_vectors(self, ids: np.ndarray) -> np.ndarray:
+        return self.bilm.token_embeddings(ids).numpy()
+
+    def _pooled_vectors(self, table: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        return self._pooled(table, ids, lengths).numpy()
 
 
 def pool_layers(layers: Tensor, lengths: Tensor, output: str, *, markers: bool = True) -> Tensor:
@@ -831,9 +887,11 @@ __all__ = [
     "ElmoBiLM",
     "ElmoEmbedder",
     "ElmoOptions",
+    "NativeElmoEmbedder",
     "StatefulBiLM",
     "char_ids",
     "load_weights",
+    "model_source",
     "pool_layers",
     "resolve_model_files",
     "tokenize",

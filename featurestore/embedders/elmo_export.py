@@ -40,6 +40,7 @@ from featurestore.embedders.elmo import (
     PAD_CHAR,
     ElmoBiLM,
     ElmoEmbedder,
+    NativeElmoEmbedder,
     pool_layers,
 )
 from featurestore.embedders.elmo_spec import OUTPUT_ELMO
@@ -140,6 +141,10 @@ def export_savedmodel(embedder_or_model: Embedder | ElmoBiLM, out_dir: str | os.
     """Write the network as a TF2 SavedModel with google/elmo/3's signatures; return the folder.
 
     Any embedder may be given (``fs models export`` loads whichever ``--model`` names); only a native ELMo exports."""
+    if isinstance(embedder_or_model, NativeElmoEmbedder) and not isinstance(embedder_or_model, ElmoEmbedder):
+        # a native ELMo on torch (elmo_torch): the same files, loaded for TensorFlow
+        src = embedder_or_model.source
+        embedder_or_model = ElmoBiLM.from_files(src["options"], src["weights"])
     bilm = embedder_or_model.bilm if isinstance(embedder_or_model, ElmoEmbedder) else embedder_or_model
     if not isinstance(bilm, ElmoBiLM):
         raise ModelError(f"cannot export {type(embedder_or_model).__name__}: give an ElmoEmbedder or ElmoBiLM")
