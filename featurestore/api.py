@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -34,13 +34,13 @@ from featurestore.learning.train import ClassifierChoice, TrainResult
 from featurestore.progress import ProgressFn
 from featurestore.query import search
 from featurestore.query.search import Hit, SimilarResult
-from featurestore.storage.manifest import Snapshot, Space
+from featurestore.storage.manifest import Dataset, Snapshot, Space
 from featurestore.storage.store import Store, check_dataset_name
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from featurestore.check import Report
+    from featurestore.check import CheckPlan, Report
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class MapResult:
 
 _NPY_FILES = ("vectors", "ids", "labels", "texts")  # what an npy export writes into its folder
 READ_ROWS = 65536  # vectors read at a time when progress is reported
+EXPORT_ROWS = 65536  # rows an export holds at a time: a Parquet row group (~100 MB of 384-d vectors)
 
 
 class FeatureStore:
@@ -255,14 +256,14 @@ class FeatureStore:
         none, quick or full; no candidate started after ``time_limit`` seconds), then scored once on the
         validation split. ``progress(advanced, total)`` counts the candidate settings of the search."""
         if features is None and search is None:
-            space, note, ids, y, rows = self._labelled(dataset, canonical_model(model), clean, dtype, True)
+            snap = self._snapshot()
+            ds = self.store.dataset(dataset, snap)
+            space, note = spaces.choose_space(self.store, snap, canonical_model(model), clean, dtype, ds)
             result = training.train(
                 self.store,
                 space,
                 dataset,
-                ids,
-                y,
-                rows,
+                training.labelled_rows(self.store, ds, space),  # read a block at a time: 12 B a row held
                 classifier=classifier,
                 test_size=test_size,
                 seed=seed,
@@ -417,7 +418,11 @@ class FeatureStore:
         """Write a dataset for use outside featurestore: ``parquet`` (one file: id, label, text, vector as a
         list of floats) or ``npy`` (a folder: vectors.npy, ids.npy, labels.npy, texts.npy; no pickles).
         ``progress`` counts the rows whose vectors were read."""
-        from featurestore.storage.atomic import STDOUT, check_output, write_output
+        import contextlib
+        from collections.abc import Iterator
+
+        from featurestore.storage import scan
+        from featurestore.storage.atomic import STDOUT, check_output, output_stream
 
         if fmt not in ("parquet", "npy"):
             raise UsageError(f"unknown {{param}} {fmt!r}; use parquet or npy", "fmt")
@@ -432,44 +437,69 @@ class FeatureStore:
             for key in _NPY_FILES:
                 if (out / f"{key}.npy").exists():
                     check_output(out / f"{key}.npy")
-        df = self.frame(dataset, model, clean, dtype, progress=progress)
-        if fmt == "parquet":
-            import io
+        # Streamed (EXPORT_ROWS rows at a time): first where every vector is (8 B a row; a missing one is refused
+        # before anything is written) and, for npy, the widths of the text columns; then the rows a block at a
+        # time, each written as it is read (a Parquet row group, or the next rows of each .npy file).
+        snap = self._snapshot()
+        ds = self.store.dataset(dataset, snap)
+        space, _ = spaces.choose_space(self.store, snap, canonical_model(model), clean, dtype, ds)
+        attrs = {"space": space.id, "model": space.model, "recipe": space.recipe, "dim": space.dim}
+        parts, widths = [np.zeros(0, np.int64)], dict.fromkeys(_NPY_FILES[1:], 1)  # np.array([], dtype=str): <U1
+        for b in scan.row_blocks(self.store, ds, space, texts=fmt == "npy", block_rows=EXPORT_ROWS):
+            assert b.rows is not None
+            parts.append(b.rows)
+            if fmt == "npy":
+                assert b.texts is not None
+                for key, col in (("ids", b.ids), ("labels", b.labels), ("texts", b.texts)):
+                    widths[key] = max(widths[key], max(map(len, col.tolist()), default=1))
+        rows = np.concatenate(parts)
+        if (rows < 0).any():
+            raise scan.missing_vectors(ds, space, int((rows < 0).sum()), len(rows))
 
+        def blocks() -> Iterator[tuple[scan.RowBlock, np.ndarray]]:
+            if progress:
+                progress(0, len(rows))
+            for b in scan.row_blocks(self.store, ds, texts=True, block_rows=EXPORT_ROWS):
+                X = self.store.read_vectors(space, rows[b.start : b.start + len(b.ids)])
+                if progress:
+                    progress(len(b.ids), len(rows))
+                yield b, X
+
+        if fmt == "parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            vectors = np.stack(df["vector"].to_list()) if len(df) else np.zeros((0, df.attrs["dim"]), np.float32)
-            table = pa.table(
-                {
-                    "id": pa.array(df["id"].tolist(), pa.string()),
-                    "label": pa.array(df["label"].tolist(), pa.string()),
-                    "text": pa.array(df["text"].tolist(), pa.string()),
-                    "vector": pa.FixedSizeListArray.from_arrays(
-                        pa.array(vectors.reshape(-1), pa.float32()), df.attrs["dim"]
-                    ),
-                }
-            ).replace_schema_metadata({k: str(v) for k, v in df.attrs.items()})
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            write_output(out, buf.getvalue())
+            schema = pa.schema(
+                [("id", pa.string()), ("label", pa.string()), ("text", pa.string())]
+                + [("vector", pa.list_(pa.float32(), space.dim))],
+                metadata={k: str(v) for k, v in attrs.items()},
+            )
+            with output_stream(out) as fh, pq.ParquetWriter(fh, schema) as writer:
+                empty = True
+                for b, X in blocks():
+                    columns = [pa.array(b.ids.tolist(), pa.string()), pa.array(b.labels.tolist(), pa.string())]
+                    assert b.texts is not None
+                    columns.append(pa.array(b.texts.tolist(), pa.string()))
+                    columns.append(pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), space.dim))
+                    writer.write_table(pa.Table.from_arrays(columns, schema=schema), row_group_size=EXPORT_ROWS)
+                    empty = False
+                if empty:  # as pyarrow's write_table writes an empty table
+                    writer.write_table(schema.empty_table())
             return [out]
         out.mkdir(parents=True, exist_ok=True)
-        written = []
-        arrays = {
-            "vectors": np.stack(df["vector"].to_list()) if len(df) else np.zeros((0, df.attrs["dim"]), np.float32),
-            "ids": np.array(df["id"].tolist(), dtype=str),
-            "labels": np.array(df["label"].tolist(), dtype=str),
-            "texts": np.array(df["text"].tolist(), dtype=str),
-        }
-        for key, arr in arrays.items():
-            import io
-
-            buf = io.BytesIO()
-            np.save(buf, arr, allow_pickle=False)
-            write_output(out / f"{key}.npy", buf.getvalue())
-            written.append(out / f"{key}.npy")
-        return written
+        dtypes = {"vectors": np.dtype(np.float32), **{k: np.dtype(f"<U{w}") for k, w in widths.items()}}
+        shapes = {"vectors": (len(rows), space.dim), **dict.fromkeys(widths, (len(rows),))}
+        with contextlib.ExitStack() as stack:  # each file renamed into place only when every file is complete
+            files = {key: stack.enter_context(output_stream(out / f"{key}.npy")) for key in _NPY_FILES}
+            for key, fh in files.items():  # the header np.save writes (format 1.0 for these shapes)
+                header = {"descr": np.lib.format.dtype_to_descr(dtypes[key]), "fortran_order": False}
+                np.lib.format.write_array_header_1_0(fh, {**header, "shape": shapes[key]})
+            for b, X in blocks():
+                assert b.texts is not None
+                files["vectors"].write(np.ascontiguousarray(X, np.float32).tobytes())
+                for key, col in (("ids", b.ids), ("labels", b.labels), ("texts", b.texts)):
+                    files[key].write(np.array(col.tolist(), dtype=dtypes[key]).tobytes())
+        return [out / f"{key}.npy" for key in _NPY_FILES]
 
     @overload
     def similar(
@@ -700,14 +730,22 @@ class FeatureStore:
 
     # ---- maintenance
 
-    def check(self, progress: ProgressFn | None = None) -> Report:
+    def check(
+        self,
+        progress: ProgressFn | None = None,
+        *,
+        quick: bool = False,
+        plan: Callable[[CheckPlan], None] | None = None,
+    ) -> Report:
         """Verify the store end to end: schema, counts, unique keys, finite vectors, dims, keys that resolve to
         vectors, index files, orphans. ``errors`` lists problems (``ok`` is then False; ``repair`` mends what
         can be mended), ``warnings`` what needs no repair, ``stats`` what was counted. ``progress`` counts the
-        vectors read, space by space."""
+        bytes of segment and index files read; ``plan`` is told, before any is read, how many bytes and about
+        how long. ``quick``: headers, index identities and a random sample of segments (seconds at any size);
+        ``not_verified`` says what it left out."""
         from featurestore.check import check as verify  # FAISS and h5py: imported for maintenance only
 
-        return verify(self.store.require_existing(), progress)
+        return verify(self.store.require_existing(), progress, quick=quick, plan=plan)
 
     def repair(self) -> Report:
         """Roll a corrupt manifest back, re-adopt the complete segments written after it, drop references to
@@ -731,6 +769,22 @@ class FeatureStore:
         return GcResult(removed, freed, store.manifest_generations(), w.foreign)
 
     # ---- overview
+
+    def _label_summary(self, d: Dataset) -> tuple[int, list[str]]:
+        """Labelled rows of a dataset and its first 20 classes: one scan of its labels, recorded beside the index
+        with the segments it read (``lookups.save_summary``), so that ``info`` reads no rows while they hold."""
+        from featurestore.storage.lookups import save_summary, saved_summary
+
+        sources = {"rows": [[s.file, s.rows] for s in d.rows], "labels": [[s.file, s.rows] for s in d.labels]}
+        saved = saved_summary(self.store, f"labels-{d.name}", sources) or {}
+        try:  # a summary that does not read as one is counted again
+            return int(saved["labelled"]), [str(c) for c in saved["classes"]]
+        except (KeyError, TypeError, ValueError):
+            pass
+        labels = self.store.dataset_labels(d)
+        labelled, classes = int((labels != NO_LABEL).sum()), sorted(set(labels.tolist()) - {NO_LABEL})[:20]
+        save_summary(self.store, f"labels-{d.name}", sources, {"labelled": labelled, "classes": classes})
+        return labelled, classes
 
     def info(self) -> dict[str, Any]:
         """Datasets, spaces, counts, coverage and sizes."""
@@ -758,13 +812,13 @@ class FeatureStore:
             )
         datasets = []
         for d in snap.datasets.values():
-            labels = self.store.dataset_labels(d)
+            labelled, classes = self._label_summary(d)
             datasets.append(
                 {
                     "name": d.name,
                     "rows": d.count,
-                    "labelled": int((labels != NO_LABEL).sum()),
-                    "classes": sorted(set(labels.tolist()) - {NO_LABEL})[:20],
+                    "labelled": labelled,
+                    "classes": classes,
                     "segments": len(d.rows),
                     "recipes": {r: d.keyed(r) for r in d.keys},
                     "bytes": sum(seg_bytes.get(g.file, 0) for g in d.segments()),

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,8 +26,9 @@ import numpy as np
 from featurestore import __version__
 from featurestore.errors import ClassifierError, LabelError, StoreError, UsageError
 from featurestore.progress import ProgressFn
+from featurestore.storage import scan
 from featurestore.storage.atomic import atomic_write_bytes
-from featurestore.storage.manifest import Space
+from featurestore.storage.manifest import Dataset, Space
 from featurestore.storage.store import Store
 
 CLASSIFIERS = ("logreg", "sgd")
@@ -102,7 +104,84 @@ def ids_hash(ids: np.ndarray) -> str:
     return hashlib.sha256(json.dumps([str(i) for i in ids.tolist()]).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _metrics(yv: np.ndarray, pred: np.ndarray, classes: list[str], positive: str | None) -> dict[str, Any]:
+class _IdsHash:
+    """``ids_hash`` of ids given a block at a time: the same bytes, ``json.dumps`` of the whole list, hashed
+    as they come."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(b"[")
+        self._first = True
+
+    def update(self, ids: np.ndarray) -> None:
+        if len(ids):
+            inner = json.dumps([str(i) for i in ids.tolist()])[1:-1]  # "[a, b]" -> "a, b"
+            self._h.update((inner if self._first else ", " + inner).encode("utf-8", "surrogatepass"))
+            self._first = False
+
+    def hexdigest(self) -> str:
+        h = self._h.copy()
+        h.update(b"]")
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """The labelled rows of a dataset in one space, in insertion order, at 12 B a row: the storage row of each
+    row's vector, and its label as a code into ``classes`` (sorted); the ids only as their hash."""
+
+    rows: np.ndarray  # int64
+    codes: np.ndarray  # int32, index into classes
+    classes: list[str]
+    ids_sha256: str  # ids_hash of the labelled rows' ids
+
+    @property
+    def y(self) -> np.ndarray:
+        """The labels as text (an object array: 8 B a row more)."""
+        return np.array(self.classes, dtype=object)[self.codes]
+
+    @classmethod
+    def of(cls, ids: np.ndarray, y: np.ndarray, rows: np.ndarray) -> Labelled:
+        classes, codes = np.unique(np.asarray(y, dtype=object).astype(str), return_inverse=True)
+        return cls(np.asarray(rows, np.int64), codes.astype(np.int32), [str(c) for c in classes], ids_hash(ids))
+
+
+def labelled_rows(store: Store, ds: Dataset, space: Space, block_rows: int = scan.BLOCK_ROWS) -> Labelled:
+    """The labelled rows of ``ds`` and where their vectors are in ``space``, read a block at a time
+    (``scan.row_blocks``): no Python object per row; every labelled row must have a vector (else refused,
+    as ``spaces.require_rows``)."""
+    rows: list[np.ndarray] = []
+    codes: list[np.ndarray] = []
+    code_of: dict[str, int] = {}  # label -> code, in order of first appearance
+    hasher, n, missing = _IdsHash(), 0, 0
+    for b in scan.row_blocks(store, ds, space, block_rows=block_rows):
+        keep = b.labels != ""  # "" = no label
+        if not keep.any():
+            continue
+        labels, inverse = np.unique(b.labels[keep].astype(str), return_inverse=True)
+        for label in labels.tolist():
+            code_of.setdefault(label, len(code_of))
+        codes.append(np.array([code_of[c] for c in labels.tolist()], np.int32)[inverse.reshape(-1)])
+        assert b.rows is not None
+        rows.append(b.rows[keep])
+        missing += int((b.rows[keep] < 0).sum())
+        hasher.update(b.ids[keep])
+        n += int(keep.sum())
+    if missing:
+        raise scan.missing_vectors(ds, space, missing, n)
+    classes = sorted(code_of)
+    recode = np.zeros(len(code_of), np.int32)
+    recode[[code_of[c] for c in classes]] = np.arange(len(classes), dtype=np.int32)
+    return Labelled(
+        np.concatenate(rows) if rows else np.zeros(0, np.int64),
+        recode[np.concatenate(codes)] if codes else np.zeros(0, np.int32),
+        classes,
+        hasher.hexdigest(),
+    )
+
+
+def _metrics(yv: np.ndarray, pred: np.ndarray, classes: Sequence[Any], positive: Any) -> dict[str, Any]:
+    """Scores of predictions ``pred`` of labels ``yv`` (``classes``: every label; ``positive``: None, or
+    the positive class)."""
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     if positive is not None:  # the positive class's scores; labels outside the classes count as errors
@@ -124,6 +203,9 @@ def _metrics(yv: np.ndarray, pred: np.ndarray, classes: list[str], positive: str
     }
 
 
+SPAN_PIECE = 8192  # rows read at a time into a reused span: 12 MiB of 384-d float32, which malloc reuses
+
+
 @dataclass(frozen=True)
 class Vectors:
     """The vectors of labelled rows: position i is storage row ``rows[i]`` of ``space``."""
@@ -142,11 +224,25 @@ class Vectors:
 
     def read_block(self, group: np.ndarray) -> np.ndarray:
         """The vectors of one group, read as the contiguous storage range that holds them."""
+        span, at = self.read_span(group)
+        return span[at]
+
+    def read_span(self, group: np.ndarray, buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors that hold one group, and where each of the group's is among them (``span[at]`` is
+        ``read_block``'s answer, without copying the block: the fit takes its batches from the span). With
+        ``buf`` (rows x dim float32, reused from block to block), the span is read into it in pieces of
+        ``SPAN_PIECE`` rows: a fresh 100 MB array a block costs a page fault per 4 KiB (measured: a third of
+        the CPU time of an sgd fit went to them and to copying)."""
         r = self.rows[group]
         lo, hi = int(r.min()), int(r.max()) + 1
         if hi - lo > 4 * len(group):  # a sparse subset of a large space: point reads are cheaper
-            return self.read(group)
-        return self.store.read_range(self.space, lo, hi)[r - lo]
+            return self.read(group), np.arange(len(group))
+        if buf is None or hi - lo > len(buf):
+            return self.store.read_range(self.space, lo, hi), r - lo
+        for a in range(lo, hi, SPAN_PIECE):
+            b = min(hi, a + SPAN_PIECE)
+            buf[a - lo : b - lo] = self.store.read_range(self.space, a, b)
+        return buf[: hi - lo], r - lo
 
 
 def memory_available() -> int:
@@ -178,7 +274,7 @@ def _fit_sgd(
     clf: Any,
     vectors: Vectors,
     tr: np.ndarray,
-    y: np.ndarray,
+    codes: np.ndarray,
     classes: list[str],
     seed: int,
     block_rows: int,
@@ -187,7 +283,10 @@ def _fit_sgd(
 ) -> tuple[int, float, float]:
     """Epochs of partial_fit over storage-contiguous blocks in a new random order each epoch (rows
     shuffled within each block), stopping early when a held-out slice of the training split stops
-    improving. Returns (epochs, read seconds, fit seconds)."""
+    improving. ``codes``: the label of each position, an index into ``classes``. Returns (epochs, read
+    seconds, fit seconds)."""
+    labels = np.array(classes, dtype=object)
+    y = _Labels(codes, labels)
     rng = np.random.default_rng(seed)
     held = rng.permutation(tr)
     n_stop = min(max(1, len(tr) // 10), 20_000) if len(tr) >= 20 else 0
@@ -195,18 +294,19 @@ def _fit_sgd(
     stop_X = vectors.read(np.sort(stop_pos)) if n_stop else None
     stop_y = y[np.sort(stop_pos)] if n_stop else None
     groups = vectors.blocks(fit_pos, block_rows)
-    labels = np.array(classes, dtype=object)
+    widest = max((int(np.ptp(vectors.rows[g])) + 1 for g in groups if len(g)), default=0)
+    buf = np.empty((min(widest, 4 * block_rows), vectors.space.dim), np.float32)  # one span, reused
     best, stale, t_read, t_fit, epoch = -1.0, 0, 0.0, 0.0, 0
     for epoch in range(1, max_epochs + 1):  # noqa: B007 -- returned after the loop: the epochs run
         for g in rng.permutation(len(groups)):
             t = time.perf_counter()
-            X = vectors.read_block(groups[g])
+            span, at = vectors.read_span(groups[g], buf)
             t_read += time.perf_counter() - t
             t = time.perf_counter()
-            order = rng.permutation(len(X))
+            order = rng.permutation(len(at))
             for s in range(0, len(order), batch_rows):
                 part = order[s : s + batch_rows]
-                clf.partial_fit(X[part], y[groups[g][part]], classes=labels)
+                clf.partial_fit(span[at[part]], y[groups[g][part]], classes=labels)
             t_fit += time.perf_counter() - t
         if stop_X is None:
             continue
@@ -220,8 +320,33 @@ def _fit_sgd(
     return epoch, t_read, t_fit
 
 
+class _Labels:
+    """Labels as text at positions of an array of codes into the classes (``y[pos]``, made only where read)."""
+
+    def __init__(self, codes: np.ndarray, labels: np.ndarray) -> None:
+        self.codes, self.labels = codes, labels
+
+    def __getitem__(self, pos: Any) -> np.ndarray:
+        return self.labels[self.codes[pos]]
+
+
+def _codes_of(values: np.ndarray, classes: list[str]) -> np.ndarray:
+    """The index in ``classes`` of each label (every one must be a class)."""
+    code = {c: i for i, c in enumerate(classes)}
+    items = [str(v) for v in np.asarray(values).tolist()]
+    return np.fromiter(map(code.__getitem__, items), np.int32, len(items))
+
+
+def _distinct(y: np.ndarray, classes: list[str], pos: np.ndarray) -> list[str]:
+    """The labels at ``pos`` of ``y`` (labels, or codes into ``classes``), sorted."""
+    if y.dtype.kind in "iu":
+        return [classes[i] for i in np.unique(y[pos]).tolist()]
+    return sorted(set(y[pos].tolist()))
+
+
 def split(y: np.ndarray, classes: list[str], test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Training and validation positions, exactly the tutorial's ``train_test_split(..., random_state=seed)``."""
+    """Training and validation positions, exactly the tutorial's ``train_test_split(..., random_state=seed)``.
+    ``y``: the labels, or their codes into ``classes``."""
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < test_size < 1.0:
@@ -231,15 +356,16 @@ def split(y: np.ndarray, classes: list[str], test_size: float, seed: int) -> tup
         raise LabelError(f"{n} labelled rows cannot be split with test size {test_size}; add labelled rows")
     # Splitting positions gives the same partition as splitting the matrix itself.
     tr, va = train_test_split(np.arange(n), random_state=seed, test_size=test_size)
-    if len(set(y[tr].tolist())) < 2:  # a tiny dataset can split so that one class is all in validation
+    if len(_distinct(y, classes, tr)) < 2:  # a tiny dataset can split so that one class is all in validation
         raise LabelError(
-            f"the training split ({len(tr)} rows) holds only label {y[tr][0]!r}; training needs two classes: "
+            f"the training split ({len(tr)} rows) holds only label {_distinct(y, classes, tr)[0]!r}; "
+            "training needs two classes: "
             "add labelled rows of each class, or change the test size or seed"
         )
     warnings = []
     if len(va) < MIN_RELIABLE_VALID:
         warnings.append(f"only {len(va)} validation rows: the scores are unreliable; add labelled rows")
-    absent = sorted(set(classes) - set(y[va].tolist()))
+    absent = sorted(set(classes) - set(_distinct(y, classes, va)))
     if absent:
         warnings.append(f"classes {', '.join(map(repr, absent))} have no validation rows: their scores are 0")
     return tr, va, warnings
@@ -279,28 +405,39 @@ def fit_and_evaluate(
     batch_rows: int = 4096,
     max_epochs: int = 20,
 ) -> tuple[Any, dict[str, Any], int, int, float, float, list[str], list[str], Validation]:
-    """Split positions like the tutorial (``train_test_split(..., random_state=seed)``), fit, score."""
-    tr, va, warnings = split(y, classes, test_size, seed)
-    n = len(y)
+    """Split positions like the tutorial (``train_test_split(..., random_state=seed)``), fit, score.
+    ``y``: the labels, or their codes into ``classes`` (4 B a row instead of a str each)."""
+    codes = y.astype(np.int32, copy=False) if y.dtype.kind in "iu" else _codes_of(y, classes)
+    labels = np.array(classes, dtype=object)
+    tr, va, warnings = split(codes, classes, test_size, seed)
+    n = len(codes)
     clf = make_classifier(kind, seed)
     notes: list[str] = []
     if kind == "sgd":  # out of core: one block of block_rows vectors in memory at a time
-        epochs, t_read, t_fit = _fit_sgd(clf, vectors, tr, y, classes, seed, block_rows, batch_rows, max_epochs)
-        preds = []
-        for g in vectors.blocks(va, block_rows):
+        epochs, t_read, t_fit = _fit_sgd(clf, vectors, tr, codes, classes, seed, block_rows, batch_rows, max_epochs)
+        # The validation rows a window of block_rows storage rows at a time (a read of at most a block, however
+        # sparse the rows), each prediction put at its row's place.
+        pred_codes = np.empty(len(va), np.int32)
+        proba: np.ndarray | None = None
+        order = np.argsort(vectors.rows[va], kind="stable")
+        window = vectors.rows[va][order] // max(1, block_rows)
+        for part in np.split(order, np.flatnonzero(np.diff(window)) + 1) if len(va) else []:
             t = time.perf_counter()
-            X = vectors.read_block(g)
+            X = vectors.read_block(va[part])
             t_read += time.perf_counter() - t
-            preds.append((g, clf.predict(X), _proba(clf, X, classes)))
-        pred_of = {int(p): v for g, pr, _ in preds for p, v in zip(g, pr)}
-        pred = np.array([pred_of[int(p)] for p in va], dtype=object)
-        proba_of = {int(p): v for g, _, pp in preds if pp is not None for p, v in zip(g, pp)}
-        proba = np.array([proba_of[int(p)] for p in va]) if proba_of else None
+            pred_codes[part] = _codes_of(clf.predict(X), classes)
+            p = _proba(clf, X, classes)
+            if p is not None:
+                proba = np.empty((len(va), len(classes)), p.dtype) if proba is None else proba
+                proba[part] = p
+        pred = labels[pred_codes]
+        metrics = _metrics_of_codes(codes[va], pred_codes, classes, positive)
         notes.append(
             f"sgd ran {epochs} epoch(s) over storage-contiguous blocks (early stopping on a held-out "
             "slice of the training split)"
         )
     else:  # in memory, like the tutorial: one read of every row, then the split
+        y = labels[codes]
         t = time.perf_counter()
         X = vectors.read(np.arange(n))
         t_read = time.perf_counter() - t
@@ -309,26 +446,33 @@ def fit_and_evaluate(
         t_fit = time.perf_counter() - t
         pred = clf.predict(X[va])
         proba = _proba(clf, X[va], classes)
+        metrics = _metrics(y[va], pred, classes, positive)
     return (
         clf,
-        _metrics(y[va], pred, classes, positive),
+        metrics,
         len(tr),
         len(va),
         t_read,
         t_fit,
         warnings,
         notes,
-        Validation(y[va], pred, proba),
+        Validation(labels[codes[va]], pred, proba),
     )
+
+
+def _metrics_of_codes(yv: np.ndarray, pred: np.ndarray, classes: list[str], positive: str | None) -> dict[str, Any]:
+    """``_metrics`` of labels given as codes into ``classes``: the same counts, so the same scores, without
+    scikit-learn sorting a str per validation row."""
+    m = _metrics(yv, pred, list(range(len(classes))), None if positive is None else classes.index(positive))
+    m["per_class"] = {classes[int(c)]: v for c, v in m["per_class"].items()}
+    return m
 
 
 def train(
     store: Store,
     space: Space,
     dataset: str,
-    ids: np.ndarray,
-    y: np.ndarray,
-    rows: np.ndarray,
+    labelled: Labelled,
     *,
     classifier: str = "logreg",
     test_size: float = 0.2,
@@ -337,15 +481,18 @@ def train(
     positive: str | None = None,
     plots: bool = True,
 ) -> TrainResult:
-    """Fit on labelled rows (``ids``, labels ``y``, storage ``rows`` in ``space``), score, save with a manifest."""
-    classes, positive = classes_of(y, dataset, positive)
+    """Fit on the ``labelled`` rows (``labelled_rows``: storage rows in ``space``, label codes), score, save
+    with a manifest."""
+    classes, positive = classes_of(np.array(labelled.classes, dtype=object), dataset, positive)
+    assert classes == labelled.classes  # sorted both ways: the codes index the classes
     name = name or f"{dataset}-{space.model.replace(':', '_').replace('/', '_').replace('#', '_')}-{classifier}"
     paths = classifier_paths(store, name)
     make_classifier(classifier, seed)  # an unknown kind fails before any work
     _require_writable(store)
-    memory_note = check_memory(classifier, len(y), space.dim) if classifier == "logreg" else None
+    n = len(labelled.codes)
+    memory_note = check_memory(classifier, n, space.dim) if classifier == "logreg" else None
     clf, metrics, n_tr, n_va, t_read, t_fit, warnings, notes, valid = fit_and_evaluate(
-        classifier, Vectors(store, space, rows), y, classes, positive, test_size, seed
+        classifier, Vectors(store, space, labelled.rows), labelled.codes, classes, positive, test_size, seed
     )
     if memory_note:
         notes.insert(0, memory_note)
@@ -357,7 +504,7 @@ def train(
         "model": space.model,
         "recipe": space.recipe,
         "dtype": space.dtype,
-        "row_ids_sha256": ids_hash(ids),
+        "row_ids_sha256": labelled.ids_sha256,
         "classes": classes,
         "positive": positive,
         "params": {"test_size": test_size, "seed": seed},

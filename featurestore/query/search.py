@@ -1,17 +1,22 @@
 """Nearest-neighbour queries: resolve the query to a vector, search the space's index, name the hits.
 
 A query is a stored row (``id``), a text whose key is already stored (its vector is read,
-the model is not loaded), or a new text (embedded). Naming the hits reads only what they
-need, so that a cold process answers in about a second at a million rows:
+the model is not loaded), or a new text (embedded). A new process resolves the query and names
+the hits reading O(k log n) bytes, not whole columns (issue 24: a cold query at 10M rows):
 
-- the space's keys (fixed-width, 32 bytes a row) map index rows to text keys and back;
-- a dataset's key list (fixed-width) is scanned for the hits' keys, and only the ids at the
-  matching positions are read;
-- id -> position tables (``lookups.IdTable``: sorted 64-bit hashes of the ids of a list of immutable
-  segments, saved beside the index and extended when segments are appended) find a query id's
-  key and a hit's raw text without reading every id (variable-length strings are the slow read).
+- row -> key: the key at an index row (or a dataset position) is read alone from its segment
+  (keys are fixed-width, stored contiguously);
+- key -> rows: key tables (``index/keys-spacekeys-<space>.npy``, ``keys-<dataset>-<recipe>.npy``:
+  sorted 8-byte key prefixes and their rows, memory-mapped) give a query text's space row and a
+  hit's owning dataset positions by binary search, each confirmed by reading the key there;
+- id -> position: id tables (``index/ids-*.npy``, the same layout over 64-bit id hashes) find a
+  query id's key, a hit's raw text and its latest label update without reading every id
+  (variable-length strings are the slow read).
 
-``lookups.py`` owns these lookups and the id tables' files (format, hash, rebuild). ``SearchCache``
+A server (``hold``) keeps the key columns in memory, sorted, instead of the key tables. Every table
+covers a list of immutable segments, is extended by one part per segment appended, and is rebuilt
+when its segments were renamed (a compaction) or its file does not match (``lookups.py`` owns the
+tables' files: format, hash, digest, rebuild). ``SearchCache``
 keeps, per process, the opened index and these arrays while nothing on disk changed, so repeated
 queries in a notebook or a server skip that work. A query restricted to one dataset (``dataset=``)
 searches the space rows holding that dataset's texts (``Restriction``), extended as the dataset and
@@ -38,14 +43,18 @@ from featurestore.progress import ProgressFn
 from featurestore.spaces import key_texts, require_same_space
 from featurestore.storage.keys import KEY_DTYPE
 from featurestore.storage.lookups import (
+    IDS,
+    KEYS,
     NO_POSITIONS,
     IdTable,
     PackedColumn,
     PendingTable,
     SegmentKeys,
+    TableKind,
     find_keys,
     id_table,
     read_at,
+    read_keys,
     rows_of_keys,
     save_tables,
     segment_bounds,
@@ -298,8 +307,10 @@ class SegmentLookups:
         return self._merged.get(first)
 
     def keys_at(self, store: Store, segs: Sequence[Segment], positions: Sequence[int]) -> np.ndarray:
-        """Keys at global positions of ``segs``."""
+        """Keys at global positions of ``segs``: from the held key tables in a server, else only those rows read."""
         where = np.asarray(positions, dtype=np.int64)
+        if not self.packed:  # a cold process reads O(k) keys, never a whole key column
+            return read_keys(store, segs, where)
         out = np.zeros(len(where), dtype=KEY_DTYPE)
         bounds = segment_bounds(segs)
         which = np.searchsorted(bounds, where, side="right") - 1
@@ -359,27 +370,43 @@ class SegmentLookups:
 
 
 class IdTables:
-    """Id tables (``lookups.IdTable``) by name: the latest built of each, extended as its segments are
+    """Id and key tables (``lookups.IdTable``) by name: the latest built of each, extended as its segments are
     appended, and those to save once the query that built them succeeded (``save``)."""
 
     def __init__(self, lookups: SegmentLookups) -> None:
         self._lookups = lookups  # reads the ids of candidate rows; packed: a server saves only merged tables
-        self._latest: dict[str, IdTable] = {}  # table name -> the latest built
-        self.pending: list[PendingTable] = []  # id tables to save once a query succeeds
+        self._latest: dict[tuple[str, str], IdTable] = {}  # (kind, table name) -> the latest built
+        self.pending: list[PendingTable] = []  # tables to save once a query succeeds
         self._builds = _Builds()
 
-    def table(self, store: Store, segs: Sequence[Segment], name: str) -> IdTable:
+    def table(self, store: Store, segs: Sequence[Segment], name: str, kind: TableKind = IDS) -> IdTable:
         segs = tuple(segs)
-        held = self._latest.get(name)
+        key = (kind.prefix, name)
+        held = self._latest.get(key)
         if held is not None and held.segments == segs:
             return held
-        with self._builds.lock(name):  # one thread extends a table; the others wait and take its result
-            held = self._latest.get(name)
+        with self._builds.lock(key):  # one thread extends a table; the others wait and take its result
+            held = self._latest.get(key)
             if held is None or held.segments != segs:
-                held = self._latest[name] = id_table(
-                    store, segs, name, self.pending, held, save_any=not self._lookups.packed
+                held = self._latest[key] = id_table(
+                    store, segs, name, self.pending, held, save_any=not self._lookups.packed, kind=kind
                 )
         return held
+
+    def find_keys(self, store: Store, segs: Sequence[Segment], name: str, wanted: np.ndarray) -> list[np.ndarray]:
+        """Global positions in ``segs`` of each wanted key, ascending, through the key table ``name`` (mapped
+        from ``index/keys-NAME.npy``): a binary search per key, then the candidate rows' keys read to confirm."""
+        wanted = np.asarray(wanted, dtype=KEY_DTYPE)
+        cands = self.table(store, segs, name, KEYS).candidates_of(KEYS.hashes(wanted))
+        flat = np.concatenate(cands) if cands else NO_POSITIONS
+        if not len(flat):
+            return [NO_POSITIONS for _ in cands]
+        found = read_keys(store, segs, flat)
+        out, i = [], 0
+        for want, cand in zip(wanted, cands):
+            out.append(cand[found[i : i + len(cand)] == want])
+            i += len(cand)
+        return out
 
     def find(self, store: Store, segs: Sequence[Segment], name: str, ids: Sequence[str]) -> np.ndarray:
         """Global position in ``segs`` of each id (the first, confirmed by reading it), or -1;
@@ -396,6 +423,27 @@ class IdTables:
             out[n] = min(match) if match else -1
             i += len(cand)
         return out
+
+    def latest_labels(self, store: Store, ds: Dataset, ids: Sequence[str]) -> dict[str, str]:
+        """id -> latest label of the dataset's label updates, for ``ids`` only (found through the id table of
+        the update segments: no full read of them)."""
+        if not ds.labels or not len(ids):
+            return {}
+        segs = tuple(ds.labels)
+        cands = self.table(store, segs, f"{ds.name}-labels").candidates(ids)
+        flat = np.concatenate(cands) if cands else NO_POSITIONS
+        if not len(flat):
+            return {}
+        found = self._lookups.read_at(store, segs, "ids", flat).tolist()
+        last: dict[str, int] = {}
+        i = 0
+        for want, cand in zip(ids, cands):
+            match = [int(p) for p, v in zip(cand.tolist(), found[i : i + len(cand)]) if v == want]
+            if match:
+                last[want] = max(match)  # later updates win
+            i += len(cand)
+        labels = self._lookups.read_at(store, segs, "labels", np.array(list(last.values()), dtype=np.int64))
+        return dict(zip(last, labels.tolist()))
 
     def save(self) -> None:
         """Write the tables built so far (``lookups.save_tables``): call once a query succeeded."""
@@ -561,9 +609,14 @@ class SearchCache:
         """Unit vectors of storage rows ``start:`` of ``space`` (rows newer than the held index)."""
         return self.indexes.tail(store, space, start)
 
-    def find_keys(self, store: Store, segs: Sequence[Segment], wanted: np.ndarray) -> list[np.ndarray]:
-        """Global positions in ``segs`` of each wanted key, ascending."""
-        return self.lookups.find_keys(store, segs, wanted)
+    def find_keys(
+        self, store: Store, segs: Sequence[Segment], wanted: np.ndarray, name: str | None = None
+    ) -> list[np.ndarray]:
+        """Global positions in ``segs`` of each wanted key, ascending: through the key table ``name`` (saved
+        beside the index) in a short-lived process, through key columns held in memory in a server."""
+        if name is None or self.packed:
+            return self.lookups.find_keys(store, segs, wanted)
+        return self.id_tables.find_keys(store, segs, name, wanted)
 
     def keys_at(self, store: Store, segs: Sequence[Segment], positions: Sequence[int]) -> np.ndarray:
         """Keys at global positions of ``segs``."""
@@ -576,6 +629,12 @@ class SearchCache:
     def label_updates(self, store: Store, ds: Dataset) -> dict[str, str]:
         """id -> latest label of the dataset's label updates."""
         return self.lookups.label_updates(store, ds)
+
+    def latest_labels(self, store: Store, ds: Dataset, ids: Sequence[str]) -> dict[str, str]:
+        """id -> latest label of the dataset's label updates, for ``ids`` (a server holds them all)."""
+        if self.packed:
+            return self.lookups.label_updates(store, ds)
+        return self.id_tables.latest_labels(store, ds, ids)
 
     def ids_table(self, store: Store, segs: Sequence[Segment], name: str) -> IdTable:
         return self.id_tables.table(store, segs, name)
@@ -624,8 +683,18 @@ class SearchCache:
 # ----------------------------------------------------------------------------- queries
 
 
+def space_table(space: Space) -> str:
+    """The name of a space's key table (``index/keys-spacekeys-<space id>.npy``)."""
+    return f"spacekeys-{space.id}"
+
+
+def dataset_table(ds: Dataset, recipe: str) -> str:
+    """The name of a dataset's key table under ``recipe`` (``index/keys-<dataset>-<recipe>.npy``)."""
+    return f"{ds.name}-{recipe}"
+
+
 def _key_row(cache: SearchCache, store: Store, space: Space, key: bytes) -> int:
-    pos = cache.find_keys(store, space.segments, np.array([key], dtype=KEY_DTYPE))[0]
+    pos = cache.find_keys(store, space.segments, np.array([key], dtype=KEY_DTYPE), space_table(space))[0]
     return int(pos[0]) if len(pos) else -1
 
 
@@ -722,7 +791,7 @@ def _name_hits(
         segs = d.keys.get(space.recipe, ())
         if not segs or not len(hit_keys):
             continue
-        where = cache.find_keys(store, segs, hit_keys)
+        where = cache.find_keys(store, segs, hit_keys, dataset_table(d, space.recipe))
         flat = np.concatenate(where)
         ids: Any = cache.read_at(store, segs, "ids", flat) if len(flat) else []
         i = 0
@@ -740,7 +809,7 @@ def _name_hits(
         ok = pos >= 0
         texts = cache.read_at(store, d.rows, "texts", pos[ok]).tolist()
         labels = cache.read_at(store, d.rows, "labels", pos[ok]).tolist()
-        updates = cache.label_updates(store, d)
+        updates = cache.latest_labels(store, d, np.asarray(ids, dtype=object)[ok].tolist())
         for i, text, label in zip(np.asarray(ids, dtype=object)[ok].tolist(), texts, labels):
             named[(name, i)] = (text, updates.get(i, label))
     hits: list[Hit] = []

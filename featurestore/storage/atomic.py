@@ -14,6 +14,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def _umask() -> int:
@@ -126,3 +127,30 @@ def write_output(path: str | os.PathLike, data: bytes, param: str = "out") -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, mode=None if st is None else stat.S_IMODE(st.st_mode)) as tmp:  # keeps the user's mode
         tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def output_stream(path: str | os.PathLike, param: str = "out") -> Iterator[BinaryIO]:
+    """A binary file to write, a part at a time, what :func:`write_output` would write at once (output too large
+    to hold): ``-`` is standard output, a special file is written as a stream, a regular file atomically (its
+    temp file renamed over it, keeping an existing file's mode, only when the block ends without an error)."""
+    import sys
+
+    check_output(path, param)
+    if str(path) == STDOUT:
+        sys.stdout.flush()
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    path = Path(path).resolve()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        with open(path, "wb") as fh:
+            yield fh
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, mode=None if st is None else stat.S_IMODE(st.st_mode)) as tmp, open(tmp, "wb") as fh:
+        yield fh

@@ -35,16 +35,32 @@ FNV-1a 64 (offset basis 0xcbf29ce484222325, prime 0x100000001b3) over the id's U
 2**64. FNV-1a is a published, byte-by-byte function that NumPy computes a byte column at a time over many ids;
 the finaliser spreads every input bit over the whole word (FNV's low bits depend only on the input's low
 bits). Changing anything here changes every saved table: give it a new ``ID_HASH`` and ``ID_TABLE_FORMAT``.
+
+Key tables on disk (same shape, for cold processes)
+---------------------------------------------------
+``keys-NAME.npy`` + ``.json`` (``spacekeys-<space id>``: a space's segments; ``<dataset>-<recipe>``: a dataset's
+key segments) are the same layout with column 0 the 8-byte prefix of each 32-byte text key (``key_prefixes``)
+and ``{"format": KEY_TABLE_FORMAT, "hash": KEY_HASH}``: a key's rows are found by binary search in the mapped
+table and confirmed by reading the key at those rows only (``read_keys``), so a cold query reads O(k log n)
+bytes of them, not the key columns. A key table's ``.json`` also holds ``digest`` (the ``.npy`` file's size and the
+sha256 of its first and last 64 KiB): a key table without it, or whose file does not match it, is rebuilt.
+
+Summaries (``usage-*.json``, ``labels-*.json``)
+----------------------------------------------
+Counts that need a scan of every row (a space's coverage by each dataset and its cache entries, a dataset's
+labelled rows and classes) are recorded with the exact segment lists they were computed from
+(``saved_summary``/``save_summary``, format ``SUMMARY_FORMAT``), and recomputed by a scan when any list differs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +76,13 @@ log = logging.getLogger(__name__)
 
 ID_TABLE_FORMAT = 2  # 1: pandas' hash_array (no "hash" field); 2: ID_HASH
 ID_HASH = "fnv1a64-splitmix64"
+KEY_TABLE_FORMAT = 1
+KEY_HASH = "key-prefix-8"  # the first 8 bytes of a 32-byte key as a native uint64 (key_prefixes)
+SUMMARY_FORMAT = 1
+DIGEST_BYTES = 1 << 16  # a saved table's file is checked by its size and the sha256 of its first and last 64 KiB
 MAX_ID_PARTS = 32  # appended segments' id hashes kept as separate sorted parts before one merge (and save)
 SAVE_ID_ROWS = 20_000  # a call that hashed at least this many ids saves the merged table for later processes
+SAVE_TAIL = 16  # a short-lived process merges and saves a table whose new tail is at least 1/16 of it
 
 NO_POSITIONS = np.zeros(0, dtype=np.int64)
 
@@ -230,6 +251,31 @@ def rows_of_keys(parts: Sequence[SegmentKeys], keys: np.ndarray) -> np.ndarray:
     return out
 
 
+def read_keys(store: Store, segs: Sequence[Segment], positions: np.ndarray) -> np.ndarray:
+    """Keys at global ``positions`` of ``segs`` (any order, repeats allowed), reading only those rows: a key
+    column is fixed-width and stored contiguously, so a row is one small read."""
+    positions = np.asarray(positions, dtype=np.int64)
+    out = np.zeros(len(positions), dtype=KEY_DTYPE)
+    if not len(positions):
+        return out
+    bounds = segment_bounds(segs)
+    which = np.searchsorted(bounds, positions, side="right") - 1
+    for si in np.unique(which).tolist():
+        sel = np.flatnonzero(which == si)
+        uniq, inverse = np.unique(positions[sel] - bounds[si], return_inverse=True)
+        with store.open_segment(segs[si].file) as f:
+            dset = f["keys"]
+            lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+            if len(uniq) <= 16:  # a few rows: one slice each
+                values = np.array([dset[p : p + 1][0] for p in uniq.tolist()], dtype=KEY_DTYPE)
+            elif hi - lo <= 64 * len(uniq):  # dense: one contiguous span beats a point selection
+                values = np.asarray(dset[lo:hi], dtype=KEY_DTYPE)[uniq - lo]
+            else:
+                values = np.asarray(dset[uniq], dtype=KEY_DTYPE)
+        out[sel] = values[inverse]
+    return out
+
+
 # ----------------------------------------------------------------------------- the id hash (ID_HASH)
 
 _M64 = 0xFFFFFFFFFFFFFFFF
@@ -354,27 +400,51 @@ def _fnv_texts(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-# ----------------------------------------------------------------------------- id tables
+# ----------------------------------------------------------------------------- id and key tables
+
+
+def _key_hashes(values: np.ndarray) -> np.ndarray:
+    return key_prefixes(values)  # looked up at call time: tests coarsen the prefixes
+
+
+@dataclass(frozen=True)
+class TableKind:
+    """What a table hashes: its files' prefix, format, hash name, the column it hashes and how."""
+
+    prefix: str  # index/<prefix>-NAME.npy
+    format: int
+    hash: str
+    column: str
+    hashes: Callable[[np.ndarray], np.ndarray]  # of the column as a segment stores it
+    digest_required: bool  # saved with a ``digest``, and rebuilt without a matching one (id tables of format 2 are not)
+    cheap: bool  # fixed-width values, quick to hash: not saved for ``SAVE_ID_ROWS`` alone (``id_table``)
+
+
+IDS = TableKind("ids", ID_TABLE_FORMAT, ID_HASH, "ids", column_hashes, False, False)
+KEYS = TableKind("keys", KEY_TABLE_FORMAT, KEY_HASH, "keys", _key_hashes, True, True)
 
 
 @dataclass(frozen=True)
 class IdTable:
-    """Sorted 64-bit hashes of the ids of a list of segments with their global positions, in sorted
-    parts: the saved table of the first segments, then one part per segment appended since."""
+    """Sorted 64-bit hashes of the ids (or key prefixes) of a list of segments with their global positions, in
+    sorted parts: the saved table of the first segments, then one part per segment appended since."""
 
     segments: tuple[Segment, ...]
     parts: tuple[tuple[np.ndarray, np.ndarray], ...]  # (uint64 hashes sorted, int64 positions)
 
     def candidates(self, ids: Sequence[str]) -> list[np.ndarray]:
         """Global positions whose id hash matches, per id (to be confirmed by reading the id)."""
-        h = id_hashes(ids)
+        return self.candidates_of(id_hashes(ids))
+
+    def candidates_of(self, h: np.ndarray) -> list[np.ndarray]:
+        """Global positions whose hash is each of ``h``, ascending (to be confirmed by reading the value)."""
         found: list[list[np.ndarray]] = [[] for _ in h]
         for hashes, positions in self.parts:
             lo = np.searchsorted(hashes, h, side="left")
             hi = np.searchsorted(hashes, h, side="right")
             for n in np.flatnonzero(hi > lo).tolist():
                 found[n].append(np.asarray(positions[lo[n] : hi[n]], dtype=np.int64))
-        return [np.concatenate(f) if f else NO_POSITIONS for f in found]
+        return [np.sort(np.concatenate(f)) if f else NO_POSITIONS for f in found]
 
     def merged(self) -> IdTable:
         if len(self.parts) == 1:
@@ -387,32 +457,48 @@ class IdTable:
 
 @dataclass(frozen=True)
 class PendingTable:
-    """An id table built by a query, to be saved (``save_tables``) once the query succeeded."""
+    """An id or key table built by a query, to be saved (``save_tables``) once the query succeeded."""
 
     data_path: Path
     meta_path: Path
     array: np.ndarray  # (rows, 2) uint64: hashes, positions
     segments: list[list[Any]]  # [[file, rows], ...]
+    kind: TableKind = IDS
 
 
-def table_paths(store: Store, name: str) -> tuple[Path, Path]:
-    """The files of id table ``name``: (``ids-NAME.npy``, ``ids-NAME.json``) in the index folder."""
-    return store.index_dir / f"ids-{name}.npy", store.index_dir / f"ids-{name}.json"
+def table_paths(store: Store, name: str, kind: TableKind = IDS) -> tuple[Path, Path]:
+    """The files of table ``name``: (``ids-NAME.npy``, ``ids-NAME.json``) in the index folder (``keys-`` for
+    key tables)."""
+    return store.index_dir / f"{kind.prefix}-{name}.npy", store.index_dir / f"{kind.prefix}-{name}.json"
 
 
-def _saved_table(store: Store, segs: tuple[Segment, ...], name: str) -> IdTable:
+def _digest(head: bytes, tail: bytes, size: int) -> list[Any]:
+    return [size, hashlib.sha256(head + tail).hexdigest()]
+
+
+def _file_digest(path: Path) -> list[Any]:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(DIGEST_BYTES)
+        f.seek(max(0, size - DIGEST_BYTES))
+        return _digest(head, f.read(DIGEST_BYTES), size)
+
+
+def _saved_table(store: Store, segs: tuple[Segment, ...], name: str, kind: TableKind = IDS) -> IdTable:
     """The saved (memory-mapped) table of the longest prefix of ``segs`` it covers, else an empty one."""
-    data_path, meta_path = table_paths(store, name)
+    data_path, meta_path = table_paths(store, name, kind)
     want = [[s.file, s.rows] for s in segs]
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):  # unreadable: rebuilt
         meta = json.loads(meta_path.read_bytes())
-        if (meta.get("format"), meta.get("hash")) != (ID_TABLE_FORMAT, ID_HASH):
-            log.info(
-                "id table %s is format %s, not %s (%s): rebuilt", name, meta.get("format"), ID_TABLE_FORMAT, ID_HASH
-            )
+        if (meta.get("format"), meta.get("hash")) != (kind.format, kind.hash):
+            log.info("table %s is format %s, not %s (%s): rebuilt", name, meta.get("format"), kind.format, kind.hash)
             return IdTable((), ())
         have = meta["segments"]
         if have and want[: len(have)] == have:
+            digest = meta.get("digest")
+            if (digest is not None or kind.digest_required) and digest != _file_digest(data_path):
+                log.info("table %s does not match its recorded digest: rebuilt", name)
+                return IdTable((), ())
             loaded = np.load(data_path, mmap_mode="r")
             if loaded.dtype == np.uint64 and loaded.shape == (sum(r for _, r in have), 2):
                 return IdTable(segs[: len(have)], ((loaded[:, 0], loaded[:, 1].view(np.int64)),))
@@ -426,39 +512,48 @@ def id_table(
     pending: list[PendingTable] | None = None,
     held: IdTable | None = None,
     save_any: bool = True,
+    kind: TableKind = IDS,
 ) -> IdTable:
-    """The id table of ``segs``: ``held`` (this process's) or the saved one, extended by the segments
-    appended since (a compaction's new names, or a saved table of another format, mean a full rebuild, once).
-    A table that needed many ids hashed, or many parts, is merged and queued in ``pending`` to be saved
-    beside the index (by ``save_tables``, once the query succeeded: a failed command leaves the store as it
-    was); with ``save_any`` (a short-lived process, not a server following ingests), any table that needed
-    hashing is."""
+    """The id table (or key table: ``kind``) of ``segs``: ``held`` (this process's) or the saved one, extended by
+    the segments appended since (a compaction's new names, or a saved table of another format, mean a full
+    rebuild, once). A table that needed many ids hashed, or many parts, is merged and queued in ``pending`` to be
+    saved beside the index (by ``save_tables``, once the query succeeded: a failed command leaves the store as it
+    was). A table built whole is saved; one extended by a tail is saved when the tail is at least
+    1/``SAVE_TAIL`` of it (``save_any``: a short-lived process) or, for ids, at least ``SAVE_ID_ROWS`` rows:
+    merging and rewriting a 10M-row table (160 MB) costs seconds, more than hashing a short tail again in
+    each process, so the first query after a small ingest stays O(tail), not O(n)."""
     segs = tuple(segs)
     if held is not None and held.segments == segs:
         return held
-    base = held if held is not None and segs[: len(held.segments)] == held.segments else _saved_table(store, segs, name)
+    base = (
+        held
+        if held is not None and segs[: len(held.segments)] == held.segments
+        else _saved_table(store, segs, name, kind)
+    )
     parts = list(base.parts)
     offset = sum(s.rows for s in base.segments)
     hashed = 0
     for seg in segs[len(base.segments) :]:
         with store.open_segment(seg.file) as f:
-            h = column_hashes(f["ids"][()])
+            h = kind.hashes(f[kind.column][()])
         order = np.argsort(h, kind="stable")
         parts.append((h[order], order.astype(np.int64) + offset))
         offset += len(h)
         hashed += len(h)
     table = IdTable(segs, tuple(parts))
-    if hashed and (save_any or len(parts) == 1 or hashed >= SAVE_ID_ROWS) or len(parts) > MAX_ID_PARTS:
+    enough = hashed >= SAVE_ID_ROWS and not kind.cheap or save_any and hashed * SAVE_TAIL >= offset
+    if hashed and (len(parts) == 1 or enough) or len(parts) > MAX_ID_PARTS:
         table = table.merged()
         if pending is not None and table.parts:
             ((hashes, positions),) = table.parts
             array = np.stack([hashes, positions.view(np.uint64)], axis=1)
-            pending.append(PendingTable(*table_paths(store, name), array, [[s.file, s.rows] for s in segs]))
+            pending.append(PendingTable(*table_paths(store, name, kind), array, [[s.file, s.rows] for s in segs], kind))
     return table
 
 
 def save_tables(pending: list[PendingTable]) -> None:
-    """Write the id tables built by this process's queries (best effort: a read-only store keeps them in memory)."""
+    """Write the id and key tables built by this process's queries (best effort: a read-only store keeps them
+    in memory)."""
     while pending:
         try:
             table = pending.pop()
@@ -466,8 +561,11 @@ def save_tables(pending: list[PendingTable]) -> None:
             return
         with contextlib.suppress(OSError):
             os.makedirs(table.data_path.parent, exist_ok=True)
-            atomic_write_bytes(table.data_path, _npy_bytes(table.array))
-            meta = {"format": ID_TABLE_FORMAT, "hash": ID_HASH, "segments": table.segments}
+            data = _npy_bytes(table.array)
+            atomic_write_bytes(table.data_path, data)
+            meta: dict[str, Any] = {"format": table.kind.format, "hash": table.kind.hash, "segments": table.segments}
+            if table.kind.digest_required:  # id tables of format 2 keep the layout they were documented with
+                meta["digest"] = _digest(data[:DIGEST_BYTES], data[-DIGEST_BYTES:], len(data))
             atomic_write_bytes(table.meta_path, json.dumps(meta).encode())
 
 
@@ -475,3 +573,30 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array))
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _summary_path(store: Store, name: str) -> Path:
+    return store.index_dir / f"{name}.json"
+
+
+def saved_summary(store: Store, name: str, sources: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The values saved as summary ``name`` (``index/NAME.json``) if they were computed from exactly ``sources``
+    (segment lists as ``[[file, rows], ...]``), else None."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        meta = json.loads(_summary_path(store, name).read_bytes())
+        if meta.get("format") == SUMMARY_FORMAT and meta.get("sources") == json.loads(json.dumps(sources)):
+            values = meta.get("values")
+            return values if isinstance(values, dict) else None
+    return None
+
+
+def save_summary(store: Store, name: str, sources: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+    """Record ``values``, computed from ``sources`` (best effort: a read-only store recomputes them next time)."""
+    with contextlib.suppress(OSError):
+        path = _summary_path(store, name)
+        os.makedirs(path.parent, exist_ok=True)
+        meta = {"format": SUMMARY_FORMAT, "sources": sources, "values": values}
+        atomic_write_bytes(path, json.dumps(meta).encode())
