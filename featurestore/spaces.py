@@ -140,6 +140,76 @@ def check_drift(store: Store, space: Space, embedder: Embedder, recipe: Recipe) 
 # ----------------------------------------------------------------------------- writing a space
 
 
+_HEX = np.full(256, 255, np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+class KeySet:
+    """A set of text keys held as sorted 128-bit integers: 16 B a key, where a Python ``set`` of the
+    keys' ``bytes`` costs about 100 B (1 GB at 10M keys, the space of a 10M-row ingest).
+
+    Keys are the hex digests of ``storage.keys`` (``KEY_DTYPE``); each becomes two ``uint64`` (``hi``,
+    ``lo``). Added keys go in a new sorted part; parts merge while the newer one is at least half
+    the size of the one before, so there are O(log n) parts and a key is merged O(log n) times, each
+    merge a stable sort of two sorted runs (linear). ``contains`` binary-searches ``hi`` in each part."""
+
+    def __init__(self, keys: np.ndarray | None = None) -> None:
+        self._parts: list[tuple[np.ndarray, np.ndarray]] = []  # (hi sorted, lo in the same order)
+        if keys is not None and len(keys):
+            self.add(keys)
+
+    def __len__(self) -> int:
+        return sum(len(hi) for hi, _ in self._parts)
+
+    def copy(self) -> KeySet:
+        out = KeySet()
+        out._parts = list(self._parts)  # the arrays are never changed in place
+        return out
+
+    @staticmethod
+    def _words(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raw = np.ascontiguousarray(np.asarray(keys, dtype=KEY_DTYPE)).view(np.uint8).reshape(len(keys), -1)
+        nibbles = _HEX[raw]
+        if (nibbles == 255).any():
+            raise ValueError("text keys are 32 hex digits")
+        packed = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+        words = np.ascontiguousarray(packed).view(">u8").astype(np.uint64)
+        return words[:, 0].copy(), words[:, 1].copy()
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """Whether each of ``keys`` (``KEY_DTYPE``) is in the set."""
+        found = np.zeros(len(keys), bool)
+        if not len(keys) or not self._parts:
+            return found
+        qhi, qlo = self._words(keys)
+        order = np.argsort(qhi)  # sorted needles: each binary search starts where the last one ended (3x faster)
+        qhi, qlo = qhi[order], qlo[order]
+        hit = np.zeros(len(keys), bool)
+        for hi, lo in self._parts:
+            left = np.searchsorted(hi, qhi, "left")
+            span = np.searchsorted(hi, qhi, "right") - left
+            at = np.minimum(left, len(hi) - 1)
+            hit |= (span > 0) & (lo[at] == qlo)
+            for i in np.flatnonzero((span > 1) & ~hit):  # another key with the same first 64 bits: ~never
+                hit[i] = bool((lo[left[i] : left[i] + span[i]] == qlo[i]).any())
+        found[order] = hit
+        return found
+
+    def add(self, keys: np.ndarray) -> None:
+        """Add ``keys`` (``KEY_DTYPE``); the caller adds a key once (``contains`` first)."""
+        if not len(keys):
+            return
+        hi, lo = self._words(keys)
+        order = np.argsort(hi, kind="stable")
+        self._parts.append((hi[order], lo[order]))
+        while len(self._parts) > 1 and 2 * len(self._parts[-1][0]) >= len(self._parts[-2][0]):
+            (h1, l1), (h2, l2) = self._parts[-2], self._parts.pop()
+            hi, lo = np.concatenate([h1, h2]), np.concatenate([l1, l2])
+            order = np.argsort(hi, kind="stable")  # two sorted runs: timsort merges them in linear time
+            self._parts[-1] = (hi[order], lo[order])
+
+
 class SpaceWriter:
     """Adds vectors to one space through a store ``Writer``: the space's write rule in one place.
 
@@ -149,9 +219,7 @@ class SpaceWriter:
     space after a commit. ``add`` does all of it for callers with no rows of their own to publish.
     """
 
-    def __init__(
-        self, w: Writer, space: Space, embedder: Embedder, recipe: Recipe, have: set[bytes] | None = None
-    ) -> None:
+    def __init__(self, w: Writer, space: Space, embedder: Embedder, recipe: Recipe, have: KeySet | None = None) -> None:
         stored = w.snap.spaces.get(space.id)
         if stored is not None and stored.dim != space.dim:
             raise ModelError(
@@ -168,13 +236,13 @@ class SpaceWriter:
     def lacking(self, keyed: KeyedTexts) -> dict[bytes, str]:
         """The keys of ``keyed`` the space lacks (and no earlier call claimed), once each, with their texts."""
         if self._have is None:
-            self._have = set(self.w.store.space_keys(self.space).tolist()) if self.stored else set()
-        todo: dict[bytes, str] = {}
-        for k, c in zip(keyed.keys, keyed.cleaned):
-            if k not in self._have and k not in todo:
-                todo[k] = c
-        self._have.update(todo)
-        return todo
+            self._have = KeySet(self.w.store.space_keys(self.space)) if self.stored else KeySet()
+        keys = keyed.key_array()
+        first = np.zeros(len(keys), bool)
+        first[np.unique(keys, return_index=True)[1]] = True  # a key repeated in ``keyed``: its first place
+        pick = np.flatnonzero(first & ~self._have.contains(keys))
+        self._have.add(keys[pick])
+        return {keyed.keys[i]: keyed.cleaned[i] for i in pick.tolist()}
 
     def check(self) -> None:
         """Before the first embedding: a stored space's canaries must come out as stored (``check_drift``)."""
@@ -220,6 +288,13 @@ class SpaceWriter:
     def _published(self) -> None:
         self.space = self.w.snap.spaces[self.space.id]
         self.stored = True
+
+    def compact(self, max_segments: int, *, merge_full: bool = True) -> bool:
+        """Compact the store (``Writer.compact``) and follow the space's merged segments; True if it merged."""
+        merged = self.w.compact(max_segments, merge_full=merge_full)
+        if merged and self.stored:
+            self._published()
+        return merged
 
     def add(self, keyed: KeyedTexts) -> np.ndarray:
         """Vectors of every text of ``keyed`` (float32, as a later read returns them): the ones the space
@@ -325,12 +400,38 @@ def choose_space(
 
 def usage(store: Store, snap: Snapshot, space: Space) -> tuple[dict[str, int], int]:
     """Per dataset, its rows with a vector in ``space`` (keyed under the space's recipe); and the space's cache
-    entries, the vectors no dataset row owns (``StoreEmbedder`` write-backs: kept, never search hits). Each key
-    column is read once."""
-    held = lookup(store.space_keys(space))
-    cover, owned = {}, []
+    entries, the vectors no dataset row owns (``StoreEmbedder`` write-backs: kept, never search hits). Exact
+    counts need each key column read once (the space's held, sorted by 8-byte prefix, 56 B a row; each dataset
+    key segment looked up in it, one at a time): they are recorded beside the index with the segments they were counted
+    from (``lookups.save_summary``), so that a later call over the same segments reads no rows."""
+    from featurestore.storage.lookups import SegmentKeys, key_prefixes, rows_of_keys, save_summary, saved_summary
+
+    sources = {
+        "space": [[s.file, s.rows] for s in space.segments],
+        "datasets": {d.name: [[s.file, s.rows] for s in d.keys.get(space.recipe, ())] for d in snap.datasets.values()},
+    }
+    saved = saved_summary(store, f"usage-{space.id}", sources) or {}
+    try:  # a summary that does not read as one is counted again
+        return {str(k): int(v) for k, v in saved["coverage"].items()}, int(saved["cache_entries"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass
+    columns = []
+    for seg in space.segments:
+        with store.open_segment(seg.file) as f:
+            columns.append(f["keys"][()])
+    parts = [SegmentKeys(np.concatenate(columns) if columns else np.zeros(0, KEY_DTYPE), sort=True)]  # one sort
+    del columns
+    owned = np.zeros(space.rows, dtype=bool)
+    cover = {}
     for d in snap.datasets.values():
-        keys = store.dataset_keys(d, space.recipe)[1]
-        cover[d.name] = int((held.get_indexer(keys) >= 0).sum())
-        owned.append(keys)
-    return cover, int((~held.isin(np.concatenate(owned) if owned else np.zeros(0, KEY_DTYPE))).sum())
+        cover[d.name] = 0
+        for seg in d.keys.get(space.recipe, ()):
+            with store.open_segment(seg.file) as f:
+                keys = f["keys"][()]
+            # in prefix order (only counts are wanted): a binary search of sorted needles stays in cache
+            rows = rows_of_keys(parts, keys[np.argsort(key_prefixes(keys), kind="stable")])
+            cover[d.name] += int((rows >= 0).sum())
+            owned[rows[rows >= 0]] = True
+    cached = int((~owned).sum())
+    save_summary(store, f"usage-{space.id}", sources, {"coverage": cover, "cache_entries": cached})
+    return cover, cached

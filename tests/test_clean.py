@@ -137,3 +137,19 @@ def test_the_fs_process_lemmatizes_without_importing_torch() -> None:
     out, had_torch, one = json.loads(run_python(code).strip().splitlines()[-1])
     assert not had_torch and one == 1.0
     assert out == get_recipe("tweet-v1").clean(texts)  # this process: spaCy imported as usual
+
+
+def test_the_lemmatizer_is_loaded_afresh_once_it_holds_too_many_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long ingest of new words must not grow the process without bound (spaCy keeps every word it saw);
+    a fresh pipeline gives the same lemmas."""
+    from featurestore.inputs import clean
+
+    texts = [f"running {w}ing cats {w}ed" for w in ("zork", "blarf", "quix", "vemp", "dralt", "snorb")]
+    tweet = get_recipe("tweet-v1")
+    before = tweet.clean(texts)
+    first = clean._lemmatizer()
+    monkeypatch.setattr(clean, "VOCAB_LIMIT", len(first.vocab) + 3)  # the next call adds more than 3 words
+    assert tweet.clean([f"{t} {w}" for t, w in zip(texts, ("plimb", "gorv", "tazzle", "wumph", "krell", "yomp"))])
+    fresh = clean._lemmatizer()
+    assert fresh is not first and len(fresh.vocab) < len(first.vocab)
+    assert tweet.clean(texts) == before

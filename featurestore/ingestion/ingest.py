@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,13 +27,26 @@ from featurestore.errors import DatasetError, IngestInterrupted, UsageError
 from featurestore.inputs.clean import Recipe
 from featurestore.inputs.sources import Table
 from featurestore.progress import ProgressFn
-from featurestore.spaces import KeyedTexts, SpaceWriter, cut_length, key_texts, make_space
+from featurestore.spaces import KeyedTexts, KeySet, SpaceWriter, cut_length, key_texts, make_space
 from featurestore.storage.manifest import Snapshot, Space
-from featurestore.storage.store import KeyBatch, LabelBatch, RowBatch, Store, Writer, empty_text, lookup
+from featurestore.storage.store import (
+    MAX_SEGMENTS,
+    KeyBatch,
+    LabelBatch,
+    RowBatch,
+    Store,
+    Writer,
+    empty_text,
+    lookup,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COMMIT_ROWS = 1024  # rows a commit, unless a GPU wants more (_Run.chunk_rows)
+DEFAULT_COMMIT_ROWS = 1024  # rows a commit, unless a GPU wants more or the model is fast (_Run.chunk_rows)
+GROW_AFTER_ROWS = 1 << 16  # rows committed in DEFAULT_COMMIT_ROWS chunks before a fast model's chunks may grow
+MAX_GROWN_ROWS = 1 << 14  # a grown chunk's rows at most: 3 chunks in flight hold 3 x 24 MiB of 384-d float32
+FAST_CYCLE_S = 0.5  # a chunk committed this soon after the one before: the next chunks double
+SLOW_CYCLE_S = 2.0  # this late: they halve (to DEFAULT_COMMIT_ROWS at least)
 LOOKAHEAD = 2  # chunks prepared beyond the one being committed: one embedding, one queued
 
 
@@ -81,9 +94,9 @@ class WorkList:
 
     dataset: str
     space: Space  # the stored space, or a new one (no segments)
-    have: set[bytes]  # keys the space already holds
+    have: KeySet  # keys the space already holds (16 B a key: a 10M-key space in 160 MB)
     ids: np.ndarray  # rows to key, object array of str
-    texts: list[str]
+    texts: Sequence[str]
     needs_key: np.ndarray  # bool: the row has no key under the recipe yet
     new_rows: RowBatch  # rows to add to the dataset: the first len(new_rows) entries of ``ids``
     label_updates: LabelBatch
@@ -99,7 +112,7 @@ class WorkList:
 def plan(store: Store, snap: Snapshot, table: Table, dataset: str, space: Space) -> WorkList:
     """Which rows, keys and labels an ingest of ``table`` into ``dataset`` and ``space`` must write."""
     stored = snap.spaces.get(space.id)
-    have = set(store.space_keys(stored).tolist()) if stored is not None else set()
+    have = KeySet(store.space_keys(stored)) if stored is not None else KeySet()
     ds = snap.datasets.get(dataset)
     found = np.zeros(len(table.ids), dtype=bool)
     redo_ids, redo_texts, redo_needs_key = empty_text(), [], np.zeros(0, bool)
@@ -128,20 +141,23 @@ def plan(store: Store, snap: Snapshot, table: Table, dataset: str, space: Space)
             changed = int(moved.sum()) - added
         # Stored rows keyed under this recipe by another model (or dtype) may still lack a vector here.
         keyed_ids, keyed_keys = store.dataset_keys(ds, space.recipe)
-        unvectored = keyed_ids[~lookup(keyed_keys).isin(list(have))] if len(keyed_ids) else keyed_ids
+        unvectored = keyed_ids[~have.contains(keyed_keys)]
         lacking = ~old_index.isin(keyed_ids)
         redo = lacking | old_index.isin(unvectored)
         if redo.any():
             redo_ids, redo_texts, redo_needs_key = old_ids[redo], store.dataset_texts(ds)[redo].tolist(), lacking[redo]
-    new = np.flatnonzero(~found)
-    new_rows = RowBatch(table.ids[new], table.labels[new], table.digests[new], [table.texts[i] for i in new])
+    if found.any():
+        new = np.flatnonzero(~found)
+        new_rows = RowBatch(table.ids[new], table.labels[new], table.digests[new], [table.texts[i] for i in new])
+    else:  # every row is new (a first ingest): the table's own columns, not copies of them (72 B a row)
+        new_rows = RowBatch(table.ids, table.labels, table.digests, table.texts)
     return WorkList(
         dataset=dataset,
         space=stored or space,
         have=have,
-        ids=np.concatenate([new_rows.ids, redo_ids]),
-        texts=list(new_rows.texts) + redo_texts,
-        needs_key=np.concatenate([np.ones(len(new), bool), redo_needs_key]),
+        ids=np.concatenate([new_rows.ids, redo_ids]) if len(redo_ids) else new_rows.ids,
+        texts=list(new_rows.texts) + redo_texts if redo_texts else new_rows.texts,
+        needs_key=np.concatenate([np.ones(len(new_rows), bool), redo_needs_key]),
         new_rows=new_rows,
         label_updates=LabelBatch(label_ids, label_values),
         labels_added=added,
@@ -207,6 +223,8 @@ class _Run:
         self.w, self.work, self.space, self.summary = w, work, space, summary
         self.commit_rows, self.max_chars, self.progress = commit_rows, max_chars, progress
         self.labels = work.label_updates if len(work.label_updates) else None  # they go with the first commit
+        self.rows = DEFAULT_COMMIT_ROWS  # a CPU chunk's rows now (see chunk_rows)
+        self.committed_at = time.perf_counter()  # when the last commit (and compaction) ended
         self.stop = threading.Event()
         self.loaded = threading.Event()  # the model has been loaded (by the drift check or the model thread)
 
@@ -228,15 +246,31 @@ class _Run:
         self.space.check()
 
     def chunk_rows(self) -> int:
-        """1,024 rows a commit; once the model is on a GPU, its whole batch (4,096 texts for MiniLM), so
-        each call keeps the GPU's pipeline full (1,024 texts there ran at 0.77x the embedder's rate, 4,096
-        at 0.97x; bench/gpu.sh)."""
+        """1,024 rows a commit, or more for a fast model (``adapt``); once the model is on a GPU, its whole
+        batch (4,096 texts for MiniLM), so each call keeps the GPU's pipeline full (1,024 texts there ran at
+        0.77x the embedder's rate, 4,096 at 0.97x; bench/gpu.sh)."""
         if self.commit_rows is not None:
             return self.commit_rows
         embedder = self.space.embedder
         if self.loaded.is_set() and not embedder.device.startswith("cpu"):
             return max(DEFAULT_COMMIT_ROWS, embedder.batch_limits()[1])
-        return DEFAULT_COMMIT_ROWS
+        return self.rows
+
+    def adapt(self, rows: int) -> None:
+        """After a commit of ``rows`` rows: a chunk of the current size that came FAST_CYCLE_S or less after
+        the one before doubles the size (up to MAX_GROWN_ROWS), one that took SLOW_CYCLE_S halves it.
+
+        A commit costs about the same whatever its rows (three segment files, a manifest, four fsyncs), so
+        a fast model's chunks grow to spread it, while a slow model (MiniLM on a CPU takes seconds for 1,024
+        texts) keeps 1,024-row chunks, so a crash loses little and progress moves; so does every ingest's
+        first GROW_AFTER_ROWS rows, which keeps a small ingest's batches as they were."""
+        cycle = time.perf_counter() - self.committed_at  # a compaction's time is not counted (``commit``)
+        if self.commit_rows is not None or rows != self.rows or self.summary.rows_keyed < GROW_AFTER_ROWS:
+            return
+        if cycle <= FAST_CYCLE_S:
+            self.rows = min(MAX_GROWN_ROWS, 2 * self.rows)
+        elif cycle >= SLOW_CYCLE_S:
+            self.rows = max(DEFAULT_COMMIT_ROWS, self.rows // 2)
 
     def prepare(self, start: int) -> _Chunk:
         sl = slice(start, min(start + self.chunk_rows(), self.work.total))
@@ -290,6 +324,16 @@ class _Run:
             s.new_ids += max(0, min(sl.stop, n_new) - sl.start)
             s.embedded += len(todo)
         self._time("commit", t)
+        self.adapt(sl.stop - sl.start)
+        if self.w.snap.longest_list() > MAX_SEGMENTS:
+            # Compacting as it goes keeps each commit's manifest small (compacting only at the end, a 5M-row ingest
+            # spent 56% of its time publishing manifests that named every commit's segments); superseded segments
+            # are deleted as manifests are pruned. Full segments (merge_plan) are not merged by an ingest (see
+            # ``ingest``): a row is rewritten ~1 time at any size, and the manifest names a segment per 65,536 rows.
+            t = time.perf_counter()
+            self.space.compact(MAX_SEGMENTS, merge_full=False)
+            self._time("compact", t)
+        self.committed_at = time.perf_counter()
         self.advance(chunk, (sl.stop - sl.start) - chunk.advanced)
         if todo:
             s.device = self.space.embedder.device
@@ -327,7 +371,7 @@ def execute(
     run = _Run(
         w,
         work,
-        SpaceWriter(w, work.space, embedder, recipe, have=set(work.have)),
+        SpaceWriter(w, work.space, embedder, recipe, have=work.have.copy()),
         summary,
         commit_rows,
         cut_length(max_chars),
@@ -406,7 +450,11 @@ def ingest(
             summary.duplicates = work.duplicates
             execute(w, work, embedder, recipe, summary, commit_rows=commit_rows, max_chars=max_chars, progress=progress)
             if summary.batches_committed:
-                w.compact()
+                # Full segments (65,536 rows) are final here too: merging them to stay under MAX_SEGMENTS rewrote
+                # each row 2.6 more times at 10M rows and 0 times at 1M (simulated with merge_plan), so the rate
+                # fell with the store's size; left alone, a row is rewritten ~1 time at any size, and a 10M-row
+                # space is ~160 segment files.
+                w.compact(merge_full=False)
         except KeyboardInterrupt:
             summary.interrupted = True
             summary.seconds = time.perf_counter() - t0

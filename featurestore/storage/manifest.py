@@ -138,6 +138,13 @@ class Snapshot:
             names.update(s.file for s in ds.segments())
         return names
 
+    def longest_list(self) -> int:
+        """The most segments one kind holds (a space's vectors, a dataset's rows, keys under a recipe, labels)."""
+        lists = [sp.segments for sp in self.spaces.values()]
+        for ds in self.datasets.values():
+            lists += [ds.rows, ds.labels, *ds.keys.values()]
+        return max(map(len, lists), default=0)
+
     def find_spaces(self, model: str, recipe: str, dtype: str | None = None) -> list[Space]:
         """Spaces written by ``model`` under ``recipe`` (and ``dtype`` if given), oldest first."""
         found = [s for s in self.spaces.values() if s.model == model and s.recipe == recipe]

@@ -33,6 +33,7 @@ import mmap
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "store"
 MANIFESTS_KEPT = 3
+# A segment that no kept manifest names any more is deleted by the writer this long after at the earliest, so that a
+# reader that took an older generation (a cold ``fs similar`` during an ingest) can finish reading it.
+SUPERSEDED_GRACE_S = 30.0
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MANIFEST_NAME = re.compile(r"^(\d{8})\.json$")
 # The only names garbage collection and repair may delete: what this module, a distributed ingest
@@ -392,7 +396,11 @@ FULL_ROWS = 1 << 15  # a segment this large merges only to stay under MAX_SEGMEN
 
 
 def merge_plan(
-    rows: Sequence[int], max_segments: int = MAX_SEGMENTS, fanout: int = MERGE_FANOUT, full_rows: int = FULL_ROWS
+    rows: Sequence[int],
+    max_segments: int = MAX_SEGMENTS,
+    fanout: int = MERGE_FANOUT,
+    full_rows: int = FULL_ROWS,
+    merge_full: bool = True,
 ) -> list[tuple[int, int]]:
     """The merges, in order, that compaction makes of segments of ``rows`` rows: ``(start, end)`` merges
     segments ``start:end`` of the list as it stands after the merges before it.
@@ -400,7 +408,8 @@ def merge_plan(
     Size tiers, as a log-structured merge: a segment's tier is ``floor(log_fanout(rows))``; whenever the
     newest ``fanout`` segments share a tier (and are not full) they become one segment of the next, and so
     on, so a row is rewritten about ``log_fanout(full_rows / commit)`` times. Past ``max_segments``, the
-    newest ``fanout`` neighbours of one tier merge (full ones too), else those with the fewest rows.
+    newest ``fanout`` neighbours of one tier merge (full ones too, unless ``merge_full`` is False: an ingest
+    compacting as it goes leaves them to its last compaction), else those with the fewest rows.
     Merging everything whenever a kind passed 16 segments rewrote a million-row store (1.5 GB of vectors)
     every 16th commit: a 2,000-row ``fs ingest`` beside ``fs serve`` took 16 s instead of 3.4-4.4 s.
     """
@@ -424,7 +433,11 @@ def merge_plan(
             merge(len(sizes) - fanout, len(sizes))
         elif len(sizes) > max_segments:  # the newest run of one tier, full ones too; else the fewest rows
             width = max(2, min(fanout, len(sizes)))
-            starts = range(len(sizes) - width, -1, -1)
+            starts = [
+                i for i in range(len(sizes) - width, -1, -1) if merge_full or max(sizes[i : i + width]) < full_rows
+            ]
+            if not starts:
+                break
             start = next(
                 (i for i in starts if len({tier(n) for n in sizes[i : i + width]}) == 1),
                 min(starts, key=lambda i: sum(sizes[i : i + width])),
@@ -751,6 +764,8 @@ class Writer:
         self._recovering = False
         self.snap: Snapshot = EMPTY
         self.foreign: list[str] = []  # files in the store's folders it did not write, left in place
+        self._named: dict[int, frozenset[str]] = {}  # generation -> the segments it names (see _publish)
+        self._doomed: dict[str, float] = {}  # superseded segment -> when it may be deleted (see _publish)
 
     def __enter__(self) -> Writer:
         self._acquire()
@@ -1022,12 +1037,12 @@ class Writer:
         return Snapshot(snap.generation + 1, next_segment, spaces, datasets)
 
     def _merge(self, seq: int, segs: Sequence[Segment], attrs: Mapping[str, Any]) -> Segment:
-        """One new segment holding ``segs`` concatenated in order, copied in bounded chunks.
+        """One new segment holding ``segs`` concatenated in order, copied in bounded chunks (memory is
+        one chunk, not the merge: merges of a 10M-row ingest reach millions of rows).
 
-        Raw texts (variable-length bytes) are gathered and written at once: h5py cannot write a
-        slice of them when every text in the slice has the same length."""
+        Raw texts (variable-length bytes) are copied with ``write_direct`` from an array of h5py's
+        vlen type: a plain slice assignment fails when every text in the chunk has the same length."""
         total = sum(s.rows for s in segs)
-        texts: list[np.ndarray] = []
         # Its sources recorded: a repair that falls back to a generation naming them adopts one or the other.
         attrs = {**attrs, MERGED_FROM: json.dumps([s.file for s in segs])}
         with _segment_file(self.store.segment_path(segment_name(seq)), attrs) as out:
@@ -1037,7 +1052,13 @@ class Writer:
                     for col in f:
                         src = f[col]
                         if col == "texts":
-                            texts.extend(src[()])
+                            if col not in out:
+                                out.create_dataset(col, (total,), dtype=_BYTES_DTYPE)
+                            for start in range(0, seg.rows, 65536):
+                                block = np.empty(min(65536, seg.rows - start), dtype=_BYTES_DTYPE)
+                                block[:] = src[start : start + len(block)]
+                                stop = offset + start + len(block)
+                                out[col].write_direct(block, dest_sel=np.s_[offset + start : stop])
                             continue
                         if col not in out:
                             if col in TEXT_COLUMNS:  # written as text whatever schema the parts had
@@ -1051,11 +1072,9 @@ class Writer:
                                 block = as_text_column(block, col)
                             out[col][offset + start : offset + start + len(block)] = block
                 offset += seg.rows
-            if texts:
-                out.create_dataset("texts", data=_object_array(texts), dtype=_BYTES_DTYPE)
         return Segment(segment_name(seq), total)
 
-    def compact(self, max_segments: int = MAX_SEGMENTS, fanout: int = MERGE_FANOUT) -> bool:
+    def compact(self, max_segments: int = MAX_SEGMENTS, fanout: int = MERGE_FANOUT, merge_full: bool = True) -> bool:
         """Merge segments of every space, dataset, key list and label list, by size tiers (``merge_plan``).
 
         Order is kept, so row numbers (and FAISS indexes built on them) stay valid, and label
@@ -1069,7 +1088,7 @@ class Writer:
 
         def merged(segs: tuple[Segment, ...], attrs: dict[str, str]) -> tuple[Segment, ...]:
             nonlocal seq
-            for start, end in merge_plan([s.rows for s in segs], max_segments, fanout):
+            for start, end in merge_plan([s.rows for s in segs], max_segments, fanout, merge_full=merge_full):
                 seq += 1
                 segs = (*segs[:start], self._merge(seq - 1, segs[start:end], attrs), *segs[end:])
             return segs
@@ -1090,6 +1109,12 @@ class Writer:
                 new = Snapshot(snap.generation + 1, seq, spaces, datasets)
                 self._publish(new)
                 self.snap = new
+                # A merge of merges leaves the first one unnamed by any generation: no reader can hold it.
+                live = new.files()
+                for name in map(segment_name, range(snap.next_segment, seq)):
+                    if name not in live:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(self.store.segment_path(name))
         except (OSError, RuntimeError) as exc:
             raise StoreError(
                 f"could not compact store {self.store.path} ({_reason(exc)}); "
@@ -1121,11 +1146,44 @@ class Writer:
         return removed, freed
 
     def _publish(self, new: Snapshot) -> None:
+        """Publish ``new``, prune generations beyond the newest ``MANIFESTS_KEPT``, and delete the segments
+        that only pruned generations named (what a compaction superseded) once ``SUPERSEDED_GRACE_S`` has
+        passed, so that a long ingest that compacts as it goes keeps about the live data on disk, not every
+        superseded copy until ``fs gc`` (those still in their grace period are left to it, or the next writer)."""
         data = json.dumps(new.to_json(), indent=1, sort_keys=True).encode()
         atomic_write_bytes(self.store.manifest_path(new.generation), data)
-        for gen in self.store.manifest_generations()[:-MANIFESTS_KEPT]:
+        self._named[new.generation] = frozenset(new.files())
+        gens = self.store.manifest_generations()
+        dropped: set[str] = set()
+        for gen in gens[:-MANIFESTS_KEPT]:
+            dropped |= self._files_of(gen)
+            self._named.pop(gen, None)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.store.manifest_path(gen))
+        if self._recovering:  # repair sweeps by its own rules
+            return
+        now = time.monotonic()
+        for name in dropped:
+            self._doomed.setdefault(name, now + SUPERSEDED_GRACE_S)
+        due = {name for name, at in self._doomed.items() if at <= now}
+        if due:
+            for gen in gens[-MANIFESTS_KEPT:]:
+                due -= self._files_of(gen)
+            for name in sorted(due):
+                del self._doomed[name]
+                if not not_ours(self.store.segment_dir, name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.store.segment_path(name))
+
+    def _files_of(self, generation: int) -> frozenset[str]:
+        """The segments ``generation`` names (remembered from its publication or read once); none if its
+        manifest cannot be read: its files are then left to ``fs gc`` or the next writer's sweep."""
+        if generation not in self._named:
+            try:
+                self._named[generation] = frozenset(self.store.read_manifest(generation).files())
+            except (StoreError, FileNotFoundError):
+                return frozenset()
+        return self._named[generation]
 
 
 __all__ = [
