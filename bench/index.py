@@ -3,6 +3,7 @@
     .venv/bin/python bench/index.py                       # 1,000,000 vectors, every kind
     .venv/bin/python bench/index.py --n 200000 --kinds flat,ivf,hnsw,ivfpq
     .venv/bin/python bench/index.py --nprobe 8,16,32,64   # the recall/speed curve of IVF
+    .venv/bin/python bench/index.py --n 2000000 --kinds flat,ivf-flatq,ivf --nprobe 16,32,64   # issue 24: quantizers
 
 Vectors: ``ClusterEmbedder`` of bench/store_scale.py (a mixture of 4,096 gaussian clusters of
 varying spread, 384-d, unit norm: neighbours are close together, as in real sentence embeddings,
@@ -63,18 +64,39 @@ class Exact:
         return fi.search(self.opened, q, k, exact=True)
 
 
-def build(kind: str, x: np.ndarray) -> tuple[faiss.Index, str, float]:
-    factory = fi.factory_string(kind, len(x), x.shape[1])
-    t = time.perf_counter()
-    index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        ivf = faiss.extract_index_ivf(index)
-        step = max(1, len(x) // (fi.TRAIN_PER_LIST * ivf.nlist))
-        ivf.cp.niter = 10
-        index.train(x[::step][: fi.TRAIN_PER_LIST * ivf.nlist])
-    for s in range(0, len(x), 65536):
+def build(kind: str, x: np.ndarray) -> tuple[faiss.Index, str, dict[str, float]]:
+    """Built as ``fs index build`` builds it (``featurestore.query.index``: factory string, sample size, training);
+    ``ivf-flatq``: the IVF index before issue 24 (a flat quantizer, 40 training vectors a list, uncapped), beside
+    it; ``ivf-hnswq``: the HNSW quantizer at any size. Times: wall and CPU (both threads; what survives a loaded
+    machine) seconds of training and of adding."""
+    n = len(x)
+    if kind == "ivf-flatq":
+        factory = f"IVF{fi.default_nlist(n)},Flat"
+        index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        count = fi.TRAIN_PER_LIST * faiss.extract_index_ivf(index).nlist
+    else:
+        factory = fi.factory_string(kind, n, x.shape[1]) if kind != "ivf-hnswq" else ""
+        if kind == "ivf-hnswq":  # the HNSW quantizer whatever the number of lists
+            factory = f"IVF{fi.default_nlist(n)}_HNSW{fi.QUANTIZER_M},Flat"
+        index = fi.new_index(factory, x.shape[1])
+        count = fi.training_rows(index)
+    t, c = time.perf_counter(), time.process_time()
+    if count:
+        sample = x[:: max(1, n // count)][:count]
+        if kind == "ivf-flatq":
+            ivf = faiss.extract_index_ivf(index)
+            ivf.cp.niter, ivf.cp.min_points_per_centroid = 10, 1
+            index.train(sample)
+        else:
+            fi.train_index(index, sample)
+    times = {"train_s": time.perf_counter() - t, "train_cpu_s": time.process_time() - c, "train_rows": count}
+    t, c = time.perf_counter(), time.process_time()
+    for s in range(0, n, 65536):
         index.add(x[s : s + 65536])
-    return index, factory, time.perf_counter() - t
+    times.update(add_s=time.perf_counter() - t, add_cpu_s=time.process_time() - c)
+    times["build_s"] = times["train_s"] + times["add_s"]
+    times["build_cpu_s"] = times["train_cpu_s"] + times["add_cpu_s"]
+    return index, factory, times
 
 
 def main() -> None:
@@ -116,22 +138,28 @@ def main() -> None:
 
     print(
         f"\n{'index (factory string)':<32} {'knob':>10} {'recall@10':>9} {'q/s':>9} {'x exact':>8} "
-        f"{'build s':>8} {'MB':>8}"
+        f"{'build s':>8} {'MB':>8}   (build: train + add, wall s; CPU s of both threads)"
     )
     for kind in args.kinds.split(","):
+        times: dict[str, float] = {}
         if kind == "flat":
             index, factory, build_s = flat, "Flat", 0.0
         else:
-            index, factory, build_s = build(kind, x)
-        size = faiss.serialize_index(index).nbytes if kind != "flat" else x.nbytes
+            index, factory, times = build(kind, x)
+            build_s = times["build_s"]
+            print(
+                f"{factory}: train {times['train_s']:.1f} s ({times['train_cpu_s']:.1f} CPU s, "
+                f"{times['train_rows']:,} vectors), add {times['add_s']:.1f} s ({times['add_cpu_s']:.1f} CPU s)"
+            )
+        if kind in ("flat", "ivf", "ivf-flatq", "ivf-hnswq"):  # vectors (+ ids in lists): no 3 GB copy at 2M
+            size = index.ntotal * (x.shape[1] * 4 + (8 if kind != "flat" else 0))
+        else:
+            size = faiss.serialize_index(index).nbytes
         knobs: list[tuple[str, object]] = [("-", None)]
-        if kind in ("ivf", "ivfpq"):
-            knobs = [(f"nprobe {p}", faiss.SearchParametersIVF(nprobe=int(p))) for p in args.nprobe.split(",")]
-            if kind == "ivfpq":
-                knobs = [
-                    (name, faiss.IndexRefineSearchParameters(base_index_params=p, k_factor=fi.REFINE_K_FACTOR))
-                    for name, p in knobs
-                ]
+        if kind in ("ivf", "ivf-flatq", "ivf-hnswq", "ivfpq"):
+            # as fs similar searches: featurestore.query.index's parameters (an HNSW quantizer's breadth included)
+            opened = fi.OpenedIndex(index, index.ntotal, "built", factory)
+            knobs = [(f"nprobe {p}", fi._params(opened, None, int(p), None)) for p in args.nprobe.split(",")]
         elif kind == "hnsw":
             knobs = [(f"ef {e}", faiss.SearchParametersHNSW(efSearch=int(e))) for e in args.ef.split(",")]
         for name, params in knobs:
@@ -145,6 +173,7 @@ def main() -> None:
                 "qps": qps,
                 "speedup": qps / exact_qps,
                 "build_s": build_s,
+                **times,
                 "bytes": size,
             }
             rows_out.append(row)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,8 @@ import numpy as np
 from featurestore.errors import StoreError
 from featurestore.progress import ProgressFn
 from featurestore.query import index as faiss_index
+from featurestore.storage import lookups
+from featurestore.storage.keys import KEY_DTYPE
 from featurestore.storage.manifest import EMPTY, Dataset, Segment, Snapshot, Space
 from featurestore.storage.store import TEXT_COLUMNS, Store, Writer, as_text_column, not_ours, segment_seq
 
@@ -30,34 +34,189 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+    not_verified: list[str] = field(default_factory=list)  # what a quick check left out
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
 
+@dataclass(frozen=True)
+class CheckPlan:
+    """What a check is about to read, known before it reads it: the CLI says it up front."""
+
+    quick: bool
+    files: int  # segment and index files read in full
+    bytes: int  # their size
+    read_rate: float  # bytes a second, measured on a short read of the largest of them (0: nothing to read)
+
+    @property
+    def seconds(self) -> float:
+        return self.bytes / self.read_rate if self.read_rate > 0 else 0.0
+
+
+PlanFn = Callable[[CheckPlan], None]
+QUICK_SAMPLE_BYTES = 128 << 20  # a quick check reads whole segments, chosen at random, up to about this much
+_PROBE_BYTES = 32 << 20  # read, timed, to measure the read rate a plan states
+_PROBE_PIECE = 4 << 20
+_VECTOR_BLOCK = 65536  # rows of vectors checked at once (96 MB of 384-d float32)
+
+# what a column must look like, by segment kind: its shape past the row count (the vectors' is the space's dim)
+_COLUMNS: dict[str, dict[str, tuple[int, ...]]] = {
+    "rows": {"ids": (), "labels": (), "texts": ()},
+    "keys": {"ids": (), "keys": ()},
+    "labels": {"ids": (), "labels": ()},
+}
+
+
+class _Sorted:
+    """Values (fixed-width keys, or ids as UTF-8 bytes) with a 64-bit code each (a key's first 8 bytes, an id's
+    hash), sorted by code: duplicates and membership in a few NumPy passes, every code match confirmed on the
+    value itself. What ``np.unique``/``np.isin`` over a Python set of ten million values did in minutes."""
+
+    def __init__(self, values: np.ndarray, codes: np.ndarray) -> None:
+        self.values, self.raw_codes = values, codes  # in the values' order
+        self.order = np.argsort(codes, kind="stable")
+        self.codes = codes[self.order]
+
+    def duplicates(self) -> int:
+        """How many values repeat an earlier one (``len(values) - len(np.unique(values))``)."""
+        same = np.flatnonzero(self.codes[1:] == self.codes[:-1])
+        if not len(same):
+            return 0
+        rows = np.unique(np.concatenate([self.order[same], self.order[same + 1]]))
+        shared = self.values[rows].tolist()  # values whose code another value shares: few
+        return len(shared) - len(set(shared))
+
+    def missing(self, values: np.ndarray, codes: np.ndarray) -> int:
+        """How many of ``values`` (with their ``codes``) are not among these values."""
+        if not len(values):
+            return 0
+        if not len(self.codes):
+            return len(values)
+        pos = np.searchsorted(self.codes, codes)
+        at = np.minimum(pos, len(self.codes) - 1)
+        coded = self.codes[at] == codes
+        found = np.zeros(len(values), dtype=bool)
+        found[coded] = self.values[self.order[at[coded]]] == values[coded]
+        for i in np.flatnonzero(coded & ~found):  # a code shared by other values: look along its run
+            j = int(pos[i])
+            while j < len(self.codes) and self.codes[j] == codes[i] and not found[i]:
+                found[i] = self.values[self.order[j]] == values[i]
+                j += 1
+        return int((~found).sum())
+
+
+def _ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An ids column as stored (UTF-8 bytes; schema-1 integers) -> (UTF-8 bytes objects, their id hashes)."""
+    if values.dtype.kind != "O" or (len(values) and not isinstance(values[0], bytes)):
+        values = lookups._objects([s.encode("utf-8", "surrogatepass") for s in as_text_column(values, "ids")])
+    return values, lookups.column_hashes(values)
+
+
+def _keys(values: np.ndarray) -> _Sorted:
+    keys = np.ascontiguousarray(values, dtype=KEY_DTYPE)
+    return _Sorted(keys, lookups.key_prefixes(keys))
+
+
+def _id_set(parts: list[tuple[np.ndarray, np.ndarray]]) -> _Sorted:
+    values = lookups._objects([]) if not parts else np.concatenate([v for v, _ in parts])
+    codes = np.zeros(0, np.uint64) if not parts else np.concatenate([c for _, c in parts])
+    return _Sorted(values, codes)
+
+
 def _segment_problem(store: Store, seg: Segment, kind: str, columns: dict[str, tuple]) -> str | None:
     """None if the segment opens and has the expected kind, columns and row count."""
+    problem, _ = _read_segment(store, seg, kind, columns, ())
+    return problem
+
+
+def _read_segment(
+    store: Store,
+    seg: Segment,
+    kind: str,
+    columns: dict[str, tuple],
+    read: tuple[str, ...],
+    on_vectors: Callable[[np.ndarray], None] | None = None,
+) -> tuple[str | None, dict[str, np.ndarray]]:
+    """Open a segment once: check its kind, columns and row count (what its header says), then read the columns
+    ``read``, the vectors block by block through ``on_vectors``. A problem, or None and the columns read."""
     path = store.segment_path(seg.file)
     if not path.exists():
-        return f"segment {seg.file} is missing"
+        return f"segment {seg.file} is missing", {}
+    out: dict[str, np.ndarray] = {}
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        with h5py.File(path, "r", locking=False) as f:  # HDF5 refuses a file shorter than its header says
             if f.attrs.get("kind") != kind:
-                return f"segment {seg.file} is a {f.attrs.get('kind')!r} segment, expected {kind!r}"
+                return f"segment {seg.file} is a {f.attrs.get('kind')!r} segment, expected {kind!r}", {}
             for col, shape_tail in columns.items():
                 if col not in f:
-                    return f"segment {seg.file} lacks column {col!r}"
+                    return f"segment {seg.file} lacks column {col!r}", {}
                 if f[col].shape[0] != seg.rows or tuple(f[col].shape[1:]) != shape_tail:
-                    return f"segment {seg.file} column {col!r} has shape {f[col].shape}, expected ({seg.rows}, ...)"
+                    return f"segment {seg.file} column {col!r} has shape {f[col].shape}, expected ({seg.rows}, ...)", {}
+            for col in read:
+                out[col] = f[col][()]
+            if on_vectors is not None:
+                dset = f["vectors"]
+                for start in range(0, seg.rows, _VECTOR_BLOCK):
+                    on_vectors(dset[start : start + _VECTOR_BLOCK])
     except OSError as exc:
-        return f"segment {seg.file} cannot be read ({exc})"
-    return None
+        return f"segment {seg.file} cannot be read ({exc})", {}
+    return None, out
 
 
-def check(store: Store, progress: ProgressFn | None = None) -> Report:
-    """Schema, counts, unique keys, finite vectors, dims, resolvable keys, index manifests, orphans.
-    ``progress`` counts the vectors read, space by space (the bulk of a check's time)."""
+def _nonfinite(block: np.ndarray) -> int:
+    """Rows of ``block`` holding a NaN or an infinity (one pass over a finite block, the usual case)."""
+    ok = np.isfinite(block)
+    return 0 if ok.all() else int((~ok.all(axis=1)).sum())
+
+
+def _size(path: os.PathLike | str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _read_rate(paths: list[Any]) -> float:
+    """Bytes a second this process reads the store's files at (cached or not, as the check will find them):
+    ``_PROBE_BYTES`` in ``_PROBE_PIECE`` reads spread over the largest files, timed."""
+    sized = sorted(((_size(p), p) for p in paths), key=lambda t: -t[0])
+    pieces = [(p, max(0, size // 2 - _PROBE_PIECE // 2)) for size, p in sized[: _PROBE_BYTES // _PROBE_PIECE] if size]
+    done, t = 0, time.perf_counter()
+    for path, offset in pieces:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                done += len(os.pread(f.fileno(), _PROBE_PIECE, offset))
+        except OSError:
+            continue
+    seconds = time.perf_counter() - t
+    return done / seconds if done and seconds > 0 else 0.0
+
+
+class _Progress:
+    """Bytes of segment and index files checked: ``progress(bytes, total bytes)``, never past the total."""
+
+    def __init__(self, progress: ProgressFn | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        if progress:
+            progress(0, total)
+
+    def __call__(self, n: int) -> None:
+        n = max(0, min(int(n), self.total - self.done))
+        self.done += n
+        if self.progress and n:
+            self.progress(n, self.total)
+
+
+def check(
+    store: Store, progress: ProgressFn | None = None, *, quick: bool = False, plan: PlanFn | None = None
+) -> Report:
+    """Schema, counts, unique keys, finite vectors, dims, resolvable keys, index files, orphans: every segment read
+    once, as it streams from disk, and every index file hashed. ``quick``: the manifest, every segment's header
+    (present, readable, its kind, columns and row counts), every index's cheap identity (as a query checks it),
+    and whole segments chosen at random (``QUICK_SAMPLE_BYTES``); ``Report.not_verified`` says what it left out.
+    ``plan`` is told what will be read before it is; ``progress`` counts the bytes read and hashed."""
     r = Report()
     try:
         store.require_existing()
@@ -66,56 +225,168 @@ def check(store: Store, progress: ProgressFn | None = None) -> Report:
         r.errors.append(str(exc))
         return r
     r.stats = {"generation": snap.generation, "spaces": len(snap.spaces), "datasets": len(snap.datasets)}
-    keys_by_recipe: dict[str, set[bytes]] = {}
-    total = sum(sp.rows for sp in snap.spaces.values())
-    if progress:
-        progress(0, total)
+    sample = _quick_sample(store, snap) if quick else None
+    read_fully = [store.segment_path(s.file) for s in _all_segments(snap) if sample is None or s.file in sample] + (
+        [] if quick else [faiss_index.index_paths(store, sp)[0] for sp in snap.spaces.values()]
+    )
+    sizes = {str(p): _size(p) for p in read_fully}
+    total = sum(sizes.values())
+    if plan:
+        plan(CheckPlan(quick, sum(1 for s in sizes.values() if s), total, _read_rate(read_fully) if total else 0.0))
+    advance = _Progress(progress, total)
+
+    def seg_bytes(seg: Segment) -> int:
+        return sizes.get(str(store.segment_path(seg.file)), 0)
+
+    keys_by_recipe: dict[str, list[np.ndarray]] = {}
     for sp in snap.spaces.values():
-        bad = [
-            p for s in sp.segments if (p := _segment_problem(store, s, "vectors", {"keys": (), "vectors": (sp.dim,)}))
-        ]
-        r.errors.extend(bad)
-        if bad:
-            if progress:
-                progress(sp.rows, total)
-            continue
-        keys = store.space_keys(sp)
-        if len(np.unique(keys)) != len(keys):
-            r.errors.append(f"space {sp.id} has {len(keys) - len(np.unique(keys))} duplicate keys")
-        nonfinite = 0
-        for _, block in store.iter_vectors(sp):
-            nonfinite += int((~np.isfinite(block)).any(axis=1).sum())
-            if progress:
-                progress(len(block), total)
+        problems, parts, nonfinite = [], [], 0
+        for seg in sp.segments:
+            full = sample is None or seg.file in sample
+            size = seg_bytes(seg)
+
+            rows_done = 0
+
+            def on_vectors(block: np.ndarray, seg: Segment = seg, size: int = size) -> None:
+                nonlocal nonfinite, rows_done
+                nonfinite += _nonfinite(block)
+                before, rows_done = rows_done, rows_done + len(block)
+                advance(size * rows_done // max(1, seg.rows) - size * before // max(1, seg.rows))  # sums to size
+
+            problem, cols = _read_segment(
+                store,
+                seg,
+                "vectors",
+                {"keys": (), "vectors": (sp.dim,)},
+                ("keys",) if full else (),
+                on_vectors if full else None,
+            )
+            if problem:
+                problems.append(problem)
+            elif full:
+                parts.append(cols["keys"])
+        r.errors.extend(problems)
         if nonfinite:
             r.errors.append(f"space {sp.id} has {nonfinite} vectors with NaN/Inf")
-        keys_by_recipe.setdefault(sp.recipe, set()).update(keys.tolist())
+        if problems:
+            continue
         r.stats[f"vectors:{sp.id}"] = sp.rows
-        _check_index(store, sp, keys, r)
+        if quick:
+            keys = _keys(np.concatenate(parts) if parts else np.zeros(0, KEY_DTYPE))
+            if (dup := keys.duplicates()) > 0:
+                r.errors.append(f"space {sp.id} has {dup} duplicate keys within the segments read")
+            _check_index_identity(store, sp, r)
+            continue
+        all_keys = np.concatenate(parts) if parts else np.zeros(0, KEY_DTYPE)
+        keys = _keys(all_keys)
+        if (dup := keys.duplicates()) > 0:
+            r.errors.append(f"space {sp.id} has {dup} duplicate keys")
+        keys_by_recipe.setdefault(sp.recipe, []).append(all_keys)
+        _check_index(store, sp, all_keys, r, advance)
+    known = {recipe: _keys(np.concatenate(parts)) for recipe, parts in keys_by_recipe.items()}
     for ds in snap.datasets.values():
-        bad = [p for s in ds.rows if (p := _segment_problem(store, s, "rows", {"ids": (), "labels": (), "texts": ()}))]
-        for segs in ds.keys.values():
-            bad += [p for s in segs if (p := _segment_problem(store, s, "keys", {"ids": (), "keys": ()}))]
-        bad += [p for s in ds.labels if (p := _segment_problem(store, s, "labels", {"ids": (), "labels": ()}))]
+        bad, read = _read_dataset(store, ds, sample, advance, seg_bytes)
         r.errors.extend(bad)
         if bad:
             continue
-        ids = store.dataset_ids(ds)
-        if len(np.unique(ids)) != len(ids):
+        r.stats[f"rows:{ds.name}"] = ds.count
+        if quick:
+            continue
+        ids = _id_set(read["rows"])
+        if ids.duplicates():
             r.errors.append(f"dataset {ds.name!r} has duplicate ids")
         if ds.labels:
-            upd_ids, _ = store.label_updates(ds)
-            if not np.isin(upd_ids, ids).all():
+            upd = _id_set(read["labels"])
+            if ids.missing(upd.values, upd.raw_codes):
                 r.errors.append(f"dataset {ds.name!r} has label updates for unknown ids")
         for recipe in ds.keys:
-            kid, kkeys = store.dataset_keys(ds, recipe)
-            if len(np.unique(kid)) != len(kid) or not np.isin(kid, ids).all():
+            kid = _id_set(read[f"keys:{recipe}"])
+            if kid.duplicates() or ids.missing(kid.values, kid.raw_codes):
                 r.errors.append(f"dataset {ds.name!r} keys under {recipe} name unknown or repeated ids")
-            known = keys_by_recipe.get(recipe, set())
-            unresolved = sum(1 for k in kkeys.tolist() if k not in known)
+            kkeys = np.concatenate(read[f"keykeys:{recipe}"]) if read[f"keykeys:{recipe}"] else np.zeros(0, KEY_DTYPE)
+            kkeys = np.ascontiguousarray(kkeys, dtype=KEY_DTYPE)
+            space_keys = known.get(recipe) or _keys(np.zeros(0, KEY_DTYPE))
+            unresolved = space_keys.missing(kkeys, lookups.key_prefixes(kkeys))
             if unresolved:
                 r.errors.append(f"dataset {ds.name!r}: {unresolved} keys under {recipe} resolve to no stored vector")
-        r.stats[f"rows:{ds.name}"] = ds.count
+    if quick:
+        r.not_verified = _not_verified(snap, sample or set())
+    _check_files(store, snap, r)
+    return r
+
+
+def _all_segments(snap: Snapshot) -> list[Segment]:
+    segs = [s for sp in snap.spaces.values() for s in sp.segments]
+    return segs + [s for ds in snap.datasets.values() for s in ds.segments()]
+
+
+def _quick_sample(store: Store, snap: Snapshot) -> set[str]:
+    """Segment files a quick check reads in full: chosen at random, whole files while they fit in
+    ``QUICK_SAMPLE_BYTES`` (so a store of a few large segments may have none read in full)."""
+    segs = list({s.file: s for s in _all_segments(snap)})
+    random.shuffle(segs)
+    chosen, budget = set(), QUICK_SAMPLE_BYTES
+    for name in segs:
+        size = _size(store.segment_path(name))
+        if 0 < size <= budget:
+            chosen.add(name)
+            budget -= size
+    return chosen
+
+
+def _read_dataset(
+    store: Store,
+    ds: Dataset,
+    sample: set[str] | None,
+    advance: _Progress,
+    seg_bytes: Callable[[Segment], int],
+) -> tuple[list[str], dict[str, list[Any]]]:
+    """Check every segment of a dataset (headers; in full where ``sample`` is None or names it): the problems,
+    and the columns read: ``rows`` and ``labels`` as (id bytes, id hashes) parts, ``keys:R`` likewise for the
+    ids keyed under recipe R, ``keykeys:R`` their keys."""
+    bad: list[str] = []
+    read: dict[str, list[Any]] = {"rows": [], "labels": []}
+    lists: list[tuple[str, str, tuple[Segment, ...]]] = [("rows", "rows", ds.rows), ("labels", "labels", ds.labels)]
+    lists += [("keys", f"keys:{recipe}", segs) for recipe, segs in ds.keys.items()]
+    for kind, name, segs in lists:
+        read.setdefault(name, [])
+        if kind == "keys":
+            read["keykeys:" + name.split(":", 1)[1]] = []
+        for seg in segs:
+            full = sample is None or seg.file in sample
+            cols_read = ("ids", "keys") if kind == "keys" else ("ids",)
+            problem, cols = _read_segment(store, seg, kind, _COLUMNS[kind], cols_read if full else ())
+            if problem:
+                bad.append(problem)
+            elif full:
+                read[name].append(_ids(cols["ids"]))
+                if kind == "keys":
+                    read["keykeys:" + name.split(":", 1)[1]].append(cols["keys"])
+            if full:
+                advance(seg_bytes(seg))
+    return bad, read
+
+
+def _not_verified(snap: Snapshot, sample: set[str]) -> list[str]:
+    segs = {s.file for s in _all_segments(snap)}
+    unread = len(segs - sample)
+    out = []
+    if unread:
+        out.append(
+            f"{unread:,} of {len(segs):,} segment files were checked by their headers only (present, readable, "
+            "kind, columns, row counts), not read in full: their vectors' values (NaN/Inf) and their keys and ids"
+        )
+    out.append(
+        "keys unique across segments, dataset keys resolving to stored vectors, unique ids, label updates and "
+        "keys naming known ids"
+    )
+    if snap.spaces:
+        out.append("index files' sha256 and key hashes (their cheap identity was compared, as a query does)")
+    return out
+
+
+def _check_files(store: Store, snap: Snapshot, r: Report) -> None:
+    """Files in the store's folders that no kept manifest names, or that featurestore did not write."""
     live = store.kept_files(snap)
     if store.segment_dir.is_dir():
         names = os.listdir(store.segment_dir)
@@ -129,18 +400,26 @@ def check(store: Store, progress: ProgressFn | None = None) -> Report:
                 f"{len(extra)} segment file(s) that no kept manifest names (superseded by compaction "
                 "or left by an interrupted writer; removed by the next ingest or by 'fs repair')"
             )
-    return r
 
 
-def _check_index(store: Store, sp: Space, keys: np.ndarray, r: Report) -> None:
+def _check_index(
+    store: Store, sp: Space, keys: np.ndarray, r: Report, on_bytes: Callable[[int], None] | None = None
+) -> None:
     """The same checks a query runs before it trusts an index file (file hash included)."""
-    index, status = faiss_index.load_checked(store, sp, keys)
+    index, status = faiss_index.load_checked(store, sp, keys, on_bytes)
     if index is None and status != "built":
         r.warnings.append(f"index of space {sp.id}: {status.split(': ', 1)[1]}; it is rebuilt before the next query")
     elif index is not None and index.ntotal < len(keys):
         r.warnings.append(
             f"index of space {sp.id} covers {index.ntotal} of {len(keys)} vectors; updated before the next query"
         )
+
+
+def _check_index_identity(store: Store, sp: Space, r: Report) -> None:
+    """A quick check's view of an index: what a query's cheap checks say, nothing hashed."""
+    problem = faiss_index.cheap_problem(store, sp)
+    if problem:
+        r.warnings.append(f"index of space {sp.id}: {problem}")
 
 
 def _orphans(store: Store, named: set[str]) -> list[str]:
@@ -350,4 +629,4 @@ def repair(store: Store) -> Report:
     return r
 
 
-__all__ = ["Report", "check", "repair"]
+__all__ = ["CheckPlan", "Report", "check", "repair"]

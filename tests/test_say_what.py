@@ -97,7 +97,7 @@ def test_the_cli_draws_bars_for_search_map_export_index_and_check(st: Path, tmp_
     assert "160/160 vectors" in r.stderr
     r = fs_cli("check", "--store", st, terminal=True)
     assert r.exit_code == 0, r.output
-    assert "160/160 vectors" in r.stderr
+    assert "check: reading " in r.stderr and " MB" in r.stderr and "100%" in r.stderr  # bytes read (issue 24)
 
 
 def test_map_export_index_and_check_report_progress(st: Path, tmp_path: Path) -> None:
@@ -115,8 +115,11 @@ def test_map_export_index_and_check_report_progress(st: Path, tmp_path: Path) ->
     fs.index_build("ivf", nlist=2, progress=recorder("index"))
     assert seen["index"][0] == (0, 160) and sum(n for n, _ in seen["index"]) == 160
     assert fs.check(progress=recorder("check")).ok
-    # the vectors read, space by space: two spaces of 120 and 40
-    assert seen["check"] == [(0, 160), (120, 160), (40, 160)]
+    # the bytes of segment and index files read (issue 24): every one of them, once
+    files = [p for p in (st / "segments").iterdir()] + list((st / "index").glob("*.faiss"))
+    total = seen["check"][0][1]
+    assert seen["check"][0] == (0, total) and sum(n for n, _ in seen["check"]) == total > 0
+    assert total <= sum(p.stat().st_size for p in files)
 
 
 # ---------------------------------------------------------------- which classifier

@@ -3,7 +3,8 @@
 An index is named in one place, its FAISS factory string (``factory``):
 
     flat    "Flat"                          exact cosine (inner product on unit vectors)
-    ivf     "IVF{nlist},Flat"               clustered lists; ``nprobe`` lists scanned a query
+    ivf     "IVF{nlist},Flat"               clustered lists; ``nprobe`` lists scanned a query; from
+            "IVF{nlist}_HNSW32,Flat"        HNSW_QUANTIZER_LISTS lists on, found through a graph of centroids
     hnsw    "HNSW{m}"                       a graph; ``efSearch`` candidates a query
     ivfpq   "IVF{nlist},PQ{m}x{bits},Refine(SQ8)"   compressed codes, re-ranked on 8-bit vectors
 
@@ -29,7 +30,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,20 @@ DEFAULT_HNSW_M = 32
 DEFAULT_PQ_M = 48  # 384-d -> 48 sub-vectors of 8 dims, 48 bytes a vector before refinement
 REFINE_K_FACTOR = 4  # ivfpq: candidates re-ranked = 4 * k
 TRAIN_PER_LIST = 40  # training vectors per IVF list (FAISS warns below 39)
+TRAIN_MAX = 40 * 4096  # at most this many training vectors (the sample of a 1M store), however many lists
+TRAIN_SLICES = 256  # the sample is read as this many contiguous runs of rows spread over the space, not a scan
+KMEANS_ITER = 10  # the lists need not be optimal, only balanced enough; 10 halves the build against 25
+# From this many lists on, an IVF index finds a vector's lists through an HNSW graph of its centroids
+# (``IVF{nlist}_HNSW32``) instead of comparing it with every centroid: adding n vectors then costs about
+# n x log(nlist) comparisons, not n x nlist, which at 10M vectors (12,649 lists) was two thirds of a 17 min
+# build (docs/SCALE.md). Below it the flat quantizer is exact and cheap enough (bench/index.py).
+HNSW_QUANTIZER_LISTS = 4096
+QUANTIZER_M = 32  # links a centroid in the quantizer's graph
+# Candidates the quantizer's graph explores to find a vector's list when training and adding (saved in the file):
+# 12,649 centroids, 384-d, here: 70 CPU us a vector at 16 (the nearest centroid 95% of the time, else a near one),
+# 261 at 64, 349 for the flat quantizer. A query explores at least QUERY_EF, and twice its nprobe.
+QUANTIZER_EF = 16
+QUERY_EF = 64
 ADD_ROWS = 16384  # vectors added to an index per call: a progress report each (HNSW adds ~10k a second)
 # The search knob each kind of index takes (a flat index, exact, takes none).
 KNOBS = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "ef"}
@@ -122,15 +137,17 @@ def factory_string(kind: str, n: int, dim: int, nlist: int | None = None, m: int
     lists = nlist or default_nlist(n)
     if kind == "flat":
         return "Flat"
-    if kind == "ivf":
-        return f"IVF{lists},Flat"
     if kind == "hnsw":
         return f"HNSW{m or DEFAULT_HNSW_M}"
+    # the coarse quantizer: every centroid compared (exact), or a graph of them from HNSW_QUANTIZER_LISTS on
+    ivf = f"IVF{lists}" + (f"_HNSW{QUANTIZER_M}" if lists >= HNSW_QUANTIZER_LISTS else "")
+    if kind == "ivf":
+        return f"{ivf},Flat"
     m = m or next(s for s in (DEFAULT_PQ_M, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1) if dim % s == 0)
     if dim % m:
         raise UsageError(f"{{param}} {m} does not divide the dimension {dim}; choose a divisor of {dim}", "m")
     bits = max(1, min(8, int(math.log2(max(2, n // 39)))))  # 2**bits centroids need 39 vectors each
-    return f"IVF{lists},PQ{m}x{bits},Refine(SQ8)"
+    return f"{ivf},PQ{m}x{bits},Refine(SQ8)"
 
 
 def kind_of(factory: str) -> str:
@@ -307,11 +324,16 @@ def _keys_hash(keys: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(keys).tobytes()).hexdigest()
 
 
-def _file_sha256(path: str) -> str:
+def _file_sha256(path: str, hashed: Callable[[int], None] | None = None) -> str:
+    """The file's sha256, read 4 MiB at a time; ``hashed`` is told the bytes of each read."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
+    buf = bytearray(1 << 22)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            if hashed:
+                hashed(n)
     return h.hexdigest()
 
 
@@ -402,10 +424,16 @@ class _Verdict:
 
 
 def _verify(
-    store: Store, space: Space, keys: np.ndarray | None, full: bool, hashed: dict[str, Any] | None = None
+    store: Store,
+    space: Space,
+    keys: np.ndarray | None,
+    full: bool,
+    hashed: dict[str, Any] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> _Verdict:
     """Check the index files against the space; ``full`` hashes the whole file and the keys whatever
-    the cheap evidence says (``fs check``); ``hashed`` is an identity whose file this process just hashed."""
+    the cheap evidence says (``fs check``); ``hashed`` is an identity whose file this process just hashed;
+    ``on_bytes`` is told the bytes of the file as they are hashed."""
     faiss_path, meta_path = index_paths(store, space)
     try:
         meta = _read_meta(meta_path)
@@ -421,7 +449,8 @@ def _verify(
     refreshed = None
     if full or ident != meta.get("identity"):
         if ident != hashed and (
-            ident["size"] != meta.get("file_bytes") or _file_sha256(faiss_path) != meta.get("file_sha256")
+            ident["size"] != meta.get("file_bytes")
+            or (_file_sha256(faiss_path, on_bytes) if on_bytes else _file_sha256(faiss_path)) != meta.get("file_sha256")
         ):
             return _Verdict(None, "rebuilt: index file is truncated or corrupt")
         refreshed = {**meta, "identity": ident}
@@ -456,16 +485,56 @@ def _read(store: Store, space: Space, meta: dict[str, Any], mmap: bool) -> faiss
     return index
 
 
-def load_checked(store: Store, space: Space, keys: np.ndarray) -> tuple[faiss.Index | None, str]:
+def load_checked(
+    store: Store, space: Space, keys: np.ndarray, on_bytes: Callable[[int], None] | None = None
+) -> tuple[faiss.Index | None, str]:
     """The saved index if every check passes, whole-file sha256 and key hash included (status "loaded"),
-    else None and why: "built" when there is none yet, "rebuilt: <reason>" when it does not match."""
-    v = _verify(store, space, keys, full=True)
+    else None and why: "built" when there is none yet, "rebuilt: <reason>" when it does not match.
+    ``on_bytes`` is told the bytes of the file as they are hashed (``fs check``'s progress)."""
+    v = _verify(store, space, keys, full=True, on_bytes=on_bytes)
     if v.meta is None:
         return None, v.status
     index = _read(store, space, v.meta, mmap=True)
     if index is None:
         return None, "rebuilt: FAISS could not read the index, or its size does not match its manifest"
     return index, "loaded"
+
+
+def cheap_problem(store: Store, space: Space) -> str | None:
+    """What a query's cheap checks say of the saved index (``fs check --quick``), nothing hashed: None when there
+    is none, or it is the file its manifest describes (the identity: size, mtime, inode, the ends' hash) and
+    covers the rows of segments the space still names; else what a query will do about it."""
+    faiss_path, meta_path = index_paths(store, space)
+    try:
+        meta = _read_meta(meta_path)
+        ident = _identity(faiss_path)
+    except FileNotFoundError:
+        return None if not os.path.exists(meta_path) else "its file is missing; it is rebuilt before the next query"
+    except (OSError, ValueError) as exc:
+        return f"unreadable index manifest ({exc}); it is rebuilt before the next query"
+    if meta.get("format") != INDEX_FORMAT or meta.get("space_fingerprint") != fingerprint_hash(space.fields):
+        return "it belongs to another space or format; it is rebuilt before the next query"
+    if ident["size"] != meta.get("file_bytes"):
+        return (
+            f"its file has {ident['size']:,} bytes, its manifest says {meta.get('file_bytes')}: truncated or "
+            "replaced; it is rebuilt before the next query"
+        )
+    rows = meta.get("rows", -1)
+    if not isinstance(rows, int) or not 0 <= rows <= space.rows:
+        return "its rows no longer match the store; it is rebuilt before the next query"
+    if ident != meta.get("identity"):
+        return (
+            "its file changed since it was saved (mtime, inode or the ends' hash differ); the next query hashes it "
+            "and rebuilds it unless it matches ('fs check' without --quick hashes it now)"
+        )
+    if not _covers_same_rows(meta, space):
+        return (
+            "it covers segments the space no longer names (compacted since?); the next query compares their keys "
+            "and rebuilds it unless they match"
+        )
+    if rows < space.rows:
+        return f"it covers {rows} of {space.rows} vectors; updated before the next query"
+    return None
 
 
 @contextlib.contextmanager
@@ -489,10 +558,56 @@ def _update_lock(store: Store, space: Space) -> Iterator[bool]:
 
 
 def _training_sample(store: Store, space: Space, count: int) -> np.ndarray:
-    """About ``count`` rows spread evenly over the space, read block by block."""
-    step = max(1, space.rows // max(1, count))
-    parts = [block[(-first) % step :: step] for first, block in store.iter_vectors(space)]
-    return normalize(np.concatenate(parts)[:count] if parts else np.zeros((0, space.dim), np.float32))
+    """About ``count`` rows spread evenly over the space: ``TRAIN_SLICES`` contiguous runs at even intervals, so
+    that a 10M store reads its 0.5M-row sample (0.8 GB), not all 15 GB of its vectors."""
+    count = min(count, space.rows)
+    if count <= 0:
+        return np.zeros((0, space.dim), np.float32)
+    runs = min(TRAIN_SLICES, count)
+    starts = np.linspace(0, space.rows, runs, endpoint=False).astype(np.int64)
+    sizes = np.diff(np.linspace(0, count, runs + 1).astype(np.int64))
+    return normalize(np.concatenate([store.read_range(space, int(a), int(a + b)) for a, b in zip(starts, sizes)]))
+
+
+def training_rows(index: faiss.Index) -> int:
+    """How many vectors ``train_index`` wants for ``index``: 40 a list, at most ``TRAIN_MAX`` (0: none)."""
+    if index.is_trained:
+        return 0
+    ivf = faiss.try_extract_index_ivf(index)
+    return min(TRAIN_PER_LIST * ivf.nlist, max(TRAIN_MAX, ivf.nlist)) if ivf is not None else 65536
+
+
+def new_index(factory: str, dim: int) -> faiss.Index:
+    """An empty index named by ``factory``, with an HNSW quantizer's search breadth set (saved with it)."""
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):
+            quantizer.hnsw.efSearch = QUANTIZER_EF
+    return index
+
+
+def train_index(index: faiss.Index, sample: np.ndarray) -> None:
+    """Train ``index`` on ``sample`` (unit rows): IVF lists by ``KMEANS_ITER`` rounds of spherical k-means. With an
+    HNSW quantizer, each round also assigns the sample to the centroids through a graph of them (rebuilt every
+    round), not against all of them: training then costs about sample x log(nlist), like the adds."""
+    ivf = faiss.try_extract_index_ivf(index)
+    assigner = None
+    if ivf is not None:
+        ivf.cp.niter = KMEANS_ITER
+        # FAISS prints its own warning (C++ stderr, not Python's warnings) below 39 points a list; the
+        # CLI says it in words instead (FeatureStore.index_build's note).
+        ivf.cp.min_points_per_centroid = 1
+        if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
+            assigner = faiss.IndexHNSWFlat(index.d, QUANTIZER_M)  # L2 on unit rows: the same order as cosine
+            assigner.hnsw.efSearch = QUANTIZER_EF
+            ivf.clustering_index = assigner
+    try:
+        index.train(sample)
+    finally:
+        if assigner is not None:
+            ivf.clustering_index = None  # FAISS does not own it, and it is not saved
 
 
 def _add_rows(store: Store, space: Space, index: faiss.Index, start: int, progress: ProgressFn | None) -> None:
@@ -510,17 +625,10 @@ def _add_rows(store: Store, space: Space, index: faiss.Index, start: int, progre
 
 
 def _new_index(store: Store, space: Space, factory: str) -> tuple[faiss.Index, int]:
-    index = faiss.index_factory(space.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    index = new_index(factory, space.dim)
     trained = 0
     if not index.is_trained:
-        ivf = faiss.extract_index_ivf(index)
-        sample = _training_sample(store, space, TRAIN_PER_LIST * ivf.nlist if ivf is not None else 65536)
-        if ivf is not None:
-            ivf.cp.niter = 10  # the lists need not be optimal, only balanced enough; 10 halves the build
-            # FAISS prints its own warning (C++ stderr, not Python's warnings) below 39 points a list; the
-            # CLI says it in words instead (FeatureStore.index_build's note).
-            ivf.cp.min_points_per_centroid = 1
-        index.train(sample)
+        train_index(index, _training_sample(store, space, training_rows(index)))
         trained = space.rows
     return index, trained
 
@@ -678,12 +786,31 @@ def check_knobs(kind: str, exact: bool, nprobe: int | None, ef: int | None) -> N
             )
 
 
+def _check_nprobe(opened: OpenedIndex, nprobe: int | None) -> None:
+    """Refuse an ``nprobe`` above the index's number of lists (it was lowered to it without a word); the default
+    from the index manifest is still lowered to it, for a small index."""
+    if nprobe is None or opened.kind not in ("ivf", "ivfpq"):
+        return
+    lists = faiss.extract_index_ivf(opened.index).nlist
+    if nprobe > lists:
+        raise UsageError(
+            f"{{param}} {nprobe} is more lists than the index of this space has ({lists:,}); fix: give {{param}} "
+            f"between 1 and {lists:,} ({lists:,} scans every list), or [[exact]] for brute force",
+            "nprobe",
+        )
+
+
 def _params(opened: OpenedIndex, sel: Any, nprobe: int | None, ef: int | None) -> Any:
     defaults = opened.meta.get("search", {})
     kind = opened.kind
     if kind in ("ivf", "ivfpq"):
         ivf = faiss.extract_index_ivf(opened.index)
-        p = faiss.SearchParametersIVF(sel=sel, nprobe=min(ivf.nlist, nprobe or defaults.get("nprobe", DEFAULT_NPROBE)))
+        probes = min(ivf.nlist, nprobe or defaults.get("nprobe", DEFAULT_NPROBE))
+        p = faiss.SearchParametersIVF(sel=sel, nprobe=probes)
+        if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):  # its lists: a wider graph search
+            p = faiss.SearchParametersIVF(
+                sel=sel, nprobe=probes, quantizer_params=faiss.SearchParametersHNSW(efSearch=max(QUERY_EF, 2 * probes))
+            )
         if kind == "ivfpq":
             return faiss.IndexRefineSearchParameters(
                 base_index_params=p, k_factor=float(defaults.get("k_factor", REFINE_K_FACTOR)), sel=sel
@@ -772,6 +899,7 @@ def search(
     Missing results (fewer candidates than k) have row -1.
     """
     check_knobs(opened.kind, exact, nprobe, ef)
+    _check_nprobe(opened, nprobe)
     q = normalize(np.atleast_2d(queries))
     k = max(1, min(k, opened.rows))
     blas = _blas_index(opened, exact)
@@ -800,14 +928,28 @@ def search(
             raise ValueError("exact search of a PQ index needs the store and space")
         return _exact_from_store(store, space, q, k, allowed_rows)
     index, lists = flat
-    params = (
-        faiss.SearchParametersIVF(sel=sel, nprobe=lists)
-        if lists
-        else faiss.SearchParameters(sel=sel)
-        if sel is not None
-        else None
-    )
-    return index.search(q, k, params=params)
+    if lists:
+        return _every_list(index, q, k, sel)
+    return index.search(q, k, params=faiss.SearchParameters(sel=sel) if sel is not None else None)
+
+
+def _every_list(index: faiss.Index, q: np.ndarray, k: int, sel: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force over an IVF-Flat index: every list scanned for every query, handed to FAISS as each query's
+    lists, so that no quantizer search runs (an HNSW quantizer asked for all its centroids may miss some). FAISS's
+    Python ``search_preassigned`` takes no search parameters (the row filter): its C++ function is called."""
+    lists = index.nlist
+    params = faiss.SearchParametersIVF(sel=sel, nprobe=lists)
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    scores, rows = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+    step = max(1, (1 << 21) // lists)  # queries a call: their list numbers stay under 16 MB
+    for i in range(0, len(q), step):
+        m = len(q[i : i + step])
+        assign = np.ascontiguousarray(np.tile(np.arange(lists, dtype=np.int64), (m, 1)))
+        dis = np.zeros((m, lists), np.float32)
+        d, r = scores[i : i + m], rows[i : i + m]  # views: FAISS writes into them
+        sp = faiss.swig_ptr
+        index.search_preassigned_c(m, sp(q[i : i + m]), k, sp(assign), sp(dis), sp(d), sp(r), False, params)
+    return scores, rows
 
 
 def _blas_index(opened: OpenedIndex, exact: bool) -> faiss.IndexFlat | None:
