@@ -107,26 +107,8 @@ def write_output(path: str | os.PathLike, data: bytes, param: str = "out") -> No
     """Write ``data`` to a path the user named (``--out``), as :func:`check_output` says: ``-`` to standard
     output, a special file as a stream (no rename: a FIFO's reader gets the bytes, a device is not replaced),
     a regular file atomically (temp + fsync + rename, keeping an existing file's mode)."""
-    import sys
-
-    check_output(path, param)
-    if str(path) == STDOUT:
-        sys.stdout.flush()
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    path = Path(path).resolve()
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        with open(path, "wb") as fh:
-            fh.write(data)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, mode=None if st is None else stat.S_IMODE(st.st_mode)) as tmp:  # keeps the user's mode
-        tmp.write_bytes(data)
+    with output_stream(path, param) as fh:
+        fh.write(data)
 
 
 @contextlib.contextmanager
