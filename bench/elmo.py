@@ -557,9 +557,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if args.max_batch_size:
             emb.max_batch_size = args.max_batch_size
         load_s = time.perf_counter() - t0
+        from featurestore.embedders.elmo_torch import ElmoTorchEmbedder
+
+        on_torch = ElmoTorchEmbedder.from_path(str(model), **kwargs)  # the same files on the other backend
+        on_torch.max_batch_size = emb.max_batch_size
     t0 = time.perf_counter()
     emb.embed(["warm up the graph"])
     first = time.perf_counter() - t0
+    on_torch.embed(["warm up"])
     print(
         f"model: {model if has_peer else 'random weights, elmo_2x4096_512_2048cnn_2xhighway shapes'} "
         f"({emb.bilm.n_parameters:,} parameters); ours: load {load_s:.1f}s, first call (graph build) {first:.1f}s, "
@@ -584,6 +589,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         del ours["vectors"]  # the row is printed and saved as JSON
         row["ours"] = ours
         print(f"[round {r + 1}] ours  native TF2 ELMo: {ours['words_per_s']} words/s, {ours['seconds']}s", flush=True)
+        row["torch"] = torch_run = run_ours(on_torch, texts)
+        del torch_run["vectors"]
+        print(
+            f"[round {r + 1}] ours  native ELMo on torch (FS_ELMO_BACKEND=torch): {torch_run['words_per_s']} words/s, "
+            f"{torch_run['seconds']}s = {torch_run['words_per_s'] / ours['words_per_s']:.2f}x TF",  # type: ignore[operator]
+            flush=True,
+        )
         if "peer" in row:
             row["ratio"] = round(ours["words_per_s"] / row["peer"]["tok_per_s"], 2)
             row["ratio_vs_peer_excl_first"] = round(ours["words_per_s"] / row["peer"]["tok_per_s_excl_first"], 2)
