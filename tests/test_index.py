@@ -9,6 +9,7 @@ import pytest
 
 from featurestore.api import FeatureStore, SimilarResult
 from featurestore.query import index as faiss_index
+from featurestore.query import search
 from tests.conftest import FAKE
 from tests.fakes import CountingEmbedder, fake_vector
 
@@ -80,17 +81,22 @@ def test_normalize_keeps_zero_rows_zero() -> None:
     np.testing.assert_allclose(faiss_index.normalize(v), [[0.6, 0.8], [0.0, 0.0]])
 
 
-def test_incremental_update_after_the_store_grows(fs: FeatureStore, tmp_path: Path) -> None:
+def test_incremental_update_after_the_store_grows(
+    fs: FeatureStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _ingest(fs, tmp_path, "d", 0, 300)
     assert fs.similar("query one", model=FAKE, clean="raw-v1").index == "built"
     _ingest(fs, tmp_path, "d", 300, 450)
     res = fs.similar("query one", model=FAKE, clean="raw-v1")  # this process holds the index: brute-force tail
     assert res.index == "in memory, 150 newer rows searched by brute force"
     _assert_matches_brute(fs, list(range(450)))
-    fresh = FeatureStore(fs.path)  # a new process extends the file on disk
+    fresh = FeatureStore(fs.path)  # a new process maps the saved file and scores the newer rows beside it
     res = fresh.similar("query one", model=FAKE, clean="raw-v1")
-    assert res.index.startswith("extended") and "150 rows" in res.index
+    assert res.index == "loaded, 150 newer rows searched by brute force" and res.index_mmap
     assert _assert_matches_brute(fresh, list(range(450))).index == "in memory"
+    monkeypatch.setattr(search, "TAIL_MAX_ROWS", 100)  # a tail larger than that: the file is extended on disk
+    res = FeatureStore(fs.path).similar("query one", model=FAKE, clean="raw-v1")
+    assert res.index.startswith("extended") and "150 rows" in res.index
     assert FeatureStore(fs.path).similar("query one", model=FAKE, clean="raw-v1").index == "loaded"
 
 

@@ -63,7 +63,10 @@ def test_an_hnsw_quantized_ivf_index_is_searched_mapped_extended_and_checked(
 
     _ingest(fs, tmp_path, 2000, 2100)
     res = fs.similar("clustered tweet 2050", k=3, model=MODEL, clean="raw-v1")
-    assert res.index == "extended by 100 rows" and res.index_kind == "IVF51_HNSW32,Flat"
+    assert res.index == "loaded, 100 newer rows searched by brute force" and res.index_kind == "IVF51_HNSW32,Flat"
+    assert res.hits[0].ids == [("d", "2050")]
+    opened = faiss_index.open_index(fs.store, fs.space(MODEL, "raw-v1"))  # no tail allowed: extended
+    assert opened.status == "extended by 100 rows" and opened.rows == 2100
     assert res.hits[0].ids == [("d", "2050")]
     assert fs.check().warnings == []
 

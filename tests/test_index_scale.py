@@ -19,6 +19,7 @@ from featurestore.api import FeatureStore
 from featurestore.check import check
 from featurestore.embedders.base import Embedder, Fingerprint
 from featurestore.query import index as faiss_index
+from featurestore.query import search
 
 MODEL = "py:tests.test_index_scale:ClusteredEmbedder"
 N = 3000
@@ -121,7 +122,10 @@ def test_factory_strings_name_every_index() -> None:
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw", "flat"])
-def test_built_index_is_extended_by_an_ingest_never_served_stale(tmp_path: Path, kind: str) -> None:
+def test_built_index_is_extended_by_an_ingest_never_served_stale(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(search, "TAIL_MAX_ROWS", 0)  # no newer rows searched beside the index: it is extended
     fs = FeatureStore(tmp_path / "store")
     _ingest(fs, tmp_path, 0, 2000)
     fs.index_build(kind, model=MODEL, clean="raw-v1")

@@ -39,9 +39,33 @@ def test_newer_rows_are_found_beside_the_held_index(tmp_path: Path, kind: str) -
     assert served._search.indexes.held(res.space) is held  # not reopened, not extended on disk
     assert [per[0] for per in got[0]] == [q["id"] for q in rows[390:410]]  # its own row first, old or new
     assert np.allclose(got[1][:, 0], 1.0, atol=1e-5)
-    fresh = FeatureStore(tmp_path / "s")  # a new process: the index is extended, then searched
+    fresh = FeatureStore(tmp_path / "s")  # a new process: the index as saved, the newer rows beside it
     ids, scores = answers(fresh, queries, nprobe=8 if kind == "ivf" else None)
     assert ids == got[0] and np.allclose(scores, got[1], atol=1e-5)  # FAISS and numpy round apart ~1e-6
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_a_new_process_after_a_small_ingest_maps_the_index_and_leaves_its_file_alone(tmp_path: Path, kind: str) -> None:
+    """The first `fs similar` after an `fs ingest`: the saved index is mapped, not read whole, extended and
+    written back (15 GB each way at 10M vectors); the newer rows are scored exactly beside it."""
+    rows = train_rows(600)
+    fs = FeatureStore(tmp_path / "s")
+    fs.ingest(str(write_csv(tmp_path / "a.csv", rows[:400])), "train", FAKE, RECIPE)
+    fs.index_build(kind, nlist=8 if kind == "ivf" else None, model=FAKE, clean=RECIPE)
+    indexed = fs.space(FAKE, RECIPE).rows
+    files = sorted((tmp_path / "s" / "index").glob("*.faiss"))
+    before = [(p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in files]
+    FeatureStore(tmp_path / "s").ingest(str(write_csv(tmp_path / "b.csv", rows[400:])), "train", FAKE, RECIPE)
+    queries = [r["tweet"] for r in rows[390:410]]
+    cold = FeatureStore(tmp_path / "s")
+    res = cold.similar(queries[-1], k=5, model=FAKE, clean=RECIPE)
+    newer = cold.space(FAKE, RECIPE).rows - indexed
+    assert newer > 150 and res.index == f"loaded, {newer} newer rows searched by brute force"
+    assert res.index_mmap and res.hits[0].ids[0][1] == rows[409]["id"]
+    assert [(p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in files] == before  # untouched
+    ids, scores = answers(FeatureStore(tmp_path / "s"), queries, nprobe=8 if kind == "ivf" else None)
+    exact_ids, exact_scores = answers(FeatureStore(tmp_path / "s"), queries, exact=True)
+    assert ids == exact_ids and np.allclose(scores, exact_scores, atol=1e-5)
 
 
 def test_a_large_tail_brings_the_index_up_to_date(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -696,16 +696,33 @@ def build_index(
     return OpenedIndex(index, space.rows, "built", factory, False, meta)
 
 
-def open_index(store: Store, space: Space, progress: ProgressFn | None = None) -> OpenedIndex:
-    """An index that matches ``space`` exactly as committed: mapped from disk, brought up to date, or rebuilt."""
+def _usable(meta: dict[str, Any], space: Space, tail_max: int) -> bool:
+    """The saved index serves ``space`` as it is: it covers every row, or all but at most ``tail_max`` newer
+    ones that extending it would add (not an IVF whose lists the grown store has outgrown: that is rebuilt)."""
+    newer = space.rows - meta["rows"]
+    return not _stale_auto(meta, space) and (newer == 0 or 0 < newer <= tail_max and _extendable(meta, space.rows))
+
+
+def _loaded(covered: int, space: Space) -> str:
+    newer = space.rows - covered
+    return f"loaded, {newer:,} newer rows searched by brute force" if newer else "loaded"
+
+
+def open_index(store: Store, space: Space, progress: ProgressFn | None = None, tail_max: int = 0) -> OpenedIndex:
+    """An index of ``space`` as committed: mapped from disk, brought up to date, or rebuilt.
+
+    With ``tail_max``, an index whose rows are the space's first rows and that lacks at most ``tail_max``
+    newer ones is returned as it is (``OpenedIndex.rows`` < ``space.rows``), for the caller to search the
+    newer rows by brute force: the first query after a small ingest then maps the file instead of reading
+    it whole, adding the rows and writing it back (at 10M vectors, 15 GB read and written)."""
     v = _verify(store, space, None, full=False)
-    if v.meta is not None and v.meta["rows"] == space.rows and not _stale_auto(v.meta, space):
+    if v.meta is not None and _usable(v.meta, space, tail_max):
         index = _read(store, space, v.meta, mmap=True)
         if index is not None and v.refreshed is None and _identity(index_paths(store, space)[0]) == v.meta["identity"]:
             return OpenedIndex(
                 index,
-                space.rows,
-                "loaded",
+                index.ntotal,
+                _loaded(index.ntotal, space),
                 v.meta["factory"],
                 True,
                 v.meta,
@@ -717,7 +734,7 @@ def open_index(store: Store, space: Space, progress: ProgressFn | None = None) -
         meta, status = v.meta, v.status
         if meta is not None and _stale_auto(meta, space):
             meta, status = None, f"rebuilt: {space.rows:,} vectors call for a {choose_kind(space.rows)} index"
-        if meta is not None and meta["rows"] == space.rows:
+        if meta is not None and _usable(meta, space, tail_max):
             index = _read(store, space, meta, mmap=True)
             if index is not None:
                 if v.refreshed is not None and locked:
@@ -725,8 +742,8 @@ def open_index(store: Store, space: Space, progress: ProgressFn | None = None) -
                         _write_meta(index_paths(store, space)[1], v.refreshed)
                 return OpenedIndex(
                     index,
-                    space.rows,
-                    "loaded",
+                    index.ntotal,
+                    _loaded(index.ntotal, space),
                     meta["factory"],
                     True,
                     v.refreshed or meta,

@@ -522,7 +522,7 @@ class HeldIndexes:
                     return cached[
                         1
                     ], f"in memory, {newer:,} newer rows searched by brute force" if newer else "in memory"
-            opened = faiss_index.open_index(store, space, progress)
+            opened = faiss_index.open_index(store, space, progress, tail_max=TAIL_MAX_ROWS)
             if self._lookups.packed and opened.kind == "flat":  # a server scans it again and again: from memory
                 held = faiss_index.VectorArray.of(opened)
                 opened.vectors = held.with_bf16() if held is not None else opened.vectors
