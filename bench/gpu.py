@@ -10,7 +10,16 @@ What it measures, each part reported even when another fails:
 - the whole cold ``fs ingest`` of the 100k Sentiment140 tweets as a new process (CSV read, cleaning,
   hashing, embedding, HDF5 commits), with the shipped defaults and with a larger GPU batch; then a warm
   re-ingest of the same file (nothing to embed);
-- native ELMo words/s (TensorFlow, full-size random weights) when TensorFlow is importable.
+- native ELMo words/s (TensorFlow, full-size random weights) when TensorFlow is importable;
+- ``minilm-fp16`` against float32 torch MiniLM (``half_vs_fp32``): cosine per tweet on the first 2,000 tweets of
+  the bundled tutorial train file, both rates, and bfloat16 beside it (the precision not chosen); on a GPU also
+  its rate at the shipped GPU batch shape on the Sentiment140 sample.
+
+``--half [--n N]`` runs only the last comparison, on the GPU when there is one and on the CPU otherwise (a few
+needs no Sentiment140. On 2 CPU cores float16 runs ~2 tweets/s (one text per forward pass), so N=300 takes
+~4.5 minutes and the default N=2000 ~20:
+
+    .venv/bin/python bench/gpu.py --half --n 300
 
 Environment: FS_GPU_DATA (folder with negative.txt/positive.txt), FS_GPU_N (tweets, default 100000),
 FS_GPU_ALLOW_CPU=1 (a dry run on a machine without a GPU: same code, small numbers), FS_GPU_PYSPY=BINARY:OUT
@@ -19,6 +28,7 @@ FS_GPU_ALLOW_CPU=1 (a dry run on a machine without a GPU: same code, small numbe
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -32,6 +42,11 @@ import time
 from functools import partial
 from pathlib import Path
 
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ap.add_argument("--half", action="store_true", help="only minilm-fp16 (and bfloat16) against float32, on any device")
+ap.add_argument("--n", type=int, default=2000, help="tutorial tweets for --half's comparison (default 2000)")
+ARGS = ap.parse_args()
+TUTORIAL_CSV = Path(__file__).resolve().parent.parent / "data" / "av-twitter-sentiment" / "train_2kmZucJ.csv"
 T0 = time.perf_counter()
 BUDGET_S = float(os.environ.get("FS_GPU_BUDGET_S", "300"))
 res: dict = {}
@@ -58,13 +73,13 @@ def done() -> None:
 import torch  # noqa: E402
 
 cuda = torch.cuda.is_available()
-if not cuda and os.environ.get("FS_GPU_ALLOW_CPU") != "1":
+if not cuda and not ARGS.half and os.environ.get("FS_GPU_ALLOW_CPU") != "1":
     res["error"] = "torch sees no CUDA device"
     done()
     sys.exit(1)
 DEV = "cuda" if cuda else "cpu"
 res.update(
-    device=torch.cuda.get_device_name(0) if cuda else "cpu (dry run)",
+    device=torch.cuda.get_device_name(0) if cuda else ("cpu" if ARGS.half else "cpu (dry run)"),
     torch=torch.__version__,
     cuda=torch.version.cuda,
     cpu_cores=os.cpu_count(),
@@ -96,6 +111,72 @@ def rate(fn, items, units: int | None = None) -> float:
     sync()
     return (units or len(items)) / (time.perf_counter() - t)
 
+
+def tutorial_tweets(n: int) -> list[str]:
+    """The first ``n`` non-empty tweets of the bundled tutorial train file."""
+    with TUTORIAL_CSV.open(newline="", encoding="utf-8") as f:
+        return [t for t in (row["tweet"] for row in csv.DictReader(f)) if t.strip()][:n]
+
+
+def half_vs_fp32(texts: list[str], precisions: tuple[str, ...] = ("float16", "bfloat16")) -> dict:
+    """Half-precision MiniLM against float32 torch MiniLM (the `minilm` space) on ``texts``, in one process.
+
+    For each precision: the rate (after an untimed call on 64 texts), the cosine of each text's vector to its
+    float32 one (mean, min), the max abs difference, the largest |norm - 1| (pooling and normalisation run in
+    float32, so ~1e-7), and how far a text's vector moves when it is embedded in other batches (the first 50
+    texts alone vs in the whole call): the drift check holds a float32 space to 1e-4 on its canaries.
+    float16 is ``minilm-fp16``; bfloat16 is the same class with another dtype, for the choice between them.
+    """
+    import numpy as np
+
+    from featurestore.embedders.minilm import MiniLMEmbedder, MiniLMHalfEmbedder
+
+    def run(emb) -> tuple[np.ndarray, float]:
+        emb.embed(texts[:64])
+        sync()
+        t = time.perf_counter()
+        vectors = emb.embed(texts)
+        sync()
+        return vectors, len(texts) / (time.perf_counter() - t)
+
+    ref, r32 = run(MiniLMEmbedder())
+    out: dict = {"texts": len(texts), "float32_tweets_per_s": round(r32, 1)}
+    log(f"float32: {r32:,.1f} tweets/s on {len(texts):,} tweets")
+    for precision in precisions:
+        emb = MiniLMHalfEmbedder()
+        emb.precision = precision
+        try:
+            vectors, r = run(emb)
+        except Exception as exc:  # e.g. a torch without this dtype's kernels on this device
+            out[precision] = {"error": error(exc)}
+            log(precision, "failed:", out[precision]["error"])
+            continue
+        cos = (vectors * ref).sum(axis=1)  # both are unit vectors
+        alone = emb.embed(texts[:50])
+        out[precision] = {
+            "tweets_per_s": round(r, 1),
+            "over_float32": round(r / r32, 3),
+            "cosine_mean": round(float(cos.mean()), 6),
+            "cosine_min": round(float(cos.min()), 6),
+            "max_abs_diff": float(f"{np.abs(vectors - ref).max():.3g}"),
+            "max_norm_error": float(f"{np.abs(np.linalg.norm(vectors, axis=1) - 1).max():.3g}"),
+            "other_batch_max_abs_diff": float(f"{np.abs(alone - vectors[:50]).max():.3g}"),
+            "device": emb.device,
+        }
+        log(precision, out[precision])
+        del emb
+        if cuda:
+            torch.cuda.empty_cache()
+    return out
+
+
+if ARGS.half:  # only the half-precision comparison (no Sentiment140 needed)
+    try:
+        res["half_vs_fp32"] = half_vs_fp32(tutorial_tweets(ARGS.n))
+    except Exception as exc:
+        res["half_error"] = error(exc)
+    done()
+    sys.exit(0 if "half_error" not in res else 1)
 
 data = find(os.environ.get("FS_GPU_DATA"), "shared/data/sentiment140-100k", "../shared/data/sentiment140-100k")
 if data is None:
@@ -210,6 +291,23 @@ try:
 except Exception as exc:
     res["ours_error"] = error(exc)
     log("embedder part failed:", res["ours_error"])
+
+# --- minilm-fp16: cosine to float32 on the tutorial's tweets, and its rate at the shipped GPU shape ---------
+try:
+    res["half_vs_fp32"] = half_vs_fp32(tutorial_tweets(2000))
+    if cuda:
+        from featurestore.embedders.minilm import MiniLMHalfEmbedder
+
+        half = MiniLMHalfEmbedder()
+        torch.cuda.reset_peak_memory_stats()
+        res["ours_fp16_tweets_per_s"] = round(rate(half.embed, sample))
+        res["ours_fp16_peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        log("ours fp16 shipped", res["ours_fp16_tweets_per_s"], "tweets/s")
+        del half
+        torch.cuda.empty_cache()
+except Exception as exc:
+    res["half_error"] = error(exc)
+    log("half-precision part failed:", res["half_error"])
 
 # --- the whole cold `fs ingest`, as a new process ----------------------------------------------------
 SUMMARY = re.compile(r"texts embedded ([\d,]+).*\(([\d,]+) rows/s\).*\[([^\]]*)\]")

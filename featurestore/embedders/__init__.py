@@ -10,6 +10,8 @@ Names:
   torch on a GPU, ONNX Runtime fp32 on a CPU when installed (the same vectors: ``onnx_minilm``).
 - ``minilm-int8``: the same weights exported to ONNX and quantised to int8 for ONNX Runtime (CPU;
   needs the ``int8`` extra); a vector space of its own.
+- ``minilm-fp16``: the same weights cast to float16 on torch (a GPU's tensor cores; a CPU runs it
+  slowly), pooling and normalisation in float32; a vector space of its own.
 - ``elmo``: TF Hub ``google/elmo/3`` through ``tensorflow_hub`` (URL, local copy or TFHUB_CACHE_DIR).
 - ``hub:HANDLE``: any TF Hub handle (URL or directory) whose signature maps strings to vectors.
 - ``elmo:PATH``: native ELMo from a bilm ``options.json`` + weights ``.hdf5`` pair
@@ -36,6 +38,8 @@ from featurestore.embedders.elmo_spec import DEFAULT_ELMO_OUTPUT, ELMO_HUB_HANDL
 from featurestore.errors import ModelError
 
 DEFAULT_MODEL = "minilm"
+#: the names that run all-MiniLM-L6-v2 (its recipe default, no ELMo layer mix)
+MINILM_MODELS = ("minilm", "minilm-int8", "minilm-fp16")
 
 
 def canonical_model(spec: str) -> str:
@@ -50,14 +54,14 @@ def default_recipe(spec: str) -> str:
     gets the text as given (validation F1 0.803 raw vs 0.788 lemmatized, see README);
     ELMo models get the tutorial's recipe, ``tweet-v1``.
     """
-    return "raw-v1" if spec in ("minilm", "minilm-int8") else "tweet-v1"
+    return "raw-v1" if spec in MINILM_MODELS else "tweet-v1"
 
 
 def known_models() -> list[str]:
     """Names accepted by ``--model``, for help texts and error messages."""
     from featurestore.embedders.releases import RELEASES
 
-    return ["minilm", "minilm-int8", "elmo", "hub:HANDLE", "elmo:PATH", "py:MODULE:ATTR", *RELEASES]
+    return ["minilm", "minilm-int8", "elmo", "hub:HANDLE", "elmo:PATH", "py:MODULE:ATTR", "minilm-fp16", *RELEASES]
 
 
 @contextlib.contextmanager
@@ -152,7 +156,7 @@ def load_embedder(spec: str, output: str = DEFAULT_ELMO_OUTPUT) -> Embedder:
     """
     base, sep, suffix = spec.rpartition("#")
     if sep and suffix in ELMO_OUTPUTS:
-        if base in ("minilm", "minilm-int8") or base.startswith("py:"):
+        if base in MINILM_MODELS or base.startswith("py:"):
             raise ModelError(f"'#{suffix}' picks an ELMo layer mix; model {base!r} has none: use --model {base}")
         spec, output = base, suffix
     if output not in ELMO_OUTPUTS:
@@ -165,6 +169,10 @@ def load_embedder(spec: str, output: str = DEFAULT_ELMO_OUTPUT) -> Embedder:
         from featurestore.embedders.onnx_minilm import MiniLMInt8Embedder
 
         return MiniLMInt8Embedder()
+    if spec == "minilm-fp16":
+        from featurestore.embedders.minilm import MiniLMHalfEmbedder
+
+        return MiniLMHalfEmbedder()
     if spec == "elmo":
         from featurestore.embedders.hub import HubEmbedder
 

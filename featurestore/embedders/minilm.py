@@ -6,6 +6,14 @@ BERT, mean pooling over real tokens, L2 normalisation: ``load_pooled``), without
 sentence-transformers (3-4 s of a cold ingest's start-up here). torch and transformers are imported
 only here, on first use.
 
+``minilm-fp16`` (``MiniLMHalfEmbedder``) is the same model with its weights cast to float16 (``model.half()``)
+for a GPU's tensor cores: BERT runs in float16, the mean pooling and the L2 normalisation in float32 (so
+every vector is an exact float32 unit vector), stored as float32 in a vector space of its own (the
+fingerprint names the precision). float16, not bfloat16: every tensor-core GPU runs float16 (V100 and
+T4 have no bfloat16 tensor cores; an H100 runs both at one rate), and its 10-bit mantissa keeps
+MiniLM 3 bits closer to float32 than bfloat16's 7 (``bench/gpu.py --half`` measures both). torch on a
+CPU runs it too, slowly (the tests do; the rate is in docs/models.md).
+
 Nothing process-wide is changed: no ``HF_HUB_*`` variables are set, and transformers' progress
 bars and warnings are silenced only while this module calls it (the CLI draws its own bars).
 """
@@ -69,6 +77,8 @@ class MiniLMEmbedder(Embedder):
     cpu_batch_tokens = 256 * 256
     cpu_batch_size = 256
     cpu_model_batch = 32
+    #: the torch dtype BERT's weights and activations run in (pooling and normalisation are float32)
+    precision = "float32"
 
     def __init__(self, model_dir: str | os.PathLike | None = None) -> None:
         self.model_dir = Path(model_dir) if model_dir else _model_dir()
@@ -81,11 +91,12 @@ class MiniLMEmbedder(Embedder):
 
     @cached_property
     def _model(self) -> tuple[Any, Any]:
-        """(tokenizer, pooled model) on the GPU when there is one."""
+        """(tokenizer, pooled model) on the GPU when there is one, its weights in ``precision``."""
         import torch
 
         tokenizer, model = load_pooled(self.model_dir)
-        return tokenizer, model.to("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return tokenizer, model.to(device=device, dtype=getattr(torch, self.precision))
 
     @cached_property
     def _encoder(self) -> Any:
@@ -162,6 +173,33 @@ class MiniLMEmbedder(Embedder):
         return out
 
 
+#: bump when how ``minilm-fp16`` computes changes (the cast, what runs in float32): it names its space
+HALF_IMPLEMENTATION = "torch-cast-v1"
+
+
+class MiniLMHalfEmbedder(MiniLMEmbedder):
+    """all-MiniLM-L6-v2 with float16 weights and activations, float32 pooling and normalisation: its own space.
+
+    Cosine to the float32 vectors on the tutorial's tweets: see docs/models.md (``bench/gpu.py --half``).
+    """
+
+    name = "minilm-fp16"
+    precision = "float16"
+    # One text per forward pass on a CPU: in float16 a text's vector moved with its batch's padding and size
+    # (1.4e-4 on a canary, past the drift check's 1e-4 for a float32 space); alone, its shapes are its own.
+    cpu_model_batch = 1
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return minilm_fingerprint(
+            self._weights_sha256,
+            dtype=self.precision,  # what BERT runs in; the stored vectors' dtype is the space's own field
+            pooling_dtype="float32",
+            backend="torch",
+            implementation=HALF_IMPLEMENTATION,
+        )
+
+
 MAX_SEQ_LENGTH = 256  # the model's sentence_bert_config.json
 
 
@@ -178,6 +216,8 @@ def load_pooled(model_dir: Path, **model_args: Any) -> tuple[Any, Any]:
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
             hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if hidden.dtype != torch.float32:  # a half-precision BERT: pool and normalise in float32
+                hidden = hidden.float()  # (a float32 one traces no cast into the ONNX export)
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(mean, p=2, dim=1)
@@ -228,4 +268,4 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-__all__ = ["MiniLMEmbedder"]
+__all__ = ["HALF_IMPLEMENTATION", "MiniLMEmbedder", "MiniLMHalfEmbedder"]
