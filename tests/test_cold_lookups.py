@@ -225,3 +225,25 @@ def test_a_short_tail_is_looked_up_beside_the_saved_key_table_not_merged_into_it
     assert answers[-1][0][0] == [("train", rows[155]["id"])]  # a tail row, found by its id
     assert answers[0][0][0][0] == ("train", rows[3]["id"]) and answers[1][0][0][0] == ("train", rows[152]["id"])
     assert key_table_meta(path, name) == saved  # the tail is hashed by each process, the table not rewritten
+
+
+def test_a_server_looks_many_keys_up_in_one_merged_table_of_the_full_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's restriction of a dataset looks all its keys up at once: in one merged table of the space's
+    full segments (and the newer ones beside it), with the rows a segment-by-segment lookup gives."""
+    rows = train_rows(300)
+    fs = FeatureStore(tmp_path / "s")
+    fs.ingest(str(write_csv(tmp_path / "a.csv", rows)), "train", FAKE, "raw-v1", commit_rows=40)
+    space = fs.space(FAKE, "raw-v1")
+    assert len(space.segments) > 4
+    keys = fs.store.space_keys(space)
+    wanted = np.concatenate([keys[::-1], np.array([b"f" * 32], dtype=keys.dtype)])  # one key the space lacks
+    want = search.SegmentLookups(packed=False).rows_of_keys(fs.store, space, wanted)
+    assert want.tolist() == list(range(len(keys)))[::-1] + [-1]
+    monkeypatch.setattr(search, "FULL_ROWS", 40)  # the first segments count as full
+    monkeypatch.setattr(search, "MERGE_TAIL", 1)
+    held = search.SegmentLookups(packed=True)
+    assert held.rows_of_keys(fs.store, space, wanted).tolist() == want.tolist()
+    merged = held.merged(space.segments[0].file)
+    assert merged is not None and 1 < len(merged[0]) <= len(space.segments)
