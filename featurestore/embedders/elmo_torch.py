@@ -21,11 +21,10 @@ step) is the overhead left; capturing it (CUDA graphs, ``torch.compile``) is fut
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,6 +43,7 @@ from featurestore.embedders.elmo import (
     resolve_model_files,
 )
 from featurestore.embedders.elmo_spec import DEFAULT_ELMO_OUTPUT, OUTPUT_ALL, OUTPUT_ELMO, OUTPUT_TOP
+from featurestore.embedders.minilm import torch_threads
 from featurestore.errors import ModelError
 from featurestore.machine import usable_cores
 
@@ -103,27 +103,6 @@ def load_native_elmo(path: str | os.PathLike, output: str = DEFAULT_ELMO_OUTPUT)
     from featurestore.embedders.elmo import ElmoEmbedder
 
     return ElmoEmbedder.from_path(path, output=output)
-
-
-@contextlib.contextmanager
-def _cpu_threads(device: str, want: int) -> Iterator[None]:
-    """On a CPU, torch's intra-op threads = ``want`` inside the block only (a GPU's work is not threaded).
-
-    The network's ops are small and many (a few per LSTM step): on a busy machine an OpenMP barrier waits
-    for a thread the OS has put aside, so small work runs on one thread (the fixture's stateful check:
-    0.3 s on one thread, 3.5-12 s on two, 2 busy cores) and only big work on :func:`usable_cores`.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    if device != "cpu" or before == want:
-        yield
-        return
-    torch.set_num_threads(want)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _rows_per_step(lengths: np.ndarray, T: int) -> list[int]:
@@ -221,7 +200,10 @@ class TorchBiLM:
 
         o = self.options
         big = len(ids) * o.max_chars * sum(w * n for w, n in o.filters) * o.char_embed_dim >= self.min_parallel_macs
-        with _cpu_threads(self.device, usable_cores() if big else 1), torch.inference_mode():
+        # The network's ops are small and many (a few per LSTM step): on a busy machine an OpenMP barrier waits
+        # for a thread the OS has put aside, so small work runs on one thread (the fixture's stateful check:
+        # 0.3 s on one thread, 3.5-12 s on two, 2 busy cores) and only big work on every usable core.
+        with torch_threads(self.device, usable_cores() if big else 1), torch.inference_mode():
             x = F.embedding(torch.as_tensor(ids, dtype=torch.long, device=self.device), self.char_embed)
             x = x.transpose(1, 2)  # [N, D, C]: conv1d's channels first
             act = torch.relu if self.options.activation == "relu" else torch.tanh
@@ -274,7 +256,7 @@ class TorchBiLM:
             outs = [torch.zeros(T, 2, B, o.projection_dim, device=self.device) for _ in range(o.n_layers)]
         cores = usable_cores()
         if self.device != "cpu" or cores < 2 or (rows[0] if rows else 0) * 4 * o.lstm_dim < self.min_parallel_work:
-            with _cpu_threads(self.device, 1):
+            with torch_threads(self.device, 1):
                 self._directions(slice(0, 2), rows, c, m, outs, x, tokens, None)
         else:
             before = torch.get_num_threads()
@@ -366,7 +348,7 @@ class TorchBiLM:
         back = np.argsort(order)
         sorted_len = lengths[order]
         dev = self.device
-        with _cpu_threads(dev, 1), torch.inference_mode():
+        with torch_threads(dev, 1), torch.inference_mode():
             x = torch.as_tensor(np.ascontiguousarray(emb, np.float32)[order], device=dev).transpose(0, 1)  # [T, B, P]
             mask = torch.as_tensor(np.arange(T)[:, None] < sorted_len[None, :], device=dev)
             x = x * mask[:, :, None]
@@ -467,7 +449,7 @@ class ElmoTorchEmbedder(NativeElmoEmbedder):
         sorted_len = lengths[order].astype(np.int64)
         fwd = np.ascontiguousarray(ids[order].T, dtype=np.int64)  # time-major [T, B]
         bwd = np.take_along_axis(fwd, _reversed_positions(sorted_len, T), axis=0)
-        with _cpu_threads(dev, 1), torch.inference_mode():  # small ops; run_lstms threads the big ones
+        with torch_threads(dev, 1), torch.inference_mode():  # small ops; run_lstms threads the big ones
             table_t = torch.as_tensor(table, device=dev)
             ids_t = torch.as_tensor(np.stack([fwd, bwd], axis=1), device=dev)  # [T, 2, B]
             c0 = self._marker_state[0].expand(-1, -1, B, -1)

@@ -156,7 +156,7 @@ class MiniLMEmbedder(Embedder):
             return torch.from_numpy(ids), torch.from_numpy(mask)
 
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        with _quiet_transformers(), _torch_threads(device.type), torch.inference_mode():
+        with _quiet_transformers(), torch_threads(device.type), torch.inference_mode():
             if device.type == "cpu":
                 for idx in batches:
                     out[idx] = model(*tokenize(idx)).numpy()
@@ -232,8 +232,9 @@ def load_pooled(model_dir: Path, **model_args: Any) -> tuple[Any, Any]:
 
 
 @contextlib.contextmanager
-def _torch_threads(device: str) -> Iterator[None]:
-    """On a CPU, torch's intra-op threads = the cores this process may use, inside the block only.
+def torch_threads(device: str, want: int | None = None) -> Iterator[None]:
+    """On a CPU, torch's intra-op threads = ``want`` (default: the cores this process may use), inside the
+    block only; a GPU's work is not threaded.
 
     torch sizes its pool from the machine's cores, not the process's CPU affinity (a container or
     ``taskset``), and a caller may have changed it; more threads than cores thrash.
@@ -241,7 +242,7 @@ def _torch_threads(device: str) -> Iterator[None]:
     import torch
 
     before = torch.get_num_threads()
-    want = usable_cores()
+    want = usable_cores() if want is None else want
     if device != "cpu" or before == want:
         yield
         return
