@@ -76,3 +76,11 @@ def elmo_fixture_dir() -> Path:
                 shutil.rmtree(CACHE)  # an incomplete copy left by an interrupted run
             os.replace(staging, CACHE)
     return CACHE
+
+
+def tiny_release(folder: Path) -> Path:
+    """The tiny ELMo laid out in ``folder`` as users have a release: options.json + one weights file."""
+    src = elmo_fixture_dir()
+    shutil.copy(src / "options.json", folder / "options.json")
+    shutil.copy(src / "lm_weights.hdf5", folder / "weights.hdf5")
+    return folder

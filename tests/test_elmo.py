@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from elmo_fixture import elmo_fixture_dir
+from elmo_fixture import elmo_fixture_dir, tiny_release
 
 from featurestore.embedders import ELMO_OUTPUTS, load_embedder
 from featurestore.embedders.elmo import (
@@ -54,12 +54,9 @@ def fixture_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny release laid out as users have it: options.json + one weights file."""
-    folder = tmp_path_factory.mktemp("tiny_elmo")
-    shutil.copy(fixture_dir / "options.json", folder / "options.json")
-    shutil.copy(fixture_dir / "lm_weights.hdf5", folder / "weights.hdf5")
-    return folder
+    return tiny_release(tmp_path_factory.mktemp("tiny_elmo"))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from elmo_fixture import elmo_fixture_dir
+from elmo_fixture import tiny_release
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -27,11 +27,7 @@ def fs(*args: object):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = elmo_fixture_dir()
-    folder = tmp_path_factory.mktemp("tiny-elmo")
-    shutil.copy(src / "options.json", folder / "options.json")
-    shutil.copy(src / "lm_weights.hdf5", folder / "weights.hdf5")
-    return folder
+    return tiny_release(tmp_path_factory.mktemp("tiny-elmo"))
 
 
 @pytest.fixture(scope="module")

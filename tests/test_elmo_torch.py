@@ -12,13 +12,12 @@ from __future__ import annotations
 import csv
 import json
 import random
-import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from elmo_fixture import elmo_fixture_dir
+from elmo_fixture import elmo_fixture_dir, tiny_release
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -66,11 +65,8 @@ def fixture_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny_elmo")
-    shutil.copy(fixture_dir / "options.json", folder / "options.json")
-    shutil.copy(fixture_dir / "lm_weights.hdf5", folder / "weights.hdf5")
-    return folder
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_release(tmp_path_factory.mktemp("tiny_elmo"))
 
 
 @pytest.fixture(scope="module")
