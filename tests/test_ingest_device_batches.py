@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
 from featurestore import FeatureStore
+from tests.conftest import write_csv
 from tests.fakes import CountingEmbedder
 
 
@@ -22,11 +22,7 @@ class GpuEmbedder(CountingEmbedder):
 
 
 def _csv(path: Path, n: int) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "label", "tweet"])
-        w.writerows((i, i % 2, f"tweet number {i}") for i in range(n))
-    return path
+    return write_csv(path, [{"id": str(i), "label": str(i % 2), "tweet": f"tweet number {i}"} for i in range(n)])
 
 
 def test_cpu_commits_1024_rows(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ after the first GROW_AFTER_ROWS rows (a slow one's never do); the keys a space h
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from pathlib import Path
@@ -21,15 +20,12 @@ from featurestore.spaces import KeySet
 from featurestore.storage import store as store_module
 from featurestore.storage.keys import KEY_DTYPE
 from featurestore.storage.store import RowBatch, Store, Writer
+from tests.conftest import write_csv
 from tests.fakes import CountingEmbedder
 
 
 def _csv(path: Path, n: int) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "label", "tweet"])
-        w.writerows((i, i % 2, f"tweet number {i}") for i in range(n))
-    return path
+    return write_csv(path, [{"id": str(i), "label": str(i % 2), "tweet": f"tweet number {i}"} for i in range(n)])
 
 
 def _keys(n: int, salt: str = "") -> np.ndarray:
