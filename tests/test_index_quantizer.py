@@ -80,4 +80,6 @@ def test_nprobe_above_the_lists_is_refused_not_lowered(tmp_path: Path) -> None:
     assert fs.similar("clustered tweet 5", k=3, model=MODEL, clean="raw-v1", nprobe=8).hits
     with pytest.raises(UsageError, match=r"nprobe 9 is more lists than the index of this space has \(8\)") as err:
         fs.similar("clustered tweet 5", k=3, model=MODEL, clean="raw-v1", nprobe=9)
-    assert err.value.param == "nprobe"
+    assert err.value.param == "nprobe" and "fix:" in str(err.value)
+    # following the fix: every list, exactly
+    assert fs.similar("clustered tweet 5", k=3, model=MODEL, clean="raw-v1", exact=True).hits[0].ids == [("d", "5")]
