@@ -38,7 +38,7 @@ ModelOpt = typer.Option(
     "--model",
     "-m",
     help="Embedder: minilm (default, offline), elmo (TF Hub google/elmo/3), hub:HANDLE, elmo:PATH, "
-    "a release from 'fs models list', or py:MODULE:ATTR (your own Embedder subclass). "
+    "a release from 'fs models list', tuned:NAME (made by 'fs tune'), or py:MODULE:ATTR (your own Embedder subclass). "
     "ELMo models take a layer mix suffix: #elmo (default), #top or #all.",
 )
 ReadModelOpt = typer.Option(
@@ -379,6 +379,81 @@ def train(
     typer.echo(f"read {r.seconds_read:.2f} s  fit {r.seconds_fit:.2f} s  saved {r.path}")
 
 
+@app.command()
+@handle_errors
+def tune(
+    dataset: str = typer.Option("train", "--dataset", "-d", help="Labelled dataset to tune on (its training split)."),
+    name: str = typer.Option(
+        ..., "--name", "-n", help="Name of the tuned model: use it as --model tuned:NAME (letters, digits, . _ -)."
+    ),
+    model: str = typer.Option("minilm", "--model", "-m", help="Model to start from: minilm."),
+    clean: str | None = CleanOpt,
+    method: str | None = typer.Option(
+        None,
+        help="contrastive (SetFit's: the body trained on pairs of labelled tweets) or head (a classification head "
+        "trained with the body). Default: the one measured better (docs/training.md).",
+    ),
+    epochs: float | None = typer.Option(None, help="Passes over the training split (default: the method's)."),
+    test_size: float = typer.Option(0.2, help="Held-out fraction, as 'fs train': these rows are never tuned on."),
+    seed: int = typer.Option(42, help="random_state of the split (as 'fs train') and of the tuning."),
+    time_limit: float | None = typer.Option(
+        None, help="Seconds after which training stops and the model so far is kept (its space says how far it got)."
+    ),
+    no_embed: bool = typer.Option(
+        False, "--no-embed", help="Do not embed the dataset's stored texts with the tuned model afterwards."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    store: Path | None = StoreOpt,
+) -> None:
+    """Fine-tune the model on a labelled dataset's training split and keep it in the store as tuned:NAME: a new
+    vector space for 'fs train', 'fs similar' and 'fs serve'. The validation split of 'fs train' (same --test-size
+    and --seed) is never seen."""
+    fs = _fs(store)
+    with _progress(f"tune {name}", "steps") as advance:
+        r = fs.tune(
+            dataset,
+            name,
+            model,
+            clean,
+            test_size=test_size,
+            seed=seed,
+            method=method,
+            epochs=epochs,
+            time_limit=time_limit,
+            embed=False,
+            progress=advance,
+        )
+    if not no_embed:  # its own bar: the dataset's stored texts into the tuned space
+        with _progress(f"embed {dataset} with {r.model}", "tweets") as advance:
+            r.embedded = fs.embed(r.dataset, r.model, r.recipe, progress=advance)
+    if as_json:
+        out = dataclasses.asdict(r)
+        out["embedded"] = dataclasses.asdict(r.embedded) if r.embedded is not None else None
+        typer.echo(json.dumps(out, indent=1, ensure_ascii=False, default=str))
+        return
+    for w in r.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    if r.reused:
+        typer.echo(f"{r.model} was already tuned on these rows with these settings: nothing trained ({r.path})")
+    else:
+        cut = f"; stopped by the time limit after {r.steps:,} of {r.steps_planned:,} steps" if r.stopped_early else ""
+        typer.echo(
+            f"tuned {r.model} from {r.base_model} on {r.dataset} ({r.n_train:,} training rows; the {r.n_valid:,} "
+            f"validation rows unseen), method {r.method}, {r.steps:,} steps in {_duration(r.seconds)}{cut}; "
+            f"loss {r.loss_first:.4f} -> {r.loss_last:.4f}"
+        )
+        typer.echo(f"saved {r.path} (space {r.space})")
+    if r.embedded is not None:
+        e = r.embedded
+        typer.echo(
+            f"embedded dataset {r.dataset} into {r.model}: {e.embedded:,} texts in {e.seconds:.1f} s"
+            + (f" ({e.rows_read - e.embedded:,} rows had a vector there already)" if e.rows_read > e.embedded else "")
+        )
+        typer.echo(f"next: fs train --dataset {r.dataset} --model {r.model}")
+    else:
+        typer.echo(f"next: fs ingest FILE --dataset {r.dataset} --model {r.model}, then fs train --model {r.model}")
+
+
 def _print_search(cv: dict[str, Any]) -> None:
     """What the CV search ran and found, in words (the untried settings are in the time limit's note)."""
     total = cv["tried"] + cv["skipped"]
@@ -706,6 +781,12 @@ def info(
                 if s["cache_entries"]
                 else ""
             )
+        )
+    for t in data["tuned_models"]:
+        cut = " (stopped by its time limit)" if t["stopped_early"] else ""
+        typer.echo(
+            f"tuned model {t['model']}: {t['method']} on dataset {t['dataset']!r} ({t['n_train']:,} training rows; "
+            f"split --test-size {t['test_size']:g} --seed {t['seed']}), {t['steps']:,} steps{cut}, {t['created_at']}"
         )
 
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from featurestore.check import CheckPlan, Report
+    from featurestore.learning.finetune import TuneResult
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ class FeatureStore:
             quote=quote,
             escape=escape,
         )
-        embedder = embedder or load_embedder(model)
+        embedder = embedder or load_embedder(model, store=self.path)
         summary = ingest(
             self.store,
             table,
@@ -273,6 +274,7 @@ class FeatureStore:
             )
             if note:
                 result.warnings.insert(0, note)
+            result.warnings += self._seen_by_tuning(ds, [space.model], test_size, seed)
             return result
         if classifier != "logreg":
             raise UsageError(
@@ -318,7 +320,112 @@ class FeatureStore:
             progress=progress,
         )
         result.warnings[:0] = list(dict.fromkeys(notes))
+        result.warnings += self._seen_by_tuning(
+            ds, [p.model for p in merged.parts if p.kind == "space"], test_size, seed
+        )
         return result
+
+    def _seen_by_tuning(self, ds: Dataset, models: list[str], test_size: float, seed: int) -> list[str]:
+        """A warning for each tuned model whose tuning trained on rows of this training's validation split."""
+        from featurestore.embedders.tuned import is_tuned
+
+        tuned = [m for m in dict.fromkeys(models) if is_tuned(m)]
+        if not tuned:
+            return []
+        from featurestore.learning.finetune import seen_by_tuning
+
+        ids = self.store.dataset_ids(ds)
+        labels = self.store.dataset_labels(ds, ids)
+        keep = labels != NO_LABEL
+        classes = sorted(set(labels[keep].tolist()))
+        _, va, _ = training.split(labels[keep], classes, test_size, seed)
+        out = []
+        for model in tuned:
+            seen = seen_by_tuning(self.path, model, ids[keep][va])
+            if seen:
+                out.append(
+                    f"{seen[1]:,} of the {len(va):,} validation rows were training rows of tuned model {seen[0]!r}: "
+                    "the held-out scores are optimistic; fix: train with the dataset, --test-size and --seed it was "
+                    "tuned with (fs info lists them), or tune on this split"
+                )
+        return out
+
+    def tune(
+        self,
+        dataset: str,
+        name: str,
+        model: str = DEFAULT_MODEL,
+        clean: str | None = None,
+        *,
+        test_size: float = 0.2,
+        seed: int = 42,
+        method: str | None = None,
+        epochs: float | None = None,
+        time_limit: float | None = None,
+        embed: bool = True,
+        progress: ProgressFn | None = None,
+        engine: Callable[..., Any] | None = None,
+    ) -> TuneResult:
+        """Fine-tune ``model`` on ``dataset``'s training split (the one ``train`` makes with ``test_size`` and
+        ``seed``: its validation rows are never seen) and keep it in the store as ``tuned:NAME``
+        (``featurestore.learning.finetune``); ``embed``: then embed the dataset's stored texts into its space
+        (``embed``), so that ``train(dataset, "tuned:NAME")`` works at once. ``progress`` counts training steps."""
+        from featurestore.learning import finetune
+
+        result = finetune.tune(
+            self.store,
+            dataset,
+            name,
+            model=canonical_model(model),
+            clean=clean,
+            test_size=test_size,
+            seed=seed,
+            method=method,
+            epochs=epochs,
+            time_limit=time_limit,
+            progress=progress,
+            engine=engine,
+        )
+        if embed:
+            result.embedded = self.embed(dataset, result.model, result.recipe)
+        return result
+
+    def embed(
+        self, dataset: str, model: str, clean: str | None = None, progress: ProgressFn | None = None
+    ) -> IngestSummary:
+        """Give every row of ``dataset`` a vector in ``model``'s space from the texts already stored (no file
+        needed): an ingest of the rows as stored, so only the texts that space lacks are embedded and nothing
+        else changes. ``progress`` counts rows."""
+        model = canonical_model(model)
+        recipe = clean or default_recipe(model)
+        from featurestore.inputs.sources import Table
+        from featurestore.storage.keys import raw_digest
+
+        ds = self.store.dataset(dataset, self._snapshot())
+        ids = self.store.dataset_ids(ds)
+        labels = self.store.dataset_labels(ds, ids)
+        texts = [str(t) for t in self.store.dataset_texts(ds).tolist()]
+        table = Table(
+            source=f"dataset {dataset!r} as stored",
+            ids=ids,
+            texts=texts,
+            labels=labels,
+            digests=np.array([raw_digest(t) for t in texts], dtype="S32"),
+            rows_read=len(texts),
+            duplicate_rows=0,
+            id_column="id",
+            label_column="label",
+            text_column="text",
+        )
+        return ingest(
+            self.store,
+            table,
+            dataset,
+            load_embedder(model, store=self.path),
+            model,
+            get_recipe(recipe),
+            progress=progress,
+        )
 
     def classifier(self, name: str | None = None) -> ClassifierChoice:
         """The saved classifier ``predict`` and ``eval`` use: ``name``, or when None the one trained most recently
@@ -763,9 +870,12 @@ class FeatureStore:
 
         Ingests keep 3 generations so that a query reading an older one can finish; a reader still on a deleted
         generation fails, so run this when none is."""
+        from featurestore.learning.finetune import remove_interrupted
+
         store = self.store.require_existing()
         with store.writer() as w:
             removed, freed = w.collect_garbage(keep)
+            removed += len(remove_interrupted(store.path))  # folders of interrupted fs tune runs
         return GcResult(removed, freed, store.manifest_generations(), w.foreign)
 
     # ---- overview
@@ -829,8 +939,24 @@ class FeatureStore:
             "generation": snap.generation,
             "datasets": datasets,
             "spaces": out_spaces,
+            "tuned_models": self._tuned_models(),
             "bytes": sum(seg_bytes.values()),
         }
+
+    def _tuned_models(self) -> list[dict[str, Any]]:
+        from featurestore.embedders.tuned import PREFIX, list_tuned
+
+        return [
+            {
+                "model": PREFIX + m.name,
+                **m.meta["split"],
+                "method": m.identity["params"].get("method"),
+                "steps": m.meta["report"]["steps"],
+                "stopped_early": m.meta["stopped_early"],
+                "created_at": m.meta["created_at"],
+            }
+            for m in list_tuned(self.path)
+        ]
 
 
 def open_store(path: str | os.PathLike | None = None) -> FeatureStore:

@@ -15,7 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from featurestore.errors import StoreError
+from featurestore.errors import ModelError, StoreError, UsageError
 from featurestore.progress import ProgressFn
 from featurestore.query import index as faiss_index
 from featurestore.storage import lookups
@@ -312,7 +312,33 @@ def check(
     if quick:
         r.not_verified = _not_verified(snap, sample or set())
     _check_files(store, snap, r)
+    _check_tuned(store, r, quick)
     return r
+
+
+def _check_tuned(store: Store, r: Report, quick: bool) -> None:
+    """Tuned models (``fs tune``): each record readable and, in a full check, every file's sha256 as recorded;
+    an interrupted tuning's folder is a warning (``fs gc`` removes it)."""
+    from featurestore.embedders import tuned
+
+    root = tuned.tuned_root(store.path)
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        if p.name.startswith(".tmp-"):
+            r.warnings.append(f"{p} is left by an interrupted fs tune (not a model); fs gc removes it")
+            continue
+        if not (p / tuned.META).is_file():
+            r.warnings.append(f"{p} is not a tuned model (no {tuned.META}): not written by fs tune, left in place")
+            continue
+        try:
+            model = tuned.open_tuned(store.path, p.name)
+        except (ModelError, UsageError) as exc:
+            r.errors.append(str(exc))
+            continue
+        r.stats["tuned_models"] = r.stats.get("tuned_models", 0) + 1
+        if quick:
+            r.not_verified.append(f"the files of tuned model {model.name!r} (sha256)")
+        else:
+            r.errors += tuned.verify_files(model)
 
 
 def _all_segments(snap: Snapshot) -> list[Segment]:

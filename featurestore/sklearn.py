@@ -101,7 +101,7 @@ class StoreEmbedder(TransformerMixin, BaseEstimator):
         space = self._space(store)
         model = canonical_model(self.model)
         if space is None:  # a space this model has not written yet: its size comes from the model
-            embedder = self.embedder or load_embedder(self.model)
+            embedder = self.embedder or load_embedder(self.model, store=store.path)
             self.dim_ = int(embedder.dim)
             self.space_id_ = None
         else:
@@ -135,7 +135,7 @@ class StoreEmbedder(TransformerMixin, BaseEstimator):
 
     def _embed_missing(self, store: Store, space: Any, keyed: KeyedTexts) -> np.ndarray:
         """Vectors of texts the space lacked: embedded, and (``write``) added to it as cache entries."""
-        embedder = self.embedder or load_embedder(self.model)
+        embedder = self.embedder or load_embedder(self.model, store=store.path)
         recipe = get_recipe(self.recipe_)
         target = make_space(
             embedder, self.model_, recipe, space.dtype if space is not None else self.dtype or "float32"

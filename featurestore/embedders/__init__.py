@@ -19,6 +19,8 @@ Names:
   vector space; ``elmo_torch.elmo_backend`` picks, ``FS_ELMO_BACKEND=tf|torch`` forces).
 - a release name from ``fs models list`` (e.g. ``elmo-original``): native ELMo from the models folder;
   ``elmo-tiny`` ships inside the package (bilm-tf's test model: for trying the commands offline, not for quality).
+- ``tuned:NAME``: a MiniLM that ``fs tune`` fine-tuned on a labelled dataset, kept in the store that tuned it
+  (``embedders.tuned``: needs the store's path); ``tuned-int8:NAME``: its int8 ONNX export, a space of its own.
 - ``py:MODULE:ATTR``: your own ``Embedder`` subclass (or factory), importable from ``MODULE``.
 
 ELMo specs take an optional layer mix: ``#elmo`` (default, the mean of the three layers, as TF
@@ -54,14 +56,25 @@ def default_recipe(spec: str) -> str:
     gets the text as given (validation F1 0.803 raw vs 0.788 lemmatized, see README);
     ELMo models get the tutorial's recipe, ``tweet-v1``.
     """
-    return "raw-v1" if spec in MINILM_MODELS else "tweet-v1"
+    return "raw-v1" if spec in MINILM_MODELS or spec.startswith(("tuned:", "tuned-int8:")) else "tweet-v1"
 
 
 def known_models() -> list[str]:
     """Names accepted by ``--model``, for help texts and error messages."""
     from featurestore.embedders.releases import RELEASES
 
-    return ["minilm", "minilm-int8", "elmo", "hub:HANDLE", "elmo:PATH", "py:MODULE:ATTR", "minilm-fp16", *RELEASES]
+    return [
+        "minilm",
+        "minilm-int8",
+        "elmo",
+        "hub:HANDLE",
+        "elmo:PATH",
+        "py:MODULE:ATTR",
+        "minilm-fp16",
+        "tuned:NAME",
+        "tuned-int8:NAME",
+        *RELEASES,
+    ]
 
 
 @contextlib.contextmanager
@@ -148,15 +161,16 @@ def _plugin(spec: str) -> Embedder:
     return embedder
 
 
-def load_embedder(spec: str, output: str = DEFAULT_ELMO_OUTPUT) -> Embedder:
-    """Build the embedder named by ``spec``; ``output`` picks the ELMo layer mix.
+def load_embedder(spec: str, output: str = DEFAULT_ELMO_OUTPUT, store: str | os.PathLike | None = None) -> Embedder:
+    """Build the embedder named by ``spec``; ``output`` picks the ELMo layer mix; ``store``: the store a
+    ``tuned:NAME`` model lives in.
 
     An ELMo spec may carry the mix itself: ``elmo#top``, ``elmo:PATH#all`` (the default is ``#elmo``),
     so that ``--model`` alone names a vector space.
     """
     base, sep, suffix = spec.rpartition("#")
     if sep and suffix in ELMO_OUTPUTS:
-        if base in MINILM_MODELS or base.startswith("py:"):
+        if base in MINILM_MODELS or base.startswith(("py:", "tuned:", "tuned-int8:")):
             raise ModelError(f"'#{suffix}' picks an ELMo layer mix; model {base!r} has none: use --model {base}")
         spec, output = base, suffix
     if output not in ELMO_OUTPUTS:
@@ -187,6 +201,10 @@ def load_embedder(spec: str, output: str = DEFAULT_ELMO_OUTPUT) -> Embedder:
         return load_native_elmo(spec[5:], output=output)
     if spec.startswith("py:") and spec.count(":") == 2:
         return _plugin(spec)
+    if spec.startswith(("tuned:", "tuned-int8:")):
+        from featurestore.embedders.tuned import load_tuned
+
+        return load_tuned(spec, store)
     from featurestore.embedders.releases import RELEASES, release_path
 
     if spec in RELEASES:

@@ -89,9 +89,10 @@ def _writable(directory: Path) -> bool:
     return False
 
 
-def minilm_backend() -> str:
-    """What runs ``--model minilm``: "onnx" (fp32 ONNX Runtime) on a machine without an NVIDIA GPU when
-    onnxruntime is installed and the export is cached or can be; else "torch". ``FS_MINILM_BACKEND``
+def minilm_backend(model_dir: Path | None = None) -> str:
+    """What runs ``--model minilm`` (or the MiniLM in ``model_dir``: a tuned one): "onnx" (fp32 ONNX Runtime)
+    on a machine without an NVIDIA GPU when onnxruntime is installed and the export is cached or can be; else
+    "torch". ``FS_MINILM_BACKEND``
     (torch or onnx) overrides. Both give the same vectors (one space); a GPU wants torch's batches."""
     want = os.environ.get("FS_MINILM_BACKEND", "").strip().lower()
     if want and want not in (*BACKENDS, "auto"):
@@ -102,7 +103,7 @@ def minilm_backend() -> str:
         return want
     if _nvidia_gpu() or importlib.util.find_spec("onnxruntime") is None:
         return "torch"
-    path = export_path(cached_file_sha256(_model_dir() / "model.safetensors"), "fp32")
+    path = export_path(cached_file_sha256((model_dir or _model_dir()) / "model.safetensors"), "fp32")
     return "onnx" if path.is_file() or _writable(path.parent) else "torch"
 
 

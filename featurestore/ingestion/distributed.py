@@ -570,7 +570,7 @@ class _EmbedSegments:
     """A Ray actor: loads the model once, turns each batch of missing keys into one vector segment."""
 
     def __init__(self, model: str, store_path: str, space_json: dict[str, Any], space_id: str, run: str) -> None:
-        self.embedder = load_embedder(model)
+        self.embedder = load_embedder(model, store=store_path)
         self.space = Space.from_json(space_id, space_json)
         # another model version on this node would write another space
         require_same_space(
@@ -882,7 +882,7 @@ def ingest_ray(
         raise UsageError(f"{{param}} must be 0 or more, got {gpus_per_worker}", "gpus_per_worker")
     _require_ray()
     inputs = _find_inputs(paths, sep, text_col, id_col, label_col)
-    embedder = embedder or load_embedder(model)
+    embedder = embedder or load_embedder(model, store=store.path)
     max_chars = cut_length(max_chars)
     space = make_space(embedder, model, recipe, dtype)
     job = _Job(dataset, model, recipe, space, embedder, commit_rows, max_chars, gpus_per_worker, progress)

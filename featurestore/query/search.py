@@ -571,10 +571,11 @@ class Models:
         self._lock = lock
         self._loaded: dict[str, Any] = {}  # model -> its embedder
 
-    def get(self, model: str) -> Any:
+    def get(self, model: str, store: Store) -> Any:
+        """``model``'s embedder (a ``tuned:NAME`` one from ``store``, where it lives)."""
         with self._lock:
             if model not in self._loaded:
-                self._loaded[model] = load_embedder(model)
+                self._loaded[model] = load_embedder(model, store=store.path)
             return self._loaded[model]
 
 
@@ -611,8 +612,8 @@ class SearchCache:
         """Forget what was built from segments the snapshot no longer names (``SegmentLookups.retain``)."""
         self.lookups.retain(store, snap)
 
-    def embedder(self, model: str) -> Any:
-        return self.models.get(model)
+    def embedder(self, model: str, store: Store) -> Any:
+        return self.models.get(model, store)
 
     def index(self, store: Store, space: Space, progress: ProgressFn | None) -> tuple[faiss_index.OpenedIndex, str]:
         """The space's index and how it was opened (``HeldIndexes.open``)."""
@@ -784,7 +785,7 @@ def _text_vector(cache: SearchCache, store: Store, space: Space, text: str) -> t
     row = _key_row(cache, store, space, keyed.keys[0])
     if row >= 0:
         return store.read_vectors(space, np.array([row])), "stored vector (model not loaded)"
-    embedder = cache.embedder(space.model)
+    embedder = cache.embedder(space.model, store)
     require_same_space(embedder, space, recipe)
     return embedder.embed(keyed.cleaned), "embedded"
 

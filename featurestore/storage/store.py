@@ -11,6 +11,7 @@ Layout of a store directory::
                              the keys of a dataset's rows under a cleaning recipe, or label updates
     index/<space>.faiss      derived FAISS index + its manifest (see featurestore.query.index)
     classifiers/             trained classifiers (see featurestore.learning.train)
+    models/tuned/NAME/       models fine-tuned by fs tune (see featurestore.embedders.tuned)
     LOCK                     held by the one writer
 
 Why segments: HDF5's own metadata is not crash-safe, so a file is never modified
