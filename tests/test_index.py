@@ -148,7 +148,7 @@ def test_new_query_texts_load_the_model_once_per_process(fs: FeatureStore, tmp_p
     _ingest(fs, tmp_path, "d", 0, 50)
     loads = []
     real = search.load_embedder
-    monkeypatch.setattr(search, "load_embedder", lambda spec: loads.append(spec) or real(spec))
+    monkeypatch.setattr(search, "load_embedder", lambda spec, **kw: loads.append(spec) or real(spec, **kw))
     for q in ("first unseen query", "second unseen query", "third one"):
         res = fs.similar(q, k=2, model=FAKE, clean="raw-v1")
         assert res.query == "embedded" and len(res.hits) == 2
