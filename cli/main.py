@@ -316,13 +316,13 @@ def train(
     ),
     search: str | None = typer.Option(
         None,
-        help="Choose C, class weight, n-gram ranges and features by stratified K-fold CV on the training "
-        "split only: none, quick (about a minute) or full (default: none; with neither --features nor --search the "
-        "plain vectors of --model are used).",
+        help="Choose C, class weight, class offsets, n-gram ranges and features by stratified K-fold CV on the "
+        "training split only: none, quick (about a minute on 12k tweets) or full (up to 10 minutes) (default: none; "
+        "with neither --features nor --search the plain vectors of --model are used).",
     ),
     folds: int = typer.Option(5, help="Cross-validation folds (with --features/--search)."),
     time_limit: float | None = typer.Option(
-        None, help="Seconds after which the search starts no new candidates (default: 90 quick, 900 full)."
+        None, help="Seconds after which the search starts no new candidates (default: 90 quick, 540 full)."
     ),
     no_plots: bool = typer.Option(
         False, "--no-plots", help="Do not write the confusion matrix and precision-recall PNGs beside the classifier."

@@ -176,26 +176,33 @@ def test_search_chooses_by_cv_and_respects_the_time_limit(av: FeatureStore) -> N
         name="q1",
     )
     tried = r.cv["top"]
-    assert r.cv["tried"] == 16 and r.cv["skipped"] == 0 and r.cv["folds"] == 2
+    # 8 classifier settings a feature setting, each also with class offsets (scored without a fit of its own)
+    assert r.cv["tried"] == 32 and r.cv["skipped"] == 0 and r.cv["folds"] == 2
     assert r.cv["mean"] == max(c["cv_mean"] for c in tried) and r.cv["chosen"] == tried[0]
     assert {c["features"] for c in tried} <= {"fake@raw-v1+tfidf-word@basic-v1", "tfidf-char@basic-v1"}
-    # A limit already past: the first candidate of the first alternative is scored, every other one skipped
-    # (the limit is looked at before each candidate, not only before each feature setting).
+    # A limit already past: the first candidate of the first alternative is scored (with its twin with offsets,
+    # which needs no fit), every other one skipped (the limit is looked at before each fit, not only before each
+    # feature setting).
     r = av.train(
         "train", "fake", "raw-v1", features="fake+tfidf-word", search="full", folds=2, time_limit=1e-9, name="q2"
     )
-    assert r.cv["tried"] == 1 and r.cv["skipped"] == 9 * 12 - 1 and len(r.cv["untried"]) == r.cv["skipped"]
-    assert r.cv["chosen"]["words"] == "fake vectors (raw-v1) + word 1-2-grams, C=1"  # a recipe not the default
+    assert r.cv["tried"] == 2 and r.cv["skipped"] == 9 * 24 - 2 and len(r.cv["untried"]) == r.cv["skipped"]
+    first = "fake vectors (raw-v1) + word 1-2-grams, C=1"  # a recipe not the default
+    assert r.cv["chosen"]["words"].startswith(first) and {c["words"][: len(first) + 1] for c in r.cv["top"]} == {
+        first,
+        first + " ",
+    }
     (note,) = [n for n in r.notes if "time limit" in n]
     assert (
-        "left 107 of 108 candidate settings untried (fake vectors (raw-v1) + word 1-2-grams: C=1 balanced, C=3" in note
+        "left 214 of 216 candidate settings untried (fake vectors (raw-v1) + word 1-2-grams: C=1 balanced, "
+        "C=1 balanced with class offsets, C=3, C=3 with class offsets" in note
     )
-    assert "; and 95 more); raise --time-limit to try them" in note
+    assert "; and 202 more); raise --time-limit to try them" in note
 
 
 def test_search_without_features_tunes_the_model_space(av: FeatureStore) -> None:
     r = av.train("train", "fake", "raw-v1", search="quick", folds=2, name="sp", plots=False)
-    assert r.features == "fake@raw-v1" and r.cv["tried"] == 8
+    assert r.features == "fake@raw-v1" and r.cv["tried"] == 16
 
 
 def test_sgd_with_features_is_refused(av: FeatureStore) -> None:

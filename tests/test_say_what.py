@@ -47,17 +47,17 @@ def st(tmp_path: Path) -> Path:
 
 
 def test_the_time_limit_stops_new_candidates_of_one_setting_and_says_which(st: Path) -> None:
-    """Regression: a quick search has one feature setting and 8 classifier settings; the limit was looked at
-    only between feature settings, so all 8 ran whatever the limit."""
+    """Regression: a quick search has one feature setting and 16 classifier settings (8 fits, each also scored
+    with class offsets); the limit was looked at only between feature settings, so all ran whatever the limit."""
     calls: list[tuple[float, int]] = []
     r = FeatureStore(st).train(
         "train", FAKE, search="quick", folds=2, time_limit=1e-9, plots=False, progress=lambda n, t: calls.append((n, t))
     )
-    assert r.cv["tried"] == 1 and r.cv["skipped"] == 7 and r.cv["time_limit"] == 1e-9
-    assert len(r.cv["untried"]) == 7 and all("vectors, C=" in w for w in r.cv["untried"])
+    assert r.cv["tried"] == 2 and r.cv["skipped"] == 14 and r.cv["time_limit"] == 1e-9  # C=1 and its twin
+    assert len(r.cv["untried"]) == 14 and all("vectors, C=" in w for w in r.cv["untried"])
     (note,) = [n for n in r.notes if "time limit" in n]
-    assert "left 7 of 8 candidate settings untried" in note and "C=3 balanced" in note and "Params(" not in note
-    assert calls == [(0, 8), (0.5, 8), (0.5, 8)]  # the total, then one candidate's two folds
+    assert "left 14 of 16 candidate settings untried" in note and "C=3 balanced" in note and "Params(" not in note
+    assert calls == [(0, 16), (0.5, 16), (0.5, 16), (1, 16)]  # the total, one fit's two folds, its twin with offsets
 
 
 def test_a_search_reports_every_candidate_to_progress(st: Path) -> None:
@@ -65,8 +65,8 @@ def test_a_search_reports_every_candidate_to_progress(st: Path) -> None:
     r = FeatureStore(st).train(
         "train", FAKE, search="quick", folds=2, plots=False, progress=lambda n, t: calls.append((n, t))
     )
-    assert r.cv["tried"] == 8 and r.cv["skipped"] == 0 and r.cv["untried"] == []
-    assert {t for _, t in calls} == {8} and sum(n for n, _ in calls) == pytest.approx(8)
+    assert r.cv["tried"] == 16 and r.cv["skipped"] == 0 and r.cv["untried"] == []
+    assert {t for _, t in calls} == {16} and sum(n for n, _ in calls) == pytest.approx(16)
     assert r.cv["chosen"]["words"].startswith(f"{FAKE} vectors, C=")
 
 
@@ -74,17 +74,17 @@ def test_fs_train_search_prints_what_ran_and_what_was_skipped_in_words(st: Path)
     quick = ("--search", "quick", "--folds", "2", "--time-limit", "1e-9")
     r = fs_cli("train", "-m", FAKE, *quick, "--no-plots", "--store", st)
     assert r.exit_code == 0, r.output
-    assert "(quick search, 1 of 8 settings scored in 0 s; the 1e-09 s time limit left 7 untried)" in r.stdout
-    assert f"): {FAKE} vectors, C=1\n" in r.stdout  # the chosen setting, in words
-    assert "note: the 1e-09 s time limit left 7 of 8 candidate settings untried" in r.stderr
-    assert f"({FAKE} vectors: C=1 balanced, C=3, C=3 balanced, C=10" in r.stderr
+    assert "(quick search, 2 of 16 settings scored in 0 s; the 1e-09 s time limit left 14 untried)" in r.stdout
+    assert f"): {FAKE} vectors, C=1" in r.stdout  # the chosen setting, in words (with class offsets or not)
+    assert "note: the 1e-09 s time limit left 14 of 16 candidate settings untried" in r.stderr
+    assert f"({FAKE} vectors: C=1 balanced, C=1 balanced with class offsets, C=3, C=3 with class offsets" in r.stderr
     assert "Params(" not in r.output and "class_weight" not in r.output
 
 
 def test_the_cli_draws_bars_for_search_map_export_index_and_check(st: Path, tmp_path: Path) -> None:
     r = fs_cli("train", "-m", FAKE, "--search", "quick", "--folds", "2", "--no-plots", "--store", st, terminal=True)
     assert r.exit_code == 0, r.output
-    assert "8/8 settings" in r.stderr and "100%" in r.stderr
+    assert "16/16 settings" in r.stderr and "100%" in r.stderr
     assert "  2. " in r.stdout  # the runner-up setting, in words
     r = fs_cli("map", "-m", FAKE, "--method", "pca", "--out", tmp_path / "m.png", "--store", st, terminal=True)
     assert r.exit_code == 0, r.output

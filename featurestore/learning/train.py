@@ -572,6 +572,27 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-")[:100] or "features"
 
 
+def offset_words(offsets: dict[str, float]) -> str:
+    """``negative +0.62, positive 0, tech -0.1``: the offsets of a classifier, in words."""
+    return ", ".join(f"{c} {v:+.3g}" if v else f"{c} 0" for c, v in offsets.items())
+
+
+def predict_offsets(
+    clf: Any, X: Any, classes: list[str], offsets: dict[str, float] | None, proba: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels and (with ``proba``) class probabilities, columns in ``classes`` order, of a classifier whose
+    manifest may hold ``offsets`` (a class -> a number added to its log-probability): with them the label is the
+    argmax of the shifted log-probabilities and the probabilities are renormalised (``features.apply_offsets``)."""
+    from featurestore.learning import features as feats
+
+    if offsets is None:
+        pred = np.asarray(clf.predict(X))
+        return pred, _proba(clf, X, classes) if proba else None
+    S = feats.class_scores(clf, X, classes)
+    at, p = feats.apply_offsets(S, np.array([float(offsets.get(c, 0.0)) for c in classes]))
+    return np.array(classes, dtype=object)[at], p if proba else None
+
+
 def train_features(
     store: Store,
     dataset: str,
@@ -619,25 +640,34 @@ def train_features(
         seed=seed,
         time_limit=time_limit,
         progress=progress,
-        memory_budget=memory_available() // 4 or feats.FOLD_CACHE_BYTES,
     )
     best = sel.best
     inputs = inputs_of[best.parts]
     pipe = feats.make_pipeline(inputs, best.features, best.classifier, seed)
     used = [c for k, s in enumerate(inputs.spaces) if s is not None for c in inputs.columns(k)]
     used += [f"text@{r}" for r in inputs.recipes]
-    pipe.fit(X.iloc[tr][used], y[tr])
+    pipe = feats.fit_pipeline(pipe, X.iloc[tr][used], y[tr])
     t_fit = time.perf_counter() - t
     Xva = X.iloc[va][used]
-    pred = pipe.predict(Xva)
-    valid = Validation(y[va], pred, _proba(pipe, Xva, classes))
+    offsets = dict(zip(classes, sel.offsets)) if sel.offsets is not None else None
+    pred, proba = predict_offsets(pipe, Xva, classes, offsets)
+    valid = Validation(y[va], pred, proba)
     metrics = _metrics(y[va], pred, classes, positive)
+    if offsets is not None:
+        notes.append(
+            f"class offsets added to the log-probabilities before the argmax ({offset_words(offsets)}), fitted to "
+            f"{'F1' if positive is not None else 'macro-F1'} on the out-of-fold predictions of the training split; "
+            "saved with the classifier, applied by predict and eval"
+        )
     if sel.skipped:
         shown = feats.describe_many(sel.untried[:12]) + (f"; and {sel.skipped - 12} more" if sel.skipped > 12 else "")
         notes.append(
             f"the {sel.time_limit:g} s time limit left {sel.skipped} of {len(sel.tried) + sel.skipped} candidate "
             f"settings untried ({shown}); raise --time-limit to try them"
         )
+    chosen = best.as_dict()
+    if offsets is not None:
+        chosen["words"] += f" ({offset_words(offsets)})"
     cv = {
         "folds": sel.folds,
         "metric": sel.metric,
@@ -649,8 +679,9 @@ def train_features(
         "skipped": sel.skipped,
         "time_limit": sel.time_limit,
         "untried": [c.words for c in sel.untried],
-        "chosen": best.as_dict(),
-        "top": [c.as_dict() for c in sel.tried[:10]],
+        "chosen": chosen,
+        "top": [chosen, *(c.as_dict() for c in sel.tried[1:10])],
+        "jobs": sel.jobs,
     }
     spec = feats.spec_of(best.parts)
     space_ids = ",".join(s.id for s in inputs.spaces if s is not None)
@@ -672,10 +703,11 @@ def train_features(
         "features": {
             "spec": spec,
             "inputs": inputs.describe(),
-            "chosen": best.as_dict(),
+            "chosen": chosen,
             "n_features": len(feats.feature_names(pipe)),
         },
         "cv": cv,
+        **({"offsets": offsets} if offsets is not None else {}),
         "trained_at": trained_now(),
     }
     path = save_classifier(store, name, pipe, manifest, paths)
@@ -886,12 +918,13 @@ def predict_rows(
         def inputs_of(sl: slice) -> Any:
             return store.read_vectors(space, rows[sl])
 
+    offsets = manifest.get("offsets")  # chosen by the search: applied to every prediction
     labels, probs = [], []
     for s in range(0, len(ids), PREDICT_ROWS):
         X = inputs_of(slice(s, s + PREDICT_ROWS))
-        labels.append(np.array([str(v) for v in clf.predict(X).tolist()], dtype=object))
+        pred, p = predict_offsets(clf, X, classes, offsets, proba)
+        labels.append(np.array([str(v) for v in pred.tolist()], dtype=object))
         if proba:
-            p = _proba(clf, X, classes)
             if p is None:
                 raise ClassifierError(
                     f"classifier {manifest['name']!r} gives no probabilities; retrain with "
