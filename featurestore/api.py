@@ -320,9 +320,15 @@ class FeatureStore:
             progress=progress,
         )
         result.warnings[:0] = list(dict.fromkeys(notes))
-        result.warnings += self._seen_by_tuning(
-            ds, [p.model for p in merged.parts if p.kind == "space"], test_size, seed
-        )
+        used = [p.model for p in merged.parts if p.kind == "space"]
+        result.warnings += self._seen_by_tuning(ds, used, test_size, seed)
+        tuned_used = [m for m in dict.fromkeys(used) if m.startswith(("tuned:", "tuned-int8:"))]
+        if tuned_used and result.cv:
+            result.notes.append(
+                f"the CV scores are optimistic: {', '.join(tuned_used)} was tuned on these training rows, so "
+                "cross-validation inside them scores vectors fitted to their labels; the validation score is the "
+                "honest one"
+            )
         return result
 
     def _seen_by_tuning(self, ds: Dataset, models: list[str], test_size: float, seed: int) -> list[str]:

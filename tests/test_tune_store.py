@@ -61,6 +61,13 @@ def test_train_search_and_check_use_the_tuned_space(tuned_store: tuple[Path, str
     r = runner.invoke(app, ["train", "--dataset", "train", "--model", "tuned:t", "--no-plots", "--store", str(st)])
     assert r.exit_code == 0, r.output
     assert "logreg on train (tuned:t, raw-v1)" in r.output and "optimistic" not in r.output
+    r = runner.invoke(
+        app,
+        ["train", "--features", "tuned:t", "--folds", "2", "--no-plots", "--store", str(st)],
+        catch_exceptions=False,
+    )
+    assert r.exit_code == 0, r.output
+    assert "the CV scores are optimistic: tuned:t was tuned on these training rows" in r.output
     r = runner.invoke(app, ["similar", "my battery died again", "--model", "tuned:t", "--k", "3", "--store", str(st)])
     assert r.exit_code == 0, r.output
     assert "train:" in r.output and "embedded" in r.output
