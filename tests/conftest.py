@@ -258,6 +258,21 @@ def fs(store: Store) -> FeatureStore:
 
 
 @pytest.fixture
+def av(fs: FeatureStore, tmp_path: Path) -> FeatureStore:
+    """The first 400 tutorial tweets on the bag-of-words fake (space ``fake``, ``raw-v1``): for training tests."""
+    from tests.fakes import BagOfWordsEmbedder
+
+    fs.ingest(
+        str(write_csv(tmp_path / "train.csv", train_rows(400))),
+        "train",
+        "fake",
+        "raw-v1",
+        embedder=BagOfWordsEmbedder(),
+    )
+    return fs
+
+
+@pytest.fixture
 def tweets_csv(tmp_path: Path) -> Path:
     """The first 200 real tweets of the train CSV (both labels present)."""
     return write_csv(tmp_path / "tweets.csv", train_rows(200))

@@ -68,18 +68,6 @@ def three_class_rows(n: int, seed: int = 0, start: int = 0) -> list[dict[str, st
 
 
 @pytest.fixture
-def av(fs: FeatureStore, tmp_path: Path) -> FeatureStore:
-    fs.ingest(
-        str(write_csv(tmp_path / "train.csv", train_rows(400))),
-        "train",
-        "fake",
-        "raw-v1",
-        embedder=BagOfWordsEmbedder(),
-    )
-    return fs
-
-
-@pytest.fixture
 def three(fs: FeatureStore, tmp_path: Path) -> FeatureStore:
     fs.ingest(
         str(write_csv(tmp_path / "a.csv", three_class_rows(150))),

@@ -20,18 +20,6 @@ from tests.conftest import train_rows, write_csv
 from tests.fakes import BagOfWordsEmbedder
 
 
-@pytest.fixture
-def av(fs: FeatureStore, tmp_path: Path) -> FeatureStore:
-    fs.ingest(
-        str(write_csv(tmp_path / "train.csv", train_rows(400))),
-        "train",
-        "fake",
-        "raw-v1",
-        embedder=BagOfWordsEmbedder(),
-    )
-    return fs
-
-
 def _noisy_scores(n: int = 300, k: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Class scores of a biased model: class 0 is under-predicted, so offsets help."""
     rng = np.random.default_rng(seed)

@@ -196,36 +196,28 @@ def load_tuned(spec: str, store_path: str | os.PathLike | None) -> Embedder:
     return embedder
 
 
-class TunedMiniLM(MiniLMEmbedder):
+class _Tuned:
+    """What every backend of a tuned model shares: its folder is the model, its identity the fingerprint."""
+
+    def __init__(self, model: TunedModel) -> None:
+        super().__init__(model.path)  # type: ignore[call-arg]  # the backend's own (model_dir)
+        self.tuned = model
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self.tuned.fingerprint()
+
+
+class TunedMiniLM(_Tuned, MiniLMEmbedder):
     """A tuned MiniLM on torch (a GPU, or a CPU without onnxruntime)."""
 
-    def __init__(self, model: TunedModel) -> None:
-        super().__init__(model.path)
-        self.tuned = model
 
-    @property
-    def fingerprint(self) -> Fingerprint:
-        return self.tuned.fingerprint()
-
-
-class TunedMiniLMOnnx(MiniLMOnnxEmbedder):
+class TunedMiniLMOnnx(_Tuned, MiniLMOnnxEmbedder):
     """A tuned MiniLM on ONNX Runtime fp32: torch's vectors (within 1e-5), the same space."""
 
-    def __init__(self, model: TunedModel) -> None:
-        super().__init__(model.path)
-        self.tuned = model
 
-    @property
-    def fingerprint(self) -> Fingerprint:
-        return self.tuned.fingerprint()
-
-
-class TunedMiniLMInt8(MiniLMInt8Embedder):
+class TunedMiniLMInt8(_Tuned, MiniLMInt8Embedder):
     """A tuned MiniLM exported to int8 ONNX: a space of its own."""
-
-    def __init__(self, model: TunedModel) -> None:
-        super().__init__(model.path)
-        self.tuned = model
 
     @property
     def fingerprint(self) -> Fingerprint:

@@ -409,22 +409,18 @@ def _quiet() -> Iterator[None]:
     import logging
 
     from datasets.utils import logging as ds_logging
-    from transformers.utils import logging as hf_logging
 
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    from featurestore.embedders.minilm import _quiet_transformers
+
     ds_bars = ds_logging.is_progress_bar_enabled()
     st_logger = logging.getLogger("sentence_transformers")
     st_level = st_logger.level
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     ds_logging.disable_progress_bar()
     st_logger.setLevel(logging.ERROR)
     try:
-        yield
+        with _quiet_transformers():
+            yield
     finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
         if ds_bars:
             ds_logging.enable_progress_bar()
         st_logger.setLevel(st_level)
