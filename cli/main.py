@@ -393,7 +393,7 @@ def tune(
         help="contrastive (SetFit's: the body trained on pairs of labelled tweets) or head (a classification head "
         "trained with the body). Default: the one measured better (docs/training.md).",
     ),
-    epochs: float | None = typer.Option(None, help="Passes over the training split (default: the method's)."),
+    epochs: float | None = typer.Option(None, help="Passes over the training split (default: 2.5)."),
     test_size: float = typer.Option(0.2, help="Held-out fraction, as 'fs train': these rows are never tuned on."),
     seed: int = typer.Option(42, help="random_state of the split (as 'fs train') and of the tuning."),
     time_limit: float | None = typer.Option(

@@ -211,11 +211,11 @@ class FeatureStore:
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap)
         space, note = spaces.choose_space(self.store, snap, model, clean, dtype, ds)
-        ids = self.store.dataset_ids(ds)
-        labels = self.store.dataset_labels(ds, ids)
         if labelled:
-            keep = labels != NO_LABEL
-            ids, labels = ids[keep], labels[keep]
+            ids, labels, _ = training.labelled_ids(self.store, ds)
+        else:
+            ids = self.store.dataset_ids(ds)
+            labels = self.store.dataset_labels(ds, ids)
         return space, note, ids, labels, spaces.require_rows(self.store, ds, space, ids)
 
     def xy(
@@ -291,9 +291,7 @@ class FeatureStore:
         for parts in alternatives:
             inputs_of[parts], n = feats.resolve(self.store, snap, ds, parts, dtype)
             notes += n
-        ids = self.store.dataset_ids(ds)
-        labels = self.store.dataset_labels(ds, ids)
-        keep = labels != NO_LABEL
+        ids, labels, keep = training.labelled_ids(self.store, ds)
         merged = feats.Inputs(
             tuple(p for ps in inputs_of for p in ps), tuple(s for i in inputs_of.values() for s in i.spaces)
         )
@@ -301,14 +299,14 @@ class FeatureStore:
         uniq = {(p, s.id if s else None): (p, s) for p, s in zip(merged.parts, merged.spaces)}
         merged = feats.Inputs(tuple(p for p, _ in uniq.values()), tuple(s for _, s in uniq.values()))
         texts = self.store.dataset_texts(ds)[keep] if merged.recipes else None
-        X = feats.frame(self.store, ds, merged, ids[keep], texts)
+        X = feats.frame(self.store, ds, merged, ids, texts)
         result = training.train_features(
             self.store,
             dataset,
             inputs_of,
             X,
-            ids[keep],
-            labels[keep],
+            ids,
+            labels,
             search=search or "none",
             folds=folds,
             time_limit=time_limit,
@@ -340,14 +338,11 @@ class FeatureStore:
             return []
         from featurestore.learning.finetune import seen_by_tuning
 
-        ids = self.store.dataset_ids(ds)
-        labels = self.store.dataset_labels(ds, ids)
-        keep = labels != NO_LABEL
-        classes = sorted(set(labels[keep].tolist()))
-        _, va, _ = training.split(labels[keep], classes, test_size, seed)
+        ids, labels, _ = training.labelled_ids(self.store, ds)
+        _, va, _ = training.split(labels, sorted(set(labels.tolist())), test_size, seed)
         out = []
         for model in tuned:
-            seen = seen_by_tuning(self.path, model, ids[keep][va])
+            seen = seen_by_tuning(self.path, model, ids[va])
             if seen:
                 out.append(
                     f"{seen[1]:,} of the {len(va):,} validation rows were training rows of tuned model {seen[0]!r}: "
@@ -471,13 +466,11 @@ class FeatureStore:
         clf, manifest = training.load_classifier(self.store, choice.name)
         snap = self._snapshot()
         ds = self.store.dataset(dataset, snap)
-        ids = self.store.dataset_ids(ds)
-        y = self.store.dataset_labels(ds, ids)
-        keep = y != NO_LABEL
-        if not keep.any():
-            return training.evaluate(y[keep], y[keep], manifest, dataset, positive)
-        pred, _ = training.predict_rows(self.store, snap, ds, clf, manifest, ids[keep])
-        m = training.evaluate(y[keep], pred, manifest, dataset, positive, ids=ids[keep])
+        ids, y, _ = training.labelled_ids(self.store, ds)
+        if not len(ids):
+            return training.evaluate(y, y, manifest, dataset, positive)
+        pred, _ = training.predict_rows(self.store, snap, ds, clf, manifest, ids)
+        m = training.evaluate(y, pred, manifest, dataset, positive, ids=ids)
         m["note"] = choice.note
         return m
 

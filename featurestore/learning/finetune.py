@@ -37,6 +37,7 @@ from featurestore.embedders.tuned import (
     META,
     PREFIX,
     TRAIN_IDS,
+    TunedModel,
     check_name,
     is_tuned,
     list_tuned,
@@ -45,7 +46,6 @@ from featurestore.embedders.tuned import (
 )
 from featurestore.errors import ModelError, StoreError, UsageError
 from featurestore.inputs.clean import get_recipe
-from featurestore.inputs.sources import NO_LABEL
 from featurestore.learning import train as training
 from featurestore.progress import ProgressFn
 from featurestore.spaces import cut_length, key_texts
@@ -88,12 +88,6 @@ class TuneResult:
 
 def _labels_sha256(labels: np.ndarray) -> str:
     return hashlib.sha256(json.dumps([str(v) for v in labels.tolist()]).encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def tuned_space_id(base_fp: dict[str, Any], identity: dict[str, Any], recipe_fp: dict[str, Any]) -> str:
-    """The space a tuned model's float32 vectors go into (``embedders.tuned.TunedModel.fingerprint``)."""
-    embedder_fp = {**base_fp, "tuning": identity}
-    return space_id(space_fields(embedder_fp, recipe_fp, "float32"))
 
 
 def _same_inputs(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -188,16 +182,13 @@ def tune(
     training._require_writable(store)
     snap = store.snapshot()
     ds = store.dataset(dataset, snap)
-    ids = store.dataset_ids(ds)
-    labels = store.dataset_labels(ds, ids)
-    keep = labels != NO_LABEL
-    ids, labels = ids[keep], labels[keep]
+    ids, labels, keep = training.labelled_ids(store, ds)
     classes, _ = training.classes_of(labels, dataset)
     tr, va, warnings = training.split(labels, classes, test_size, seed)
     if method is not None and method not in tuning.METHODS:
         raise UsageError(f"unknown {{param}} {method!r}; use one of: {', '.join(tuning.METHODS)}", "method")
     if epochs is not None and not epochs > 0:
-        raise UsageError(f"{{param}} must be above 0, got {epochs}", "epochs")
+        raise UsageError(f"{{param}} must be above 0, got {epochs}; fix: give a number of passes such as 2.5", "epochs")
     changed: dict[str, Any] = {"seed": seed}
     if method is not None:
         changed["method"] = method
@@ -225,7 +216,7 @@ def tune(
     if (final / META).is_file():
         existing = open_tuned(store.path, name)
         if _same_inputs(existing.identity, identity):
-            return _result_of(existing, dataset, time.perf_counter() - t0, reused=True, warnings=warnings)
+            return _result_of(existing, time.perf_counter() - t0, reused=True, warnings=warnings)
         raise UsageError(
             f"tuned model {name!r} already exists in store {store.path}, tuned on other rows, labels or settings "
             f"(its dataset {existing.meta.get('split', {}).get('dataset')!r}); a name keeps one vector space; "
@@ -285,12 +276,10 @@ def tune(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _result_of(open_tuned(store.path, name), dataset, time.perf_counter() - t0, warnings=warnings)
+    return _result_of(open_tuned(store.path, name), time.perf_counter() - t0, warnings=warnings)
 
 
-def _result_of(
-    m: Any, dataset: str, seconds: float, *, reused: bool = False, warnings: list[str] | None = None
-) -> TuneResult:
+def _result_of(m: TunedModel, seconds: float, *, reused: bool = False, warnings: list[str] | None = None) -> TuneResult:
     meta = m.meta
     report, split = meta["report"], meta["split"]
     identity = m.identity
@@ -300,7 +289,8 @@ def _result_of(
         dataset=split["dataset"],
         base_model=meta["base_model"],
         recipe=meta["recipe"],
-        space=tuned_space_id(meta["base_fingerprint"], identity, meta["recipe_fingerprint"]),
+        # the space its float32 vectors go into: the loaded model's fingerprint, as an ingest names it
+        space=space_id(space_fields(m.fingerprint(), meta["recipe_fingerprint"], "float32")),
         classes=list(identity["classes"]),
         n_train=int(split["n_train"]),
         n_valid=int(split["n_valid"]),
@@ -331,4 +321,4 @@ def seen_by_tuning(store_path: Path, model: str, ids: np.ndarray) -> tuple[str, 
     return (m.name, count) if count else None
 
 
-__all__ = ["TuneResult", "remove_interrupted", "seen_by_tuning", "tune", "tuned_space_id"]
+__all__ = ["TuneResult", "remove_interrupted", "seen_by_tuning", "tune"]

@@ -25,6 +25,7 @@ import numpy as np
 
 from featurestore import __version__
 from featurestore.errors import ClassifierError, LabelError, StoreError, UsageError
+from featurestore.inputs.sources import NO_LABEL
 from featurestore.progress import ProgressFn
 from featurestore.storage import scan
 from featurestore.storage.atomic import atomic_write_bytes
@@ -143,6 +144,15 @@ class Labelled:
     def of(cls, ids: np.ndarray, y: np.ndarray, rows: np.ndarray) -> Labelled:
         classes, codes = np.unique(np.asarray(y, dtype=object).astype(str), return_inverse=True)
         return cls(np.asarray(rows, np.int64), codes.astype(np.int32), [str(c) for c in classes], ids_hash(ids))
+
+
+def labelled_ids(store: Store, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ids and labels of ``ds``'s labelled rows in insertion order (what ``split`` splits), and the mask of
+    those rows among all of the dataset's (to pick their texts)."""
+    ids = store.dataset_ids(ds)
+    labels = store.dataset_labels(ds, ids)
+    keep = labels != NO_LABEL
+    return ids[keep], labels[keep], keep
 
 
 def labelled_rows(store: Store, ds: Dataset, space: Space, block_rows: int = scan.BLOCK_ROWS) -> Labelled:
