@@ -109,18 +109,30 @@ def test_a_name_keeps_one_identity(tmp_path: Path, rows: list[dict[str, str]]) -
     assert again.reused and again.space == first.space and len(engine.calls) == 1  # nothing trained twice
     with pytest.raises(UsageError, match="already exists.*choose another"):
         fs.tune("train", "m", seed=1, engine=engine, embed=False)
-    with pytest.raises(UsageError, match="'m' .*tuned on these rows.*--model tuned:m"):
+    seeded = fs.tune("train", "m-seed1", seed=1, engine=engine, embed=False)  # the fix: another name
+    assert seeded.space != first.space and len(engine.calls) == 2
+    with pytest.raises(UsageError, match="'m' .*tuned on these rows.*--model tuned:m, or tune with another --seed"):
         fs.tune("train", "other", engine=engine, embed=False)
+    from featurestore.embedders import load_embedder
+
+    assert (
+        dict(load_embedder("tuned:m", store=fs.path).fingerprint)["tuning"] == tuned.open_tuned(fs.path, "m").identity
+    )
+    assert fs.tune("train", "other", seed=2, engine=engine, embed=False).space not in (first.space, seeded.space)
     with pytest.raises(UsageError, match="cannot name a tuned model"):
         fs.tune("train", "../x", engine=engine, embed=False)
-    with pytest.raises(UsageError, match="starts from minilm"):
+    with pytest.raises(UsageError, match="starts from minilm.*fix: --model minilm"):
         fs.tune("train", "x", model="elmo", engine=engine, embed=False)
-    assert len(engine.calls) == 1
+    assert fs.tune("train", "x", model="minilm", seed=3, engine=engine, embed=False).name == "x"
+    with pytest.raises(UsageError, match="epochs must be above 0, got 0; fix: .* such as 2.5"):
+        fs.tune("train", "y", epochs=0, engine=engine, embed=False)
+    assert fs.tune("train", "y", epochs=2.5, seed=4, engine=engine, embed=False).params["epochs"] == 2.5  # the fix
+    assert len(engine.calls) == 5
 
 
 def test_check_verifies_the_files_and_a_changed_one_is_an_error(tmp_path: Path, rows: list[dict[str, str]]) -> None:
     fs = _store(tmp_path, rows)
-    fs.tune("train", "m", engine=Engine(), embed=False)
+    first = fs.tune("train", "m", engine=Engine(), embed=False)
     report = fs.check()
     assert report.ok, report.errors
     assert report.stats["tuned_models"] == 1
@@ -128,8 +140,14 @@ def test_check_verifies_the_files_and_a_changed_one_is_an_error(tmp_path: Path, 
     weights = tuned.tuned_root(fs.path) / "m" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[::-1])
     assert any("model.safetensors changed" in e for e in fs.check().errors)
-    with pytest.raises(ModelError, match="changed since it was tuned"):
+    with pytest.raises(ModelError, match="changed since it was tuned; fix: delete the folder .* run fs tune --name m"):
         tuned.load_tuned("tuned:m", fs.path)
+    import shutil
+
+    shutil.rmtree(tuned.tuned_root(fs.path) / "m")  # the fix: the same rows and seed, the same space
+    again = fs.tune("train", "m", engine=Engine(), embed=False)
+    assert again.space == first.space and not again.reused
+    assert fs.check().ok
 
 
 def test_a_tuned_model_needs_its_store_and_an_unknown_one_lists_what_there_is(
@@ -139,10 +157,13 @@ def test_a_tuned_model_needs_its_store_and_an_unknown_one_lists_what_there_is(
 
     fs = _store(tmp_path, rows)
     fs.tune("train", "m", engine=Engine(), embed=False)
-    with pytest.raises(ModelError, match="lives in a store"):
+    with pytest.raises(ModelError, match="lives in a store; fix: name the store"):
         load_embedder("tuned:m")
-    with pytest.raises(ModelError, match=r"no tuned model 'n' \(tuned models there: m\).*fs tune"):
+    assert load_embedder("tuned:m", store=fs.path).name == "tuned:m"  # the fix
+    with pytest.raises(ModelError, match=r"no tuned model 'n' \(tuned models there: m\).*fs tune .*--name n"):
         load_embedder("tuned:n", store=fs.path)
+    fs.tune("train", "n", seed=5, engine=Engine(), embed=False)  # the fix
+    assert load_embedder("tuned:n", store=fs.path).name == "tuned:n"
 
 
 def test_training_on_a_split_the_tuning_saw_warns(tmp_path: Path, rows: list[dict[str, str]]) -> None:

@@ -127,7 +127,8 @@ def open_tuned(store_path: str | os.PathLike, name: str) -> TunedModel:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(
             f"tuned model {name!r} at {folder} is unreadable ({type(exc).__name__}: {exc}); "
-            "fix: fs check --store STORE says more; tune it again under another --name"
+            f"fix: delete the folder {folder} and run fs tune --name {name} again (the same rows and seed give the "
+            "same vector space)"
         ) from None
     return TunedModel(name, folder, meta)
 
@@ -167,7 +168,8 @@ def _weights_checked(model: TunedModel) -> None:
     if not weights.is_file() or cached_file_sha256(weights) != model.files.get("model.safetensors"):
         raise ModelError(
             f"tuned model {model.name!r}: {weights} is missing or changed since it was tuned; "
-            f"fix: fs check --store {model.path.parents[2]} lists what changed; tune it again under another --name"
+            f"fix: delete the folder {model.path} and run fs tune --name {model.name} again (the same rows and seed "
+            "give the same vector space)"
         )
 
 
