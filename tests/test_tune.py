@@ -124,7 +124,7 @@ def test_a_name_keeps_one_identity(tmp_path: Path, rows: list[dict[str, str]]) -
     with pytest.raises(UsageError, match="starts from minilm.*fix: --model minilm"):
         fs.tune("train", "x", model="elmo", engine=engine, embed=False)
     assert fs.tune("train", "x", model="minilm", seed=3, engine=engine, embed=False).name == "x"
-    with pytest.raises(UsageError, match="epochs must be above 0, got 0; fix: .* such as 2.5"):
+    with pytest.raises(UsageError, match=r"epochs must be a positive number, not 0.0; fix: e.g. 2.5"):
         fs.tune("train", "y", epochs=0, engine=engine, embed=False)
     assert fs.tune("train", "y", epochs=2.5, seed=4, engine=engine, embed=False).params["epochs"] == 2.5  # the fix
     assert len(engine.calls) == 5

@@ -185,10 +185,6 @@ def tune(
     ids, labels, keep = training.labelled_ids(store, ds)
     classes, _ = training.classes_of(labels, dataset)
     tr, va, warnings = training.split(labels, classes, test_size, seed)
-    if method is not None and method not in tuning.METHODS:
-        raise UsageError(f"unknown {{param}} {method!r}; use one of: {', '.join(tuning.METHODS)}", "method")
-    if epochs is not None and not epochs > 0:
-        raise UsageError(f"{{param}} must be above 0, got {epochs}; fix: give a number of passes such as 2.5", "epochs")
     changed: dict[str, Any] = {"seed": seed}
     if method is not None:
         changed["method"] = method

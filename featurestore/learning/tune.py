@@ -77,10 +77,12 @@ class TuneParams:
             ("head_learning_rate", self.head_learning_rate),
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise UsageError(f"{{param}} must be a positive number, not {value!r}; fix: e.g. {name}=1", name)
+                default = getattr(TuneParams(), name)
+                raise UsageError(f"{{param}} must be a positive number, not {value!r}; fix: e.g. {default}", name)
         for name, value, low in (("batch_size", self.batch_size, 2), ("max_seq_length", self.max_seq_length, 8)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise UsageError(f"{{param}} must be an integer >= {low}, not {value!r}; fix: e.g. {name}=32", name)
+                default = getattr(TuneParams(), name)
+                raise UsageError(f"{{param}} must be an integer >= {low}, not {value!r}; fix: e.g. {default}", name)
         if not 0 <= self.warmup_ratio < 1:
             raise UsageError(f"{{param}} must be in [0, 1), not {self.warmup_ratio!r}; fix: e.g. 0.1", "warmup_ratio")
 
