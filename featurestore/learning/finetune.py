@@ -177,6 +177,13 @@ def tune(
             "changes); fix: --model minilm",
             "model",
         )
+    changed: dict[str, Any] = {"seed": seed}
+    if method is not None:
+        changed["method"] = method
+    if epochs is not None:
+        changed["epochs"] = float(epochs)
+    params = dataclasses.replace(tuning.TuneParams(), **changed)
+    params.check()
     recipe = get_recipe(clean or default_recipe(model))
     store.require_existing()
     training._require_writable(store)
@@ -185,13 +192,6 @@ def tune(
     ids, labels, keep = training.labelled_ids(store, ds)
     classes, _ = training.classes_of(labels, dataset)
     tr, va, warnings = training.split(labels, classes, test_size, seed)
-    changed: dict[str, Any] = {"seed": seed}
-    if method is not None:
-        changed["method"] = method
-    if epochs is not None:
-        changed["epochs"] = float(epochs)
-    params = dataclasses.replace(tuning.TuneParams(), **changed)
-    params.check()
     cut = cut_length(max_chars)
     base_dir = minilm_dir()
     base_fp = minilm_fingerprint(cached_file_sha256(base_dir / "model.safetensors")).as_dict()
